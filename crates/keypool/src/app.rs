@@ -1,0 +1,162 @@
+//! Assembles a running gateway: store, scheduler, token set, upstream client
+//! and router, plus the background task that syncs them with the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::scheduler::{DefaultLimits, Scheduler};
+use crate::server::{router, AppState, TokenSet};
+use crate::store::{Store, StoreError};
+use crate::upstream::Upstream;
+
+/// A gateway serving on a bound address until [`Running::shutdown`].
+pub struct Running {
+    addr: SocketAddr,
+    scheduler: Arc<Scheduler>,
+    stop: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    sync: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL callers use, e.g. `http://127.0.0.1:8080/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// Stops accepting, lets open requests finish, then writes the last usage.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.server.await??;
+        self.sync.await?;
+        Ok(())
+    }
+}
+
+/// Opens the store, loads keys and tokens, binds `config.listen` and serves.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let store = Store::connect(&config.database_url).await?;
+    let scheduler = Scheduler::new(DefaultLimits {
+        rpm: config.limits.rpm,
+        tpm: config.limits.tpm,
+    });
+    let tokens = Arc::new(TokenSet::default());
+    let mut sync = Sync {
+        store,
+        scheduler: Arc::clone(&scheduler),
+        tokens: Arc::clone(&tokens),
+        revision: None,
+    };
+    sync.reload_if_changed().await?;
+    if scheduler.usable_keys() == 0 {
+        tracing::warn!(
+            "no upstream keys yet: add one with `keypool keys add sk-...` (or `keypool keys import FILE`); \
+             this server picks it up within {:?}, no restart needed",
+            config.sync_interval
+        );
+    }
+    let state = Arc::new(AppState {
+        scheduler: Arc::clone(&scheduler),
+        tokens,
+        upstream: Upstream::new(
+            &config.upstream,
+            config.proxy.as_deref(),
+            config.connect_timeout,
+        )?,
+        auth: config.auth,
+        max_body_bytes: config.max_body_bytes,
+        default_max_tokens: config.limits.default_max_tokens,
+    });
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+    let sync = tokio::spawn(sync.run(config.sync_interval, stop.clone()));
+    Ok(Running {
+        addr,
+        scheduler,
+        stop,
+        server,
+        sync,
+    })
+}
+
+/// Keeps the in-memory state and the store in step: usage counted in memory
+/// goes out, operator changes (from the CLI) come in.
+struct Sync {
+    store: Store,
+    scheduler: Arc<Scheduler>,
+    tokens: Arc<TokenSet>,
+    revision: Option<i64>,
+}
+
+impl Sync {
+    async fn run(mut self, every: std::time::Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            self.flush().await;
+            if let Err(e) = self.reload_if_changed().await {
+                tracing::warn!(error = %e, "could not reload keys and tokens; keeping the current ones");
+            }
+        }
+        self.flush().await;
+        self.store.close().await;
+    }
+
+    async fn flush(&self) {
+        let deltas = self.scheduler.take_unflushed();
+        if let Err(e) = self.store.add_usage(&deltas).await {
+            tracing::warn!(error = %e, "could not write usage totals; will retry");
+            self.scheduler.restore_unflushed(&deltas);
+        }
+    }
+
+    async fn reload_if_changed(&mut self) -> Result<(), StoreError> {
+        let revision = self.store.revision().await?;
+        if self.revision == Some(revision) {
+            return Ok(());
+        }
+        let keys = self.store.list_keys().await?;
+        let tokens = self.store.list_tokens().await?;
+        self.scheduler.sync_keys(&keys);
+        self.tokens.replace(
+            tokens
+                .iter()
+                .filter(|t| t.revoked_at.is_none())
+                .map(|t| t.hash.as_str()),
+        );
+        tracing::info!(
+            keys = keys.len(),
+            enabled = keys.iter().filter(|k| k.enabled).count(),
+            tokens = tokens.iter().filter(|t| t.revoked_at.is_none()).count(),
+            "loaded keys and tokens"
+        );
+        self.revision = Some(revision);
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! The command line: what each subcommand takes, and (in its submodules) how
+//! it prints. This is the only place besides the demo that writes to stdout.
+
+mod keys;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AuthMode, Config, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keypool",
+    version,
+    about = "An OpenAI-compatible gateway over a pool of API keys"
+)]
+pub struct Cli {
+    /// TOML config file (default: ./keypool.toml when present). Env: KEYPOOL_CONFIG.
+    #[arg(long, global = true, env = "KEYPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL (default sqlite://keypool.db). Env: KEYPOOL_DATABASE_URL.
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Manage upstream API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Manage gateway tokens (what callers use as their api_key).
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// See keypool balance a burst of traffic over rate-limited keys, with no real key.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080). Env: KEYPOOL_LISTEN.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Upstream base URL, e.g. https://api.openai.com/v1 or a relay's. Env: KEYPOOL_UPSTREAM.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Accept requests without a gateway token (trusted local networks only).
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings (secrets masked).
+    Check,
+}
+
+impl Cli {
+    /// The effective configuration for this invocation.
+    pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut overrides = Overrides {
+            database_url: self.database_url.clone(),
+            ..Overrides::default()
+        };
+        if let Command::Serve(serve) = &self.command {
+            overrides.listen = serve.listen;
+            overrides.upstream = serve.upstream.clone();
+            overrides.auth = serve.no_auth.then_some(AuthMode::None);
+        }
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// Runs a subcommand that works on the store.
+pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Keys(cmd) => keys::run(cmd, config).await,
+        Command::Tokens(cmd) => tokens::run(cmd, config).await,
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_masked_toml()?);
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Serve(_) | Command::Demo(_) => Ok(()),
+    }
+}

@@ -1,0 +1,204 @@
+//! Typed configuration: built-in defaults, then the TOML file, then `KEYPOOL_*`
+//! environment variables, then command-line flags; validated once at start.
+
+mod mask;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use mask::{mask_key, mask_url_password};
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
+
+/// Everything keypool can be told. Each field's doc is what `config check` and
+/// the example config explain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Base URL of the upstream API, including its version prefix (`/v1`).
+    /// A relay with its own path prefix works: `https://relay.example.com/proxy/v1`.
+    pub upstream: String,
+    /// Outbound HTTP(S) proxy for upstream traffic, e.g. `http://user:pw@proxy:3128`.
+    /// When unset, the standard `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` variables apply.
+    pub proxy: Option<String>,
+    /// Where keys, tokens and usage are stored.
+    pub database_url: String,
+    /// `token`: callers must present a gateway token; `none`: anyone who can reach the port may use it.
+    pub auth: AuthMode,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// How often the server looks for key/token changes made by the CLI and
+    /// writes the usage it counted in memory.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Time allowed to open a connection to the upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Limits applied to keys that do not carry their own.
+    pub limits: LimitsConfig,
+    /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
+    pub log: String,
+}
+
+/// Per-key defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per minute for a key without its own `--rpm`.
+    pub rpm: Option<u32>,
+    /// Tokens per minute for a key without its own `--tpm`.
+    pub tpm: Option<u32>,
+    /// Completion tokens assumed for a request that sets no `max_tokens`, when
+    /// reserving tokens against a key's TPM.
+    pub default_max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Token,
+    None,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: "https://api.openai.com/v1".into(),
+            proxy: None,
+            database_url: "sqlite://keypool.db".into(),
+            auth: AuthMode::Token,
+            max_body_bytes: 64 * 1024 * 1024,
+            sync_interval: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            limits: LimitsConfig {
+                rpm: None,
+                tpm: None,
+                default_max_tokens: 1024,
+            },
+            log: "info".into(),
+        }
+    }
+}
+
+/// Values given on the command line; they override everything else.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults < file < env < overrides. An explicitly named file must
+    /// exist; the default `./keypool.toml` is read only when present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_owned())),
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        // KEYPOOL_CONFIG names the file itself; it is not a setting.
+        figment = figment
+            .merge(Env::prefixed("KEYPOOL_").split("__").ignore(&["config"]))
+            .merge(Serialized::globals(overrides));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let upstream = reqwest::Url::parse(&self.upstream).map_err(|e| ConfigError::Invalid {
+            setting: "upstream",
+            reason: format!("{e} (expected e.g. https://api.openai.com/v1)"),
+        })?;
+        if !matches!(upstream.scheme(), "http" | "https") || upstream.cannot_be_a_base() {
+            return Err(ConfigError::Invalid {
+                setting: "upstream",
+                reason: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if upstream.query().is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "upstream",
+                reason: "must not carry a query string".into(),
+            });
+        }
+        if let Some(proxy) = &self.proxy {
+            reqwest::Proxy::all(proxy).map_err(|e| ConfigError::Invalid {
+                setting: "proxy",
+                reason: e.to_string(),
+            })?;
+        }
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(ConfigError::Invalid {
+                setting: "database_url",
+                reason: "only sqlite:// URLs are supported so far (e.g. sqlite://keypool.db)"
+                    .into(),
+            });
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "max_body_bytes",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.sync_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "sync_interval",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.limits.rpm == Some(0) || self.limits.tpm == Some(0) {
+            return Err(ConfigError::Invalid {
+                setting: "limits",
+                reason: "rpm and tpm must be > 0 when set (leave them out for no limit)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML with passwords in URLs masked.
+    pub fn to_masked_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        shown.database_url = mask_url_password(&shown.database_url);
+        shown.upstream = mask_url_password(&shown.upstream);
+        shown.proxy = shown.proxy.as_deref().map(mask_url_password);
+        toml::to_string(&shown)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! keypool: an OpenAI-compatible gateway over a pool of upstream API keys.
+//!
+//! Data flows one way: [`server`] (listener, gateway-token auth, request
+//! inspection) → [`scheduler`] (choose a key and reserve its budget) →
+//! [`upstream`] (send with the key) → the answer streams back through a usage
+//! tap that finishes the lease → usage totals reach the [`store`] in the
+//! background ([`app`]'s sync task).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod tokens;
+pub mod upstream;

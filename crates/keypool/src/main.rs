@@ -1,0 +1,69 @@
+//! `keypool`: parse the command line, load config, start telemetry, run.
+
+use clap::Parser;
+use keypool::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Demo(args) = &cli.command {
+        init_tracing("warn");
+        return keypool::demo::run(args).await;
+    }
+    let config = cli.load_config()?;
+    init_tracing(&config.log);
+    match &cli.command {
+        Command::Serve(_) => serve(&config).await,
+        other => keypool::cli::run_admin(other, &config).await,
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
+    let running = keypool::app::start(config).await?;
+    tracing::info!(
+        "keypool listening on http://{} (upstream {}, auth {:?})",
+        running.addr(),
+        keypool::config::mask_url_password(&config.upstream),
+        config.auth
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing open requests and writing usage");
+    running.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

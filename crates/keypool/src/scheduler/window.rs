@@ -1,0 +1,66 @@
+//! A rolling 60-second record of what keypool itself sent with one key.
+//!
+//! Entries are stamped when an answer *finishes*, not when the request left:
+//! the upstream counted the request at some instant in between, so expiring
+//! our entry 60 s after the finish is never earlier than the upstream's own.
+//! Finishes arrive in time order, so the deque stays sorted and pruning is
+//! popping from the front.
+
+use std::collections::VecDeque;
+
+use tokio::time::{Duration, Instant};
+
+/// The span every per-minute limit is counted over.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct Window {
+    entries: VecDeque<(Instant, u64)>,
+    tokens: u64,
+}
+
+impl Window {
+    pub fn record(&mut self, at: Instant, tokens: u64) {
+        self.entries.push_back((at, tokens));
+        self.tokens += tokens;
+    }
+
+    /// Drops entries older than the window.
+    pub fn prune(&mut self, now: Instant) {
+        while let Some(&(at, tokens)) = self.entries.front() {
+            if at + WINDOW > now {
+                break;
+            }
+            self.entries.pop_front();
+            self.tokens -= tokens;
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// When the oldest entry leaves the window (the next instant room appears).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.entries.front().map(|&(at, _)| at + WINDOW)
+    }
+
+    /// When enough tokens will have left the window for `used - freed <= target`.
+    pub fn instant_tokens_fall_to(&self, target: u64) -> Option<Instant> {
+        let mut left = self.tokens;
+        for &(at, tokens) in &self.entries {
+            if left <= target {
+                return None;
+            }
+            left -= tokens;
+            if left <= target {
+                return Some(at + WINDOW);
+            }
+        }
+        None
+    }
+}

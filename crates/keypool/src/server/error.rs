@@ -1,0 +1,149 @@
+//! Every error a caller can receive, and the one place it becomes OpenAI's
+//! JSON shape: `{"error":{"message","type","param","code"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+use crate::scheduler::NoKey;
+use crate::upstream::UpstreamError;
+
+/// Who caused an error: it decides the status family and whether a retry helps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request itself is wrong; sending it again changes nothing.
+    Caller,
+    /// The upstream or the network failed; a later attempt may work.
+    Upstream,
+    /// keypool has no capacity or hit its own fault.
+    Gateway,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Missing gateway token. Send `Authorization: Bearer kp-...` (create one with `keypool tokens create NAME`).")]
+    MissingToken,
+    #[error("Invalid gateway token. Check the api_key you configured, or create one with `keypool tokens create NAME`.")]
+    InvalidToken,
+    #[error("We could not parse the JSON body of your request: {0}")]
+    BadJson(String),
+    #[error("Could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("Request body exceeds the gateway's limit of {limit} bytes.")]
+    BodyTooLarge { limit: u64 },
+    #[error("This request needs about {needed} tokens, more than any key's tokens-per-minute limit allows.")]
+    TooManyTokens { needed: u64 },
+    #[error("No upstream API keys are available. Add one with `keypool keys add sk-...`.")]
+    NoKeys,
+    #[error("Every upstream key is at its rate limit. Please try again in {}s.", retry_after_secs(*.retry_after))]
+    AllKeysBusy { retry_after: Duration },
+    #[error("Unknown path {0}: keypool serves the OpenAI API under /v1/.")]
+    UnknownPath(String),
+    #[error("The upstream could not be reached: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+fn retry_after_secs(d: Duration) -> u64 {
+    // Round up so a caller that honours it never comes back too early.
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl From<NoKey> for ApiError {
+    fn from(e: NoKey) -> ApiError {
+        match e {
+            NoKey::NoKeys => ApiError::NoKeys,
+            NoKey::AllBusy { retry_after } => ApiError::AllKeysBusy { retry_after },
+            NoKey::TooLarge { needed } => ApiError::TooManyTokens { needed },
+        }
+    }
+}
+
+impl ApiError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            ApiError::MissingToken
+            | ApiError::InvalidToken
+            | ApiError::BadJson(_)
+            | ApiError::BodyRead(_)
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::TooManyTokens { .. }
+            | ApiError::UnknownPath(_) => Fault::Caller,
+            ApiError::Upstream(_) => Fault::Upstream,
+            ApiError::NoKeys | ApiError::AllKeysBusy { .. } => Fault::Gateway,
+        }
+    }
+
+    /// Whether the caller may retry the same request later.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ApiError::Upstream(e) => e.retryable(),
+            ApiError::AllKeysBusy { .. } | ApiError::NoKeys => true,
+            _ => false,
+        }
+    }
+
+    fn status_type_code(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::MissingToken | ApiError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            ApiError::BadJson(_) | ApiError::BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+            ),
+            ApiError::BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            ApiError::TooManyTokens { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "request_exceeds_key_limits",
+            ),
+            ApiError::UnknownPath(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+            ),
+            ApiError::NoKeys => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "no_keys_available",
+            ),
+            ApiError::AllKeysBusy { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                "rate_limit_exceeded",
+            ),
+            ApiError::Upstream(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unavailable",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.status_type_code();
+        let body = serde_json::json!({
+            "error": { "message": self.to_string(), "type": kind, "param": null, "code": code }
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::AllKeysBusy { retry_after } = &self {
+            if let Ok(v) = HeaderValue::try_from(retry_after_secs(*retry_after).max(1).to_string())
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if self.fault() != Fault::Caller {
+            tracing::warn!(error = %self, fault = ?self.fault(), "request failed");
+        }
+        response
+    }
+}

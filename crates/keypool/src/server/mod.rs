@@ -1,0 +1,50 @@
+//! The HTTP edge: routes, gateway-token auth, request inspection, and the
+//! conversion of every error into OpenAI's JSON shape (in `error`).
+
+mod auth;
+mod error;
+mod inspect;
+mod proxy;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+
+pub use auth::{generate_token, hash_token, TokenSet, TOKEN_PREFIX};
+pub use error::{ApiError, Fault};
+
+use crate::config::AuthMode;
+use crate::scheduler::Scheduler;
+use crate::upstream::Upstream;
+
+/// What request handlers share. Built once at start.
+pub struct AppState {
+    pub scheduler: Arc<Scheduler>,
+    pub tokens: Arc<TokenSet>,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    pub max_body_bytes: u64,
+    pub default_max_tokens: u32,
+}
+
+/// The router. Layers, outermost first: none yet beyond axum's own; the body
+/// limit is enforced by inspection (so uploads can stream), which is why
+/// axum's default limit is switched off.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/{*rest}", any(proxy::proxy))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "keys": app.scheduler.usable_keys() }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::UnknownPath(uri.path().to_owned())
+}

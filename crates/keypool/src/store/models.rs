@@ -1,0 +1,98 @@
+//! Rows as the rest of keypool sees them.
+
+use secrecy::SecretString;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::StoreError;
+
+/// A key to insert.
+pub struct NewKey {
+    pub secret: String,
+    pub label: Option<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+/// A stored key with its lifetime totals.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub secret: SecretString,
+    pub label: Option<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub enabled: bool,
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+fn opt_u32(v: Option<i64>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl KeyRecord {
+    pub(super) fn from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+        let secret: String = row.try_get("secret")?;
+        Ok(KeyRecord {
+            id: row.try_get("id")?,
+            secret: SecretString::from(secret),
+            label: row.try_get("label")?,
+            rpm: opt_u32(row.try_get("rpm")?),
+            tpm: opt_u32(row.try_get("tpm")?),
+            enabled: row.try_get("enabled")?,
+            requests: u64_of(row.try_get("requests")?),
+            successes: u64_of(row.try_get("successes")?),
+            failures: u64_of(row.try_get("failures")?),
+            prompt_tokens: u64_of(row.try_get("prompt_tokens")?),
+            completion_tokens: u64_of(row.try_get("completion_tokens")?),
+            created_at: row.try_get("created_at")?,
+            last_used_at: row.try_get("last_used_at")?,
+        })
+    }
+}
+
+/// A gateway token as stored: only its hash, never the token.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub name: String,
+    pub hash: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl TokenRecord {
+    pub(super) fn from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+        Ok(TokenRecord {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            hash: row.try_get("hash")?,
+            prefix: row.try_get("prefix")?,
+            created_at: row.try_get("created_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+        })
+    }
+}
+
+/// Usage counted in memory since the last flush, for one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub key_id: i64,
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub last_used_at: Option<i64>,
+}

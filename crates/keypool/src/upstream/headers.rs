@@ -1,0 +1,106 @@
+//! Which headers cross the gateway, and what a 429's headers say about waiting.
+
+use http::header::{self, HeaderName};
+use http::HeaderMap;
+use std::time::Duration;
+
+/// Connection-level headers (RFC 9110 §7.6.1) that describe one hop, not the message.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Caller headers that never go upstream: hop-by-hop ones (including any the
+/// caller listed in `Connection`), Host (the upstream's is derived from its
+/// URL), the caller's credentials (replaced by the key), and Accept-Encoding
+/// (keypool reads usage from the answer, so it asks for it uncompressed).
+pub(super) fn is_dropped_request_header(name: &HeaderName, all: &HeaderMap) -> bool {
+    is_hop_by_hop(name)
+        || listed_in_connection(name, all)
+        || matches!(
+            *name,
+            header::HOST | header::AUTHORIZATION | header::ACCEPT_ENCODING | header::CONTENT_LENGTH
+        )
+        || name.as_str() == "api-key"
+}
+
+fn listed_in_connection(name: &HeaderName, all: &HeaderMap) -> bool {
+    all.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// The upstream's answer headers as the caller should see them.
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !is_hop_by_hop(name)
+            && !listed_in_connection(name, from)
+            && *name != header::CONTENT_LENGTH
+        {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// How long a key should rest after a 429: `retry-after-ms`, `retry-after`
+/// (seconds), or the request budget's reset; one second when none is given.
+pub fn cooldown_from(headers: &HeaderMap) -> Duration {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0));
+    }
+    if let Some(s) = text("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Duration::from_secs_f64(s.clamp(0.0, 3600.0));
+    }
+    if let Some(d) = text("x-ratelimit-reset-requests").and_then(parse_go_duration) {
+        return d.min(Duration::from_secs(3600));
+    }
+    Duration::from_secs(1)
+}
+
+/// Parses Go-style durations as OpenAI sends them: `1s`, `859ms`, `6m0s`, `1h2m3.5s`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}

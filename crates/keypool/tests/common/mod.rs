@@ -1,0 +1,93 @@
+//! Test support: a simulator and a gateway on port 0 with a fresh database.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use keypool::app::Running;
+use keypool::config::Config;
+use keypool::server::{generate_token, hash_token};
+use keypool::store::{NewKey, Store};
+use keypool_sim::{SimConfig, Simulator};
+
+pub struct TestApp {
+    pub gateway: Running,
+    pub sim: Simulator,
+    pub token: String,
+    pub store: Store,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub fn key(secret: &str, rpm: Option<u32>) -> NewKey {
+    NewKey {
+        secret: secret.into(),
+        label: None,
+        rpm,
+        tpm: None,
+    }
+}
+
+/// Starts the simulator, then a gateway over it holding `keys` and one token.
+pub async fn spawn(sim: SimConfig, keys: Vec<NewKey>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let sim = Simulator::start(sim).await.expect("simulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: sim.base_url(),
+        database_url: format!("sqlite://{}", dir.path().join("keypool.db").display()),
+        sync_interval: std::time::Duration::from_millis(100),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let store = Store::connect(&config.database_url).await.unwrap();
+    for k in &keys {
+        store.add_key(k).await.unwrap();
+    }
+    let token = generate_token();
+    store
+        .create_token("test", &hash_token(&token), "kp-test")
+        .await
+        .unwrap();
+    let gateway = keypool::app::start(&config).await.expect("gateway starts");
+    TestApp {
+        gateway,
+        sim,
+        token,
+        store,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "{}/{}",
+            self.gateway.base_url(),
+            path.trim_start_matches('/')
+        )
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(&self.token)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(&self.token)
+    }
+}
+
+pub fn chat(content: &str) -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": 16})
+}
+
+/// Asserts the body is OpenAI's error shape and returns its `code`.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let body: serde_json::Value = resp.json().await.expect("error body is JSON");
+    let err = &body["error"];
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(err["type"].is_string(), "{body}");
+    assert!(err.get("code").is_some(), "{body}");
+    err["code"].as_str().unwrap_or_default().to_owned()
+}

@@ -1,0 +1,71 @@
+//! Routing: the OpenAI routes under the prefix, the unauthenticated control plane at
+//! `/_sim`, and an OpenAI-shaped 404 for everything else.
+
+pub mod chat;
+mod other;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+
+use crate::config::{Faults, SimKey};
+use crate::state::{lock, Shared};
+
+/// Gateways are tested with large uploads (audio, long prompts); axum's 2 MB default
+/// would turn those into 413s that no real upstream sends.
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+pub fn router(sh: Arc<Shared>) -> Router {
+    let api: Router<Arc<Shared>> = Router::new()
+        .route("/chat/completions", post(chat::chat))
+        .route("/completions", post(chat::completions))
+        .route("/embeddings", post(other::embeddings))
+        .route("/models", get(other::models))
+        .route("/models/{id}", get(other::model))
+        .route("/audio/speech", post(other::speech))
+        .route("/echo", any(other::echo))
+        .route("/echo/{*rest}", any(other::echo));
+    let control: Router<Arc<Shared>> = Router::new()
+        .route("/_sim/stats", get(stats))
+        .route("/_sim/keys", post(add_key))
+        .route("/_sim/faults", post(set_faults));
+    // axum refuses to nest at the root, so an empty prefix merges instead.
+    let app = if sh.prefix.is_empty() {
+        control.merge(api)
+    } else {
+        control.nest(&sh.prefix, api)
+    };
+    app.fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(sh)
+}
+
+async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> Response {
+    let msg = format!("Invalid URL ({} {})", method, uri.path());
+    crate::errors::error_response(
+        StatusCode::NOT_FOUND,
+        &msg,
+        "invalid_request_error",
+        None,
+        None,
+    )
+}
+
+async fn stats(State(sh): State<Arc<Shared>>) -> Response {
+    let snapshot = lock(&sh.stats).clone();
+    Json(snapshot).into_response()
+}
+
+async fn add_key(State(sh): State<Arc<Shared>>, Json(key): Json<SimKey>) -> StatusCode {
+    sh.add_key(&key);
+    StatusCode::NO_CONTENT
+}
+
+async fn set_faults(State(sh): State<Arc<Shared>>, Json(faults): Json<Faults>) -> StatusCode {
+    *lock(&sh.faults) = faults;
+    StatusCode::NO_CONTENT
+}

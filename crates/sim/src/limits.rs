@@ -1,0 +1,370 @@
+//! Per-key rate limiting on requests (RPM) and tokens (TPM).
+//!
+//! Two modes exist because real providers differ: OpenAI refills continuously (token bucket)
+//! while others count a rolling 60 s window; a gateway's cool-down logic must cope with both.
+//! All arithmetic takes `now` from the caller as a `tokio::time::Instant`, so tests can drive
+//! it with tokio's paused clock and the limiter can be unit-tested without sockets.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::LimitMode;
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Which budget refused a request; names match OpenAI's error `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dimension {
+    Requests,
+    Tokens,
+}
+
+/// Why a request was refused, with the numbers OpenAI puts in its message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub dimension: Dimension,
+    pub limit: u64,
+    pub used: u64,
+    pub requested: u64,
+    pub retry_after: Duration,
+}
+
+/// One header trio's values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DimState {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+/// What the `x-ratelimit-*` headers report; `None` where the key has no such limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub requests: Option<DimState>,
+    pub tokens: Option<DimState>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    level: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limit: u32, now: Instant) -> Self {
+        Bucket {
+            capacity: f64::from(limit),
+            level: f64::from(limit),
+            last: now,
+        }
+    }
+    fn rate_per_sec(&self) -> f64 {
+        self.capacity / 60.0
+    }
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.level = (self.level + elapsed * self.rate_per_sec()).min(self.capacity);
+        self.last = now;
+    }
+    /// Time until `need` units are available (a full minute if it can never happen, which
+    /// still gives the client a sane back-off).
+    fn wait_for(&self, need: f64) -> Duration {
+        if need > self.capacity || self.rate_per_sec() <= 0.0 {
+            return WINDOW;
+        }
+        let missing = (need - self.level).max(0.0);
+        Duration::from_secs_f64(missing / self.rate_per_sec())
+    }
+    fn state(&self) -> DimState {
+        DimState {
+            limit: self.capacity as u64,
+            remaining: self.level.floor().max(0.0) as u64,
+            reset: self.wait_for(self.capacity),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Bucket {
+        requests: Option<Bucket>,
+        tokens: Option<Bucket>,
+    },
+    /// Admitted requests in the last 60 s: (when, token cost).
+    Window { entries: VecDeque<(Instant, u64)> },
+}
+
+/// The limiter of one key.
+#[derive(Debug)]
+pub struct Limiter {
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    kind: Kind,
+}
+
+impl Limiter {
+    pub fn new(rpm: Option<u32>, tpm: Option<u32>, mode: LimitMode, now: Instant) -> Self {
+        let kind = match mode {
+            LimitMode::TokenBucket => Kind::Bucket {
+                requests: rpm.map(|l| Bucket::new(l, now)),
+                tokens: tpm.map(|l| Bucket::new(l, now)),
+            },
+            LimitMode::RollingWindow => Kind::Window {
+                entries: VecDeque::new(),
+            },
+        };
+        Limiter { rpm, tpm, kind }
+    }
+
+    /// Keys without any limit get no rate-limit headers at all.
+    pub fn has_limits(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some()
+    }
+
+    /// Admits (and charges) a request costing `cost` tokens, or says why not.
+    pub fn try_admit(&mut self, now: Instant, cost: u64) -> Result<(), Refusal> {
+        let (rpm, tpm) = (self.rpm, self.tpm);
+        match &mut self.kind {
+            Kind::Bucket { requests, tokens } => {
+                for (bucket, dimension, requested) in [
+                    (requests.as_mut(), Dimension::Requests, 1),
+                    (tokens.as_mut(), Dimension::Tokens, cost),
+                ] {
+                    let Some(b) = bucket else { continue };
+                    b.refill(now);
+                    if b.level < requested as f64 {
+                        return Err(Refusal {
+                            dimension,
+                            limit: b.capacity as u64,
+                            used: (b.capacity - b.level.floor()).max(0.0) as u64,
+                            requested,
+                            retry_after: b.wait_for(requested as f64),
+                        });
+                    }
+                }
+                if let Some(b) = requests {
+                    b.level -= 1.0;
+                }
+                if let Some(b) = tokens {
+                    b.level -= cost as f64;
+                }
+                Ok(())
+            }
+            Kind::Window { entries } => {
+                prune(entries, now);
+                let count = entries.len() as u64;
+                let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
+                if let Some(limit) = rpm.map(u64::from) {
+                    if count >= limit {
+                        let retry_after = match entries.front() {
+                            Some((t, _)) if limit > 0 => leaves_at(*t, now),
+                            _ => WINDOW,
+                        };
+                        return Err(Refusal {
+                            dimension: Dimension::Requests,
+                            limit,
+                            used: count,
+                            requested: 1,
+                            retry_after,
+                        });
+                    }
+                }
+                if let Some(limit) = tpm.map(u64::from) {
+                    if used_tokens + cost > limit {
+                        let retry_after = window_token_wait(
+                            entries,
+                            now,
+                            used_tokens + cost - limit,
+                            cost > limit,
+                        );
+                        return Err(Refusal {
+                            dimension: Dimension::Tokens,
+                            limit,
+                            used: used_tokens,
+                            requested: cost,
+                            retry_after,
+                        });
+                    }
+                }
+                entries.push_back((now, cost));
+                Ok(())
+            }
+        }
+    }
+
+    /// Current header values, without charging anything.
+    pub fn snapshot(&mut self, now: Instant) -> Snapshot {
+        let (rpm, tpm) = (self.rpm, self.tpm);
+        match &mut self.kind {
+            Kind::Bucket { requests, tokens } => {
+                let state = |b: &mut Option<Bucket>| {
+                    b.as_mut().map(|b| {
+                        b.refill(now);
+                        b.state()
+                    })
+                };
+                Snapshot {
+                    requests: state(requests),
+                    tokens: state(tokens),
+                }
+            }
+            Kind::Window { entries } => {
+                prune(entries, now);
+                let reset = entries
+                    .front()
+                    .map(|(t, _)| leaves_at(*t, now))
+                    .unwrap_or(Duration::ZERO);
+                let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
+                let count = entries.len() as u64;
+                Snapshot {
+                    requests: rpm.map(|l| DimState {
+                        limit: l.into(),
+                        remaining: u64::from(l).saturating_sub(count),
+                        reset,
+                    }),
+                    tokens: tpm.map(|l| DimState {
+                        limit: l.into(),
+                        remaining: u64::from(l).saturating_sub(used_tokens),
+                        reset,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+fn prune(entries: &mut VecDeque<(Instant, u64)>, now: Instant) {
+    while entries.front().is_some_and(|(t, _)| *t + WINDOW <= now) {
+        entries.pop_front();
+    }
+}
+
+fn leaves_at(admitted: Instant, now: Instant) -> Duration {
+    (admitted + WINDOW).saturating_duration_since(now)
+}
+
+/// How long until enough old entries leave the window to free `need` tokens.
+fn window_token_wait(
+    entries: &VecDeque<(Instant, u64)>,
+    now: Instant,
+    need: u64,
+    impossible: bool,
+) -> Duration {
+    if impossible {
+        return WINDOW;
+    }
+    let mut freed = 0;
+    for (t, c) in entries {
+        freed += c;
+        if freed >= need {
+            return leaves_at(*t, now);
+        }
+    }
+    WINDOW
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_refills_continuously() {
+        let now = Instant::now();
+        let mut l = Limiter::new(Some(3), None, LimitMode::TokenBucket, now);
+        for _ in 0..3 {
+            assert!(l.try_admit(now, 10).is_ok());
+        }
+        let r = l.try_admit(now, 10).err();
+        let r = r
+            .as_ref()
+            .map(|r| (r.dimension, r.limit, r.used, r.retry_after));
+        assert_eq!(
+            r,
+            Some((Dimension::Requests, 3, 3, Duration::from_secs(20)))
+        );
+        // One request comes back every 20 s.
+        assert!(l.try_admit(now + Duration::from_secs(20), 10).is_ok());
+        let snap = l.snapshot(now + Duration::from_secs(20));
+        assert_eq!(
+            snap.requests.map(|s| (s.remaining, s.reset)),
+            Some((0, Duration::from_secs(60)))
+        );
+        assert_eq!(snap.tokens, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_tokens_refuse_with_wait() {
+        let now = Instant::now();
+        let mut l = Limiter::new(None, Some(600), LimitMode::TokenBucket, now);
+        assert!(l.try_admit(now, 500).is_ok());
+        let r = l.try_admit(now, 200).err();
+        // 100 missing tokens at 10 tokens/s.
+        assert_eq!(
+            r.map(|r| (r.dimension, r.used, r.requested, r.retry_after)),
+            Some((Dimension::Tokens, 500, 200, Duration::from_secs(10)))
+        );
+        let snap = l.snapshot(now);
+        assert_eq!(
+            snap.tokens,
+            Some(DimState {
+                limit: 600,
+                remaining: 100,
+                reset: Duration::from_secs(50)
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rolling_window_admits_after_sixty_seconds() {
+        let start = Instant::now();
+        let mut l = Limiter::new(Some(2), Some(1000), LimitMode::RollingWindow, start);
+        assert!(l.try_admit(start, 100).is_ok());
+        let t1 = start + Duration::from_secs(10);
+        assert!(l.try_admit(t1, 100).is_ok());
+        let r = l.try_admit(t1, 100).err();
+        assert_eq!(
+            r.map(|r| (r.dimension, r.retry_after)),
+            Some((Dimension::Requests, Duration::from_secs(50)))
+        );
+        // Unlike a bucket, nothing comes back until the oldest entry leaves the window.
+        assert!(l.try_admit(start + Duration::from_secs(59), 100).is_err());
+        let snap = l.snapshot(start + Duration::from_secs(59));
+        assert_eq!(
+            snap.requests,
+            Some(DimState {
+                limit: 2,
+                remaining: 0,
+                reset: Duration::from_secs(1)
+            })
+        );
+        assert!(l.try_admit(start + Duration::from_secs(60), 100).is_ok());
+        let snap = l.snapshot(start + Duration::from_secs(200));
+        assert_eq!(
+            snap.tokens,
+            Some(DimState {
+                limit: 1000,
+                remaining: 1000,
+                reset: Duration::ZERO
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rolling_window_tokens() {
+        let start = Instant::now();
+        let mut l = Limiter::new(None, Some(1000), LimitMode::RollingWindow, start);
+        assert!(l.try_admit(start, 400).is_ok());
+        assert!(l.try_admit(start + Duration::from_secs(30), 400).is_ok());
+        let r = l.try_admit(start + Duration::from_secs(40), 300).err();
+        // 100 tokens too many: the first entry (400) must leave, at 60 s.
+        assert_eq!(
+            r.map(|r| (r.dimension, r.used, r.retry_after)),
+            Some((Dimension::Tokens, 800, Duration::from_secs(20)))
+        );
+        assert!(l.try_admit(start + Duration::from_secs(60), 300).is_ok());
+        assert!(!Limiter::new(None, None, LimitMode::RollingWindow, start).has_limits());
+    }
+}

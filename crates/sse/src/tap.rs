@@ -1,0 +1,594 @@
+//! The usage tap: learns the upstream's reported `usage` from a response
+//! body as it streams past, without altering or retaining the body.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::framer::SseFramer;
+use crate::scan::{self, Choices};
+use crate::MAX_BUFFERED_BYTES;
+
+/// Token usage as the upstream reports it.
+///
+/// Fields default to zero because not every endpoint sends all three
+/// (embeddings have no `completion_tokens`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Usage {
+    /// Tokens in the request.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Their sum, as the upstream computed it.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// The only parts of an answer the tap cares about; serde skips the rest
+/// without building it.
+#[derive(Deserialize)]
+struct UsageProbe {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+/// What kind of body the tap is looking at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `text/event-stream`: a streamed completion.
+    Sse,
+    /// `application/json`: a whole answer, usage in its top-level object.
+    Json,
+    /// Anything else (audio, images, ...): carries no usage to learn.
+    Other,
+}
+
+impl BodyKind {
+    /// Classifies by media type, ignoring parameters (`; charset=utf-8`) and
+    /// case, as HTTP media types are case-insensitive. A missing header gives
+    /// [`BodyKind::Other`]: guessing could make the tap buffer a binary body.
+    pub fn from_content_type(ct: Option<&str>) -> BodyKind {
+        let Some(ct) = ct else {
+            return BodyKind::Other;
+        };
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case("text/event-stream") {
+            BodyKind::Sse
+        } else if essence.eq_ignore_ascii_case("application/json") {
+            BodyKind::Json
+        } else {
+            BodyKind::Other
+        }
+    }
+}
+
+/// What the tap learned from a body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapOutcome {
+    /// The upstream's usage report, if one was seen and understood.
+    pub usage: Option<Usage>,
+    /// SSE chunks carrying at least one choice — the gateway's fallback
+    /// measure of output when the upstream reported no usage.
+    pub completion_chunks: u64,
+    /// The stream ended properly with `data: [DONE]`.
+    pub saw_done: bool,
+    /// The upstream reported an error (an SSE `{"error": ...}` event, or a
+    /// JSON body with a non-null top-level `error`).
+    pub saw_error: bool,
+}
+
+/// Per-event state for SSE, kept apart from the framer so the framer's
+/// callback can update it while the framer itself is borrowed.
+#[derive(Debug, Default)]
+struct SseState {
+    outcome: TapOutcome,
+}
+
+impl SseState {
+    fn on_data(&mut self, data: &[u8]) {
+        let payload = scan::trim(data);
+        if payload.is_empty() {
+            return;
+        }
+        if payload == b"[DONE]" {
+            self.outcome.saw_done = true;
+            return;
+        }
+        if scan::choices(payload) == Choices::NonEmpty {
+            self.outcome.completion_chunks += 1;
+        }
+        if scan::key_value(payload, b"\"error\"").is_some_and(|v| !v.starts_with(b"null")) {
+            self.outcome.saw_error = true;
+        }
+        // Parse only when a usage object is really there: with include_usage
+        // every other chunk says `"usage": null`, and parsing those would cost
+        // a full JSON pass per chunk for nothing.
+        if scan::has_object(payload, b"\"usage\"") {
+            if let Ok(UsageProbe {
+                usage: Some(usage), ..
+            }) = serde_json::from_slice(payload)
+            {
+                self.outcome.usage = Some(usage);
+            }
+        }
+    }
+}
+
+/// How the tap is watching, per [`BodyKind`].
+#[derive(Debug)]
+enum Mode {
+    Sse {
+        framer: SseFramer,
+        state: SseState,
+    },
+    Json {
+        body: Vec<u8>,
+        overflowed: bool,
+        parsed: Option<TapOutcome>,
+    },
+    Other,
+}
+
+/// Watches a response body for the upstream's usage report.
+#[derive(Debug)]
+pub struct UsageTap {
+    mode: Mode,
+    /// Cap on buffered bytes (line for SSE, whole body for JSON).
+    max_buffered: usize,
+}
+
+impl UsageTap {
+    /// A tap for a body of the given kind.
+    pub fn new(kind: BodyKind) -> Self {
+        Self::with_max_buffered(kind, MAX_BUFFERED_BYTES)
+    }
+
+    /// A tap with a custom buffering cap, so tests can reach the overflow
+    /// path cheaply.
+    pub(crate) fn with_max_buffered(kind: BodyKind, max_buffered: usize) -> Self {
+        let mode = match kind {
+            BodyKind::Sse => Mode::Sse {
+                framer: SseFramer::with_max_line(max_buffered),
+                state: SseState::default(),
+            },
+            BodyKind::Json => Mode::Json {
+                body: Vec::new(),
+                overflowed: false,
+                parsed: None,
+            },
+            BodyKind::Other => Mode::Other,
+        };
+        Self { mode, max_buffered }
+    }
+
+    /// Looks at the next chunk of the body, exactly as forwarded.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.mode {
+            Mode::Sse { framer, state } => framer.feed(chunk, |data| state.on_data(data)),
+            Mode::Json {
+                body,
+                overflowed,
+                parsed,
+            } => {
+                if *overflowed || parsed.is_some() {
+                    return;
+                }
+                if body.len() + chunk.len() > self.max_buffered {
+                    // Give up on usage and release the memory at once.
+                    *overflowed = true;
+                    *body = Vec::new();
+                } else {
+                    body.extend_from_slice(chunk);
+                }
+            }
+            Mode::Other => {}
+        }
+    }
+
+    /// Usage seen so far (for SSE: the last event's usage object that was
+    /// non-null; for JSON: parsed at finish).
+    ///
+    /// Calling it again is cheap and gives the same answer; a JSON body is
+    /// parsed once, then its buffer is freed and later chunks are ignored.
+    pub fn finish(&mut self) -> TapOutcome {
+        match &mut self.mode {
+            Mode::Sse { state, .. } => state.outcome,
+            Mode::Json {
+                body,
+                overflowed,
+                parsed,
+            } => {
+                if let Some(outcome) = parsed {
+                    return *outcome;
+                }
+                let outcome = if *overflowed {
+                    TapOutcome::default()
+                } else {
+                    match serde_json::from_slice::<UsageProbe>(body) {
+                        Ok(probe) => TapOutcome {
+                            usage: probe.usage,
+                            saw_error: probe.error.is_some(),
+                            ..TapOutcome::default()
+                        },
+                        Err(_) => TapOutcome::default(),
+                    }
+                };
+                *body = Vec::new();
+                *parsed = Some(outcome);
+                outcome
+            }
+            Mode::Other => TapOutcome::default(),
+        }
+    }
+
+    /// true once a `data: [DONE]` event has been seen (SSE)
+    pub fn saw_done(&self) -> bool {
+        match &self.mode {
+            Mode::Sse { state, .. } => state.outcome.saw_done,
+            Mode::Json { .. } | Mode::Other => false,
+        }
+    }
+}
+
+/// Whether this SSE data payload is the usage-only chunk (`"choices": []`
+/// with a non-null `usage`).
+///
+/// When the gateway itself added `stream_options.include_usage` to learn
+/// usage, the caller did not ask for this chunk, and the gateway may drop it
+/// to keep the stream as the caller expects. A byte check suffices: the
+/// gateway only needs to recognise the shape, not read the numbers.
+pub fn strip_usage_event(data: &[u8]) -> bool {
+    let payload = scan::trim(data);
+    scan::choices(payload) == Choices::Empty && scan::has_object(payload, b"\"usage\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunk(content: &str) -> String {
+        format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}],"usage":null}}"#
+        )
+    }
+
+    const USAGE_CHUNK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+
+    /// A realistic include_usage stream with keep-alive comments, `event:`
+    /// and `id:` lines, and CRLF line endings.
+    fn realistic_stream() -> Vec<u8> {
+        let mut s = String::new();
+        s.push_str(": keep-alive\r\n\r\n");
+        s.push_str("event: message\r\n");
+        s.push_str(&format!("data: {}\r\n\r\n", chunk("")));
+        s.push_str(&format!("id: 2\r\ndata: {}\r\n\r\n", chunk("Hello")));
+        s.push_str(": keep-alive\r\n\r\n");
+        // Model text that quotes the key must not be mistaken for usage.
+        s.push_str(&format!(
+            "data: {}\r\n\r\n",
+            chunk(r#" \"usage\":{\"total_tokens\":999}"#)
+        ));
+        s.push_str(&format!("data:{}\r\n\r\n", USAGE_CHUNK));
+        s.push_str("data: [DONE]\r\n\r\n");
+        s.into_bytes()
+    }
+
+    fn expected_realistic() -> TapOutcome {
+        TapOutcome {
+            usage: Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 3,
+                total_tokens: 15,
+            }),
+            completion_chunks: 3,
+            saw_done: true,
+            saw_error: false,
+        }
+    }
+
+    fn tap_pieces(kind: BodyKind, pieces: &[&[u8]]) -> TapOutcome {
+        let mut tap = UsageTap::new(kind);
+        for piece in pieces {
+            tap.feed(piece);
+        }
+        tap.finish()
+    }
+
+    #[test]
+    fn sse_realistic_stream_whole() {
+        assert_eq!(
+            tap_pieces(BodyKind::Sse, &[&realistic_stream()]),
+            expected_realistic()
+        );
+    }
+
+    #[test]
+    fn sse_every_single_split_point_gives_same_result() {
+        let input = realistic_stream();
+        for cut in 0..=input.len() {
+            let (a, b) = input.split_at(cut);
+            assert_eq!(
+                tap_pieces(BodyKind::Sse, &[a, b]),
+                expected_realistic(),
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(tap_pieces(BodyKind::Sse, &bytes), expected_realistic());
+    }
+
+    proptest! {
+        #[test]
+        fn sse_random_splits_give_same_result(
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..24),
+            lf_only in any::<bool>(),
+        ) {
+            let mut input = realistic_stream();
+            if lf_only {
+                input.retain(|&b| b != b'\r');
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut prev = 0;
+            for p in points {
+                pieces.push(&input[prev..p]);
+                prev = p;
+            }
+            pieces.push(&input[prev..]);
+            prop_assert_eq!(tap_pieces(BodyKind::Sse, &pieces), expected_realistic());
+        }
+    }
+
+    #[test]
+    fn sse_stream_without_usage_gives_none_and_counts_chunks() {
+        let mut body = String::new();
+        for word in ["", "Hi", " there", "!"] {
+            body.push_str(&format!("data: {}\n\n", chunk(word)));
+        }
+        body.push_str("data: [DONE]\n\n");
+        let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
+        assert_eq!(
+            out,
+            TapOutcome {
+                usage: None,
+                completion_chunks: 4,
+                saw_done: true,
+                saw_error: false
+            }
+        );
+    }
+
+    #[test]
+    fn sse_done_detection() {
+        let mut tap = UsageTap::new(BodyKind::Sse);
+        tap.feed(format!("data: {}\n\n", chunk("x")).as_bytes());
+        assert!(!tap.saw_done());
+        tap.feed(b"data: [DO");
+        assert!(!tap.saw_done());
+        tap.feed(b"NE]\n");
+        assert!(tap.saw_done());
+        assert!(tap.finish().saw_done);
+    }
+
+    #[test]
+    fn sse_truncated_stream_has_no_done() {
+        let input = realistic_stream();
+        let cut = input.len() - b"data: [DONE]\r\n\r\n".len();
+        let out = tap_pieces(BodyKind::Sse, &[input.get(..cut).unwrap_or_default()]);
+        assert!(!out.saw_done);
+        assert_eq!(out.usage, expected_realistic().usage);
+    }
+
+    #[test]
+    fn sse_error_event() {
+        let body = format!(
+            "data: {}\n\ndata: {{\"error\": {{\"message\": \"overloaded\", \"type\": \"server_error\", \"param\": null, \"code\": null}}}}\n\n",
+            chunk("partial")
+        );
+        let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
+        assert!(out.saw_error);
+        assert!(!out.saw_done);
+        assert_eq!(out.completion_chunks, 1);
+        assert_eq!(out.usage, None);
+    }
+
+    #[test]
+    fn sse_error_null_is_not_an_error() {
+        let out = tap_pieces(
+            BodyKind::Sse,
+            &[br#"data: {"choices":[{"index":0}],"error":null}
+"#],
+        );
+        assert!(!out.saw_error);
+        assert_eq!(out.completion_chunks, 1);
+    }
+
+    #[test]
+    fn sse_last_non_null_usage_wins() {
+        let body = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1}}\n\
+                    data: {\"choices\":[],\"usage\":null}\n\
+                    data: {\"choices\":[], \"usage\" : {\"prompt_tokens\":2,\"completion_tokens\":5,\"total_tokens\":7}}\n\
+                    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":\"bad\"}}\n";
+        let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 5,
+                total_tokens: 7
+            })
+        );
+        assert_eq!(out.completion_chunks, 0);
+    }
+
+    #[test]
+    fn sse_oversize_line_is_skipped_without_panic() {
+        let mut tap = UsageTap::new(BodyKind::Sse);
+        tap.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"");
+        let filler = vec![b'a'; 64 * 1024];
+        for _ in 0..(MAX_BUFFERED_BYTES / filler.len() + 2) {
+            tap.feed(&filler);
+        }
+        tap.feed(b"\"}}],\"usage\":null}\n\n");
+        tap.feed(format!("data: {USAGE_CHUNK}\n\ndata: [DONE]\n\n").as_bytes());
+        let out = tap.finish();
+        assert_eq!(out.usage, expected_realistic().usage);
+        assert_eq!(
+            out.completion_chunks, 0,
+            "the oversize chunk is not seen at all"
+        );
+        assert!(out.saw_done);
+    }
+
+    #[test]
+    fn sse_oversize_usage_line_gives_up_on_usage() {
+        let line = format!("data: {USAGE_CHUNK}\n");
+        let mut tap = UsageTap::with_max_buffered(BodyKind::Sse, 32);
+        for piece in line.as_bytes().chunks(5) {
+            tap.feed(piece);
+        }
+        tap.feed(b"data: [DONE]\n");
+        assert_eq!(
+            tap.finish(),
+            TapOutcome {
+                saw_done: true,
+                ..TapOutcome::default()
+            }
+        );
+    }
+
+    #[test]
+    fn json_body_usage() {
+        let body = br#"{"id":"chatcmpl-9","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"usage\": {}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+        for cut in 0..=body.len() {
+            let (a, b) = body.split_at(cut);
+            let out = tap_pieces(BodyKind::Json, &[a, b]);
+            assert_eq!(
+                out,
+                TapOutcome {
+                    usage: Some(Usage {
+                        prompt_tokens: 9,
+                        completion_tokens: 2,
+                        total_tokens: 11
+                    }),
+                    ..TapOutcome::default()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn json_embeddings_usage_defaults_missing_fields() {
+        let body = br#"{"object":"list","data":[],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let out = tap_pieces(BodyKind::Json, &[body]);
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                prompt_tokens: 8,
+                completion_tokens: 0,
+                total_tokens: 8
+            })
+        );
+    }
+
+    #[test]
+    fn json_error_body_and_garbage() {
+        let err =
+            br#"{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"x"}}"#;
+        assert_eq!(
+            tap_pieces(BodyKind::Json, &[err]),
+            TapOutcome {
+                saw_error: true,
+                ..TapOutcome::default()
+            }
+        );
+        assert_eq!(
+            tap_pieces(BodyKind::Json, &[b"{\"usage\": {\"prompt"]),
+            TapOutcome::default()
+        );
+        assert_eq!(tap_pieces(BodyKind::Json, &[b""]), TapOutcome::default());
+    }
+
+    #[test]
+    fn json_oversize_body_gives_up() {
+        let body = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+        let mut tap = UsageTap::with_max_buffered(BodyKind::Json, 40);
+        for piece in body.chunks(9) {
+            tap.feed(piece);
+        }
+        assert_eq!(tap.finish(), TapOutcome::default());
+        let mut big = UsageTap::new(BodyKind::Json);
+        big.feed(&vec![b' '; MAX_BUFFERED_BYTES]);
+        big.feed(body);
+        assert_eq!(big.finish(), TapOutcome::default());
+    }
+
+    #[test]
+    fn finish_is_repeatable() {
+        let mut tap = UsageTap::new(BodyKind::Json);
+        tap.feed(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#);
+        let first = tap.finish();
+        assert!(first.usage.is_some());
+        assert_eq!(tap.finish(), first);
+        let mut sse = UsageTap::new(BodyKind::Sse);
+        sse.feed(&realistic_stream());
+        assert_eq!(sse.finish(), sse.finish());
+    }
+
+    #[test]
+    fn other_body_is_ignored() {
+        let mut tap = UsageTap::new(BodyKind::Other);
+        tap.feed(format!("data: {USAGE_CHUNK}\n\ndata: [DONE]\n\n").as_bytes());
+        assert!(!tap.saw_done());
+        assert_eq!(tap.finish(), TapOutcome::default());
+    }
+
+    #[test]
+    fn body_kind_from_content_type() {
+        assert_eq!(
+            BodyKind::from_content_type(Some("text/event-stream")),
+            BodyKind::Sse
+        );
+        assert_eq!(
+            BodyKind::from_content_type(Some("text/event-stream; charset=utf-8")),
+            BodyKind::Sse
+        );
+        assert_eq!(
+            BodyKind::from_content_type(Some("Application/JSON ; charset=utf-8")),
+            BodyKind::Json
+        );
+        assert_eq!(
+            BodyKind::from_content_type(Some("application/json")),
+            BodyKind::Json
+        );
+        assert_eq!(
+            BodyKind::from_content_type(Some("audio/mpeg")),
+            BodyKind::Other
+        );
+        assert_eq!(
+            BodyKind::from_content_type(Some("text/plain")),
+            BodyKind::Other
+        );
+        assert_eq!(BodyKind::from_content_type(None), BodyKind::Other);
+    }
+
+    #[test]
+    fn strip_usage_event_predicate() {
+        assert!(strip_usage_event(USAGE_CHUNK.as_bytes()));
+        assert!(strip_usage_event(
+            br#" {"choices": [ ], "usage": {"total_tokens":1}} "#
+        ));
+        assert!(!strip_usage_event(chunk("hi").as_bytes()));
+        assert!(!strip_usage_event(br#"{"choices":[],"usage":null}"#));
+        assert!(!strip_usage_event(
+            br#"{"choices":[{"index":0}],"usage":{"total_tokens":1}}"#
+        ));
+        assert!(!strip_usage_event(b"[DONE]"));
+        assert!(!strip_usage_event(b""));
+    }
+}
