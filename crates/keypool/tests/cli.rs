@@ -46,10 +46,10 @@ impl Cli {
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        self.transcript
-            .lock()
-            .unwrap()
-            .push_str(&format!("$ keypool {args:?}\n{stdout}{stderr}"));
+        self.transcript.lock().unwrap().push_str(&format!(
+            "$ keypool {}\n{stdout}{stderr}",
+            args[..2.min(args.len())].join(" ")
+        ));
         (out.status.success(), stdout)
     }
 }

@@ -75,6 +75,10 @@ impl Store {
     }
 
     pub async fn add_key(&self, key: &NewKey) -> Result<AddOutcome, StoreError> {
+        // Look first: a conflicting INSERT would still consume an AUTOINCREMENT id.
+        if let Some(id) = self.key_id_of(&key.secret).await? {
+            return Ok(AddOutcome::Duplicate(id));
+        }
         let inserted = sqlx::query(
             "INSERT INTO keys (secret, label, rpm, tpm, created_at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (secret) DO NOTHING RETURNING id",
@@ -86,14 +90,23 @@ impl Store {
         .bind(now_unix())
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(row) = inserted {
-            return Ok(AddOutcome::Added(row.try_get(0)?));
+        match inserted {
+            Some(row) => Ok(AddOutcome::Added(row.try_get(0)?)),
+            // Another writer added it between the look and the insert.
+            None => Ok(AddOutcome::Duplicate(
+                self.key_id_of(&key.secret).await?.unwrap_or_default(),
+            )),
         }
+    }
+
+    async fn key_id_of(&self, secret: &str) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query("SELECT id FROM keys WHERE secret = ?")
-            .bind(&key.secret)
-            .fetch_one(&self.pool)
+            .bind(secret)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(AddOutcome::Duplicate(row.try_get(0)?))
+        row.map(|r| r.try_get(0))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

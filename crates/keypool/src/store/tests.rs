@@ -21,11 +21,13 @@ async fn duplicate_keys_are_reported_not_inserted() {
     let (_dir, store) = temp_store().await;
     let a = store.add_key(&key("sk-aaaa")).await.unwrap();
     let b = store.add_key(&key("sk-aaaa")).await.unwrap();
+    let c = store.add_key(&key("sk-cccc")).await.unwrap();
     let AddOutcome::Added(id) = a else {
         panic!("first add must insert")
     };
     assert_eq!(b, AddOutcome::Duplicate(id));
-    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+    assert_eq!(c, AddOutcome::Added(id + 1), "a duplicate consumes no id");
+    assert_eq!(store.list_keys().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
