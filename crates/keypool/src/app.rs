@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::scheduler::{DefaultLimits, Scheduler};
+use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
 use crate::server::{router, AppState, TokenSet};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
@@ -49,17 +49,21 @@ impl Running {
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let store = Store::connect(&config.database_url).await?;
-    let scheduler = Scheduler::new(DefaultLimits {
-        rpm: config.limits.rpm,
-        tpm: config.limits.tpm,
+    let scheduler = Scheduler::new(SchedulerConfig {
+        defaults: DefaultLimits {
+            rpm: config.limits.rpm,
+            tpm: config.limits.tpm,
+            rpd: config.limits.rpd,
+            max_inflight: config.limits.max_inflight,
+        },
+        strategy: config.pool.strategy,
+        max_wait: config.pool.max_wait,
+        max_queue: config.pool.max_queue,
     });
+    // Load the tokenizers off the request path (each takes a moment once).
+    tokio::task::spawn_blocking(crate::tokens::warm_up);
     let tokens = Arc::new(TokenSet::default());
-    let mut sync = Sync {
-        store,
-        scheduler: Arc::clone(&scheduler),
-        tokens: Arc::clone(&tokens),
-        revision: None,
-    };
+    let mut sync = Sync { store, scheduler: Arc::clone(&scheduler), tokens: Arc::clone(&tokens), revision: None };
     sync.reload_if_changed().await?;
     if scheduler.usable_keys() == 0 {
         tracing::warn!(
@@ -71,34 +75,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let state = Arc::new(AppState {
         scheduler: Arc::clone(&scheduler),
         tokens,
-        upstream: Upstream::new(
-            &config.upstream,
-            config.proxy.as_deref(),
-            config.connect_timeout,
-        )?,
-        auth: config.auth,
-        max_body_bytes: config.max_body_bytes,
-        default_max_tokens: config.limits.default_max_tokens,
+        upstream: Upstream::new(&config.upstream, config.proxy.as_deref(), config.connect_timeout)?,
+        config: config.clone(),
     });
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let server = tokio::spawn({
         let stop = stop.clone();
-        async move {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
+        async move { axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let sync = tokio::spawn(sync.run(config.sync_interval, stop.clone()));
-    Ok(Running {
-        addr,
-        scheduler,
-        stop,
-        server,
-        sync,
-    })
+    Ok(Running { addr, scheduler, stop, server, sync })
 }
 
 /// Keeps the in-memory state and the store in step: usage counted in memory
@@ -144,12 +132,7 @@ impl Sync {
         let keys = self.store.list_keys().await?;
         let tokens = self.store.list_tokens().await?;
         self.scheduler.sync_keys(&keys);
-        self.tokens.replace(
-            tokens
-                .iter()
-                .filter(|t| t.revoked_at.is_none())
-                .map(|t| t.hash.as_str()),
-        );
+        self.tokens.replace(tokens.iter().filter(|t| t.revoked_at.is_none()).map(|t| t.hash.as_str()));
         tracing::info!(
             keys = keys.len(),
             enabled = keys.iter().filter(|k| k.enabled).count(),

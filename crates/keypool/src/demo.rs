@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// How long to send traffic.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Longest a request waits in line for a key with room.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
 }
 
 #[derive(Default)]
@@ -43,18 +46,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate <= 1000.0) {
         anyhow::bail!("--rate must be between 0 and 1000 requests per second");
     }
-    let secrets: Vec<String> = (1..=args.keys)
-        .map(|i| format!("sk-demo-{i:02}-{}", &generate_token()[3..19]))
-        .collect();
+    let secrets: Vec<String> =
+        (1..=args.keys).map(|i| format!("sk-demo-{i:02}-{}", &generate_token()[3..19])).collect();
     let sim = Simulator::start(SimConfig {
-        keys: secrets
-            .iter()
-            .map(|k| {
-                SimKey::new(k.clone())
-                    .rpm(args.rpm)
-                    .mode(LimitMode::RollingWindow)
-            })
-            .collect(),
+        keys: secrets.iter().map(|k| SimKey::new(k.clone()).rpm(args.rpm).mode(LimitMode::RollingWindow)).collect(),
         latency: Duration::from_millis(150),
         ..SimConfig::default()
     })
@@ -65,24 +60,16 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         upstream: sim.base_url(),
         database_url: format!("sqlite://{}", db.display()),
         sync_interval: Duration::from_millis(500),
+        pool: crate::config::PoolConfig { max_wait: args.max_wait, ..Default::default() },
         ..Config::default()
     };
     let store = Store::connect(&config.database_url).await?;
     for (i, secret) in secrets.iter().enumerate() {
         let label = Some(format!("demo-{}", i + 1));
-        store
-            .add_key(&NewKey {
-                secret: secret.clone(),
-                label,
-                rpm: Some(args.rpm),
-                tpm: None,
-            })
-            .await?;
+        store.add_key(&NewKey { secret: secret.clone(), label, rpm: Some(args.rpm), ..NewKey::default() }).await?;
     }
     let token = generate_token();
-    store
-        .create_token("demo", &hash_token(&token), "kp-demo")
-        .await?;
+    store.create_token("demo", &hash_token(&token), "kp-demo").await?;
     let gateway = crate::app::start(&config).await?;
     println!(
         "keypool demo: {} simulated keys at {} requests/min each, {:.1} requests/s for {:?} through {}",
@@ -104,22 +91,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             let end = tokio::time::Instant::now() + duration;
             while tokio::time::Instant::now() < end {
                 tick.tick().await;
-                let (client, url, token, tally) = (
-                    client.clone(),
-                    url.clone(),
-                    token.clone(),
-                    Arc::clone(&tally),
-                );
+                let (client, url, token, tally) = (client.clone(), url.clone(), token.clone(), Arc::clone(&tally));
+                tally.sent.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    tally.sent.fetch_add(1, Ordering::Relaxed);
-                    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
-                    let counter = match client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&body)
-                        .send()
-                        .await
-                    {
+                    let body =
+                        serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
+                    let counter = match client.post(&url).bearer_auth(&token).json(&body).send().await {
                         Ok(r) if r.status().is_success() => &tally.ok,
                         Ok(r) if r.status() == 429 => &tally.held,
                         _ => &tally.other,
@@ -133,16 +110,16 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
-        draw(&gateway, &sim, &tally, tty)?;
+        draw(&gateway, &sim, &secrets, &tally, tty)?;
         if traffic.is_finished() && tally.sent.load(Ordering::Relaxed) == tally_done(&tally) {
             break;
         }
     }
-    draw(&gateway, &sim, &tally, false)?;
+    draw(&gateway, &sim, &secrets, &tally, false)?;
     let upstream_429: u64 = sim.stats().keys.values().map(|k| k.rate_limited).sum();
     println!(
-        "\n{} requests answered by keys inside their limits; {} held back by keypool with Retry-After \
-         (fair queueing comes next); the simulated upstream sent {} rate-limit errors.",
+        "\n{} requests answered by keys inside their limits; {} refused after waiting max_wait; \
+         the simulated upstream sent {} rate-limit errors.",
         tally.ok.load(Ordering::Relaxed),
         tally.held.load(Ordering::Relaxed),
         upstream_429
@@ -162,6 +139,7 @@ fn tally_done(t: &Tally) -> u64 {
 fn draw(
     gateway: &crate::app::Running,
     sim: &Simulator,
+    secrets: &[String],
     tally: &Tally,
     clear: bool,
 ) -> anyhow::Result<()> {
@@ -170,32 +148,27 @@ fn draw(
         out.push_str("\x1b[H\x1b[2J");
     }
     out.push_str(&format!(
-        "{:<8} {:>8} {:>9} {:>12} {:>14} {:>14}\n",
-        "KEY", "SERVED", "IN FLIGHT", "LEFT/MINUTE", "RESET IN", "UPSTREAM 429s"
+        "{:<8} {:<8} {:>8} {:>9} {:>12} {:>10} {:>14}\n",
+        "KEY", "STATUS", "SERVED", "IN FLIGHT", "LEFT/MINUTE", "RESET IN", "UPSTREAM 429s"
     ));
-    let stats = sim.stats();
-    for (view, sim_key) in gateway
-        .scheduler()
-        .snapshot()
-        .iter()
-        .zip(stats.keys.values())
-    {
+    // Keys were added in the order of `secrets`, so ids follow it.
+    for (view, secret) in gateway.scheduler().snapshot().iter().zip(secrets) {
         out.push_str(&format!(
-            "{:<8} {:>8} {:>9} {:>12} {:>14} {:>14}\n",
+            "{:<8} {:<8} {:>8} {:>9} {:>12} {:>10} {:>14}\n",
             view.label.as_deref().unwrap_or("-"),
+            view.status,
             view.successes,
             view.inflight,
-            view.remaining_requests
-                .map_or("∞".into(), |n| n.to_string()),
-            view.reset_in
-                .map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
-            sim_key.rate_limited,
+            view.remaining_requests.map_or("∞".into(), |n| n.to_string()),
+            view.reset_in.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+            sim.key_stats(secret).rate_limited,
         ));
     }
     out.push_str(&format!(
-        "sent {}  answered {}  held back by keypool {}  other errors {}\n",
+        "sent {}  answered {}  waiting in line {}  refused after max_wait {}  other errors {}\n",
         tally.sent.load(Ordering::Relaxed),
         tally.ok.load(Ordering::Relaxed),
+        gateway.scheduler().queue_len(),
         tally.held.load(Ordering::Relaxed),
         tally.other.load(Ordering::Relaxed)
     ));

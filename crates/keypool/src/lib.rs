@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -31,10 +31,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {

@@ -35,21 +35,16 @@ impl Cli {
             .spawn()
             .unwrap();
         if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        self.transcript.lock().unwrap().push_str(&format!(
-            "$ keypool {}\n{stdout}{stderr}",
-            args[..2.min(args.len())].join(" ")
-        ));
+        self.transcript
+            .lock()
+            .unwrap()
+            .push_str(&format!("$ keypool {}\n{stdout}{stderr}", args[..2.min(args.len())].join(" ")));
         (out.status.success(), stdout)
     }
 }
@@ -58,10 +53,7 @@ fn assert_no_key_material(text: &str) {
     for k in [K1, K2, K3] {
         assert!(!text.contains(k), "full key {k} leaked in:\n{text}");
         // Nor a long piece of one: the secret part past the shared prefix.
-        assert!(
-            !text.contains(&k[14..]),
-            "part of key {k} leaked in:\n{text}"
-        );
+        assert!(!text.contains(&k[14..]), "part of key {k} leaked in:\n{text}");
     }
 }
 
@@ -83,20 +75,11 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("k.db").display());
-    let cli = Cli {
-        db: db.clone(),
-        transcript: Arc::default(),
-    };
+    let cli = Cli { db: db.clone(), transcript: Arc::default() };
 
     // Start with an empty pool: serve must start anyway and say how to add a key.
     let mut server = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &sim.base_url(),
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
         .env("KEYPOOL_DATABASE_URL", &db)
         .env("KEYPOOL_SYNC_INTERVAL", "200ms")
         .env("RUST_LOG", "keypool=debug,info")
@@ -113,11 +96,7 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
         move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                     let _ = addr_tx.send(addr);
                 }
                 log.lock().unwrap().push_str(&line);
@@ -125,13 +104,8 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
             }
         }
     });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server printed its address");
-    assert!(
-        log.lock().unwrap().contains("keypool keys add"),
-        "empty pool explains how to add a key"
-    );
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("server printed its address");
+    assert!(log.lock().unwrap().contains("keypool keys add"), "empty pool explains how to add a key");
     let base = format!("http://{addr}/v1");
     let http = reqwest::Client::new();
     let mut responses = String::new();
@@ -139,23 +113,12 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     let (ok, token) = cli.run(&["tokens", "create", "ci"], None);
     assert!(ok);
     let token = token.trim().to_owned();
-    assert!(
-        token.starts_with("kp-") && !token.contains(' '),
-        "stdout is only the token: {token:?}"
-    );
+    assert!(token.starts_with("kp-") && !token.contains(' '), "stdout is only the token: {token:?}");
 
-    let (ok, out) = cli.run(
-        &["keys", "add", K1, "--label", "first", "--rpm", "100"],
-        None,
-    );
+    let (ok, out) = cli.run(&["keys", "add", K1, "--label", "first", "--rpm", "100"], None);
     assert!(ok && out.contains("added key 1"), "{out}");
     let send = async |http: &reqwest::Client| {
-        let resp = http
-            .get(format!("{base}/models"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let resp = http.get(format!("{base}/models")).bearer_auth(&token).send().await.unwrap();
         let status = resp.status();
         let headers = format!("{:?}", resp.headers());
         let body = resp.text().await.unwrap();
@@ -173,10 +136,7 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     let file = format!("# trial keys\n{K2}\n\n{K1}\n   {K3}  \n# end\n");
     let (ok, out) = cli.run(&["keys", "import", "-"], Some(&file));
     assert!(ok, "{out}");
-    assert!(
-        out.contains("added key 2") && out.contains("added key 3"),
-        "{out}"
-    );
+    assert!(out.contains("added key 2") && out.contains("added key 3"), "{out}");
     assert!(out.contains("skipped duplicate of key 1"), "{out}");
 
     // Disabling key 1 takes it out of rotation within seconds.
@@ -192,36 +152,23 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
         sim.key_stats(K1).requests == before
     })
     .await;
-    assert!(
-        sim.key_stats(K2).ok > 0 && sim.key_stats(K3).ok > 0,
-        "both imported keys serve"
-    );
+    assert!(sim.key_stats(K2).ok > 0 && sim.key_stats(K3).ok > 0, "both imported keys serve");
 
     // The list shows masked keys, statuses and the counts the server wrote back.
     wait_until("usage totals reach the database", async || {
         let (_, out) = cli.run(&["keys", "list", "--json"], None);
         let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["requests"].as_u64().unwrap())
-            .sum::<u64>()
+        rows.as_array().unwrap().iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>()
             == sim.stats().total_requests
     })
     .await;
     let (ok, out) = cli.run(&["keys", "list"], None);
-    assert!(
-        ok && out.contains("disabled") && out.contains("sk-…4b6a") && out.contains("first"),
-        "{out}"
-    );
+    assert!(ok && out.contains("disabled") && out.contains("sk-…4b6a") && out.contains("first"), "{out}");
 
     // Re-enable, remove, and revoke: each honoured without restart.
     assert!(cli.run(&["keys", "enable", "1"], None).0);
     assert!(cli.run(&["keys", "rm", "2"], None).0);
-    assert!(
-        !cli.run(&["keys", "rm", "99"], None).0,
-        "removing a missing key fails clearly"
-    );
+    assert!(!cli.run(&["keys", "rm", "99"], None).0, "removing a missing key fails clearly");
     let (ok, out) = cli.run(&["tokens", "list"], None);
     assert!(ok && out.contains("ci") && !out.contains(&token), "{out}");
     assert!(cli.run(&["tokens", "revoke", "1"], None).0);
@@ -239,10 +186,7 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     let _ = server.wait();
     reader.join().unwrap();
     let log = log.lock().unwrap().clone();
-    assert!(
-        log.contains("upstream answered"),
-        "debug logging was on: {log}"
-    );
+    assert!(log.contains("upstream answered"), "debug logging was on: {log}");
     assert_no_key_material(&log);
     assert_no_key_material(&responses);
     assert_no_key_material(&cli.transcript.lock().unwrap());
@@ -254,11 +198,7 @@ fn config_check_rejects_a_bad_setting_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "upstream = \"not a url\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["config", "check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream"));
 }
@@ -266,29 +206,12 @@ fn config_check_rejects_a_bad_setting_by_name() {
 #[test]
 fn demo_balances_simulated_keys_without_upstream_429s() {
     let out = Command::new(BIN)
-        .args([
-            "demo",
-            "--keys",
-            "3",
-            "--rpm",
-            "4",
-            "--rate",
-            "8",
-            "--duration",
-            "2s",
-        ])
+        .args(["demo", "--keys", "3", "--rpm", "4", "--rate", "8", "--duration", "2s", "--max-wait", "1s"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("12 requests answered"),
-        "3 keys × 4 rpm serve 12: {stdout}"
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("12 requests answered"), "3 keys × 4 rpm serve 12: {stdout}");
     assert!(stdout.contains("sent 0 rate-limit errors"), "{stdout}");
     assert!(stdout.contains("demo-3"), "{stdout}");
 }

@@ -27,22 +27,10 @@ fn sim_with(keys: &[(&str, Option<u32>)]) -> SimConfig {
 
 #[tokio::test]
 async fn thirty_requests_over_three_rpm10_keys_are_spread_evenly_without_upstream_429s() {
-    let names = [
-        "sk-even-aaaaaaaaaaaa",
-        "sk-even-bbbbbbbbbbbb",
-        "sk-even-cccccccccccc",
-    ];
-    let app = spawn(
-        sim_with(&names.map(|n| (n, Some(10)))),
-        names.iter().map(|n| key(n, Some(10))).collect(),
-        |_| {},
-    )
-    .await;
-    let requests = (0..30).map(|i| {
-        app.post("chat/completions")
-            .json(&chat(&format!("q{i}")))
-            .send()
-    });
+    let names = ["sk-even-aaaaaaaaaaaa", "sk-even-bbbbbbbbbbbb", "sk-even-cccccccccccc"];
+    let app =
+        spawn(sim_with(&names.map(|n| (n, Some(10)))), names.iter().map(|n| key(n, Some(10))).collect(), |_| {}).await;
+    let requests = (0..30).map(|i| app.post("chat/completions").json(&chat(&format!("q{i}"))).send());
     for resp in futures_util::future::join_all(requests).await {
         assert_eq!(resp.unwrap().status(), 200);
     }
@@ -51,45 +39,18 @@ async fn thirty_requests_over_three_rpm10_keys_are_spread_evenly_without_upstrea
         assert_eq!((s.ok, s.rate_limited), (10, 0), "{name}: {s:?}");
     }
     // The pool is spent for this minute: keypool holds the 31st itself.
-    let resp = app
-        .post("chat/completions")
-        .json(&chat("one more"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post("chat/completions").json(&chat("one more")).send().await.unwrap();
     assert_eq!(resp.status(), 429);
-    let retry_after: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(error_code(resp).await, "rate_limit_exceeded");
-    assert_eq!(
-        app.sim
-            .stats()
-            .keys
-            .values()
-            .map(|k| k.rate_limited)
-            .sum::<u64>(),
-        0
-    );
+    assert_eq!(app.sim.stats().keys.values().map(|k| k.rate_limited).sum::<u64>(), 0);
 }
 
 #[tokio::test]
 async fn chat_json_passes_through_with_usage_counted() {
-    let app = spawn(
-        sim_with(&[("sk-json-aaaaaaaaaaaa", None)]),
-        vec![key("sk-json-aaaaaaaaaaaa", None)],
-        |_| {},
-    )
-    .await;
-    let resp = app
-        .post("chat/completions")
-        .json(&chat("hello there"))
-        .send()
-        .await
-        .unwrap();
+    let app = spawn(sim_with(&[("sk-json-aaaaaaaaaaaa", None)]), vec![key("sk-json-aaaaaaaaaaaa", None)], |_| {}).await;
+    let resp = app.post("chat/completions").json(&chat("hello there")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-request-id"));
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -111,17 +72,9 @@ async fn streamed_chunks_reach_the_caller_while_the_upstream_is_still_streaming(
     body["stream"] = true.into();
     body["stream_options"] = serde_json::json!({"include_usage": true});
     let start = Instant::now();
-    let resp = app
-        .post("chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post("chat/completions").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut arrivals = Vec::new();
     let mut text = String::new();
     let mut stream = resp.bytes_stream();
@@ -134,21 +87,12 @@ async fn streamed_chunks_reach_the_caller_while_the_upstream_is_still_streaming(
     }
     let total = start.elapsed();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    assert!(
-        text.contains("\"usage\":{"),
-        "include_usage chunk passed through"
-    );
+    assert!(text.contains("\"usage\":{"), "include_usage chunk passed through");
     // The upstream needs 7 × 150 ms after its first content chunk; a buffering
     // proxy would deliver everything at the end.
     let first = *arrivals.first().expect("content chunks arrived");
-    assert!(
-        total - first >= Duration::from_millis(900),
-        "first chunk at {first:?}, done at {total:?}"
-    );
-    assert!(
-        arrivals.len() >= 4,
-        "chunks arrived separately: {arrivals:?}"
-    );
+    assert!(total - first >= Duration::from_millis(900), "first chunk at {first:?}, done at {total:?}");
+    assert!(arrivals.len() >= 4, "chunks arrived separately: {arrivals:?}");
     // The lease finished with the usage the stream reported.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(app.gateway.scheduler().snapshot()[0].successes, 1);
@@ -156,51 +100,23 @@ async fn streamed_chunks_reach_the_caller_while_the_upstream_is_still_streaming(
 
 #[tokio::test]
 async fn missing_or_wrong_token_is_401_in_openai_shape() {
-    let app = spawn(
-        sim_with(&[("sk-auth-aaaaaaaaaaaa", None)]),
-        vec![key("sk-auth-aaaaaaaaaaaa", None)],
-        |_| {},
-    )
-    .await;
-    let resp = app
-        .client
-        .post(app.url("chat/completions"))
-        .json(&chat("x"))
-        .send()
-        .await
-        .unwrap();
+    let app = spawn(sim_with(&[("sk-auth-aaaaaaaaaaaa", None)]), vec![key("sk-auth-aaaaaaaaaaaa", None)], |_| {}).await;
+    let resp = app.client.post(app.url("chat/completions")).json(&chat("x")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(error_code(resp).await, "invalid_api_key");
-    let resp = app
-        .client
-        .get(app.url("models"))
-        .bearer_auth("kp-not-a-real-token")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.client.get(app.url("models")).bearer_auth("kp-not-a-real-token").send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(error_code(resp).await, "invalid_api_key");
-    assert_eq!(
-        app.sim.stats().total_requests,
-        0,
-        "nothing reached the upstream"
-    );
-    let health = app
-        .client
-        .get(format!("http://{}/healthz", app.gateway.addr()))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(app.sim.stats().total_requests, 0, "nothing reached the upstream");
+    let health = app.client.get(format!("http://{}/healthz", app.gateway.addr())).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
 
 #[tokio::test]
 async fn no_auth_mode_accepts_callers_without_a_token() {
-    let app = spawn(
-        sim_with(&[("sk-open-aaaaaaaaaaaa", None)]),
-        vec![key("sk-open-aaaaaaaaaaaa", None)],
-        |c| c.auth = keypool::config::AuthMode::None,
-    )
+    let app = spawn(sim_with(&[("sk-open-aaaaaaaaaaaa", None)]), vec![key("sk-open-aaaaaaaaaaaa", None)], |c| {
+        c.auth = keypool::config::AuthMode::None
+    })
     .await;
     let resp = app.client.get(app.url("models")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -208,12 +124,7 @@ async fn no_auth_mode_accepts_callers_without_a_token() {
 
 #[tokio::test]
 async fn malformed_json_is_a_clear_400_and_nothing_is_sent() {
-    let app = spawn(
-        sim_with(&[("sk-bad-aaaaaaaaaaaaa", None)]),
-        vec![key("sk-bad-aaaaaaaaaaaaa", None)],
-        |_| {},
-    )
-    .await;
+    let app = spawn(sim_with(&[("sk-bad-aaaaaaaaaaaaa", None)]), vec![key("sk-bad-aaaaaaaaaaaaa", None)], |_| {}).await;
     let resp = app
         .post("chat/completions")
         .header("content-type", "application/json")
@@ -225,35 +136,22 @@ async fn malformed_json_is_a_clear_400_and_nothing_is_sent() {
     assert_eq!(error_code(resp).await, "invalid_json");
     assert_eq!(app.sim.stats().total_requests, 0);
     // The gateway is still healthy afterwards.
-    let ok = app
-        .post("chat/completions")
-        .json(&chat("fine"))
-        .send()
-        .await
-        .unwrap();
+    let ok = app.post("chat/completions").json(&chat("fine")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_declared_or_streamed() {
-    let app = spawn(
-        sim_with(&[("sk-big-aaaaaaaaaaaaa", None)]),
-        vec![key("sk-big-aaaaaaaaaaaaa", None)],
-        |c| c.max_body_bytes = 64 * 1024,
-    )
+    let app = spawn(sim_with(&[("sk-big-aaaaaaaaaaaaa", None)]), vec![key("sk-big-aaaaaaaaaaaaa", None)], |c| {
+        c.max_body_bytes = 64 * 1024
+    })
     .await;
     let big = "x".repeat(100 * 1024);
-    let resp = app
-        .post("chat/completions")
-        .json(&chat(&big))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post("chat/completions").json(&chat(&big)).send().await.unwrap();
     assert_eq!(resp.status(), 413);
     assert_eq!(error_code(resp).await, "request_too_large");
     // An upload without Content-Length is cut off when it passes the limit.
-    let chunks =
-        futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8 * 1024])));
+    let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8 * 1024])));
     let resp = app
         .post("audio/transcriptions")
         .header("content-type", "multipart/form-data; boundary=xyz")
@@ -266,10 +164,7 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
 
 #[tokio::test]
 async fn relay_prefix_query_and_headers_pass_through_and_the_key_replaces_the_token() {
-    let sim = SimConfig {
-        path_prefix: "/proxy/v1".into(),
-        ..sim_with(&[("sk-relay-aaaaaaaaaaa", None)])
-    };
+    let sim = SimConfig { path_prefix: "/proxy/v1".into(), ..sim_with(&[("sk-relay-aaaaaaaaaaa", None)]) };
     let app = spawn(sim, vec![key("sk-relay-aaaaaaaaaaa", None)], |_| {}).await;
     assert!(app.sim.base_url().ends_with("/proxy/v1"));
     let resp = app
@@ -293,22 +188,13 @@ async fn relay_prefix_query_and_headers_pass_through_and_the_key_replaces_the_to
     assert_eq!(headers["openai-organization"], "org-123");
     assert_eq!(headers["x-custom"], "kept");
     assert!(headers.get("x-hop").is_none(), "{headers}");
-    assert!(
-        !echo.to_string().contains(&app.token),
-        "the gateway token never goes upstream"
-    );
+    assert!(!echo.to_string().contains(&app.token), "the gateway token never goes upstream");
 }
 
 #[tokio::test]
 async fn large_uploads_stream_through_and_binary_answers_come_back() {
-    let app = spawn(
-        sim_with(&[("sk-upl-aaaaaaaaaaaaa", None)]),
-        vec![key("sk-upl-aaaaaaaaaaaaa", None)],
-        |_| {},
-    )
-    .await;
-    let chunks =
-        futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b'z'; 64 * 1024])));
+    let app = spawn(sim_with(&[("sk-upl-aaaaaaaaaaaaa", None)]), vec![key("sk-upl-aaaaaaaaaaaaa", None)], |_| {}).await;
+    let chunks = futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b'z'; 64 * 1024])));
     let resp = app
         .post("echo/audio/transcriptions")
         .header("content-type", "multipart/form-data; boundary=xyz")
@@ -332,12 +218,7 @@ async fn large_uploads_stream_through_and_binary_answers_come_back() {
 
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
-    let app = spawn(
-        sim_with(&[("sk-err-aaaaaaaaaaaaa", None)]),
-        vec![key("sk-err-aaaaaaaaaaaaa", None)],
-        |_| {},
-    )
-    .await;
+    let app = spawn(sim_with(&[("sk-err-aaaaaaaaaaaaa", None)]), vec![key("sk-err-aaaaaaaaaaaaa", None)], |_| {}).await;
     let resp = app.get("models/no-such-model").send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(error_code(resp).await, "model_not_found");
@@ -346,39 +227,21 @@ async fn upstream_errors_pass_through_unchanged() {
 #[tokio::test]
 async fn without_keys_callers_get_503_and_paths_outside_v1_get_404() {
     let app = spawn(SimConfig::default(), vec![], |_| {}).await;
-    let resp = app
-        .post("chat/completions")
-        .json(&chat("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post("chat/completions").json(&chat("x")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(error_code(resp).await, "no_keys_available");
-    let resp = app
-        .client
-        .get(format!("http://{}/nope", app.gateway.addr()))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.client.get(format!("http://{}/nope", app.gateway.addr())).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(error_code(resp).await, "unknown_url");
 }
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_clear_502() {
-    let app = spawn(
-        sim_with(&[("sk-down-aaaaaaaaaaaa", None)]),
-        vec![key("sk-down-aaaaaaaaaaaa", None)],
-        |c| {
-            // A port nothing listens on: bind one, then free it.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            c.upstream = format!("http://127.0.0.1:{port}/v1");
-        },
-    )
+    let app = spawn(sim_with(&[("sk-down-aaaaaaaaaaaa", None)]), vec![key("sk-down-aaaaaaaaaaaa", None)], |c| {
+        // A port nothing listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        c.upstream = format!("http://127.0.0.1:{port}/v1");
+    })
     .await;
     let resp = app.get("models").send().await.unwrap();
     assert_eq!(resp.status(), 502);

@@ -20,10 +20,7 @@ async fn official_openai_python_sdk_works_through_keypool() {
     };
     let keys = ["sk-sdk-aaaaaaaaaaaaaa", "sk-sdk-bbbbbbbbbbbbbb"];
     let app = spawn(
-        SimConfig {
-            keys: keys.iter().map(|k| SimKey::new(*k).rpm(100)).collect(),
-            ..SimConfig::default()
-        },
+        SimConfig { keys: keys.iter().map(|k| SimKey::new(*k).rpm(100)).collect(), ..SimConfig::default() },
         keys.iter().map(|k| key(k, None)).collect(),
         |_| {},
     )
@@ -40,17 +37,8 @@ async fn official_openai_python_sdk_works_through_keypool() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("chat, stream+usage, embeddings, models ok"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("chat, stream+usage, embeddings, models ok"), "{stdout}");
     let served: u64 = keys.iter().map(|k| app.sim.key_stats(k).ok).sum();
-    assert_eq!(
-        served, 4,
-        "chat, stream, embeddings and models reached the simulator through keypool"
-    );
+    assert_eq!(served, 4, "chat, stream, embeddings and models reached the simulator through keypool");
 }

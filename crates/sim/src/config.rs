@@ -70,13 +70,7 @@ pub struct SimKey {
 impl SimKey {
     /// An active key with no limits.
     pub fn new(key: impl Into<String>) -> Self {
-        SimKey {
-            key: key.into(),
-            rpm: None,
-            tpm: None,
-            mode: LimitMode::default(),
-            state: KeyState::default(),
-        }
+        SimKey { key: key.into(), rpm: None, tpm: None, mode: LimitMode::default(), state: KeyState::default() }
     }
     pub fn rpm(mut self, n: u32) -> Self {
         self.rpm = Some(n);

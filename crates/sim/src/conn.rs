@@ -47,13 +47,7 @@ impl Listener for KillableListener {
                 Ok((inner, addr)) => {
                     // Streams are paced chunk by chunk; Nagle would bunch them up.
                     let _ = inner.set_nodelay(true);
-                    return (
-                        KillableStream {
-                            inner,
-                            kill: ConnKill::default(),
-                        },
-                        addr,
-                    );
+                    return (KillableStream { inner, kill: ConnKill::default() }, addr);
                 }
                 Err(e) => {
                     // Typically too many open files: back off instead of spinning.
@@ -80,11 +74,7 @@ fn reset_err() -> io::Error {
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.kill.killed() {
             return Poll::Ready(Err(reset_err()));
         }
@@ -93,11 +83,7 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.kill.killed() {
             return Poll::Ready(Err(reset_err()));
         }

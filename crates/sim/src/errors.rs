@@ -41,13 +41,7 @@ pub fn invalid_key(key: Option<&str>) -> Response {
         ),
         None => "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).".to_string(),
     };
-    error_response(
-        StatusCode::UNAUTHORIZED,
-        &message,
-        "invalid_request_error",
-        None,
-        Some("invalid_api_key"),
-    )
+    error_response(StatusCode::UNAUTHORIZED, &message, "invalid_request_error", None, Some("invalid_api_key"))
 }
 
 pub fn insufficient_quota() -> Response {
@@ -95,10 +89,7 @@ pub fn missing_param(param: &str) -> Response {
 pub fn raw(status: u16, body: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, body.to_string()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 

@@ -28,10 +28,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
             return Some(auth[7..].trim().to_string());
         }
     }
-    headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
+    headers.get("api-key").and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
 }
 
 fn roll(rate: f64) -> bool {
@@ -71,13 +68,7 @@ impl Shared {
         }
     }
 
-    async fn decide(
-        &self,
-        k: Option<&str>,
-        conn: &ConnKill,
-        model: &str,
-        cost: u64,
-    ) -> Result<(), Response> {
+    async fn decide(&self, k: Option<&str>, conn: &ConnKill, model: &str, cost: u64) -> Result<(), Response> {
         let faults = lock(&self.faults).clone();
         if let Some((status, body)) = &faults.status_override {
             self.bump(k, |s| match status {
@@ -108,19 +99,9 @@ impl Shared {
             let mut keys = lock(&self.keys);
             match keys.get_mut(key) {
                 None if self.accept_any_key => Ok(()),
-                None
-                | Some(crate::state::KeyEntry {
-                    state: KeyState::Invalid,
-                    ..
-                }) => Err(None),
-                Some(crate::state::KeyEntry {
-                    state: KeyState::InsufficientQuota,
-                    ..
-                }) => Err(Some(None)),
-                Some(e) => e
-                    .limiter
-                    .try_admit(Instant::now(), cost)
-                    .map_err(|r| Some(Some(r))),
+                None | Some(crate::state::KeyEntry { state: KeyState::Invalid, .. }) => Err(None),
+                Some(crate::state::KeyEntry { state: KeyState::InsufficientQuota, .. }) => Err(Some(None)),
+                Some(e) => e.limiter.try_admit(Instant::now(), cost).map_err(|r| Some(Some(r))),
             }
         };
         match verdict {
@@ -160,15 +141,12 @@ impl Shared {
         for (suffix, dim) in [("requests", snap.requests), ("tokens", snap.tokens)] {
             let Some(d) = dim else { continue };
             let reset = format_go_duration(ceil_millis(d.reset));
-            for (name, value) in [
-                ("limit", d.limit.to_string()),
-                ("remaining", d.remaining.to_string()),
-                ("reset", reset),
-            ] {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::try_from(format!("x-ratelimit-{name}-{suffix}")),
-                    HeaderValue::from_str(&value),
-                ) {
+            for (name, value) in
+                [("limit", d.limit.to_string()), ("remaining", d.remaining.to_string()), ("reset", reset)]
+            {
+                if let (Ok(n), Ok(v)) =
+                    (HeaderName::try_from(format!("x-ratelimit-{name}-{suffix}")), HeaderValue::from_str(&value))
+                {
                     h.insert(n, v);
                 }
             }
@@ -199,13 +177,8 @@ fn rate_limited(model: &str, r: &Refusal) -> Response {
         r.requested,
         format_go_duration(wait)
     );
-    let mut resp = errors::error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        &message,
-        kind,
-        None,
-        Some("rate_limit_exceeded"),
-    );
+    let mut resp =
+        errors::error_response(StatusCode::TOO_MANY_REQUESTS, &message, kind, None, Some("rate_limit_exceeded"));
     let secs = wait.as_millis().div_ceil(1000).max(1);
     if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
         resp.headers_mut().insert("retry-after", v);

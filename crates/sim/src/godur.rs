@@ -78,14 +78,8 @@ mod tests {
 
     #[test]
     fn ceil_millis_rounds_up() {
-        assert_eq!(
-            ceil_millis(Duration::from_nanos(1)),
-            Duration::from_millis(1)
-        );
-        assert_eq!(
-            ceil_millis(Duration::from_millis(7)),
-            Duration::from_millis(7)
-        );
+        assert_eq!(ceil_millis(Duration::from_nanos(1)), Duration::from_millis(1));
+        assert_eq!(ceil_millis(Duration::from_millis(7)), Duration::from_millis(7));
         assert_eq!(ceil_millis(Duration::ZERO), Duration::ZERO);
     }
 }

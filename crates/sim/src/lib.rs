@@ -40,9 +40,7 @@ pub struct Simulator {
 impl Simulator {
     /// Binds 127.0.0.1:0 (or `cfg.listen` if set) and serves in a spawned tokio task.
     pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
-        let listen = cfg
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listen = cfg.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(&cfg));
@@ -58,11 +56,7 @@ impl Simulator {
                 tracing::error!("simulator stopped: {e}");
             }
         });
-        Ok(Simulator {
-            addr,
-            shared,
-            cancel,
-        })
+        Ok(Simulator { addr, shared, cancel })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -81,11 +75,7 @@ impl Simulator {
 
     /// Counters of one key; zeros if it was never presented.
     pub fn key_stats(&self, key: &str) -> KeyStats {
-        lock(&self.shared.stats)
-            .keys
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
+        lock(&self.shared.stats).keys.get(key).cloned().unwrap_or_default()
     }
 
     /// Adds or replaces a key (a replaced key starts with a full budget).

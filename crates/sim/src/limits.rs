@@ -55,11 +55,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(limit: u32, now: Instant) -> Self {
-        Bucket {
-            capacity: f64::from(limit),
-            level: f64::from(limit),
-            last: now,
-        }
+        Bucket { capacity: f64::from(limit), level: f64::from(limit), last: now }
     }
     fn rate_per_sec(&self) -> f64 {
         self.capacity / 60.0
@@ -94,7 +90,9 @@ enum Kind {
         tokens: Option<Bucket>,
     },
     /// Admitted requests in the last 60 s: (when, token cost).
-    Window { entries: VecDeque<(Instant, u64)> },
+    Window {
+        entries: VecDeque<(Instant, u64)>,
+    },
 }
 
 /// The limiter of one key.
@@ -108,13 +106,10 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(rpm: Option<u32>, tpm: Option<u32>, mode: LimitMode, now: Instant) -> Self {
         let kind = match mode {
-            LimitMode::TokenBucket => Kind::Bucket {
-                requests: rpm.map(|l| Bucket::new(l, now)),
-                tokens: tpm.map(|l| Bucket::new(l, now)),
-            },
-            LimitMode::RollingWindow => Kind::Window {
-                entries: VecDeque::new(),
-            },
+            LimitMode::TokenBucket => {
+                Kind::Bucket { requests: rpm.map(|l| Bucket::new(l, now)), tokens: tpm.map(|l| Bucket::new(l, now)) }
+            }
+            LimitMode::RollingWindow => Kind::Window { entries: VecDeque::new() },
         };
         Limiter { rpm, tpm, kind }
     }
@@ -129,10 +124,9 @@ impl Limiter {
         let (rpm, tpm) = (self.rpm, self.tpm);
         match &mut self.kind {
             Kind::Bucket { requests, tokens } => {
-                for (bucket, dimension, requested) in [
-                    (requests.as_mut(), Dimension::Requests, 1),
-                    (tokens.as_mut(), Dimension::Tokens, cost),
-                ] {
+                for (bucket, dimension, requested) in
+                    [(requests.as_mut(), Dimension::Requests, 1), (tokens.as_mut(), Dimension::Tokens, cost)]
+                {
                     let Some(b) = bucket else { continue };
                     b.refill(now);
                     if b.level < requested as f64 {
@@ -174,12 +168,7 @@ impl Limiter {
                 }
                 if let Some(limit) = tpm.map(u64::from) {
                     if used_tokens + cost > limit {
-                        let retry_after = window_token_wait(
-                            entries,
-                            now,
-                            used_tokens + cost - limit,
-                            cost > limit,
-                        );
+                        let retry_after = window_token_wait(entries, now, used_tokens + cost - limit, cost > limit);
                         return Err(Refusal {
                             dimension: Dimension::Tokens,
                             limit,
@@ -206,17 +195,11 @@ impl Limiter {
                         b.state()
                     })
                 };
-                Snapshot {
-                    requests: state(requests),
-                    tokens: state(tokens),
-                }
+                Snapshot { requests: state(requests), tokens: state(tokens) }
             }
             Kind::Window { entries } => {
                 prune(entries, now);
-                let reset = entries
-                    .front()
-                    .map(|(t, _)| leaves_at(*t, now))
-                    .unwrap_or(Duration::ZERO);
+                let reset = entries.front().map(|(t, _)| leaves_at(*t, now)).unwrap_or(Duration::ZERO);
                 let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
                 let count = entries.len() as u64;
                 Snapshot {
@@ -247,12 +230,7 @@ fn leaves_at(admitted: Instant, now: Instant) -> Duration {
 }
 
 /// How long until enough old entries leave the window to free `need` tokens.
-fn window_token_wait(
-    entries: &VecDeque<(Instant, u64)>,
-    now: Instant,
-    need: u64,
-    impossible: bool,
-) -> Duration {
+fn window_token_wait(entries: &VecDeque<(Instant, u64)>, now: Instant, need: u64, impossible: bool) -> Duration {
     if impossible {
         return WINDOW;
     }
@@ -278,20 +256,12 @@ mod tests {
             assert!(l.try_admit(now, 10).is_ok());
         }
         let r = l.try_admit(now, 10).err();
-        let r = r
-            .as_ref()
-            .map(|r| (r.dimension, r.limit, r.used, r.retry_after));
-        assert_eq!(
-            r,
-            Some((Dimension::Requests, 3, 3, Duration::from_secs(20)))
-        );
+        let r = r.as_ref().map(|r| (r.dimension, r.limit, r.used, r.retry_after));
+        assert_eq!(r, Some((Dimension::Requests, 3, 3, Duration::from_secs(20))));
         // One request comes back every 20 s.
         assert!(l.try_admit(now + Duration::from_secs(20), 10).is_ok());
         let snap = l.snapshot(now + Duration::from_secs(20));
-        assert_eq!(
-            snap.requests.map(|s| (s.remaining, s.reset)),
-            Some((0, Duration::from_secs(60)))
-        );
+        assert_eq!(snap.requests.map(|s| (s.remaining, s.reset)), Some((0, Duration::from_secs(60))));
         assert_eq!(snap.tokens, None);
     }
 
@@ -307,14 +277,7 @@ mod tests {
             Some((Dimension::Tokens, 500, 200, Duration::from_secs(10)))
         );
         let snap = l.snapshot(now);
-        assert_eq!(
-            snap.tokens,
-            Some(DimState {
-                limit: 600,
-                remaining: 100,
-                reset: Duration::from_secs(50)
-            })
-        );
+        assert_eq!(snap.tokens, Some(DimState { limit: 600, remaining: 100, reset: Duration::from_secs(50) }));
     }
 
     #[tokio::test(start_paused = true)]
@@ -325,31 +288,14 @@ mod tests {
         let t1 = start + Duration::from_secs(10);
         assert!(l.try_admit(t1, 100).is_ok());
         let r = l.try_admit(t1, 100).err();
-        assert_eq!(
-            r.map(|r| (r.dimension, r.retry_after)),
-            Some((Dimension::Requests, Duration::from_secs(50)))
-        );
+        assert_eq!(r.map(|r| (r.dimension, r.retry_after)), Some((Dimension::Requests, Duration::from_secs(50))));
         // Unlike a bucket, nothing comes back until the oldest entry leaves the window.
         assert!(l.try_admit(start + Duration::from_secs(59), 100).is_err());
         let snap = l.snapshot(start + Duration::from_secs(59));
-        assert_eq!(
-            snap.requests,
-            Some(DimState {
-                limit: 2,
-                remaining: 0,
-                reset: Duration::from_secs(1)
-            })
-        );
+        assert_eq!(snap.requests, Some(DimState { limit: 2, remaining: 0, reset: Duration::from_secs(1) }));
         assert!(l.try_admit(start + Duration::from_secs(60), 100).is_ok());
         let snap = l.snapshot(start + Duration::from_secs(200));
-        assert_eq!(
-            snap.tokens,
-            Some(DimState {
-                limit: 1000,
-                remaining: 1000,
-                reset: Duration::ZERO
-            })
-        );
+        assert_eq!(snap.tokens, Some(DimState { limit: 1000, remaining: 1000, reset: Duration::ZERO }));
     }
 
     #[tokio::test(start_paused = true)]

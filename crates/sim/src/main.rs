@@ -8,10 +8,7 @@ use clap::Parser;
 use keypool_sim::{LimitMode, SimConfig, SimKey, Simulator};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "keypool-sim",
-    about = "An OpenAI API simulator with per-key rate limits and faults"
-)]
+#[command(name = "keypool-sim", about = "An OpenAI API simulator with per-key rate limits and faults")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
@@ -46,9 +43,7 @@ fn parse_key(spec: &str) -> anyhow::Result<SimKey> {
     }
     let mut key = SimKey::new(name);
     for opt in opts.split(',').filter(|o| !o.is_empty()) {
-        let (k, v) = opt
-            .split_once('=')
-            .with_context(|| format!("expected name=value, got {opt:?}"))?;
+        let (k, v) = opt.split_once('=').with_context(|| format!("expected name=value, got {opt:?}"))?;
         key = match k {
             "rpm" => key.rpm(v.parse().with_context(|| format!("bad rpm {v:?}"))?),
             "tpm" => key.tpm(v.parse().with_context(|| format!("bad tpm {v:?}"))?),
@@ -57,9 +52,8 @@ fn parse_key(spec: &str) -> anyhow::Result<SimKey> {
                     .with_context(|| format!("bad mode {v:?} (token_bucket|rolling_window)"))?,
             ),
             "state" => key.state(
-                serde_json::from_value(serde_json::Value::String(v.into())).with_context(|| {
-                    format!("bad state {v:?} (active|invalid|insufficient_quota)")
-                })?,
+                serde_json::from_value(serde_json::Value::String(v.into()))
+                    .with_context(|| format!("bad state {v:?} (active|invalid|insufficient_quota)"))?,
             ),
             other => bail!("unknown key option {other:?}"),
         };
@@ -74,11 +68,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let keys = args
-        .keys
-        .iter()
-        .map(|k| parse_key(k))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = args.keys.iter().map(|k| parse_key(k)).collect::<anyhow::Result<Vec<_>>>()?;
     let cfg = SimConfig {
         listen: Some(args.listen),
         path_prefix: args.prefix,
@@ -90,9 +80,7 @@ async fn main() -> anyhow::Result<()> {
         send_rate_limit_headers: !args.no_rate_limit_headers,
         ..SimConfig::default()
     };
-    let sim = Simulator::start(cfg)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let sim = Simulator::start(cfg).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("{}", sim.base_url());
     tokio::signal::ctrl_c().await?;
     sim.shutdown();

@@ -21,10 +21,7 @@ pub struct KeyEntry {
 
 impl KeyEntry {
     pub fn new(k: &SimKey) -> Self {
-        KeyEntry {
-            state: k.state,
-            limiter: Limiter::new(k.rpm, k.tpm, k.mode, Instant::now()),
-        }
+        KeyEntry { state: k.state, limiter: Limiter::new(k.rpm, k.tpm, k.mode, Instant::now()) }
     }
 }
 
@@ -63,19 +60,11 @@ pub fn normalize_prefix(p: &str) -> String {
 
 impl Shared {
     pub fn new(cfg: &SimConfig) -> Self {
-        let keys = cfg
-            .keys
-            .iter()
-            .map(|k| (k.key.clone(), KeyEntry::new(k)))
-            .collect();
+        let keys = cfg.keys.iter().map(|k| (k.key.clone(), KeyEntry::new(k))).collect();
         Shared {
             prefix: normalize_prefix(&cfg.path_prefix),
             accept_any_key: cfg.accept_any_key,
-            stream_chunks: if cfg.stream_chunks == 0 {
-                5
-            } else {
-                cfg.stream_chunks
-            },
+            stream_chunks: if cfg.stream_chunks == 0 { 5 } else { cfg.stream_chunks },
             chunk_interval: cfg.chunk_interval,
             send_rate_limit_headers: cfg.send_rate_limit_headers,
             latency: Mutex::new(cfg.latency),
@@ -98,10 +87,7 @@ impl Shared {
         match keys.get_mut(key) {
             Some(e) => e.state = state,
             None => {
-                keys.insert(
-                    key.to_string(),
-                    KeyEntry::new(&SimKey::new(key).state(state)),
-                );
+                keys.insert(key.to_string(), KeyEntry::new(&SimKey::new(key).state(state)));
             }
         }
     }

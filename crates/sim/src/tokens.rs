@@ -20,10 +20,7 @@ fn content_chars(content: &Value) -> usize {
             .iter()
             .map(|p| match p {
                 Value::String(s) => s.chars().count(),
-                other => other
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map_or(0, |s| s.chars().count()),
+                other => other.get("text").and_then(Value::as_str).map_or(0, |s| s.chars().count()),
             })
             .sum(),
         _ => 0,
@@ -52,10 +49,7 @@ fn input_chars(input: &Value) -> usize {
 /// legacy prompts, embedding inputs and speech text cost their text.
 pub fn prompt_tokens(body: &Value) -> u64 {
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
-        let chars: usize = messages
-            .iter()
-            .map(|m| m.get("content").map_or(0, content_chars))
-            .sum();
+        let chars: usize = messages.iter().map(|m| m.get("content").map_or(0, content_chars)).sum();
         return text_tokens(chars) + 3 * messages.len() as u64;
     }
     let input = body.get("prompt").or_else(|| body.get("input"));
@@ -109,11 +103,7 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -133,14 +123,8 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("foobar", "Zm9vYmFy"),
-        ];
+        let cases =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")];
         for (input, want) in cases {
             assert_eq!(base64(input.as_bytes()), want);
         }

@@ -10,27 +10,19 @@ use keypool_sim::{LimitMode, SimConfig, SimKey};
 use serde_json::Value;
 
 fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+    resp.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
 #[tokio::test]
 async fn rpm_bucket_fourth_request_is_429() {
-    let sim = start(SimConfig {
-        keys: vec![SimKey::new("sk-limited-aaaa").rpm(3).tpm(40_000)],
-        ..SimConfig::default()
-    })
-    .await;
+    let sim =
+        start(SimConfig { keys: vec![SimKey::new("sk-limited-aaaa").rpm(3).tpm(40_000)], ..SimConfig::default() })
+            .await;
     for i in 0..3 {
         let resp = post(&sim, "/chat/completions", "sk-limited-aaaa", &chat_body()).await;
         assert_eq!(resp.status(), 200, "request {i}");
         assert_eq!(header(&resp, "x-ratelimit-limit-requests"), "3");
-        assert_eq!(
-            header(&resp, "x-ratelimit-remaining-requests"),
-            (2 - i).to_string()
-        );
+        assert_eq!(header(&resp, "x-ratelimit-remaining-requests"), (2 - i).to_string());
         assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), "40000");
     }
     let resp = post(&sim, "/chat/completions", "sk-limited-aaaa", &chat_body()).await;
@@ -41,13 +33,8 @@ async fn rpm_bucket_fourth_request_is_429() {
     // The bucket is refilled in under 60 s: a Go duration such as "59.99s".
     assert!(header(&resp, "x-ratelimit-reset-requests").ends_with('s'));
     // 3 requests of 6 + 10 tokens were charged; the bucket refills ~0.67 token per ms meanwhile.
-    let remaining: u64 = header(&resp, "x-ratelimit-remaining-tokens")
-        .parse()
-        .unwrap();
-    assert!(
-        (40_000 - 48..40_000 - 30).contains(&remaining),
-        "remaining tokens {remaining}"
-    );
+    let remaining: u64 = header(&resp, "x-ratelimit-remaining-tokens").parse().unwrap();
+    assert!((40_000 - 48..40_000 - 30).contains(&remaining), "remaining tokens {remaining}");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
     assert_eq!(v["error"]["type"], "requests");
@@ -62,43 +49,22 @@ async fn rpm_bucket_fourth_request_is_429() {
 
 #[tokio::test]
 async fn tpm_refusal_says_tokens() {
-    let sim = start(SimConfig {
-        keys: vec![SimKey::new("sk-tokens-bbbb").tpm(20)],
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = start(SimConfig { keys: vec![SimKey::new("sk-tokens-bbbb").tpm(20)], ..SimConfig::default() }).await;
     // Costs 6 + 10 = 16 tokens: one fits, the second does not.
-    assert_eq!(
-        post(&sim, "/chat/completions", "sk-tokens-bbbb", &chat_body())
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(post(&sim, "/chat/completions", "sk-tokens-bbbb", &chat_body()).await.status(), 200);
     let resp = post(&sim, "/chat/completions", "sk-tokens-bbbb", &chat_body()).await;
     assert_eq!(resp.status(), 429);
-    assert!(
-        header(&resp, "x-ratelimit-limit-requests").is_empty(),
-        "no rpm, no request trio"
-    );
+    assert!(header(&resp, "x-ratelimit-limit-requests").is_empty(), "no rpm, no request trio");
     assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), "20");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "tokens");
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("tokens per min (TPM): Limit 20, Used 16, Requested 16."));
+    assert!(v["error"]["message"].as_str().unwrap().contains("tokens per min (TPM): Limit 20, Used 16, Requested 16."));
 }
 
 #[tokio::test(start_paused = true)]
 async fn rolling_window_lets_request_through_after_60s() {
-    let key = SimKey::new("sk-window-cccc")
-        .rpm(1)
-        .mode(LimitMode::RollingWindow);
-    let sim = start(SimConfig {
-        keys: vec![key],
-        ..SimConfig::default()
-    })
-    .await;
+    let key = SimKey::new("sk-window-cccc").rpm(1).mode(LimitMode::RollingWindow);
+    let sim = start(SimConfig { keys: vec![key], ..SimConfig::default() }).await;
     let resp = post(&sim, "/chat/completions", "sk-window-cccc", &chat_body()).await;
     assert_eq!(resp.status(), 200);
     let resp = post(&sim, "/chat/completions", "sk-window-cccc", &chat_body()).await;

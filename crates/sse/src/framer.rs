@@ -39,12 +39,7 @@ impl SseFramer {
     /// A framer with a custom line cap, so tests can exercise the overflow
     /// path with small inputs.
     pub(crate) fn with_max_line(max_line: usize) -> Self {
-        Self {
-            line: Vec::new(),
-            discarding: false,
-            skip_lf: false,
-            max_line,
-        }
+        Self { line: Vec::new(), discarding: false, skip_lf: false, max_line }
     }
 
     /// Calls `on_data` once per complete `data:` field value (without the
@@ -113,9 +108,7 @@ impl SseFramer {
         if needed > self.line.capacity() {
             // Grow geometrically like Vec would, but never past the cap, so
             // the retained buffer is bounded by `max_line` itself.
-            let target = needed
-                .max(self.line.capacity().saturating_mul(2))
-                .min(self.max_line);
+            let target = needed.max(self.line.capacity().saturating_mul(2)).min(self.max_line);
             self.line.reserve_exact(target - self.line.len());
         }
         self.line.extend_from_slice(part);
@@ -163,34 +156,20 @@ mod tests {
     #[test]
     fn framer_extracts_data_and_ignores_other_fields() {
         let mut f = SseFramer::new();
-        let input = b": keep-alive\nevent: message\nid: 7\nretry: 100\ndata: {\"a\":1}\n\ndata:nospace\ndata:  two\ndata\n\n";
+        let input =
+            b": keep-alive\nevent: message\nid: 7\nretry: 100\ndata: {\"a\":1}\n\ndata:nospace\ndata:  two\ndata\n\n";
         let got = collect(&mut f, &[input]);
-        assert_eq!(
-            got,
-            vec![
-                b"{\"a\":1}".to_vec(),
-                b"nospace".to_vec(),
-                b" two".to_vec(),
-                Vec::new()
-            ]
-        );
+        assert_eq!(got, vec![b"{\"a\":1}".to_vec(), b"nospace".to_vec(), b" two".to_vec(), Vec::new()]);
     }
 
     #[test]
     fn framer_handles_all_line_endings_split_anywhere() {
         let input: &[u8] = b"data: a\r\ndata: b\rdata: c\n\r\ndata: d\r\r\n";
         let whole = collect(&mut SseFramer::new(), &[input]);
-        assert_eq!(
-            whole,
-            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
-        );
+        assert_eq!(whole, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
         for cut in 0..=input.len() {
             let (a, b) = input.split_at(cut);
-            assert_eq!(
-                collect(&mut SseFramer::new(), &[a, b]),
-                whole,
-                "cut at {cut}"
-            );
+            assert_eq!(collect(&mut SseFramer::new(), &[a, b]), whole, "cut at {cut}");
         }
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(collect(&mut SseFramer::new(), &bytes), whole);
@@ -211,11 +190,7 @@ mod tests {
         assert_eq!(whole, vec![b"ok".to_vec(), b"01".to_vec()]);
         for cut in 0..=input.len() {
             let (a, b) = input.split_at(cut);
-            assert_eq!(
-                collect(&mut SseFramer::with_max_line(10), &[a, b]),
-                whole,
-                "cut at {cut}"
-            );
+            assert_eq!(collect(&mut SseFramer::with_max_line(10), &[a, b]), whole, "cut at {cut}");
         }
     }
 

@@ -14,9 +14,11 @@
 
 mod framer;
 mod scan;
+mod strip;
 mod tap;
 
 pub use framer::SseFramer;
+pub use strip::UsageStripper;
 pub use tap::{strip_usage_event, BodyKind, TapOutcome, Usage, UsageTap};
 
 /// Largest single SSE line, or non-streaming JSON body, that is buffered.

@@ -55,11 +55,7 @@ pub(crate) fn key_value<'a>(payload: &'a [u8], quoted_key: &[u8]) -> Option<&'a 
         let start = from + off;
         from = start + 1;
         let before = payload.get(..start).unwrap_or_default();
-        let opens_key = before
-            .iter()
-            .rev()
-            .find(|&&b| !is_ws(b))
-            .is_some_and(|&b| b == b'{' || b == b',');
+        let opens_key = before.iter().rev().find(|&&b| !is_ws(b)).is_some_and(|&b| b == b'{' || b == b',');
         if !opens_key {
             continue;
         }
@@ -108,14 +104,8 @@ mod tests {
 
     #[test]
     fn key_value_finds_keys_with_whitespace() {
-        assert_eq!(
-            key_value(br#"{"usage":{"a":1}}"#, b"\"usage\""),
-            Some(&br#"{"a":1}}"#[..])
-        );
-        assert_eq!(
-            key_value(br#"{ "x":1 , "usage" :  null}"#, b"\"usage\""),
-            Some(&b"null}"[..])
-        );
+        assert_eq!(key_value(br#"{"usage":{"a":1}}"#, b"\"usage\""), Some(&br#"{"a":1}}"#[..]));
+        assert_eq!(key_value(br#"{ "x":1 , "usage" :  null}"#, b"\"usage\""), Some(&b"null}"[..]));
         assert_eq!(key_value(br#"{"x":1}"#, b"\"usage\""), None);
     }
 
@@ -126,10 +116,7 @@ mod tests {
         assert_eq!(key_value(p, b"\"usage\""), Some(&b"null}"[..]));
         assert!(!has_object(p, b"\"usage\""));
         // A string value that is exactly "usage" is not a key.
-        assert_eq!(
-            key_value(br#"{"a":"usage","b":[ "usage" ]}"#, b"\"usage\""),
-            None
-        );
+        assert_eq!(key_value(br#"{"a":"usage","b":[ "usage" ]}"#, b"\"usage\""), None);
     }
 
     #[test]

@@ -107,10 +107,7 @@ impl SseState {
         // every other chunk says `"usage": null`, and parsing those would cost
         // a full JSON pass per chunk for nothing.
         if scan::has_object(payload, b"\"usage\"") {
-            if let Ok(UsageProbe {
-                usage: Some(usage), ..
-            }) = serde_json::from_slice(payload)
-            {
+            if let Ok(UsageProbe { usage: Some(usage), .. }) = serde_json::from_slice(payload) {
                 self.outcome.usage = Some(usage);
             }
         }
@@ -120,15 +117,8 @@ impl SseState {
 /// How the tap is watching, per [`BodyKind`].
 #[derive(Debug)]
 enum Mode {
-    Sse {
-        framer: SseFramer,
-        state: SseState,
-    },
-    Json {
-        body: Vec<u8>,
-        overflowed: bool,
-        parsed: Option<TapOutcome>,
-    },
+    Sse { framer: SseFramer, state: SseState },
+    Json { body: Vec<u8>, overflowed: bool, parsed: Option<TapOutcome> },
     Other,
 }
 
@@ -150,15 +140,8 @@ impl UsageTap {
     /// path cheaply.
     pub(crate) fn with_max_buffered(kind: BodyKind, max_buffered: usize) -> Self {
         let mode = match kind {
-            BodyKind::Sse => Mode::Sse {
-                framer: SseFramer::with_max_line(max_buffered),
-                state: SseState::default(),
-            },
-            BodyKind::Json => Mode::Json {
-                body: Vec::new(),
-                overflowed: false,
-                parsed: None,
-            },
+            BodyKind::Sse => Mode::Sse { framer: SseFramer::with_max_line(max_buffered), state: SseState::default() },
+            BodyKind::Json => Mode::Json { body: Vec::new(), overflowed: false, parsed: None },
             BodyKind::Other => Mode::Other,
         };
         Self { mode, max_buffered }
@@ -168,11 +151,7 @@ impl UsageTap {
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.mode {
             Mode::Sse { framer, state } => framer.feed(chunk, |data| state.on_data(data)),
-            Mode::Json {
-                body,
-                overflowed,
-                parsed,
-            } => {
+            Mode::Json { body, overflowed, parsed } => {
                 if *overflowed || parsed.is_some() {
                     return;
                 }
@@ -196,11 +175,7 @@ impl UsageTap {
     pub fn finish(&mut self) -> TapOutcome {
         match &mut self.mode {
             Mode::Sse { state, .. } => state.outcome,
-            Mode::Json {
-                body,
-                overflowed,
-                parsed,
-            } => {
+            Mode::Json { body, overflowed, parsed } => {
                 if let Some(outcome) = parsed {
                     return *outcome;
                 }
@@ -208,11 +183,9 @@ impl UsageTap {
                     TapOutcome::default()
                 } else {
                     match serde_json::from_slice::<UsageProbe>(body) {
-                        Ok(probe) => TapOutcome {
-                            usage: probe.usage,
-                            saw_error: probe.error.is_some(),
-                            ..TapOutcome::default()
-                        },
+                        Ok(probe) => {
+                            TapOutcome { usage: probe.usage, saw_error: probe.error.is_some(), ..TapOutcome::default() }
+                        }
                         Err(_) => TapOutcome::default(),
                     }
                 };
@@ -268,10 +241,7 @@ mod tests {
         s.push_str(&format!("id: 2\r\ndata: {}\r\n\r\n", chunk("Hello")));
         s.push_str(": keep-alive\r\n\r\n");
         // Model text that quotes the key must not be mistaken for usage.
-        s.push_str(&format!(
-            "data: {}\r\n\r\n",
-            chunk(r#" \"usage\":{\"total_tokens\":999}"#)
-        ));
+        s.push_str(&format!("data: {}\r\n\r\n", chunk(r#" \"usage\":{\"total_tokens\":999}"#)));
         s.push_str(&format!("data:{}\r\n\r\n", USAGE_CHUNK));
         s.push_str("data: [DONE]\r\n\r\n");
         s.into_bytes()
@@ -279,11 +249,7 @@ mod tests {
 
     fn expected_realistic() -> TapOutcome {
         TapOutcome {
-            usage: Some(Usage {
-                prompt_tokens: 12,
-                completion_tokens: 3,
-                total_tokens: 15,
-            }),
+            usage: Some(Usage { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 }),
             completion_chunks: 3,
             saw_done: true,
             saw_error: false,
@@ -300,10 +266,7 @@ mod tests {
 
     #[test]
     fn sse_realistic_stream_whole() {
-        assert_eq!(
-            tap_pieces(BodyKind::Sse, &[&realistic_stream()]),
-            expected_realistic()
-        );
+        assert_eq!(tap_pieces(BodyKind::Sse, &[&realistic_stream()]), expected_realistic());
     }
 
     #[test]
@@ -311,11 +274,7 @@ mod tests {
         let input = realistic_stream();
         for cut in 0..=input.len() {
             let (a, b) = input.split_at(cut);
-            assert_eq!(
-                tap_pieces(BodyKind::Sse, &[a, b]),
-                expected_realistic(),
-                "cut at {cut}"
-            );
+            assert_eq!(tap_pieces(BodyKind::Sse, &[a, b]), expected_realistic(), "cut at {cut}");
         }
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(tap_pieces(BodyKind::Sse, &bytes), expected_realistic());
@@ -352,15 +311,7 @@ mod tests {
         }
         body.push_str("data: [DONE]\n\n");
         let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
-        assert_eq!(
-            out,
-            TapOutcome {
-                usage: None,
-                completion_chunks: 4,
-                saw_done: true,
-                saw_error: false
-            }
-        );
+        assert_eq!(out, TapOutcome { usage: None, completion_chunks: 4, saw_done: true, saw_error: false });
     }
 
     #[test]
@@ -415,14 +366,7 @@ mod tests {
                     data: {\"choices\":[], \"usage\" : {\"prompt_tokens\":2,\"completion_tokens\":5,\"total_tokens\":7}}\n\
                     data: {\"choices\":[],\"usage\":{\"prompt_tokens\":\"bad\"}}\n";
         let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                prompt_tokens: 2,
-                completion_tokens: 5,
-                total_tokens: 7
-            })
-        );
+        assert_eq!(out.usage, Some(Usage { prompt_tokens: 2, completion_tokens: 5, total_tokens: 7 }));
         assert_eq!(out.completion_chunks, 0);
     }
 
@@ -438,10 +382,7 @@ mod tests {
         tap.feed(format!("data: {USAGE_CHUNK}\n\ndata: [DONE]\n\n").as_bytes());
         let out = tap.finish();
         assert_eq!(out.usage, expected_realistic().usage);
-        assert_eq!(
-            out.completion_chunks, 0,
-            "the oversize chunk is not seen at all"
-        );
+        assert_eq!(out.completion_chunks, 0, "the oversize chunk is not seen at all");
         assert!(out.saw_done);
     }
 
@@ -453,13 +394,7 @@ mod tests {
             tap.feed(piece);
         }
         tap.feed(b"data: [DONE]\n");
-        assert_eq!(
-            tap.finish(),
-            TapOutcome {
-                saw_done: true,
-                ..TapOutcome::default()
-            }
-        );
+        assert_eq!(tap.finish(), TapOutcome { saw_done: true, ..TapOutcome::default() });
     }
 
     #[test]
@@ -471,11 +406,7 @@ mod tests {
             assert_eq!(
                 out,
                 TapOutcome {
-                    usage: Some(Usage {
-                        prompt_tokens: 9,
-                        completion_tokens: 2,
-                        total_tokens: 11
-                    }),
+                    usage: Some(Usage { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 }),
                     ..TapOutcome::default()
                 }
             );
@@ -486,31 +417,14 @@ mod tests {
     fn json_embeddings_usage_defaults_missing_fields() {
         let body = br#"{"object":"list","data":[],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
         let out = tap_pieces(BodyKind::Json, &[body]);
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                prompt_tokens: 8,
-                completion_tokens: 0,
-                total_tokens: 8
-            })
-        );
+        assert_eq!(out.usage, Some(Usage { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8 }));
     }
 
     #[test]
     fn json_error_body_and_garbage() {
-        let err =
-            br#"{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"x"}}"#;
-        assert_eq!(
-            tap_pieces(BodyKind::Json, &[err]),
-            TapOutcome {
-                saw_error: true,
-                ..TapOutcome::default()
-            }
-        );
-        assert_eq!(
-            tap_pieces(BodyKind::Json, &[b"{\"usage\": {\"prompt"]),
-            TapOutcome::default()
-        );
+        let err = br#"{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"x"}}"#;
+        assert_eq!(tap_pieces(BodyKind::Json, &[err]), TapOutcome { saw_error: true, ..TapOutcome::default() });
+        assert_eq!(tap_pieces(BodyKind::Json, &[b"{\"usage\": {\"prompt"]), TapOutcome::default());
         assert_eq!(tap_pieces(BodyKind::Json, &[b""]), TapOutcome::default());
     }
 
@@ -550,44 +464,22 @@ mod tests {
 
     #[test]
     fn body_kind_from_content_type() {
-        assert_eq!(
-            BodyKind::from_content_type(Some("text/event-stream")),
-            BodyKind::Sse
-        );
-        assert_eq!(
-            BodyKind::from_content_type(Some("text/event-stream; charset=utf-8")),
-            BodyKind::Sse
-        );
-        assert_eq!(
-            BodyKind::from_content_type(Some("Application/JSON ; charset=utf-8")),
-            BodyKind::Json
-        );
-        assert_eq!(
-            BodyKind::from_content_type(Some("application/json")),
-            BodyKind::Json
-        );
-        assert_eq!(
-            BodyKind::from_content_type(Some("audio/mpeg")),
-            BodyKind::Other
-        );
-        assert_eq!(
-            BodyKind::from_content_type(Some("text/plain")),
-            BodyKind::Other
-        );
+        assert_eq!(BodyKind::from_content_type(Some("text/event-stream")), BodyKind::Sse);
+        assert_eq!(BodyKind::from_content_type(Some("text/event-stream; charset=utf-8")), BodyKind::Sse);
+        assert_eq!(BodyKind::from_content_type(Some("Application/JSON ; charset=utf-8")), BodyKind::Json);
+        assert_eq!(BodyKind::from_content_type(Some("application/json")), BodyKind::Json);
+        assert_eq!(BodyKind::from_content_type(Some("audio/mpeg")), BodyKind::Other);
+        assert_eq!(BodyKind::from_content_type(Some("text/plain")), BodyKind::Other);
         assert_eq!(BodyKind::from_content_type(None), BodyKind::Other);
     }
 
     #[test]
     fn strip_usage_event_predicate() {
         assert!(strip_usage_event(USAGE_CHUNK.as_bytes()));
-        assert!(strip_usage_event(
-            br#" {"choices": [ ], "usage": {"total_tokens":1}} "#
-        ));
+        assert!(strip_usage_event(br#" {"choices": [ ], "usage": {"total_tokens":1}} "#));
         assert!(!strip_usage_event(chunk("hi").as_bytes()));
         assert!(!strip_usage_event(br#"{"choices":[],"usage":null}"#));
-        assert!(!strip_usage_event(
-            br#"{"choices":[{"index":0}],"usage":{"total_tokens":1}}"#
-        ));
+        assert!(!strip_usage_event(br#"{"choices":[{"index":0}],"usage":{"total_tokens":1}}"#));
         assert!(!strip_usage_event(b"[DONE]"));
         assert!(!strip_usage_event(b""));
     }

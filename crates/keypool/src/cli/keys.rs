@@ -48,6 +48,38 @@ pub struct KeyOpts {
     /// Tokens per minute this key allows.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     tpm: Option<u32>,
+    /// Requests per day this key allows (it cools until 00:00 UTC once spent).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rpd: Option<u32>,
+    /// Most requests in flight at once on this key.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_inflight: Option<u32>,
+    /// Share of traffic under the `weighted` strategy.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    weight: Option<u32>,
+    /// Balance in USD this key may spend (the `balance_even` strategy spends keys' budgets evenly).
+    #[arg(long, value_parser = parse_usd)]
+    budget: Option<u64>,
+    /// Date the key stops working (YYYY-MM-DD or RFC 3339); among equals, the soonest to expire is used first.
+    #[arg(long, value_parser = parse_expiry)]
+    expires: Option<i64>,
+}
+
+/// USD to micro-USD.
+fn parse_usd(s: &str) -> Result<u64, String> {
+    let usd: f64 = s.trim_start_matches('$').parse().map_err(|_| format!("{s:?} is not an amount in USD"))?;
+    if !(usd.is_finite() && usd >= 0.0) {
+        return Err("budget must be a non-negative amount in USD".into());
+    }
+    Ok((usd * 1e6).round() as u64)
+}
+
+/// A date or RFC 3339 time to Unix seconds.
+fn parse_expiry(s: &str) -> Result<i64, String> {
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|e| format!("{s:?}: {e} (expected YYYY-MM-DD)"))?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| "date before 1970".to_owned())?.as_secs();
+    i64::try_from(secs).map_err(|_| "date too far away".to_owned())
 }
 
 /// A key must be sendable in an HTTP header and look like one token.
@@ -64,17 +96,12 @@ fn check_key(key: &str) -> Result<(), String> {
 pub async fn run(cmd: &KeysCommand, config: &Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url).await?;
     match cmd {
-        KeysCommand::Add { keys, opts } => {
-            add_all(&store, keys.iter().map(|k| (0, k.clone())), opts).await?
-        }
+        KeysCommand::Add { keys, opts } => add_all(&store, keys.iter().map(|k| (0, k.clone())), opts).await?,
         KeysCommand::Import { file, opts } => {
             let reader: Box<dyn Read> = if file.as_os_str() == "-" {
                 Box::new(std::io::stdin())
             } else {
-                Box::new(
-                    std::fs::File::open(file)
-                        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?,
-                )
+                Box::new(std::fs::File::open(file).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?)
             };
             let mut lines = Vec::new();
             for (n, line) in BufReader::new(reader).lines().enumerate() {
@@ -105,18 +132,10 @@ pub async fn run(cmd: &KeysCommand, config: &Config) -> anyhow::Result<()> {
 }
 
 /// Adds each key, reporting duplicates and unusable lines without stopping.
-async fn add_all(
-    store: &Store,
-    keys: impl Iterator<Item = (usize, String)>,
-    opts: &KeyOpts,
-) -> anyhow::Result<()> {
+async fn add_all(store: &Store, keys: impl Iterator<Item = (usize, String)>, opts: &KeyOpts) -> anyhow::Result<()> {
     let (mut added, mut dups, mut bad) = (0, 0, 0);
     for (line, secret) in keys {
-        let at = if line > 0 {
-            format!("line {line}: ")
-        } else {
-            String::new()
-        };
+        let at = if line > 0 { format!("line {line}: ") } else { String::new() };
         if let Err(why) = check_key(&secret) {
             eprintln!("{at}skipped {}: {why}", mask_key(&secret));
             bad += 1;
@@ -128,6 +147,11 @@ async fn add_all(
             label: opts.label.clone(),
             rpm: opts.rpm,
             tpm: opts.tpm,
+            rpd: opts.rpd,
+            max_inflight: opts.max_inflight,
+            weight: opts.weight,
+            budget_micros: opts.budget,
+            expires_at: opts.expires,
         };
         match store.add_key(&new).await? {
             AddOutcome::Added(id) => {
@@ -159,6 +183,9 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
                     "rpm": k.rpm, "tpm": k.tpm, "requests": k.requests, "successes": k.successes,
                     "failures": k.failures, "prompt_tokens": k.prompt_tokens,
                     "completion_tokens": k.completion_tokens, "last_used_at": k.last_used_at,
+                    "rpd": k.rpd, "max_inflight": k.max_inflight, "weight": k.weight,
+                    "budget_usd": k.budget_micros.map(|b| b as f64 / 1e6),
+                    "spent_usd": k.spent_micros as f64 / 1e6, "expires_at": k.expires_at,
                 })
             })
             .collect();
@@ -166,19 +193,17 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if keys.is_empty() {
-        println!(
-            "no keys yet: add one with `keypool keys add sk-...` or `keypool keys import FILE`"
-        );
+        println!("no keys yet: add one with `keypool keys add sk-...` or `keypool keys import FILE`");
         return Ok(());
     }
     println!(
-        "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7}",
-        "ID", "KEY", "LABEL", "STATUS", "RPM", "TPM", "REQUESTS", "SUCCESS", "FAILED"
+        "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}",
+        "ID", "KEY", "LABEL", "STATUS", "RPM", "TPM", "REQUESTS", "SUCCESS", "FAILED", "SPENT/BUDGET USD"
     );
     for k in &keys {
         let limit = |v: Option<u32>| v.map_or("-".to_owned(), |n| n.to_string());
         println!(
-            "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7}",
+            "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}",
             k.id,
             mask_key(k.secret.expose_secret()),
             k.label.as_deref().unwrap_or("-"),
@@ -187,7 +212,12 @@ async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
             limit(k.tpm),
             k.requests,
             k.successes,
-            k.failures
+            k.failures,
+            format!(
+                "{:.4}/{}",
+                k.spent_micros as f64 / 1e6,
+                k.budget_micros.map_or("-".to_owned(), |b| format!("{:.2}", b as f64 / 1e6))
+            )
         );
     }
     Ok(())

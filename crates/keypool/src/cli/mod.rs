@@ -12,11 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{AuthMode, Config, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "keypool",
-    version,
-    about = "An OpenAI-compatible gateway over a pool of API keys"
-)]
+#[command(name = "keypool", version, about = "An OpenAI-compatible gateway over a pool of API keys")]
 pub struct Cli {
     /// TOML config file (default: ./keypool.toml when present). Env: KEYPOOL_CONFIG.
     #[arg(long, global = true, env = "KEYPOOL_CONFIG")]
@@ -67,10 +63,7 @@ pub enum ConfigCommand {
 impl Cli {
     /// The effective configuration for this invocation.
     pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
-        let mut overrides = Overrides {
-            database_url: self.database_url.clone(),
-            ..Overrides::default()
-        };
+        let mut overrides = Overrides { database_url: self.database_url.clone(), ..Overrides::default() };
         if let Command::Serve(serve) = &self.command {
             overrides.listen = serve.listen;
             overrides.upstream = serve.upstream.clone();

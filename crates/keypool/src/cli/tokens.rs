@@ -22,31 +22,16 @@ pub async fn run(cmd: &TokensCommand, config: &Config) -> anyhow::Result<()> {
         TokensCommand::Create { name } => {
             let token = generate_token();
             let prefix: String = token.chars().take(7).collect();
-            let id = store
-                .create_token(name, &hash_token(&token), &prefix)
-                .await?;
+            let id = store.create_token(name, &hash_token(&token), &prefix).await?;
             println!("{token}");
             eprintln!("created token {id} ({name}); it is shown only this once");
         }
         TokensCommand::List => {
             let tokens = store.list_tokens().await?;
-            println!(
-                "{:>4}  {:<20} {:<10} {:<8}",
-                "ID", "NAME", "PREFIX", "STATUS"
-            );
+            println!("{:>4}  {:<20} {:<10} {:<8}", "ID", "NAME", "PREFIX", "STATUS");
             for t in tokens {
-                let status = if t.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:>4}  {:<20} {:<10} {:<8}",
-                    t.id,
-                    t.name,
-                    format!("{}…", t.prefix),
-                    status
-                );
+                let status = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:>4}  {:<20} {:<10} {:<8}", t.id, t.name, format!("{}…", t.prefix), status);
             }
         }
         TokensCommand::Revoke { id } => {

@@ -3,6 +3,7 @@
 
 mod mask;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+use crate::scheduler::Strategy;
 
 pub use mask::{mask_key, mask_url_password};
 
@@ -44,6 +47,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Limits applied to keys that do not carry their own.
     pub limits: LimitsConfig,
+    /// How the pool chooses keys and holds requests when every key is busy.
+    pub pool: PoolConfig,
+    /// USD per million tokens, by model (longest matching prefix wins; `default` for the rest).
+    pub prices: BTreeMap<String, Price>,
     /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
     pub log: String,
 }
@@ -56,9 +63,40 @@ pub struct LimitsConfig {
     pub rpm: Option<u32>,
     /// Tokens per minute for a key without its own `--tpm`.
     pub tpm: Option<u32>,
+    /// Requests per day for a key without its own `--rpd`.
+    pub rpd: Option<u32>,
+    /// Requests in flight at once per key, for a key without its own `--max-inflight`.
+    pub max_inflight: Option<u32>,
     /// Completion tokens assumed for a request that sets no `max_tokens`, when
     /// reserving tokens against a key's TPM.
     pub default_max_tokens: u32,
+}
+
+/// The pool's scheduling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// least_used, round_robin, weighted, least_inflight or balance_even.
+    pub strategy: Strategy,
+    /// Longest a request waits for a key with room before it gets a 429.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Most requests waiting at once; past it new ones get a 429 at once.
+    pub max_queue: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { strategy: Strategy::LeastUsed, max_wait: Duration::from_secs(30), max_queue: 1024 }
+    }
+}
+
+/// A model's price in USD per million tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -80,11 +118,9 @@ impl Default for Config {
             max_body_bytes: 64 * 1024 * 1024,
             sync_interval: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
-            limits: LimitsConfig {
-                rpm: None,
-                tpm: None,
-                default_max_tokens: 1024,
-            },
+            limits: LimitsConfig { rpm: None, tpm: None, rpd: None, max_inflight: None, default_max_tokens: 1024 },
+            pool: PoolConfig::default(),
+            prices: BTreeMap::new(),
             log: "info".into(),
         }
     }
@@ -110,10 +146,7 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Parse(#[from] Box<figment::Error>),
     #[error("invalid setting `{setting}`: {reason}")]
-    Invalid {
-        setting: &'static str,
-        reason: String,
-    },
+    Invalid { setting: &'static str, reason: String },
 }
 
 impl Config {
@@ -124,9 +157,7 @@ impl Config {
         match file {
             Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_owned())),
             Some(path) => figment = figment.merge(Toml::file(path)),
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE))
-            }
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
             None => {}
         }
         // KEYPOOL_CONFIG names the file itself; it is not a setting.
@@ -151,43 +182,57 @@ impl Config {
             });
         }
         if upstream.query().is_some() {
-            return Err(ConfigError::Invalid {
-                setting: "upstream",
-                reason: "must not carry a query string".into(),
-            });
+            return Err(ConfigError::Invalid { setting: "upstream", reason: "must not carry a query string".into() });
         }
         if let Some(proxy) = &self.proxy {
-            reqwest::Proxy::all(proxy).map_err(|e| ConfigError::Invalid {
-                setting: "proxy",
-                reason: e.to_string(),
-            })?;
+            reqwest::Proxy::all(proxy).map_err(|e| ConfigError::Invalid { setting: "proxy", reason: e.to_string() })?;
         }
         if !self.database_url.starts_with("sqlite:") {
             return Err(ConfigError::Invalid {
                 setting: "database_url",
-                reason: "only sqlite:// URLs are supported so far (e.g. sqlite://keypool.db)"
-                    .into(),
+                reason: "only sqlite:// URLs are supported so far (e.g. sqlite://keypool.db)".into(),
             });
         }
         if self.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                setting: "max_body_bytes",
-                reason: "must be > 0".into(),
-            });
+            return Err(ConfigError::Invalid { setting: "max_body_bytes", reason: "must be > 0".into() });
         }
         if self.sync_interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                setting: "sync_interval",
-                reason: "must be > 0".into(),
-            });
+            return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });
         }
-        if self.limits.rpm == Some(0) || self.limits.tpm == Some(0) {
+        let l = &self.limits;
+        if [l.rpm, l.tpm, l.rpd, l.max_inflight].contains(&Some(0)) {
             return Err(ConfigError::Invalid {
                 setting: "limits",
-                reason: "rpm and tpm must be > 0 when set (leave them out for no limit)".into(),
+                reason: "rpm, tpm, rpd and max_inflight must be > 0 when set (leave them out for no limit)".into(),
+            });
+        }
+        if self.pool.max_queue == 0 && !self.pool.max_wait.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "pool.max_queue",
+                reason: "must be > 0 when max_wait is set (or set max_wait = \"0s\" to never wait)".into(),
+            });
+        }
+        if let Some((model, _)) = self
+            .prices
+            .iter()
+            .find(|(_, p)| !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "prices",
+                reason: format!("price of {model:?} must be a non-negative number of USD per million tokens"),
             });
         }
         Ok(())
+    }
+
+    /// The price of `model`: the longest configured prefix of its name, else `default`.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .filter(|(name, _)| model.starts_with(name.as_str()))
+            .max_by_key(|(name, _)| name.len())
+            .or_else(|| self.prices.get_key_value("default"))
+            .map(|(_, p)| *p)
     }
 
     /// The effective config as TOML with passwords in URLs masked.

@@ -5,55 +5,31 @@ use super::*;
 fn masks_keep_only_a_recognisable_tail() {
     assert_eq!(mask_key("sk-proj-1234567890abcd"), "sk-…abcd");
     assert!(!mask_key("sk-short").contains("short"));
-    assert_eq!(
-        mask_url_password("postgres://u:secret@db:5432/x"),
-        "postgres://u:***@db:5432/x"
-    );
-    assert_eq!(
-        mask_url_password("sqlite://keypool.db"),
-        "sqlite://keypool.db"
-    );
+    assert_eq!(mask_url_password("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+    assert_eq!(mask_url_password("sqlite://keypool.db"), "sqlite://keypool.db");
 }
 
 #[test]
 fn file_then_overrides_and_unknown_fields_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.toml");
-    std::fs::write(
-        &path,
-        "upstream = \"http://relay.local/proxy/v1\"\n[limits]\nrpm = 3\n",
-    )
-    .unwrap();
-    let over = Overrides {
-        listen: Some("127.0.0.1:9999".parse().unwrap()),
-        ..Default::default()
-    };
+    std::fs::write(&path, "upstream = \"http://relay.local/proxy/v1\"\n[limits]\nrpm = 3\n").unwrap();
+    let over = Overrides { listen: Some("127.0.0.1:9999".parse().unwrap()), ..Default::default() };
     let c = Config::load(Some(&path), &over).unwrap();
     assert_eq!(c.upstream, "http://relay.local/proxy/v1");
     assert_eq!(c.limits.rpm, Some(3));
     assert_eq!(c.listen.port(), 9999);
 
     std::fs::write(&path, "upstrem = \"x\"\n").unwrap();
-    let err = Config::load(Some(&path), &Overrides::default())
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
     assert!(err.contains("upstrem"), "{err}");
 }
 
 #[test]
 fn impossible_values_name_their_setting() {
-    let c = Config {
-        upstream: "ftp://x".into(),
-        ..Config::default()
-    };
+    let c = Config { upstream: "ftp://x".into(), ..Config::default() };
     assert!(c.validate().unwrap_err().to_string().contains("upstream"));
-    let c = Config {
-        limits: LimitsConfig {
-            rpm: Some(0),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
+    let c = Config { limits: LimitsConfig { rpm: Some(0), ..Default::default() }, ..Config::default() };
     assert!(c.validate().unwrap_err().to_string().contains("limits"));
 }
 
@@ -61,4 +37,16 @@ fn impossible_values_name_their_setting() {
 fn example_config_in_repo_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../keypool.example.toml");
     Config::load(Some(&path), &Overrides::default()).unwrap();
+}
+
+#[test]
+fn prices_match_the_longest_prefix_then_default() {
+    let mut c = Config::default();
+    c.prices.insert("gpt-4o".into(), Price { input: 2.5, output: 10.0 });
+    c.prices.insert("gpt-4o-mini".into(), Price { input: 0.15, output: 0.6 });
+    assert_eq!(c.price_of("gpt-4o-mini-2024-07-18").map(|p| p.input), Some(0.15));
+    assert_eq!(c.price_of("gpt-4o-2024-08-06").map(|p| p.input), Some(2.5));
+    assert_eq!(c.price_of("o3"), None);
+    c.prices.insert("default".into(), Price { input: 1.0, output: 1.0 });
+    assert_eq!(c.price_of("o3").map(|p| p.output), Some(1.0));
 }

@@ -6,7 +6,22 @@ use keypool_sse::Usage;
 use secrecy::SecretString;
 use tokio::time::Duration;
 
-use super::Scheduler;
+use super::limits::RateInfo;
+use super::{Demand, Scheduler};
+
+/// What the upstream's answer said about the key itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing about the key (success, or the caller's own error).
+    #[default]
+    Fine,
+    /// 429 `rate_limit_exceeded`: rest until the reset.
+    RateLimited { reset: Duration },
+    /// 401/403: the key is wrong or revoked.
+    Invalid,
+    /// `insufficient_quota`: the balance is spent.
+    Exhausted,
+}
 
 /// How a leased request ended.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,69 +30,74 @@ pub struct Outcome {
     pub success: bool,
     /// What the upstream reported; when absent the reservation is counted.
     pub usage: Option<Usage>,
-    /// Keep the key out of rotation this long (the upstream said 429).
-    pub cool_for: Option<Duration>,
+    /// What the request cost, from its usage; when absent the estimate is counted.
+    pub cost_micros: Option<u64>,
+    pub verdict: Verdict,
 }
 
-/// A reservation of one request (and its estimated tokens) on one key.
-/// Finishing it records the outcome; dropping it unfinished (the caller went
-/// away, a body failed) records a failure, so a reservation is never leaked.
+/// Handed from the scheduler to a waiting request: a reservation not yet
+/// wrapped in a [`KeyLease`] (which needs no lock to be created or dropped).
+#[derive(Debug)]
+pub(super) struct Grant {
+    pub key_id: i64,
+    pub label: Option<String>,
+    pub secret: Arc<SecretString>,
+    pub demand: Demand,
+}
+
+/// A reservation of one request (its estimated tokens and cost) on one key.
+/// Finishing it records the outcome. Dropped before the request was sent, it
+/// simply gives the reservation back; dropped after (the caller went away, a
+/// body failed), it records a failure, so a reservation is never leaked.
 #[derive(Debug)]
 pub struct KeyLease {
     scheduler: Arc<Scheduler>,
-    key_id: i64,
-    label: Option<String>,
-    secret: Arc<SecretString>,
-    reserved_tokens: u64,
+    grant: Grant,
+    sent: bool,
     finished: bool,
 }
 
 impl KeyLease {
-    pub(super) fn new(
-        scheduler: Arc<Scheduler>,
-        key_id: i64,
-        label: Option<String>,
-        secret: Arc<SecretString>,
-        reserved_tokens: u64,
-    ) -> KeyLease {
-        KeyLease {
-            scheduler,
-            key_id,
-            label,
-            secret,
-            reserved_tokens,
-            finished: false,
-        }
+    pub(super) fn new(scheduler: Arc<Scheduler>, grant: Grant) -> KeyLease {
+        KeyLease { scheduler, grant, sent: false, finished: false }
     }
 
     pub fn key_id(&self) -> i64 {
-        self.key_id
+        self.grant.key_id
     }
 
     pub fn label(&self) -> Option<&str> {
-        self.label.as_deref()
+        self.grant.label.as_deref()
     }
 
     pub fn secret(&self) -> &SecretString {
-        &self.secret
+        &self.grant.secret
     }
 
-    pub fn reserved_tokens(&self) -> u64 {
-        self.reserved_tokens
+    pub fn demand(&self) -> Demand {
+        self.grant.demand
+    }
+
+    /// Marks the request as on its way: from now on it counts as sent.
+    pub fn mark_sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// Takes in the answer's rate-limit headers as soon as they arrive.
+    pub fn observe(&self, info: &RateInfo, success: bool) {
+        self.scheduler.observe(self.grant.key_id, info, success);
     }
 
     pub fn finish(mut self, outcome: Outcome) {
         self.finished = true;
-        self.scheduler
-            .finish(self.key_id, self.reserved_tokens, outcome);
+        self.scheduler.finish(&self.grant, self.sent, outcome);
     }
 }
 
 impl Drop for KeyLease {
     fn drop(&mut self) {
         if !self.finished {
-            self.scheduler
-                .finish(self.key_id, self.reserved_tokens, Outcome::default());
+            self.scheduler.finish(&self.grant, self.sent, Outcome::default());
         }
     }
 }

@@ -1,296 +1,482 @@
-//! Which upstream key serves a request: per-key limits, in-flight
-//! reservations and usage counts, all in memory. Pure logic, no I/O; the
-//! server asks for a [`KeyLease`] and the lease gives its reservation back
-//! when it is finished or dropped.
+//! Which upstream key serves a request, and when: per-key limits (configured
+//! or learned from the upstream's headers), in-flight reservations, a fair
+//! wait queue, and the strategies that order keys. Pure logic over the
+//! tokio clock, no I/O: the server asks for a [`KeyLease`] and the lease
+//! gives its reservation back when it is finished or dropped.
+//!
+//! Locking: one mutex guards all key state; it is never held across an
+//! await, and every operation under it is O(log n) in the number of keys
+//! except the slow paths taken when nothing fits.
 
+mod index;
+mod key;
 mod lease;
+mod limits;
+mod strategy;
 mod window;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use secrecy::SecretString;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{Duration, Instant};
 
 use crate::store::{KeyRecord, UsageDelta};
-pub use lease::{KeyLease, Outcome};
-use window::Window;
+use index::Index;
+use key::{Health, Placement, Slot};
+use lease::Grant;
+pub use lease::{KeyLease, Outcome, Verdict};
+pub use limits::RateInfo;
+pub use strategy::Strategy;
 
 /// Limits that apply to keys which carry none of their own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultLimits {
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    pub rpd: Option<u32>,
+    pub max_inflight: Option<u32>,
 }
 
-/// Why no key could be leased.
+/// How the pool is scheduled.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    pub defaults: DefaultLimits,
+    pub strategy: Strategy,
+    /// Longest a request waits for a key with room before it gets a 429.
+    pub max_wait: Duration,
+    /// Most requests waiting at once; past it, new ones get a 429 at once.
+    pub max_queue: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            defaults: DefaultLimits::default(),
+            strategy: Strategy::default(),
+            max_wait: Duration::from_secs(30),
+            max_queue: 1024,
+        }
+    }
+}
+
+/// What a request needs from a key: its estimated tokens (as the upstream's
+/// TPM counts them) and its estimated cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub tokens: u64,
+    pub cost_micros: u64,
+}
+
+/// Why no key was leased.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoKey {
-    #[error("no upstream keys are configured")]
+    #[error("no upstream keys are available")]
     NoKeys,
-    #[error("every upstream key is at its limit")]
-    AllBusy { retry_after: Duration },
     #[error("the request needs {needed} tokens, more than any key's per-minute token limit")]
     TooLarge { needed: u64 },
+    #[error("every key's budget is spent")]
+    BudgetSpent,
+    #[error("every key is at its limit")]
+    Busy { waited: Duration, retry_after: Duration },
 }
 
-/// The scheduler: owns every key's live state.
+/// The scheduler: owns every key's live state and the wait queue.
 #[derive(Debug)]
 pub struct Scheduler {
     inner: Mutex<Inner>,
-    defaults: DefaultLimits,
+    config: SchedulerConfig,
+    /// Tells the refill timer that the next instant to wake may have changed.
+    wake: Arc<Notify>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    keys: BTreeMap<i64, Slot>,
-}
-
-/// One key's live state.
 #[derive(Debug)]
-struct Slot {
-    label: Option<String>,
-    secret: Arc<SecretString>,
-    rpm: Option<u32>,
-    tpm: Option<u32>,
-    enabled: bool,
-    /// Requests leased and not yet finished; they count against the limits.
-    inflight: u64,
-    /// Tokens reserved by in-flight requests.
-    reserved_tokens: u64,
-    /// What finished within the last minute.
-    window: Window,
-    /// Set after the upstream answered 429: no lease until then.
-    cooling_until: Option<Instant>,
-    /// Lifetime requests (the stored total plus what this process added):
-    /// the "least used" rule spends keys evenly across restarts.
-    requests_total: u64,
-    successes_total: u64,
-    failures_total: u64,
-    /// Counted since the last flush to the store.
-    unflushed: UsageDelta,
+struct Inner {
+    keys: HashMap<i64, Slot>,
+    index: Index,
+    queue: VecDeque<Waiter>,
+    next_waiter: u64,
+    rr_seq: u64,
+    /// Virtual time of the `weighted` strategy; new keys start here.
+    vclock: u64,
+    /// When the current day's request counts (`rpd`) reset.
+    day_end: Instant,
+    /// Set when something changed that can make a waiting request hopeless
+    /// (keys removed, disabled, invalid, out of budget).
+    recheck: bool,
 }
 
-/// A key as operators see it: no secret, live numbers.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct KeyView {
-    pub id: i64,
-    pub label: Option<String>,
-    pub enabled: bool,
-    pub cooling: bool,
-    pub requests: u64,
-    pub successes: u64,
-    pub failures: u64,
-    pub inflight: u64,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u32>,
-    /// Requests left this minute; None when the key has no request limit.
-    pub remaining_requests: Option<u64>,
-    pub remaining_tokens: Option<u64>,
-    /// Until the oldest request of the current minute stops counting.
-    pub reset_in: Option<Duration>,
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    demand: Demand,
+    tx: oneshot::Sender<Result<Grant, NoKey>>,
 }
 
-impl Slot {
-    fn from_record(r: &KeyRecord) -> Slot {
-        Slot {
-            label: r.label.clone(),
-            secret: Arc::new(r.secret.clone()),
-            rpm: r.rpm,
-            tpm: r.tpm,
-            enabled: r.enabled,
-            inflight: 0,
-            reserved_tokens: 0,
-            window: Window::default(),
-            cooling_until: None,
-            requests_total: r.requests,
-            successes_total: r.successes,
-            failures_total: r.failures,
-            unflushed: UsageDelta {
-                key_id: r.id,
-                ..UsageDelta::default()
-            },
+/// Time until the next 00:00 UTC, when daily limits reset.
+fn until_utc_midnight() -> Duration {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Duration::from_secs(86_400 - secs % 86_400)
+}
+
+fn transition(slot: &Slot, to: &'static str, reason: &str) {
+    tracing::info!(key_id = slot.id, label = slot.label.as_deref().unwrap_or(""), to, reason, "key state changed");
+    crate::metrics::key_transition(slot.id, to);
+}
+
+impl Inner {
+    fn slot_placement(&mut self, id: i64, now: Instant, strategy: Strategy) {
+        let day_end = self.day_end;
+        let Some(slot) = self.keys.get_mut(&id) else { return };
+        slot.window.prune(now);
+        if slot.cooling_until.is_some_and(|t| t <= now) {
+            slot.cooling_until = None;
+            transition(slot, "active", "rate-limit reset reached");
         }
+        let new = slot.placement(now, strategy, day_end);
+        let old = std::mem::replace(&mut slot.placement, new);
+        self.index.place(id, old, new);
     }
 
-    fn used_requests(&self) -> u64 {
-        self.window.requests() + self.inflight
-    }
-
-    fn used_tokens(&self) -> u64 {
-        self.window.tokens() + self.reserved_tokens
-    }
-
-    /// Whether a request costing `tokens` fits now (window already pruned).
-    fn has_room(&self, now: Instant, tokens: u64, d: DefaultLimits) -> bool {
-        if !self.enabled || self.cooling_until.is_some_and(|t| t > now) {
-            return false;
-        }
-        let rpm_ok = self
-            .rpm
-            .or(d.rpm)
-            .is_none_or(|l| self.used_requests() < u64::from(l));
-        let tpm_ok = self
-            .tpm
-            .or(d.tpm)
-            .is_none_or(|l| self.used_tokens() + tokens <= u64::from(l));
-        rpm_ok && tpm_ok
-    }
-
-    /// The earliest instant this key could have room for `tokens`, if any is known.
-    fn next_room(&self, now: Instant, tokens: u64, d: DefaultLimits) -> Option<Instant> {
-        if !self.enabled {
-            return None;
-        }
-        let mut at = now;
-        if let Some(until) = self.cooling_until.filter(|t| *t > now) {
-            at = at.max(until);
-        }
-        if let Some(limit) = self.rpm.or(d.rpm) {
-            if self.used_requests() >= u64::from(limit) {
-                // In-flight requests only free room once they finish and age out.
-                at = at.max(self.window.next_expiry().unwrap_or(now + window::WINDOW));
+    /// Day rollover and keys whose parking instant has come.
+    fn refresh(&mut self, now: Instant, strategy: Strategy) {
+        if now >= self.day_end {
+            while self.day_end <= now {
+                self.day_end += Duration::from_secs(86_400);
+            }
+            let ids: Vec<i64> = self.keys.keys().copied().collect();
+            for id in ids {
+                if let Some(slot) = self.keys.get_mut(&id) {
+                    slot.day_count = 0;
+                }
+                self.slot_placement(id, now, strategy);
             }
         }
-        if let Some(limit) = self.tpm.or(d.tpm) {
-            let target = u64::from(limit).saturating_sub(tokens + self.reserved_tokens);
-            if let Some(t) = self.window.instant_tokens_fall_to(target) {
-                at = at.max(t);
+        loop {
+            let due = self.index.due(now).next();
+            let Some((at, id)) = due else { break };
+            if self.keys.contains_key(&id) {
+                // Re-placed keys are ready, parked later, blocked or off: never due again now.
+                self.slot_placement(id, now, strategy);
+            } else {
+                self.index.place(id, Placement::Parked(at), Placement::Off);
             }
         }
-        Some(at)
+    }
+
+    /// The best key with room for `demand`, in strategy order.
+    fn pick(&self, now: Instant, demand: Demand) -> Option<i64> {
+        self.index.ready().find(|id| self.keys.get(id).is_some_and(|s| s.has_room(now, demand)))
+    }
+
+    fn reserve(&mut self, id: i64, demand: Demand, now: Instant, strategy: Strategy) -> Option<Grant> {
+        self.rr_seq += 1;
+        let (rr_seq, vclock) = (self.rr_seq, self.vclock);
+        let slot = self.keys.get_mut(&id)?;
+        slot.inflight += 1;
+        slot.reserved_tokens += demand.tokens;
+        slot.reserved_micros += demand.cost_micros;
+        slot.rr_seq = rr_seq;
+        slot.vtime = slot.vtime.max(vclock) + strategy::STRIDE / slot.weight;
+        self.vclock = vclock.max(slot.vtime - strategy::STRIDE / slot.weight);
+        let grant = Grant { key_id: id, label: slot.label.clone(), secret: Arc::clone(&slot.secret), demand };
+        self.slot_placement(id, now, strategy);
+        Some(grant)
+    }
+
+    fn unreserve(&mut self, grant: &Grant, now: Instant, strategy: Strategy) {
+        if let Some(slot) = self.keys.get_mut(&grant.key_id) {
+            slot.inflight = slot.inflight.saturating_sub(1);
+            slot.reserved_tokens = slot.reserved_tokens.saturating_sub(grant.demand.tokens);
+            slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
+        }
+        self.slot_placement(grant.key_id, now, strategy);
+    }
+
+    /// Whether any key could ever serve `demand`; the reason if none can.
+    fn feasible(&self, now: Instant, demand: Demand) -> Result<(), NoKey> {
+        let mut usable = self.keys.values().filter(|s| s.usable(now)).peekable();
+        if usable.peek().is_none() {
+            return Err(NoKey::NoKeys);
+        }
+        let fitting: Vec<&Slot> = usable.filter(|s| s.fits_tpm(demand.tokens)).collect();
+        if fitting.is_empty() {
+            return Err(NoKey::TooLarge { needed: demand.tokens });
+        }
+        if !fitting.iter().any(|s| s.affordable(demand.cost_micros)) {
+            return Err(NoKey::BudgetSpent);
+        }
+        Ok(())
+    }
+
+    /// Serves waiting requests in arrival order, each with the best key that
+    /// has room for it; a request no key can fit now keeps its place while
+    /// later, smaller ones that fit are served (so none waits while a key
+    /// has room for it). Hopeless requests are failed.
+    fn dispatch(&mut self, now: Instant, strategy: Strategy) {
+        if self.queue.is_empty() {
+            self.recheck = false;
+            return;
+        }
+        self.refresh(now, strategy);
+        let recheck = std::mem::take(&mut self.recheck);
+        let mut i = 0;
+        while i < self.queue.len() {
+            let demand = self.queue[i].demand;
+            if self.queue[i].tx.is_closed() {
+                self.queue.remove(i);
+                continue;
+            }
+            if self.index.ready_len() > 0 {
+                if let Some(id) = self.pick(now, demand) {
+                    let Some(waiter) = self.queue.remove(i) else { break };
+                    if let Some(grant) = self.reserve(id, demand, now, strategy) {
+                        if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {
+                            // The caller left between our look and the send.
+                            self.unreserve(&grant, now, strategy);
+                        }
+                    }
+                    continue;
+                }
+            }
+            if recheck {
+                if let Err(reason) = self.feasible(now, demand) {
+                    if let Some(waiter) = self.queue.remove(i) {
+                        let _ = waiter.tx.send(Err(reason));
+                    }
+                    continue;
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// The next instant time alone can let a waiting request through.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let head = self.queue.front()?;
+        let day_end = self.day_end;
+        let ready = self.index.ready().filter_map(|id| self.keys.get(&id)?.room_at(now, head.demand, day_end)).min();
+        [ready, self.index.next_unpark()].into_iter().flatten().min()
+    }
+
+    fn remove_waiter(&mut self, id: u64) {
+        if let Some(pos) = self.queue.iter().position(|w| w.id == id) {
+            self.queue.remove(pos);
+        }
+    }
+}
+
+/// Removes a waiting request from the queue however its wait ends: served,
+/// timed out, or dropped because the caller went away. A key granted in the
+/// instant between is given back.
+struct WaitGuard {
+    scheduler: Arc<Scheduler>,
+    id: u64,
+    rx: oneshot::Receiver<Result<Grant, NoKey>>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let strategy = self.scheduler.config.strategy;
+        let mut inner = self.scheduler.lock();
+        inner.remove_waiter(self.id);
+        if let Ok(Ok(grant)) = self.rx.try_recv() {
+            inner.unreserve(&grant, now, strategy);
+            inner.dispatch(now, strategy);
+        }
     }
 }
 
 impl Scheduler {
-    pub fn new(defaults: DefaultLimits) -> Arc<Scheduler> {
-        Arc::new(Scheduler {
-            inner: Mutex::new(Inner::default()),
-            defaults,
-        })
+    /// A scheduler with no keys. Inside a tokio runtime it starts the timer
+    /// that wakes waiting requests when a key's limit refills.
+    pub fn new(config: SchedulerConfig) -> Arc<Scheduler> {
+        let scheduler = Arc::new(Scheduler {
+            inner: Mutex::new(Inner {
+                keys: HashMap::new(),
+                index: Index::default(),
+                queue: VecDeque::new(),
+                next_waiter: 0,
+                rr_seq: 0,
+                vclock: 0,
+                day_end: Instant::now() + until_utc_midnight(),
+                recheck: false,
+            }),
+            config,
+            wake: Arc::new(Notify::new()),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(refill_timer(Arc::downgrade(&scheduler), Arc::clone(&scheduler.wake)));
+        }
+        scheduler
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock leaves counters, never broken
         // invariants that matter more than serving: keep going.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes the live set of keys match the store: new keys join, changed
     /// ones take their new settings (keeping their live counts), removed ones go.
     pub fn sync_keys(&self, records: &[KeyRecord]) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let d = self.config.defaults;
         let mut inner = self.lock();
-        inner
-            .keys
-            .retain(|id, _| records.iter().any(|r| r.id == *id));
+        let gone: Vec<i64> = inner.keys.keys().filter(|id| !records.iter().any(|r| r.id == **id)).copied().collect();
+        for id in gone {
+            if let Some(slot) = inner.keys.remove(&id) {
+                inner.index.place(id, slot.placement, Placement::Off);
+                transition(&slot, "removed", "deleted by an operator");
+            }
+        }
         for r in records {
+            let vclock = inner.vclock;
             match inner.keys.get_mut(&r.id) {
                 Some(slot) => {
-                    slot.label = r.label.clone();
-                    slot.rpm = r.rpm;
-                    slot.tpm = r.tpm;
-                    slot.enabled = r.enabled;
-                    slot.secret = Arc::new(r.secret.clone());
+                    let was = slot.enabled;
+                    slot.apply(r, &d, now);
+                    if was != slot.enabled {
+                        let to = if slot.enabled { "active" } else { "disabled" };
+                        transition(slot, to, "changed by an operator");
+                    }
                 }
                 None => {
-                    inner.keys.insert(r.id, Slot::from_record(r));
+                    inner.keys.insert(r.id, Slot::new(r, &d, vclock, now));
                 }
             }
+            inner.slot_placement(r.id, now, strategy);
         }
+        inner.recheck = true;
+        inner.dispatch(now, strategy);
+        drop(inner);
+        self.wake.notify_one();
     }
 
-    /// Number of keys that could ever serve (enabled).
+    /// Number of keys that can serve at all.
     pub fn usable_keys(&self) -> usize {
-        self.lock().keys.values().filter(|s| s.enabled).count()
+        let now = Instant::now();
+        self.lock().keys.values().filter(|s| s.usable(now)).count()
     }
 
-    /// Leases the least-used key that has room for a request of `tokens`.
-    ///
-    /// Linear in the number of keys; the scheduler issue replaces this with an
-    /// ordered index.
-    pub fn lease(self: &Arc<Self>, tokens: u64) -> Result<KeyLease, NoKey> {
+    /// Requests waiting for a key.
+    pub fn queue_len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// A key for `demand` now, or the reason there is none (never waits).
+    pub fn try_lease(self: &Arc<Self>, demand: Demand) -> Result<KeyLease, NoKey> {
         let now = Instant::now();
-        let d = self.defaults;
+        let strategy = self.config.strategy;
         let mut inner = self.lock();
-        let mut best: Option<(u64, i64)> = None;
-        let mut any_enabled = false;
-        let mut fits_some_key = false;
-        for (&id, slot) in inner.keys.iter_mut() {
-            slot.window.prune(now);
-            any_enabled |= slot.enabled;
-            fits_some_key |=
-                slot.enabled && slot.tpm.or(d.tpm).is_none_or(|l| tokens <= u64::from(l));
-            if slot.has_room(now, tokens, d) {
-                let used = slot.requests_total + slot.inflight;
-                if best.is_none_or(|(b, _)| used < b) {
-                    best = Some((used, id));
-                }
+        inner.refresh(now, strategy);
+        inner.dispatch(now, strategy);
+        if let Some(id) = inner.pick(now, demand) {
+            if let Some(grant) = inner.reserve(id, demand, now, strategy) {
+                drop(inner);
+                return Ok(KeyLease::new(Arc::clone(self), grant));
             }
         }
-        if !any_enabled {
-            return Err(NoKey::NoKeys);
-        }
-        if !fits_some_key {
-            return Err(NoKey::TooLarge { needed: tokens });
-        }
-        let Some((_, id)) = best else {
-            let soonest = inner
-                .keys
-                .values()
-                .filter_map(|s| s.next_room(now, tokens, d))
-                .min()
-                .unwrap_or(now + Duration::from_secs(1));
-            return Err(NoKey::AllBusy {
-                retry_after: soonest.saturating_duration_since(now),
-            });
+        inner.feasible(now, demand)?;
+        let retry_after = retry_after(&inner, now, demand);
+        Err(NoKey::Busy { waited: Duration::ZERO, retry_after })
+    }
+
+    /// A key for `demand`: at once if one has room, else after waiting in
+    /// line (first come, first served) up to `max_wait`. Dropping the future
+    /// leaves the line at once.
+    pub async fn acquire(self: &Arc<Self>, demand: Demand) -> Result<KeyLease, NoKey> {
+        let started = Instant::now();
+        let strategy = self.config.strategy;
+        let (id, rx) = {
+            let mut inner = self.lock();
+            inner.refresh(started, strategy);
+            inner.dispatch(started, strategy);
+            if let Some(id) = inner.pick(started, demand) {
+                if let Some(grant) = inner.reserve(id, demand, started, strategy) {
+                    drop(inner);
+                    return Ok(KeyLease::new(Arc::clone(self), grant));
+                }
+            }
+            inner.feasible(started, demand)?;
+            if self.config.max_wait.is_zero() || inner.queue.len() >= self.config.max_queue {
+                let retry_after = retry_after(&inner, started, demand);
+                return Err(NoKey::Busy { waited: Duration::ZERO, retry_after });
+            }
+            let (tx, rx) = oneshot::channel();
+            inner.next_waiter += 1;
+            let id = inner.next_waiter;
+            inner.queue.push_back(Waiter { id, demand, tx });
+            (id, rx)
         };
-        let Some(slot) = inner.keys.get_mut(&id) else {
-            return Err(NoKey::NoKeys);
-        };
-        slot.inflight += 1;
-        slot.reserved_tokens += tokens;
-        Ok(KeyLease::new(
-            Arc::clone(self),
-            id,
-            slot.label.clone(),
-            Arc::clone(&slot.secret),
-            tokens,
-        ))
+        self.wake.notify_one();
+        let mut guard = WaitGuard { scheduler: Arc::clone(self), id, rx };
+        let deadline = started + self.config.max_wait;
+        match tokio::time::timeout_at(deadline, &mut guard.rx).await {
+            Ok(Ok(Ok(grant))) => Ok(KeyLease::new(Arc::clone(self), grant)),
+            Ok(Ok(Err(reason))) => Err(reason),
+            Ok(Err(_)) => Err(NoKey::NoKeys),
+            Err(_) => {
+                // Granted in the last instant? Then use it rather than fail.
+                if let Ok(Ok(grant)) = guard.rx.try_recv() {
+                    return Ok(KeyLease::new(Arc::clone(self), grant));
+                }
+                let now = Instant::now();
+                let inner = self.lock();
+                let retry_after = retry_after(&inner, now, demand);
+                Err(NoKey::Busy { waited: now - started, retry_after })
+            }
+        }
+    }
+
+    /// Takes in an answer's rate-limit headers for key `id`.
+    pub fn observe(&self, id: i64, info: &RateInfo, success: bool) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return };
+        slot.observe(info, success, now);
+        inner.slot_placement(id, now, strategy);
     }
 
     /// Gives a lease's reservation back and records what it used.
-    fn finish(&self, id: i64, reserved: u64, outcome: Outcome) {
+    fn finish(&self, grant: &Grant, sent: bool, outcome: Outcome) {
         let now = Instant::now();
+        let strategy = self.config.strategy;
         let mut inner = self.lock();
-        let Some(slot) = inner.keys.get_mut(&id) else {
-            return;
-        };
-        slot.inflight = slot.inflight.saturating_sub(1);
-        slot.reserved_tokens = slot.reserved_tokens.saturating_sub(reserved);
-        let tokens = outcome.usage.map_or(reserved, |u| {
-            u.total_tokens.max(u.prompt_tokens + u.completion_tokens)
-        });
-        slot.window.record(now, tokens);
-        slot.requests_total += 1;
-        slot.unflushed.requests += 1;
-        if outcome.success {
-            slot.successes_total += 1;
-            slot.unflushed.successes += 1;
-        } else {
-            slot.failures_total += 1;
-            slot.unflushed.failures += 1;
+        if let Some(slot) = inner.keys.get_mut(&grant.key_id) {
+            slot.inflight = slot.inflight.saturating_sub(1);
+            slot.reserved_tokens = slot.reserved_tokens.saturating_sub(grant.demand.tokens);
+            slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
+            if sent {
+                record_sent(slot, grant.demand, &outcome, now);
+            }
         }
-        if let Some(u) = outcome.usage {
-            slot.unflushed.prompt_tokens += u.prompt_tokens;
-            slot.unflushed.completion_tokens += u.completion_tokens;
+        if matches!(outcome.verdict, Verdict::Invalid | Verdict::Exhausted) || outcome.cost_micros.is_some() {
+            inner.recheck = true;
         }
-        slot.unflushed.last_used_at = Some(unix_now());
-        if let Some(cool) = outcome.cool_for {
-            let until = now + cool;
-            slot.cooling_until = Some(slot.cooling_until.map_or(until, |t| t.max(until)));
+        inner.slot_placement(grant.key_id, now, strategy);
+        inner.dispatch(now, strategy);
+        let waiting = !inner.queue.is_empty();
+        drop(inner);
+        if waiting {
+            self.wake.notify_one();
         }
+    }
+
+    /// Runs the queue at `now` and says when to run it next (the refill timer).
+    fn tick(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        inner.dispatch(now, strategy);
+        inner.next_wake(now)
     }
 
     /// Takes the usage counted since the last call, for the store.
@@ -300,13 +486,7 @@ impl Scheduler {
         for slot in inner.keys.values_mut() {
             if slot.unflushed.requests > 0 {
                 let key_id = slot.unflushed.key_id;
-                out.push(std::mem::replace(
-                    &mut slot.unflushed,
-                    UsageDelta {
-                        key_id,
-                        ..UsageDelta::default()
-                    },
-                ));
+                out.push(std::mem::replace(&mut slot.unflushed, UsageDelta { key_id, ..UsageDelta::default() }));
             }
         }
         out
@@ -323,6 +503,7 @@ impl Scheduler {
                 u.failures += d.failures;
                 u.prompt_tokens += d.prompt_tokens;
                 u.completion_tokens += d.completion_tokens;
+                u.spent_micros += d.spent_micros;
                 u.last_used_at = u.last_used_at.or(d.last_used_at);
             }
         }
@@ -331,47 +512,146 @@ impl Scheduler {
     /// Every key's live state, for the demo table and (later) the admin API.
     pub fn snapshot(&self) -> Vec<KeyView> {
         let now = Instant::now();
-        let d = self.defaults;
         let mut inner = self.lock();
-        inner
+        let mut views: Vec<KeyView> = inner
             .keys
-            .iter_mut()
-            .map(|(&id, s)| {
+            .values_mut()
+            .map(|s| {
                 s.window.prune(now);
                 KeyView {
-                    id,
+                    id: s.id,
                     label: s.label.clone(),
-                    enabled: s.enabled,
-                    cooling: s.cooling_until.is_some_and(|t| t > now),
+                    status: s.status(now),
                     requests: s.requests_total,
                     successes: s.successes_total,
                     failures: s.failures_total,
                     inflight: s.inflight,
-                    rpm: s.rpm.or(d.rpm),
-                    tpm: s.tpm.or(d.tpm),
-                    remaining_requests: s
-                        .rpm
-                        .or(d.rpm)
-                        .map(|l| u64::from(l).saturating_sub(s.used_requests())),
-                    remaining_tokens: s
-                        .tpm
-                        .or(d.tpm)
-                        .map(|l| u64::from(l).saturating_sub(s.used_tokens())),
-                    reset_in: s
-                        .window
-                        .next_expiry()
-                        .map(|t| t.saturating_duration_since(now)),
+                    rpm: s.rpm.limit(),
+                    tpm: s.tpm.limit(),
+                    remaining_requests: s.rpm.limit().map(|l| l.saturating_sub(s.used_requests(now))),
+                    remaining_tokens: s.tpm.limit().map(|l| l.saturating_sub(s.used_tokens(now))),
+                    reset_in: s.window.next_expiry().map(|t| t.saturating_duration_since(now)),
+                    spent_micros: s.spent_micros,
+                    budget_micros: s.budget_micros,
                 }
             })
-            .collect()
+            .collect();
+        views.sort_by_key(|v| v.id);
+        views
     }
 }
 
+/// Records a request that reached the upstream: the window, counts, spend, and what the answer said of the key.
+fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant) {
+    let tokens = outcome.usage.map_or(demand.tokens, |u| u.total_tokens.max(u.prompt_tokens + u.completion_tokens));
+    slot.window.record(now, tokens);
+    slot.day_count += 1;
+    slot.requests_total += 1;
+    slot.unflushed.requests += 1;
+    if outcome.success {
+        slot.successes_total += 1;
+        slot.unflushed.successes += 1;
+    } else {
+        slot.failures_total += 1;
+        slot.unflushed.failures += 1;
+    }
+    if let Some(u) = outcome.usage {
+        slot.unflushed.prompt_tokens += u.prompt_tokens;
+        slot.unflushed.completion_tokens += u.completion_tokens;
+    }
+    // Unknown usage on success: the estimate (an upper bound) is what it may have cost.
+    let cost = outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 });
+    slot.spent_micros += cost;
+    slot.unflushed.spent_micros += cost;
+    slot.unflushed.last_used_at = Some(unix_now());
+    if slot.rpd.is_some_and(|l| slot.day_count >= l) {
+        transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");
+    }
+    match outcome.verdict {
+        Verdict::Fine => {}
+        Verdict::RateLimited { reset } => {
+            if slot.cooling_until.is_none_or(|t| t <= now) {
+                transition(slot, "cooling", &format!("upstream rate limit; resets in {reset:?}"));
+            }
+            slot.rate_limited(reset, now);
+        }
+        Verdict::Invalid if slot.health != Health::Invalid => {
+            slot.health = Health::Invalid;
+            transition(slot, "invalid", "upstream refused the key (401/403)");
+        }
+        Verdict::Exhausted if slot.health != Health::Exhausted => {
+            slot.health = Health::Exhausted;
+            transition(slot, "exhausted", "upstream says the balance is spent (insufficient_quota)");
+        }
+        Verdict::Invalid | Verdict::Exhausted => {}
+    }
+    if slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
+        transition(slot, "spent", "its budget is used up");
+    }
+}
+
+/// How long a refused caller should wait before trying again.
+fn retry_after(inner: &Inner, now: Instant, demand: Demand) -> Duration {
+    let day_end = inner.day_end;
+    inner
+        .keys
+        .values()
+        .filter_map(|s| s.room_at(now, demand, day_end))
+        .min()
+        .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now).max(Duration::from_secs(1)))
+}
+
+/// Wakes the queue at the instants keys regain room. Holds only a weak
+/// reference, and ends when the scheduler is dropped.
+async fn refill_timer(scheduler: Weak<Scheduler>, wake: Arc<Notify>) {
+    loop {
+        let next = match scheduler.upgrade() {
+            Some(s) => s.tick(),
+            None => return,
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
+/// A key as operators see it: no secret, live numbers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyView {
+    pub id: i64,
+    pub label: Option<String>,
+    /// active, cooling, exhausted, invalid, disabled or expired.
+    pub status: &'static str,
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub inflight: u64,
+    /// Effective limits: configured, else learned from the upstream.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Requests left this minute; None when the key has no known request limit.
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// Until the oldest request of the current minute stops counting.
+    pub reset_in: Option<Duration>,
+    pub spent_micros: u64,
+    pub budget_micros: Option<u64>,
+}
+
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! Entries are stamped when an answer *finishes*, not when the request left:
 //! the upstream counted the request at some instant in between, so expiring
 //! our entry 60 s after the finish is never earlier than the upstream's own.
-//! Finishes arrive in time order, so the deque stays sorted and pruning is
-//! popping from the front.
+//! A rolling count of what was sent is never looser than a token bucket of
+//! the same size, nor than a fixed calendar minute, so the same model is safe
+//! for every kind of upstream. Finishes arrive in time order, so the deque
+//! stays sorted and pruning is popping from the front.
 
 use std::collections::VecDeque;
 
@@ -21,6 +23,9 @@ pub struct Window {
 
 impl Window {
     pub fn record(&mut self, at: Instant, tokens: u64) {
+        // Finishes are recorded in order; keep the deque sorted even if an
+        // instant repeats.
+        let at = self.entries.back().map_or(at, |&(last, _)| at.max(last));
         self.entries.push_back((at, tokens));
         self.tokens += tokens;
     }
@@ -44,23 +49,12 @@ impl Window {
         self.tokens
     }
 
-    /// When the oldest entry leaves the window (the next instant room appears).
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.entries.front().map(|&(at, _)| at + WINDOW)
+    pub fn entries(&self) -> impl Iterator<Item = (Instant, u64)> + '_ {
+        self.entries.iter().copied()
     }
 
-    /// When enough tokens will have left the window for `used - freed <= target`.
-    pub fn instant_tokens_fall_to(&self, target: u64) -> Option<Instant> {
-        let mut left = self.tokens;
-        for &(at, tokens) in &self.entries {
-            if left <= target {
-                return None;
-            }
-            left -= tokens;
-            if left <= target {
-                return Some(at + WINDOW);
-            }
-        }
-        None
+    /// When the oldest entry leaves the window.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.entries.front().map(|&(at, _)| at + WINDOW)
     }
 }

@@ -31,10 +31,7 @@ pub fn generate_token() -> String {
 impl TokenSet {
     /// Replaces the live set with these stored hex hashes (malformed ones are skipped).
     pub fn replace<'a>(&self, hex_hashes: impl IntoIterator<Item = &'a str>) {
-        let set = hex_hashes
-            .into_iter()
-            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-            .collect();
+        let set = hex_hashes.into_iter().filter_map(|h| hex::decode(h).ok()?.try_into().ok()).collect();
         *self.hashes.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
@@ -43,20 +40,12 @@ impl TokenSet {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::MissingToken)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if self
-            .hashes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&digest)
-        {
+        if self.hashes.read().unwrap_or_else(|p| p.into_inner()).contains(&digest) {
             Ok(())
         } else {
             Err(ApiError::InvalidToken)
@@ -78,10 +67,7 @@ mod tests {
         set.replace([hash.as_str()]);
         let mut h = HeaderMap::new();
         assert!(matches!(set.check(&h), Err(ApiError::MissingToken)));
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
+        h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
         assert!(set.check(&h).is_ok());
         set.replace([]);
         assert!(matches!(set.check(&h), Err(ApiError::InvalidToken)));

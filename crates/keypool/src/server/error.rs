@@ -21,9 +21,13 @@ pub enum Fault {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("Missing gateway token. Send `Authorization: Bearer kp-...` (create one with `keypool tokens create NAME`).")]
+    #[error(
+        "Missing gateway token. Send `Authorization: Bearer kp-...` (create one with `keypool tokens create NAME`)."
+    )]
     MissingToken,
-    #[error("Invalid gateway token. Check the api_key you configured, or create one with `keypool tokens create NAME`.")]
+    #[error(
+        "Invalid gateway token. Check the api_key you configured, or create one with `keypool tokens create NAME`."
+    )]
     InvalidToken,
     #[error("We could not parse the JSON body of your request: {0}")]
     BadJson(String),
@@ -35,12 +39,22 @@ pub enum ApiError {
     TooManyTokens { needed: u64 },
     #[error("No upstream API keys are available. Add one with `keypool keys add sk-...`.")]
     NoKeys,
-    #[error("Every upstream key is at its rate limit. Please try again in {}s.", retry_after_secs(*.retry_after))]
-    AllKeysBusy { retry_after: Duration },
+    #[error("Every upstream key is at its rate limit{}. Please try again in {}s.", waited_text(*.waited), retry_after_secs(*.retry_after))]
+    AllKeysBusy { waited: Duration, retry_after: Duration },
+    #[error("Every upstream key's budget is spent.")]
+    BudgetSpent,
     #[error("Unknown path {0}: keypool serves the OpenAI API under /v1/.")]
     UnknownPath(String),
     #[error("The upstream could not be reached: {0}")]
     Upstream(#[from] UpstreamError),
+}
+
+fn waited_text(waited: Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(" (waited {:.1}s in line for one with room)", waited.as_secs_f64())
+    }
 }
 
 fn retry_after_secs(d: Duration) -> u64 {
@@ -52,7 +66,8 @@ impl From<NoKey> for ApiError {
     fn from(e: NoKey) -> ApiError {
         match e {
             NoKey::NoKeys => ApiError::NoKeys,
-            NoKey::AllBusy { retry_after } => ApiError::AllKeysBusy { retry_after },
+            NoKey::Busy { waited, retry_after } => ApiError::AllKeysBusy { waited, retry_after },
+            NoKey::BudgetSpent => ApiError::BudgetSpent,
             NoKey::TooLarge { needed } => ApiError::TooManyTokens { needed },
         }
     }
@@ -69,7 +84,7 @@ impl ApiError {
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_) => Fault::Caller,
             ApiError::Upstream(_) => Fault::Upstream,
-            ApiError::NoKeys | ApiError::AllKeysBusy { .. } => Fault::Gateway,
+            ApiError::NoKeys | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => Fault::Gateway,
         }
     }
 
@@ -78,52 +93,30 @@ impl ApiError {
         match self {
             ApiError::Upstream(e) => e.retryable(),
             ApiError::AllKeysBusy { .. } | ApiError::NoKeys => true,
+            ApiError::BudgetSpent => false,
             _ => false,
         }
     }
 
     fn status_type_code(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::MissingToken | ApiError::InvalidToken => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-            ),
-            ApiError::BadJson(_) | ApiError::BodyRead(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-            ),
-            ApiError::BodyTooLarge { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-            ),
-            ApiError::TooManyTokens { .. } => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "request_exceeds_key_limits",
-            ),
-            ApiError::UnknownPath(_) => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "unknown_url",
-            ),
-            ApiError::NoKeys => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "no_keys_available",
-            ),
-            ApiError::AllKeysBusy { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-            ),
-            ApiError::Upstream(_) => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                "upstream_unavailable",
-            ),
+            ApiError::MissingToken | ApiError::InvalidToken => {
+                (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key")
+            }
+            ApiError::BadJson(_) | ApiError::BodyRead(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json")
+            }
+            ApiError::BodyTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large")
+            }
+            ApiError::TooManyTokens { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", "request_exceeds_key_limits")
+            }
+            ApiError::UnknownPath(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
+            ApiError::NoKeys => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_keys_available"),
+            ApiError::AllKeysBusy { .. } => (StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded"),
+            ApiError::BudgetSpent => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota"),
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
         }
     }
 }
@@ -135,9 +128,8 @@ impl IntoResponse for ApiError {
             "error": { "message": self.to_string(), "type": kind, "param": null, "code": code }
         });
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::AllKeysBusy { retry_after } = &self {
-            if let Ok(v) = HeaderValue::try_from(retry_after_secs(*retry_after).max(1).to_string())
-            {
+        if let ApiError::AllKeysBusy { retry_after, .. } = &self {
+            if let Ok(v) = HeaderValue::try_from(retry_after_secs(*retry_after).max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }

@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::tokens::PromptShape;
+use crate::tokens::{self, Encoding, PromptShape};
 use crate::upstream::OutBody;
 
 /// What inspection learned, and the body to send on.
@@ -27,32 +27,16 @@ pub struct Inspected {
 }
 
 /// Reads or wraps the body of a request to `/v1/{rest}`.
-pub async fn inspect(
-    parts: &Parts,
-    body: Body,
-    rest: &str,
-    limit: u64,
-) -> Result<Inspected, ApiError> {
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64) -> Result<Inspected, ApiError> {
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
     let overflowed = Arc::new(AtomicBool::new(false));
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !is_json_candidate(&parts.method, content_type, rest) {
-        return Ok(Inspected {
-            body: streamed(body, limit, Arc::clone(&overflowed)),
-            shape: None,
-            overflowed,
-        });
+        return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflowed)), shape: None, overflowed });
     }
     let bytes = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .collect()
@@ -65,16 +49,8 @@ pub async fn inspect(
             }
         })?
         .to_bytes();
-    let shape = if bytes.is_empty() {
-        None
-    } else {
-        Some(shape_of(&bytes)?)
-    };
-    Ok(Inspected {
-        body: OutBody::Bytes(bytes),
-        shape,
-        overflowed,
-    })
+    let shape = if bytes.is_empty() { None } else { Some(shape_of(&bytes, rest)?) };
+    Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflowed })
 }
 
 /// JSON is expected for bodies that say so, and for POSTs to OpenAI's JSON
@@ -89,17 +65,9 @@ fn is_json_candidate(method: &Method, content_type: &str, rest: &str) -> bool {
     }
     let known_json = matches!(
         rest.trim_end_matches('/'),
-        "chat/completions"
-            | "completions"
-            | "embeddings"
-            | "moderations"
-            | "responses"
-            | "images/generations"
+        "chat/completions" | "completions" | "embeddings" | "moderations" | "responses" | "images/generations"
     );
-    known_json
-        && !ct.starts_with("multipart/")
-        && !ct.starts_with("audio/")
-        && !ct.contains("octet-stream")
+    known_json && !ct.starts_with("multipart/") && !ct.starts_with("audio/") && !ct.contains("octet-stream")
 }
 
 /// Streams an upload through, stopping it if it grows past the limit.
@@ -110,9 +78,7 @@ fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
         seen += chunk.len() as u64;
         if seen > limit {
             overflowed.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other(
-                "request body over the configured limit",
-            ));
+            return Err(std::io::Error::other("request body over the configured limit"));
         }
         Ok(chunk)
     });
@@ -124,6 +90,8 @@ fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
 /// original bytes are what is sent).
 #[derive(Deserialize)]
 struct Probe {
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     messages: Option<Vec<Message>>,
     #[serde(default)]
@@ -138,10 +106,24 @@ struct Probe {
     max_output_tokens: Option<u32>,
     #[serde(default)]
     n: Option<u32>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
 struct Message {
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     content: Option<Text>,
 }
@@ -166,13 +148,13 @@ enum Part {
 }
 
 impl Text {
-    fn bytes(&self) -> usize {
+    fn tokens(&self, enc: Encoding) -> u64 {
         match self {
-            Text::One(s) => s.len(),
+            Text::One(s) => enc.count(s),
             Text::Parts(parts) => parts
                 .iter()
                 .map(|p| match p {
-                    Part::Plain(s) | Part::Typed { text: s } => s.len(),
+                    Part::Plain(s) | Part::Typed { text: s } => enc.count(s),
                     Part::Other(_) => 0,
                 })
                 .sum(),
@@ -181,26 +163,58 @@ impl Text {
     }
 }
 
-fn shape_of(bytes: &[u8]) -> Result<PromptShape, ApiError> {
-    let probe: Probe =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
-    let messages = probe.messages.as_deref().unwrap_or_default();
-    let text_bytes = messages
-        .iter()
-        .filter_map(|m| m.content.as_ref())
-        .map(Text::bytes)
-        .sum::<usize>()
-        + probe.prompt.as_ref().map_or(0, Text::bytes)
-        + probe.input.as_ref().map_or(0, Text::bytes);
+/// Endpoints whose answer has no completion tokens to reserve.
+fn input_only(rest: &str) -> bool {
+    matches!(rest.trim_end_matches('/'), "embeddings" | "moderations")
+}
+
+fn shape_of(bytes: &[u8], rest: &str) -> Result<PromptShape, ApiError> {
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let enc = Encoding::for_model(probe.model.as_deref().unwrap_or_default());
+    let mut prompt_tokens = 0;
+    if let Some(messages) = &probe.messages {
+        for m in messages {
+            prompt_tokens += tokens::PER_MESSAGE
+                + m.role.as_deref().map_or(0, |r| enc.count(r))
+                + m.name.as_deref().map_or(0, |n| enc.count(n) + 1)
+                + m.content.as_ref().map_or(0, |c| c.tokens(enc));
+        }
+        prompt_tokens += tokens::PER_REPLY;
+    }
+    prompt_tokens += probe.prompt.as_ref().map_or(0, |t| t.tokens(enc));
+    prompt_tokens += probe.input.as_ref().map_or(0, |t| t.tokens(enc));
     Ok(PromptShape {
-        text_bytes,
-        messages: messages.len(),
-        max_tokens: probe
-            .max_completion_tokens
-            .or(probe.max_tokens)
-            .or(probe.max_output_tokens),
+        model: probe.model,
+        prompt_tokens,
+        max_tokens: probe.max_completion_tokens.or(probe.max_tokens).or(probe.max_output_tokens),
         n: probe.n.unwrap_or(1),
+        stream: probe.stream.unwrap_or(false),
+        include_usage: probe.stream_options.and_then(|o| o.include_usage),
+        input_only: input_only(rest),
     })
+}
+
+/// The body with `stream_options.include_usage` set, so the upstream reports
+/// a stream's usage. Used only when the caller did not ask for it (its usage
+/// chunk is then removed before the caller sees it). The common case, a body
+/// without `stream_options`, is edited in place; otherwise it is re-encoded.
+pub fn with_include_usage(body: &[u8]) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object_mut()?;
+    if !object.contains_key("stream_options") {
+        let end = body.iter().rposition(|b| *b == b'}')?;
+        let mut out = Vec::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..end]);
+        if !object.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        out.extend_from_slice(&body[end..]);
+        return Some(Bytes::from(out));
+    }
+    let options = object.get_mut("stream_options")?.as_object_mut()?;
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
 #[cfg(test)]
@@ -210,48 +224,43 @@ mod tests {
 
     #[test]
     fn reads_chat_shapes_and_rejects_bad_json() {
-        let body = br#"{"model":"m","messages":[{"role":"user","content":"abcd"},
-            {"role":"user","content":[{"type":"text","text":"efgh"},{"type":"image_url","image_url":{"url":"x"}}]}],
-            "max_tokens":7,"n":2,"tools":[{"x":1}]}"#;
-        let s = shape_of(body).unwrap();
-        assert_eq!(
-            s,
-            PromptShape {
-                text_bytes: 8,
-                messages: 2,
-                max_tokens: Some(7),
-                n: 2
-            }
-        );
-        let e = shape_of(br#"{"model": "m", "messages": [}"#).unwrap_err();
+        let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello world"},
+            {"role":"user","content":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"x"}}]}],
+            "max_tokens":7,"n":2,"stream":true,"tools":[{"x":1}]}"#;
+        let s = shape_of(body, "chat/completions").unwrap();
+        // Two messages of 3 framing + 1 role + 2 text tokens, plus 3 to prime the reply.
+        assert_eq!(s.prompt_tokens, 2 * (3 + 1 + 2) + 3);
+        assert_eq!((s.max_tokens, s.n, s.stream, s.include_usage), (Some(7), 2, true, None));
+        assert_eq!(s.model.as_deref(), Some("gpt-4o-mini"));
+        let e = shape_of(br#"{"model": "m", "messages": [}"#, "chat/completions").unwrap_err();
         assert!(matches!(e, ApiError::BadJson(_)));
-        let emb = shape_of(br#"{"model":"e","input":["ab","cd"]}"#).unwrap();
-        assert_eq!(emb.text_bytes, 4);
-        let ids = shape_of(br#"{"model":"e","input":[1,2,3]}"#).unwrap();
-        assert_eq!(ids.text_bytes, 0);
+        let emb =
+            shape_of(br#"{"model":"text-embedding-3-small","input":["hello world","hello world"]}"#, "embeddings")
+                .unwrap();
+        assert_eq!((emb.prompt_tokens, emb.input_only), (4, true));
+        let ids = shape_of(br#"{"model":"e","input":[1,2,3]}"#, "embeddings").unwrap();
+        assert_eq!(ids.prompt_tokens, 0);
+    }
+
+    #[test]
+    fn include_usage_is_added_without_touching_the_rest() {
+        let body = br#"{"model":"m","stream":true,"x":{"deep":[1,2]}}"#;
+        let out = with_include_usage(body).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{"model":"m","stream":true,"x":{"deep":[1,2]},"stream_options":{"include_usage":true}}"#
+        );
+        let out = with_include_usage(br#"{"stream":true,"stream_options":{"include_usage":false}}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(with_include_usage(b"[1]").is_none());
     }
 
     #[test]
     fn uploads_are_streamed_and_json_endpoints_parsed() {
-        assert!(is_json_candidate(
-            &Method::POST,
-            "application/json",
-            "anything"
-        ));
-        assert!(is_json_candidate(
-            &Method::POST,
-            "application/x-www-form-urlencoded",
-            "chat/completions"
-        ));
-        assert!(!is_json_candidate(
-            &Method::POST,
-            "multipart/form-data; boundary=x",
-            "audio/transcriptions"
-        ));
-        assert!(!is_json_candidate(
-            &Method::GET,
-            "application/json",
-            "models"
-        ));
+        assert!(is_json_candidate(&Method::POST, "application/json", "anything"));
+        assert!(is_json_candidate(&Method::POST, "application/x-www-form-urlencoded", "chat/completions"));
+        assert!(!is_json_candidate(&Method::POST, "multipart/form-data; boundary=x", "audio/transcriptions"));
+        assert!(!is_json_candidate(&Method::GET, "application/json", "models"));
     }
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod inspect;
+mod metered;
 mod proxy;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::{Json, Router};
 pub use auth::{generate_token, hash_token, TokenSet, TOKEN_PREFIX};
 pub use error::{ApiError, Fault};
 
-use crate::config::AuthMode;
+use crate::config::Config;
 use crate::scheduler::Scheduler;
 use crate::upstream::Upstream;
 
@@ -24,9 +25,7 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub tokens: Arc<TokenSet>,
     pub upstream: Upstream,
-    pub auth: AuthMode,
-    pub max_body_bytes: u64,
-    pub default_max_tokens: u32,
+    pub config: Config,
 }
 
 /// The router. Layers, outermost first: none yet beyond axum's own; the body

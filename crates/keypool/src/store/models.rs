@@ -7,11 +7,22 @@ use sqlx::Row;
 use super::StoreError;
 
 /// A key to insert.
+#[derive(Debug, Clone, Default)]
 pub struct NewKey {
     pub secret: String,
     pub label: Option<String>,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    /// Requests per day (free tiers have one).
+    pub rpd: Option<u32>,
+    /// Cap on requests in flight at once.
+    pub max_inflight: Option<u32>,
+    /// Share of traffic under the `weighted` strategy (default 1).
+    pub weight: Option<u32>,
+    /// Spend allowed, in micro-USD (`balance_even` never overruns it).
+    pub budget_micros: Option<u64>,
+    /// Unix time after which the key is not used.
+    pub expires_at: Option<i64>,
 }
 
 /// A stored key with its lifetime totals.
@@ -22,6 +33,12 @@ pub struct KeyRecord {
     pub label: Option<String>,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    pub rpd: Option<u32>,
+    pub max_inflight: Option<u32>,
+    pub weight: Option<u32>,
+    pub budget_micros: Option<u64>,
+    pub spent_micros: u64,
+    pub expires_at: Option<i64>,
     pub enabled: bool,
     pub requests: u64,
     pub successes: u64,
@@ -49,6 +66,12 @@ impl KeyRecord {
             label: row.try_get("label")?,
             rpm: opt_u32(row.try_get("rpm")?),
             tpm: opt_u32(row.try_get("tpm")?),
+            rpd: opt_u32(row.try_get("rpd")?),
+            max_inflight: opt_u32(row.try_get("max_inflight")?),
+            weight: opt_u32(row.try_get("weight")?),
+            budget_micros: row.try_get::<Option<i64>, _>("budget_micros")?.map(u64_of),
+            spent_micros: u64_of(row.try_get("spent_micros")?),
+            expires_at: row.try_get("expires_at")?,
             enabled: row.try_get("enabled")?,
             requests: u64_of(row.try_get("requests")?),
             successes: u64_of(row.try_get("successes")?),
@@ -94,5 +117,6 @@ pub struct UsageDelta {
     pub failures: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    pub spent_micros: u64,
     pub last_used_at: Option<i64>,
 }

@@ -1,43 +1,88 @@
 //! Token estimation: how many tokens a request will be charged upstream,
-//! decided before it is sent so the reservation fits the key's TPM.
-//!
-//! For now this is the common ~4-bytes-per-token rule of thumb with OpenAI's
-//! per-message overhead; the scheduler issue swaps in a real tokenizer
-//! (tiktoken) behind this same function.
+//! decided before it is sent so the reservation fits the key's TPM. Prompt
+//! text is counted with OpenAI's own tokenizers (tiktoken: o200k_base for
+//! the GPT-4o/4.1/5 and o-series families, cl100k_base for older models),
+//! plus the per-message framing the chat format adds.
+
+use tiktoken_rs::CoreBPE;
+
+/// Tokens of framing OpenAI adds per chat message, and once to prime the reply.
+pub const PER_MESSAGE: u64 = 3;
+pub const PER_REPLY: u64 = 3;
+
+/// Which tokenizer a model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    O200k,
+    Cl100k,
+}
+
+impl Encoding {
+    pub fn for_model(model: &str) -> Encoding {
+        let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+        let o200k = ["gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss"];
+        if o200k.iter().any(|p| m.starts_with(p)) {
+            Encoding::O200k
+        } else {
+            Encoding::Cl100k
+        }
+    }
+
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Encoding::O200k => tiktoken_rs::o200k_base_singleton(),
+            Encoding::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+        }
+    }
+
+    /// Tokens in `text` (no special tokens).
+    pub fn count(self, text: &str) -> u64 {
+        if text.is_empty() {
+            return 0;
+        }
+        self.bpe().encode_ordinary(text).len() as u64
+    }
+}
+
+/// Loads both tokenizers (each takes a moment the first time) off the request path.
+pub fn warm_up() {
+    for enc in [Encoding::O200k, Encoding::Cl100k] {
+        let _ = enc.count("warm");
+    }
+}
 
 /// What the estimate needs from a request body.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PromptShape {
-    /// Bytes of text the model reads (message contents, prompt, input).
-    pub text_bytes: usize,
-    /// Number of chat messages (each costs a few tokens of framing).
-    pub messages: usize,
+    /// The model named in the body, if any.
+    pub model: Option<String>,
+    /// Tokens of the text the model reads, including chat framing.
+    pub prompt_tokens: u64,
     /// `max_tokens` / `max_completion_tokens`, if the caller set one.
     pub max_tokens: Option<u32>,
     /// `n`: how many completions are generated.
     pub n: u32,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage`, when the caller set it.
+    pub include_usage: Option<bool>,
+    /// The endpoint produces no completion tokens (embeddings, moderations).
+    pub input_only: bool,
 }
 
-/// Tokens of framing OpenAI adds per chat message, and once per reply.
-const PER_MESSAGE: u64 = 3;
-const PER_REPLY: u64 = 3;
+impl PromptShape {
+    /// Completion tokens the upstream reserves: `max_tokens` (or the default) × n.
+    pub fn completion_budget(&self, default_max_tokens: u32) -> u64 {
+        if self.input_only {
+            return 0;
+        }
+        u64::from(self.max_tokens.unwrap_or(default_max_tokens)) * u64::from(self.n.max(1))
+    }
 
-/// Prompt tokens, rounding up so the estimate errs on the safe side.
-pub fn prompt_tokens(shape: &PromptShape) -> u64 {
-    let text = (shape.text_bytes as u64).div_ceil(4);
-    let framing = if shape.messages > 0 {
-        PER_MESSAGE * shape.messages as u64 + PER_REPLY
-    } else {
-        0
-    };
-    text + framing
-}
-
-/// Prompt plus the completion budget, as the upstream's TPM counts a request.
-pub fn request_tokens(shape: &PromptShape, default_max_tokens: u32) -> u64 {
-    let completion =
-        u64::from(shape.max_tokens.unwrap_or(default_max_tokens)) * u64::from(shape.n.max(1));
-    prompt_tokens(shape) + completion
+    /// Prompt plus the completion budget, as the upstream's TPM counts a request.
+    pub fn request_tokens(&self, default_max_tokens: u32) -> u64 {
+        self.prompt_tokens + self.completion_budget(default_max_tokens)
+    }
 }
 
 #[cfg(test)]
@@ -45,19 +90,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_text_framing_and_completion_budget() {
-        let shape = PromptShape {
-            text_bytes: 400,
-            messages: 2,
-            max_tokens: Some(50),
-            n: 2,
-        };
-        assert_eq!(prompt_tokens(&shape), 100 + 9);
-        assert_eq!(request_tokens(&shape, 1024), 109 + 100);
-        let bare = PromptShape {
-            text_bytes: 1,
-            ..PromptShape::default()
-        };
-        assert_eq!(request_tokens(&bare, 16), 1 + 16);
+    fn models_pick_their_tokenizer() {
+        assert_eq!(Encoding::for_model("gpt-4o-mini"), Encoding::O200k);
+        assert_eq!(Encoding::for_model("o3-mini"), Encoding::O200k);
+        assert_eq!(Encoding::for_model("openai/gpt-4.1"), Encoding::O200k);
+        assert_eq!(Encoding::for_model("gpt-3.5-turbo"), Encoding::Cl100k);
+        assert_eq!(Encoding::for_model("text-embedding-3-small"), Encoding::Cl100k);
+    }
+
+    #[test]
+    fn counts_real_tokens() {
+        // "hello world" is two tokens in both encodings.
+        assert_eq!(Encoding::O200k.count("hello world"), 2);
+        assert_eq!(Encoding::Cl100k.count("hello world"), 2);
+        assert_eq!(Encoding::O200k.count(""), 0);
+        let shape = PromptShape { prompt_tokens: 100, max_tokens: Some(50), n: 2, ..PromptShape::default() };
+        assert_eq!(shape.request_tokens(1024), 200);
+        let emb = PromptShape { prompt_tokens: 10, input_only: true, ..PromptShape::default() };
+        assert_eq!(emb.request_tokens(1024), 10);
     }
 }

@@ -27,10 +27,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub(super) fn is_dropped_request_header(name: &HeaderName, all: &HeaderMap) -> bool {
     is_hop_by_hop(name)
         || listed_in_connection(name, all)
-        || matches!(
-            *name,
-            header::HOST | header::AUTHORIZATION | header::ACCEPT_ENCODING | header::CONTENT_LENGTH
-        )
+        || matches!(*name, header::HOST | header::AUTHORIZATION | header::ACCEPT_ENCODING | header::CONTENT_LENGTH)
         || name.as_str() == "api-key"
 }
 
@@ -45,10 +42,7 @@ fn listed_in_connection(name: &HeaderName, all: &HeaderMap) -> bool {
 /// The upstream's answer headers as the caller should see them.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        if !is_hop_by_hop(name)
-            && !listed_in_connection(name, from)
-            && *name != header::CONTENT_LENGTH
-        {
+        if !is_hop_by_hop(name) && !listed_in_connection(name, from) && *name != header::CONTENT_LENGTH {
             to.append(name.clone(), value.clone());
         }
     }
@@ -79,17 +73,13 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_len == 0 {
             return None;
         }
         let value: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,

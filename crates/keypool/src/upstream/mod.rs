@@ -1,6 +1,7 @@
 //! The connection to the upstream API: one pooled HTTP client, the base URL
 //! (which may be a relay with its own path prefix) and what is passed on.
 
+mod classify;
 mod headers;
 
 use std::time::Duration;
@@ -9,7 +10,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
-pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop};
+pub use classify::{classify, rate_info};
+pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop, parse_go_duration};
 
 /// Failures talking to the upstream. All of them are the upstream's (or the
 /// network's), never the caller's.
@@ -28,10 +30,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether another attempt (on another key) could succeed.
     pub fn retryable(&self) -> bool {
-        !matches!(
-            self,
-            UpstreamError::Client(_) | UpstreamError::UnusableKey(_)
-        )
+        !matches!(self, UpstreamError::Client(_) | UpstreamError::UnusableKey(_))
     }
 }
 
@@ -49,13 +48,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(
-        base: &str,
-        proxy: Option<&str>,
-        connect_timeout: Duration,
-    ) -> Result<Upstream, UpstreamError> {
-        let mut base = Url::parse(base)
-            .map_err(|e| UpstreamError::Client(format!("base URL {base:?}: {e}")))?;
+    pub fn new(base: &str, proxy: Option<&str>, connect_timeout: Duration) -> Result<Upstream, UpstreamError> {
+        let mut base = Url::parse(base).map_err(|e| UpstreamError::Client(format!("base URL {base:?}: {e}")))?;
         // A base without a trailing slash would have its last segment replaced by `join`.
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -68,16 +62,9 @@ impl Upstream {
             // keypool forwards redirects to the caller rather than following them with a key attached.
             .redirect(reqwest::redirect::Policy::none());
         if let Some(proxy) = proxy {
-            builder = builder.proxy(
-                reqwest::Proxy::all(proxy).map_err(|e| UpstreamError::Client(e.to_string()))?,
-            );
+            builder = builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| UpstreamError::Client(e.to_string()))?);
         }
-        Ok(Upstream {
-            client: builder
-                .build()
-                .map_err(|e| UpstreamError::Client(e.to_string()))?,
-            base,
-        })
+        Ok(Upstream { client: builder.build().map_err(|e| UpstreamError::Client(e.to_string()))?, base })
     }
 
     /// The upstream URL for a caller's path below `/v1/` and its raw query.
@@ -114,19 +101,13 @@ impl Upstream {
             OutBody::Bytes(b) => reqwest::Body::from(b),
             OutBody::Stream(s) => s,
         };
-        self.client
-            .request(method, url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(e)
-                } else {
-                    UpstreamError::Request(e)
-                }
-            })
+        self.client.request(method, url).headers(headers).body(body).send().await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(e)
+            } else {
+                UpstreamError::Request(e)
+            }
+        })
     }
 }
 

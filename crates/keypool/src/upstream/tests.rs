@@ -1,34 +1,22 @@
 #![allow(clippy::unwrap_used)]
-use super::headers::parse_go_duration;
 use super::*;
 
 #[test]
 fn joins_paths_under_a_relay_prefix() {
-    let up = Upstream::new(
-        "https://relay.example.com/proxy/v1",
-        None,
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let up = Upstream::new("https://relay.example.com/proxy/v1", None, Duration::from_secs(1)).unwrap();
     assert_eq!(
         up.url_for("chat/completions", Some("a=1&b=2")).as_str(),
         "https://relay.example.com/proxy/v1/chat/completions?a=1&b=2"
     );
     let up = Upstream::new("https://api.openai.com/v1/", None, Duration::from_secs(1)).unwrap();
-    assert_eq!(
-        up.url_for("/models/gpt-4o", None).as_str(),
-        "https://api.openai.com/v1/models/gpt-4o"
-    );
+    assert_eq!(up.url_for("/models/gpt-4o", None).as_str(), "https://api.openai.com/v1/models/gpt-4o");
 }
 
 #[test]
 fn go_durations() {
     assert_eq!(parse_go_duration("859ms"), Some(Duration::from_millis(859)));
     assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
-    assert_eq!(
-        parse_go_duration("1h2m3.5s"),
-        Some(Duration::from_secs_f64(3723.5))
-    );
+    assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_secs_f64(3723.5)));
     assert_eq!(parse_go_duration("20s"), Some(Duration::from_secs(20)));
     assert_eq!(parse_go_duration("abc"), None);
     assert_eq!(parse_go_duration("5"), None);
@@ -41,10 +29,7 @@ fn request_headers_drop_credentials_and_hop_by_hop() {
     h.insert("x-private", "1".parse().unwrap());
     h.insert("authorization", "Bearer kp-x".parse().unwrap());
     h.insert("openai-organization", "org-1".parse().unwrap());
-    let kept: Vec<_> = h
-        .keys()
-        .filter(|n| !headers::is_dropped_request_header(n, &h))
-        .collect();
+    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h)).collect();
     assert_eq!(kept, vec!["openai-organization"]);
 }
 

@@ -17,12 +17,7 @@ pub struct TestApp {
 }
 
 pub fn key(secret: &str, rpm: Option<u32>) -> NewKey {
-    NewKey {
-        secret: secret.into(),
-        label: None,
-        rpm,
-        tpm: None,
-    }
+    NewKey { secret: secret.into(), rpm, ..NewKey::default() }
 }
 
 /// Starts the simulator, then a gateway over it holding `keys` and one token.
@@ -42,28 +37,14 @@ pub async fn spawn(sim: SimConfig, keys: Vec<NewKey>, tweak: impl FnOnce(&mut Co
         store.add_key(k).await.unwrap();
     }
     let token = generate_token();
-    store
-        .create_token("test", &hash_token(&token), "kp-test")
-        .await
-        .unwrap();
+    store.create_token("test", &hash_token(&token), "kp-test").await.unwrap();
     let gateway = keypool::app::start(&config).await.expect("gateway starts");
-    TestApp {
-        gateway,
-        sim,
-        token,
-        store,
-        client: reqwest::Client::new(),
-        _dir: dir,
-    }
+    TestApp { gateway, sim, token, store, client: reqwest::Client::new(), _dir: dir }
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
-        format!(
-            "{}/{}",
-            self.gateway.base_url(),
-            path.trim_start_matches('/')
-        )
+        format!("{}/{}", self.gateway.base_url(), path.trim_start_matches('/'))
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -83,10 +64,7 @@ pub fn chat(content: &str) -> serde_json::Value {
 pub async fn error_code(resp: reqwest::Response) -> String {
     let body: serde_json::Value = resp.json().await.expect("error body is JSON");
     let err = &body["error"];
-    assert!(
-        err["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(err["type"].is_string(), "{body}");
     assert!(err.get("code").is_some(), "{body}");
     err["code"].as_str().unwrap_or_default().to_owned()

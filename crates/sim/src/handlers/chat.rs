@@ -45,26 +45,15 @@ pub async fn completions(
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The model named in a body, or a plausible default for messages about malformed bodies.
 pub fn model_of(body: Option<&Value>) -> String {
-    body.and_then(|v| v.get("model"))
-        .and_then(Value::as_str)
-        .unwrap_or("gpt-4o-mini")
-        .to_string()
+    body.and_then(|v| v.get("model")).and_then(Value::as_str).unwrap_or("gpt-4o-mini").to_string()
 }
 
-async fn complete(
-    sh: Arc<Shared>,
-    conn: ConnKill,
-    headers: HeaderMap,
-    raw: Bytes,
-    kind: Kind,
-) -> Response {
+async fn complete(sh: Arc<Shared>, conn: ConnKill, headers: HeaderMap, raw: Bytes, kind: Kind) -> Response {
     // Parsed before the gate only to price the request; malformed bodies are still
     // answered 400 after the gate, as the fixed pipeline order requires.
     let parsed: Option<Value> = serde_json::from_slice(&raw).ok().filter(Value::is_object);
@@ -80,11 +69,7 @@ async fn complete(
     if body.get("model").and_then(Value::as_str).is_none() {
         return sh.respond(&adm, errors::missing_param("model"));
     }
-    let required = if kind == Kind::Chat {
-        "messages"
-    } else {
-        "prompt"
-    };
+    let required = if kind == Kind::Chat { "messages" } else { "prompt" };
     if body.get(required).is_none_or(Value::is_null) {
         return sh.respond(&adm, errors::missing_param(required));
     }
@@ -93,9 +78,7 @@ async fn complete(
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         stream_answer(sh, adm, gen)
     } else {
-        sh.bump(adm.key.as_deref(), |s| {
-            s.completion_tokens += gen.completion_tokens()
-        });
+        sh.bump(adm.key.as_deref(), |s| s.completion_tokens += gen.completion_tokens());
         let resp = axum::Json(gen.full_answer()).into_response();
         sh.respond(&adm, resp)
     }
@@ -114,11 +97,7 @@ struct Generation {
 
 impl Generation {
     fn new(body: &Value, kind: Kind, request_id: &str) -> Self {
-        let prefix = if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        };
+        let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         let suffix = request_id.trim_start_matches("req_");
         Generation {
             kind,
@@ -128,10 +107,7 @@ impl Generation {
             prompt_tokens: tokens::prompt_tokens(body),
             words: tokens::answer_words(tokens::max_tokens(body)),
             n: tokens::choices(body),
-            include_usage: body
-                .pointer("/stream_options/include_usage")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            include_usage: body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false),
         }
     }
 
@@ -204,12 +180,7 @@ impl Generation {
     }
 
     /// The whole event sequence, decided up front; only the sending is paced.
-    fn plan(
-        &self,
-        chunks: usize,
-        interval: Duration,
-        fail_after: Option<usize>,
-    ) -> VecDeque<Planned> {
+    fn plan(&self, chunks: usize, interval: Duration, fail_after: Option<usize>) -> VecDeque<Planned> {
         let mut plan = VecDeque::new();
         if self.kind == Kind::Chat {
             plan.push_back(Planned::event(self.chunk(Some(""), true, false)));
@@ -241,23 +212,14 @@ impl Generation {
             p.words = (to - from) as u64 * self.n;
             plan.push_back(p);
         }
-        let content = if self.kind == Kind::Chat {
-            None
-        } else {
-            Some("")
-        };
+        let content = if self.kind == Kind::Chat { None } else { Some("") };
         plan.push_back(Planned::event(self.chunk(content, false, true)));
         if self.include_usage {
             let mut v = self.envelope(true, Vec::new());
             v["usage"] = self.usage();
             plan.push_back(Planned::event(v));
         }
-        plan.push_back(Planned {
-            delay: Duration::ZERO,
-            data: "[DONE]".to_string(),
-            words: 0,
-            end: End::Done,
-        });
+        plan.push_back(Planned { delay: Duration::ZERO, data: "[DONE]".to_string(), words: 0, end: End::Done });
         plan
     }
 }
@@ -279,12 +241,7 @@ struct Planned {
 
 impl Planned {
     fn event(v: Value) -> Self {
-        Planned {
-            delay: Duration::ZERO,
-            data: v.to_string(),
-            words: 0,
-            end: End::No,
-        }
+        Planned { delay: Duration::ZERO, data: v.to_string(), words: 0, end: End::No }
     }
 }
 
@@ -300,8 +257,7 @@ struct StreamState {
 impl Drop for StreamState {
     fn drop(&mut self) {
         if !self.finished {
-            self.sh
-                .bump(self.key.as_deref(), |s| s.streams_cancelled += 1);
+            self.sh.bump(self.key.as_deref(), |s| s.streams_cancelled += 1);
         }
     }
 }
@@ -309,20 +265,14 @@ impl Drop for StreamState {
 fn stream_answer(sh: Arc<Shared>, adm: Admitted, gen: Generation) -> Response {
     let fail_after = lock(&sh.faults).fail_stream_after_chunks;
     let plan = gen.plan(sh.stream_chunks, sh.chunk_interval, fail_after);
-    let state = StreamState {
-        sh: sh.clone(),
-        key: adm.key.clone(),
-        plan,
-        finished: false,
-    };
+    let state = StreamState { sh: sh.clone(), key: adm.key.clone(), plan, finished: false };
     let events = futures_util::stream::unfold(state, |mut st| async move {
         let item = st.plan.pop_front()?;
         if !item.delay.is_zero() {
             tokio::time::sleep(item.delay).await;
         }
         if item.words > 0 {
-            st.sh
-                .bump(st.key.as_deref(), |s| s.completion_tokens += item.words);
+            st.sh.bump(st.key.as_deref(), |s| s.completion_tokens += item.words);
         }
         match item.end {
             End::No => {}
@@ -337,10 +287,7 @@ fn stream_answer(sh: Arc<Shared>, adm: Admitted, gen: Generation) -> Response {
     });
     let mut resp = Body::from_stream(events).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     sh.respond(&adm, resp)
 }

@@ -34,25 +34,13 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/_sim/keys", post(add_key))
         .route("/_sim/faults", post(set_faults));
     // axum refuses to nest at the root, so an empty prefix merges instead.
-    let app = if sh.prefix.is_empty() {
-        control.merge(api)
-    } else {
-        control.nest(&sh.prefix, api)
-    };
-    app.fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(sh)
+    let app = if sh.prefix.is_empty() { control.merge(api) } else { control.nest(&sh.prefix, api) };
+    app.fallback(not_found).layer(DefaultBodyLimit::max(BODY_LIMIT)).with_state(sh)
 }
 
 async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> Response {
     let msg = format!("Invalid URL ({} {})", method, uri.path());
-    crate::errors::error_response(
-        StatusCode::NOT_FOUND,
-        &msg,
-        "invalid_request_error",
-        None,
-        None,
-    )
+    crate::errors::error_response(StatusCode::NOT_FOUND, &msg, "invalid_request_error", None, None)
 }
 
 async fn stats(State(sh): State<Arc<Shared>>) -> Response {

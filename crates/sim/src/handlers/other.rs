@@ -17,14 +17,8 @@ use crate::tokens;
 
 /// A fixed model list; ids cover chat, legacy, embeddings and speech so gateway tests can
 /// route by model without configuring anything.
-const MODELS: [&str; 6] = [
-    "gpt-4o-mini",
-    "gpt-4o",
-    "gpt-4.1-mini",
-    "gpt-3.5-turbo-instruct",
-    "text-embedding-3-small",
-    "tts-1",
-];
+const MODELS: [&str; 6] =
+    ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small", "tts-1"];
 const MODELS_CREATED: u64 = 1_715_367_049;
 
 pub async fn embeddings(
@@ -45,10 +39,9 @@ pub async fn embeddings(
     };
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect(),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string)).collect()
+        }
         _ => return sh.respond(&adm, errors::missing_param("input")),
     };
     let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
@@ -91,10 +84,7 @@ pub async fn models(
         Err(resp) => return resp,
     };
     let data: Vec<Value> = MODELS.iter().map(|m| model_json(m)).collect();
-    sh.respond(
-        &adm,
-        axum::Json(json!({"object": "list", "data": data})).into_response(),
-    )
+    sh.respond(&adm, axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
 pub async fn model(
@@ -111,13 +101,7 @@ pub async fn model(
         axum::Json(model_json(&id)).into_response()
     } else {
         let msg = format!("The model '{id}' does not exist or you do not have access to it.");
-        errors::error_response(
-            StatusCode::NOT_FOUND,
-            &msg,
-            "invalid_request_error",
-            None,
-            Some("model_not_found"),
-        )
+        errors::error_response(StatusCode::NOT_FOUND, &msg, "invalid_request_error", None, Some("model_not_found"))
     };
     sh.respond(&adm, resp)
 }
@@ -130,12 +114,7 @@ pub async fn speech(
     raw: Bytes,
 ) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(&raw).ok().filter(Value::is_object);
-    let model = parsed
-        .as_ref()
-        .and_then(|v| v.get("model"))
-        .and_then(Value::as_str)
-        .unwrap_or("tts-1")
-        .to_string();
+    let model = parsed.as_ref().and_then(|v| v.get("model")).and_then(Value::as_str).unwrap_or("tts-1").to_string();
     let cost = parsed.as_ref().map_or(1, tokens::prompt_tokens);
     let adm = match sh.gate(&headers, &conn, &model, cost).await {
         Ok(a) => a,
@@ -144,12 +123,9 @@ pub async fn speech(
     if parsed.is_none() {
         return sh.respond(&adm, errors::bad_json());
     }
-    let audio: Vec<u8> = (0..64 * 1024u32)
-        .map(|i| (i.wrapping_mul(31) % 251) as u8)
-        .collect();
+    let audio: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(31) % 251) as u8).collect();
     let mut resp = Body::from(audio).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
     sh.respond(&adm, resp)
 }
 
@@ -176,13 +152,7 @@ pub async fn echo(
                 let msg = format!("Error reading the request body: {e}");
                 return sh.respond(
                     &adm,
-                    errors::error_response(
-                        StatusCode::BAD_REQUEST,
-                        &msg,
-                        "invalid_request_error",
-                        None,
-                        None,
-                    ),
+                    errors::error_response(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None, None),
                 );
             }
         }

@@ -19,21 +19,12 @@ pub fn chat_body() -> Value {
 }
 
 pub async fn post(sim: &Simulator, path: &str, key: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", sim.base_url()))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    client().post(format!("{}{path}", sim.base_url())).bearer_auth(key).json(body).send().await.unwrap()
 }
 
 /// Splits an SSE body into its `data:` payloads.
 pub fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
+    text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_string).collect()
 }
 
 /// Waits (real time, bounded) until `f` holds; counters updated by the server after the

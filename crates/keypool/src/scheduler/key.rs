@@ -1,0 +1,304 @@
+//! One key's live state and the rules for whether it can take a request.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::time::{Duration, Instant};
+
+use super::limits::{Dim, RateInfo};
+use super::strategy::{Inputs, Score, Strategy};
+use super::window::Window;
+use super::{DefaultLimits, Demand};
+use crate::store::{KeyRecord, UsageDelta};
+
+/// Whether a key can serve at all, apart from its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Active,
+    /// The upstream refused the key (401/403): it is wrong or revoked.
+    Invalid,
+    /// The key's balance is spent (`insufficient_quota`).
+    Exhausted,
+}
+
+/// Whether the upstream has told us its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// No answer yet: with no configured limits, one request at a time.
+    Unknown,
+    /// Answers carry `x-ratelimit-*`.
+    Headers,
+    /// Answers carry none: the upstream announces no limits.
+    None,
+}
+
+/// Where a key sits in the scheduler's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Disabled, invalid, exhausted, expired or out of budget.
+    Off,
+    /// Has room now; sorted by the strategy's score.
+    Ready(Score),
+    /// Regains room at a known instant.
+    Parked(Instant),
+    /// Regains room only when one of its in-flight requests finishes.
+    Blocked,
+}
+
+#[derive(Debug)]
+pub struct Slot {
+    pub id: i64,
+    pub label: Option<String>,
+    pub secret: Arc<SecretString>,
+    pub enabled: bool,
+    pub health: Health,
+    pub cooling_until: Option<Instant>,
+    pub expires_at: Option<Instant>,
+    pub expires_unix: Option<i64>,
+    pub rpm: Dim,
+    pub tpm: Dim,
+    pub rpd: Option<u64>,
+    pub max_inflight: Option<u64>,
+    pub weight: u64,
+    pub budget_micros: Option<u64>,
+    pub announce: Announce,
+    /// Leased and not finished; they count against every limit.
+    pub inflight: u64,
+    pub reserved_tokens: u64,
+    pub reserved_micros: u64,
+    pub window: Window,
+    /// Requests finished since the current day began (for `rpd`).
+    pub day_count: u64,
+    pub spent_micros: u64,
+    pub requests_total: u64,
+    pub successes_total: u64,
+    pub failures_total: u64,
+    pub rr_seq: u64,
+    pub vtime: u64,
+    pub unflushed: UsageDelta,
+    pub placement: Placement,
+}
+
+/// Converts a stored Unix time to the scheduler's clock.
+pub fn instant_of_unix(unix: i64, now: Instant) -> Instant {
+    let wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    if unix <= wall {
+        now
+    } else {
+        now + Duration::from_secs((unix - wall) as u64)
+    }
+}
+
+impl Slot {
+    pub fn new(r: &KeyRecord, d: &DefaultLimits, vclock: u64, now: Instant) -> Slot {
+        let mut slot = Slot {
+            id: r.id,
+            label: None,
+            secret: Arc::new(r.secret.clone()),
+            enabled: true,
+            health: Health::Active,
+            cooling_until: None,
+            expires_at: None,
+            expires_unix: None,
+            rpm: Dim::default(),
+            tpm: Dim::default(),
+            rpd: None,
+            max_inflight: None,
+            weight: 1,
+            budget_micros: None,
+            announce: Announce::Unknown,
+            inflight: 0,
+            reserved_tokens: 0,
+            reserved_micros: 0,
+            window: Window::default(),
+            day_count: 0,
+            spent_micros: r.spent_micros,
+            requests_total: r.requests,
+            successes_total: r.successes,
+            failures_total: r.failures,
+            rr_seq: 0,
+            vtime: vclock,
+            unflushed: UsageDelta { key_id: r.id, ..UsageDelta::default() },
+            placement: Placement::Off,
+        };
+        slot.apply(r, d, now);
+        slot
+    }
+
+    /// Takes the operator's settings from the store (live counts are kept).
+    pub fn apply(&mut self, r: &KeyRecord, d: &DefaultLimits, now: Instant) {
+        self.label = r.label.clone();
+        self.secret = Arc::new(r.secret.clone());
+        self.enabled = r.enabled;
+        self.rpm.configured = r.rpm.or(d.rpm).map(u64::from);
+        self.tpm.configured = r.tpm.or(d.tpm).map(u64::from);
+        self.rpd = r.rpd.or(d.rpd).map(u64::from);
+        self.max_inflight = r.max_inflight.or(d.max_inflight).map(u64::from);
+        self.weight = u64::from(r.weight.unwrap_or(1).max(1));
+        self.budget_micros = r.budget_micros;
+        self.expires_unix = r.expires_at;
+        self.expires_at = r.expires_at.map(|u| instant_of_unix(u, now));
+    }
+
+    pub fn score(&self, strategy: Strategy) -> Score {
+        strategy.score(&Inputs {
+            id: self.id,
+            requests_total: self.requests_total,
+            inflight: self.inflight,
+            rr_seq: self.rr_seq,
+            vtime: self.vtime,
+            spent_micros: self.spent_micros,
+            reserved_micros: self.reserved_micros,
+            budget_micros: self.budget_micros,
+            expires_unix: self.expires_unix,
+        })
+    }
+
+    /// Serves at all (apart from limits and cooling).
+    pub fn usable(&self, now: Instant) -> bool {
+        self.enabled && self.health == Health::Active && self.expires_at.is_none_or(|t| t > now)
+    }
+
+    pub fn used_requests(&self, now: Instant) -> u64 {
+        self.window.requests() + self.inflight + self.rpm.phantom(now)
+    }
+
+    pub fn used_tokens(&self, now: Instant) -> u64 {
+        self.window.tokens() + self.reserved_tokens + self.tpm.phantom(now)
+    }
+
+    /// What keypool counts as its own use of each dimension (for header corrections).
+    pub fn own_requests(&self) -> u64 {
+        self.window.requests() + self.inflight
+    }
+
+    pub fn own_tokens(&self) -> u64 {
+        self.window.tokens() + self.reserved_tokens
+    }
+
+    fn cautious(&self) -> bool {
+        self.announce == Announce::Unknown && self.rpm.limit().is_none() && self.tpm.limit().is_none()
+    }
+
+    /// Whether the budget could ever pay for `cost` (ignoring reservations, which may come back).
+    pub fn affordable(&self, cost: u64) -> bool {
+        self.budget_micros.is_none_or(|b| self.spent_micros + cost <= b)
+    }
+
+    /// Whether the per-minute token limit could ever admit `tokens`.
+    pub fn fits_tpm(&self, tokens: u64) -> bool {
+        self.tpm.limit().is_none_or(|l| tokens <= l)
+    }
+
+    /// Whether the key can take `demand` right now (window pruned by the caller).
+    pub fn has_room(&self, now: Instant, demand: Demand) -> bool {
+        if !self.usable(now) || self.cooling_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        if self.cautious() && self.inflight > 0 {
+            return false;
+        }
+        if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {
+            return false;
+        }
+        if self.rpm.limit().is_some_and(|l| self.used_requests(now) + 1 > l) {
+            return false;
+        }
+        if self.tpm.limit().is_some_and(|l| self.used_tokens(now) + demand.tokens > l) {
+            return false;
+        }
+        if self.rpd.is_some_and(|l| self.day_count + self.inflight >= l) {
+            return false;
+        }
+        self.budget_micros.is_none_or(|b| self.spent_micros + self.reserved_micros + demand.cost_micros <= b)
+    }
+
+    /// The earliest instant the key has room for `demand`, if time alone can
+    /// bring it (`None`: only a finishing request can, or nothing can).
+    pub fn room_at(&self, now: Instant, demand: Demand, day_end: Instant) -> Option<Instant> {
+        if !self.usable(now) || !self.affordable(demand.cost_micros) || !self.fits_tpm(demand.tokens) {
+            return None;
+        }
+        if self.cautious() && self.inflight > 0 {
+            return None;
+        }
+        if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {
+            return None;
+        }
+        if self.budget_micros.is_some_and(|b| self.spent_micros + self.reserved_micros + demand.cost_micros > b) {
+            return None;
+        }
+        let mut at = now;
+        if let Some(until) = self.cooling_until.filter(|t| *t > now) {
+            at = at.max(until);
+        }
+        if self.rpd.is_some_and(|l| self.day_count + self.inflight >= l) {
+            at = at.max(day_end);
+        }
+        if self.rpm.limit().is_some() {
+            at = at.max(self.rpm.room_at(&self.window, |_| 1, self.used_requests(now), 1, now)?);
+        }
+        if self.tpm.limit().is_some() {
+            at = at.max(self.tpm.room_at(&self.window, |t| t, self.used_tokens(now), demand.tokens, now)?);
+        }
+        Some(at)
+    }
+
+    /// Where the key belongs in the index now.
+    pub fn placement(&self, now: Instant, strategy: Strategy, day_end: Instant) -> Placement {
+        if !self.usable(now) || !self.affordable(0) {
+            return Placement::Off;
+        }
+        let minimal = Demand { tokens: 1, cost_micros: 0 };
+        if self.has_room(now, minimal) {
+            return Placement::Ready(self.score(strategy));
+        }
+        match self.room_at(now, minimal, day_end) {
+            Some(t) if t > now => Placement::Parked(t),
+            Some(_) => Placement::Ready(self.score(strategy)),
+            None => Placement::Blocked,
+        }
+    }
+
+    /// Takes in an answer's rate-limit headers.
+    pub fn observe(&mut self, info: &RateInfo, success: bool, now: Instant) {
+        if info.is_empty() {
+            if success && self.announce == Announce::Unknown {
+                self.announce = Announce::None;
+            }
+            return;
+        }
+        self.announce = Announce::Headers;
+        let (own_r, own_t) = (self.own_requests(), self.own_tokens());
+        self.rpm.observe(info.limit_requests, info.remaining_requests, info.reset_requests, own_r, now);
+        self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now);
+    }
+
+    /// A 429 `rate_limit_exceeded`: nothing more until the reset it names.
+    pub fn rate_limited(&mut self, reset: Duration, now: Instant) {
+        let until = now + reset;
+        self.cooling_until = Some(self.cooling_until.map_or(until, |t| t.max(until)));
+        let (own_r, own_t) = (self.own_requests(), self.own_tokens());
+        self.rpm.empty_until(until, own_r);
+        self.tpm.empty_until(until, own_t);
+    }
+
+    /// A lowercase word for the key's state, as operators see it.
+    pub fn status(&self, now: Instant) -> &'static str {
+        if !self.enabled {
+            "disabled"
+        } else if self.health == Health::Invalid {
+            "invalid"
+        } else if self.health == Health::Exhausted {
+            "exhausted"
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            "expired"
+        } else if self.cooling_until.is_some_and(|t| t > now) || self.rpd.is_some_and(|l| self.day_count >= l) {
+            "cooling"
+        } else {
+            "active"
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! What one key may still send: its limits (configured or learned from the
+//! upstream's headers), what keypool sent within the last minute, and usage
+//! the upstream reported that keypool did not send itself.
+
+use tokio::time::{Duration, Instant};
+
+use super::window::Window;
+
+/// The rate-limit headers of one answer (`x-ratelimit-*`), already parsed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateInfo {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    pub reset_requests: Option<Duration>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens: Option<Duration>,
+}
+
+impl RateInfo {
+    /// Whether the answer announced any limit at all.
+    pub fn is_empty(&self) -> bool {
+        self.limit_requests.is_none()
+            && self.remaining_requests.is_none()
+            && self.limit_tokens.is_none()
+            && self.remaining_tokens.is_none()
+    }
+}
+
+/// One dimension of a key's per-minute limit (requests, or tokens).
+#[derive(Debug, Clone, Default)]
+pub struct Dim {
+    /// Set by the operator (key or config default); wins over `learned`.
+    pub configured: Option<u64>,
+    /// Announced by the upstream's `x-ratelimit-limit-*`.
+    pub learned: Option<u64>,
+    /// Usage the upstream counts that keypool's window does not (another
+    /// client of the same key, or a restart): it counts until `phantom_until`.
+    phantom: u64,
+    phantom_until: Option<Instant>,
+}
+
+impl Dim {
+    pub fn limit(&self) -> Option<u64> {
+        self.configured.or(self.learned)
+    }
+
+    pub fn phantom(&self, now: Instant) -> u64 {
+        match self.phantom_until {
+            Some(until) if until > now => self.phantom,
+            _ => 0,
+        }
+    }
+
+    /// Takes in what one answer said. `ours` is what keypool has counted
+    /// against this dimension (sent within the window plus in flight). Only
+    /// ever tightens: an upstream that is more lenient than our own count
+    /// (a bucket that refilled) changes nothing.
+    pub fn observe(
+        &mut self,
+        limit: Option<u64>,
+        remaining: Option<u64>,
+        reset: Option<Duration>,
+        ours: u64,
+        now: Instant,
+    ) {
+        if let Some(limit) = limit {
+            self.learned = Some(limit);
+        }
+        let (Some(limit), Some(remaining)) = (self.limit(), remaining) else { return };
+        let upstream_used = limit.saturating_sub(remaining);
+        let extra = upstream_used.saturating_sub(ours);
+        if extra > 0 {
+            // Until the upstream says its budget is whole again; a minute when it does not say.
+            let until = now + reset.unwrap_or(super::window::WINDOW);
+            self.phantom = extra;
+            self.phantom_until = Some(until);
+        } else if self.phantom_until.is_some_and(|t| t <= now) {
+            self.phantom = 0;
+            self.phantom_until = None;
+        }
+    }
+
+    /// Used `limit` entirely until `until` (a 429 said the budget is empty).
+    pub fn empty_until(&mut self, until: Instant, ours: u64) {
+        if let Some(limit) = self.limit() {
+            self.phantom = limit.saturating_sub(ours).max(self.phantom);
+            self.phantom_until = Some(self.phantom_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
+    /// Earliest instant when `used - freed + need <= limit`, given the window's
+    /// entries (through `amount`) and the phantom; `None` if only in-flight
+    /// requests finishing can make room.
+    pub fn room_at(
+        &self,
+        window: &Window,
+        amount: impl Fn(u64) -> u64,
+        used: u64,
+        need: u64,
+        now: Instant,
+    ) -> Option<Instant> {
+        let limit = self.limit()?;
+        if used + need <= limit {
+            return Some(now);
+        }
+        let mut to_free = used + need - limit;
+        let phantom = self.phantom(now);
+        let mut phantom_pending = phantom > 0;
+        for (at, tokens) in window.entries() {
+            let expiry = at + super::window::WINDOW;
+            if phantom_pending && self.phantom_until.is_some_and(|p| p <= expiry) {
+                phantom_pending = false;
+                if phantom >= to_free {
+                    return self.phantom_until;
+                }
+                to_free -= phantom;
+            }
+            let freed = amount(tokens);
+            if freed >= to_free {
+                return Some(expiry);
+            }
+            to_free -= freed;
+        }
+        if phantom_pending && phantom >= to_free {
+            return self.phantom_until;
+        }
+        None
+    }
+}
