@@ -28,8 +28,10 @@ fn sim_with(keys: &[(&str, Option<u32>)]) -> SimConfig {
 #[tokio::test]
 async fn thirty_requests_over_three_rpm10_keys_are_spread_evenly_without_upstream_429s() {
     let names = ["sk-even-aaaaaaaaaaaa", "sk-even-bbbbbbbbbbbb", "sk-even-cccccccccccc"];
-    let app =
-        spawn(sim_with(&names.map(|n| (n, Some(10)))), names.iter().map(|n| key(n, Some(10))).collect(), |_| {}).await;
+    let app = spawn(sim_with(&names.map(|n| (n, Some(10)))), names.iter().map(|n| key(n, Some(10))).collect(), |c| {
+        c.pool.max_wait = Duration::from_millis(300)
+    })
+    .await;
     let requests = (0..30).map(|i| app.post("chat/completions").json(&chat(&format!("q{i}"))).send());
     for resp in futures_util::future::join_all(requests).await {
         assert_eq!(resp.unwrap().status(), 200);
@@ -38,7 +40,8 @@ async fn thirty_requests_over_three_rpm10_keys_are_spread_evenly_without_upstrea
         let s = app.sim.key_stats(name);
         assert_eq!((s.ok, s.rate_limited), (10, 0), "{name}: {s:?}");
     }
-    // The pool is spent for this minute: keypool holds the 31st itself.
+    // The pool is spent for this minute: keypool holds the 31st itself, then
+    // answers 429 with Retry-After once max_wait has passed.
     let resp = app.post("chat/completions").json(&chat("one more")).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
