@@ -655,4 +655,6 @@ fn unix_now() -> i64 {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

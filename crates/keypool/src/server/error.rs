@@ -45,6 +45,8 @@ pub enum ApiError {
     BudgetSpent,
     #[error("Unknown path {0}: keypool serves the OpenAI API under /v1/.")]
     UnknownPath(String),
+    #[error("Invalid path {0}: dot segments may not leave /v1/.")]
+    BadPath(String),
     #[error("The upstream could not be reached: {0}")]
     Upstream(#[from] UpstreamError),
 }
@@ -82,7 +84,8 @@ impl ApiError {
             | ApiError::BodyRead(_)
             | ApiError::BodyTooLarge { .. }
             | ApiError::TooManyTokens { .. }
-            | ApiError::UnknownPath(_) => Fault::Caller,
+            | ApiError::UnknownPath(_)
+            | ApiError::BadPath(_) => Fault::Caller,
             ApiError::Upstream(_) => Fault::Upstream,
             ApiError::NoKeys | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => Fault::Gateway,
         }
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::TooManyTokens { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "request_exceeds_key_limits")
             }
+            ApiError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_path"),
             ApiError::UnknownPath(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
             ApiError::NoKeys => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_keys_available"),
             ApiError::AllKeysBusy { .. } => (StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded"),

@@ -91,31 +91,56 @@ fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
 #[derive(Deserialize)]
 struct Probe {
     #[serde(default)]
-    model: Option<String>,
+    model: Lenient<String>,
     #[serde(default)]
-    messages: Option<Vec<Message>>,
+    messages: Lenient<Vec<Message>>,
     #[serde(default)]
     prompt: Option<Text>,
     #[serde(default)]
     input: Option<Text>,
     #[serde(default)]
-    max_tokens: Option<u32>,
+    max_tokens: Lenient<u32>,
     #[serde(default)]
-    max_completion_tokens: Option<u32>,
+    max_completion_tokens: Lenient<u32>,
     #[serde(default)]
-    max_output_tokens: Option<u32>,
+    max_output_tokens: Lenient<u32>,
     #[serde(default)]
-    n: Option<u32>,
+    n: Lenient<u32>,
     #[serde(default)]
-    stream: Option<bool>,
+    stream: Lenient<bool>,
     #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    stream_options: Lenient<StreamOptions>,
+}
+
+/// A field read only if it has the expected shape. keypool is no stricter
+/// than the upstream: a field of another shape is left for the upstream to
+/// judge, and the estimate falls back to its defaults.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient<T> {
+    Is(T),
+    Other(IgnoredAny),
+}
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient::Other(IgnoredAny)
+    }
+}
+
+impl<T> Lenient<T> {
+    fn get(self) -> Option<T> {
+        match self {
+            Lenient::Is(v) => Some(v),
+            Lenient::Other(_) => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct StreamOptions {
     #[serde(default)]
-    include_usage: Option<bool>,
+    include_usage: Lenient<bool>,
 }
 
 #[derive(Deserialize)]
@@ -170,10 +195,11 @@ fn input_only(rest: &str) -> bool {
 
 fn shape_of(bytes: &[u8], rest: &str) -> Result<PromptShape, ApiError> {
     let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
-    let enc = Encoding::for_model(probe.model.as_deref().unwrap_or_default());
+    let model = probe.model.get();
+    let enc = Encoding::for_model(model.as_deref().unwrap_or_default());
     let mut prompt_tokens = 0;
-    if let Some(messages) = &probe.messages {
-        for m in messages {
+    if let Some(messages) = probe.messages.get() {
+        for m in &messages {
             prompt_tokens += tokens::PER_MESSAGE
                 + m.role.as_deref().map_or(0, |r| enc.count(r))
                 + m.name.as_deref().map_or(0, |n| enc.count(n) + 1)
@@ -184,12 +210,12 @@ fn shape_of(bytes: &[u8], rest: &str) -> Result<PromptShape, ApiError> {
     prompt_tokens += probe.prompt.as_ref().map_or(0, |t| t.tokens(enc));
     prompt_tokens += probe.input.as_ref().map_or(0, |t| t.tokens(enc));
     Ok(PromptShape {
-        model: probe.model,
+        model,
         prompt_tokens,
-        max_tokens: probe.max_completion_tokens.or(probe.max_tokens).or(probe.max_output_tokens),
-        n: probe.n.unwrap_or(1),
-        stream: probe.stream.unwrap_or(false),
-        include_usage: probe.stream_options.and_then(|o| o.include_usage),
+        max_tokens: probe.max_completion_tokens.get().or(probe.max_tokens.get()).or(probe.max_output_tokens.get()),
+        n: probe.n.get().unwrap_or(1),
+        stream: probe.stream.get().unwrap_or(false),
+        include_usage: probe.stream_options.get().and_then(|o| o.include_usage.get()),
         input_only: input_only(rest),
     })
 }
@@ -240,6 +266,15 @@ mod tests {
         assert_eq!((emb.prompt_tokens, emb.input_only), (4, true));
         let ids = shape_of(br#"{"model":"e","input":[1,2,3]}"#, "embeddings").unwrap();
         assert_eq!(ids.prompt_tokens, 0);
+    }
+
+    #[test]
+    fn fields_of_unexpected_shape_are_left_to_the_upstream() {
+        let s = shape_of(br#"{"model":"gpt-4o","max_tokens":16.0,"n":5000000000,"messages":"hi"}"#, "chat/completions")
+            .unwrap();
+        assert_eq!((s.max_tokens, s.n, s.prompt_tokens), (None, 1, 0));
+        let s = shape_of(br#"{"model":7,"messages":[{"role":"user","content":{"weird":true}}]}"#, "x").unwrap();
+        assert_eq!(s.model, None);
     }
 
     #[test]

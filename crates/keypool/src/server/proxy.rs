@@ -34,6 +34,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     }
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
+    let url =
+        app.upstream.url_for(&rest, parts.uri.query()).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes).await?;
     let shape = inspected.shape;
     let demand = app.demand(shape.as_ref());
@@ -56,7 +58,6 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             _ => "no_key",
         });
     })?;
-    let url = app.upstream.url_for(&rest, parts.uri.query());
     lease.mark_sent();
     let sent = app.upstream.send(parts.method.clone(), url, &parts.headers, lease.key_id(), lease.secret(), body).await;
     let mut upstream = match sent {

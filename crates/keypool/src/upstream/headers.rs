@@ -52,19 +52,33 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 /// (seconds), or the request budget's reset; one second when none is given.
 pub fn cooldown_from(headers: &HeaderMap) -> Duration {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let secs = |v: f64| seconds(v).unwrap_or(Duration::from_secs(1));
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0));
+        return secs(ms / 1000.0);
     }
     if let Some(s) = text("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Duration::from_secs_f64(s.clamp(0.0, 3600.0));
+        return secs(s);
     }
     if let Some(d) = text("x-ratelimit-reset-requests").and_then(parse_go_duration) {
-        return d.min(Duration::from_secs(3600));
+        return d;
     }
     Duration::from_secs(1)
 }
 
-/// Parses Go-style durations as OpenAI sends them: `1s`, `859ms`, `6m0s`, `1h2m3.5s`.
+/// The longest wait any upstream header is trusted to ask for.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// A number of seconds from an upstream header, clamped to `0..=MAX_WAIT`;
+/// None for NaN (a header is input: it must not be able to panic us).
+fn seconds(v: f64) -> Option<Duration> {
+    if v.is_nan() {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(v.clamp(0.0, MAX_WAIT.as_secs_f64())).unwrap_or(MAX_WAIT))
+}
+
+/// Parses Go-style durations as OpenAI sends them: `1s`, `859ms`, `6m0s`, `1h2m3.5s`,
+/// clamped to an hour.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -92,5 +106,5 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    Some(Duration::from_secs_f64(total))
+    seconds(total)
 }

@@ -67,13 +67,15 @@ impl Upstream {
         Ok(Upstream { client: builder.build().map_err(|e| UpstreamError::Client(e.to_string()))?, base })
     }
 
-    /// The upstream URL for a caller's path below `/v1/` and its raw query.
-    pub fn url_for(&self, rest: &str, query: Option<&str>) -> Url {
+    /// The upstream URL for a caller's path below `/v1/` and its raw query;
+    /// None when dot segments would take it outside the base (a relay's
+    /// prefix must not be escaped with a key attached).
+    pub fn url_for(&self, rest: &str, query: Option<&str>) -> Option<Url> {
         let mut url = self.base.clone();
         let path = format!("{}{}", self.base.path(), rest.trim_start_matches('/'));
         url.set_path(&path);
         url.set_query(query);
-        url
+        url.path().starts_with(self.base.path()).then_some(url)
     }
 
     /// Sends one request with `key`. Caller headers are passed on except
@@ -99,13 +101,21 @@ impl Upstream {
         headers.insert(http::header::AUTHORIZATION, auth);
         let body = match body {
             OutBody::Bytes(b) => reqwest::Body::from(b),
-            OutBody::Stream(s) => s,
+            OutBody::Stream(s) => {
+                // Keep the caller's length (already checked against the limit):
+                // some relays refuse or buffer chunked uploads.
+                if let Some(len) = caller_headers.get(http::header::CONTENT_LENGTH) {
+                    headers.insert(http::header::CONTENT_LENGTH, len.clone());
+                }
+                s
+            }
         };
+        // The URL may be a relay's secret address: keep it out of errors callers see.
         self.client.request(method, url).headers(headers).body(body).send().await.map_err(|e| {
             if e.is_connect() {
-                UpstreamError::Connect(e)
+                UpstreamError::Connect(e.without_url())
             } else {
-                UpstreamError::Request(e)
+                UpstreamError::Request(e.without_url())
             }
         })
     }

@@ -5,11 +5,11 @@ use super::*;
 fn joins_paths_under_a_relay_prefix() {
     let up = Upstream::new("https://relay.example.com/proxy/v1", None, Duration::from_secs(1)).unwrap();
     assert_eq!(
-        up.url_for("chat/completions", Some("a=1&b=2")).as_str(),
+        up.url_for("chat/completions", Some("a=1&b=2")).unwrap().as_str(),
         "https://relay.example.com/proxy/v1/chat/completions?a=1&b=2"
     );
     let up = Upstream::new("https://api.openai.com/v1/", None, Duration::from_secs(1)).unwrap();
-    assert_eq!(up.url_for("/models/gpt-4o", None).as_str(), "https://api.openai.com/v1/models/gpt-4o");
+    assert_eq!(up.url_for("/models/gpt-4o", None).unwrap().as_str(), "https://api.openai.com/v1/models/gpt-4o");
 }
 
 #[test]
@@ -41,4 +41,26 @@ fn cooldown_prefers_the_most_precise_header() {
     h.insert("retry-after-ms", "1500".parse().unwrap());
     assert_eq!(cooldown_from(&h), Duration::from_millis(1500));
     assert_eq!(cooldown_from(&HeaderMap::new()), Duration::from_secs(1));
+}
+
+#[test]
+fn hostile_durations_never_panic() {
+    let mut h = HeaderMap::new();
+    h.insert("retry-after", "NaN".parse().unwrap());
+    assert_eq!(cooldown_from(&h), Duration::from_secs(1));
+    let mut h = HeaderMap::new();
+    h.insert("retry-after-ms", "1e300".parse().unwrap());
+    assert_eq!(cooldown_from(&h), Duration::from_secs(3600));
+    let mut h = HeaderMap::new();
+    h.insert("x-ratelimit-reset-requests", "99999999999999999999h".parse().unwrap());
+    assert_eq!(cooldown_from(&h), Duration::from_secs(3600));
+    assert_eq!(parse_go_duration("-5s"), Some(Duration::ZERO));
+}
+
+#[test]
+fn paths_cannot_climb_out_of_the_base() {
+    let up = Upstream::new("https://relay.example.com/proxy/v1", None, Duration::from_secs(1)).unwrap();
+    assert!(up.url_for("../../echo", None).is_none());
+    assert!(up.url_for("%2e%2e/%2E%2E/echo", None).is_none());
+    assert!(up.url_for("models/../chat/completions", None).is_some());
 }
