@@ -148,3 +148,25 @@ async fn balance_even_spends_every_budget_to_within_5_percent_without_overrun() 
     }
     assert!(answered > 250, "{answered}");
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_while_waiting_leaves_the_line() {
+    let sim = SimConfig {
+        keys: vec![SimKey::new("sk-hangup-aaaaaaaaaa")],
+        latency: Duration::from_millis(1500),
+        ..SimConfig::default()
+    };
+    let one_at_a_time = NewKey { max_inflight: Some(1), ..key("sk-hangup-aaaaaaaaaa", None) };
+    let app = spawn(sim, vec![one_at_a_time], |_| {}).await;
+    let busy = tokio::spawn(app.post("chat/completions").json(&chat("holds the key")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let impatient = app.post("chat/completions").json(&chat("waits")).timeout(Duration::from_millis(200)).send().await;
+    assert!(impatient.is_err(), "the client gave up");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while app.gateway.scheduler().queue_len() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the waiter stayed in line after its caller left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(busy.await.unwrap().unwrap().status(), 200);
+    assert_eq!(app.sim.key_stats("sk-hangup-aaaaaaaaaa").requests, 1, "the abandoned request was never sent");
+}

@@ -295,6 +295,8 @@ impl Slot {
             "exhausted"
         } else if self.expires_at.is_some_and(|t| t <= now) {
             "expired"
+        } else if self.budget_micros.is_some_and(|b| self.spent_micros >= b) {
+            "spent"
         } else if self.cooling_until.is_some_and(|t| t > now) || self.rpd.is_some_and(|l| self.day_count >= l) {
             "cooling"
         } else {
