@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
 use crate::server::{router, AppState, TokenSet};
 use crate::store::{Store, StoreError};
-use crate::upstream::Upstream;
+use crate::upstream::{Breaker, Upstream};
 
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
@@ -59,6 +59,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         strategy: config.pool.strategy,
         max_wait: config.pool.max_wait,
         max_queue: config.pool.max_queue,
+        key_breaker_after: config.health.key_connect_failures,
+        probe_invalid: config.health.probe_invalid,
+        probe_exhausted: config.health.probe_exhausted,
     });
     // Load the tokenizers off the request path (each takes a moment once).
     tokio::task::spawn_blocking(crate::tokens::warm_up);
@@ -72,10 +75,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config.sync_interval
         );
     }
+    let upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
+    let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
     let state = Arc::new(AppState {
         scheduler: Arc::clone(&scheduler),
         tokens,
-        upstream: Upstream::new(&config.upstream, config.proxy.as_deref(), config.connect_timeout)?,
+        upstream: upstream.clone(),
+        breaker: Arc::clone(&breaker),
         config: config.clone(),
     });
     let listener = TcpListener::bind(config.listen).await?;
@@ -86,6 +92,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         async move { axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let sync = tokio::spawn(sync.run(config.sync_interval, stop.clone()));
+    tokio::spawn(crate::health::probe_keys(
+        Arc::clone(&scheduler),
+        upstream.clone(),
+        config.health.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(crate::health::probe_upstream(
+        breaker,
+        Arc::clone(&scheduler),
+        upstream,
+        config.health.upstream_probe,
+        stop.clone(),
+    ));
     Ok(Running { addr, scheduler, stop, server, sync })
 }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;

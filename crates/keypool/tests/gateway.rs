@@ -249,7 +249,11 @@ async fn an_unreachable_upstream_is_a_clear_502() {
     .await;
     let resp = app.get("models").send().await.unwrap();
     assert_eq!(resp.status(), 502);
-    assert_eq!(error_code(resp).await, "upstream_unavailable");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("4 attempt"), "says how many attempts were made: {message}");
+    assert!(!message.contains("127.0.0.1"), "the upstream address is not shown: {message}");
 }
 
 #[tokio::test]

@@ -42,13 +42,16 @@ pub struct Config {
     /// writes the usage it counted in memory.
     #[serde(with = "humantime_serde")]
     pub sync_interval: Duration,
-    /// Time allowed to open a connection to the upstream.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
     /// Limits applied to keys that do not carry their own.
     pub limits: LimitsConfig,
     /// How the pool chooses keys and holds requests when every key is busy.
     pub pool: PoolConfig,
+    /// Retries on another key when an attempt fails.
+    pub retry: RetryConfig,
+    /// Limits on how long the upstream may take.
+    pub timeouts: TimeoutsConfig,
+    /// Probing of unhealthy keys and of the upstream itself.
+    pub health: HealthConfig,
     /// USD per million tokens, by model (longest matching prefix wins; `default` for the rest).
     pub prices: BTreeMap<String, Price>,
     /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
@@ -91,6 +94,95 @@ impl Default for PoolConfig {
     }
 }
 
+/// Retry policy: which failures are retried follows the upstream's error
+/// table; these settle how often and how long.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// Back-off before a retry is random in [0, min(cap, base × 2^attempt)] (full jitter).
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Whole time a request may spend in keypool before its answer starts, waits and retries included.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: 3,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(2),
+            deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How long the upstream may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// To open a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From sending a request to the answer's first byte (its status line).
+    #[serde(with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of an answer.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Whole request, streaming included.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+            total: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Health checks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// First probe of an invalid key (401/403), doubling up to an hour.
+    #[serde(with = "humantime_serde")]
+    pub probe_invalid: Duration,
+    /// Probe interval of an exhausted key (insufficient_quota).
+    #[serde(with = "humantime_serde")]
+    pub probe_exhausted: Duration,
+    /// Connect failures in a row after which a key rests (1 s, doubling).
+    pub key_connect_failures: u32,
+    /// Failures in a row, across keys, after which the upstream itself is
+    /// considered down: callers get upstream_unavailable while it is probed.
+    pub upstream_failures: u32,
+    /// How often a down upstream is probed.
+    #[serde(with = "humantime_serde")]
+    pub upstream_probe: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            probe_invalid: Duration::from_secs(60),
+            probe_exhausted: Duration::from_secs(6 * 3600),
+            key_connect_failures: 3,
+            upstream_failures: 5,
+            upstream_probe: Duration::from_secs(1),
+        }
+    }
+}
+
 /// A model's price in USD per million tokens.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -117,9 +209,11 @@ impl Default for Config {
             auth: AuthMode::Token,
             max_body_bytes: 64 * 1024 * 1024,
             sync_interval: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(10),
             limits: LimitsConfig { rpm: None, tpm: None, rpd: None, max_inflight: None, default_max_tokens: 1024 },
             pool: PoolConfig::default(),
+            retry: RetryConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            health: HealthConfig::default(),
             prices: BTreeMap::new(),
             log: "info".into(),
         }
@@ -195,6 +289,22 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", reason: "must be > 0".into() });
+        }
+        let t = &self.timeouts;
+        if [t.connect, t.first_byte, t.idle, t.total, self.retry.deadline, self.health.upstream_probe]
+            .iter()
+            .any(Duration::is_zero)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "timeouts",
+                reason: "timeouts, retry.deadline and health.upstream_probe must be > 0".into(),
+            });
+        }
+        if self.health.upstream_failures == 0 || self.health.key_connect_failures == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "health",
+                reason: "upstream_failures and key_connect_failures must be > 0".into(),
+            });
         }
         if self.sync_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });

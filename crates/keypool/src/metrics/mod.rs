@@ -14,3 +14,22 @@ pub fn key_transition(key_id: i64, to: &'static str) {
 pub fn request_refused(reason: &'static str) {
     metrics::counter!(REQUESTS_REFUSED, "reason" => reason).increment(1);
 }
+
+/// 1 while the upstream's breaker is open.
+pub const UPSTREAM_DOWN: &str = "keypool_upstream_down";
+/// Attempts that failed and were retried, by reason.
+pub const RETRIES: &str = "keypool_retries_total";
+/// Requests whose caller went away before the answer was complete.
+pub const CANCELLED: &str = "keypool_requests_cancelled_total";
+
+pub fn upstream_breaker(open: bool) {
+    metrics::gauge!(UPSTREAM_DOWN).set(if open { 1.0 } else { 0.0 });
+}
+
+pub fn retry(reason: &'static str) {
+    metrics::counter!(RETRIES, "reason" => reason).increment(1);
+}
+
+pub fn cancelled() {
+    metrics::counter!(CANCELLED).increment(1);
+}

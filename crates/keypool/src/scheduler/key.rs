@@ -78,6 +78,11 @@ pub struct Slot {
     pub vtime: u64,
     pub unflushed: UsageDelta,
     pub placement: Placement,
+    /// Connect failures in a row (the key's circuit breaker).
+    pub connect_failures: u32,
+    /// When an invalid or exhausted key is next probed, and the current probe interval.
+    pub next_probe: Option<Instant>,
+    pub probe_every: Duration,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -122,6 +127,9 @@ impl Slot {
             vtime: vclock,
             unflushed: UsageDelta { key_id: r.id, ..UsageDelta::default() },
             placement: Placement::Off,
+            connect_failures: 0,
+            next_probe: None,
+            probe_every: Duration::ZERO,
         };
         slot.apply(r, d, now);
         slot

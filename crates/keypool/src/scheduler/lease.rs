@@ -9,12 +9,21 @@ use tokio::time::Duration;
 use super::limits::RateInfo;
 use super::{Demand, Scheduler};
 
-/// What the upstream's answer said about the key itself.
+/// What an attempt's result says about the key itself (whose fault it was).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Verdict {
-    /// Nothing about the key (success, or the caller's own error).
+    /// The key worked.
     #[default]
     Fine,
+    /// The caller's own error (400, 404, 413, 422): the key did its job and is not charged a failure.
+    CallerError,
+    /// The upstream failed (5xx, a reset, a timeout): not the key's fault.
+    UpstreamError,
+    /// The upstream could not be reached with this key; after several in a
+    /// row the key rests for growing intervals (a circuit breaker).
+    ConnectFailed,
+    /// The caller went away before the answer was complete.
+    Cancelled,
     /// 429 `rate_limit_exceeded`: rest until the reset.
     RateLimited { reset: Duration },
     /// 401/403: the key is wrong or revoked.

@@ -47,6 +47,12 @@ pub struct SchedulerConfig {
     pub max_wait: Duration,
     /// Most requests waiting at once; past it, new ones get a 429 at once.
     pub max_queue: usize,
+    /// Connect failures in a row after which a key rests (1 s, doubling, up to 5 min).
+    pub key_breaker_after: u32,
+    /// First probe of an invalid key; the interval doubles up to an hour.
+    pub probe_invalid: Duration,
+    /// Interval between probes of an exhausted key (balances rarely come back).
+    pub probe_exhausted: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +62,9 @@ impl Default for SchedulerConfig {
             strategy: Strategy::default(),
             max_wait: Duration::from_secs(30),
             max_queue: 1024,
+            key_breaker_after: 3,
+            probe_invalid: Duration::from_secs(60),
+            probe_exhausted: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -165,8 +174,31 @@ impl Inner {
     }
 
     /// The best key with room for `demand`, in strategy order.
-    fn pick(&self, now: Instant, demand: Demand) -> Option<i64> {
-        self.index.ready().find(|id| self.keys.get(id).is_some_and(|s| s.has_room(now, demand)))
+    fn pick(&mut self, now: Instant, demand: Demand) -> Option<i64> {
+        self.pick_where(now, demand, |_| true)
+    }
+
+    /// Like `pick`, preferring keys not in `avoid` (those a retry already
+    /// failed on) and falling back to them when no other key has room.
+    fn pick_avoiding(&mut self, now: Instant, demand: Demand, avoid: &[i64]) -> Option<i64> {
+        if avoid.is_empty() {
+            return self.pick(now, demand);
+        }
+        self.pick_where(now, demand, |id| !avoid.contains(&id)).or_else(|| self.pick(now, demand))
+    }
+
+    /// The first ready key, in strategy order, that passes `allow` and has
+    /// room. A ready key's window may hold entries that expired since it was
+    /// placed: they are pruned as the key is looked at, so stale entries never
+    /// make a key look fuller than it is.
+    fn pick_where(&mut self, now: Instant, demand: Demand, allow: impl Fn(i64) -> bool) -> Option<i64> {
+        let Inner { index, keys, .. } = self;
+        index.ready().filter(|id| allow(*id)).find(|id| {
+            keys.get_mut(id).is_some_and(|s| {
+                s.window.prune(now);
+                s.has_room(now, demand)
+            })
+        })
     }
 
     fn reserve(&mut self, id: i64, demand: Demand, now: Instant, strategy: Strategy) -> Option<Grant> {
@@ -252,11 +284,27 @@ impl Inner {
     }
 
     /// The next instant time alone can let a waiting request through.
-    fn next_wake(&self, now: Instant) -> Option<Instant> {
-        let head = self.queue.front()?;
+    fn next_wake(&mut self, now: Instant) -> Option<Instant> {
+        // Any waiter may be served out of turn when it fits, so wake for the
+        // smallest need in line: room for it comes no later than for any other.
+        let demand = self
+            .queue
+            .iter()
+            .map(|w| w.demand)
+            .reduce(|a, b| Demand { tokens: a.tokens.min(b.tokens), cost_micros: a.cost_micros.min(b.cost_micros) })?;
         let day_end = self.day_end;
-        let ready = self.index.ready().filter_map(|id| self.keys.get(&id)?.room_at(now, head.demand, day_end)).min();
-        [ready, self.index.next_unpark()].into_iter().flatten().min()
+        let Inner { index, keys, .. } = self;
+        let ready = index
+            .ready()
+            .filter_map(|id| {
+                let slot = keys.get_mut(&id)?;
+                slot.window.prune(now);
+                slot.room_at(now, demand, day_end)
+            })
+            .min();
+        // The queue was just dispatched at `now`: only a later instant can help
+        // (and waking at `now` again would spin).
+        [ready, index.next_unpark()].into_iter().flatten().filter(|t| *t > now).min()
     }
 
     fn remove_waiter(&mut self, id: u64) {
@@ -392,13 +440,18 @@ impl Scheduler {
     /// line (first come, first served) up to `max_wait`. Dropping the future
     /// leaves the line at once.
     pub async fn acquire(self: &Arc<Self>, demand: Demand) -> Result<KeyLease, NoKey> {
+        self.acquire_avoiding(demand, &[]).await
+    }
+
+    /// [`Scheduler::acquire`] for a retry: a key not in `avoid` when one has room.
+    pub async fn acquire_avoiding(self: &Arc<Self>, demand: Demand, avoid: &[i64]) -> Result<KeyLease, NoKey> {
         let started = Instant::now();
         let strategy = self.config.strategy;
         let (id, rx) = {
             let mut inner = self.lock();
             inner.refresh(started, strategy);
             inner.dispatch(started, strategy);
-            if let Some(id) = inner.pick(started, demand) {
+            if let Some(id) = inner.pick_avoiding(started, demand, avoid) {
                 if let Some(grant) = inner.reserve(id, demand, started, strategy) {
                     drop(inner);
                     return Ok(KeyLease::new(Arc::clone(self), grant));
@@ -443,6 +496,13 @@ impl Scheduler {
         let Some(slot) = inner.keys.get_mut(&id) else { return };
         slot.observe(info, success, now);
         inner.slot_placement(id, now, strategy);
+        // Learning that a key announces no limits can give it room at once.
+        inner.dispatch(now, strategy);
+        let waiting = !inner.queue.is_empty();
+        drop(inner);
+        if waiting {
+            self.wake.notify_one();
+        }
     }
 
     /// Gives a lease's reservation back and records what it used.
@@ -455,7 +515,7 @@ impl Scheduler {
             slot.reserved_tokens = slot.reserved_tokens.saturating_sub(grant.demand.tokens);
             slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
             if sent {
-                record_sent(slot, grant.demand, &outcome, now);
+                record_sent(slot, grant.demand, &outcome, now, &self.config);
             }
         }
         if matches!(outcome.verdict, Verdict::Invalid | Verdict::Exhausted) || outcome.cost_micros.is_some() {
@@ -468,6 +528,67 @@ impl Scheduler {
         if waiting {
             self.wake.notify_one();
         }
+    }
+
+    /// Invalid and exhausted keys whose probe is due: (id, secret).
+    pub fn due_probes(&self) -> Vec<(i64, Arc<secrecy::SecretString>)> {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner
+            .keys
+            .values()
+            .filter(|s| s.enabled && s.health != Health::Active && s.next_probe.is_some_and(|t| t <= now))
+            .map(|s| (s.id, Arc::clone(&s.secret)))
+            .collect()
+    }
+
+    /// When the next probe is due, if any key needs one.
+    pub fn next_probe_at(&self) -> Option<Instant> {
+        let inner = self.lock();
+        inner.keys.values().filter(|s| s.enabled && s.health != Health::Active).filter_map(|s| s.next_probe).min()
+    }
+
+    /// A probe's result: a key that answered well returns to rotation; one
+    /// that did not is probed again later (invalid keys ever more rarely).
+    pub fn probe_result(&self, id: i64, healthy: bool) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return };
+        if slot.health == Health::Active {
+            return;
+        }
+        if healthy {
+            slot.health = Health::Active;
+            slot.next_probe = None;
+            transition(slot, "active", "a probe answered well");
+            inner.slot_placement(id, now, strategy);
+            inner.dispatch(now, strategy);
+        } else {
+            if slot.health == Health::Invalid {
+                slot.probe_every = (slot.probe_every * 2).min(Duration::from_secs(3600)).max(self.config.probe_invalid);
+            }
+            slot.next_probe = Some(now + slot.probe_every);
+        }
+    }
+
+    /// The upstream itself failed (every key at once): what keys suffered
+    /// meanwhile is not theirs to carry.
+    pub fn forgive_connect_failures(&self) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let ids: Vec<i64> = inner.keys.keys().copied().collect();
+        for id in ids {
+            if let Some(slot) = inner.keys.get_mut(&id) {
+                if slot.connect_failures >= self.config.key_breaker_after {
+                    slot.cooling_until = None;
+                }
+                slot.connect_failures = 0;
+            }
+            inner.slot_placement(id, now, strategy);
+        }
+        inner.dispatch(now, strategy);
     }
 
     /// Runs the queue at `now` and says when to run it next (the refill timer).
@@ -542,18 +663,23 @@ impl Scheduler {
 }
 
 /// Records a request that reached the upstream: the window, counts, spend, and what the answer said of the key.
-fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant) {
+fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant, config: &SchedulerConfig) {
     let tokens = outcome.usage.map_or(demand.tokens, |u| u.total_tokens.max(u.prompt_tokens + u.completion_tokens));
     slot.window.record(now, tokens);
     slot.day_count += 1;
     slot.requests_total += 1;
     slot.unflushed.requests += 1;
-    if outcome.success {
-        slot.successes_total += 1;
-        slot.unflushed.successes += 1;
-    } else {
-        slot.failures_total += 1;
-        slot.unflushed.failures += 1;
+    match outcome.verdict {
+        Verdict::Fine if outcome.success => {
+            slot.successes_total += 1;
+            slot.unflushed.successes += 1;
+        }
+        // Neither the caller's own mistakes nor a caller leaving count against the key.
+        Verdict::CallerError | Verdict::Cancelled => {}
+        _ => {
+            slot.failures_total += 1;
+            slot.unflushed.failures += 1;
+        }
     }
     if let Some(u) = outcome.usage {
         slot.unflushed.prompt_tokens += u.prompt_tokens;
@@ -567,8 +693,24 @@ fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant)
     if slot.rpd.is_some_and(|l| slot.day_count >= l) {
         transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");
     }
+    if outcome.verdict != Verdict::ConnectFailed {
+        slot.connect_failures = 0;
+    }
     match outcome.verdict {
-        Verdict::Fine => {}
+        Verdict::Fine | Verdict::CallerError | Verdict::UpstreamError | Verdict::Cancelled => {}
+        Verdict::ConnectFailed => {
+            slot.connect_failures += 1;
+            if slot.connect_failures >= config.key_breaker_after {
+                let doublings = (slot.connect_failures - config.key_breaker_after).min(9);
+                let rest = Duration::from_secs(1 << doublings).min(Duration::from_secs(300));
+                transition(
+                    slot,
+                    "cooling",
+                    &format!("{} connect failures in a row; rests {rest:?}", slot.connect_failures),
+                );
+                slot.cooling_until = Some(now + rest);
+            }
+        }
         Verdict::RateLimited { reset } => {
             if slot.cooling_until.is_none_or(|t| t <= now) {
                 transition(slot, "cooling", &format!("upstream rate limit; resets in {reset:?}"));
@@ -577,10 +719,14 @@ fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant)
         }
         Verdict::Invalid if slot.health != Health::Invalid => {
             slot.health = Health::Invalid;
+            slot.probe_every = config.probe_invalid;
+            slot.next_probe = Some(now + config.probe_invalid);
             transition(slot, "invalid", "upstream refused the key (401/403)");
         }
         Verdict::Exhausted if slot.health != Health::Exhausted => {
             slot.health = Health::Exhausted;
+            slot.probe_every = config.probe_exhausted;
+            slot.next_probe = Some(now + config.probe_exhausted);
             transition(slot, "exhausted", "upstream says the balance is spent (insufficient_quota)");
         }
         Verdict::Invalid | Verdict::Exhausted => {}

@@ -362,21 +362,19 @@ async fn run_interleaving(
                         None
                     } else {
                         let i = pick % w.inflight.len();
-                        let f = w.inflight.remove(i);
-                        let key = f.lease.key_id();
+                        let key = w.inflight[i].lease.key_id();
                         let now = w.ms(Instant::now());
                         let up = w.ups.get_mut(&key).unwrap();
-                        let info = (header || !up.spec.configured).then(|| up.headers(now));
-                        Some((f, info))
+                        if header || !up.spec.configured {
+                            let info = up.headers(now);
+                            // Still in flight while its headers are read: a
+                            // waiter granted now counts its estimate error as slack.
+                            w.inflight[i].lease.observe(&info, success);
+                        }
+                        Some(w.inflight.remove(i))
                     }
                 };
-                if let Some((f, info)) = taken {
-                    if let Some(info) = info {
-                        f.lease.observe(&info, success);
-                        if std::env::var("EXPLORE").is_ok() {
-                            s.tick();
-                        }
-                    }
+                if let Some(f) = taken {
                     let usage = f.req.usage_known.then_some(Usage {
                         prompt_tokens: f.req.actual,
                         completion_tokens: 0,
@@ -394,10 +392,6 @@ async fn run_interleaving(
                     let info = w.ups.get_mut(&key).unwrap().headers(now);
                     w.inflight[i].lease.observe(&info, true);
                 }
-                drop(w);
-                if std::env::var("EXPLORE").is_ok() {
-                    s.tick();
-                }
             }
             Op::Cancel { pick } => {
                 let live: Vec<usize> = (0..waiters.len()).filter(|&i| !waiters[i].is_finished()).collect();
@@ -409,7 +403,31 @@ async fn run_interleaving(
                     }
                 }
             }
-            Op::Advance { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::Advance { ms } => {
+                // Step from one refill-timer instant to the next, as the
+                // paused clock's auto-advance would, but refuse to hang if
+                // the timer wants to run again at an instant already passed.
+                let target = Instant::now() + Duration::from_millis(ms);
+                loop {
+                    let now = Instant::now();
+                    let next = s.lock().next_wake(now);
+                    if let Some(at) = next {
+                        prop_assert!(
+                            at > now,
+                            "step {step} ({op:?}): the refill timer would spin: next wake {:?} <= now, queue {}\n{:#?}",
+                            now - at,
+                            s.queue_len(),
+                            s.snapshot()
+                        );
+                    }
+                    let to = next.map_or(target, |at| at.min(target));
+                    tokio::time::advance(to - now).await;
+                    settle().await;
+                    if to >= target {
+                        break;
+                    }
+                }
+            }
         }
         settle().await;
 

@@ -49,6 +49,12 @@ pub enum ApiError {
     BadPath(String),
     #[error("The upstream could not be reached: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("The request failed upstream after {attempts} attempt(s) on different keys; last: {detail}.")]
+    UpstreamFailed { attempts: u32, status: StatusCode, detail: String },
+    #[error("The upstream is unavailable: it is failing for every key, and keypool is probing it (attempts made: {attempts}). Please try again shortly.")]
+    UpstreamDown { attempts: u32 },
+    #[error("Internal error: {0}.")]
+    Internal(&'static str),
 }
 
 fn waited_text(waited: Duration) -> String {
@@ -86,7 +92,8 @@ impl ApiError {
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_)
             | ApiError::BadPath(_) => Fault::Caller,
-            ApiError::Upstream(_) => Fault::Upstream,
+            ApiError::Upstream(_) | ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => Fault::Upstream,
+            ApiError::Internal(_) => Fault::Gateway,
             ApiError::NoKeys | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => Fault::Gateway,
         }
     }
@@ -95,6 +102,8 @@ impl ApiError {
     pub fn retryable(&self) -> bool {
         match self {
             ApiError::Upstream(e) => e.retryable(),
+            ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => true,
+            ApiError::Internal(_) => false,
             ApiError::AllKeysBusy { .. } | ApiError::NoKeys => true,
             ApiError::BudgetSpent => false,
             _ => false,
@@ -120,6 +129,14 @@ impl ApiError {
             ApiError::NoKeys => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_keys_available"),
             ApiError::AllKeysBusy { .. } => (StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded"),
             ApiError::BudgetSpent => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota"),
+            ApiError::UpstreamFailed { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                (*status, "requests", "rate_limit_exceeded")
+            }
+            ApiError::UpstreamFailed { status, .. } => (*status, "upstream_error", "upstream_failed"),
+            ApiError::UpstreamDown { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream_error", "upstream_unavailable")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
         }
     }

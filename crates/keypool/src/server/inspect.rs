@@ -35,6 +35,10 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64) -> Resul
     }
     let overflowed = Arc::new(AtomicBool::new(false));
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if http_body::Body::size_hint(&body).exact() == Some(0) {
+        // No body (a GET): nothing to stream, and it can be sent again on a retry.
+        return Ok(Inspected { body: OutBody::Bytes(Bytes::new()), shape: None, overflowed });
+    }
     if !is_json_candidate(&parts.method, content_type, rest) {
         return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflowed)), shape: None, overflowed });
     }

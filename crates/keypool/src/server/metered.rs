@@ -1,12 +1,15 @@
 //! The upstream's answer on its way to the caller.
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use keypool_sse::{UsageStripper, UsageTap};
-use std::borrow::Cow;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Price;
 use crate::scheduler::{KeyLease, Outcome, Verdict};
@@ -16,28 +19,45 @@ type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// Each chunk is forwarded as it arrives (never buffered whole) while the
 /// tap reads usage from it; a usage event keypool asked for itself is
 /// removed. The key's lease is finished with the real usage when the body
-/// ends, or given back as failed if the caller goes away first (the lease's drop).
+/// ends; if the caller goes away first, dropping this drops the upstream
+/// connection at once and the lease is finished as cancelled.
+///
+/// After the first byte nothing is retried: an SSE answer that breaks (an
+/// error, or silence past the idle timeout) ends with an OpenAI-shaped error
+/// event and `data: [DONE]`, so the caller's SDK sees why it stopped.
 pub struct Metered {
     inner: ByteStream,
     tap: UsageTap,
     stripper: Option<UsageStripper>,
     lease: Option<KeyLease>,
     price: Option<Price>,
+    sse: bool,
+    idle: Duration,
+    /// Fires at the idle timeout or the total deadline, whichever is first.
+    timer: Pin<Box<Sleep>>,
+    total: Instant,
+    /// Bytes to send after the upstream's, then end.
+    tail: Option<Bytes>,
     done: bool,
 }
 
 impl Metered {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: ByteStream,
         tap: UsageTap,
         stripper: Option<UsageStripper>,
         lease: KeyLease,
         price: Option<Price>,
+        sse: bool,
+        idle: Duration,
+        total: Instant,
     ) -> Metered {
-        Metered { inner, tap, stripper, lease: Some(lease), price, done: false }
+        let timer = Box::pin(tokio::time::sleep_until((Instant::now() + idle).min(total)));
+        Metered { inner, tap, stripper, lease: Some(lease), price, sse, idle, timer, total, tail: None, done: false }
     }
 
-    fn finish(&mut self, delivered: bool) {
+    fn finish(&mut self, success: bool, verdict: Verdict) {
         if let Some(lease) = self.lease.take() {
             let usage = self.tap.finish().usage;
             let cost_micros = match (usage, self.price) {
@@ -45,9 +65,25 @@ impl Metered {
                 (Some(_), None) => Some(0),
                 _ => None,
             };
-            lease.finish(Outcome { success: delivered, usage, cost_micros, verdict: Verdict::Fine });
+            lease.finish(Outcome { success, usage, cost_micros, verdict });
         }
     }
+
+    /// The stream broke after its first byte: tell an SSE caller why, then end.
+    fn broke(&mut self, why: &str) -> Option<Bytes> {
+        tracing::warn!(reason = why, "upstream answer broke off part-way");
+        self.finish(false, Verdict::UpstreamError);
+        self.sse.then(|| error_event(why))
+    }
+}
+
+/// An OpenAI-shaped error event followed by `[DONE]`.
+fn error_event(why: &str) -> Bytes {
+    let error = serde_json::json!({"error": {
+        "message": format!("The upstream stream broke off: {why}. Nothing was retried, since part of the answer was already sent."),
+        "type": "upstream_error", "param": null, "code": "stream_interrupted"
+    }});
+    Bytes::from(format!("data: {error}\n\ndata: [DONE]\n\n"))
 }
 
 impl Stream for Metered {
@@ -56,11 +92,16 @@ impl Stream for Metered {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(tail) = this.tail.take() {
+                return Poll::Ready(Some(Ok(tail)));
+            }
             if this.done {
                 return Poll::Ready(None);
             }
             match this.inner.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
+                    let next = (Instant::now() + this.idle).min(this.total);
+                    this.timer.as_mut().reset(next);
                     this.tap.feed(&chunk);
                     let Some(stripper) = this.stripper.as_mut() else {
                         return Poll::Ready(Some(Ok(chunk)));
@@ -74,22 +115,58 @@ impl Stream for Metered {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "upstream body failed part-way");
-                    this.finish(false);
                     this.done = true;
-                    return Poll::Ready(Some(Err(e)));
+                    match this.broke(&format!("the connection failed ({e})")) {
+                        Some(event) => this.tail = Some(event),
+                        None => return Poll::Ready(Some(Err(e))),
+                    }
                 }
                 Poll::Ready(None) => {
-                    this.finish(true);
                     this.done = true;
-                    let rest = this.stripper.as_mut().map(UsageStripper::finish).unwrap_or_default();
-                    if !rest.is_empty() {
-                        return Poll::Ready(Some(Ok(Bytes::from(rest))));
+                    let outcome = this.tap.finish();
+                    let held = this.stripper.as_mut().map(UsageStripper::finish).unwrap_or_default();
+                    let complete = !this.sse || outcome.saw_done;
+                    let mut tail = held;
+                    if complete {
+                        this.finish(true, Verdict::Fine);
+                    } else if outcome.saw_error {
+                        // The upstream said why; it only left out the end marker.
+                        this.finish(false, Verdict::UpstreamError);
+                        tail.extend_from_slice(b"data: [DONE]\n\n");
+                    } else if let Some(event) = this.broke("it ended without [DONE]") {
+                        tail.extend_from_slice(&event);
                     }
-                    return Poll::Ready(None);
+                    if !tail.is_empty() {
+                        this.tail = Some(Bytes::from(tail));
+                    }
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        this.done = true;
+                        let why = if Instant::now() >= this.total {
+                            "the total timeout passed".to_owned()
+                        } else {
+                            format!("no data for {:?}", this.idle)
+                        };
+                        match this.broke(&why) {
+                            Some(event) => this.tail = Some(event),
+                            None => return Poll::Ready(None),
+                        }
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
             }
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if self.lease.is_some() {
+            crate::metrics::cancelled();
+            tracing::info!("the caller went away before the answer was complete; upstream connection dropped");
+            self.finish(false, Verdict::Cancelled);
         }
     }
 }

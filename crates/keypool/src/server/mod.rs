@@ -18,13 +18,14 @@ pub use error::{ApiError, Fault};
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;
-use crate::upstream::Upstream;
+use crate::upstream::{Breaker, Upstream};
 
 /// What request handlers share. Built once at start.
 pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub tokens: Arc<TokenSet>,
     pub upstream: Upstream,
+    pub breaker: Arc<Breaker>,
     pub config: Config,
 }
 

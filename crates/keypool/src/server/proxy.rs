@@ -1,24 +1,27 @@
-//! The pass-through handler for everything under `/v1/`.
+//! The pass-through handler for everything under `/v1/`: inspect, lease a
+//! key, send, and retry on another key while nothing has reached the caller.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use keypool_sse::{BodyKind, UsageStripper, UsageTap};
+use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::inspect::{inspect, with_include_usage};
 use super::metered::Metered;
 use super::AppState;
 use crate::config::AuthMode;
-use crate::scheduler::{Demand, Outcome};
+use crate::scheduler::{Demand, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
-use crate::upstream::{classify, copy_response_headers, rate_info, OutBody};
+use crate::upstream::{classify, copy_response_headers, rate_info, OutBody, UpstreamError};
 
 /// Largest error body read to learn what it says about the key.
 const ERROR_BODY_CAP: usize = 64 * 1024;
@@ -28,7 +31,60 @@ fn reports_stream_usage(rest: &str) -> bool {
     matches!(rest.trim_end_matches('/'), "chat/completions" | "completions")
 }
 
+/// Why one attempt did not produce an answer for the caller.
+enum Failed {
+    /// No connection, a reset, or no answer before the first-byte timeout.
+    Network { timed_out: bool },
+    /// An error status the policy retries (429, 401/403, 5xx).
+    Status { status: StatusCode, verdict: Verdict },
+}
+
+impl Failed {
+    fn reason(&self) -> &'static str {
+        match self {
+            Failed::Network { timed_out: true } => "timeout",
+            Failed::Network { timed_out: false } => "network",
+            Failed::Status { verdict: Verdict::RateLimited { .. }, .. } => "rate_limited",
+            Failed::Status { verdict: Verdict::Invalid, .. } => "invalid_key",
+            Failed::Status { verdict: Verdict::Exhausted, .. } => "exhausted_key",
+            Failed::Status { .. } => "server_error",
+        }
+    }
+
+    /// Failures of one key are retried at once on another; failures of the
+    /// upstream wait a back-off first.
+    fn needs_backoff(&self) -> bool {
+        match self {
+            Failed::Network { .. } => true,
+            Failed::Status { verdict, .. } => *verdict == Verdict::UpstreamError,
+        }
+    }
+
+    fn into_error(self, attempts: u32) -> ApiError {
+        match self {
+            Failed::Network { timed_out } => ApiError::UpstreamFailed {
+                attempts,
+                status: if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
+                detail: if timed_out {
+                    "no answer within the first-byte timeout".into()
+                } else {
+                    "the connection failed".into()
+                },
+            },
+            Failed::Status { status, verdict } => ApiError::UpstreamFailed {
+                attempts,
+                status: match verdict {
+                    Verdict::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
+                detail: format!("the upstream answered {status}"),
+            },
+        }
+    }
+}
+
 pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
     if app.config.auth == AuthMode::Token {
         app.tokens.check(req.headers())?;
     }
@@ -41,42 +97,110 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let demand = app.demand(shape.as_ref());
     // A stream whose caller did not ask for usage: ask for it anyway (keypool
     // needs it to account tokens and spend), and hide it from the caller.
-    let mut body = inspected.body;
+    let mut body = Some(inspected.body);
     let mut strip_usage = false;
-    if let (Some(s), OutBody::Bytes(bytes)) = (&shape, &body) {
+    if let (Some(s), Some(OutBody::Bytes(bytes))) = (&shape, &body) {
         if s.stream && s.include_usage != Some(true) && reports_stream_usage(&rest) {
             if let Some(edited) = with_include_usage(bytes) {
-                body = OutBody::Bytes(edited);
+                body = Some(OutBody::Bytes(edited));
                 strip_usage = true;
             }
         }
     }
-    let mut lease = app.scheduler.acquire(demand).await.inspect_err(|e| {
-        crate::metrics::request_refused(match e {
-            crate::scheduler::NoKey::Busy { .. } => "busy",
-            crate::scheduler::NoKey::BudgetSpent => "budget",
-            _ => "no_key",
-        });
-    })?;
-    lease.mark_sent();
-    let sent = app.upstream.send(parts.method.clone(), url, &parts.headers, lease.key_id(), lease.secret(), body).await;
-    let mut upstream = match sent {
-        Ok(r) => r,
-        Err(_) if inspected.overflowed.load(Ordering::Relaxed) => {
-            // The upload never completed, so the upstream did not count it.
-            return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
-        }
-        Err(e) => {
-            tracing::warn!(key_id = lease.key_id(), error = %e, "upstream request failed");
-            lease.finish(Outcome::default());
-            return Err(e.into());
-        }
+    // Only a body held in memory can be sent again; an upload streams once.
+    let replay = match &body {
+        Some(OutBody::Bytes(b)) => Some(b.clone()),
+        _ => None,
     };
+    let policy = &app.config.retry;
+    let timeouts = &app.config.timeouts;
+    let deadline = started + policy.deadline;
+    let mut avoid: Vec<i64> = Vec::new();
+    let mut attempts = 0u32;
+    loop {
+        if app.breaker.is_open() {
+            let until = deadline.min(Instant::now() + app.config.pool.max_wait);
+            if !app.breaker.wait_closed(until).await {
+                return Err(ApiError::UpstreamDown { attempts });
+            }
+        }
+        let mut lease = app.scheduler.acquire_avoiding(demand, &avoid).await.inspect_err(|e| {
+            crate::metrics::request_refused(match e {
+                NoKey::Busy { .. } => "busy",
+                NoKey::BudgetSpent => "budget",
+                _ => "no_key",
+            });
+        })?;
+        attempts += 1;
+        let key_id = lease.key_id();
+        let out = match (&replay, body.take()) {
+            (Some(bytes), _) => OutBody::Bytes(bytes.clone()),
+            (None, Some(b)) => b,
+            (None, None) => return Err(ApiError::Internal("a streamed body cannot be sent twice")),
+        };
+        lease.mark_sent();
+        let sending = app.upstream.send(parts.method.clone(), url.clone(), &parts.headers, key_id, lease.secret(), out);
+        let failed = match tokio::time::timeout(timeouts.first_byte, sending).await {
+            Err(_) => {
+                tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
+                lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
+                app.note_upstream_failure();
+                Failed::Network { timed_out: true }
+            }
+            Ok(Err(_)) if inspected.overflowed.load(Ordering::Relaxed) => {
+                // The upload never completed, so the upstream did not count it.
+                return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
+                let verdict = if matches!(e, UpstreamError::Connect(_)) {
+                    Verdict::ConnectFailed
+                } else {
+                    Verdict::UpstreamError
+                };
+                lease.finish(Outcome { verdict, ..Outcome::default() });
+                app.note_upstream_failure();
+                Failed::Network { timed_out: false }
+            }
+            Ok(Ok(upstream)) => match answer(&app, upstream, lease, &shape, strip_usage, started).await {
+                Ok(response) => return Ok(response),
+                Err(failed) => failed,
+            },
+        };
+        avoid.push(key_id);
+        let out_of_time = Instant::now() >= deadline;
+        if attempts > policy.max_retries || replay.is_none() || out_of_time {
+            return Err(failed.into_error(attempts));
+        }
+        crate::metrics::retry(failed.reason());
+        tracing::info!(key_id, attempt = attempts, reason = failed.reason(), "retrying on another key");
+        if failed.needs_backoff() {
+            let pause = full_jitter(policy.backoff_base, policy.backoff_cap, attempts);
+            tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+        }
+    }
+}
+
+/// An answer arrived: stream it to the caller, pass a caller's error through
+/// unchanged, or report a failure the policy retries.
+async fn answer(
+    app: &AppState,
+    mut upstream: reqwest::Response,
+    lease: KeyLease,
+    shape: &Option<PromptShape>,
+    strip_usage: bool,
+    started: Instant,
+) -> Result<Response, Failed> {
     let status = upstream.status();
     lease.observe(&rate_info(upstream.headers()), status.is_success());
-    tracing::debug!(key_id = lease.key_id(), %status, path = %parts.uri.path(), "upstream answered");
+    tracing::debug!(key_id = lease.key_id(), %status, "upstream answered");
     let mut headers = HeaderMap::with_capacity(upstream.headers().len());
     copy_response_headers(upstream.headers(), &mut headers);
+    if status.is_server_error() {
+        app.note_upstream_failure();
+    } else {
+        app.breaker.success();
+    }
     let content_type = upstream.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
 
     if !status.is_success() {
@@ -101,28 +225,47 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
         }
         let verdict = classify(status, upstream.headers(), &prefix);
         lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict });
+        if matches!(
+            verdict,
+            Verdict::RateLimited { .. } | Verdict::Invalid | Verdict::Exhausted | Verdict::UpstreamError
+        ) {
+            return Err(Failed::Status { status, verdict });
+        }
+        // The caller's own error (or a redirect): unchanged, on the first attempt.
         let head = futures_util::stream::once(async move { Ok::<_, reqwest::Error>(Bytes::from(prefix)) });
         let body =
             if complete { Body::from_stream(head) } else { Body::from_stream(head.chain(upstream.bytes_stream())) };
         return Ok(respond(status, headers, body));
     }
 
+    let kind = BodyKind::from_content_type(content_type.as_deref());
     let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
+    let timeouts = &app.config.timeouts;
     let metered = Metered::new(
         upstream.bytes_stream().boxed(),
-        UsageTap::new(BodyKind::from_content_type(content_type.as_deref())),
+        UsageTap::new(kind),
         strip_usage.then(UsageStripper::new),
         lease,
         price,
+        kind == BodyKind::Sse,
+        timeouts.idle,
+        started + timeouts.total,
     );
     Ok(respond(status, headers, Body::from_stream(metered)))
 }
 
-fn respond(status: axum::http::StatusCode, headers: HeaderMap, body: Body) -> Response {
+fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A random pause in [0, min(cap, base × 2^(attempt-1))]: "full jitter", so
+/// retries from many callers spread out instead of arriving together.
+fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(cap);
+    ceiling.mul_f64(rand::random::<f64>())
 }
 
 impl AppState {
@@ -139,9 +282,31 @@ impl AppState {
             .map_or(0, |p| micros(shape.prompt_tokens, completion, p));
         Demand { tokens: shape.prompt_tokens + completion, cost_micros }
     }
+
+    /// Counts a failure of the upstream's kind; if it opens the breaker, what
+    /// keys suffered is forgiven (it was not theirs).
+    fn note_upstream_failure(&self) {
+        if self.breaker.failure() {
+            self.scheduler.forgive_connect_failures();
+        }
+    }
 }
 
 /// Cost in micro-USD: a price per million tokens is micro-USD per token.
 pub fn micros(prompt: u64, completion: u64, price: crate::config::Price) -> u64 {
     (prompt as f64 * price.input + completion as f64 * price.output).ceil() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_its_ceiling() {
+        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 1..30 {
+            let d = full_jitter(base, cap, attempt);
+            assert!(d <= base.saturating_mul(1 << (attempt - 1).min(20)).min(cap), "{attempt}: {d:?}");
+        }
+    }
 }

@@ -38,6 +38,8 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict
             }
             Verdict::RateLimited { reset: reset_of_429(headers, e.kind.as_deref(), e.message.as_deref()) }
         }
+        400..=499 => Verdict::CallerError,
+        500..=599 => Verdict::UpstreamError,
         _ => Verdict::Fine,
     }
 }
@@ -97,7 +99,8 @@ mod tests {
     fn errors_say_what_happened_to_the_key() {
         let none = HeaderMap::new();
         assert_eq!(classify(StatusCode::UNAUTHORIZED, &none, b""), Verdict::Invalid);
-        assert_eq!(classify(StatusCode::BAD_REQUEST, &none, b"{}"), Verdict::Fine);
+        assert_eq!(classify(StatusCode::BAD_REQUEST, &none, b"{}"), Verdict::CallerError);
+        assert_eq!(classify(StatusCode::SERVICE_UNAVAILABLE, &none, b"{}"), Verdict::UpstreamError);
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         assert_eq!(classify(StatusCode::TOO_MANY_REQUESTS, &none, quota), Verdict::Exhausted);
         let limited = br#"{"error":{"message":"Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit ...","type":"requests","code":"rate_limit_exceeded"}}"#;

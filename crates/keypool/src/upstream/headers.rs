@@ -65,8 +65,9 @@ pub fn cooldown_from(headers: &HeaderMap) -> Duration {
     Duration::from_secs(1)
 }
 
-/// The longest wait any upstream header is trusted to ask for.
-const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// The longest wait any upstream header is trusted to ask for (a daily
+/// limit's reset is the longest real one).
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// A number of seconds from an upstream header, clamped to `0..=MAX_WAIT`;
 /// None for NaN (a header is input: it must not be able to panic us).
@@ -78,7 +79,7 @@ fn seconds(v: f64) -> Option<Duration> {
 }
 
 /// Parses Go-style durations as OpenAI sends them: `1s`, `859ms`, `6m0s`, `1h2m3.5s`,
-/// clamped to an hour.
+/// clamped to a day.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {

@@ -1,6 +1,7 @@
 //! The connection to the upstream API: one pooled HTTP client, the base URL
 //! (which may be a relay with its own path prefix) and what is passed on.
 
+mod breaker;
 mod classify;
 mod headers;
 
@@ -10,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
+pub use breaker::Breaker;
 pub use classify::{classify, rate_info};
 pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop, parse_go_duration};
 
@@ -76,6 +78,30 @@ impl Upstream {
         url.set_path(&path);
         url.set_query(query);
         url.path().starts_with(self.base.path()).then_some(url)
+    }
+
+    /// Whether the upstream answers at all: any HTTP answer to an
+    /// unauthenticated `GET models` (even 401) means it is reachable, and
+    /// costs no key anything.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let Some(url) = self.url_for("models", None) else { return false };
+        matches!(tokio::time::timeout(timeout, self.client.get(url).send()).await, Ok(Ok(_)))
+    }
+
+    /// Probes a key with the cheapest call there is (`GET models`): Some(true)
+    /// if it answers 2xx, Some(false) if refused, None if the upstream could
+    /// not be asked (which says nothing about the key).
+    pub async fn probe_key(&self, key: &SecretString, timeout: Duration) -> Option<bool> {
+        let url = self.url_for("models", None)?;
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", key.expose_secret())).ok()?;
+        auth.set_sensitive(true);
+        let sent = self.client.get(url).header(http::header::AUTHORIZATION, auth).send();
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(r)) if r.status().is_success() => Some(true),
+            Ok(Ok(r)) if r.status().is_server_error() => None,
+            Ok(Ok(_)) => Some(false),
+            _ => None,
+        }
     }
 
     /// Sends one request with `key`. Caller headers are passed on except

@@ -1,0 +1,64 @@
+//! Background health checks: invalid and exhausted keys are probed and return
+//! to rotation when they answer well; a down upstream is probed until it
+//! answers again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthConfig;
+use crate::scheduler::Scheduler;
+use crate::upstream::{Breaker, Upstream};
+
+/// Probes unhealthy keys when their probe is due (`GET models`, the
+/// cheapest call there is).
+pub async fn probe_keys(scheduler: Arc<Scheduler>, upstream: Upstream, config: HealthConfig, stop: CancellationToken) {
+    // Keys become unhealthy at any time; look at least this often for new due probes.
+    let look_every = config.probe_invalid.min(Duration::from_secs(1));
+    loop {
+        let next = scheduler.next_probe_at().unwrap_or_else(|| Instant::now() + look_every);
+        let wake = next.min(Instant::now() + look_every);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stop.cancelled() => return,
+        }
+        for (id, secret) in scheduler.due_probes() {
+            let verdict = upstream.probe_key(&secret, Duration::from_secs(10)).await;
+            tracing::debug!(key_id = id, ?verdict, "probed key");
+            match verdict {
+                Some(healthy) => scheduler.probe_result(id, healthy),
+                // The upstream could not say: try again at the next interval.
+                None => scheduler.probe_result(id, false),
+            }
+        }
+    }
+}
+
+/// While the upstream's breaker is open, checks every `every` whether the
+/// upstream answers; closes the breaker as soon as it does.
+pub async fn probe_upstream(
+    breaker: Arc<Breaker>,
+    scheduler: Arc<Scheduler>,
+    upstream: Upstream,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = breaker.opened() => {}
+            _ = stop.cancelled() => return,
+        }
+        while breaker.is_open() {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            if upstream.reachable(every.max(Duration::from_millis(500))).await {
+                scheduler.forgive_connect_failures();
+                breaker.close();
+            }
+        }
+    }
+}
