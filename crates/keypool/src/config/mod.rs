@@ -177,7 +177,7 @@ impl Default for HealthConfig {
             probe_invalid: Duration::from_secs(60),
             probe_exhausted: Duration::from_secs(6 * 3600),
             key_connect_failures: 3,
-            upstream_failures: 5,
+            upstream_failures: 10,
             upstream_probe: Duration::from_secs(1),
         }
     }
