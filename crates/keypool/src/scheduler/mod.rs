@@ -687,10 +687,11 @@ fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant,
     }
     // Unknown usage on success: the estimate (an upper bound) is what it may have cost.
     let cost = outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 });
+    let had_budget = slot.budget_micros.is_some_and(|b| slot.spent_micros < b);
     slot.spent_micros += cost;
     slot.unflushed.spent_micros += cost;
     slot.unflushed.last_used_at = Some(unix_now());
-    if slot.rpd.is_some_and(|l| slot.day_count >= l) {
+    if slot.rpd.is_some_and(|l| slot.day_count == l) {
         transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");
     }
     if outcome.verdict != Verdict::ConnectFailed {
@@ -731,7 +732,7 @@ fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant,
         }
         Verdict::Invalid | Verdict::Exhausted => {}
     }
-    if slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
+    if had_budget && slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
         transition(slot, "spent", "its budget is used up");
     }
 }

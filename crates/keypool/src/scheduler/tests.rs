@@ -396,3 +396,54 @@ async fn balance_even_spends_budgets_evenly_and_never_overruns() {
         assert!(v.spent_micros as f64 >= 0.95 * b, "within 5% of its budget: {} of {b}", v.spent_micros);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_keys_are_probed_on_backing_off_intervals_and_return_when_healthy() {
+    let s = Scheduler::new(SchedulerConfig {
+        probe_invalid: Duration::from_secs(60),
+        probe_exhausted: Duration::from_secs(6 * 3600),
+        ..SchedulerConfig::default()
+    });
+    s.sync_keys(&[record(1, None, None, 0), record(2, None, None, 0), record(3, None, None, 0)]);
+    sent(s.try_lease(one()).unwrap()).finish(Outcome { verdict: Verdict::Invalid, ..Outcome::default() });
+    sent(s.try_lease(one()).unwrap()).finish(Outcome { verdict: Verdict::Exhausted, ..Outcome::default() });
+    assert!(s.due_probes().is_empty(), "not probed before the first interval");
+    assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(60)));
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let due: Vec<i64> = s.due_probes().iter().map(|(id, _)| *id).collect();
+    assert_eq!(due, vec![1], "the invalid key first; the exhausted one waits hours");
+    // Still refused: the next probe is twice as far.
+    s.probe_result(1, false);
+    assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(120)));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    s.probe_result(1, true);
+    assert_eq!(s.snapshot()[0].status, "active");
+    tokio::time::advance(Duration::from_secs(6 * 3600)).await;
+    assert_eq!(s.due_probes().iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![2]);
+    s.probe_result(2, true);
+    assert!(s.snapshot().iter().all(|v| v.status == "active"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_failures_in_a_row_rest_a_key_for_growing_intervals() {
+    let s = Scheduler::new(SchedulerConfig { key_breaker_after: 3, ..SchedulerConfig::default() });
+    s.sync_keys(&[record(1, None, None, 0)]);
+    let connect_failed = || Outcome { verdict: Verdict::ConnectFailed, ..Outcome::default() };
+    for _ in 0..2 {
+        sent(s.try_lease(one()).unwrap()).finish(connect_failed());
+    }
+    assert_eq!(s.snapshot()[0].status, "active", "two failures are not yet a pattern");
+    sent(s.try_lease(one()).unwrap()).finish(connect_failed());
+    assert_eq!(s.snapshot()[0].status, "cooling");
+    let Err(NoKey::Busy { retry_after, .. }) = s.try_lease(one()) else { panic!("resting") };
+    assert_eq!(retry_after, Duration::from_secs(1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    sent(s.try_lease(one()).unwrap()).finish(connect_failed());
+    let Err(NoKey::Busy { retry_after, .. }) = s.try_lease(one()) else { panic!("resting longer") };
+    assert_eq!(retry_after, Duration::from_secs(2));
+    // The upstream's breaker forgives them: the failures were not the key's.
+    s.forgive_connect_failures();
+    assert!(s.try_lease(one()).is_ok());
+    assert_eq!(s.snapshot()[0].status, "active");
+    assert_eq!(s.snapshot()[0].failures, 4, "never invalid for connect failures");
+}
