@@ -18,6 +18,16 @@ const K1: &str = "sk-cli-test-key-one-7f3a9c2e51d84b6a";
 const K2: &str = "sk-cli-test-key-two-0b8e4d17c9a2f365";
 const K3: &str = "sk-cli-test-key-three-e6c1a94f028b7d3";
 
+/// Stops the server even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Cli {
     db: String,
     transcript: Arc<Mutex<String>>,
@@ -78,19 +88,21 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     let cli = Cli { db: db.clone(), transcript: Arc::default() };
 
     // Start with an empty pool: serve must start anyway and say how to add a key.
-    let mut server = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
-        .env("KEYPOOL_DATABASE_URL", &db)
-        .env("KEYPOOL_SYNC_INTERVAL", "200ms")
-        .env("RUST_LOG", "keypool=debug,info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
+            .env("KEYPOOL_DATABASE_URL", &db)
+            .env("KEYPOOL_SYNC_INTERVAL", "200ms")
+            .env("RUST_LOG", "keypool=debug,info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let log = Arc::new(Mutex::new(String::new()));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let stderr = server.stderr.take().unwrap();
+    let stderr = server.0.stderr.take().unwrap();
     let reader = std::thread::spawn({
         let log = Arc::clone(&log);
         move || {
@@ -182,8 +194,7 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     let (ok, out) = cli.run(&["config", "check"], None);
     assert!(ok && out.contains("database_url"), "{out}");
 
-    server.kill().unwrap();
-    let _ = server.wait();
+    drop(server);
     reader.join().unwrap();
     let log = log.lock().unwrap().clone();
     assert!(log.contains("upstream answered"), "debug logging was on: {log}");

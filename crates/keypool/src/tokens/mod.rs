@@ -44,11 +44,11 @@ impl Encoding {
     }
 }
 
-/// Loads both tokenizers (each takes a moment the first time) off the request path.
+/// Loads the tokenizer of current models (o200k) off the request path: it
+/// takes a moment, and tens of MB, the first time. cl100k, for older models,
+/// loads on first use instead, so a pool that serves none pays nothing for it.
 pub fn warm_up() {
-    for enc in [Encoding::O200k, Encoding::Cl100k] {
-        let _ = enc.count("warm");
-    }
+    let _ = Encoding::O200k.count("warm");
 }
 
 /// What the estimate needs from a request body.

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# keypool's overhead, measured beside a direct call to the same upstream in the
+# same run (issue 5). Starts the in-repo simulator (zero latency, any key
+# accepted), a keypool over it with 10 keys and its SQLite database, then with
+# oha (installed from crates.io if missing):
+#   - closed loop at concurrency 16, 64, 256: direct, then through keypool, each
+#     for $DURATION: requests/s, p50, p99, p99.9;
+#   - open loop at 1,000 requests/s: added latency p50/p99;
+#   - keypool's CPU time and resident memory, idle and under load;
+#   - streaming time to first byte (20 chunks 10 ms apart), direct and through keypool;
+#   - keypool's resident memory with $STREAMS concurrent open streams.
+# All traffic is on loopback, bounded in time; everything started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+STREAMS=${STREAMS:-10000}
+command -v oha >/dev/null || cargo install oha --locked
+cargo build --release --locked -p keypool -p keypool-sim --bins --examples >&2
+ulimit -Hn 70000 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+SIM=./target/release/keypool-sim
+KP=./target/release/keypool
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+
+ps_fast=$(port); ps_stream=$(port); ps_slow=$(port)
+$SIM --listen 127.0.0.1:$ps_fast --accept-any-key --latency 0ms >/dev/null & pids+=($!)
+$SIM --listen 127.0.0.1:$ps_stream --accept-any-key --stream-chunks 20 --chunk-interval 10ms >/dev/null & pids+=($!)
+$SIM --listen 127.0.0.1:$ps_slow --accept-any-key --stream-chunks 30 --chunk-interval 1s >/dev/null & pids+=($!)
+
+export KEYPOOL_DATABASE_URL="sqlite://$work/keypool.db" RUST_LOG=warn
+for i in $(seq 10); do $KP keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
+TOKEN=$($KP tokens create bench 2>/dev/null)
+pk_fast=$(port); pk_stream=$(port); pk_slow=$(port)
+$KP serve --listen 127.0.0.1:$pk_fast --upstream http://127.0.0.1:$ps_fast/v1 & kp=$!; pids+=($kp)
+$KP serve --listen 127.0.0.1:$pk_stream --upstream http://127.0.0.1:$ps_stream/v1 & pids+=($!)
+$KP serve --listen 127.0.0.1:$pk_slow --upstream http://127.0.0.1:$ps_slow/v1 & kp_slow=$!; pids+=($kp_slow)
+for p in $pk_fast $pk_stream $pk_slow; do wait_up "http://127.0.0.1:$p/healthz"; done
+
+BODY='{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+direct="http://127.0.0.1:$ps_fast/v1/chat/completions"
+through="http://127.0.0.1:$pk_fast/v1/chat/completions"
+load() { # url token concurrency [extra oha args]
+  local url=$1 token=$2 c=$3; shift 3
+  oha --no-tui --output-format json -z "$DURATION" -c "$c" -m POST -H "Authorization: Bearer $token" \
+    -H "content-type: application/json" -d "$BODY" "$@" "$url"
+}
+summary() { python3 -c '
+import json,sys
+d=json.load(sys.stdin); s=d["summary"]; p=d["latencyPercentiles"]
+codes=d.get("statusCodeDistribution",{})
+ok=sum(v for k,v in codes.items() if k.startswith("2")); total=sum(codes.values()) or 1
+print("%.0f %.3f %.3f %.3f %.4f" % (s["requestsPerSec"], p["p50"]*1e3, p["p99"]*1e3, p["p99.9"]*1e3, ok/total))'; }
+
+# Warm up (first answers teach keypool the keys announce no limits; tokenizers load).
+load "$through" "$TOKEN" 8 -z 2s >/dev/null
+sleep 2
+idle_rss=$(rss_kb $kp)
+
+echo "## Closed loop (oha -c N for $DURATION), direct vs through keypool"
+echo
+echo "| concurrency | direct req/s | keypool req/s | ratio | direct p50 / p99 / p99.9 ms | keypool p50 / p99 / p99.9 ms | keypool CPU s per 1k req | keypool RSS peak MB | keypool 2xx |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for c in 16 64 256; do
+  read -r d_rps d50 d99 d999 _ < <(load "$direct" sk-direct "$c" | summary)
+  t0=$(cpu_ticks $kp)
+  read -r k_rps k50 k99 k999 k_ok < <(load "$through" "$TOKEN" "$c" | summary)
+  t1=$(cpu_ticks $kp)
+  secs=${DURATION%s}
+  cpu_per_k=$(python3 -c "print('%.3f' % ((($t1-$t0)/$TCK) / ($k_rps*$secs/1000)))")
+  ratio=$(python3 -c "print('%.0f%%' % (100*$k_rps/$d_rps))")
+  echo "| $c | $d_rps | $k_rps | $ratio | $d50 / $d99 / $d999 | $k50 / $k99 / $k999 | $cpu_per_k | $(( $(hwm_kb $kp) / 1024 )) | $k_ok |"
+done
+echo
+echo "## Open loop at 1,000 requests/s (oha -q 1000 -c 64 for $DURATION)"
+echo
+read -r _ d50 d99 d999 _ < <(load "$direct" sk-direct 64 -q 1000 | summary)
+read -r _ k50 k99 k999 k_ok < <(load "$through" "$TOKEN" 64 -q 1000 | summary)
+echo "| | p50 ms | p99 ms | p99.9 ms |"
+echo "|---|---|---|---|"
+echo "| direct | $d50 | $d99 | $d999 |"
+echo "| keypool | $k50 | $k99 | $k999 |"
+python3 -c "print('| added by keypool | %.3f | %.3f | %.3f |' % ($k50-$d50, $k99-$d99, $k999-$d999))"
+echo
+echo "## Memory and streaming"
+echo
+echo "- keypool resident memory idle (after warm-up, 10 keys): $((idle_rss / 1024)) MB"
+read -r dt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$ps_stream/v1/chat/completions" sk-direct 200)
+read -r kt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$pk_stream/v1/chat/completions" "$TOKEN" 200)
+echo "- streaming time to first byte at concurrency 1 (20 chunks 10 ms apart): direct $dt; through keypool $kt"
+slow_idle=$(rss_kb $kp_slow)
+./target/release/examples/streams hold "http://127.0.0.1:$pk_slow/v1/chat/completions" "$TOKEN" "$STREAMS" 12 > "$work/hold.txt" &
+hold=$!
+sleep 10
+open_rss=$(rss_kb $kp_slow)
+wait $hold || true
+echo "- $STREAMS concurrent open streams through one keypool: resident memory $((slow_idle / 1024)) MB before, $((open_rss / 1024)) MB with them open ($(head -n1 "$work/hold.txt"))"
