@@ -16,8 +16,16 @@ DURATION=${DURATION:-10s}
 STREAMS=${STREAMS:-10000}
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --locked -p keypool -p keypool-sim --bins --examples >&2
+echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+echo
 ulimit -Hn 70000 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Each open stream holds two descriptors in keypool (caller and upstream).
+fd_room=$(( ($(ulimit -n) - 500) / 2 ))
+if [ "$STREAMS" -gt "$fd_room" ]; then
+  echo "note: the open-file limit ($(ulimit -n)) allows $fd_room streams through one keypool, not $STREAMS" >&2
+  STREAMS=$fd_room
+fi
 SIM=./target/release/keypool-sim
 KP=./target/release/keypool
 work=$(mktemp -d)
@@ -48,9 +56,9 @@ for p in $pk_fast $pk_stream $pk_slow; do wait_up "http://127.0.0.1:$p/healthz";
 BODY='{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 direct="http://127.0.0.1:$ps_fast/v1/chat/completions"
 through="http://127.0.0.1:$pk_fast/v1/chat/completions"
-load() { # url token concurrency [extra oha args]
-  local url=$1 token=$2 c=$3; shift 3
-  oha --no-tui --output-format json -z "$DURATION" -c "$c" -m POST -H "Authorization: Bearer $token" \
+load() { # url token concurrency duration [extra oha args]
+  local url=$1 token=$2 c=$3 d=$4; shift 4
+  oha --no-tui --output-format json -z "$d" -c "$c" -m POST -H "Authorization: Bearer $token" \
     -H "content-type: application/json" -d "$BODY" "$@" "$url"
 }
 summary() { python3 -c '
@@ -61,7 +69,7 @@ ok=sum(v for k,v in codes.items() if k.startswith("2")); total=sum(codes.values(
 print("%.0f %.3f %.3f %.3f %.4f" % (s["requestsPerSec"], p["p50"]*1e3, p["p99"]*1e3, p["p99.9"]*1e3, ok/total))'; }
 
 # Warm up (first answers teach keypool the keys announce no limits; tokenizers load).
-load "$through" "$TOKEN" 8 -z 2s >/dev/null
+load "$through" "$TOKEN" 8 2s >/dev/null
 sleep 2
 idle_rss=$(rss_kb $kp)
 
@@ -70,9 +78,9 @@ echo
 echo "| concurrency | direct req/s | keypool req/s | ratio | direct p50 / p99 / p99.9 ms | keypool p50 / p99 / p99.9 ms | keypool CPU s per 1k req | keypool RSS peak MB | keypool 2xx |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for c in 16 64 256; do
-  read -r d_rps d50 d99 d999 _ < <(load "$direct" sk-direct "$c" | summary)
+  read -r d_rps d50 d99 d999 _ < <(load "$direct" sk-direct "$c" "$DURATION" | summary)
   t0=$(cpu_ticks $kp)
-  read -r k_rps k50 k99 k999 k_ok < <(load "$through" "$TOKEN" "$c" | summary)
+  read -r k_rps k50 k99 k999 k_ok < <(load "$through" "$TOKEN" "$c" "$DURATION" | summary)
   t1=$(cpu_ticks $kp)
   secs=${DURATION%s}
   cpu_per_k=$(python3 -c "print('%.3f' % ((($t1-$t0)/$TCK) / ($k_rps*$secs/1000)))")
@@ -82,8 +90,8 @@ done
 echo
 echo "## Open loop at 1,000 requests/s (oha -q 1000 -c 64 for $DURATION)"
 echo
-read -r _ d50 d99 d999 _ < <(load "$direct" sk-direct 64 -q 1000 | summary)
-read -r _ k50 k99 k999 k_ok < <(load "$through" "$TOKEN" 64 -q 1000 | summary)
+read -r _ d50 d99 d999 _ < <(load "$direct" sk-direct 64 "$DURATION" -q 1000 | summary)
+read -r _ k50 k99 k999 k_ok < <(load "$through" "$TOKEN" 64 "$DURATION" -q 1000 | summary)
 echo "| | p50 ms | p99 ms | p99.9 ms |"
 echo "|---|---|---|---|"
 echo "| direct | $d50 | $d99 | $d999 |"

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -89,7 +90,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     let server = tokio::spawn({
         let stop = stop.clone();
-        async move { axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await }
+        async move {
+            // Answers are written in small pieces (a status line, then stream
+            // chunks): send each at once rather than letting Nagle hold it.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+        }
     });
     let sync = tokio::spawn(sync.run(config.sync_interval, stop.clone()));
     tokio::spawn(crate::health::probe_keys(

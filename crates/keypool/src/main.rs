@@ -1,6 +1,12 @@
 //! `keypool`: parse the command line, load config, start telemetry, run.
 
 use clap::Parser;
+
+/// mimalloc instead of glibc's malloc: allocation was ~12% of keypool's CPU
+/// under load (perf), and this took keypool from 17.9k to 26.2k requests/s at
+/// concurrency 64 on the reference machine (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keypool::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 

@@ -276,3 +276,17 @@ async fn dot_segments_cannot_escape_the_relay_prefix() {
     }
     assert_eq!(app.sim.stats().total_requests, 0);
 }
+
+#[tokio::test]
+async fn callers_may_speak_http2() {
+    let app = spawn(sim_with(&[("sk-h2-aaaaaaaaaaaaaa", None)]), vec![key("sk-h2-aaaaaaaaaaaaaa", None)], |_| {}).await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let resp =
+        h2.post(app.url("chat/completions")).bearer_auth(&app.token).json(&chat("over h2")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let mut body = chat("stream over h2");
+    body["stream"] = true.into();
+    let text = h2.post(app.url("chat/completions")).bearer_auth(&app.token).json(&body).send().await.unwrap();
+    assert!(text.text().await.unwrap().trim_end().ends_with("data: [DONE]"));
+}
