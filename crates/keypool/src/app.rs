@@ -64,11 +64,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         probe_invalid: config.health.probe_invalid,
         probe_exhausted: config.health.probe_exhausted,
     });
-    // Load the tokenizers off the request path (each takes a moment once).
-    tokio::task::spawn_blocking(crate::tokens::warm_up);
+
     let tokens = Arc::new(TokenSet::default());
     let mut sync = Sync { store, scheduler: Arc::clone(&scheduler), tokens: Arc::clone(&tokens), revision: None };
     sync.reload_if_changed().await?;
+    // Build the tokenizer off the request path when it will be needed (a
+    // key learning a TPM limit later starts the build on first use).
+    if scheduler.counts_tokens() || !config.prices.is_empty() {
+        tokio::task::spawn_blocking(crate::tokens::warm_up);
+    }
     if scheduler.usable_keys() == 0 {
         tracing::warn!(
             "no upstream keys yet: add one with `keypool keys add sk-...` (or `keypool keys import FILE`); \

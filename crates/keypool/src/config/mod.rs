@@ -300,6 +300,14 @@ impl Config {
                 reason: "timeouts, retry.deadline and health.upstream_probe must be > 0".into(),
             });
         }
+        if self.health.probe_invalid < Duration::from_millis(100)
+            || self.health.probe_exhausted < Duration::from_millis(100)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "health",
+                reason: "probe_invalid and probe_exhausted must be at least 100ms".into(),
+            });
+        }
         if self.health.upstream_failures == 0 || self.health.key_connect_failures == 0 {
             return Err(ConfigError::Invalid {
                 setting: "health",

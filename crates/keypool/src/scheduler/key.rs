@@ -170,11 +170,11 @@ impl Slot {
     }
 
     pub fn used_requests(&self, now: Instant) -> u64 {
-        self.window.requests() + self.inflight + self.rpm.phantom(now)
+        (self.window.requests() + self.inflight).saturating_add(self.rpm.phantom(now))
     }
 
     pub fn used_tokens(&self, now: Instant) -> u64 {
-        self.window.tokens() + self.reserved_tokens + self.tpm.phantom(now)
+        self.window.tokens().saturating_add(self.reserved_tokens).saturating_add(self.tpm.phantom(now))
     }
 
     /// What keypool counts as its own use of each dimension (for header corrections).
@@ -183,7 +183,7 @@ impl Slot {
     }
 
     pub fn own_tokens(&self) -> u64 {
-        self.window.tokens() + self.reserved_tokens
+        self.window.tokens().saturating_add(self.reserved_tokens)
     }
 
     fn cautious(&self) -> bool {
@@ -192,7 +192,7 @@ impl Slot {
 
     /// Whether the budget could ever pay for `cost` (ignoring reservations, which may come back).
     pub fn affordable(&self, cost: u64) -> bool {
-        self.budget_micros.is_none_or(|b| self.spent_micros + cost <= b)
+        self.budget_micros.is_none_or(|b| self.spent_micros.saturating_add(cost) <= b)
     }
 
     /// Whether the per-minute token limit could ever admit `tokens`.
@@ -214,13 +214,15 @@ impl Slot {
         if self.rpm.limit().is_some_and(|l| self.used_requests(now) + 1 > l) {
             return false;
         }
-        if self.tpm.limit().is_some_and(|l| self.used_tokens(now) + demand.tokens > l) {
+        if self.tpm.limit().is_some_and(|l| self.used_tokens(now).saturating_add(demand.tokens) > l) {
             return false;
         }
         if self.rpd.is_some_and(|l| self.day_count + self.inflight >= l) {
             return false;
         }
-        self.budget_micros.is_none_or(|b| self.spent_micros + self.reserved_micros + demand.cost_micros <= b)
+        self.budget_micros.is_none_or(|b| {
+            self.spent_micros.saturating_add(self.reserved_micros).saturating_add(demand.cost_micros) <= b
+        })
     }
 
     /// The earliest instant the key has room for `demand`, if time alone can
@@ -235,7 +237,9 @@ impl Slot {
         if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {
             return None;
         }
-        if self.budget_micros.is_some_and(|b| self.spent_micros + self.reserved_micros + demand.cost_micros > b) {
+        if self.budget_micros.is_some_and(|b| {
+            self.spent_micros.saturating_add(self.reserved_micros).saturating_add(demand.cost_micros) > b
+        }) {
             return None;
         }
         let mut at = now;

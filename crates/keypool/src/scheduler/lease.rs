@@ -97,6 +97,12 @@ impl KeyLease {
         self.scheduler.observe(self.grant.key_id, info, success);
     }
 
+    /// Gives the reservation back as if the request had never been sent
+    /// (it provably did not reach the upstream).
+    pub fn give_back(mut self) {
+        self.sent = false;
+    }
+
     pub fn finish(mut self, outcome: Outcome) {
         self.finished = true;
         self.scheduler.finish(&self.grant, self.sent, outcome);
@@ -106,7 +112,10 @@ impl KeyLease {
 impl Drop for KeyLease {
     fn drop(&mut self) {
         if !self.finished {
-            self.scheduler.finish(&self.grant, self.sent, Outcome::default());
+            // Dropped unfinished after sending: the caller went away (or the
+            // handler was cancelled) before the answer was complete.
+            let outcome = Outcome { verdict: Verdict::Cancelled, ..Outcome::default() };
+            self.scheduler.finish(&self.grant, self.sent, outcome);
         }
     }
 }

@@ -101,10 +101,11 @@ impl Dim {
         now: Instant,
     ) -> Option<Instant> {
         let limit = self.limit()?;
-        if used + need <= limit {
+        let wanted = used.saturating_add(need);
+        if wanted <= limit {
             return Some(now);
         }
-        let mut to_free = used + need - limit;
+        let mut to_free = wanted - limit;
         let phantom = self.phantom(now);
         let mut phantom_pending = phantom > 0;
         for (at, tokens) in window.entries() {

@@ -97,6 +97,13 @@ pub struct Scheduler {
     config: SchedulerConfig,
     /// Tells the refill timer that the next instant to wake may have changed.
     wake: Arc<Notify>,
+    /// Some key has a tokens-per-minute limit (configured or learned), so
+    /// prompts must be counted with the real tokenizer.
+    counts_tokens: std::sync::atomic::AtomicBool,
+}
+
+fn slot_has_tpm(inner: &Inner, id: i64) -> bool {
+    inner.keys.get(&id).is_some_and(|s| s.tpm.limit().is_some())
 }
 
 #[derive(Debug)]
@@ -206,8 +213,8 @@ impl Inner {
         let (rr_seq, vclock) = (self.rr_seq, self.vclock);
         let slot = self.keys.get_mut(&id)?;
         slot.inflight += 1;
-        slot.reserved_tokens += demand.tokens;
-        slot.reserved_micros += demand.cost_micros;
+        slot.reserved_tokens = slot.reserved_tokens.saturating_add(demand.tokens);
+        slot.reserved_micros = slot.reserved_micros.saturating_add(demand.cost_micros);
         slot.rr_seq = rr_seq;
         slot.vtime = slot.vtime.max(vclock) + strategy::STRIDE / slot.weight;
         self.vclock = vclock.max(slot.vtime - strategy::STRIDE / slot.weight);
@@ -332,6 +339,7 @@ impl Drop for WaitGuard {
         if let Ok(Ok(grant)) = self.rx.try_recv() {
             inner.unreserve(&grant, now, strategy);
             inner.dispatch(now, strategy);
+            self.scheduler.wake_if_waiting(inner);
         }
     }
 }
@@ -353,6 +361,7 @@ impl Scheduler {
             }),
             config,
             wake: Arc::new(Notify::new()),
+            counts_tokens: std::sync::atomic::AtomicBool::new(false),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(refill_timer(Arc::downgrade(&scheduler), Arc::clone(&scheduler.wake)));
@@ -401,10 +410,18 @@ impl Scheduler {
             }
             inner.slot_placement(r.id, now, strategy);
         }
+        if inner.keys.values().any(|s| s.tpm.limit().is_some()) {
+            self.counts_tokens.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         inner.recheck = true;
         inner.dispatch(now, strategy);
         drop(inner);
         self.wake.notify_one();
+    }
+
+    /// Whether prompts must be counted exactly: some key has a TPM limit.
+    pub fn counts_tokens(&self) -> bool {
+        self.counts_tokens.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of keys that can serve at all.
@@ -496,13 +513,12 @@ impl Scheduler {
         let Some(slot) = inner.keys.get_mut(&id) else { return };
         slot.observe(info, success, now);
         inner.slot_placement(id, now, strategy);
+        if slot_has_tpm(&inner, id) {
+            self.counts_tokens.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // Learning that a key announces no limits can give it room at once.
         inner.dispatch(now, strategy);
-        let waiting = !inner.queue.is_empty();
-        drop(inner);
-        if waiting {
-            self.wake.notify_one();
-        }
+        self.wake_if_waiting(inner);
     }
 
     /// Gives a lease's reservation back and records what it used.
@@ -523,11 +539,7 @@ impl Scheduler {
         }
         inner.slot_placement(grant.key_id, now, strategy);
         inner.dispatch(now, strategy);
-        let waiting = !inner.queue.is_empty();
-        drop(inner);
-        if waiting {
-            self.wake.notify_one();
-        }
+        self.wake_if_waiting(inner);
     }
 
     /// Invalid and exhausted keys whose probe is due: (id, secret).
@@ -564,6 +576,7 @@ impl Scheduler {
             transition(slot, "active", "a probe answered well");
             inner.slot_placement(id, now, strategy);
             inner.dispatch(now, strategy);
+            self.wake_if_waiting(inner);
         } else {
             if slot.health == Health::Invalid {
                 slot.probe_every = (slot.probe_every * 2).min(Duration::from_secs(3600)).max(self.config.probe_invalid);
@@ -589,6 +602,17 @@ impl Scheduler {
             inner.slot_placement(id, now, strategy);
         }
         inner.dispatch(now, strategy);
+        self.wake_if_waiting(inner);
+    }
+
+    /// Tells the refill timer to look again when requests are waiting: a
+    /// change to a key may have moved the next instant one of them fits.
+    fn wake_if_waiting(&self, inner: MutexGuard<'_, Inner>) {
+        let waiting = !inner.queue.is_empty();
+        drop(inner);
+        if waiting {
+            self.wake.notify_one();
+        }
     }
 
     /// Runs the queue at `now` and says when to run it next (the refill timer).
@@ -664,7 +688,9 @@ impl Scheduler {
 
 /// Records a request that reached the upstream: the window, counts, spend, and what the answer said of the key.
 fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant, config: &SchedulerConfig) {
-    let tokens = outcome.usage.map_or(demand.tokens, |u| u.total_tokens.max(u.prompt_tokens + u.completion_tokens));
+    let tokens = outcome
+        .usage
+        .map_or(demand.tokens, |u| u.total_tokens.max(u.prompt_tokens.saturating_add(u.completion_tokens)));
     slot.window.record(now, tokens);
     slot.day_count += 1;
     slot.requests_total += 1;
@@ -682,14 +708,14 @@ fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant,
         }
     }
     if let Some(u) = outcome.usage {
-        slot.unflushed.prompt_tokens += u.prompt_tokens;
-        slot.unflushed.completion_tokens += u.completion_tokens;
+        slot.unflushed.prompt_tokens = slot.unflushed.prompt_tokens.saturating_add(u.prompt_tokens);
+        slot.unflushed.completion_tokens = slot.unflushed.completion_tokens.saturating_add(u.completion_tokens);
     }
     // Unknown usage on success: the estimate (an upper bound) is what it may have cost.
     let cost = outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 });
     let had_budget = slot.budget_micros.is_some_and(|b| slot.spent_micros < b);
-    slot.spent_micros += cost;
-    slot.unflushed.spent_micros += cost;
+    slot.spent_micros = slot.spent_micros.saturating_add(cost);
+    slot.unflushed.spent_micros = slot.unflushed.spent_micros.saturating_add(cost);
     slot.unflushed.last_used_at = Some(unix_now());
     if slot.rpd.is_some_and(|l| slot.day_count == l) {
         transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");

@@ -27,7 +27,7 @@ impl Window {
         // instant repeats.
         let at = self.entries.back().map_or(at, |&(last, _)| at.max(last));
         self.entries.push_back((at, tokens));
-        self.tokens += tokens;
+        self.tokens = self.tokens.saturating_add(tokens);
     }
 
     /// Drops entries older than the window.
@@ -37,7 +37,7 @@ impl Window {
                 break;
             }
             self.entries.pop_front();
-            self.tokens -= tokens;
+            self.tokens = self.tokens.saturating_sub(tokens);
         }
     }
 

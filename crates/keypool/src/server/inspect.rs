@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::tokens::{self, Encoding, PromptShape};
+use crate::tokens::{self, Counter, Encoding, PromptShape};
 use crate::upstream::OutBody;
 
 /// What inspection learned, and the body to send on.
@@ -27,7 +27,8 @@ pub struct Inspected {
 }
 
 /// Reads or wraps the body of a request to `/v1/{rest}`.
-pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64) -> Result<Inspected, ApiError> {
+/// `exact`: count prompt tokens with the model's tokenizer (else roughly).
+pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: bool) -> Result<Inspected, ApiError> {
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -53,7 +54,7 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64) -> Resul
             }
         })?
         .to_bytes();
-    let shape = if bytes.is_empty() { None } else { Some(shape_of(&bytes, rest)?) };
+    let shape = if bytes.is_empty() { None } else { Some(shape_of(&bytes, rest, exact)?) };
     Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflowed })
 }
 
@@ -177,7 +178,7 @@ enum Part {
 }
 
 impl Text {
-    fn tokens(&self, enc: Encoding) -> u64 {
+    fn tokens(&self, enc: Counter) -> u64 {
         match self {
             Text::One(s) => enc.count(s),
             Text::Parts(parts) => parts
@@ -197,10 +198,11 @@ fn input_only(rest: &str) -> bool {
     matches!(rest.trim_end_matches('/'), "embeddings" | "moderations")
 }
 
-fn shape_of(bytes: &[u8], rest: &str) -> Result<PromptShape, ApiError> {
+fn shape_of(bytes: &[u8], rest: &str, exact: bool) -> Result<PromptShape, ApiError> {
     let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let model = probe.model.get();
-    let enc = Encoding::for_model(model.as_deref().unwrap_or_default());
+    let enc =
+        if exact { Counter::Exact(Encoding::for_model(model.as_deref().unwrap_or_default())) } else { Counter::Rough };
     let mut prompt_tokens = 0;
     if let Some(messages) = probe.messages.get() {
         for m in &messages {
@@ -254,30 +256,38 @@ mod tests {
 
     #[test]
     fn reads_chat_shapes_and_rejects_bad_json() {
+        tokens::warm_up();
         let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello world"},
             {"role":"user","content":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"x"}}]}],
             "max_tokens":7,"n":2,"stream":true,"tools":[{"x":1}]}"#;
-        let s = shape_of(body, "chat/completions").unwrap();
+        let s = shape_of(body, "chat/completions", true).unwrap();
         // Two messages of 3 framing + 1 role + 2 text tokens, plus 3 to prime the reply.
         assert_eq!(s.prompt_tokens, 2 * (3 + 1 + 2) + 3);
         assert_eq!((s.max_tokens, s.n, s.stream, s.include_usage), (Some(7), 2, true, None));
         assert_eq!(s.model.as_deref(), Some("gpt-4o-mini"));
-        let e = shape_of(br#"{"model": "m", "messages": [}"#, "chat/completions").unwrap_err();
+        let e = shape_of(br#"{"model": "m", "messages": [}"#, "chat/completions", true).unwrap_err();
         assert!(matches!(e, ApiError::BadJson(_)));
-        let emb =
-            shape_of(br#"{"model":"text-embedding-3-small","input":["hello world","hello world"]}"#, "embeddings")
-                .unwrap();
+        let emb = shape_of(
+            br#"{"model":"text-embedding-3-small","input":["hello world","hello world"]}"#,
+            "embeddings",
+            true,
+        )
+        .unwrap();
         assert_eq!((emb.prompt_tokens, emb.input_only), (4, true));
-        let ids = shape_of(br#"{"model":"e","input":[1,2,3]}"#, "embeddings").unwrap();
+        let ids = shape_of(br#"{"model":"e","input":[1,2,3]}"#, "embeddings", true).unwrap();
         assert_eq!(ids.prompt_tokens, 0);
     }
 
     #[test]
     fn fields_of_unexpected_shape_are_left_to_the_upstream() {
-        let s = shape_of(br#"{"model":"gpt-4o","max_tokens":16.0,"n":5000000000,"messages":"hi"}"#, "chat/completions")
-            .unwrap();
+        let s = shape_of(
+            br#"{"model":"gpt-4o","max_tokens":16.0,"n":5000000000,"messages":"hi"}"#,
+            "chat/completions",
+            true,
+        )
+        .unwrap();
         assert_eq!((s.max_tokens, s.n, s.prompt_tokens), (None, 1, 0));
-        let s = shape_of(br#"{"model":7,"messages":[{"role":"user","content":{"weird":true}}]}"#, "x").unwrap();
+        let s = shape_of(br#"{"model":7,"messages":[{"role":"user","content":{"weird":true}}]}"#, "x", true).unwrap();
         assert_eq!(s.model, None);
     }
 

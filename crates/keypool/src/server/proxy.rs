@@ -92,7 +92,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let rest = parts.uri.path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
     let url =
         app.upstream.url_for(&rest, parts.uri.query()).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
-    let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes).await?;
+    let exact = app.scheduler.counts_tokens() || !app.config.prices.is_empty();
+    let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     let shape = inspected.shape;
     let demand = app.demand(shape.as_ref());
     // A stream whose caller did not ask for usage: ask for it anyway (keypool
@@ -149,6 +150,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             }
             Ok(Err(_)) if inspected.overflowed.load(Ordering::Relaxed) => {
                 // The upload never completed, so the upstream did not count it.
+                lease.give_back();
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
             Ok(Err(e)) => {
@@ -280,7 +282,7 @@ impl AppState {
             .as_deref()
             .and_then(|m| self.config.price_of(m))
             .map_or(0, |p| micros(shape.prompt_tokens, completion, p));
-        Demand { tokens: shape.prompt_tokens + completion, cost_micros }
+        Demand { tokens: shape.prompt_tokens.saturating_add(completion), cost_micros }
     }
 
     /// Counts a failure of the upstream's kind; if it opens the breaker, what

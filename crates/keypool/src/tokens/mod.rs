@@ -4,6 +4,8 @@
 //! the GPT-4o/4.1/5 and o-series families, cl100k_base for older models),
 //! plus the per-message framing the chat format adds.
 
+use std::sync::{Once, OnceLock};
+
 use tiktoken_rs::CoreBPE;
 
 /// Tokens of framing OpenAI adds per chat message, and once to prime the reply.
@@ -17,6 +19,13 @@ pub enum Encoding {
     Cl100k,
 }
 
+/// A tokenizer takes ~0.2 s and tens of MB to build, so it is built on a
+/// background thread the first time it is wanted, never on a request.
+static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
+static CL100K: OnceLock<&'static CoreBPE> = OnceLock::new();
+static O200K_LOAD: Once = Once::new();
+static CL100K_LOAD: Once = Once::new();
+
 impl Encoding {
     pub fn for_model(model: &str) -> Encoding {
         let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
@@ -28,27 +37,70 @@ impl Encoding {
         }
     }
 
-    fn bpe(self) -> &'static CoreBPE {
+    fn cell(self) -> (&'static OnceLock<&'static CoreBPE>, &'static Once, fn() -> &'static CoreBPE) {
         match self {
-            Encoding::O200k => tiktoken_rs::o200k_base_singleton(),
-            Encoding::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+            Encoding::O200k => (&O200K, &O200K_LOAD, tiktoken_rs::o200k_base_singleton),
+            Encoding::Cl100k => (&CL100K, &CL100K_LOAD, tiktoken_rs::cl100k_base_singleton),
         }
     }
 
-    /// Tokens in `text` (no special tokens).
+    /// The tokenizer if it is built; otherwise starts building it in the background.
+    fn ready(self) -> Option<&'static CoreBPE> {
+        let (cell, once, build) = self.cell();
+        if let Some(bpe) = cell.get() {
+            return Some(bpe);
+        }
+        once.call_once(|| {
+            std::thread::spawn(move || {
+                let _ = cell.set(build());
+            });
+        });
+        None
+    }
+
+    /// Builds the tokenizer now, on this thread (start-up, tests, benches).
+    pub fn load(self) {
+        let (cell, _, build) = self.cell();
+        cell.get_or_init(build);
+    }
+
+    /// Tokens in `text` (no special tokens). While the tokenizer is still being
+    /// built (the first fraction of a second it is needed) this over-counts
+    /// on purpose, one token per two bytes, so a reservation is never too small.
     pub fn count(self, text: &str) -> u64 {
         if text.is_empty() {
             return 0;
         }
-        self.bpe().encode_ordinary(text).len() as u64
+        match self.ready() {
+            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+            None => (text.len() as u64).div_ceil(2),
+        }
     }
 }
 
-/// Loads the tokenizer of current models (o200k) off the request path: it
-/// takes a moment, and tens of MB, the first time. cl100k, for older models,
-/// loads on first use instead, so a pool that serves none pays nothing for it.
+/// How a request's prompt is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// With the model's tokenizer: needed when some key has a tokens-per-minute
+    /// limit or spend is priced.
+    Exact(Encoding),
+    /// The ~4-bytes-a-token rule, when nothing depends on the count (no TPM
+    /// limit anywhere, no prices): the tokenizer's memory and time are not spent.
+    Rough,
+}
+
+impl Counter {
+    pub fn count(self, text: &str) -> u64 {
+        match self {
+            Counter::Exact(enc) => enc.count(text),
+            Counter::Rough => (text.len() as u64).div_ceil(4),
+        }
+    }
+}
+
+/// Builds the tokenizer of current models (o200k) now.
 pub fn warm_up() {
-    let _ = Encoding::O200k.count("warm");
+    Encoding::O200k.load();
 }
 
 /// What the estimate needs from a request body.
@@ -100,10 +152,13 @@ mod tests {
 
     #[test]
     fn counts_real_tokens() {
+        Encoding::O200k.load();
+        Encoding::Cl100k.load();
         // "hello world" is two tokens in both encodings.
         assert_eq!(Encoding::O200k.count("hello world"), 2);
         assert_eq!(Encoding::Cl100k.count("hello world"), 2);
         assert_eq!(Encoding::O200k.count(""), 0);
+        assert_eq!(Counter::Rough.count("hello world!"), 3);
         let shape = PromptShape { prompt_tokens: 100, max_tokens: Some(50), n: 2, ..PromptShape::default() };
         assert_eq!(shape.request_tokens(1024), 200);
         let emb = PromptShape { prompt_tokens: 10, input_only: true, ..PromptShape::default() };
