@@ -52,6 +52,8 @@ $KP serve --listen 127.0.0.1:$pk_fast --upstream http://127.0.0.1:$ps_fast/v1 & 
 $KP serve --listen 127.0.0.1:$pk_stream --upstream http://127.0.0.1:$ps_stream/v1 & pids+=($!)
 $KP serve --listen 127.0.0.1:$pk_slow --upstream http://127.0.0.1:$ps_slow/v1 & kp_slow=$!; pids+=($kp_slow)
 for p in $pk_fast $pk_stream $pk_slow; do wait_up "http://127.0.0.1:$p/healthz"; done
+sleep 1
+start_rss=$(rss_kb $kp)
 
 BODY='{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 direct="http://127.0.0.1:$ps_fast/v1/chat/completions"
@@ -100,7 +102,7 @@ python3 -c "print('| added by keypool | %.3f | %.3f | %.3f |' % ($k50-$d50, $k99
 echo
 echo "## Memory and streaming"
 echo
-echo "- keypool resident memory idle (after warm-up, 10 keys): $((idle_rss / 1024)) MB"
+echo "- keypool resident memory idle, 10 keys: $((start_rss / 1024)) MB at start; $((idle_rss / 1024)) MB idle again after a 2 s warm-up at concurrency 8"
 read -r dt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$ps_stream/v1/chat/completions" sk-direct 200)
 read -r kt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$pk_stream/v1/chat/completions" "$TOKEN" 200)
 echo "- streaming time to first byte at concurrency 1 (20 chunks 10 ms apart): direct $dt; through keypool $kt"
