@@ -9,9 +9,11 @@
 //! except the slow paths taken when nothing fits.
 
 mod index;
+mod inner;
 mod key;
 mod lease;
 mod limits;
+mod record;
 mod strategy;
 mod window;
 
@@ -23,10 +25,12 @@ use tokio::time::{Duration, Instant};
 
 use crate::store::{KeyRecord, UsageDelta};
 use index::Index;
+use inner::{retry_after, slot_has_tpm, until_utc_midnight, Inner, Waiter};
 use key::{Health, Placement, Slot};
 use lease::Grant;
 pub use lease::{KeyLease, Outcome, Verdict};
 pub use limits::RateInfo;
+use record::{record_sent, transition};
 pub use strategy::Strategy;
 
 /// Limits that apply to keys which carry none of their own.
@@ -100,225 +104,6 @@ pub struct Scheduler {
     /// Some key has a tokens-per-minute limit (configured or learned), so
     /// prompts must be counted with the real tokenizer.
     counts_tokens: std::sync::atomic::AtomicBool,
-}
-
-fn slot_has_tpm(inner: &Inner, id: i64) -> bool {
-    inner.keys.get(&id).is_some_and(|s| s.tpm.limit().is_some())
-}
-
-#[derive(Debug)]
-struct Inner {
-    keys: HashMap<i64, Slot>,
-    index: Index,
-    queue: VecDeque<Waiter>,
-    next_waiter: u64,
-    rr_seq: u64,
-    /// Virtual time of the `weighted` strategy; new keys start here.
-    vclock: u64,
-    /// When the current day's request counts (`rpd`) reset.
-    day_end: Instant,
-    /// Set when something changed that can make a waiting request hopeless
-    /// (keys removed, disabled, invalid, out of budget).
-    recheck: bool,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    id: u64,
-    demand: Demand,
-    tx: oneshot::Sender<Result<Grant, NoKey>>,
-}
-
-/// Time until the next 00:00 UTC, when daily limits reset.
-fn until_utc_midnight() -> Duration {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    Duration::from_secs(86_400 - secs % 86_400)
-}
-
-fn transition(slot: &Slot, to: &'static str, reason: &str) {
-    tracing::info!(key_id = slot.id, label = slot.label.as_deref().unwrap_or(""), to, reason, "key state changed");
-    crate::metrics::key_transition(slot.id, to);
-}
-
-impl Inner {
-    fn slot_placement(&mut self, id: i64, now: Instant, strategy: Strategy) {
-        let day_end = self.day_end;
-        let Some(slot) = self.keys.get_mut(&id) else { return };
-        slot.window.prune(now);
-        if slot.cooling_until.is_some_and(|t| t <= now) {
-            slot.cooling_until = None;
-            transition(slot, "active", "rate-limit reset reached");
-        }
-        let new = slot.placement(now, strategy, day_end);
-        let old = std::mem::replace(&mut slot.placement, new);
-        self.index.place(id, old, new);
-    }
-
-    /// Day rollover and keys whose parking instant has come.
-    fn refresh(&mut self, now: Instant, strategy: Strategy) {
-        if now >= self.day_end {
-            while self.day_end <= now {
-                self.day_end += Duration::from_secs(86_400);
-            }
-            let ids: Vec<i64> = self.keys.keys().copied().collect();
-            for id in ids {
-                if let Some(slot) = self.keys.get_mut(&id) {
-                    slot.day_count = 0;
-                }
-                self.slot_placement(id, now, strategy);
-            }
-        }
-        loop {
-            let due = self.index.due(now).next();
-            let Some((at, id)) = due else { break };
-            if self.keys.contains_key(&id) {
-                // Re-placed keys are ready, parked later, blocked or off: never due again now.
-                self.slot_placement(id, now, strategy);
-            } else {
-                self.index.place(id, Placement::Parked(at), Placement::Off);
-            }
-        }
-    }
-
-    /// The best key with room for `demand`, in strategy order.
-    fn pick(&mut self, now: Instant, demand: Demand) -> Option<i64> {
-        self.pick_where(now, demand, |_| true)
-    }
-
-    /// Like `pick`, preferring keys not in `avoid` (those a retry already
-    /// failed on) and falling back to them when no other key has room.
-    fn pick_avoiding(&mut self, now: Instant, demand: Demand, avoid: &[i64]) -> Option<i64> {
-        if avoid.is_empty() {
-            return self.pick(now, demand);
-        }
-        self.pick_where(now, demand, |id| !avoid.contains(&id)).or_else(|| self.pick(now, demand))
-    }
-
-    /// The first ready key, in strategy order, that passes `allow` and has
-    /// room. A ready key's window may hold entries that expired since it was
-    /// placed: they are pruned as the key is looked at, so stale entries never
-    /// make a key look fuller than it is.
-    fn pick_where(&mut self, now: Instant, demand: Demand, allow: impl Fn(i64) -> bool) -> Option<i64> {
-        let Inner { index, keys, .. } = self;
-        index.ready().filter(|id| allow(*id)).find(|id| {
-            keys.get_mut(id).is_some_and(|s| {
-                s.window.prune(now);
-                s.has_room(now, demand)
-            })
-        })
-    }
-
-    fn reserve(&mut self, id: i64, demand: Demand, now: Instant, strategy: Strategy) -> Option<Grant> {
-        self.rr_seq += 1;
-        let (rr_seq, vclock) = (self.rr_seq, self.vclock);
-        let slot = self.keys.get_mut(&id)?;
-        slot.inflight += 1;
-        slot.reserved_tokens = slot.reserved_tokens.saturating_add(demand.tokens);
-        slot.reserved_micros = slot.reserved_micros.saturating_add(demand.cost_micros);
-        slot.rr_seq = rr_seq;
-        slot.vtime = slot.vtime.max(vclock) + strategy::STRIDE / slot.weight;
-        self.vclock = vclock.max(slot.vtime - strategy::STRIDE / slot.weight);
-        let grant = Grant { key_id: id, label: slot.label.clone(), secret: Arc::clone(&slot.secret), demand };
-        self.slot_placement(id, now, strategy);
-        Some(grant)
-    }
-
-    fn unreserve(&mut self, grant: &Grant, now: Instant, strategy: Strategy) {
-        if let Some(slot) = self.keys.get_mut(&grant.key_id) {
-            slot.inflight = slot.inflight.saturating_sub(1);
-            slot.reserved_tokens = slot.reserved_tokens.saturating_sub(grant.demand.tokens);
-            slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
-        }
-        self.slot_placement(grant.key_id, now, strategy);
-    }
-
-    /// Whether any key could ever serve `demand`; the reason if none can.
-    fn feasible(&self, now: Instant, demand: Demand) -> Result<(), NoKey> {
-        let mut usable = self.keys.values().filter(|s| s.usable(now)).peekable();
-        if usable.peek().is_none() {
-            return Err(NoKey::NoKeys);
-        }
-        let fitting: Vec<&Slot> = usable.filter(|s| s.fits_tpm(demand.tokens)).collect();
-        if fitting.is_empty() {
-            return Err(NoKey::TooLarge { needed: demand.tokens });
-        }
-        if !fitting.iter().any(|s| s.affordable(demand.cost_micros)) {
-            return Err(NoKey::BudgetSpent);
-        }
-        Ok(())
-    }
-
-    /// Serves waiting requests in arrival order, each with the best key that
-    /// has room for it; a request no key can fit now keeps its place while
-    /// later, smaller ones that fit are served (so none waits while a key
-    /// has room for it). Hopeless requests are failed.
-    fn dispatch(&mut self, now: Instant, strategy: Strategy) {
-        if self.queue.is_empty() {
-            self.recheck = false;
-            return;
-        }
-        self.refresh(now, strategy);
-        let recheck = std::mem::take(&mut self.recheck);
-        let mut i = 0;
-        while i < self.queue.len() {
-            let demand = self.queue[i].demand;
-            if self.queue[i].tx.is_closed() {
-                self.queue.remove(i);
-                continue;
-            }
-            if self.index.ready_len() > 0 {
-                if let Some(id) = self.pick(now, demand) {
-                    let Some(waiter) = self.queue.remove(i) else { break };
-                    if let Some(grant) = self.reserve(id, demand, now, strategy) {
-                        if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {
-                            // The caller left between our look and the send.
-                            self.unreserve(&grant, now, strategy);
-                        }
-                    }
-                    continue;
-                }
-            }
-            if recheck {
-                if let Err(reason) = self.feasible(now, demand) {
-                    if let Some(waiter) = self.queue.remove(i) {
-                        let _ = waiter.tx.send(Err(reason));
-                    }
-                    continue;
-                }
-            }
-            i += 1;
-        }
-    }
-
-    /// The next instant time alone can let a waiting request through.
-    fn next_wake(&mut self, now: Instant) -> Option<Instant> {
-        // Any waiter may be served out of turn when it fits, so wake for the
-        // smallest need in line: room for it comes no later than for any other.
-        let demand = self
-            .queue
-            .iter()
-            .map(|w| w.demand)
-            .reduce(|a, b| Demand { tokens: a.tokens.min(b.tokens), cost_micros: a.cost_micros.min(b.cost_micros) })?;
-        let day_end = self.day_end;
-        let Inner { index, keys, .. } = self;
-        let ready = index
-            .ready()
-            .filter_map(|id| {
-                let slot = keys.get_mut(&id)?;
-                slot.window.prune(now);
-                slot.room_at(now, demand, day_end)
-            })
-            .min();
-        // The queue was just dispatched at `now`: only a later instant can help
-        // (and waking at `now` again would spin).
-        [ready, index.next_unpark()].into_iter().flatten().filter(|t| *t > now).min()
-    }
-
-    fn remove_waiter(&mut self, id: u64) {
-        if let Some(pos) = self.queue.iter().position(|w| w.id == id) {
-            self.queue.remove(pos);
-        }
-    }
 }
 
 /// Removes a waiting request from the queue however its wait ends: served,
@@ -686,94 +471,6 @@ impl Scheduler {
     }
 }
 
-/// Records a request that reached the upstream: the window, counts, spend, and what the answer said of the key.
-fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant, config: &SchedulerConfig) {
-    let tokens = outcome
-        .usage
-        .map_or(demand.tokens, |u| u.total_tokens.max(u.prompt_tokens.saturating_add(u.completion_tokens)));
-    slot.window.record(now, tokens);
-    slot.day_count += 1;
-    slot.requests_total += 1;
-    slot.unflushed.requests += 1;
-    match outcome.verdict {
-        Verdict::Fine if outcome.success => {
-            slot.successes_total += 1;
-            slot.unflushed.successes += 1;
-        }
-        // Neither the caller's own mistakes nor a caller leaving count against the key.
-        Verdict::CallerError | Verdict::Cancelled => {}
-        _ => {
-            slot.failures_total += 1;
-            slot.unflushed.failures += 1;
-        }
-    }
-    if let Some(u) = outcome.usage {
-        slot.unflushed.prompt_tokens = slot.unflushed.prompt_tokens.saturating_add(u.prompt_tokens);
-        slot.unflushed.completion_tokens = slot.unflushed.completion_tokens.saturating_add(u.completion_tokens);
-    }
-    // Unknown usage on success: the estimate (an upper bound) is what it may have cost.
-    let cost = outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 });
-    let had_budget = slot.budget_micros.is_some_and(|b| slot.spent_micros < b);
-    slot.spent_micros = slot.spent_micros.saturating_add(cost);
-    slot.unflushed.spent_micros = slot.unflushed.spent_micros.saturating_add(cost);
-    slot.unflushed.last_used_at = Some(unix_now());
-    if slot.rpd.is_some_and(|l| slot.day_count == l) {
-        transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");
-    }
-    if outcome.verdict != Verdict::ConnectFailed {
-        slot.connect_failures = 0;
-    }
-    match outcome.verdict {
-        Verdict::Fine | Verdict::CallerError | Verdict::UpstreamError | Verdict::Cancelled => {}
-        Verdict::ConnectFailed => {
-            slot.connect_failures += 1;
-            if slot.connect_failures >= config.key_breaker_after {
-                let doublings = (slot.connect_failures - config.key_breaker_after).min(9);
-                let rest = Duration::from_secs(1 << doublings).min(Duration::from_secs(300));
-                transition(
-                    slot,
-                    "cooling",
-                    &format!("{} connect failures in a row; rests {rest:?}", slot.connect_failures),
-                );
-                slot.cooling_until = Some(now + rest);
-            }
-        }
-        Verdict::RateLimited { reset } => {
-            if slot.cooling_until.is_none_or(|t| t <= now) {
-                transition(slot, "cooling", &format!("upstream rate limit; resets in {reset:?}"));
-            }
-            slot.rate_limited(reset, now);
-        }
-        Verdict::Invalid if slot.health != Health::Invalid => {
-            slot.health = Health::Invalid;
-            slot.probe_every = config.probe_invalid;
-            slot.next_probe = Some(now + config.probe_invalid);
-            transition(slot, "invalid", "upstream refused the key (401/403)");
-        }
-        Verdict::Exhausted if slot.health != Health::Exhausted => {
-            slot.health = Health::Exhausted;
-            slot.probe_every = config.probe_exhausted;
-            slot.next_probe = Some(now + config.probe_exhausted);
-            transition(slot, "exhausted", "upstream says the balance is spent (insufficient_quota)");
-        }
-        Verdict::Invalid | Verdict::Exhausted => {}
-    }
-    if had_budget && slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
-        transition(slot, "spent", "its budget is used up");
-    }
-}
-
-/// How long a refused caller should wait before trying again.
-fn retry_after(inner: &Inner, now: Instant, demand: Demand) -> Duration {
-    let day_end = inner.day_end;
-    inner
-        .keys
-        .values()
-        .filter_map(|s| s.room_at(now, demand, day_end))
-        .min()
-        .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now).max(Duration::from_secs(1)))
-}
-
 /// Wakes the queue at the instants keys regain room. Holds only a weak
 /// reference, and ends when the scheduler is dropped.
 async fn refill_timer(scheduler: Weak<Scheduler>, wake: Arc<Notify>) {
@@ -821,10 +518,6 @@ pub struct KeyView {
     pub reset_in: Option<Duration>,
     pub spent_micros: u64,
     pub budget_micros: Option<u64>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 
+use super::record::unix_now;
 use super::*;
 
 pub(super) fn record(id: i64, rpm: Option<u32>, tpm: Option<u32>, requests: u64) -> KeyRecord {
