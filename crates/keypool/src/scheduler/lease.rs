@@ -49,7 +49,6 @@ pub struct Outcome {
 #[derive(Debug)]
 pub(super) struct Grant {
     pub key_id: i64,
-    pub label: Option<String>,
     pub secret: Arc<SecretString>,
     pub demand: Demand,
 }
@@ -75,16 +74,8 @@ impl KeyLease {
         self.grant.key_id
     }
 
-    pub fn label(&self) -> Option<&str> {
-        self.grant.label.as_deref()
-    }
-
     pub fn secret(&self) -> &SecretString {
         &self.grant.secret
-    }
-
-    pub fn demand(&self) -> Demand {
-        self.grant.demand
     }
 
     /// Marks the request as on its way: from now on it counts as sent.

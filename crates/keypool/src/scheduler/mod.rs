@@ -154,10 +154,6 @@ impl Scheduler {
         scheduler
     }
 
-    pub fn config(&self) -> &SchedulerConfig {
-        &self.config
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock leaves counters, never broken
         // invariants that matter more than serving: keep going.

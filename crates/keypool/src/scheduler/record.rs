@@ -5,6 +5,7 @@ use tokio::time::{Duration, Instant};
 
 use super::key::{Health, Slot};
 use super::{Demand, Outcome, SchedulerConfig, Verdict};
+use crate::store::now_unix;
 
 pub(super) fn transition(slot: &Slot, to: &'static str, reason: &str) {
     tracing::info!(key_id = slot.id, label = slot.label.as_deref().unwrap_or(""), to, reason, "key state changed");
@@ -41,7 +42,7 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     let had_budget = slot.budget_micros.is_some_and(|b| slot.spent_micros < b);
     slot.spent_micros = slot.spent_micros.saturating_add(cost);
     slot.unflushed.spent_micros = slot.unflushed.spent_micros.saturating_add(cost);
-    slot.unflushed.last_used_at = Some(unix_now());
+    slot.unflushed.last_used_at = Some(now_unix());
     if slot.rpd.is_some_and(|l| slot.day_count == l) {
         transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");
     }
@@ -86,8 +87,4 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     if had_budget && slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
         transition(slot, "spent", "its budget is used up");
     }
-}
-
-pub(super) fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 
-use super::record::unix_now;
 use super::*;
+use crate::store::now_unix as unix_now;
 
 pub(super) fn record(id: i64, rpm: Option<u32>, tpm: Option<u32>, requests: u64) -> KeyRecord {
     KeyRecord {

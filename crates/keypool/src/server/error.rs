@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 use crate::scheduler::NoKey;
-use crate::upstream::UpstreamError;
 
 /// Who caused an error: it decides the status family and whether a retry helps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +46,6 @@ pub enum ApiError {
     UnknownPath(String),
     #[error("Invalid path {0}: dot segments may not leave /v1/.")]
     BadPath(String),
-    #[error("The upstream could not be reached: {0}")]
-    Upstream(#[from] UpstreamError),
     #[error("The request failed upstream after {attempts} attempt(s) on different keys; last: {detail}.")]
     UpstreamFailed { attempts: u32, status: StatusCode, detail: String },
     #[error("The upstream is unavailable: it is failing for every key, and keypool is probing it (attempts made: {attempts}). Please try again shortly.")]
@@ -92,7 +89,7 @@ impl ApiError {
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_)
             | ApiError::BadPath(_) => Fault::Caller,
-            ApiError::Upstream(_) | ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => Fault::Upstream,
+            ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => Fault::Upstream,
             ApiError::Internal(_) => Fault::Gateway,
             ApiError::NoKeys | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => Fault::Gateway,
         }
@@ -101,7 +98,6 @@ impl ApiError {
     /// Whether the caller may retry the same request later.
     pub fn retryable(&self) -> bool {
         match self {
-            ApiError::Upstream(e) => e.retryable(),
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => true,
             ApiError::Internal(_) => false,
             ApiError::AllKeysBusy { .. } | ApiError::NoKeys => true,
@@ -137,7 +133,6 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream_error", "upstream_unavailable")
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
-            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
         }
     }
 }

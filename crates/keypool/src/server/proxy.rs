@@ -95,7 +95,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let exact = app.scheduler.counts_tokens() || !app.config.prices.is_empty();
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     let shape = inspected.shape;
-    let demand = app.demand(shape.as_ref());
+    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
+    let demand = app.demand(shape.as_ref(), price);
     // A stream whose caller did not ask for usage: ask for it anyway (keypool
     // needs it to account tokens and spend), and hide it from the caller.
     let mut body = Some(inspected.body);
@@ -164,7 +165,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 app.note_upstream_failure();
                 Failed::Network { timed_out: false }
             }
-            Ok(Ok(upstream)) => match answer(&app, upstream, lease, &shape, strip_usage, started).await {
+            Ok(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, started).await {
                 Ok(response) => return Ok(response),
                 Err(failed) => failed,
             },
@@ -189,7 +190,7 @@ async fn answer(
     app: &AppState,
     mut upstream: reqwest::Response,
     lease: KeyLease,
-    shape: &Option<PromptShape>,
+    price: Option<crate::config::Price>,
     strip_usage: bool,
     started: Instant,
 ) -> Result<Response, Failed> {
@@ -241,7 +242,6 @@ async fn answer(
     }
 
     let kind = BodyKind::from_content_type(content_type.as_deref());
-    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
     let timeouts = &app.config.timeouts;
     let metered = Metered::new(
         upstream.bytes_stream().boxed(),
@@ -273,15 +273,10 @@ fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
 impl AppState {
     /// What a request needs from a key: tokens as the upstream counts them,
     /// and the cost at the model's configured price.
-    pub fn demand(&self, shape: Option<&PromptShape>) -> Demand {
+    pub fn demand(&self, shape: Option<&PromptShape>, price: Option<crate::config::Price>) -> Demand {
         let Some(shape) = shape else { return Demand::default() };
-        let default_max = self.config.limits.default_max_tokens;
-        let completion = shape.completion_budget(default_max);
-        let cost_micros = shape
-            .model
-            .as_deref()
-            .and_then(|m| self.config.price_of(m))
-            .map_or(0, |p| micros(shape.prompt_tokens, completion, p));
+        let completion = shape.completion_budget(self.config.limits.default_max_tokens);
+        let cost_micros = price.map_or(0, |p| micros(shape.prompt_tokens, completion, p));
         Demand { tokens: shape.prompt_tokens.saturating_add(completion), cost_micros }
     }
 

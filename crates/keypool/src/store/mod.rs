@@ -39,7 +39,8 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -29,13 +29,6 @@ pub enum UpstreamError {
     Request(reqwest::Error),
 }
 
-impl UpstreamError {
-    /// Whether another attempt (on another key) could succeed.
-    pub fn retryable(&self) -> bool {
-        !matches!(self, UpstreamError::Client(_) | UpstreamError::UnusableKey(_))
-    }
-}
-
 /// Body sent upstream: either already in memory (inspected JSON) or streamed
 /// from the caller as it arrives (uploads).
 pub enum OutBody {
