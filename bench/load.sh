@@ -5,7 +5,9 @@
 # oha (installed from crates.io if missing):
 #   - closed loop at concurrency 16, 64, 256: direct, then through keypool, each
 #     for $DURATION: requests/s, p50, p99, p99.9;
-#   - open loop at 1,000 requests/s: added latency p50/p99;
+#   - open loop at 1,000 requests/s: added latency p50/p99, beside nginx as a
+#     plain reverse proxy over the same simulator (the floor any proxy pays on
+#     this machine: two more sockets and two more wake-ups per request);
 #   - keypool's CPU time and resident memory, idle and under load;
 #   - streaming time to first byte (20 chunks 10 ms apart), direct and through keypool;
 #   - keypool's resident memory with $STREAMS concurrent open streams.
@@ -15,6 +17,10 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 STREAMS=${STREAMS:-10000}
 command -v oha >/dev/null || cargo install oha --locked
+# nginx is only a reference row; it is installed from Debian's packages when it can be.
+command -v nginx >/dev/null || PATH=$PATH:/usr/sbin command -v nginx >/dev/null ||
+  { command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && apt-get install -y -qq nginx-light >/dev/null 2>&1; } || true
+export PATH=$PATH:/usr/sbin
 cargo build --release --locked -p keypool -p keypool-sim --bins --examples >&2
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 echo
@@ -30,7 +36,11 @@ SIM=./target/release/keypool-sim
 KP=./target/release/keypool
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true; rm -rf "$work"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
@@ -52,6 +62,29 @@ $KP serve --listen 127.0.0.1:$pk_fast --upstream http://127.0.0.1:$ps_fast/v1 & 
 $KP serve --listen 127.0.0.1:$pk_stream --upstream http://127.0.0.1:$ps_stream/v1 & pids+=($!)
 $KP serve --listen 127.0.0.1:$pk_slow --upstream http://127.0.0.1:$ps_slow/v1 & kp_slow=$!; pids+=($kp_slow)
 for p in $pk_fast $pk_stream $pk_slow; do wait_up "http://127.0.0.1:$p/healthz"; done
+pn=""
+if command -v nginx >/dev/null; then
+  pn=$(port)
+  cat > "$work/nginx.conf" <<NGX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  upstream sim { server 127.0.0.1:$ps_fast; keepalive 256; }
+  server {
+    listen 127.0.0.1:$pn;
+    location / { proxy_pass http://sim; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGX
+  nginx -c "$work/nginx.conf"
+  wait_up "http://127.0.0.1:$pn/v1/models"
+else
+  echo "note: nginx not found; the reference rows are left out" >&2
+fi
 sleep 1
 start_rss=$(rss_kb $kp)
 
@@ -99,6 +132,14 @@ echo "|---|---|---|---|"
 echo "| direct | $d50 | $d99 | $d999 |"
 echo "| keypool | $k50 | $k99 | $k999 |"
 python3 -c "print('| added by keypool | %.3f | %.3f | %.3f |' % ($k50-$d50, $k99-$d99, $k999-$d999))"
+if [ -n "$pn" ]; then
+  read -r _ n50 n99 n999 _ < <(load "http://127.0.0.1:$pn/v1/chat/completions" sk-direct 64 "$DURATION" -q 1000 | summary)
+  echo "| nginx (reference: plain reverse proxy, keep-alive upstream) | $n50 | $n99 | $n999 |"
+  python3 -c "print('| added by nginx | %.3f | %.3f | %.3f |' % ($n50-$d50, $n99-$d99, $n999-$d999))"
+  read -r n_rps _ < <(load "http://127.0.0.1:$pn/v1/chat/completions" sk-direct 64 "$DURATION" | summary)
+  echo
+  echo "nginx closed loop at concurrency 64 for reference: $n_rps requests/s"
+fi
 echo
 echo "## Memory and streaming"
 echo

@@ -4,7 +4,10 @@ use clap::Parser;
 
 /// mimalloc instead of glibc's malloc: allocation was ~12% of keypool's CPU
 /// under load (perf), and this took keypool from 17.9k to 26.2k requests/s at
-/// concurrency 64 on the reference machine (docs/benchmarks.md).
+/// concurrency 64 on the reference machine (docs/benchmarks.md). Built with
+/// `no_thp`: transparent huge pages under mimalloc's arenas cost 10 MB idle
+/// and ~23 KB per open stream (64 KB against 41 KB) for ~5% throughput.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keypool::cli::{Cli, Command};
