@@ -71,7 +71,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // Build the tokenizer off the request path when it will be needed (a
     // key learning a TPM limit later starts the build on first use).
     if scheduler.counts_tokens() || !config.prices.is_empty() {
-        tokio::task::spawn_blocking(crate::tokens::warm_up);
+        crate::tokens::start_building();
     }
     if scheduler.usable_keys() == 0 {
         tracing::warn!(
