@@ -87,6 +87,14 @@ else
 fi
 sleep 1
 start_rss=$(rss_kb $kp)
+# The same with a TPM limit on every key, as trial keys have: prompts are then
+# counted with the real tokenizer, which is built in the background at start.
+pk_tpm=$(port)
+KEYPOOL_LIMITS__TPM=40000 $KP serve --listen 127.0.0.1:$pk_tpm --upstream http://127.0.0.1:$ps_fast/v1 & kp_tpm=$!; pids+=($kp_tpm)
+wait_up "http://127.0.0.1:$pk_tpm/healthz"
+sleep 4
+tpm_rss=$(rss_kb $kp_tpm)
+kill $kp_tpm
 
 BODY='{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 direct="http://127.0.0.1:$ps_fast/v1/chat/completions"
@@ -143,7 +151,7 @@ fi
 echo
 echo "## Memory and streaming"
 echo
-echo "- keypool resident memory idle, 10 keys: $((start_rss / 1024)) MB at start; $((idle_rss / 1024)) MB idle again after a 2 s warm-up at concurrency 8"
+echo "- keypool resident memory idle, 10 keys: $((start_rss / 1024)) MB at start; $((idle_rss / 1024)) MB idle again after a 2 s warm-up at concurrency 8; $((tpm_rss / 1024)) MB idle with a TPM limit on the keys (tokenizer built)"
 read -r dt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$ps_stream/v1/chat/completions" sk-direct 200)
 read -r kt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$pk_stream/v1/chat/completions" "$TOKEN" 200)
 echo "- streaming time to first byte at concurrency 1 (20 chunks 10 ms apart): direct $dt; through keypool $kt"
