@@ -25,6 +25,9 @@ const CL100K_PATTERN: &str = "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L
 /// Marks an empty slot in the rank table (ranks are stored plus one).
 const EMPTY: u32 = 0;
 
+/// Longest piece merged exactly (see `merged_parts`).
+const MAX_MERGED_PIECE: usize = 1 << 20;
+
 pub struct Bpe {
     /// Every token's bytes, in rank order.
     bytes: Vec<u8>,
@@ -120,61 +123,73 @@ impl Bpe {
                     done = m.end();
                 }
                 Err(e) => {
-                    // The pattern's backtracking limit: count the rest one
-                    // token per byte pair rather than fail (an overestimate).
-                    tracing::debug!(error = %e, "token pattern gave up; counting the rest roughly");
-                    return total + (text.len() - done).div_ceil(2) as u64;
+                    // The pattern's backtracking limit (very long runs): count
+                    // the rest one token per byte rather than fail; no token is
+                    // shorter, so this never under-counts.
+                    tracing::debug!(error = %e, "token pattern gave up; counting the rest by bytes");
+                    return total + (text.len() - done) as u64;
                 }
             }
         }
         total
     }
 
-    /// How many tokens byte-pair merging leaves of `piece`: repeatedly merge
-    /// the adjacent pair whose union is the lowest-ranked token (leftmost
-    /// first on ties), as tiktoken does. A heap of candidate merges with lazy
-    /// invalidation keeps long pieces (runs of symbols, base64) O(n log n).
+    /// How many tokens byte-pair merging leaves of `piece`.
     fn merged_parts(&self, piece: &[u8]) -> u64 {
-        let n = piece.len();
-        if n < 2 {
-            return n as u64;
+        if piece.len() > MAX_MERGED_PIECE {
+            // One run of a megabyte without a break (base64, a repeated
+            // character): one token per byte, never an under-count, and no
+            // merge state of ~20 bytes per byte.
+            return piece.len() as u64;
         }
+        self.split(piece).len() as u64
+    }
+
+    /// Where byte-pair merging cuts `piece`: each part's start. Repeatedly
+    /// merges the adjacent pair whose union is the lowest-ranked token
+    /// (leftmost first on ties), as tiktoken does; a heap of candidate merges
+    /// with lazy invalidation keeps long pieces O(n log n).
+    fn split(&self, piece: &[u8]) -> Vec<u32> {
+        // Pieces are at most MAX_MERGED_PIECE bytes, so positions fit in u32.
+        let n = piece.len() as u32;
+        if n < 2 {
+            return (0..n).collect();
+        }
+        let at = |i: u32| i as usize;
         // Parts are [start, next[start]); `alive` marks where a part starts.
-        let mut next: Vec<usize> = (1..=n).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-        let mut alive = vec![true; n];
-        let mut heap = BinaryHeap::with_capacity(n);
+        let mut next: Vec<u32> = (1..=n).collect();
+        let mut prev: Vec<u32> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; at(n)];
+        let mut heap = BinaryHeap::with_capacity(at(n));
         for i in 0..n - 1 {
-            if let Some(r) = self.rank(&piece[i..i + 2]) {
+            if let Some(r) = self.rank(&piece[at(i)..at(i + 2)]) {
                 heap.push(Reverse((r, i, i + 2)));
             }
         }
-        let mut parts = n as u64;
         while let Some(Reverse((_, start, end))) = heap.pop() {
             // Stale unless `start` still begins a part whose right neighbour ends at `end`.
-            if !alive[start] || next[start] >= n || next[next[start]] != end {
+            if !alive[at(start)] || next[at(start)] >= n || next[at(next[at(start)])] != end {
                 continue;
             }
-            alive[next[start]] = false;
-            next[start] = end;
+            alive[at(next[at(start)])] = false;
+            next[at(start)] = end;
             if end < n {
-                prev[end] = start;
+                prev[at(end)] = start;
             }
-            parts -= 1;
             if start > 0 {
-                let left = prev[start];
-                if let Some(r) = self.rank(&piece[left..end]) {
+                let left = prev[at(start)];
+                if let Some(r) = self.rank(&piece[at(left)..at(end)]) {
                     heap.push(Reverse((r, left, end)));
                 }
             }
             if end < n {
-                let right_end = next[end];
-                if let Some(r) = self.rank(&piece[start..right_end]) {
+                let right_end = next[at(end)];
+                if let Some(r) = self.rank(&piece[at(start)..at(right_end)]) {
                     heap.push(Reverse((r, start, right_end)));
                 }
             }
         }
-        parts
+        (0..n).filter(|&i| alive[at(i)]).collect()
     }
 
     /// Bytes held, for the memory figure in tests.
@@ -216,7 +231,7 @@ mod tests {
         assert_eq!(c.ends.len(), 100_256);
         // Every token is found under its own rank.
         for bpe in [o, c] {
-            for rank in (0..bpe.ends.len() as u32).step_by(97) {
+            for rank in 0..bpe.ends.len() as u32 {
                 assert_eq!(bpe.rank(bpe.token(rank)), Some(rank));
             }
         }
@@ -244,8 +259,42 @@ mod tests {
         check(include_str!("../server/proxy.rs"));
     }
 
+    /// Cut points as tiktoken's own merge makes them, over the same ranks.
+    fn tiktoken_split(which: usize, bpe: &Bpe, piece: &[u8]) -> Vec<u32> {
+        static RANKS: [OnceLock<rustc_hash::FxHashMap<Vec<u8>, u32>>; 2] = [OnceLock::new(), OnceLock::new()];
+        let ranks =
+            RANKS[which].get_or_init(|| (0..bpe.ends.len() as u32).map(|r| (bpe.token(r).to_vec(), r)).collect());
+        let mut at = 0u32;
+        tiktoken_rs::byte_pair_split(piece, ranks)
+            .iter()
+            .map(|part| {
+                let start = at;
+                at += part.len() as u32;
+                start
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_unbroken_runs_are_never_under_counted() {
+        let (o, _) = ours();
+        let run = "A".repeat(MAX_MERGED_PIECE + 1);
+        assert_eq!(o.merged_parts(run.as_bytes()), run.len() as u64);
+        assert!(o.count(&run) >= tiktoken_rs::o200k_base_singleton().encode_ordinary(&run[..4096]).len() as u64);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Not only the count: the same cut points as tiktoken (a wrong
+        /// tie-break would often keep the count and move a cut).
+        #[test]
+        fn pieces_are_cut_where_tiktoken_cuts(piece in "[a-c!=. ]{2,40}|(ab|ba|aa|==|\\.\\.){1,20}") {
+            let (o, c) = ours();
+            for (which, bpe) in [o, c].into_iter().enumerate() {
+                prop_assert_eq!(bpe.split(piece.as_bytes()), tiktoken_split(which, bpe, piece.as_bytes()), "{:?}", piece);
+            }
+        }
 
         #[test]
         fn counts_match_tiktoken_on_any_text(text in "[a-zA-Z0-9 \\n\\t.,;:!?'\"(){}<>/\\\\_=+*&^%$#@~`|-]{0,200}") {

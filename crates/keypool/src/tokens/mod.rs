@@ -25,8 +25,9 @@ pub enum Encoding {
 /// A tokenizer takes ~0.5 s (and, while it is built, tens of MB) to build, so
 /// it is built on a background thread the first time it is wanted, never on a
 /// request. Built, it holds ~6 MB (see `bpe`).
-static O200K: OnceLock<Bpe> = OnceLock::new();
-static CL100K: OnceLock<Bpe> = OnceLock::new();
+/// `None` inside: the build failed (logged), and counts stay over-estimates.
+static O200K: OnceLock<Option<Bpe>> = OnceLock::new();
+static CL100K: OnceLock<Option<Bpe>> = OnceLock::new();
 static O200K_LOAD: Once = Once::new();
 type Build = fn() -> Result<Bpe, BuildError>;
 static CL100K_LOAD: Once = Once::new();
@@ -42,7 +43,7 @@ impl Encoding {
         }
     }
 
-    fn cell(self) -> (&'static OnceLock<Bpe>, &'static Once, Build) {
+    fn cell(self) -> (&'static OnceLock<Option<Bpe>>, &'static Once, Build) {
         match self {
             Encoding::O200k => (&O200K, &O200K_LOAD, Bpe::o200k),
             Encoding::Cl100k => (&CL100K, &CL100K_LOAD, Bpe::cl100k),
@@ -61,43 +62,44 @@ impl Encoding {
     /// wait, 27 MB with it).
     fn ready(self) -> Option<&'static Bpe> {
         let (cell, once, _) = self.cell();
-        if let Some(bpe) = cell.get() {
-            return Some(bpe);
+        if let Some(built) = cell.get() {
+            return built.as_ref();
         }
         once.call_once(move || {
-            std::thread::spawn(move || {
+            let started = std::thread::Builder::new().name("keypool-tokenizer".into()).spawn(move || {
                 self.load();
                 std::thread::sleep(std::time::Duration::from_millis(1500));
             });
+            if let Err(e) = started {
+                tracing::error!(error = %e, "could not start building the tokenizer; prompt tokens will be over-estimated");
+            }
         });
         None
     }
 
-    /// Builds the tokenizer now, on this thread (start-up, tests, benches).
-    /// If it cannot be built, counts stay at the safe over-estimate.
+    /// Builds the tokenizer now, on this thread (start-up, tests, benches), or
+    /// waits for the build already under way. If it cannot be built, counts
+    /// stay at the safe over-estimate.
     pub fn load(self) {
         let (cell, _, build) = self.cell();
-        if cell.get().is_some() {
-            return;
-        }
-        match build() {
-            Ok(bpe) => {
-                let _ = cell.set(bpe);
-            }
-            Err(e) => tracing::error!(error = %e, encoding = ?self, "prompt tokens will be over-estimated"),
-        }
+        cell.get_or_init(|| {
+            build()
+                .inspect_err(|e| tracing::error!(error = %e, encoding = ?self, "prompt tokens will be over-estimated"))
+                .ok()
+        });
     }
 
     /// Tokens in `text` (no special tokens). While the tokenizer is still being
     /// built (the first fraction of a second it is needed) this over-counts
-    /// on purpose, one token per two bytes, so a reservation is never too small.
+    /// on purpose, one token per byte (no token is shorter), so a reservation
+    /// is never too small.
     pub fn count(self, text: &str) -> u64 {
         if text.is_empty() {
             return 0;
         }
         match self.ready() {
             Some(bpe) => bpe.count(text),
-            None => (text.len() as u64).div_ceil(2),
+            None => text.len() as u64,
         }
     }
 }
