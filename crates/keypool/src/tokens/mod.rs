@@ -124,11 +124,6 @@ impl Counter {
     }
 }
 
-/// Builds the tokenizer of current models (o200k) now.
-pub fn warm_up() {
-    Encoding::O200k.load();
-}
-
 /// Starts building the tokenizer of current models (o200k) in the background.
 pub fn start_building() {
     let _ = Encoding::O200k.ready();
