@@ -24,13 +24,15 @@ pub enum Encoding {
 
 /// A tokenizer takes ~0.5 s (and, while it is built, tens of MB) to build, so
 /// it is built on a background thread the first time it is wanted, never on a
-/// request. Built, it holds ~6 MB (see `bpe`).
-/// `None` inside: the build failed (logged), and counts stay over-estimates.
+/// request. Built, it holds ~6 MB (see `bpe`). `None` inside: the build failed
+/// (logged), and counts stay over-estimates.
 static O200K: OnceLock<Option<Bpe>> = OnceLock::new();
 static CL100K: OnceLock<Option<Bpe>> = OnceLock::new();
+/// Whether the background build has been started.
 static O200K_LOAD: Once = Once::new();
-type Build = fn() -> Result<Bpe, BuildError>;
 static CL100K_LOAD: Once = Once::new();
+
+type Build = fn() -> Result<Bpe, BuildError>;
 
 impl Encoding {
     pub fn for_model(model: &str) -> Encoding {
