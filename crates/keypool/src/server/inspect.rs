@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::http::{header, request::Parts, Method};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -32,6 +31,7 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
+        drain(body.into_data_stream()).await;
         return Err(ApiError::BodyTooLarge { limit });
     }
     let overflowed = Arc::new(AtomicBool::new(false));
@@ -43,17 +43,7 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
     if !is_json_candidate(&parts.method, content_type, rest) {
         return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflowed)), shape: None, overflowed });
     }
-    let bytes = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::BodyRead(e.to_string())
-            }
-        })?
-        .to_bytes();
+    let bytes = collect(body, limit).await?;
     let shape = if bytes.is_empty() { None } else { Some(shape_of(&bytes, rest, exact)?) };
     Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflowed })
 }
@@ -75,19 +65,73 @@ fn is_json_candidate(method: &Method, content_type: &str, rest: &str) -> bool {
     known_json && !ct.starts_with("multipart/") && !ct.starts_with("audio/") && !ct.contains("octet-stream")
 }
 
-/// Streams an upload through, stopping it if it grows past the limit.
-fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
+/// Reads a whole body of at most `limit` bytes (one chunk, the usual case, is
+/// kept without a copy).
+async fn collect(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let mut data = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
     let mut seen = 0u64;
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk: Bytes = chunk.map_err(std::io::Error::other)?;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
         seen += chunk.len() as u64;
         if seen > limit {
-            overflowed.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("request body over the configured limit"));
+            drain(data).await;
+            return Err(ApiError::BodyTooLarge { limit });
         }
-        Ok(chunk)
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            None => joined.extend_from_slice(&chunk),
+            Some(earlier) => {
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Streams an upload through, stopping it if it grows past the limit.
+fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
+    let stream = futures_util::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| {
+        let overflowed = Arc::clone(&overflowed);
+        async move {
+            let (mut data, mut seen) = state?;
+            let chunk = match data.next().await? {
+                Ok(chunk) => chunk,
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+            };
+            seen += chunk.len() as u64;
+            if seen > limit {
+                overflowed.store(true, Ordering::Relaxed);
+                drain(data).await;
+                return Some((Err(std::io::Error::other("request body over the configured limit")), None));
+            }
+            Some((Ok(chunk), Some((data, seen))))
+        }
     });
     OutBody::Stream(reqwest::Body::wrap_stream(stream))
+}
+
+/// Most of a refused body read and thrown away, and for how long. A server
+/// that closes a connection with unread input makes the kernel reset it, and
+/// the caller may then lose the 413 it was sent; reading on a little (as
+/// nginx's lingering close does) lets it finish sending and read the answer.
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn drain<S, E>(mut data: S)
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = data.next().await {
+            let Some(rest) = left.checked_sub(chunk.len() as u64) else { return };
+            left = rest;
+        }
+    })
+    .await;
 }
 
 /// The fields of an OpenAI request body that the estimate reads; every other
