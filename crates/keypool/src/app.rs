@@ -4,14 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
-use crate::server::{router, AppState, TokenSet};
+use crate::server::{router, worker_count, AppState, TokenSet};
 use crate::store::{Store, StoreError};
 use crate::upstream::{Breaker, Upstream};
 
@@ -82,29 +81,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     let upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
     let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
-    let state = Arc::new(AppState {
-        scheduler: Arc::clone(&scheduler),
-        tokens,
-        upstream: upstream.clone(),
-        breaker: Arc::clone(&breaker),
-        config: config.clone(),
-    });
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let server = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            // Answers are written in small pieces (a status line, then stream
-            // chunks): send each at once rather than letting Nagle hold it.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
-        }
-    });
+    // Each worker has its own upstream client, so pooled upstream connections
+    // stay on the thread that uses them.
+    let make_router = || -> anyhow::Result<axum::Router> {
+        Ok(router(Arc::new(AppState {
+            scheduler: Arc::clone(&scheduler),
+            tokens: Arc::clone(&tokens),
+            upstream: Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?,
+            breaker: Arc::clone(&breaker),
+            config: config.clone(),
+        })))
+    };
+    let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone())?;
     let sync = tokio::spawn(sync.run(config.sync_interval, stop.clone()));
     tokio::spawn(crate::health::probe_keys(
         Arc::clone(&scheduler),

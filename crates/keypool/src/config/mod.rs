@@ -26,6 +26,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
 pub struct Config {
     /// Address the gateway listens on.
     pub listen: SocketAddr,
+    /// Threads serving requests, each with its own connections (0: one per core).
+    pub workers: usize,
     /// Base URL of the upstream API, including its version prefix (`/v1`).
     /// A relay with its own path prefix works: `https://relay.example.com/proxy/v1`.
     pub upstream: String,
@@ -203,6 +205,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
             upstream: "https://api.openai.com/v1".into(),
             proxy: None,
             database_url: "sqlite://keypool.db".into(),

@@ -44,9 +44,22 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
         return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflowed)), shape: None, overflowed });
     }
     let bytes = collect(body, limit).await?;
-    let shape = if bytes.is_empty() { None } else { Some(shape_of(&bytes, rest, exact)?) };
+    let shape = if bytes.is_empty() {
+        None
+    } else if bytes.len() <= INLINE_SHAPE_BYTES {
+        Some(shape_of(&bytes, rest, exact)?)
+    } else {
+        let (body, rest) = (bytes.clone(), rest.to_owned());
+        let shaped = tokio::task::spawn_blocking(move || shape_of(&body, &rest, exact)).await;
+        Some(shaped.map_err(|_| ApiError::Internal("reading the request body failed"))??)
+    };
     Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflowed })
 }
+
+/// Bodies above this size are parsed and counted on the blocking pool: at
+/// 30-100 µs per KB of prompt (docs/benchmarks.md) they would otherwise hold
+/// their worker thread, and every connection it serves, for milliseconds.
+const INLINE_SHAPE_BYTES: usize = 16 * 1024;
 
 /// JSON is expected for bodies that say so, and for POSTs to OpenAI's JSON
 /// endpoints whatever their content type (curl's `-d` sends form encoding).

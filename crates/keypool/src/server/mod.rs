@@ -6,6 +6,7 @@ mod error;
 mod inspect;
 mod metered;
 mod proxy;
+mod workers;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use axum::{Json, Router};
 
 pub use auth::{generate_token, hash_token, TokenSet, TOKEN_PREFIX};
 pub use error::{ApiError, Fault};
+pub use workers::{serve, worker_count};
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;

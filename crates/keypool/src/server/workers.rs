@@ -1,0 +1,260 @@
+//! Serving on one single-threaded runtime per core.
+//!
+//! One acceptor (a task on the main runtime) takes connections from the
+//! listener and hands them round-robin to worker threads, each running its
+//! own current-thread tokio runtime with its own router, hence its own
+//! upstream connection pool. A caller's connection, its handler, and the
+//! upstream connections it uses then live on one thread for their whole life.
+//!
+//! Why not tokio's multi-thread runtime alone: a proxied request wakes the
+//! process twice (the caller's request, the upstream's answer), and on each
+//! wake-up the work-stealing scheduler also wakes an idle worker (a futex per
+//! request under strace) and may move the handler and the pooled upstream
+//! connection's task to different threads, which then talk through channels
+//! across cores. Keeping them on one thread measured +18% to +27% requests/s
+//! at concurrency 64 on a 2-core machine (docs/benchmarks.md). Why not
+//! SO_REUSEPORT listeners, one per worker: a second keypool started by
+//! mistake on the same port would then bind too and silently take half the
+//! connections, instead of failing with "address in use".
+//!
+//! The cost: work on one connection cannot move to an idle core, so nothing on
+//! a worker may block for long (large prompts are counted on the blocking
+//! pool for that reason).
+
+use std::future::pending;
+use std::io;
+use std::net::SocketAddr;
+use std::thread::JoinHandle as ThreadHandle;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Connections accepted but not yet taken by a busy worker, per worker.
+const HANDOFF_QUEUE: usize = 1024;
+
+/// The number of workers for a configured count: 0 means one per core.
+pub fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Serves `listener` on `workers` threads, each with the router `make_router`
+/// builds for it, until `stop` is cancelled; then lets open requests finish.
+/// The handle ends when every worker has.
+pub fn serve<F, E>(
+    listener: TcpListener,
+    workers: usize,
+    mut make_router: F,
+    stop: CancellationToken,
+) -> Result<JoinHandle<io::Result<()>>, E>
+where
+    F: FnMut() -> Result<Router, E>,
+    E: From<io::Error>,
+{
+    let addr = listener.local_addr()?;
+    let mut queues = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers.max(1) {
+        let router = make_router()?;
+        let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+        let stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("keypool-worker-{i}"))
+            .spawn(move || run_worker(Handoff { rx, addr }, router, stop))?;
+        queues.push(tx);
+        threads.push(thread);
+    }
+    Ok(tokio::spawn(async move {
+        accept(listener, queues, stop).await;
+        // The queues are closed: workers finish their open requests and end.
+        tokio::task::spawn_blocking(move || join(threads)).await.map_err(io::Error::other)?
+    }))
+}
+
+fn run_worker(handoff: Handoff, router: Router, stop: CancellationToken) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move { axum::serve(handoff, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+}
+
+fn join(threads: Vec<ThreadHandle<io::Result<()>>>) -> io::Result<()> {
+    let mut result = Ok(());
+    for thread in threads {
+        let ended = thread.join().unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a worker stopped with an error");
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// Takes connections until `stop`, handing them to the workers in turn.
+async fn accept(
+    listener: TcpListener,
+    queues: Vec<mpsc::Sender<(std::net::TcpStream, SocketAddr)>>,
+    stop: CancellationToken,
+) {
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        // Answers are written in small pieces (a status line, then stream
+        // chunks): send each at once rather than letting Nagle hold it.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        // Deregistered here, registered again with the worker's own reactor.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand a connection to a worker");
+                continue;
+            }
+        };
+        let queue = &queues[next % queues.len()];
+        next = next.wrapping_add(1);
+        if queue.send((stream, peer)).await.is_err() {
+            tracing::error!("a worker has stopped; closing the connection it was handed");
+        }
+    }
+}
+
+/// Errors from `accept` concern one connection (it was reset before being
+/// taken) or the process (out of descriptors); for the latter, pause so the
+/// loop does not spin while requests in flight give some back.
+async fn accept_failed(e: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// A worker's side of the hand-off, as axum's listener.
+struct Handoff {
+    rx: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for Handoff {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            let Some((stream, peer)) = self.rx.recv().await else {
+                // The acceptor has stopped: so has `stop`, which ends the
+                // server; there is nothing more to accept meanwhile.
+                return pending().await;
+            };
+            match TcpStream::from_std(stream) {
+                Ok(stream) => return (stream, peer),
+                Err(e) => tracing::warn!(error = %e, "could not take a connection over"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use axum::routing::get;
+
+    /// Answers with the name of the thread that served the request.
+    fn thread_name_router() -> Result<Router, io::Error> {
+        Ok(Router::new().route("/", get(|| async { std::thread::current().name().unwrap_or("unnamed").to_owned() })))
+    }
+
+    async fn get_on_new_connection(addr: SocketAddr) -> String {
+        // A client per request: each request on its own connection.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        client.get(format!("http://{addr}/")).send().await.unwrap().text().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_served_by_the_workers_in_turn() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = serve(listener, 3, thread_name_router, stop.clone()).unwrap();
+        let mut served = Vec::new();
+        for _ in 0..6 {
+            served.push(get_on_new_connection(addr).await);
+        }
+        assert_eq!(
+            served,
+            ["keypool-worker-0", "keypool-worker-1", "keypool-worker-2"].repeat(2),
+            "one connection to each worker in turn"
+        );
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "the port is closed once stopped");
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_finishes_after_stop() {
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let make = {
+            let entered = Arc::clone(&entered);
+            move || -> Result<Router, io::Error> {
+                let (entered, release) = (Arc::clone(&entered), release_rx.clone());
+                Ok(Router::new().route(
+                    "/",
+                    get(move || {
+                        let (entered, mut release) = (Arc::clone(&entered), release.clone());
+                        async move {
+                            entered.notify_one();
+                            let _ = release.wait_for(|go| *go).await;
+                            "done"
+                        }
+                    }),
+                ))
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = serve(listener, 2, make, stop.clone()).unwrap();
+        let request = tokio::spawn(get_on_new_connection(addr));
+        entered.notified().await;
+        stop.cancel();
+        // New connections are refused once the acceptor has stopped...
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the listener closes");
+        // ...while the request in flight is still answered.
+        assert!(!server.is_finished(), "the server waits for the request in flight");
+        release_tx.send(true).unwrap();
+        assert_eq!(request.await.unwrap(), "done");
+        server.await.unwrap().unwrap();
+    }
+}
