@@ -10,7 +10,8 @@
 #     this machine: two more sockets and two more wake-ups per request);
 #   - keypool's CPU time and resident memory, idle and under load;
 #   - streaming time to first byte (20 chunks 10 ms apart), direct and through keypool;
-#   - keypool's resident memory with $STREAMS concurrent open streams.
+#   - keypool's resident memory with $STREAMS concurrent open streams, callers
+#     on HTTP/1.1 (as many as the open-file limit allows) and on HTTP/2.
 # All traffic is on loopback, bounded in time; everything started is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,14 @@ echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/c
 echo
 ulimit -Hn 70000 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-# Each open stream holds two descriptors in keypool (caller and upstream).
+# With callers on HTTP/1.1 each open stream holds two descriptors in keypool
+# (caller and upstream); with callers on HTTP/2, one (upstream) plus a share of
+# a caller connection.
+STREAMS_H1=$STREAMS
 fd_room=$(( ($(ulimit -n) - 500) / 2 ))
-if [ "$STREAMS" -gt "$fd_room" ]; then
-  echo "note: the open-file limit ($(ulimit -n)) allows $fd_room streams through one keypool, not $STREAMS" >&2
-  STREAMS=$fd_room
+if [ "$STREAMS_H1" -gt "$fd_room" ]; then
+  echo "note: the open-file limit ($(ulimit -n)) allows $fd_room HTTP/1.1 streams through one keypool, not $STREAMS" >&2
+  STREAMS_H1=$fd_room
 fi
 SIM=./target/release/keypool-sim
 KP=./target/release/keypool
@@ -57,11 +61,10 @@ $SIM --listen 127.0.0.1:$ps_slow --accept-any-key --stream-chunks 30 --chunk-int
 export KEYPOOL_DATABASE_URL="sqlite://$work/keypool.db" RUST_LOG=warn
 for i in $(seq 10); do $KP keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
 TOKEN=$($KP tokens create bench 2>/dev/null)
-pk_fast=$(port); pk_stream=$(port); pk_slow=$(port)
+pk_fast=$(port); pk_stream=$(port)
 $KP serve --listen 127.0.0.1:$pk_fast --upstream http://127.0.0.1:$ps_fast/v1 & kp=$!; pids+=($kp)
 $KP serve --listen 127.0.0.1:$pk_stream --upstream http://127.0.0.1:$ps_stream/v1 & pids+=($!)
-$KP serve --listen 127.0.0.1:$pk_slow --upstream http://127.0.0.1:$ps_slow/v1 & kp_slow=$!; pids+=($kp_slow)
-for p in $pk_fast $pk_stream $pk_slow; do wait_up "http://127.0.0.1:$p/healthz"; done
+for p in $pk_fast $pk_stream; do wait_up "http://127.0.0.1:$p/healthz"; done
 pn=""
 if command -v nginx >/dev/null; then
   pn=$(port)
@@ -155,10 +158,21 @@ echo "- keypool resident memory idle, 10 keys: $((start_rss / 1024)) MB at start
 read -r dt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$ps_stream/v1/chat/completions" sk-direct 200)
 read -r kt < <(./target/release/examples/streams ttfb "http://127.0.0.1:$pk_stream/v1/chat/completions" "$TOKEN" 200)
 echo "- streaming time to first byte at concurrency 1 (20 chunks 10 ms apart): direct $dt; through keypool $kt"
-slow_idle=$(rss_kb $kp_slow)
-./target/release/examples/streams hold "http://127.0.0.1:$pk_slow/v1/chat/completions" "$TOKEN" "$STREAMS" 12 > "$work/hold.txt" &
-hold=$!
-sleep 10
-open_rss=$(rss_kb $kp_slow)
-wait $hold || true
-echo "- $STREAMS concurrent open streams through one keypool: resident memory $((slow_idle / 1024)) MB before, $((open_rss / 1024)) MB with them open ($(head -n1 "$work/hold.txt"))"
+# Open streams (30 chunks 1 s apart), each count through a fresh keypool.
+hold() { # protocol streams label
+  local p k h before during
+  p=$(port)
+  $KP serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps_slow/v1 & k=$!; pids+=($k)
+  wait_up "http://127.0.0.1:$p/healthz"
+  sleep 1
+  before=$(rss_kb $k)
+  ./target/release/examples/streams hold "http://127.0.0.1:$p/v1/chat/completions" "$TOKEN" "$2" 12 "$1" > "$work/hold.txt" &
+  h=$!
+  sleep 10
+  during=$(rss_kb $k)
+  wait $h || true
+  kill $k
+  echo "- $2 concurrent open streams through one keypool, $3: resident memory $((before / 1024)) MB before, $((during / 1024)) MB with them open, $(( (during - before) / $2 )) KB per stream ($(head -n1 "$work/hold.txt"))"
+}
+hold h1 "$STREAMS_H1" "callers on HTTP/1.1 (a connection each)"
+hold h2 "$STREAMS" "callers on HTTP/2 (100 streams per connection)"

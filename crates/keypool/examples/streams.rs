@@ -2,12 +2,17 @@
 //!
 //! - `ttfb URL TOKEN N`: N streamed chat requests one at a time; prints the
 //!   median and p99 time to the first body byte, in microseconds.
-//! - `hold URL TOKEN N SECS`: opens N streamed requests at once and keeps
-//!   reading them for SECS; prints how many were open and how many finished.
+//! - `hold URL TOKEN N SECS [h1|h2]`: opens N streamed requests at once and
+//!   keeps reading them for SECS; prints how many were open and how many
+//!   finished. With `h1` (the default) each stream has its own connection, as
+//!   SDK clients do; with `h2` the streams share HTTP/2 connections (cleartext,
+//!   prior knowledge), 100 per connection, half the server's default limit.
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+
+const STREAMS_PER_H2_CONNECTION: usize = 100;
 
 fn body() -> serde_json::Value {
     serde_json::json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 16,
@@ -17,8 +22,9 @@ fn body() -> serde_json::Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg =
-        |i: usize| args.get(i).cloned().ok_or_else(|| anyhow::anyhow!("usage: streams ttfb|hold URL TOKEN N [SECS]"));
+    let arg = |i: usize| {
+        args.get(i).cloned().ok_or_else(|| anyhow::anyhow!("usage: streams ttfb|hold URL TOKEN N [SECS [h1|h2]]"))
+    };
     let (mode, url, token) = (arg(0)?, arg(1)?, arg(2)?);
     let n: usize = arg(3)?.parse()?;
     match mode.as_str() {
@@ -43,11 +49,20 @@ async fn main() -> anyhow::Result<()> {
         }
         "hold" => {
             let secs: u64 = arg(4)?.parse()?;
-            let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+            // One client per connection wanted: h1 clients open a connection per
+            // request anyway; an h2 client multiplexes all its requests on one.
+            let clients = match args.get(5).map(String::as_str).unwrap_or("h1") {
+                "h1" => vec![reqwest::Client::builder().pool_max_idle_per_host(0).build()?],
+                "h2" => (0..n.div_ceil(STREAMS_PER_H2_CONNECTION))
+                    .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
+                    .collect::<Result<Vec<_>, _>>()?,
+                other => anyhow::bail!("unknown protocol {other}: h1 or h2"),
+            };
             let started = Instant::now();
             let tasks: Vec<_> = (0..n)
-                .map(|_| {
-                    let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                .map(|i| {
+                    let client = clients[(i / STREAMS_PER_H2_CONNECTION) % clients.len()].clone();
+                    let (url, token) = (url.clone(), token.clone());
                     tokio::spawn(async move {
                         let resp = client.post(&url).bearer_auth(&token).json(&body()).send().await.ok()?;
                         let mut stream = resp.bytes_stream();
