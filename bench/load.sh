@@ -171,8 +171,8 @@ hold() { # protocol streams label
   sleep 10
   during=$(rss_kb $k)
   wait $h || true
-  kill $k
+  kill $k 2>/dev/null || true
   echo "- $2 concurrent open streams through one keypool, $3: resident memory $((before / 1024)) MB before, $((during / 1024)) MB with them open, $(( (during - before) / $2 )) KB per stream ($(head -n1 "$work/hold.txt"))"
 }
-hold h1 "$STREAMS_H1" "callers on HTTP/1.1 (a connection each)"
+if [ "$STREAMS_H1" -gt 0 ]; then hold h1 "$STREAMS_H1" "callers on HTTP/1.1 (a connection each)"; fi
 hold h2 "$STREAMS" "callers on HTTP/2 (100 streams per connection)"

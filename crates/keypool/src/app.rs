@@ -20,6 +20,9 @@ pub struct Running {
     scheduler: Arc<Scheduler>,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    /// Stopped after the server, so usage of requests finishing during the
+    /// shutdown is in the last write.
+    sync_stop: CancellationToken,
     sync: JoinHandle<()>,
 }
 
@@ -40,8 +43,10 @@ impl Running {
     /// Stops accepting, lets open requests finish, then writes the last usage.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        self.server.await??;
+        let served = self.server.await;
+        self.sync_stop.cancel();
         self.sync.await?;
+        served??;
         Ok(())
     }
 }
@@ -96,7 +101,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         })))
     };
     let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone())?;
-    let sync = tokio::spawn(sync.run(config.sync_interval, stop.clone()));
+    let sync_stop = CancellationToken::new();
+    let sync = tokio::spawn(sync.run(config.sync_interval, sync_stop.clone()));
     tokio::spawn(crate::health::probe_keys(
         Arc::clone(&scheduler),
         upstream.clone(),
@@ -110,7 +116,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.health.upstream_probe,
         stop.clone(),
     ));
-    Ok(Running { addr, scheduler, stop, server, sync })
+    Ok(Running { addr, scheduler, stop, server, sync_stop, sync })
 }
 
 /// Keeps the in-memory state and the store in step: usage counted in memory

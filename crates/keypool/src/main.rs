@@ -13,7 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keypool::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
+// Requests are served on worker threads of their own (server::workers); this
+// runtime only accepts connections and runs the background tasks.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {

@@ -175,15 +175,16 @@ async fn a_caller_that_hangs_up_while_waiting_leaves_the_line() {
 }
 
 #[tokio::test]
-async fn a_large_prompt_is_counted_exactly_off_the_worker_thread() {
+async fn a_large_prompt_is_counted_exactly() {
     // Both tokenizers built, as they are soon after start (requests never wait for them).
     keypool::tokens::Encoding::O200k.load();
     keypool::tokens::Encoding::Cl100k.load();
     let secret = "sk-large-aaaaaaaaaaa";
     let sim = SimConfig { keys: vec![SimKey::new(secret)], ..SimConfig::default() };
     let app = spawn(sim, vec![NewKey { secret: secret.into(), tpm: Some(10_000), ..NewKey::default() }], |_| {}).await;
-    // 48 KB, over the size counted inline: ~8,000 tokens exactly, ~12,000 by the
-    // rough count of a byte in four. Only the exact count fits the key's 10,000.
+    // 48 KB (over the size counted inline, so counted on the blocking pool):
+    // ~8,000 tokens exactly, ~12,000 by the rough count of a byte in four.
+    // Only the exact count fits the key's 10,000.
     let resp = app.post("chat/completions").json(&chat(&"hello ".repeat(8_000))).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     // ~12,000 tokens exactly: more than the key can ever take in a minute.

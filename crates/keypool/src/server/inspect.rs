@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, request::Parts, Method};
+use axum::body::{Body, BodyDataStream};
+use axum::http::{header, request::Parts, Method, Version};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::de::IgnoredAny;
@@ -22,7 +22,36 @@ pub struct Inspected {
     /// Present for JSON bodies; drives the token estimate.
     pub shape: Option<PromptShape>,
     /// Set when a streamed body went over the limit part-way (no Content-Length).
-    pub overflowed: Arc<AtomicBool>,
+    pub overflow: Arc<Overflow>,
+}
+
+/// A streamed body that went over the limit part-way, and what the caller has
+/// not sent yet (read on before the 413, see [`drain`]).
+#[derive(Default)]
+pub struct Overflow {
+    hit: AtomicBool,
+    rest: std::sync::Mutex<Option<BodyDataStream>>,
+}
+
+impl Overflow {
+    pub fn happened(&self) -> bool {
+        self.hit.load(Ordering::Relaxed)
+    }
+
+    /// Reads on what the caller is still sending, bounded, and throws it away.
+    pub async fn drain_rest(&self) {
+        let rest = self.rest.lock().ok().and_then(|mut rest| rest.take());
+        if let Some(rest) = rest {
+            drain(rest).await;
+        }
+    }
+
+    fn record(&self, rest: BodyDataStream) {
+        if let Ok(mut slot) = self.rest.lock() {
+            *slot = Some(rest);
+        }
+        self.hit.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Reads or wraps the body of a request to `/v1/{rest}`.
@@ -31,17 +60,23 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        drain(body.into_data_stream()).await;
+        // A caller waiting for `100 Continue` has sent nothing, and over
+        // HTTP/2 the stream alone is reset: only an HTTP/1 caller already
+        // sending needs to be read on.
+        let expects_continue = parts.headers.get(header::EXPECT).is_some();
+        if parts.version < Version::HTTP_2 && !expects_continue {
+            drain(body.into_data_stream()).await;
+        }
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let overflowed = Arc::new(AtomicBool::new(false));
+    let overflow = Arc::new(Overflow::default());
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if http_body::Body::size_hint(&body).exact() == Some(0) {
         // No body (a GET): nothing to stream, and it can be sent again on a retry.
-        return Ok(Inspected { body: OutBody::Bytes(Bytes::new()), shape: None, overflowed });
+        return Ok(Inspected { body: OutBody::Bytes(Bytes::new()), shape: None, overflow });
     }
     if !is_json_candidate(&parts.method, content_type, rest) {
-        return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflowed)), shape: None, overflowed });
+        return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflow)), shape: None, overflow });
     }
     let bytes = collect(body, limit).await?;
     let shape = if bytes.is_empty() {
@@ -51,9 +86,13 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
     } else {
         let (body, rest) = (bytes.clone(), rest.to_owned());
         let shaped = tokio::task::spawn_blocking(move || shape_of(&body, &rest, exact)).await;
-        Some(shaped.map_err(|_| ApiError::Internal("reading the request body failed"))??)
+        let shaped = shaped.map_err(|e| {
+            tracing::error!(error = %e, "counting a prompt's tokens failed");
+            ApiError::Internal("keypool failed to count the prompt's tokens")
+        })?;
+        Some(shaped?)
     };
-    Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflowed })
+    Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflow })
 }
 
 /// Bodies above this size are parsed and counted on the blocking pool: at
@@ -104,10 +143,12 @@ async fn collect(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
-/// Streams an upload through, stopping it if it grows past the limit.
-fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
+/// Streams an upload through, stopping it if it grows past the limit (the
+/// rest is left in `overflow` for the handler to drain once the upstream
+/// attempt has failed, not read here while the upstream waits).
+fn streamed(body: Body, limit: u64, overflow: Arc<Overflow>) -> OutBody {
     let stream = futures_util::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| {
-        let overflowed = Arc::clone(&overflowed);
+        let overflow = Arc::clone(&overflow);
         async move {
             let (mut data, mut seen) = state?;
             let chunk = match data.next().await? {
@@ -116,8 +157,7 @@ fn streamed(body: Body, limit: u64, overflowed: Arc<AtomicBool>) -> OutBody {
             };
             seen += chunk.len() as u64;
             if seen > limit {
-                overflowed.store(true, Ordering::Relaxed);
-                drain(data).await;
+                overflow.record(data);
                 return Some((Err(std::io::Error::other("request body over the configured limit")), None));
             }
             Some((Ok(chunk), Some((data, seen))))

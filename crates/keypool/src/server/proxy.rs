@@ -1,7 +1,6 @@
 //! The pass-through handler for everything under `/v1/`: inspect, lease a
 //! key, send, and retry on another key while nothing has reached the caller.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,9 +148,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 app.note_upstream_failure();
                 Failed::Network { timed_out: true }
             }
-            Ok(Err(_)) if inspected.overflowed.load(Ordering::Relaxed) => {
+            Ok(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
                 lease.give_back();
+                inspected.overflow.drain_rest().await;
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
             Ok(Err(e)) => {

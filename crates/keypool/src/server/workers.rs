@@ -36,6 +36,9 @@ use tokio_util::sync::CancellationToken;
 /// Connections accepted but not yet taken by a busy worker, per worker.
 const HANDOFF_QUEUE: usize = 1024;
 
+type Conn = (std::net::TcpStream, SocketAddr);
+type Queue = mpsc::Sender<Conn>;
+
 /// The number of workers for a configured count: 0 means one per core.
 pub fn worker_count(configured: usize) -> usize {
     match configured {
@@ -45,8 +48,9 @@ pub fn worker_count(configured: usize) -> usize {
 }
 
 /// Serves `listener` on `workers` threads, each with the router `make_router`
-/// builds for it, until `stop` is cancelled; then lets open requests finish.
-/// The handle ends when every worker has.
+/// builds for it, until `stop` is cancelled (or the returned task dropped);
+/// then stops accepting, serves the connections already handed over, and lets
+/// open requests finish. The handle ends when every worker has.
 pub fn serve<F, E>(
     listener: TcpListener,
     workers: usize,
@@ -63,23 +67,35 @@ where
     for i in 0..workers.max(1) {
         let router = make_router()?;
         let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-        let stop = stop.clone();
+        // A worker ends once its queue is closed (the acceptor stopped or was
+        // dropped) and empty; an error here drops the queues made so far, so
+        // the workers already started end too.
+        let handoff = Handoff { rx, addr, closed: CancellationToken::new() };
         let thread = std::thread::Builder::new()
             .name(format!("keypool-worker-{i}"))
-            .spawn(move || run_worker(Handoff { rx, addr }, router, stop))?;
+            .spawn(move || run_worker(handoff, router))
+            .map_err(|e| io::Error::new(e.kind(), format!("starting worker thread {i}: {e}")))?;
         queues.push(tx);
         threads.push(thread);
     }
     Ok(tokio::spawn(async move {
         accept(listener, queues, stop).await;
-        // The queues are closed: workers finish their open requests and end.
         tokio::task::spawn_blocking(move || join(threads)).await.map_err(io::Error::other)?
     }))
 }
 
-fn run_worker(handoff: Handoff, router: Router, stop: CancellationToken) -> io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move { axum::serve(handoff, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+fn run_worker(handoff: Handoff, router: Router) -> io::Result<()> {
+    let closed = handoff.closed.clone();
+    let ended = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+        runtime.block_on(
+            async move { axum::serve(handoff, router).with_graceful_shutdown(closed.cancelled_owned()).await },
+        )
+    });
+    if let Err(e) = &ended {
+        // Said at once: the acceptor leaves this worker out from now on.
+        tracing::error!(error = %e, worker = ?std::thread::current().name(), "a worker stopped");
+    }
+    ended
 }
 
 fn join(threads: Vec<ThreadHandle<io::Result<()>>>) -> io::Result<()> {
@@ -87,7 +103,6 @@ fn join(threads: Vec<ThreadHandle<io::Result<()>>>) -> io::Result<()> {
     for thread in threads {
         let ended = thread.join().unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
         if let Err(e) = ended {
-            tracing::error!(error = %e, "a worker stopped with an error");
             result = Err(e);
         }
     }
@@ -95,14 +110,11 @@ fn join(threads: Vec<ThreadHandle<io::Result<()>>>) -> io::Result<()> {
 }
 
 /// Takes connections until `stop`, handing them to the workers in turn.
-async fn accept(
-    listener: TcpListener,
-    queues: Vec<mpsc::Sender<(std::net::TcpStream, SocketAddr)>>,
-    stop: CancellationToken,
-) {
+async fn accept(listener: TcpListener, mut queues: Vec<Queue>, stop: CancellationToken) {
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
@@ -119,19 +131,59 @@ async fn accept(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         // Deregistered here, registered again with the worker's own reactor.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
+        let mut conn = match stream.into_std() {
+            Ok(stream) => (stream, peer),
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand a connection to a worker");
                 continue;
             }
         };
-        let queue = &queues[next % queues.len()];
-        next = next.wrapping_add(1);
-        if queue.send((stream, peer)).await.is_err() {
-            tracing::error!("a worker has stopped; closing the connection it was handed");
+        loop {
+            match try_hand_off(&mut queues, &mut next, conn) {
+                Ok(()) => break,
+                Err(_) if queues.is_empty() => {
+                    tracing::error!("every worker has stopped: no longer accepting connections");
+                    return;
+                }
+                Err(back) => {
+                    // Every worker has a full queue: wait for room (new
+                    // connections wait in the listen backlog meanwhile).
+                    conn = back;
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    }
+                }
+            }
         }
     }
+}
+
+/// Gives `conn` to the next worker with room, skipping full queues and taking
+/// stopped workers out of the rotation; gives it back when none has room.
+fn try_hand_off(queues: &mut Vec<Queue>, next: &mut usize, mut conn: Conn) -> Result<(), Conn> {
+    let mut full = 0;
+    while full < queues.len() {
+        let i = *next % queues.len();
+        match queues[i].try_send(conn) {
+            Ok(()) => {
+                *next = i + 1;
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                conn = back;
+                full += 1;
+                *next = i + 1;
+            }
+            Err(mpsc::error::TrySendError::Closed(back)) => {
+                conn = back;
+                queues.remove(i);
+                tracing::warn!(left = queues.len(), "a stopped worker is out of the rotation");
+            }
+        }
+    }
+    Err(conn)
 }
 
 /// Errors from `accept` concern one connection (it was reset before being
@@ -148,8 +200,10 @@ async fn accept_failed(e: io::Error) {
 
 /// A worker's side of the hand-off, as axum's listener.
 struct Handoff {
-    rx: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+    rx: mpsc::Receiver<Conn>,
     addr: SocketAddr,
+    /// Cancelled when the queue is closed and empty: the worker's shutdown signal.
+    closed: CancellationToken,
 }
 
 impl axum::serve::Listener for Handoff {
@@ -159,8 +213,9 @@ impl axum::serve::Listener for Handoff {
     async fn accept(&mut self) -> (TcpStream, SocketAddr) {
         loop {
             let Some((stream, peer)) = self.rx.recv().await else {
-                // The acceptor has stopped: so has `stop`, which ends the
-                // server; there is nothing more to accept meanwhile.
+                // Every connection handed over has been taken: shut down
+                // (axum stops calling accept once `closed` is seen).
+                self.closed.cancel();
                 return pending().await;
             };
             match TcpStream::from_std(stream) {
