@@ -48,9 +48,10 @@ pub fn worker_count(configured: usize) -> usize {
 }
 
 /// Serves `listener` on `workers` threads, each with the router `make_router`
-/// builds for it, until `stop` is cancelled (or the returned task dropped);
-/// then stops accepting, serves the connections already handed over, and lets
-/// open requests finish. The handle ends when every worker has.
+/// builds for it, until `stop` is cancelled (or the runtime running the
+/// returned task shuts down); then stops accepting, serves the connections
+/// already handed over, and lets open requests finish. The handle ends when
+/// every worker has.
 pub fn serve<F, E>(
     listener: TcpListener,
     workers: usize,
