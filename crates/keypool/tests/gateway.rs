@@ -198,6 +198,31 @@ async fn relay_prefix_query_and_headers_pass_through_and_the_key_replaces_the_to
 }
 
 #[tokio::test]
+async fn an_outbound_proxy_carries_every_request() {
+    // The simulator plays the proxy. The upstream's host cannot resolve
+    // (.invalid), so an answer can only come through the proxy, which is asked
+    // for the upstream's absolute URL as HTTP proxies are.
+    let app = spawn(sim_with(&[("sk-proxy-aaaaaaaaaaa", None)]), vec![key("sk-proxy-aaaaaaaaaaa", None)], |c| {
+        let sim = c.upstream.trim_end_matches("/v1").to_owned();
+        c.proxy = Some(sim);
+        c.upstream = "http://upstream.keypool.invalid/v1".into();
+    })
+    .await;
+    let resp = app.post("echo/through?x=1").body("hello").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/v1/echo/through");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["body_len"], 5);
+    assert_eq!(echo["headers"]["host"], "upstream.keypool.invalid");
+    assert_eq!(echo["headers"]["authorization"], "Bearer sk-proxy-aaaaaaaaaaa");
+    let resp = app.post("chat/completions").json(&chat("via the proxy")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["usage"]["total_tokens"].as_u64().is_some_and(|t| t > 0), "{body}");
+}
+
+#[tokio::test]
 async fn large_uploads_stream_through_and_binary_answers_come_back() {
     let app = spawn(sim_with(&[("sk-upl-aaaaaaaaaaaaa", None)]), vec![key("sk-upl-aaaaaaaaaaaaa", None)], |_| {}).await;
     let chunks = futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b'z'; 64 * 1024])));

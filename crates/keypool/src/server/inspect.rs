@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::tokens::{self, Counter, Encoding, PromptShape};
-use crate::upstream::OutBody;
+use crate::upstream::{BodyError, OutBody};
 
 /// What inspection learned, and the body to send on.
 pub struct Inspected {
@@ -153,17 +153,17 @@ fn streamed(body: Body, limit: u64, overflow: Arc<Overflow>) -> OutBody {
             let (mut data, mut seen) = state?;
             let chunk = match data.next().await? {
                 Ok(chunk) => chunk,
-                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+                Err(e) => return Some((Err(BodyError::from(e)), None)),
             };
             seen += chunk.len() as u64;
             if seen > limit {
                 overflow.record(data);
-                return Some((Err(std::io::Error::other("request body over the configured limit")), None));
+                return Some((Err(BodyError::from("request body over the configured limit")), None));
             }
             Some((Ok(chunk), Some((data, seen))))
         }
     });
-    OutBody::Stream(reqwest::Body::wrap_stream(stream))
+    OutBody::Stream(Box::pin(stream))
 }
 
 /// Most of a refused body read and thrown away, and for how long. A server

@@ -13,8 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::Price;
 use crate::scheduler::{KeyLease, Outcome, Verdict};
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+use crate::upstream::{BodyError, ByteStream};
 
 /// Each chunk is forwarded as it arrives (never buffered whole) while the
 /// tap reads usage from it; a usage event keypool asked for itself is
@@ -87,7 +86,7 @@ fn error_event(why: &str) -> Bytes {
 }
 
 impl Stream for Metered {
-    type Item = reqwest::Result<Bytes>;
+    type Item = Result<Bytes, BodyError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use http_body_util::{BodyDataStream, BodyExt};
 use keypool_sse::{BodyKind, UsageStripper, UsageTap};
 use tokio::time::Instant;
 
@@ -20,7 +21,7 @@ use super::AppState;
 use crate::config::AuthMode;
 use crate::scheduler::{Demand, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
-use crate::upstream::{classify, copy_response_headers, rate_info, OutBody, UpstreamError};
+use crate::upstream::{classify, copy_response_headers, rate_info, Answer, BodyError, OutBody, UpstreamError};
 
 /// Largest error body read to learn what it says about the key.
 const ERROR_BODY_CAP: usize = 64 * 1024;
@@ -188,7 +189,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
 /// unchanged, or report a failure the policy retries.
 async fn answer(
     app: &AppState,
-    mut upstream: reqwest::Response,
+    upstream: Answer,
     lease: KeyLease,
     price: Option<crate::config::Price>,
     strip_usage: bool,
@@ -208,25 +209,28 @@ async fn answer(
 
     if !status.is_success() {
         // Error bodies are small: read them to learn what they say about the key.
+        let (head, mut rest) = upstream.into_parts();
         let mut prefix = Vec::new();
         let mut complete = true;
         loop {
-            match upstream.chunk().await {
-                Ok(Some(chunk)) => {
+            match rest.frame().await {
+                Some(Ok(frame)) => {
+                    // Trailers, if any, say nothing about the key.
+                    let Ok(chunk) = frame.into_data() else { continue };
                     prefix.extend_from_slice(&chunk);
                     if prefix.len() > ERROR_BODY_CAP {
                         complete = false;
                         break;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
+                None => break,
+                Some(Err(e)) => {
                     tracing::warn!(key_id = lease.key_id(), error = %e, "upstream error body failed part-way");
                     break;
                 }
             }
         }
-        let verdict = classify(status, upstream.headers(), &prefix);
+        let verdict = classify(status, &head.headers, &prefix);
         lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict });
         if matches!(
             verdict,
@@ -235,16 +239,16 @@ async fn answer(
             return Err(Failed::Status { status, verdict });
         }
         // The caller's own error (or a redirect): unchanged, on the first attempt.
-        let head = futures_util::stream::once(async move { Ok::<_, reqwest::Error>(Bytes::from(prefix)) });
+        let read = futures_util::stream::once(async move { Ok::<_, BodyError>(Bytes::from(prefix)) });
         let body =
-            if complete { Body::from_stream(head) } else { Body::from_stream(head.chain(upstream.bytes_stream())) };
+            if complete { Body::from_stream(read) } else { Body::from_stream(read.chain(BodyDataStream::new(rest))) };
         return Ok(respond(status, headers, body));
     }
 
     let kind = BodyKind::from_content_type(content_type.as_deref());
     let timeouts = &app.config.timeouts;
     let metered = Metered::new(
-        upstream.bytes_stream().boxed(),
+        BodyDataStream::new(upstream.into_body()).boxed(),
         UsageTap::new(kind),
         strip_usage.then(UsageStripper::new),
         lease,

@@ -5,11 +5,11 @@ use super::*;
 fn joins_paths_under_a_relay_prefix() {
     let up = Upstream::new("https://relay.example.com/proxy/v1", None, Duration::from_secs(1)).unwrap();
     assert_eq!(
-        up.url_for("chat/completions", Some("a=1&b=2")).unwrap().as_str(),
+        up.url_for("chat/completions", Some("a=1&b=2")).unwrap().to_string(),
         "https://relay.example.com/proxy/v1/chat/completions?a=1&b=2"
     );
     let up = Upstream::new("https://api.openai.com/v1/", None, Duration::from_secs(1)).unwrap();
-    assert_eq!(up.url_for("/models/gpt-4o", None).unwrap().as_str(), "https://api.openai.com/v1/models/gpt-4o");
+    assert_eq!(up.url_for("/models/gpt-4o", None).unwrap().to_string(), "https://api.openai.com/v1/models/gpt-4o");
 }
 
 #[test]
@@ -62,5 +62,13 @@ fn paths_cannot_climb_out_of_the_base() {
     let up = Upstream::new("https://relay.example.com/proxy/v1", None, Duration::from_secs(1)).unwrap();
     assert!(up.url_for("../../echo", None).is_none());
     assert!(up.url_for("%2e%2e/%2E%2E/echo", None).is_none());
-    assert!(up.url_for("models/../chat/completions", None).is_some());
+    assert_eq!(
+        up.url_for("models/../chat/completions", None).unwrap().to_string(),
+        "https://relay.example.com/proxy/v1/chat/completions"
+    );
+    assert_eq!(
+        up.url_for("models/gpt-4.1", None).unwrap().to_string(),
+        "https://relay.example.com/proxy/v1/models/gpt-4.1",
+        "a dot inside a segment is not a dot segment"
+    );
 }
