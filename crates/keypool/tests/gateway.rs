@@ -286,22 +286,66 @@ async fn an_unreachable_upstream_is_a_clear_502() {
 #[tokio::test]
 async fn dot_segments_cannot_escape_the_relay_prefix() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sim = SimConfig { path_prefix: "/proxy/v1".into(), ..sim_with(&[("sk-dots-aaaaaaaaaaaa", None)]) };
-    let app = spawn(sim, vec![key("sk-dots-aaaaaaaaaaaa", None)], |_| {}).await;
-    // HTTP clients normalise dot segments away; a raw request keeps them, as an attacker's would.
-    for path in ["/v1/../../_sim/stats", "/v1/%2e%2e/%2E%2e/_sim/stats", "/v1/models/../../../x"] {
-        let mut conn = tokio::net::TcpStream::connect(app.gateway.addr()).await.unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            app.token
-        );
-        conn.write_all(req.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
-        assert!(answer.contains("invalid_path"), "{answer}");
+    // Directly, and through an outbound proxy (the simulator again), whose
+    // client re-parses the URL: a backslash there would become a slash.
+    for proxied in [false, true] {
+        let sim = SimConfig { path_prefix: "/proxy/v1".into(), ..sim_with(&[("sk-dots-aaaaaaaaaaaa", None)]) };
+        let app = spawn(sim, vec![key("sk-dots-aaaaaaaaaaaa", None)], |c| {
+            if proxied {
+                let origin = c.upstream.trim_end_matches("/proxy/v1").to_owned();
+                c.proxy = Some(origin);
+                c.upstream = "http://upstream.keypool.invalid/proxy/v1".into();
+            }
+        })
+        .await;
+        // HTTP clients normalise dot segments away; a raw request keeps them, as an attacker's would.
+        for path in [
+            "/v1/../../_sim/stats",
+            "/v1/%2e%2e/%2E%2e/_sim/stats",
+            "/v1/models/../../../x",
+            "/v1/..\\..\\_sim/stats",
+            "/v1/models\\..\\..\\..\\x",
+            "/v1/.%2E/%2e./_sim/stats",
+        ] {
+            let mut conn = tokio::net::TcpStream::connect(app.gateway.addr()).await.unwrap();
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                app.token
+            );
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.starts_with("HTTP/1.1 400"), "{path} (proxied: {proxied}): {answer}");
+            assert!(answer.contains("invalid_path"), "{answer}");
+        }
+        assert_eq!(app.sim.stats().total_requests, 0, "proxied: {proxied}");
     }
-    assert_eq!(app.sim.stats().total_requests, 0);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_completes_its_handshake_times_out_as_a_connect_failure() {
+    // A server that accepts TCP but never answers the TLS handshake: the
+    // connect timeout covers the whole connection, not only the TCP part.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let app = spawn(sim_with(&[("sk-tls-aaaaaaaaaaaaa", None)]), vec![key("sk-tls-aaaaaaaaaaaaa", None)], |c| {
+        c.upstream = format!("https://127.0.0.1:{port}/v1");
+        c.timeouts.connect = Duration::from_millis(300);
+        c.timeouts.first_byte = Duration::from_secs(60);
+        c.retry.max_retries = 0;
+    })
+    .await;
+    let started = Instant::now();
+    let resp = app.post("chat/completions").json(&chat("hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 502, "a connect failure, not the first-byte timeout's 504");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    held.abort();
 }
 
 #[tokio::test]

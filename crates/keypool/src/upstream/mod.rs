@@ -57,9 +57,6 @@ pub type Answer = http::Response<UnsyncBoxBody<Bytes, BodyError>>;
 
 type SendBody = UnsyncBoxBody<Bytes, BodyError>;
 
-/// Most bytes read from an upstream connection at a time.
-const UPSTREAM_READ_BUF: usize = 4096;
-
 /// How requests reach the upstream.
 ///
 /// Directly, hyper's pooled client: callgrind counted ~122k instructions per
@@ -71,7 +68,7 @@ const UPSTREAM_READ_BUF: usize = 4096;
 /// credentials), and a proxy's own hop costs far more than those layers.
 #[derive(Clone)]
 enum Transport {
-    Direct(Box<Client<HttpsConnector<HttpConnector>, SendBody>>),
+    Direct(Box<Client<Connector, SendBody>>),
     Proxied(reqwest::Client),
 }
 
@@ -99,44 +96,25 @@ impl Upstream {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        // The caller's query replaces the base's, and a fragment is never sent.
+        base.set_query(None);
+        base.set_fragment(None);
         let idle = Duration::from_secs(90);
-        let transport = match proxy {
-            None => {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(connect_timeout));
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_webpki_roots()
-                    .https_or_http()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http);
-                Transport::Direct(Box::new(
-                    Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(idle)
-                        .pool_timer(TokioTimer::new())
-                        // Reads of one page at most: an open stream's upstream connection
-                        // then holds a 4 KB buffer, not hyper's adaptive 8 KB and up
-                        // (10,000 open streams: 268 MB instead of 291 MB resident, 2-core
-                        // VM). Answers are mostly small SSE events or JSON under 4 KB;
-                        // a large one costs a few more reads.
-                        .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
-                        .build(https),
-                ))
+        let env_proxy = proxy_in_env(|name| std::env::var_os(name));
+        let transport = if proxy.is_none() && !env_proxy {
+            Transport::Direct(Box::new(direct_client(connect_timeout, idle)?))
+        } else {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                .pool_idle_timeout(idle)
+                .tcp_nodelay(true)
+                // keypool forwards redirects to the caller rather than following them with a key attached.
+                .redirect(reqwest::redirect::Policy::none());
+            // Without `proxy`, reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY itself.
+            if let Some(proxy) = proxy {
+                builder = builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| UpstreamError::Client(e.to_string()))?);
             }
-            Some(proxy) => {
-                let client = reqwest::Client::builder()
-                    .connect_timeout(connect_timeout)
-                    .pool_idle_timeout(idle)
-                    .tcp_nodelay(true)
-                    // keypool forwards redirects to the caller rather than following them with a key attached.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .proxy(reqwest::Proxy::all(proxy).map_err(|e| UpstreamError::Client(e.to_string()))?)
-                    .build()
-                    .map_err(|e| UpstreamError::Client(e.to_string()))?;
-                Transport::Proxied(client)
-            }
+            Transport::Proxied(builder.build().map_err(|e| UpstreamError::Client(e.to_string()))?)
         };
         Ok(Upstream { transport, base })
     }
@@ -146,14 +124,15 @@ impl Upstream {
     /// prefix must not be escaped with a key attached).
     pub fn url_for(&self, rest: &str, query: Option<&str>) -> Option<Uri> {
         let rest = rest.trim_start_matches('/');
-        if has_dot_segment(rest) {
-            // Resolved as a browser would, then checked to stay under the base.
+        if !plain_path(rest) || query.is_some_and(|q| !q.bytes().all(url_safe)) || has_dot_segment(rest) {
+            // Resolved as a browser would (`\` as `/`, dot segments applied,
+            // other bytes percent-encoded), then checked to stay under the base.
             let mut url = self.base.clone();
             url.set_path(&format!("{}{rest}", self.base.path()));
             url.set_query(query);
             return if url.path().starts_with(self.base.path()) { Uri::try_from(url.as_str()).ok() } else { None };
         }
-        // The usual case: the caller's path (already a valid URI path) appended.
+        // The usual case: a path of plain URL characters without dot segments, appended.
         let mut url = String::with_capacity(self.base.as_str().len() + rest.len() + query.map_or(0, |q| q.len() + 1));
         url.push_str(self.base.as_str());
         url.push_str(rest);
@@ -207,6 +186,9 @@ impl Upstream {
             }
         }
         headers.insert(http::header::AUTHORIZATION, bearer(key).ok_or(UpstreamError::UnusableKey(key_id))?);
+        if !headers.contains_key(http::header::ACCEPT) {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
         if let OutBody::Stream(_) = body {
             // Keep the caller's length (already checked against the limit):
             // some relays refuse or buffer chunked uploads.
@@ -237,13 +219,12 @@ impl Upstream {
                 *request.method_mut() = method;
                 *request.uri_mut() = url;
                 *request.headers_mut() = headers;
-                // hyper's errors name neither the URL (which may be a relay's
-                // secret address) nor the key.
+                // Described without the URL (it may be a relay's secret address).
                 let answer = client.request(request).await.map_err(|e| {
                     if e.is_connect() {
-                        UpstreamError::Connect(chain(&e))
+                        UpstreamError::Connect(describe(&e))
                     } else {
-                        UpstreamError::Request(chain(&e))
+                        UpstreamError::Request(describe(&e))
                     }
                 })?;
                 Ok(answer.map(|b| b.map_err(BodyError::from).boxed_unsync()))
@@ -257,9 +238,9 @@ impl Upstream {
                 // The URL is kept out of errors: it may be a relay's secret address.
                 let answer = client.request(method, url).headers(headers).body(body).send().await.map_err(|e| {
                     if e.is_connect() {
-                        UpstreamError::Connect(chain(&e.without_url()))
+                        UpstreamError::Connect(describe(&e.without_url()))
                     } else {
-                        UpstreamError::Request(chain(&e.without_url()))
+                        UpstreamError::Request(describe(&e.without_url()))
                     }
                 })?;
                 let answer: http::Response<reqwest::Body> = answer.into();
@@ -276,20 +257,33 @@ fn bearer(key: &SecretString) -> Option<HeaderValue> {
     Some(auth)
 }
 
-/// An error and its causes on one line ("client error (Connect): tcp connect
-/// error: Connection refused").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut said = e.to_string();
+/// What failed, for logs: the client's own message and, when the network
+/// said why, the kind of I/O error ("connection refused", "timed out").
+/// Deeper causes are left out: TLS errors name the host, and the upstream's
+/// address may be a relay's secret.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source = e.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
-        if !said.contains(&text) {
-            said.push_str(": ");
-            said.push_str(&text);
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return format!("{e}: {}", io.kind());
+        }
+        if cause.is::<ConnectTimeout>() {
+            return format!("{e}: {cause}");
         }
         source = cause.source();
     }
-    said
+    e.to_string()
+}
+
+/// Bytes that may stand in a URL path or query as they are.
+fn url_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/?".contains(&b)
+}
+
+/// A path of plain URL characters: nothing a URL parser would rewrite
+/// (`\` read as `/`, bytes to percent-encode).
+fn plain_path(path: &str) -> bool {
+    path.bytes().all(|b| url_safe(b) && b != b'?')
 }
 
 /// Whether a path has `.` or `..` segments, written plainly or percent-encoded.
@@ -299,6 +293,74 @@ fn has_dot_segment(path: &str) -> bool {
             let plain = segment.to_ascii_lowercase().replace("%2e", ".");
             plain == "." || plain == ".."
         })
+}
+
+/// Whether the environment names an outbound proxy (as curl and reqwest read it).
+fn proxy_in_env(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| var(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// hyper's pooled client over TCP (and TLS for https, HTTP/2 when the server
+/// offers it), with the keep-alive probes and timeouts reqwest used to set.
+fn direct_client(connect_timeout: Duration, idle: Duration) -> Result<Client<Connector, SendBody>, UpstreamError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    // Dead pooled connections (a NAT that forgot them) are found by the
+    // kernel instead of hanging a request until its first-byte timeout.
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    // The crypto provider is named rather than taken from the process default,
+    // which would be ambiguous (a start-up panic) if a dependency ever enabled a second one.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| UpstreamError::Client(format!("TLS setup: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle)
+        .pool_timer(TokioTimer::new())
+        .build(Connector { inner: https, timeout: connect_timeout }))
+}
+
+/// The connection to the upstream, name lookup, TCP and TLS handshake
+/// together, within the connect timeout (hyper's connector times only each
+/// TCP attempt). A connector that fails is a connect error to the client.
+#[derive(Clone)]
+struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within {0:?}")]
+struct ConnectTimeout(Duration);
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+    type Error = BodyError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BodyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BodyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(ConnectTimeout(timeout)) as BodyError),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

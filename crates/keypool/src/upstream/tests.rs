@@ -72,3 +72,39 @@ fn paths_cannot_climb_out_of_the_base() {
         "a dot inside a segment is not a dot segment"
     );
 }
+
+#[test]
+fn backslashes_and_unusual_bytes_take_the_careful_path() {
+    let up = Upstream::new("https://relay.example.com/proxy/v1#frag", None, Duration::from_secs(1)).unwrap();
+    assert!(up.url_for("..\\..\\echo", None).is_none(), "a backslash is a slash to URL parsers");
+    assert!(up.url_for("models\\..\\..\\..\\x", None).is_none());
+    assert_eq!(up.url_for("a\\b", None).unwrap().to_string(), "https://relay.example.com/proxy/v1/a/b");
+    assert_eq!(
+        up.url_for("files/résumé", Some("q=\"x\"")).unwrap().to_string(),
+        "https://relay.example.com/proxy/v1/files/r%C3%A9sum%C3%A9?q=%22x%22"
+    );
+    let up = Upstream::new("https://relay.example.com/v1?secret=1", None, Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        up.url_for("models", Some("limit=2")).unwrap().to_string(),
+        "https://relay.example.com/v1/models?limit=2",
+        "the caller's query replaces the base's"
+    );
+}
+
+#[test]
+fn proxy_variables_in_the_environment_are_noticed() {
+    let none = |_: &str| None;
+    assert!(!proxy_in_env(none));
+    assert!(proxy_in_env(|n: &str| (n == "https_proxy").then(|| "http://p:3128".into())));
+    assert!(proxy_in_env(|n: &str| (n == "ALL_PROXY").then(|| "socks5://p:1080".into())));
+    assert!(!proxy_in_env(|n: &str| (n == "HTTP_PROXY").then(|| "".into())), "empty means unset");
+}
+
+#[test]
+fn failures_are_described_without_addresses() {
+    let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by relay.secret.example:443");
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+    assert_eq!(describe(&Outer(refused)), "client error (Connect): connection refused");
+}
