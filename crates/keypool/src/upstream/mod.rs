@@ -52,10 +52,11 @@ pub enum OutBody {
     Stream(ByteStream),
 }
 
-/// The upstream's answer, whichever client carried it; its body streams.
-pub type Answer = http::Response<UnsyncBoxBody<Bytes, BodyError>>;
+/// A body going either way, whichever client carries it; it streams.
+pub type BoxedBody = UnsyncBoxBody<Bytes, BodyError>;
 
-type SendBody = UnsyncBoxBody<Bytes, BodyError>;
+/// The upstream's answer.
+pub type Answer = http::Response<BoxedBody>;
 
 /// How requests reach the upstream.
 ///
@@ -68,7 +69,7 @@ type SendBody = UnsyncBoxBody<Bytes, BodyError>;
 /// credentials), and a proxy's own hop costs far more than those layers.
 #[derive(Clone)]
 enum Transport {
-    Direct(Box<Client<Connector, SendBody>>),
+    Direct(Box<Client<Connector, BoxedBody>>),
     Proxied(reqwest::Client),
 }
 
@@ -304,7 +305,7 @@ fn proxy_in_env(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
 
 /// hyper's pooled client over TCP (and TLS for https, HTTP/2 when the server
 /// offers it), with the keep-alive probes and timeouts reqwest used to set.
-fn direct_client(connect_timeout: Duration, idle: Duration) -> Result<Client<Connector, SendBody>, UpstreamError> {
+fn direct_client(connect_timeout: Duration, idle: Duration) -> Result<Client<Connector, BoxedBody>, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
