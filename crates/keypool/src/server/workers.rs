@@ -21,17 +21,26 @@
 //! a worker may block for long (large prompts are counted on the blocking
 //! pool for that reason).
 
-use std::future::pending;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connections accepted but not yet taken by a busy worker, per worker.
 const HANDOFF_QUEUE: usize = 1024;
@@ -62,7 +71,6 @@ where
     F: FnMut() -> Result<Router, E>,
     E: From<io::Error>,
 {
-    let addr = listener.local_addr()?;
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers.max(1) {
@@ -71,10 +79,9 @@ where
         // A worker ends once its queue is closed (the acceptor stopped or was
         // dropped) and empty; an error here drops the queues made so far, so
         // the workers already started end too.
-        let handoff = Handoff { rx, addr, closed: CancellationToken::new() };
         let thread = std::thread::Builder::new()
             .name(format!("keypool-worker-{i}"))
-            .spawn(move || run_worker(handoff, router))
+            .spawn(move || run_worker(rx, router))
             .map_err(|e| io::Error::new(e.kind(), format!("starting worker thread {i}: {e}")))?;
         queues.push(tx);
         threads.push(thread);
@@ -85,13 +92,11 @@ where
     }))
 }
 
-fn run_worker(handoff: Handoff, router: Router) -> io::Result<()> {
-    let closed = handoff.closed.clone();
-    let ended = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
-        runtime.block_on(
-            async move { axum::serve(handoff, router).with_graceful_shutdown(closed.cancelled_owned()).await },
-        )
-    });
+fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router) -> io::Result<()> {
+    let ended = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|runtime| runtime.block_on(serve_handed_over(handoff, router)));
     if let Err(e) = &ended {
         // Said at once: the acceptor leaves this worker out from now on.
         tracing::error!(error = %e, worker = ?std::thread::current().name(), "a worker stopped");
@@ -199,36 +204,122 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// A worker's side of the hand-off, as axum's listener.
-struct Handoff {
-    rx: mpsc::Receiver<Conn>,
-    addr: SocketAddr,
-    /// Cancelled when the queue is closed and empty: the worker's shutdown signal.
-    closed: CancellationToken,
-}
-
-impl axum::serve::Listener for Handoff {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            let Some((stream, peer)) = self.rx.recv().await else {
-                // Every connection handed over has been taken: shut down
-                // (axum stops calling accept once `closed` is seen).
-                self.closed.cancel();
-                return pending().await;
-            };
-            match TcpStream::from_std(stream) {
-                Ok(stream) => return (stream, peer),
-                Err(e) => tracing::warn!(error = %e, "could not take a connection over"),
+/// Serves the connections handed to this worker until its queue is closed
+/// (the acceptor stopped) and empty; then asks every connection to finish
+/// (idle ones close, open requests complete) and waits for them.
+async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router) {
+    let protocols = Arc::new(Protocols::new());
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
+    while let Some((stream, _peer)) = handoff.recv().await {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                connections.spawn(serve_connection(stream, router.clone(), Arc::clone(&protocols), closing.clone()));
             }
+            Err(e) => tracing::warn!(error = %e, "could not take a connection over"),
         }
     }
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
+}
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
+/// The HTTP settings every connection of a worker is served with.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new() -> Protocols {
+        Protocols { http1: http1::Builder::new(), http2: http2::Builder::new(TokioExecutor::new()) }
     }
+}
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, PartialEq)]
+enum Spoken {
+    Http1,
+    /// HTTP/2 with prior knowledge: the connection preface.
+    Http2,
+    /// Part of the preface so far, or nothing readable yet: left to hyper's
+    /// own detection, which reads until it knows.
+    Unsure,
+}
+
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn spoken(first: &[u8]) -> Spoken {
+    let n = first.len().min(HTTP2_PREFACE.len());
+    if first[..n] != HTTP2_PREFACE[..n] {
+        Spoken::Http1
+    } else if n == HTTP2_PREFACE.len() {
+        Spoken::Http2
+    } else {
+        Spoken::Unsure
+    }
+}
+
+/// Serves one caller's connection with the protocol it speaks.
+///
+/// Why not hyper-util's automatic builder for every connection (as
+/// `axum::serve` does): it reads the first bytes itself to tell HTTP/1.1 from
+/// HTTP/2 and hands them back to hyper as a separate short read, and hyper's
+/// HTTP/1.1 reader, finding its 8 KB buffer no longer empty, grows it to
+/// 16 KB for every connection (heaptrack: 16 KB per open stream, the largest
+/// single allocation of an HTTP/1.1 stream). Peeking leaves the bytes in the
+/// socket, so hyper reads the request head in one go into 8 KB.
+async fn serve_connection(stream: TcpStream, router: Router, protocols: Arc<Protocols>, closing: CancellationToken) {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    let spoken = match stream.peek(&mut first).await {
+        Ok(0) => return,
+        Ok(n) => spoken(&first[..n]),
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before its first request");
+            return;
+        }
+    };
+    let io = TokioIo::new(stream);
+    let service = TowerToHyperService::new(router);
+    // HTTP/1.1's connection is kept inline and the others boxed, so that the
+    // task of each HTTP/1.1 connection (one per open stream) is no larger
+    // than it needs.
+    let served: Result<(), BoxError> = match spoken {
+        Spoken::Http1 => {
+            let conn = protocols.http1.serve_connection(io, service);
+            until_closed(conn, &closing, |c| c.graceful_shutdown()).await.map_err(Into::into)
+        }
+        Spoken::Http2 => {
+            let conn = protocols.http2.serve_connection(io, service);
+            Box::pin(until_closed(conn, &closing, |c| c.graceful_shutdown())).await.map_err(Into::into)
+        }
+        Spoken::Unsure => {
+            Box::pin(async {
+                let auto = auto::Builder::new(TokioExecutor::new());
+                let conn = auto.serve_connection(io, service);
+                until_closed(conn, &closing, |c| c.graceful_shutdown()).await
+            })
+            .await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Drives a connection to its end; once `closing` is cancelled, asks it to
+/// finish gracefully (no new requests; those in flight complete).
+async fn until_closed<C, E>(conn: C, closing: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        _ = closing.cancelled() => {}
+    }
+    shutdown(conn.as_mut());
+    conn.await
 }
 
 #[cfg(test)]
@@ -269,6 +360,40 @@ mod tests {
         stop.cancel();
         server.await.unwrap().unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "the port is closed once stopped");
+    }
+
+    #[test]
+    fn the_first_bytes_tell_the_protocol() {
+        assert_eq!(spoken(b"POST /v1/chat/completions HTTP/1.1\r\n"), Spoken::Http1);
+        assert_eq!(spoken(b"GET / HTTP/1.1\r\n"), Spoken::Http1);
+        assert_eq!(spoken(b"PUT"), Spoken::Http1, "PU is no preface");
+        assert_eq!(spoken(HTTP2_PREFACE), Spoken::Http2);
+        assert_eq!(spoken(b"P"), Spoken::Unsure);
+        assert_eq!(spoken(b"PRI * HTTP/2.0\r\n"), Spoken::Unsure);
+    }
+
+    /// A request whose first byte arrives alone could still be an HTTP/2
+    /// preface; it is served all the same (by hyper's own detection).
+    #[tokio::test]
+    async fn a_request_that_arrives_byte_by_byte_is_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let make =
+            || -> Result<Router, io::Error> { Ok(Router::new().route("/", axum::routing::any(|| async { "ok" }))) };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = serve(listener, 1, make, stop.clone()).unwrap();
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.set_nodelay(true).unwrap();
+        conn.write_all(b"P").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.write_all(b"UT / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
