@@ -68,18 +68,37 @@ fn try_again_in(message: &str) -> Option<Duration> {
     parse_go_duration(word).map(|d| d.min(Duration::from_secs(3600)))
 }
 
-/// The `x-ratelimit-*` headers of an answer.
+/// The `x-ratelimit-*` headers of an answer (the first readable value of each).
+///
+/// One pass over the answer's headers matching names by prefix, rather than
+/// six look-ups by name: each look-up hashes its name, and every answer goes
+/// through here.
 pub fn rate_info(headers: &HeaderMap) -> RateInfo {
-    let num = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
-    let dur = |name: &str| parse_go_duration(headers.get(name)?.to_str().ok()?);
-    RateInfo {
-        limit_requests: num("x-ratelimit-limit-requests"),
-        remaining_requests: num("x-ratelimit-remaining-requests"),
-        reset_requests: dur("x-ratelimit-reset-requests"),
-        limit_tokens: num("x-ratelimit-limit-tokens"),
-        remaining_tokens: num("x-ratelimit-remaining-tokens"),
-        reset_tokens: dur("x-ratelimit-reset-tokens"),
+    let mut info = RateInfo::default();
+    for (name, value) in headers {
+        let Some(which) = name.as_str().strip_prefix("x-ratelimit-") else { continue };
+        let Ok(value) = value.to_str() else { continue };
+        let num = |slot: &mut Option<u64>| {
+            if slot.is_none() {
+                *slot = value.trim().parse::<u64>().ok();
+            }
+        };
+        let dur = |slot: &mut Option<Duration>| {
+            if slot.is_none() {
+                *slot = parse_go_duration(value);
+            }
+        };
+        match which {
+            "limit-requests" => num(&mut info.limit_requests),
+            "remaining-requests" => num(&mut info.remaining_requests),
+            "reset-requests" => dur(&mut info.reset_requests),
+            "limit-tokens" => num(&mut info.limit_tokens),
+            "remaining-tokens" => num(&mut info.remaining_tokens),
+            "reset-tokens" => dur(&mut info.reset_tokens),
+            _ => {}
+        }
     }
+    info
 }
 
 #[cfg(test)]
@@ -132,9 +151,31 @@ mod tests {
             ("x-ratelimit-reset-tokens", "859ms"),
         ]);
         let info = rate_info(&h);
-        assert_eq!(info.limit_requests, Some(3));
-        assert_eq!(info.remaining_tokens, Some(39427));
-        assert_eq!(info.reset_tokens, Some(Duration::from_millis(859)));
+        assert_eq!(
+            info,
+            RateInfo {
+                limit_requests: Some(3),
+                remaining_requests: Some(2),
+                reset_requests: Some(Duration::from_secs(20)),
+                limit_tokens: Some(40000),
+                remaining_tokens: Some(39427),
+                reset_tokens: Some(Duration::from_millis(859)),
+            }
+        );
         assert!(rate_info(&HeaderMap::new()).is_empty());
+    }
+
+    #[test]
+    fn rate_headers_take_the_first_readable_value_and_ignore_the_rest() {
+        let mut h = headers(&[("content-type", "application/json"), ("x-ratelimit-limit-requests-day", "9")]);
+        h.append("x-ratelimit-limit-requests", "junk".parse().unwrap());
+        h.append("x-ratelimit-limit-requests", " 60 ".parse().unwrap());
+        h.append("x-ratelimit-limit-requests", "70".parse().unwrap());
+        h.append("x-ratelimit-reset-tokens", "1s".parse().unwrap());
+        h.append("x-ratelimit-reset-tokens", "2s".parse().unwrap());
+        let info = rate_info(&h);
+        assert_eq!(info.limit_requests, Some(60));
+        assert_eq!(info.reset_tokens, Some(Duration::from_secs(1)));
+        assert_eq!((info.remaining_requests, info.limit_tokens, info.reset_requests), (None, None, None));
     }
 }
