@@ -5,9 +5,10 @@
 # oha (installed from crates.io if missing):
 #   - closed loop at concurrency 16, 64, 256: direct, then through keypool, each
 #     for $DURATION: requests/s, p50, p99, p99.9;
-#   - open loop at 1,000 requests/s: added latency p50/p99, beside nginx as a
-#     plain reverse proxy over the same simulator (the floor any proxy pays on
-#     this machine: two more sockets and two more wake-ups per request);
+#   - open loop at 1,000 requests/s, $ROUNDS rounds (medians): added latency
+#     p50/p99, beside nginx as a plain reverse proxy over the same simulator
+#     (the floor any proxy pays on this machine: two more sockets and two more
+#     wake-ups per request);
 #   - keypool's CPU time and resident memory, idle and under load;
 #   - streaming time to first byte (20 chunks 10 ms apart), direct and through keypool;
 #   - keypool's resident memory with $STREAMS concurrent open streams, callers
@@ -17,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 STREAMS=${STREAMS:-10000}
+ROUNDS=${ROUNDS:-5}
 command -v oha >/dev/null || cargo install oha --locked
 # nginx is only a reference row; it is installed from Debian's packages when it can be.
 command -v nginx >/dev/null || PATH=$PATH:/usr/sbin command -v nginx >/dev/null ||
@@ -134,20 +136,45 @@ for c in 16 64 256; do
   echo "| $c | $d_rps | $k_rps | $ratio | $d50 / $d99 / $d999 | $k50 / $k99 / $k999 | $cpu_per_k | $(( $(hwm_kb $kp) / 1024 )) | $k_ok |"
 done
 echo
-echo "## Open loop at 1,000 requests/s (oha -q 1000 -c 64 for $DURATION)"
+echo "## Open loop at 1,000 requests/s (oha -q 1000 -c 64 for $DURATION, $ROUNDS rounds)"
 echo
-read -r _ d50 d99 d999 _ < <(load "$direct" sk-direct 64 "$DURATION" -q 1000 | summary)
-read -r _ k50 k99 k999 k_ok < <(load "$through" "$TOKEN" 64 "$DURATION" -q 1000 | summary)
-echo "| | p50 ms | p99 ms | p99.9 ms |"
-echo "|---|---|---|---|"
-echo "| direct | $d50 | $d99 | $d999 |"
-echo "| keypool | $k50 | $k99 | $k999 |"
-python3 -c "print('| added by keypool | %.3f | %.3f | %.3f |' % ($k50-$d50, $k99-$d99, $k999-$d999))"
-if [ -n "$pn" ]; then
-  read -r _ n50 n99 n999 _ < <(load "http://127.0.0.1:$pn/v1/chat/completions" sk-direct 64 "$DURATION" -q 1000 | summary)
-  echo "| nginx (reference: plain reverse proxy, keep-alive upstream) | $n50 | $n99 | $n999 |"
-  python3 -c "print('| added by nginx | %.3f | %.3f | %.3f |' % ($n50-$d50, $n99-$d99, $n999-$d999))"
-  read -r n_rps _ < <(load "http://127.0.0.1:$pn/v1/chat/completions" sk-direct 64 "$DURATION" | summary)
+# One round is direct, keypool, nginx in turn; each figure is the median over
+# the rounds (a single round's p50 moves by tens of microseconds on a VM).
+nginx_url=""
+[ -n "$pn" ] && nginx_url="http://127.0.0.1:$pn/v1/chat/completions"
+: > "$work/open.txt"
+for r in $(seq "$ROUNDS"); do
+  read -r _ d50 d99 d999 _ < <(load "$direct" sk-direct 64 "$DURATION" -q 1000 | summary)
+  read -r _ k50 k99 k999 _ < <(load "$through" "$TOKEN" 64 "$DURATION" -q 1000 | summary)
+  n50=nan n99=nan n999=nan
+  if [ -n "$nginx_url" ]; then
+    read -r _ n50 n99 n999 _ < <(load "$nginx_url" sk-direct 64 "$DURATION" -q 1000 | summary)
+  fi
+  echo "$d50 $d99 $d999 $k50 $k99 $k999 $n50 $n99 $n999" >> "$work/open.txt"
+done
+python3 - "$work/open.txt" <<'PY'
+import math, statistics, sys
+rows = [[float(x) for x in line.split()] for line in open(sys.argv[1]) if line.strip()]
+col = lambda i: [r[i] for r in rows]
+med = lambda i: statistics.median(col(i))
+added = lambda a, b: [r[a] - r[b] for r in rows]
+print("| | p50 ms | p99 ms | p99.9 ms |")
+print("|---|---|---|---|")
+print("| direct | %.3f | %.3f | %.3f |" % (med(0), med(1), med(2)))
+print("| keypool | %.3f | %.3f | %.3f |" % (med(3), med(4), med(5)))
+print("| added by keypool | %.3f | %.3f | %.3f |" % tuple(statistics.median(added(3 + i, i)) for i in range(3)))
+if not math.isnan(rows[0][6]):
+    print("| nginx (reference: plain reverse proxy, keep-alive upstream) | %.3f | %.3f | %.3f |" % (med(6), med(7), med(8)))
+    print("| added by nginx | %.3f | %.3f | %.3f |" % tuple(statistics.median(added(6 + i, i)) for i in range(3)))
+print()
+print("Medians over %d rounds. Added p50 in each round, in microseconds: keypool %s" % (
+    len(rows), ", ".join("%.0f" % (1000 * x) for x in added(3, 0))), end="")
+if not math.isnan(rows[0][6]):
+    print("; nginx %s" % ", ".join("%.0f" % (1000 * x) for x in added(6, 0)), end="")
+print(".")
+PY
+if [ -n "$nginx_url" ]; then
+  read -r n_rps _ < <(load "$nginx_url" sk-direct 64 "$DURATION" | summary)
   echo
   echo "nginx closed loop at concurrency 64 for reference: $n_rps requests/s"
 fi

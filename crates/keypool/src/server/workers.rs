@@ -247,6 +247,10 @@ enum Spoken {
     Unsure,
 }
 
+/// How long a connection that has sent nothing yet may still start a request
+/// once the worker is stopping.
+const SILENT_GRACE: Duration = Duration::from_millis(500);
+
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fn spoken(first: &[u8]) -> Spoken {
@@ -271,7 +275,19 @@ fn spoken(first: &[u8]) -> Spoken {
 /// socket, so hyper reads the request head in one go into 8 KB.
 async fn serve_connection(stream: TcpStream, router: Router, protocols: Arc<Protocols>, closing: CancellationToken) {
     let mut first = [0u8; HTTP2_PREFACE.len()];
-    let spoken = match stream.peek(&mut first).await {
+    let peeked = tokio::select! {
+        biased;
+        peeked = stream.peek(&mut first) => peeked,
+        // Stopping: a connection handed over with its request already sent
+        // is still served (its bytes show at the runtime's next look at the
+        // socket); one that says nothing within the grace is closed, so a
+        // silent client cannot hold the shutdown up.
+        _ = closing.cancelled() => match tokio::time::timeout(SILENT_GRACE, stream.peek(&mut first)).await {
+            Ok(peeked) => peeked,
+            Err(_) => return,
+        },
+    };
+    let spoken = match peeked {
         Ok(0) => return,
         Ok(n) => spoken(&first[..n]),
         Err(e) => {
@@ -315,6 +331,9 @@ where
 {
     let mut conn = pin!(conn);
     tokio::select! {
+        // The connection first: polled once before a shutdown, it reads the
+        // request already waiting and answers it instead of closing unread.
+        biased;
         served = conn.as_mut() => return served,
         _ = closing.cancelled() => {}
     }
@@ -394,6 +413,24 @@ mod tests {
         assert!(answer.ends_with("ok"), "{answer}");
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    /// A client that connects and says nothing does not hold up a stop.
+    #[tokio::test]
+    async fn a_silent_connection_does_not_hold_up_a_stop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = serve(listener, 1, thread_name_router, stop.clone()).unwrap();
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        // Served first, so the silent connection has surely been handed over.
+        assert_eq!(get_on_new_connection(addr).await, "keypool-worker-0");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops despite the silent connection")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
