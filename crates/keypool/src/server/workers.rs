@@ -242,7 +242,7 @@ enum Spoken {
     Http1,
     /// HTTP/2 with prior knowledge: the connection preface.
     Http2,
-    /// Part of the preface so far, or nothing readable yet: left to hyper's
+    /// Only part of the preface so far: left to hyper's
     /// own detection, which reads until it knows.
     Unsure,
 }
