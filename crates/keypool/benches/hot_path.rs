@@ -29,6 +29,41 @@ fn headers(c: &mut Criterion) {
         h.insert(k, v.parse().unwrap());
     }
     c.bench_function("rate_limit_headers/parse", |b| b.iter(|| black_box(rate_info(black_box(&h)))));
+
+    // The head of a real answer: the six among the rest of what the upstream
+    // and its CDN send.
+    let mut full = h.clone();
+    for (k, v) in [
+        ("date", "Thu, 26 Nov 2026 22:30:00 GMT"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "keep-alive"),
+        ("access-control-expose-headers", "X-Request-ID"),
+        ("openai-organization", "user-abc123"),
+        ("openai-processing-ms", "412"),
+        ("openai-version", "2020-10-01"),
+        ("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
+        ("cf-cache-status", "DYNAMIC"),
+        ("set-cookie", "__cf_bm=abc; path=/; expires=Thu, 26-Nov-26 23:00:00 GMT; domain=.api.openai.com; HttpOnly"),
+        ("x-content-type-options", "nosniff"),
+        ("server", "cloudflare"),
+        ("cf-ray", "8f0e1d2c3b4a5968-AMS"),
+        ("alt-svc", "h3=\":443\"; ma=86400"),
+    ] {
+        full.insert(k, v.parse().unwrap());
+    }
+    c.bench_function("rate_limit_headers/parse_full_answer_head", |b| {
+        b.iter(|| black_box(rate_info(black_box(&full))))
+    });
+    // An upstream that announces no limits (as the simulator in bench/load.sh).
+    let mut none = full.clone();
+    for k in
+        ["limit-requests", "remaining-requests", "reset-requests", "limit-tokens", "remaining-tokens", "reset-tokens"]
+    {
+        none.remove(format!("x-ratelimit-{k}").as_str());
+    }
+    c.bench_function("rate_limit_headers/parse_head_without_limits", |b| {
+        b.iter(|| black_box(rate_info(black_box(&none))))
+    });
 }
 
 fn sse_chunk(c: &mut Criterion) {
