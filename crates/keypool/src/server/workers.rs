@@ -355,6 +355,18 @@ mod tests {
         Ok(Router::new().route("/", get(|| async { std::thread::current().name().unwrap_or("unnamed").to_owned() })))
     }
 
+    /// Serves the routers `make` builds on `workers` workers, on a free port.
+    async fn start<F>(workers: usize, make: F) -> (SocketAddr, CancellationToken, JoinHandle<io::Result<()>>)
+    where
+        F: FnMut() -> Result<Router, io::Error>,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = serve(listener, workers, make, stop.clone()).unwrap();
+        (addr, stop, server)
+    }
+
     async fn get_on_new_connection(addr: SocketAddr) -> String {
         // A client per request: each request on its own connection.
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -363,10 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_served_by_the_workers_in_turn() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let server = serve(listener, 3, thread_name_router, stop.clone()).unwrap();
+        let (addr, stop, server) = start(3, thread_name_router).await;
         let mut served = Vec::new();
         for _ in 0..6 {
             served.push(get_on_new_connection(addr).await);
@@ -398,10 +407,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let make =
             || -> Result<Router, io::Error> { Ok(Router::new().route("/", axum::routing::any(|| async { "ok" }))) };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let server = serve(listener, 1, make, stop.clone()).unwrap();
+        let (addr, stop, server) = start(1, make).await;
         let mut conn = TcpStream::connect(addr).await.unwrap();
         conn.set_nodelay(true).unwrap();
         conn.write_all(b"P").await.unwrap();
@@ -418,10 +424,7 @@ mod tests {
     /// A client that connects and says nothing does not hold up a stop.
     #[tokio::test]
     async fn a_silent_connection_does_not_hold_up_a_stop() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let server = serve(listener, 1, thread_name_router, stop.clone()).unwrap();
+        let (addr, stop, server) = start(1, thread_name_router).await;
         let _silent = TcpStream::connect(addr).await.unwrap();
         // Served first, so the silent connection has surely been handed over.
         assert_eq!(get_on_new_connection(addr).await, "keypool-worker-0");
@@ -454,10 +457,7 @@ mod tests {
                 ))
             }
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let server = serve(listener, 2, make, stop.clone()).unwrap();
+        let (addr, stop, server) = start(2, make).await;
         let request = tokio::spawn(get_on_new_connection(addr));
         entered.notified().await;
         stop.cancel();
