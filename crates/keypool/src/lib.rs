@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod memory;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
