@@ -93,16 +93,13 @@ where
 }
 
 fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router) -> io::Result<()> {
-    let ended = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map(|runtime| {
-            runtime.block_on(async {
-                let collecting = tokio::spawn(crate::memory::collect_periodically());
-                serve_handed_over(handoff, router).await;
-                collecting.abort();
-            })
-        });
+    let ended = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|runtime| {
+        runtime.block_on(async {
+            let collecting = tokio::spawn(crate::memory::collect_periodically());
+            serve_handed_over(handoff, router).await;
+            collecting.abort();
+        })
+    });
     if let Err(e) = &ended {
         // Said at once: the acceptor leaves this worker out from now on.
         tracing::error!(error = %e, worker = ?std::thread::current().name(), "a worker stopped");
