@@ -1,7 +1,8 @@
 //! Regression guard for the scheduling hot path: once the pool is warm,
-//! choosing a key among 10,000 (choose, reserve, give back) and finishing a
-//! lease with its usage allocate nothing. Counting allocations cannot flake
-//! the way a timing assertion would. (allocation-counter's global allocator
+//! choosing a key among 10,000 (choose, reserve, give back) allocates
+//! nothing, and where keys move in the ordered index (round robin, finished
+//! leases) only the index's nodes are allocated. Counting allocations cannot
+//! flake the way a timing assertion would. (allocation-counter's global allocator
 //! counts per thread, so other tests' threads do not disturb the count.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
