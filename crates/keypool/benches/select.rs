@@ -29,27 +29,7 @@ const RPM: u32 = 1_000_000;
 const DEMAND: Demand = Demand { tokens: 100, cost_micros: 0 };
 
 fn record(id: i64, rpm: u32, budget_micros: Option<u64>) -> KeyRecord {
-    KeyRecord {
-        id,
-        secret: SecretString::from(format!("sk-bench-{id}")),
-        label: None,
-        rpm: Some(rpm),
-        tpm: None,
-        rpd: None,
-        max_inflight: None,
-        weight: None,
-        budget_micros,
-        spent_micros: 0,
-        expires_at: None,
-        enabled: true,
-        requests: 0,
-        successes: 0,
-        failures: 0,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        created_at: 0,
-        last_used_at: None,
-    }
+    KeyRecord { rpm: Some(rpm), budget_micros, ..KeyRecord::new(id, SecretString::from(format!("sk-bench-{id}"))) }
 }
 
 fn runtime() -> Runtime {

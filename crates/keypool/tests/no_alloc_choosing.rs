@@ -16,27 +16,12 @@ const KEYS: i64 = 10_000;
 const DEMAND: Demand = Demand { tokens: 100, cost_micros: 0 };
 
 fn record(id: i64) -> KeyRecord {
+    // Far more requests a minute than the test makes, so no key runs out.
     KeyRecord {
-        id,
-        secret: SecretString::from(format!("sk-guard-{id}")),
-        label: None,
-        // Far more requests a minute than the test makes, so no key runs out.
         rpm: Some(u32::MAX),
         tpm: Some(u32::MAX),
-        rpd: None,
-        max_inflight: None,
-        weight: None,
         budget_micros: Some(u64::MAX / 2),
-        spent_micros: 0,
-        expires_at: None,
-        enabled: true,
-        requests: 0,
-        successes: 0,
-        failures: 0,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        created_at: 0,
-        last_used_at: None,
+        ..KeyRecord::new(id, SecretString::from(format!("sk-guard-{id}")))
     }
 }
 

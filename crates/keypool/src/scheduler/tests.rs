@@ -7,27 +7,7 @@ use super::*;
 use crate::store::now_unix as unix_now;
 
 pub(super) fn record(id: i64, rpm: Option<u32>, tpm: Option<u32>, requests: u64) -> KeyRecord {
-    KeyRecord {
-        id,
-        secret: SecretString::from(format!("sk-test-{id}")),
-        label: None,
-        rpm,
-        tpm,
-        rpd: None,
-        max_inflight: None,
-        weight: None,
-        budget_micros: None,
-        spent_micros: 0,
-        expires_at: None,
-        enabled: true,
-        requests,
-        successes: 0,
-        failures: 0,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        created_at: 0,
-        last_used_at: None,
-    }
+    KeyRecord { rpm, tpm, requests, ..KeyRecord::new(id, SecretString::from(format!("sk-test-{id}"))) }
 }
 
 fn ok() -> Outcome {

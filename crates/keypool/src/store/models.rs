@@ -58,6 +58,32 @@ fn u64_of(v: i64) -> u64 {
 }
 
 impl KeyRecord {
+    /// A key as `keys add` stores it without options: enabled, no limits of
+    /// its own, nothing used yet.
+    pub fn new(id: i64, secret: SecretString) -> KeyRecord {
+        KeyRecord {
+            id,
+            secret,
+            label: None,
+            rpm: None,
+            tpm: None,
+            rpd: None,
+            max_inflight: None,
+            weight: None,
+            budget_micros: None,
+            spent_micros: 0,
+            expires_at: None,
+            enabled: true,
+            requests: 0,
+            successes: 0,
+            failures: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            created_at: 0,
+            last_used_at: None,
+        }
+    }
+
     pub(super) fn from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         let secret: String = row.try_get("secret")?;
         Ok(KeyRecord {
