@@ -227,15 +227,22 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router) {
     connections.wait().await;
 }
 
-/// The HTTP settings every connection of a worker is served with.
+/// The HTTP settings every connection of a worker is served with, whichever
+/// way its protocol was told (a setting added here reaches all three).
 struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// For a connection whose first bytes left the protocol open.
+    auto: auto::Builder<TokioExecutor>,
 }
 
 impl Protocols {
     fn new() -> Protocols {
-        Protocols { http1: http1::Builder::new(), http2: http2::Builder::new(TokioExecutor::new()) }
+        Protocols {
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
+            auto: auto::Builder::new(TokioExecutor::new()),
+        }
     }
 }
 
@@ -313,12 +320,8 @@ async fn serve_connection(stream: TcpStream, router: Router, protocols: Arc<Prot
             Box::pin(until_closed(conn, &closing, |c| c.graceful_shutdown())).await.map_err(Into::into)
         }
         Spoken::Unsure => {
-            Box::pin(async {
-                let auto = auto::Builder::new(TokioExecutor::new());
-                let conn = auto.serve_connection(io, service);
-                until_closed(conn, &closing, |c| c.graceful_shutdown()).await
-            })
-            .await
+            let conn = protocols.auto.serve_connection(io, service);
+            Box::pin(until_closed(conn, &closing, |c| c.graceful_shutdown())).await
         }
     };
     if let Err(e) = served {
