@@ -54,6 +54,10 @@ impl Running {
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let store = Store::connect(&config.database_url).await?;
+    let keys: Vec<crate::config::KeyFacts> = store.list_keys().await?.iter().map(Into::into).collect();
+    for warning in config.warnings(Some(&keys)) {
+        tracing::warn!("{warning}");
+    }
     let scheduler = Scheduler::new(SchedulerConfig {
         defaults: DefaultLimits {
             rpm: config.limits.rpm,

@@ -1,6 +1,7 @@
 //! The command line: what each subcommand takes, and (in its submodules) how
 //! it prints. This is the only place besides the demo that writes to stdout.
 
+mod check;
 mod keys;
 mod tokens;
 
@@ -43,8 +44,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (default 127.0.0.1:8080). Env: KEYPOOL_LISTEN.
-    #[arg(long)]
+    /// Address to listen on: 127.0.0.1:8080 (the default), localhost:8080,
+    /// :8080 or 8080 (every interface, as in Go and nginx). Env: KEYPOOL_LISTEN.
+    #[arg(long, value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Upstream base URL, e.g. https://api.openai.com/v1 or a relay's. Env: KEYPOOL_UPSTREAM.
     #[arg(long)]
@@ -78,11 +80,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
     match command {
         Command::Keys(cmd) => keys::run(cmd, config).await,
         Command::Tokens(cmd) => tokens::run(cmd, config).await,
-        Command::Config(ConfigCommand::Check) => {
-            print!("{}", config.to_masked_toml()?);
-            eprintln!("configuration is valid");
-            Ok(())
-        }
+        Command::Config(ConfigCommand::Check) => check::run(config).await,
         Command::Serve(_) | Command::Demo(_) => Ok(()),
     }
 }

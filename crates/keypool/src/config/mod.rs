@@ -1,20 +1,25 @@
 //! Typed configuration: built-in defaults, then the TOML file, then `KEYPOOL_*`
 //! environment variables, then command-line flags; validated once at start.
 
+mod check;
+mod listen;
+mod load;
 mod mask;
+pub mod models;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::scheduler::Strategy;
 
+pub use check::{KeyFacts, Warning};
+pub use listen::parse_listen;
 pub use mask::{mask_key, mask_url_password};
+pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
@@ -24,7 +29,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address the gateway listens on.
+    /// Address the gateway listens on: `127.0.0.1:8080`, `localhost:8080`,
+    /// `:8080` or `8080` (the last two: every interface, as in Go and nginx).
+    #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
     /// Threads serving requests, each with its own connections (0: one per core).
     pub workers: usize,
@@ -54,10 +61,20 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// Probing of unhealthy keys and of the upstream itself.
     pub health: HealthConfig,
-    /// USD per million tokens, by model (longest matching prefix wins; `default` for the rest).
+    /// USD per million tokens, by model name prefix (`gpt-4o` means the glob
+    /// `gpt-4o*`; `default` means `*`). Kept for existing files; `[models]`
+    /// says the same with globs, and both follow [`models`]' one rule.
     pub prices: BTreeMap<String, Price>,
+    /// Per-model settings by model-name glob (`[models."gpt-4o*"]`): timeouts
+    /// and price. The rule that picks among patterns and the order of
+    /// precedence (model, then upstream, then global) are in [`models`].
+    pub models: BTreeMap<String, ModelConfig>,
     /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
     pub log: String,
+    /// Warnings about `KEYPOOL_*` variables that are not settings, which
+    /// loading ignored (see [`Config::warnings`]).
+    #[serde(skip)]
+    pub env_ignored: Vec<String>,
 }
 
 /// Per-key defaults.
@@ -108,7 +125,10 @@ pub struct RetryConfig {
     pub backoff_base: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_cap: Duration,
-    /// Whole time a request may spend in keypool before its answer starts, waits and retries included.
+    /// Whole time a request may spend in keypool before its answer starts,
+    /// waits and retries included; no retry starts after it. Default 12 min:
+    /// at least `timeouts.first_byte` (11 min) plus a wait for a key, so a
+    /// 10-minute generation is not cut and a failure before it is retried.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
 }
@@ -119,12 +139,23 @@ impl Default for RetryConfig {
             max_retries: 3,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
-            deadline: Duration::from_secs(120),
+            deadline: Duration::from_secs(12 * 60),
         }
     }
 }
 
 /// How long the upstream may take.
+///
+/// The defaults let a 10-minute generation through. The official OpenAI SDKs
+/// wait up to 600 s for bytes to arrive (their read timeout, applied both
+/// before the first byte and between two bytes); a non-streamed answer sends
+/// nothing until the whole generation is done, and a reasoning model's stream
+/// can be silent for minutes. So `first_byte` and `idle` are 11 min (the SDK's
+/// 10 plus a minute of upstream queueing: the caller's own timeout fires
+/// first, keypool never cuts an answer its caller still waits for), and
+/// `retry.deadline` is 12 min. `connect` (10 s) and `total` (30 min, already
+/// longer than any of these) do not change. Per-model overrides:
+/// `[models."o1*"] timeouts = { first_byte = "20m" }` (see [`models`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
@@ -132,9 +163,11 @@ pub struct TimeoutsConfig {
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
     /// From sending a request to the answer's first byte (its status line).
+    /// Default 11 min (was 120 s, which cut long non-streamed generations).
     #[serde(with = "humantime_serde")]
     pub first_byte: Duration,
-    /// Longest silence between two chunks of an answer.
+    /// Longest silence between two chunks of an answer. Default 11 min (was
+    /// 120 s), matching the SDK's read timeout.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
     /// Whole request, streaming included.
@@ -146,8 +179,8 @@ impl Default for TimeoutsConfig {
     fn default() -> Self {
         TimeoutsConfig {
             connect: Duration::from_secs(10),
-            first_byte: Duration::from_secs(120),
-            idle: Duration::from_secs(120),
+            first_byte: Duration::from_secs(11 * 60),
+            idle: Duration::from_secs(11 * 60),
             total: Duration::from_secs(1800),
         }
     }
@@ -218,7 +251,9 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             health: HealthConfig::default(),
             prices: BTreeMap::new(),
+            models: BTreeMap::new(),
             log: "info".into(),
+            env_ignored: Vec::new(),
         }
     }
 }
@@ -240,8 +275,17 @@ pub struct Overrides {
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
+    /// Not `#[source]`: the message already holds figment's, and a chain
+    /// printed with `{:#}` would say it twice.
     #[error("invalid configuration: {0}")]
-    Parse(#[from] Box<figment::Error>),
+    Parse(Box<figment::Error>),
+    #[error(
+        "unknown setting `{setting}` in {}{}{}",
+        file.display(),
+        line.map(|l| format!(", line {l}")).unwrap_or_default(),
+        closest.as_ref().map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
+    )]
+    UnknownSetting { file: PathBuf, line: Option<usize>, setting: String, closest: Option<String> },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid { setting: &'static str, reason: String },
 }
@@ -249,21 +293,11 @@ pub enum ConfigError {
 impl Config {
     /// Loads defaults < file < env < overrides. An explicitly named file must
     /// exist; the default `./keypool.toml` is read only when present.
+    ///
+    /// An unknown key in the file is [`ConfigError::UnknownSetting`]; an
+    /// unknown `KEYPOOL_*` variable is ignored and reported by [`Config::warnings`].
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match file {
-            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_owned())),
-            Some(path) => figment = figment.merge(Toml::file(path)),
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
-            None => {}
-        }
-        // KEYPOOL_CONFIG names the file itself; it is not a setting.
-        figment = figment
-            .merge(Env::prefixed("KEYPOOL_").split("__").ignore(&["config"]))
-            .merge(Serialized::globals(overrides));
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
+        load::load(file, overrides)
     }
 
     /// Rejects values that cannot work, naming the setting.
@@ -333,27 +367,85 @@ impl Config {
                 reason: "must be > 0 when max_wait is set (or set max_wait = \"0s\" to never wait)".into(),
             });
         }
-        if let Some((model, _)) = self
-            .prices
-            .iter()
-            .find(|(_, p)| !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0))
-        {
+        if let Some((model, _)) = self.prices.iter().find(|(_, p)| !ModelPrice::from(**p).is_valid()) {
             return Err(ConfigError::Invalid {
                 setting: "prices",
                 reason: format!("price of {model:?} must be a non-negative number of USD per million tokens"),
             });
         }
+        self.validate_models()
+    }
+
+    fn validate_models(&self) -> Result<(), ConfigError> {
+        for (pattern, m) in &self.models {
+            if pattern.is_empty() {
+                return Err(ConfigError::Invalid {
+                    setting: "models",
+                    reason: "a model pattern must not be empty".into(),
+                });
+            }
+            if m.price.is_some_and(|p| !p.is_valid()) {
+                return Err(ConfigError::Invalid {
+                    setting: "models",
+                    reason: format!("price of {pattern:?} must be non-negative numbers of USD per million tokens"),
+                });
+            }
+            if let Some((name, _)) = m.timeouts.set_values().find(|(_, d)| d.is_zero()) {
+                return Err(ConfigError::Invalid {
+                    setting: "models",
+                    reason: format!("timeouts.{name} of {pattern:?} must be > 0"),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// The price of `model`: the longest configured prefix of its name, else `default`.
+    /// The price of `model` in USD per million tokens, by the one per-model
+    /// rule (see [`models`]): `[models]`, `[prices]` and the built-in table
+    /// compete; the most specific pattern wins; on an equal one the config
+    /// file beats the built-in table.
     pub fn price_of(&self, model: &str) -> Option<Price> {
-        self.prices
-            .iter()
-            .filter(|(name, _)| model.starts_with(name.as_str()))
-            .max_by_key(|(name, _)| name.len())
-            .or_else(|| self.prices.get_key_value("default"))
-            .map(|(_, p)| *p)
+        self.model_price_of(model).map(|p| p.price())
+    }
+
+    /// [`Config::price_of`] with the cached-input price when one is known.
+    pub fn model_price_of(&self, model: &str) -> Option<ModelPrice> {
+        let configured: Vec<(&str, ModelPrice)> =
+            self.models.iter().filter_map(|(pat, m)| m.price.map(|p| (pat.as_str(), p))).collect();
+        let legacy_patterns: Vec<(String, ModelPrice)> =
+            self.prices.iter().map(|(name, p)| (models::legacy_price_pattern(name), ModelPrice::from(*p))).collect();
+        let legacy: Vec<(&str, ModelPrice)> = legacy_patterns.iter().map(|(pat, p)| (pat.as_str(), *p)).collect();
+        let builtin: Vec<(&str, ModelPrice)> =
+            models::builtin_prices().models.iter().map(|(pat, p)| (pat.as_str(), *p)).collect();
+        models::most_specific(model, [configured, legacy, builtin])
+    }
+
+    /// The timeouts for a request for `model` (`None`: the request names no
+    /// model): each field from the most specific `[models]` pattern that sets
+    /// it, else the global `[timeouts]`.
+    pub fn timeouts_for(&self, model: Option<&str>) -> TimeoutsConfig {
+        let global = &self.timeouts;
+        let Some(model) = model else { return global.clone() };
+        let field = |get: fn(&TimeoutsOverride) -> Option<Duration>, fallback: Duration| {
+            let set: Vec<(&str, Duration)> =
+                self.models.iter().filter_map(|(pat, m)| get(&m.timeouts).map(|d| (pat.as_str(), d))).collect();
+            models::most_specific(model, [set]).unwrap_or(fallback)
+        };
+        TimeoutsConfig {
+            connect: field(|t| t.connect, global.connect),
+            first_byte: field(|t| t.first_byte, global.first_byte),
+            idle: field(|t| t.idle, global.idle),
+            total: field(|t| t.total, global.total),
+        }
+    }
+
+    /// `retry.deadline` for a request for `model`, overridden per model by
+    /// `[models."…"] timeouts.deadline` under the same rule.
+    pub fn deadline_for(&self, model: Option<&str>) -> Duration {
+        let Some(model) = model else { return self.retry.deadline };
+        let set: Vec<(&str, Duration)> =
+            self.models.iter().filter_map(|(pat, m)| m.timeouts.deadline.map(|d| (pat.as_str(), d))).collect();
+        models::most_specific(model, [set]).unwrap_or(self.retry.deadline)
     }
 
     /// The effective config as TOML with passwords in URLs masked.

@@ -46,7 +46,12 @@ fn prices_match_the_longest_prefix_then_default() {
     c.prices.insert("gpt-4o-mini".into(), Price { input: 0.15, output: 0.6 });
     assert_eq!(c.price_of("gpt-4o-mini-2024-07-18").map(|p| p.input), Some(0.15));
     assert_eq!(c.price_of("gpt-4o-2024-08-06").map(|p| p.input), Some(2.5));
-    assert_eq!(c.price_of("o3"), None);
+    assert_eq!(c.price_of("llama-3-70b"), None);
     c.prices.insert("default".into(), Price { input: 1.0, output: 1.0 });
-    assert_eq!(c.price_of("o3").map(|p| p.output), Some(1.0));
+    assert_eq!(c.price_of("llama-3-70b").map(|p| p.output), Some(1.0));
 }
+
+#[path = "tests_load.rs"]
+mod load;
+#[path = "tests_models.rs"]
+mod models;

@@ -1,0 +1,54 @@
+//! `keypool config check`: the effective settings (secrets masked) on stdout,
+//! then every warning on stderr, with the keys' budgets read from the
+//! database when it exists (opened read-only, never created).
+
+use std::str::FromStr;
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Row};
+
+use crate::config::{Config, KeyFacts};
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    print!("{}", config.to_masked_toml()?);
+    let keys = match read_keys(&config.database_url).await {
+        Ok(keys) => Some(keys),
+        Err(why) => {
+            eprintln!("note: checks of keys skipped: {why}");
+            None
+        }
+    };
+    let warnings = config.warnings(keys.as_deref());
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!("configuration is valid ({} warning(s))", warnings.len());
+    Ok(())
+}
+
+/// What the checks need from the stored keys, read without writing anything.
+async fn read_keys(url: &str) -> Result<Vec<KeyFacts>, String> {
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|e| format!("database URL {url}: {e}"))?
+        .read_only(true)
+        .create_if_missing(false);
+    let path = opts.get_filename().to_owned();
+    if !path.exists() {
+        return Err(format!("no database at {}", path.display()));
+    }
+    let mut conn = opts.connect().await.map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let rows = sqlx::query("SELECT id, enabled, budget_micros FROM keys")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| format!("cannot read keys from {}: {e}", path.display()))?;
+    rows.iter()
+        .map(|r| {
+            Ok(KeyFacts {
+                id: r.try_get("id")?,
+                enabled: r.try_get("enabled")?,
+                budget_micros: r.try_get::<Option<i64>, _>("budget_micros")?.map(|b| u64::try_from(b).unwrap_or(0)),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(|e| format!("cannot read keys from {}: {e}", path.display()))
+}

@@ -1,0 +1,219 @@
+//! Per-model settings (timeouts and prices) chosen by model-name globs.
+//!
+//! # The one rule for every per-model setting
+//!
+//! A pattern is a glob over the whole model name: `*` matches any run of
+//! characters (none included), `?` exactly one character; every other
+//! character matches itself, case-sensitively. Among the patterns that match a
+//! model *and set the setting asked for*, the most specific wins:
+//!
+//! 1. a pattern without `*` or `?` (an exact name) beats any glob;
+//! 2. then the pattern with the most literal characters (not `*`, not `?`);
+//! 3. then the one with fewer `*`;
+//! 4. then the one from the more specific source (`[models]`, then the legacy
+//!    `[prices]` table, then keypool's built-in price table);
+//! 5. then the pattern that sorts first (byte order), so the result never
+//!    depends on the order of the file.
+//!
+//! Settings are resolved one by one: `[models."o*"] timeouts.first_byte` and
+//! `[models."o3-pro"] price` both apply to `o3-pro`.
+//!
+//! # Precedence
+//!
+//! Model, then upstream, then global: a setting found for the model wins; else
+//! the upstream's own (there is one upstream today, whose settings are the
+//! global ones); else the global `[timeouts]` / `[retry]` value.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Price;
+
+/// Settings for the models whose names match one glob (`[models."gpt-4o*"]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Timeouts for these models; each unset one falls back (see module docs).
+    pub timeouts: TimeoutsOverride,
+    /// Price of these models, in USD per million tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<ModelPrice>,
+}
+
+/// Per-model timeouts; `None` means "not set here".
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsOverride {
+    /// To open a connection.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Duration>,
+    /// From sending a request to the answer's first byte.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub first_byte: Option<Duration>,
+    /// Longest silence between two chunks of an answer.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
+    /// Whole request, streaming included.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub total: Option<Duration>,
+    /// Overrides `retry.deadline`: the whole time before the answer starts.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
+}
+
+impl TimeoutsOverride {
+    /// Every duration set here, with its name, for validation.
+    pub fn set_values(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        [
+            ("connect", self.connect),
+            ("first_byte", self.first_byte),
+            ("idle", self.idle),
+            ("total", self.total),
+            ("deadline", self.deadline),
+        ]
+        .into_iter()
+        .filter_map(|(name, d)| d.map(|d| (name, d)))
+    }
+}
+
+/// A model's price in USD per million tokens, with the optional price of
+/// cached input (prompt tokens the provider served from its cache).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+}
+
+impl ModelPrice {
+    /// Input and output prices, as spend is counted today.
+    pub fn price(&self) -> Price {
+        Price { input: self.input, output: self.output }
+    }
+
+    /// Whether every figure is a non-negative, finite number.
+    pub fn is_valid(&self) -> bool {
+        [Some(self.input), Some(self.output), self.cached_input]
+            .into_iter()
+            .flatten()
+            .all(|p| p.is_finite() && p >= 0.0)
+    }
+}
+
+impl From<Price> for ModelPrice {
+    fn from(p: Price) -> ModelPrice {
+        ModelPrice { input: p.input, output: p.output, cached_input: None }
+    }
+}
+
+/// Whether `pattern` (a glob of `*` and `?`) matches all of `name`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matching with backtracking to the last `*`: linear in practice.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// How specific a pattern is; a larger value wins (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    /// No wildcard at all.
+    pub exact: bool,
+    /// Characters that are neither `*` nor `?`.
+    pub literals: usize,
+    /// `usize::MAX` minus the number of `*`, so that fewer stars rank higher.
+    pub fewer_stars: usize,
+}
+
+impl Specificity {
+    pub fn of(pattern: &str) -> Specificity {
+        let stars = pattern.chars().filter(|c| *c == '*').count();
+        let wild = stars + pattern.chars().filter(|c| *c == '?').count();
+        Specificity { exact: wild == 0, literals: pattern.chars().count() - wild, fewer_stars: usize::MAX - stars }
+    }
+}
+
+/// The value of the most specific pattern matching `model`. `sources` come
+/// most specific source first; within one, patterns are tried in byte order.
+pub fn most_specific<'a, T: 'a, I>(model: &str, sources: I) -> Option<T>
+where
+    I: IntoIterator<Item = Vec<(&'a str, T)>>,
+{
+    // (specificity, earlier source ranks higher), then the value.
+    let mut best: Option<(Specificity, std::cmp::Reverse<usize>, T)> = None;
+    for (rank, source) in sources.into_iter().enumerate() {
+        let mut candidates = source;
+        candidates.sort_by(|a, b| a.0.cmp(b.0));
+        for (pattern, value) in candidates {
+            if !glob_match(pattern, model) {
+                continue;
+            }
+            let score = (Specificity::of(pattern), std::cmp::Reverse(rank));
+            // Strictly greater: on a full tie the earlier (sorted first) stays.
+            if best.as_ref().is_none_or(|(s, r, _)| score > (*s, *r)) {
+                best = Some((score.0, score.1, value));
+            }
+        }
+    }
+    best.map(|(_, _, v)| v)
+}
+
+/// A legacy `[prices]` name as a glob: `default` prices every model, any other
+/// name without wildcards is a prefix (`gpt-4o` means `gpt-4o*`), as before.
+pub fn legacy_price_pattern(name: &str) -> String {
+    if name == "default" {
+        "*".into()
+    } else if name.contains(['*', '?']) {
+        name.into()
+    } else {
+        format!("{name}*")
+    }
+}
+
+/// The prices built into keypool: `prices.toml` beside this file, with its
+/// source and the date it was taken.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinPrices {
+    /// Where the figures come from.
+    pub source: String,
+    /// When they were taken (YYYY-MM-DD).
+    pub taken: String,
+    /// USD per million tokens, by model glob.
+    pub models: BTreeMap<String, ModelPrice>,
+}
+
+const BUILTIN_PRICES: &str = include_str!("prices.toml");
+
+/// The built-in price table, parsed once (a unit test proves it parses).
+pub fn builtin_prices() -> &'static BuiltinPrices {
+    static TABLE: std::sync::LazyLock<BuiltinPrices> =
+        std::sync::LazyLock::new(|| toml::from_str(BUILTIN_PRICES).unwrap_or_default());
+    &TABLE
+}
