@@ -84,7 +84,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config.sync_interval
         );
     }
-    let upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
+    let upstream = Upstream::from_config(config)?;
     let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -95,7 +95,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Ok(router(Arc::new(AppState {
             scheduler: Arc::clone(&scheduler),
             tokens: Arc::clone(&tokens),
-            upstream: Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?,
+            upstream: Upstream::from_config(config)?,
             breaker: Arc::clone(&breaker),
             config: config.clone(),
         })))

@@ -2,6 +2,7 @@
 //! environment variables, then command-line flags; validated once at start.
 
 mod mask;
+mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::Strategy;
 
 pub use mask::{mask_key, mask_url_password};
+pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
@@ -58,6 +60,11 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
     pub log: String,
+    /// How callers' connections are served and the server stops.
+    pub server: ServerConfig,
+    /// A PEM file of extra CA certificates to trust for the upstream (a
+    /// private CA), besides the built-in roots and `SSL_CERT_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Per-key defaults.
@@ -219,6 +226,8 @@ impl Default for Config {
             health: HealthConfig::default(),
             prices: BTreeMap::new(),
             log: "info".into(),
+            server: ServerConfig::default(),
+            ca_file: None,
         }
     }
 }
@@ -316,6 +325,9 @@ impl Config {
                 setting: "health",
                 reason: "upstream_failures and key_connect_failures must be > 0".into(),
             });
+        }
+        if let Some(setting) = self.server.zero_duration() {
+            return Err(ConfigError::Invalid { setting, reason: "must be > 0".into() });
         }
         if self.sync_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });
