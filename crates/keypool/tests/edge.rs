@@ -92,3 +92,51 @@ async fn the_auth_scheme_is_case_insensitive() {
         assert_eq!(resp.status(), 200, "scheme {scheme}");
     }
 }
+
+// ---- §6 The database is readable by its owner only -------------------------
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_and_its_wal_and_shm_are_created_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let store = keypool::store::Store::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    store.add_key(&key(KEY, None)).await.unwrap();
+    for name in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+        let mode = mode_of(&dir.path().join(name));
+        assert_eq!(mode & 0o077, 0, "{name} is {mode:o}: others can read the keys");
+    }
+    store.close().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_existing_world_readable_database_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let store = keypool::store::Store::connect(&url).await.unwrap();
+    store.add_key(&key(KEY, None)).await.unwrap();
+    store.close().await;
+    for name in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+        let path = dir.path().join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let store = keypool::store::Store::connect(&url).await.unwrap();
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+    for name in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+        let path = dir.path().join(name);
+        if path.exists() {
+            assert_eq!(mode_of(&path), 0o600, "{name}");
+        }
+    }
+    store.close().await;
+}
