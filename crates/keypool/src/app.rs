@@ -49,6 +49,11 @@ impl Running {
         &self.scheduler
     }
 
+    /// How long a stop lets requests in flight finish (`server.shutdown_grace`).
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
     /// A handle that makes a [`Running::shutdown`] under way stop at once:
     /// open answers end, and only the usage totals are still written.
     pub fn hurry(&self) -> CancellationToken {

@@ -341,3 +341,175 @@ async fn a_caller_that_stops_reading_a_stream_gives_its_key_back() {
     eventually("the stalled stream gives its slot back", Duration::from_secs(10), || inflight() == 0).await;
     drop(conn);
 }
+
+// ---- §5 Errors say what failed ----------------------------------------------
+
+#[tokio::test]
+async fn address_already_in_use_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = keypool::config::Config {
+        listen: addr,
+        database_url: format!("sqlite://{}", dir.path().join("k.db").display()),
+        ..keypool::config::Config::default()
+    };
+    let err = match keypool::app::start(&config).await {
+        Ok(_) => panic!("started on a port in use"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+}
+
+// ---- §5 Stopping --------------------------------------------------------------
+
+/// The built binary serving a fresh database holding `KEY` and a token.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    token: String,
+    db: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    async fn start(sim: &keypool_sim::Simulator, env: &[(&str, &str)]) -> Served {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("keypool.db").display());
+        let store = keypool::store::Store::connect(&db).await.unwrap();
+        store.add_key(&key(KEY, None)).await.unwrap();
+        let token = keypool::server::generate_token();
+        store.create_token("t", &keypool::server::hash_token(&token), "kp-t").await.unwrap();
+        store.close().await;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
+            .env("KEYPOOL_DATABASE_URL", &db)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[keypool] {line}");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the server printed its address");
+        Served { child, addr, token, db, _dir: dir }
+    }
+
+    fn signal(&self, name: &str) {
+        let sent =
+            std::process::Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(sent.unwrap().success());
+    }
+
+    /// Waits for the process to exit; how long it took.
+    fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Opens a streamed chat and reads its first chunk.
+    async fn open_stream(&self) -> reqwest::Response {
+        let mut body = chat("a long story");
+        body["stream"] = serde_json::json!(true);
+        let mut resp = reqwest::Client::new()
+            .post(format!("http://{}/v1/chat/completions", self.addr))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.chunk().await.unwrap().is_some(), "the stream started");
+        resp
+    }
+}
+
+/// A simulator whose streams last 100 s.
+async fn slow_stream_sim() -> keypool_sim::Simulator {
+    let config = SimConfig { stream_chunks: 1000, chunk_interval: Duration::from_millis(100), ..sim() };
+    keypool_sim::Simulator::start(config).await.unwrap()
+}
+
+/// Reads the rest of a stream, failing if it is not over within `within`.
+async fn rest_of(mut resp: reqwest::Response, within: Duration) -> String {
+    let mut text = String::new();
+    let read = tokio::time::timeout(within, async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream is still open after {within:?}");
+    text
+}
+
+#[tokio::test]
+async fn a_stop_ends_open_streams_with_an_error_event_after_the_grace() {
+    let sim = slow_stream_sim().await;
+    let mut served = Served::start(&sim, &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "1s")]).await;
+    let stream = served.open_stream().await;
+    let stopped = Instant::now();
+    served.signal("TERM");
+    let rest = rest_of(stream, Duration::from_secs(10)).await;
+    assert!(stopped.elapsed() >= Duration::from_millis(900), "the stream had its grace");
+    let tail: Vec<&str> = rest.trim_end().rsplit("\n\n").take(2).collect();
+    assert_eq!(tail[0], "data: [DONE]", "{rest}");
+    let error: serde_json::Value = serde_json::from_str(tail[1].trim_start_matches("data: ")).unwrap();
+    assert_eq!(error["error"]["code"], "gateway_shutting_down", "{rest}");
+    let status = served.exited_within(Duration::from_secs(10)).expect("the server exits after its grace");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_at_once_and_still_writes_the_usage() {
+    let sim = slow_stream_sim().await;
+    // Usage reaches the database only when the server stops.
+    let env = [("KEYPOOL_SERVER__SHUTDOWN_GRACE", "60s"), ("KEYPOOL_SYNC_INTERVAL", "1h")];
+    let mut served = Served::start(&sim, &env).await;
+    let answered = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", served.addr))
+        .bearer_auth(&served.token)
+        .json(&chat("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    let stream = served.open_stream().await;
+    served.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(served.child.try_wait().unwrap().is_none(), "the first signal waits for the open stream");
+    let second = Instant::now();
+    served.signal("INT");
+    let status = served.exited_within(Duration::from_secs(3)).expect("a second signal stops at once");
+    assert!(second.elapsed() < Duration::from_secs(2), "stopped in {:?}", second.elapsed());
+    assert!(status.success(), "{status}");
+    drop(stream);
+    let store = keypool::store::Store::connect(&served.db).await.unwrap();
+    let keys = store.list_keys().await.unwrap();
+    assert!(keys[0].successes >= 1, "the usage totals were written before exiting: {:?}", keys[0].successes);
+}
