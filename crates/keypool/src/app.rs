@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -10,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
-use crate::server::{router, worker_count, AppState, TokenSet};
+use crate::server::{router, worker_count, AppState, Edge, TokenSet};
 use crate::store::{Store, StoreError};
 use crate::upstream::{Breaker, Upstream};
 
@@ -19,6 +22,12 @@ pub struct Running {
     addr: SocketAddr,
     scheduler: Arc<Scheduler>,
     stop: CancellationToken,
+    /// Cancelled when the stop's grace has passed: open answers are ended.
+    ending: CancellationToken,
+    /// Cancelled to stop at once (a second signal): no more waiting for
+    /// requests, only the usage totals are written.
+    hurry: CancellationToken,
+    grace: Duration,
     server: JoinHandle<std::io::Result<()>>,
     /// Stopped after the server, so usage of requests finishing during the
     /// shutdown is in the last write.
@@ -40,16 +49,52 @@ impl Running {
         &self.scheduler
     }
 
-    /// Stops accepting, lets open requests finish, then writes the last usage.
+    /// How long a stop lets requests in flight finish (`server.shutdown_grace`).
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// A handle that makes a [`Running::shutdown`] under way stop at once:
+    /// open answers end, and only the usage totals are still written.
+    pub fn hurry(&self) -> CancellationToken {
+        self.hurry.clone()
+    }
+
+    /// Stops accepting, lets open requests finish for at most
+    /// `server.shutdown_grace` (or until [`Running::hurry`]), then ends those
+    /// still open (event streams with an error event, waiting requests with
+    /// 503), and writes the last usage.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        let served = self.server.await;
+        let mut server = self.server;
+        let mut served = tokio::select! {
+            served = &mut server => Some(served),
+            _ = tokio::time::sleep(self.grace) => None,
+            _ = self.hurry.cancelled() => None,
+        };
+        if served.is_none() {
+            tracing::warn!(grace = ?self.grace, "requests still open after the shutdown grace; ending them");
+            self.ending.cancel();
+            // Ended answers close their connections at once; a connection that
+            // still does not end (its caller does not read) is left behind.
+            served = tokio::select! {
+                served = &mut server => Some(served),
+                _ = tokio::time::sleep(ENDING_WAIT) => None,
+                _ = self.hurry.cancelled() => None,
+            };
+        }
         self.sync_stop.cancel();
         self.sync.await?;
-        served??;
+        match served {
+            Some(served) => served??,
+            None => tracing::warn!("some connections were still open when keypool stopped"),
+        }
         Ok(())
     }
 }
+
+/// How long connections have to close once their answers were ended.
+const ENDING_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
@@ -88,9 +133,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config.sync_interval
         );
     }
-    let upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
+    let upstream = Upstream::from_config(config)?;
     let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {} (the `listen` setting)", config.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     // Each worker has its own upstream client, so pooled upstream connections
@@ -99,12 +146,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Ok(router(Arc::new(AppState {
             scheduler: Arc::clone(&scheduler),
             tokens: Arc::clone(&tokens),
-            upstream: Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?,
+            upstream: Upstream::from_config(config)?,
             breaker: Arc::clone(&breaker),
             config: config.clone(),
         })))
     };
-    let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone())?;
+    let ending = CancellationToken::new();
+    let edge = Edge { config: config.server.clone(), ending: ending.clone() };
+    let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone(), edge)?;
     let sync_stop = CancellationToken::new();
     let sync = tokio::spawn(sync.run(config.sync_interval, sync_stop.clone()));
     tokio::spawn(crate::health::probe_keys(
@@ -120,7 +169,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.health.upstream_probe,
         stop.clone(),
     ));
-    Ok(Running { addr, scheduler, stop, server, sync_stop, sync })
+    Ok(Running {
+        addr,
+        scheduler,
+        stop,
+        ending,
+        hurry: CancellationToken::new(),
+        grace: config.server.shutdown_grace,
+        server,
+        sync_stop,
+        sync,
+    })
 }
 
 /// Keeps the in-memory state and the store in step: usage counted in memory

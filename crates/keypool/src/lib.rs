@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod tokens;
 pub mod upstream;

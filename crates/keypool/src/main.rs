@@ -53,25 +53,5 @@ async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
         keypool::config::mask_url_password(&config.upstream),
         config.auth
     );
-    shutdown_signal().await;
-    tracing::info!("shutting down: finishing open requests and writing usage");
-    running.shutdown().await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    keypool::shutdown::serve_until_signalled(running).await
 }

@@ -6,6 +6,7 @@ mod listen;
 mod load;
 mod mask;
 pub mod models;
+mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub use check::{KeyFacts, Warning};
 pub use listen::parse_listen;
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
+pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
@@ -75,6 +77,11 @@ pub struct Config {
     /// loading ignored (see [`Config::warnings`]).
     #[serde(skip)]
     pub env_ignored: Vec<String>,
+    /// How callers' connections are served and the server stops.
+    pub server: ServerConfig,
+    /// A PEM file of extra CA certificates to trust for the upstream (a
+    /// private CA), besides the built-in roots and `SSL_CERT_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Per-key defaults.
@@ -254,6 +261,8 @@ impl Default for Config {
             models: BTreeMap::new(),
             log: "info".into(),
             env_ignored: Vec::new(),
+            server: ServerConfig::default(),
+            ca_file: None,
         }
     }
 }
@@ -350,6 +359,9 @@ impl Config {
                 setting: "health",
                 reason: "upstream_failures and key_connect_failures must be > 0".into(),
             });
+        }
+        if let Some(setting) = self.server.zero_duration() {
+            return Err(ConfigError::Invalid { setting, reason: "must be > 0".into() });
         }
         if self.sync_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });

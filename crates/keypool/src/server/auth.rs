@@ -40,9 +40,7 @@ impl TokenSet {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(bearer_token)
             .ok_or(ApiError::MissingToken)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if self.hashes.read().unwrap_or_else(|p| p.into_inner()).contains(&digest) {
@@ -51,6 +49,16 @@ impl TokenSet {
             Err(ApiError::InvalidToken)
         }
     }
+}
+
+/// The credentials of a `Bearer` Authorization value. The scheme is
+/// case-insensitive and may be followed by any run of spaces or tabs (RFC 9110
+/// §11.1, §11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    let token = rest.trim_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -71,5 +79,15 @@ mod tests {
         assert!(set.check(&h).is_ok());
         set.replace([]);
         assert!(matches!(set.check(&h), Err(ApiError::InvalidToken)));
+    }
+
+    #[test]
+    fn the_scheme_is_matched_case_insensitively() {
+        for value in ["Bearer kp-1", "bearer kp-1", "BEARER kp-1", "bEaReR  kp-1", "Bearer\tkp-1 "] {
+            assert_eq!(bearer_token(value), Some("kp-1"), "{value:?}");
+        }
+        for value in ["Bearer", "Bearer ", "Basic kp-1", "Bearerkp-1", "kp-1"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

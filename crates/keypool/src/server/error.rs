@@ -52,6 +52,10 @@ pub enum ApiError {
     UpstreamDown { attempts: u32 },
     #[error("Internal error: {0}.")]
     Internal(&'static str),
+    #[error("Your request body arrived slower than {rate} bytes/s over {window:?}; the gateway stopped waiting for it. Nothing was charged to a key.")]
+    CallerTooSlow { rate: u64, window: Duration },
+    #[error("The gateway is shutting down and could not finish this request in time. Please retry; another instance will answer.")]
+    ShuttingDown,
 }
 
 fn waited_text(waited: Duration) -> String {
@@ -88,9 +92,10 @@ impl ApiError {
             | ApiError::BodyTooLarge { .. }
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_)
-            | ApiError::BadPath(_) => Fault::Caller,
+            | ApiError::BadPath(_)
+            | ApiError::CallerTooSlow { .. } => Fault::Caller,
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => Fault::Upstream,
-            ApiError::Internal(_) => Fault::Gateway,
+            ApiError::Internal(_) | ApiError::ShuttingDown => Fault::Gateway,
             ApiError::NoKeys | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => Fault::Gateway,
         }
     }
@@ -100,7 +105,7 @@ impl ApiError {
         match self {
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => true,
             ApiError::Internal(_) => false,
-            ApiError::AllKeysBusy { .. } | ApiError::NoKeys => true,
+            ApiError::AllKeysBusy { .. } | ApiError::NoKeys | ApiError::ShuttingDown => true,
             ApiError::BudgetSpent => false,
             _ => false,
         }
@@ -133,17 +138,31 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream_error", "upstream_unavailable")
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
+            ApiError::CallerTooSlow { .. } => {
+                (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "request_body_too_slow")
+            }
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "gateway_shutting_down"),
         }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (_, kind, code) = self.status_type_code();
+        serde_json::json!({
+            "error": { "message": self.to_string(), "type": kind, "param": null, "code": code }
+        })
+    }
+
+    /// The error as the last event of a Server-Sent Events stream that has
+    /// already begun: `data: {"error":...}` then `data: [DONE]`.
+    pub fn sse_event(&self) -> bytes::Bytes {
+        bytes::Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", self.json()))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, code) = self.status_type_code();
-        let body = serde_json::json!({
-            "error": { "message": self.to_string(), "type": kind, "param": null, "code": code }
-        });
-        let mut response = (status, axum::Json(body)).into_response();
+        let (status, _, _) = self.status_type_code();
+        let mut response = (status, axum::Json(self.json())).into_response();
         if let ApiError::AllKeysBusy { retry_after, .. } = &self {
             if let Ok(v) = HeaderValue::try_from(retry_after_secs(*retry_after).max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);

@@ -5,7 +5,10 @@ mod auth;
 mod error;
 mod inspect;
 mod metered;
+mod pace;
 mod proxy;
+mod service;
+mod stalled;
 mod workers;
 
 use std::sync::Arc;
@@ -16,7 +19,8 @@ use axum::{Json, Router};
 
 pub use auth::{generate_token, hash_token, TokenSet, TOKEN_PREFIX};
 pub use error::{ApiError, Fault};
-pub use workers::{serve, worker_count};
+pub use pace::CallerPace;
+pub use workers::{serve, worker_count, Edge};
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;

@@ -155,6 +155,12 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 inspected.overflow.drain_rest().await;
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
+            Ok(Err(_)) if parts.extensions.get::<super::CallerPace>().is_some_and(super::CallerPace::too_slow) => {
+                // The caller's upload was cut off as too slow: its error, not the upstream's.
+                lease.give_back();
+                let s = &app.config.server;
+                return Err(ApiError::CallerTooSlow { rate: s.min_body_rate, window: s.min_body_rate_window });
+            }
             Ok(Err(e)) => {
                 tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
                 let verdict = if matches!(e, UpstreamError::Connect(_)) {

@@ -31,22 +31,36 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::service::{CallerService, ConnState, Pacing};
+use super::stalled::Stalled;
+use crate::config::ServerConfig;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connections accepted but not yet taken by a busy worker, per worker.
 const HANDOFF_QUEUE: usize = 1024;
 
-type Conn = (std::net::TcpStream, SocketAddr);
+/// A connection on its way to a worker, with its place under the cap on
+/// open connections (given back when the connection ends).
+type Conn = (std::net::TcpStream, SocketAddr, Option<OwnedSemaphorePermit>);
 type Queue = mpsc::Sender<Conn>;
+
+/// How callers' connections are treated: the `[server]` settings, and the
+/// signal that a stop's grace has passed (answers still streaming then end
+/// with an error event, requests still waiting get 503).
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    pub config: ServerConfig,
+    pub ending: CancellationToken,
+}
 
 /// The number of workers for a configured count: 0 means one per core.
 pub fn worker_count(configured: usize) -> usize {
@@ -59,13 +73,14 @@ pub fn worker_count(configured: usize) -> usize {
 /// Serves `listener` on `workers` threads, each with the router `make_router`
 /// builds for it, until `stop` is cancelled (or the runtime running the
 /// returned task shuts down); then stops accepting, serves the connections
-/// already handed over, and lets open requests finish. The handle ends when
-/// every worker has.
+/// already handed over, and lets open requests finish (until `edge.ending`
+/// ends them). The handle ends when every worker has.
 pub fn serve<F, E>(
     listener: TcpListener,
     workers: usize,
     mut make_router: F,
     stop: CancellationToken,
+    edge: Edge,
 ) -> Result<JoinHandle<io::Result<()>>, E>
 where
     F: FnMut() -> Result<Router, E>,
@@ -76,27 +91,35 @@ where
     for i in 0..workers.max(1) {
         let router = make_router()?;
         let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let edge = edge.clone();
         // A worker ends once its queue is closed (the acceptor stopped or was
         // dropped) and empty; an error here drops the queues made so far, so
         // the workers already started end too.
         let thread = std::thread::Builder::new()
             .name(format!("keypool-worker-{i}"))
-            .spawn(move || run_worker(rx, router))
+            .spawn(move || {
+                let _ = ended_tx.send(run_worker(rx, router, edge));
+            })
             .map_err(|e| io::Error::new(e.kind(), format!("starting worker thread {i}: {e}")))?;
         queues.push(tx);
-        threads.push(thread);
+        threads.push((thread, ended_rx));
     }
+    let cap = match edge.config.max_connections {
+        0 => None,
+        n => Some((Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))), n)),
+    };
     Ok(tokio::spawn(async move {
-        accept(listener, queues, stop).await;
-        tokio::task::spawn_blocking(move || join(threads)).await.map_err(io::Error::other)?
+        accept(listener, queues, stop, cap).await;
+        join(threads).await
     }))
 }
 
-fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router) -> io::Result<()> {
+fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router, edge: Edge) -> io::Result<()> {
     let ended = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|runtime| {
         runtime.block_on(async {
             let collecting = tokio::spawn(crate::memory::collect_periodically());
-            serve_handed_over(handoff, router).await;
+            serve_handed_over(handoff, router, edge).await;
             collecting.abort();
         })
     });
@@ -107,10 +130,12 @@ fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router) -> io::Result<()> {
     ended
 }
 
-fn join(threads: Vec<ThreadHandle<io::Result<()>>>) -> io::Result<()> {
+/// Waits for every worker to end, without blocking a thread of the runtime
+/// (so a process that stops in a hurry is not held by a worker still busy).
+async fn join(threads: Vec<(ThreadHandle<()>, oneshot::Receiver<io::Result<()>>)>) -> io::Result<()> {
     let mut result = Ok(());
-    for thread in threads {
-        let ended = thread.join().unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
+    for (_thread, ended) in threads {
+        let ended = ended.await.unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
         if let Err(e) = ended {
             result = Err(e);
         }
@@ -118,10 +143,37 @@ fn join(threads: Vec<ThreadHandle<io::Result<()>>>) -> io::Result<()> {
     result
 }
 
-/// Takes connections until `stop`, handing them to the workers in turn.
-async fn accept(listener: TcpListener, mut queues: Vec<Queue>, stop: CancellationToken) {
+/// Takes connections until `stop`, handing them to the workers in turn; with
+/// a `cap`, only while fewer than that many are open.
+async fn accept(
+    listener: TcpListener,
+    mut queues: Vec<Queue>,
+    stop: CancellationToken,
+    cap: Option<(Arc<Semaphore>, usize)>,
+) {
     let mut next = 0usize;
     loop {
+        let permit = match &cap {
+            None => None,
+            Some((cap, max)) => match Arc::clone(cap).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    tracing::warn!(
+                        open = max,
+                        "open connection cap (server.max_connections) reached: new connections wait in the listen \
+                         backlog until one closes"
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return,
+                        permit = Arc::clone(cap).acquire_owned() => match permit {
+                            Ok(permit) => Some(permit),
+                            Err(_) => return,
+                        },
+                    }
+                }
+            },
+        };
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
@@ -141,7 +193,7 @@ async fn accept(listener: TcpListener, mut queues: Vec<Queue>, stop: Cancellatio
         }
         // Deregistered here, registered again with the worker's own reactor.
         let mut conn = match stream.into_std() {
-            Ok(stream) => (stream, peer),
+            Ok(stream) => (stream, peer, permit),
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand a connection to a worker");
                 continue;
@@ -210,14 +262,24 @@ async fn accept_failed(e: io::Error) {
 /// Serves the connections handed to this worker until its queue is closed
 /// (the acceptor stopped) and empty; then asks every connection to finish
 /// (idle ones close, open requests complete) and waits for them.
-async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router) {
-    let protocols = Arc::new(Protocols::new());
+async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, edge: Edge) {
+    let protocols = Arc::new(Protocols::new(&edge.config));
+    let pacing = Arc::new(Pacing {
+        min_body_rate: edge.config.min_body_rate,
+        window: edge.config.min_body_rate_window,
+        ending: edge.ending.clone(),
+    });
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
-    while let Some((stream, _peer)) = handoff.recv().await {
+    while let Some((stream, _peer, permit)) = handoff.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => {
-                connections.spawn(serve_connection(stream, router.clone(), Arc::clone(&protocols), closing.clone()));
+                let service = CallerService::new(router.clone(), Arc::new(ConnState::new()), Arc::clone(&pacing));
+                let serving = serve_connection(stream, service, Arc::clone(&protocols), closing.clone());
+                connections.spawn(async move {
+                    serving.await;
+                    drop(permit);
+                });
             }
             Err(e) => tracing::warn!(error = %e, "could not take a connection over"),
         }
@@ -234,14 +296,38 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
     /// For a connection whose first bytes left the protocol open.
     auto: auto::Builder<TokioExecutor>,
+    /// Longest wait for a request's head (and a new connection's first bytes).
+    header_read_timeout: Duration,
+    /// Longest a connection stays open with no request in flight.
+    keep_alive_timeout: Duration,
+    /// Longest a write to the caller may make no progress.
+    write_timeout: Duration,
 }
 
 impl Protocols {
-    fn new() -> Protocols {
+    fn new(config: &ServerConfig) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        // hyper starts this clock whenever it waits for a request head,
+        // between kept-alive requests too.
+        http1.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(config.http2_keep_alive_interval)
+            .keep_alive_timeout(config.http2_keep_alive_timeout);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(config.http2_keep_alive_interval)
+            .keep_alive_timeout(config.http2_keep_alive_timeout);
         Protocols {
-            http1: http1::Builder::new(),
-            http2: http2::Builder::new(TokioExecutor::new()),
-            auto: auto::Builder::new(TokioExecutor::new()),
+            http1,
+            http2,
+            auto,
+            header_read_timeout: config.header_read_timeout,
+            keep_alive_timeout: config.keep_alive_timeout,
+            write_timeout: config.write_timeout,
         }
     }
 }
@@ -283,11 +369,21 @@ fn spoken(first: &[u8]) -> Spoken {
 /// 16 KB for every connection (heaptrack: 16 KB per open stream, the largest
 /// single allocation of an HTTP/1.1 stream). Peeking leaves the bytes in the
 /// socket, so hyper reads the request head in one go into 8 KB.
-async fn serve_connection(stream: TcpStream, router: Router, protocols: Arc<Protocols>, closing: CancellationToken) {
+async fn serve_connection(
+    stream: TcpStream,
+    service: CallerService,
+    protocols: Arc<Protocols>,
+    closing: CancellationToken,
+) {
     let mut first = [0u8; HTTP2_PREFACE.len()];
     let peeked = tokio::select! {
         biased;
         peeked = stream.peek(&mut first) => peeked,
+        // A connection that says nothing is closed like one whose head is slow.
+        _ = tokio::time::sleep(protocols.header_read_timeout) => {
+            tracing::debug!("a connection sent nothing within server.header_read_timeout; closed");
+            return;
+        }
         // Stopping: a connection handed over with its request already sent
         // is still served (its bytes show at the runtime's next look at the
         // socket); one that says nothing within the grace is closed, so a
@@ -305,23 +401,24 @@ async fn serve_connection(stream: TcpStream, router: Router, protocols: Arc<Prot
             return;
         }
     };
-    let io = TokioIo::new(stream);
-    let service = TowerToHyperService::new(router);
+    let io = TokioIo::new(Stalled::new(stream, protocols.write_timeout));
+    let conn_state = service.conn_state();
+    let idle = conn_state.idle_for(protocols.keep_alive_timeout);
     // HTTP/1.1's connection is kept inline and the others boxed, so that the
     // task of each HTTP/1.1 connection (one per open stream) is no larger
     // than it needs.
     let served: Result<(), BoxError> = match spoken {
         Spoken::Http1 => {
             let conn = protocols.http1.serve_connection(io, service);
-            until_closed(conn, &closing, |c| c.graceful_shutdown()).await.map_err(Into::into)
+            until_closed(conn, &closing, idle, |c| c.graceful_shutdown()).await.map_err(Into::into)
         }
         Spoken::Http2 => {
             let conn = protocols.http2.serve_connection(io, service);
-            Box::pin(until_closed(conn, &closing, |c| c.graceful_shutdown())).await.map_err(Into::into)
+            Box::pin(until_closed(conn, &closing, idle, |c| c.graceful_shutdown())).await.map_err(Into::into)
         }
         Spoken::Unsure => {
             let conn = protocols.auto.serve_connection(io, service);
-            Box::pin(until_closed(conn, &closing, |c| c.graceful_shutdown())).await
+            Box::pin(until_closed(conn, &closing, idle, |c| c.graceful_shutdown())).await
         }
     };
     if let Err(e) = served {
@@ -329,9 +426,15 @@ async fn serve_connection(stream: TcpStream, router: Router, protocols: Arc<Prot
     }
 }
 
-/// Drives a connection to its end; once `closing` is cancelled, asks it to
-/// finish gracefully (no new requests; those in flight complete).
-async fn until_closed<C, E>(conn: C, closing: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
+/// Drives a connection to its end; once `closing` is cancelled or the
+/// connection has been `idle` long enough, asks it to finish gracefully (no
+/// new requests; those in flight complete).
+async fn until_closed<C, E>(
+    conn: C,
+    closing: &CancellationToken,
+    idle: impl Future<Output = ()>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
@@ -342,6 +445,7 @@ where
         biased;
         served = conn.as_mut() => return served,
         _ = closing.cancelled() => {}
+        _ = idle => tracing::debug!("a connection was idle for server.keep_alive_timeout; closing it"),
     }
     shutdown(conn.as_mut());
     conn.await
@@ -369,7 +473,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let server = serve(listener, workers, make, stop.clone()).unwrap();
+        let server = serve(listener, workers, make, stop.clone(), Edge::default()).unwrap();
         (addr, stop, server)
     }
 

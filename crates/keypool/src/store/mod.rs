@@ -3,6 +3,7 @@
 //! in `migrations/sqlite/` so a PostgreSQL backend can mirror them file by file.
 
 mod models;
+mod owner_only;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,6 +57,7 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
+        owner_only::prepare(url, options.get_filename());
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Store { pool })

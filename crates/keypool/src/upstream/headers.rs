@@ -22,13 +22,52 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Caller headers that never go upstream: hop-by-hop ones (including any the
 /// caller listed in `Connection`), Host (the upstream's is derived from its
-/// URL), the caller's credentials (replaced by the key), and Accept-Encoding
-/// (keypool reads usage from the answer, so it asks for it uncompressed).
-pub(super) fn is_dropped_request_header(name: &HeaderName, all: &HeaderMap) -> bool {
+/// URL), every header that can carry a credential (the caller's gateway
+/// token must never reach the upstream; the key replaces it), the caller's
+/// account headers unless `forward_account` (they belong to the key), and
+/// Accept-Encoding (keypool reads usage from the answer, so it asks for it
+/// uncompressed).
+pub(super) fn is_dropped_request_header(name: &HeaderName, all: &HeaderMap, forward_account: bool) -> bool {
     is_hop_by_hop(name)
         || listed_in_connection(name, all)
-        || matches!(*name, header::HOST | header::AUTHORIZATION | header::ACCEPT_ENCODING | header::CONTENT_LENGTH)
-        || name.as_str() == "api-key"
+        || matches!(*name, header::HOST | header::ACCEPT_ENCODING | header::CONTENT_LENGTH)
+        || may_carry_credential(name)
+        || (!forward_account && is_account_header(name))
+}
+
+/// `OpenAI-Organization` and `OpenAI-Project`: which account a request is
+/// billed to, which OpenAI checks against the key (401
+/// `mismatched_organization` when they disagree).
+pub fn is_account_header(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "openai-organization" | "openai-project")
+}
+
+/// Whether a header can carry a secret: the standard ones (`Authorization`,
+/// `Proxy-Authorization`, `Cookie`), the key headers providers read (Azure's
+/// `api-key`, Anthropic's `x-api-key`, Google's `x-goog-api-key`), and any
+/// other whose name says it holds a key, token, secret or session
+/// (`x-auth-token`, `x-access-token`, `x-amz-security-token`, ...). Names are
+/// matched by their parts, so `idempotency-key`, which the official SDKs
+/// send, still passes.
+pub fn may_carry_credential(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    if matches!(name, "authorization" | "proxy-authorization" | "cookie" | "cookie2") {
+        return true;
+    }
+    let parts: Vec<&str> = name.split(['-', '_']).collect();
+    let has = |part: &str| parts.contains(&part);
+    has("auth")
+        || has("authorization")
+        || has("token")
+        || has("secret")
+        || has("password")
+        || has("credential")
+        || has("credentials")
+        || has("session")
+        || has("apikey")
+        || has("cookie")
+        || (has("key") && (has("api") || has("access") || has("secret") || has("private") || has("subscription")))
+        || name.ends_with("-api-key")
 }
 
 fn listed_in_connection(name: &HeaderName, all: &HeaderMap) -> bool {

@@ -77,6 +77,8 @@ enum Transport {
 pub struct Upstream {
     transport: Transport,
     base: Url,
+    /// Whether the caller's `OpenAI-Organization`/`OpenAI-Project` go upstream.
+    forward_account_headers: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -117,7 +119,15 @@ impl Upstream {
             }
             Transport::Proxied(builder.build().map_err(|e| UpstreamError::Client(e.to_string()))?)
         };
-        Ok(Upstream { transport, base })
+        Ok(Upstream { transport, base, forward_account_headers: false })
+    }
+
+    /// The client `config` describes: its upstream, proxy, connect timeout,
+    /// extra trusted CAs (`ca_file`) and which caller headers go upstream.
+    pub fn from_config(config: &crate::config::Config) -> Result<Upstream, UpstreamError> {
+        let mut upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
+        upstream.forward_account_headers = config.server.forward_account_headers;
+        Ok(upstream)
     }
 
     /// The upstream URL for a caller's path below `/v1/` and its raw query;
@@ -170,7 +180,8 @@ impl Upstream {
     }
 
     /// Sends one request with `key`. Caller headers are passed on except
-    /// hop-by-hop ones, Host, and the caller's credentials.
+    /// hop-by-hop ones, Host, any that may carry a credential, and (unless
+    /// configured) the caller's account headers.
     pub async fn send(
         &self,
         method: Method,
@@ -182,7 +193,7 @@ impl Upstream {
     ) -> Result<Answer, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(caller_headers.len() + 1);
         for (name, value) in caller_headers {
-            if !headers::is_dropped_request_header(name, caller_headers) {
+            if !headers::is_dropped_request_header(name, caller_headers, self.forward_account_headers) {
                 headers.append(name.clone(), value.clone());
             }
         }

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use http::HeaderName;
 
 #[test]
 fn joins_paths_under_a_relay_prefix() {
@@ -29,8 +30,43 @@ fn request_headers_drop_credentials_and_hop_by_hop() {
     h.insert("x-private", "1".parse().unwrap());
     h.insert("authorization", "Bearer kp-x".parse().unwrap());
     h.insert("openai-organization", "org-1".parse().unwrap());
-    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h)).collect();
+    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h, true)).collect();
     assert_eq!(kept, vec!["openai-organization"]);
+    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h, false)).collect();
+    assert!(kept.is_empty(), "account headers are dropped by default: {kept:?}");
+}
+
+#[test]
+fn every_header_that_can_carry_a_credential_is_dropped() {
+    let secret = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "apikey",
+        "x-apikey",
+        "x-auth-token",
+        "x-access-token",
+        "x-amz-security-token",
+        "x-session-id",
+        "x-client-secret",
+        "ocp-apim-subscription-key",
+        "x-portkey-api-key",
+        "anthropic-api-key",
+        "X_API_KEY",
+    ];
+    let mut h = HeaderMap::new();
+    for name in secret {
+        h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "kp-secret".parse().unwrap());
+    }
+    let passed = ["idempotency-key", "x-stainless-lang", "openai-beta", "content-type", "user-agent", "x-request-id"];
+    for name in passed {
+        h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "1".parse().unwrap());
+    }
+    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h, false)).collect();
+    assert_eq!(kept, passed.to_vec());
 }
 
 #[test]

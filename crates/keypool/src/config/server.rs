@@ -1,0 +1,92 @@
+//! The `[server]` section: how keypool treats the connections of its callers
+//! (slow, silent and stalled ones), how it stops, and which caller headers
+//! it forwards.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the caller-facing edge. Every duration is a humantime string
+/// in the file (`"30s"`, `"2m"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Longest a caller may take to send a request's head (request line and
+    /// headers), counted from when the connection is ready for it; a silent
+    /// new connection is closed after it too. For HTTP/1.1 the same clock
+    /// runs while a kept-alive connection waits for its next request.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a connection may stay open with no request in flight (HTTP/1.1
+    /// keep-alive and HTTP/2 alike).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Longest a write to a caller may make no progress: a caller that stops
+    /// reading a stream is disconnected after it, which gives its key back.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Slowest upload accepted, in bytes per second, averaged over
+    /// `min_body_rate_window` while keypool waits for the body; a slower
+    /// caller gets 408 (its own error; no key or upstream is blamed). 0 turns
+    /// the check off.
+    pub min_body_rate: u64,
+    /// The window `min_body_rate` is measured over; also the longest a body
+    /// may stay silent.
+    #[serde(with = "humantime_serde")]
+    pub min_body_rate_window: Duration,
+    /// How often an HTTP/2 connection is pinged to find a caller that is gone.
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
+    /// How long an HTTP/2 ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
+    /// Most caller connections open at once (0: no cap). Past it, new
+    /// connections wait in the listen backlog and a warning is logged. Keep it
+    /// under the process's file-descriptor limit (`ulimit -n`), which also
+    /// counts upstream connections and the database.
+    pub max_connections: usize,
+    /// On SIGTERM, how long requests in flight may still finish; open streams
+    /// are then ended with an error event. 25 s fits inside Kubernetes' default
+    /// 30 s termination grace.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Forward the caller's `OpenAI-Organization` and `OpenAI-Project`
+    /// headers. Off by default: account headers belong to the key, and an
+    /// upstream refuses a key with another account's (401
+    /// `mismatched_organization`).
+    pub forward_account_headers: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(60),
+            min_body_rate: 1024,
+            min_body_rate_window: Duration::from_secs(15),
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(25),
+            forward_account_headers: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The name of the first duration that is zero (none may be).
+    pub(super) fn zero_duration(&self) -> Option<&'static str> {
+        [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.keep_alive_timeout", self.keep_alive_timeout),
+            ("server.write_timeout", self.write_timeout),
+            ("server.min_body_rate_window", self.min_body_rate_window),
+            ("server.http2_keep_alive_interval", self.http2_keep_alive_interval),
+            ("server.http2_keep_alive_timeout", self.http2_keep_alive_timeout),
+        ]
+        .into_iter()
+        .find(|(_, d)| d.is_zero())
+        .map(|(name, _)| name)
+    }
+}

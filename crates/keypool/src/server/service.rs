@@ -1,0 +1,231 @@
+//! What every request of a caller's connection passes through before and
+//! after the router: its body must keep a minimum rate ([`MinRate`]), the
+//! connection knows whether a request is in flight (for its idle timeout),
+//! and once a stop's grace has passed, answers still streaming are ended with
+//! an error event and requests still waiting are answered 503.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::response::IntoResponse;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::error::ApiError;
+use super::pace::{CallerPace, MinRate};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What one connection's requests share: how many are in flight, and when
+/// the last one started or ended.
+#[derive(Debug)]
+pub struct ConnState {
+    born: Instant,
+    inflight: AtomicUsize,
+    /// Milliseconds after `born`.
+    last_active: AtomicU64,
+}
+
+impl ConnState {
+    pub fn new() -> ConnState {
+        ConnState { born: Instant::now(), inflight: AtomicUsize::new(0), last_active: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has had no request in flight for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            if self.inflight.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(idle).await;
+                continue;
+            }
+            let quiet_since = self.born + Duration::from_millis(self.last_active.load(Ordering::Relaxed));
+            if Instant::now() >= quiet_since + idle {
+                return;
+            }
+            tokio::time::sleep_until(quiet_since + idle).await;
+        }
+    }
+}
+
+/// A request in flight on a connection, from its head until its answer's body is dropped.
+struct Busy(Arc<ConnState>);
+
+impl Busy {
+    fn new(conn: &Arc<ConnState>) -> Busy {
+        conn.inflight.fetch_add(1, Ordering::Relaxed);
+        conn.touch();
+        Busy(Arc::clone(conn))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The edge settings a worker's connections share.
+#[derive(Debug, Clone)]
+pub struct Pacing {
+    pub min_body_rate: u64,
+    pub window: Duration,
+    /// Cancelled when a stop's grace has passed.
+    pub ending: CancellationToken,
+}
+
+/// The router as hyper serves it on one connection.
+#[derive(Clone)]
+pub struct CallerService {
+    router: Router,
+    conn: Arc<ConnState>,
+    pacing: Arc<Pacing>,
+}
+
+impl CallerService {
+    pub fn new(router: Router, conn: Arc<ConnState>, pacing: Arc<Pacing>) -> CallerService {
+        CallerService { router, conn, pacing }
+    }
+
+    /// The state of the connection this serves.
+    pub fn conn_state(&self) -> Arc<ConnState> {
+        Arc::clone(&self.conn)
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for CallerService
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Ending<axum::body::Body>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<B>) -> Self::Future {
+        let busy = Busy::new(&self.conn);
+        let pace = CallerPace::default();
+        req.extensions_mut().insert(pace.clone());
+        let (rate, window) = (self.pacing.min_body_rate, self.pacing.window);
+        let req = req.map(|body| MinRate::new(body, rate, window, pace.clone()));
+        let ending = self.pacing.ending.clone();
+        let answering = tower_service::Service::call(&mut self.router.clone(), req);
+        Box::pin(async move {
+            let response = tokio::select! {
+                biased;
+                answered = answering => match answered {
+                    // A body cut off as too slow is the caller's error, whatever
+                    // the handler made of the failure it saw.
+                    Ok(r) if pace.too_slow() && !r.status().is_success() => {
+                        ApiError::CallerTooSlow { rate, window }.into_response()
+                    }
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
+                _ = ending.clone().cancelled_owned() => ApiError::ShuttingDown.into_response(),
+            };
+            let sse = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+            Ok(response.map(|body| Ending::new(body, sse, ending, busy)))
+        })
+    }
+}
+
+/// An answer's body that a stop can end: an event stream gets an
+/// OpenAI-shaped error event and `data: [DONE]`, any other body is cut off
+/// (the caller sees the connection fail, as a length it was promised is not
+/// met). Dropping the inner body finishes its key's lease as cancelled.
+pub struct Ending<B> {
+    inner: Option<B>,
+    sse: bool,
+    /// Whether what was sent so far ends between two events.
+    at_boundary: bool,
+    ending: CancellationToken,
+    /// Allocated on the first wait for the inner body, then reused.
+    waiter: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    _busy: Busy,
+}
+
+impl<B> Ending<B> {
+    fn new(inner: B, sse: bool, ending: CancellationToken, busy: Busy) -> Ending<B> {
+        Ending { inner: Some(inner), sse, at_boundary: true, ending, waiter: None, _busy: busy }
+    }
+
+    /// Ends the answer now, because the stop's grace has passed.
+    fn end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.inner = None;
+        if !self.sse {
+            return Poll::Ready(Some(Err("the gateway is shutting down".into())));
+        }
+        let mut event = Vec::new();
+        if !self.at_boundary {
+            // Close the event cut in the middle, so the error is read on its own.
+            event.extend_from_slice(b"\n\n");
+        }
+        event.extend_from_slice(&ApiError::ShuttingDown.sse_event());
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+    }
+}
+
+impl<B> Body for Ending<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        if this.ending.is_cancelled() {
+            return this.end();
+        }
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                    this.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let ending = &this.ending;
+                let waiter = this.waiter.get_or_insert_with(|| Box::pin(ending.clone().cancelled_owned()));
+                match waiter.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.end(),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
