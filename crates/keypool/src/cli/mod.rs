@@ -2,6 +2,9 @@
 //! it prints. This is the only place besides the demo that writes to stdout.
 
 mod keys;
+mod keytest;
+mod list;
+mod paste;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -10,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AuthMode, Config, Overrides};
+use crate::store::{database_path, Create, Store};
 
 #[derive(Debug, Parser)]
 #[command(name = "keypool", version, about = "An OpenAI-compatible gateway over a pool of API keys")]
@@ -73,16 +77,37 @@ impl Cli {
     }
 }
 
-/// Runs a subcommand that works on the store.
+/// Runs a subcommand that works on the store. Each says on stderr which
+/// database it uses (stdout stays clean for `--json` and `tokens create`);
+/// only commands that add something create one where none exists.
 pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()> {
-    match command {
-        Command::Keys(cmd) => keys::run(cmd, config).await,
-        Command::Tokens(cmd) => tokens::run(cmd, config).await,
+    let creates = match command {
+        Command::Keys(cmd) => keys::creates_database(cmd),
+        Command::Tokens(cmd) => tokens::creates_database(cmd),
         Command::Config(ConfigCommand::Check) => {
             print!("{}", config.to_masked_toml()?);
+            eprintln!("database: {}", database_path(&config.database_url));
             eprintln!("configuration is valid");
-            Ok(())
+            return Ok(());
         }
-        Command::Serve(_) | Command::Demo(_) => Ok(()),
+        Command::Serve(_) | Command::Demo(_) => return Ok(()),
+    };
+    let path = database_path(&config.database_url);
+    let existed = std::path::Path::new(&path).exists();
+    let store = Store::open(&config.database_url, if creates { Create::IfMissing } else { Create::Never }).await?;
+    if existed {
+        eprintln!("database: {path}");
+    } else {
+        eprintln!(
+            "database: {path} (new: none existed there; to use another, pass --database-url, \
+             set KEYPOOL_DATABASE_URL or database_url in keypool.toml)"
+        );
     }
+    let done = match command {
+        Command::Keys(cmd) => keys::run(cmd, &store, config).await,
+        Command::Tokens(cmd) => tokens::run(cmd, &store).await,
+        _ => Ok(()),
+    };
+    store.close().await;
+    done
 }
