@@ -254,3 +254,43 @@ async fn keys_test_reports_what_the_upstream_said_for_each_key() {
     assert!(ok && out.contains("ok, 200") && !out.contains("key 2"), "{out}");
     assert_eq!(sim.key_stats(GOOD).requests, 2);
 }
+
+/// The README's Python example, run as a reader would copy it, prints the
+/// streamed text: the last chunk (usage) has `choices: []`, and the chunk
+/// that ends the answer has no content, so neither may print `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_python_example_prints_the_streamed_text() {
+    let Some(python) = std::env::var_os("KP_TEST_PYTHON") else {
+        assert!(std::env::var("CI").is_err(), "KP_TEST_PYTHON is not set: run the suite with scripts/test");
+        eprintln!("skipped: KP_TEST_PYTHON not set (scripts/test sets it)");
+        return;
+    };
+    let readme = include_str!("../../../README.md");
+    let block = readme.split("```python\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let sim = SimConfig { keys: vec![SimKey::new(GOOD)], ..SimConfig::default() };
+    let app = common::spawn(sim, vec![common::key(GOOD, None)], |_| {}).await;
+    let script = block
+        .replace("http://127.0.0.1:8080/v1", &app.gateway.base_url())
+        .replace("\"kp-...\"", &format!("{:?}", app.token));
+    let out = tokio::process::Command::new(python)
+        .args(["-c", &script])
+        .env_remove("OPENAI_ORG_ID")
+        .env_remove("OPENAI_PROJECT_ID")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("None"), "the example prints None:\n{stdout}");
+    assert!(stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "an answer, then the stream:\n{stdout}");
+}
+
+/// Cargo.toml says `MIT OR Apache-2.0`: both texts are in the repository.
+#[test]
+fn license_files_match_cargo_toml() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap_or_default();
+    assert!(read("Cargo.toml").contains("license = \"MIT OR Apache-2.0\""));
+    assert!(read("LICENSE-MIT").contains("Permission is hereby granted, free of charge"), "LICENSE-MIT");
+    assert!(read("LICENSE-APACHE").contains("Apache License\n                        Version 2.0"), "LICENSE-APACHE");
+}
