@@ -123,6 +123,43 @@ async fn keys_list_shows_what_the_server_learned_and_a_restart_keeps_it() {
 }
 
 #[tokio::test]
+async fn a_restart_does_not_over_send_a_key_used_in_the_last_minute() {
+    // The upstream allows 2 a minute and says so in its headers; keypool learns it.
+    let sim =
+        Simulator::start(SimConfig { keys: vec![SimKey::new(HOT).rpm(2)], ..SimConfig::default() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: sim.base_url(),
+        database_url: db.clone(),
+        sync_interval: Duration::from_millis(100),
+        ..Config::default()
+    };
+    config.pool.max_wait = Duration::ZERO;
+    let store = Store::connect(&db).await.unwrap();
+    store.add_key(&common::key(HOT, None)).await.unwrap();
+    let token = generate_token();
+    store.create_token("t", &hash_token(&token), "kp-t").await.unwrap();
+    let client = reqwest::Client::new();
+
+    let gateway = keypool::app::start(&config).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(send_chat(&client, &gateway.base_url(), &token).await, 200);
+    }
+    gateway.shutdown().await.unwrap();
+    let saved = store.load_key_states().await.unwrap();
+    assert_eq!((saved[0].rpm.learned, saved[0].rpm.used), (Some(2), 2), "{saved:?}");
+
+    let gateway = keypool::app::start(&config).await.unwrap();
+    let status = send_chat(&client, &gateway.base_url(), &token).await;
+    assert_eq!(status, 429, "the gateway holds the request back itself");
+    assert_eq!(sim.key_stats(HOT).requests, 2, "nothing more reached the key within the minute");
+    assert_eq!(sim.key_stats(HOT).rate_limited, 0, "the upstream never had to refuse");
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn each_key_is_sent_with_its_own_organization_and_project() {
     let sim = SimConfig { keys: vec![SimKey::new(GOOD)], ..SimConfig::default() };
     let key = NewKey {
