@@ -114,6 +114,11 @@ impl Store {
         if create == Create::Never && !in_memory && !options.get_filename().exists() {
             return Err(StoreError::Missing { path });
         }
+        let dir = std::path::absolute(options.get_filename()).ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+        if let Some(dir) = dir.filter(|d| !in_memory && !d.is_dir()) {
+            let reason = format!("its directory {} does not exist", dir.display());
+            return Err(StoreError::Open { path, reason });
+        }
         // WAL lets the CLI write while a server reads; the busy timeout makes a
         // concurrent writer wait instead of failing with SQLITE_BUSY.
         let options = options
