@@ -1,6 +1,7 @@
 //! Assembles a running gateway: store, scheduler, token set, upstream client
 //! and router, plus the background task that syncs them with the store.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
 use crate::server::{router, worker_count, AppState, Edge, TokenSet};
-use crate::store::{Store, StoreError};
+use crate::store::{SavedKeyState, Store, StoreError};
 use crate::upstream::{Breaker, Upstream};
 
 /// A gateway serving on a bound address until [`Running::shutdown`].
@@ -119,8 +120,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
 
     let tokens = Arc::new(TokenSet::default());
-    let mut sync = Sync { store, scheduler: Arc::clone(&scheduler), tokens: Arc::clone(&tokens), revision: None };
+    let mut sync = Sync {
+        store,
+        scheduler: Arc::clone(&scheduler),
+        tokens: Arc::clone(&tokens),
+        revision: None,
+        saved: HashMap::new(),
+    };
     sync.reload_if_changed().await?;
+    sync.restore_key_states().await?;
     // Build the tokenizer off the request path when it will be needed (a
     // key learning a TPM limit later starts the build on first use).
     if scheduler.counts_tokens() || !config.prices.is_empty() {
@@ -189,6 +197,8 @@ struct Sync {
     scheduler: Arc<Scheduler>,
     tokens: Arc<TokenSet>,
     revision: Option<i64>,
+    /// Key state as last written, so only changes are written again.
+    saved: HashMap<i64, SavedKeyState>,
 }
 
 impl Sync {
@@ -201,12 +211,36 @@ impl Sync {
                 _ = stop.cancelled() => break,
             }
             self.flush().await;
+            self.save_key_states().await;
             if let Err(e) = self.reload_if_changed().await {
                 tracing::warn!(error = %e, "could not reload keys and tokens; keeping the current ones");
             }
         }
         self.flush().await;
+        self.save_key_states().await;
         self.store.close().await;
+    }
+
+    /// Takes back what an earlier run learned about the keys (before serving).
+    async fn restore_key_states(&mut self) -> Result<(), StoreError> {
+        let states = self.store.load_key_states().await?;
+        let held_back = self.scheduler.restore_state(&states);
+        if held_back > 0 {
+            tracing::info!(keys = held_back, "keys invalid, exhausted or cooling before the restart stay so");
+        }
+        self.saved = states.into_iter().map(|s| (s.key_id, s)).collect();
+        Ok(())
+    }
+
+    /// Writes key state that changed since the last write (health, cooling,
+    /// learned limits, last minute's use), off the request path.
+    async fn save_key_states(&mut self) {
+        let changed: Vec<SavedKeyState> =
+            self.scheduler.export_state().into_iter().filter(|s| self.saved.get(&s.key_id) != Some(s)).collect();
+        match self.store.save_key_states(&changed).await {
+            Ok(()) => self.saved.extend(changed.into_iter().map(|s| (s.key_id, s))),
+            Err(e) => tracing::warn!(error = %e, "could not save key state; will retry"),
+        }
     }
 
     async fn flush(&self) {

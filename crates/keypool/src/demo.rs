@@ -26,7 +26,8 @@ pub struct DemoArgs {
     /// Requests per second sent through the gateway.
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
-    /// How long to send traffic.
+    /// How long the demo runs: traffic is sent for this long, and requests still
+    /// waiting for a key then are let go.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Longest a request waits in line for a key with room.
@@ -40,7 +41,12 @@ struct Tally {
     ok: AtomicU64,
     held: AtomicU64,
     other: AtomicU64,
+    /// Still waiting for a key when the demo's time was up.
+    cut: AtomicU64,
 }
+
+/// How long after `--duration` answers already on their way are collected.
+const GRACE: Duration = Duration::from_secs(1);
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate <= 1000.0) {
@@ -81,25 +87,34 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     let tally = Arc::new(Tally::default());
+    let cut = tokio_util::sync::CancellationToken::new();
+    let end = tokio::time::Instant::now() + args.duration;
     let client = reqwest::Client::new();
     let url = format!("{}/chat/completions", gateway.base_url());
     let traffic = {
         let tally = Arc::clone(&tally);
-        let (rate, duration) = (args.rate, args.duration);
+        let (rate, cut) = (args.rate, cut.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            let end = tokio::time::Instant::now() + duration;
-            while tokio::time::Instant::now() < end {
+            loop {
                 tick.tick().await;
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
                 let (client, url, token, tally) = (client.clone(), url.clone(), token.clone(), Arc::clone(&tally));
+                let cut = cut.clone();
                 tally.sent.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let body =
                         serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
-                    let counter = match client.post(&url).bearer_auth(&token).json(&body).send().await {
-                        Ok(r) if r.status().is_success() => &tally.ok,
-                        Ok(r) if r.status() == 429 => &tally.held,
-                        _ => &tally.other,
+                    let asked = client.post(&url).bearer_auth(&token).json(&body).send();
+                    let counter = tokio::select! {
+                        answer = asked => match answer {
+                            Ok(r) if r.status().is_success() => &tally.ok,
+                            Ok(r) if r.status() == 429 => &tally.held,
+                            _ => &tally.other,
+                        },
+                        _ = cut.cancelled() => &tally.cut,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                 });
@@ -114,14 +129,23 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         if traffic.is_finished() && tally.sent.load(Ordering::Relaxed) == tally_done(&tally) {
             break;
         }
+        // The demo runs for the time it says: requests still in line then are let go.
+        if tokio::time::Instant::now() >= end + GRACE {
+            cut.cancel();
+            while tally.sent.load(Ordering::Relaxed) > tally_done(&tally) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
     }
     draw(&gateway, &sim, &secrets, &tally, false)?;
     let upstream_429: u64 = sim.stats().keys.values().map(|k| k.rate_limited).sum();
     println!(
         "\n{} requests answered by keys inside their limits; {} refused after waiting max_wait; \
-         the simulated upstream sent {} rate-limit errors.",
+         {} still in line when the time was up; the simulated upstream sent {} rate-limit errors.",
         tally.ok.load(Ordering::Relaxed),
         tally.held.load(Ordering::Relaxed),
+        tally.cut.load(Ordering::Relaxed),
         upstream_429
     );
     gateway.shutdown().await?;
@@ -133,7 +157,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
 }
 
 fn tally_done(t: &Tally) -> u64 {
-    t.ok.load(Ordering::Relaxed) + t.held.load(Ordering::Relaxed) + t.other.load(Ordering::Relaxed)
+    [&t.ok, &t.held, &t.other, &t.cut].iter().map(|c| c.load(Ordering::Relaxed)).sum()
 }
 
 fn draw(

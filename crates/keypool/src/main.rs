@@ -21,10 +21,24 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text the message
+/// already holds (sqlx and others repeat their source) is left out.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,6 +60,7 @@ fn init_tracing(default: &str) {
 }
 
 async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
+    tracing::info!("database: {}", keypool::store::database_path(&config.database_url));
     let running = keypool::app::start(config).await?;
     tracing::info!(
         "keypool listening on http://{} (upstream {}, auth {:?})",

@@ -118,6 +118,8 @@ async fn cli_manages_keys_and_tokens_of_a_running_server_and_never_shows_a_key()
     });
     let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("server printed its address");
     assert!(log.lock().unwrap().contains("keypool keys add"), "empty pool explains how to add a key");
+    let db_file = dir.path().join("k.db").display().to_string();
+    assert!(log.lock().unwrap().contains(&format!("database: {db_file}")), "serve names its database");
     let base = format!("http://{addr}/v1");
     let http = reqwest::Client::new();
     let mut responses = String::new();
@@ -212,6 +214,22 @@ fn config_check_rejects_a_bad_setting_by_name() {
     let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream"));
+}
+
+#[test]
+fn demo_runs_for_the_time_it_says() {
+    // 1 key at 2 rpm offered 4 requests/s: most wait in line, and max_wait
+    // (60 s) is far longer than the demo. It still ends at --duration.
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["demo", "--keys", "1", "--rpm", "2", "--rate", "4", "--duration", "2s", "--max-wait", "60s"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(took < Duration::from_secs(6), "a 2 s demo took {took:?}");
+    assert!(stdout.contains("still in line when the time was up"), "{stdout}");
 }
 
 #[test]

@@ -1,40 +1,62 @@
-//! `keypool keys …`: add, import, list, enable, disable, remove.
+//! `keypool keys …`: add, import, list, edit, test, enable, disable, remove.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use secrecy::ExposeSecret;
 
+use super::paste::{self, check_key, looks_like_provider_key, Pasted};
 use crate::config::{mask_key, Config};
-use crate::store::{AddOutcome, NewKey, Store};
+use crate::store::{now_unix, AddOutcome, KeyChange, NewKey, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Add keys given as arguments (prefer `import -` to keep keys out of shell history).
     Add {
+        /// The keys: any non-empty value a header can carry (`EMPTY` and `ollama` suit local servers).
         #[arg(required = true)]
         keys: Vec<String>,
         #[command(flatten)]
         opts: KeyOpts,
     },
-    /// Add keys from a file, or `-` for stdin: one per line, blank lines and `#` comments skipped.
+    /// Add keys from a file, or `-` for stdin: one a line, or several separated by commas or
+    /// spaces; quotes, a byte-order mark and CRLF are ignored; blank lines and `#` comments skipped.
     Import {
+        /// The file to read, or `-` for standard input.
         file: PathBuf,
         #[command(flatten)]
         opts: KeyOpts,
     },
-    /// List keys (masked) with their status and counts.
+    /// List keys (masked) with their state as the running server knows it, and their counts.
     List {
+        /// Print JSON (an array of keys) instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Change a key's settings (only those given; an empty text value clears it).
+    Edit {
+        /// The key's id, as `keys list` shows it.
+        id: i64,
+        #[command(flatten)]
+        opts: KeyOpts,
+    },
+    /// Send each key (or the ones given) a minimal request and report what the upstream said.
+    Test(super::keytest::TestArgs),
     /// Put a disabled key back into rotation.
-    Enable { id: i64 },
+    Enable {
+        /// The key's id, as `keys list` shows it.
+        id: i64,
+    },
     /// Take a key out of rotation (kept, with its counts).
-    Disable { id: i64 },
+    Disable {
+        /// The key's id, as `keys list` shows it.
+        id: i64,
+    },
     /// Delete a key.
-    Rm { id: i64 },
+    Rm {
+        /// The key's id, as `keys list` shows it.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +85,21 @@ pub struct KeyOpts {
     /// Date the key stops working (YYYY-MM-DD or RFC 3339); among equals, the soonest to expire is used first.
     #[arg(long, value_parser = parse_expiry)]
     expires: Option<i64>,
+    /// Sent upstream as `OpenAI-Organization` with this key (a key in several organizations).
+    #[arg(long, value_parser = parse_header_text)]
+    organization: Option<String>,
+    /// Sent upstream as `OpenAI-Project` with this key.
+    #[arg(long, value_parser = parse_header_text)]
+    project: Option<String>,
+}
+
+/// Text that will be sent as a header value.
+fn parse_header_text(s: &str) -> Result<String, String> {
+    if s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err("must be printable ASCII without spaces (it is sent as a header)".into())
+    }
 }
 
 /// USD to micro-USD.
@@ -79,41 +116,49 @@ fn parse_expiry(s: &str) -> Result<i64, String> {
     let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
     let t = humantime::parse_rfc3339_weak(&full).map_err(|e| format!("{s:?}: {e} (expected YYYY-MM-DD)"))?;
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| "date before 1970".to_owned())?.as_secs();
-    i64::try_from(secs).map_err(|_| "date too far away".to_owned())
+    let secs = i64::try_from(secs).map_err(|_| "date too far away".to_owned())?;
+    if secs <= now_unix() {
+        return Err(format!("{s:?} is in the past: a key that has expired would never be used"));
+    }
+    Ok(secs)
 }
 
-/// A key must be sendable in an HTTP header and look like one token.
-fn check_key(key: &str) -> Result<(), String> {
-    if key.len() < 8 {
-        return Err("too short to be an API key".into());
-    }
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("contains spaces or characters that cannot be sent in a header".into());
-    }
-    Ok(())
+/// Whether `cmd` may create the database: only commands that add keys do.
+pub fn creates_database(cmd: &KeysCommand) -> bool {
+    matches!(cmd, KeysCommand::Add { .. } | KeysCommand::Import { .. })
 }
 
-pub async fn run(cmd: &KeysCommand, config: &Config) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url).await?;
+pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Add { keys, opts } => add_all(&store, keys.iter().map(|k| (0, k.clone())), opts).await?,
-        KeysCommand::Import { file, opts } => {
-            let reader: Box<dyn Read> = if file.as_os_str() == "-" {
-                Box::new(std::io::stdin())
-            } else {
-                Box::new(std::fs::File::open(file).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?)
-            };
-            let mut lines = Vec::new();
-            for (n, line) in BufReader::new(reader).lines().enumerate() {
-                let line = line?;
-                let key = line.trim();
-                if !key.is_empty() && !key.starts_with('#') {
-                    lines.push((n + 1, key.to_owned()));
+        KeysCommand::Add { keys, opts } => {
+            let mut pasted = Pasted::default();
+            for k in keys {
+                match check_key(k) {
+                    Ok(()) => pasted.keys.push((0, k.clone())),
+                    Err(why) => pasted.invalid.push((0, mask_key(k), why)),
                 }
             }
-            add_all(&store, lines.into_iter(), opts).await?;
+            add_all(store, pasted, opts).await?;
         }
-        KeysCommand::List { json } => list(&store, *json).await?,
+        KeysCommand::Import { file, opts } => {
+            let mut bytes = Vec::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().read_to_end(&mut bytes)?;
+            } else {
+                bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            }
+            add_all(store, paste::parse(&String::from_utf8_lossy(&bytes)), opts).await?;
+        }
+        KeysCommand::List { json } => super::list::list(store, *json).await?,
+        KeysCommand::Edit { id, opts } => {
+            let change = opts.change();
+            if change.is_empty() {
+                anyhow::bail!("nothing to change: give at least one option (see `keypool keys edit --help`)");
+            }
+            store.edit_key(*id, &change).await?;
+            println!("changed key {id}");
+        }
+        KeysCommand::Test(args) => super::keytest::run(args, store, config).await?,
         KeysCommand::Enable { id } => {
             store.set_key_enabled(*id, true).await?;
             println!("enabled key {id}");
@@ -127,21 +172,46 @@ pub async fn run(cmd: &KeysCommand, config: &Config) -> anyhow::Result<()> {
             println!("removed key {id}");
         }
     }
-    store.close().await;
     Ok(())
 }
 
-/// Adds each key, reporting duplicates and unusable lines without stopping.
-async fn add_all(store: &Store, keys: impl Iterator<Item = (usize, String)>, opts: &KeyOpts) -> anyhow::Result<()> {
-    let (mut added, mut dups, mut bad) = (0, 0, 0);
-    for (line, secret) in keys {
-        let at = if line > 0 { format!("line {line}: ") } else { String::new() };
-        if let Err(why) = check_key(&secret) {
-            eprintln!("{at}skipped {}: {why}", mask_key(&secret));
-            bad += 1;
-            continue;
+impl KeyOpts {
+    /// The options given, as a change to a stored key (empty text clears).
+    fn change(&self) -> KeyChange {
+        let text = |v: &Option<String>| v.as_ref().map(|s| Some(s.clone()).filter(|s| !s.is_empty()));
+        KeyChange {
+            label: self.label.as_ref().map(|s| Some(s.clone()).filter(|s| !s.trim().is_empty())),
+            rpm: self.rpm.map(Some),
+            tpm: self.tpm.map(Some),
+            rpd: self.rpd.map(Some),
+            max_inflight: self.max_inflight.map(Some),
+            weight: self.weight.map(Some),
+            budget_micros: self.budget.map(Some),
+            expires_at: self.expires.map(Some),
+            organization: text(&self.organization),
+            project: text(&self.project),
         }
+    }
+}
+
+/// Adds each key, reporting duplicates and unusable pieces without stopping;
+/// fails (after adding the rest) when a piece was no key.
+async fn add_all(store: &Store, pasted: Pasted, opts: &KeyOpts) -> anyhow::Result<()> {
+    let at = |line: usize| if line > 0 { format!("line {line}: ") } else { String::new() };
+    let bad = pasted.invalid.len();
+    for (line, masked, why) in &pasted.invalid {
+        eprintln!("{}invalid {masked}: {why}", at(*line));
+    }
+    let (mut added, mut dups) = (0, 0);
+    for (line, secret) in pasted.keys {
         let masked = mask_key(&secret);
+        if !looks_like_provider_key(&secret) {
+            eprintln!(
+                "{}warning: {masked} does not look like a provider's API key; kept (local servers such as \
+                 vLLM and Ollama accept any)",
+                at(line)
+            );
+        }
         let new = NewKey {
             secret,
             label: opts.label.clone(),
@@ -152,6 +222,8 @@ async fn add_all(store: &Store, keys: impl Iterator<Item = (usize, String)>, opt
             weight: opts.weight,
             budget_micros: opts.budget,
             expires_at: opts.expires,
+            organization: opts.organization.clone().filter(|s| !s.is_empty()),
+            project: opts.project.clone().filter(|s| !s.is_empty()),
         };
         match store.add_key(&new).await? {
             AddOutcome::Added(id) => {
@@ -159,66 +231,17 @@ async fn add_all(store: &Store, keys: impl Iterator<Item = (usize, String)>, opt
                 added += 1;
             }
             AddOutcome::Duplicate(id) => {
-                println!("{at}skipped duplicate of key {id} ({masked})");
+                println!("{}skipped duplicate of key {id} ({masked})", at(line));
                 dups += 1;
             }
         }
     }
     eprintln!("{added} added, {dups} duplicates skipped, {bad} invalid");
-    if added + dups == 0 && bad > 0 {
-        anyhow::bail!("no usable key given");
+    if bad > 0 {
+        anyhow::bail!("{bad} invalid (see above); the other keys were added");
     }
-    Ok(())
-}
-
-async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
-    let keys = store.list_keys().await?;
-    if json {
-        let rows: Vec<_> = keys
-            .iter()
-            .map(|k| {
-                serde_json::json!({
-                    "id": k.id, "key": mask_key(k.secret.expose_secret()), "label": k.label,
-                    "status": if k.enabled { "active" } else { "disabled" },
-                    "rpm": k.rpm, "tpm": k.tpm, "requests": k.requests, "successes": k.successes,
-                    "failures": k.failures, "prompt_tokens": k.prompt_tokens,
-                    "completion_tokens": k.completion_tokens, "last_used_at": k.last_used_at,
-                    "rpd": k.rpd, "max_inflight": k.max_inflight, "weight": k.weight,
-                    "budget_usd": k.budget_micros.map(|b| b as f64 / 1e6),
-                    "spent_usd": k.spent_micros as f64 / 1e6, "expires_at": k.expires_at,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    if keys.is_empty() {
-        println!("no keys yet: add one with `keypool keys add sk-...` or `keypool keys import FILE`");
-        return Ok(());
-    }
-    println!(
-        "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}",
-        "ID", "KEY", "LABEL", "STATUS", "RPM", "TPM", "REQUESTS", "SUCCESS", "FAILED", "SPENT/BUDGET USD"
-    );
-    for k in &keys {
-        let limit = |v: Option<u32>| v.map_or("-".to_owned(), |n| n.to_string());
-        println!(
-            "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}",
-            k.id,
-            mask_key(k.secret.expose_secret()),
-            k.label.as_deref().unwrap_or("-"),
-            if k.enabled { "active" } else { "disabled" },
-            limit(k.rpm),
-            limit(k.tpm),
-            k.requests,
-            k.successes,
-            k.failures,
-            format!(
-                "{:.4}/{}",
-                k.spent_micros as f64 / 1e6,
-                k.budget_micros.map_or("-".to_owned(), |b| format!("{:.2}", b as f64 / 1e6))
-            )
-        );
+    if added + dups == 0 {
+        anyhow::bail!("no key given");
     }
     Ok(())
 }

@@ -3,6 +3,9 @@
 
 mod check;
 mod keys;
+mod keytest;
+mod list;
+mod paste;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AuthMode, Config, Overrides};
+use crate::store::{database_path, Create, Store};
 
 #[derive(Debug, Parser)]
 #[command(name = "keypool", version, about = "An OpenAI-compatible gateway over a pool of API keys")]
@@ -75,12 +79,66 @@ impl Cli {
     }
 }
 
-/// Runs a subcommand that works on the store.
+/// Runs a subcommand that works on the store. Each says on stderr which
+/// database it uses (stdout stays clean for `--json` and `tokens create`);
+/// only commands that add something create one where none exists.
 pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()> {
-    match command {
-        Command::Keys(cmd) => keys::run(cmd, config).await,
-        Command::Tokens(cmd) => tokens::run(cmd, config).await,
-        Command::Config(ConfigCommand::Check) => check::run(config).await,
-        Command::Serve(_) | Command::Demo(_) => Ok(()),
+    let creates = match command {
+        Command::Keys(cmd) => keys::creates_database(cmd),
+        Command::Tokens(cmd) => tokens::creates_database(cmd),
+        Command::Config(ConfigCommand::Check) => {
+            eprintln!("database: {}", database_path(&config.database_url));
+            return check::run(config).await;
+        }
+        Command::Serve(_) | Command::Demo(_) => return Ok(()),
+    };
+    let path = database_path(&config.database_url);
+    let existed = std::path::Path::new(&path).exists();
+    let store = Store::open(&config.database_url, if creates { Create::IfMissing } else { Create::Never }).await?;
+    if existed {
+        eprintln!("database: {path}");
+    } else {
+        eprintln!(
+            "database: {path} (new: none existed there; to use another, pass --database-url, \
+             set KEYPOOL_DATABASE_URL or database_url in keypool.toml)"
+        );
+    }
+    let done = match command {
+        Command::Keys(cmd) => keys::run(cmd, &store, config).await,
+        Command::Tokens(cmd) => tokens::run(cmd, &store).await,
+        _ => Ok(()),
+    };
+    store.close().await;
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag and argument of every subcommand says what it is for.
+    #[test]
+    fn every_flag_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&cli, "keypool", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
     }
 }

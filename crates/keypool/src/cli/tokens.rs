@@ -2,24 +2,36 @@
 
 use clap::Subcommand;
 
-use crate::config::Config;
 use crate::server::{generate_token, hash_token};
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a token; prints only the token (shown once, stored as a hash).
-    Create { name: String },
+    Create {
+        /// A unique name for the token (who or what uses it).
+        name: String,
+    },
     /// List tokens (never their value).
     List,
     /// Revoke a token; a running server refuses it within seconds.
-    Revoke { id: i64 },
+    Revoke {
+        /// The token's id, as `tokens list` shows it.
+        id: i64,
+    },
 }
 
-pub async fn run(cmd: &TokensCommand, config: &Config) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url).await?;
+/// Whether `cmd` may create the database: only creating a token does.
+pub fn creates_database(cmd: &TokensCommand) -> bool {
+    matches!(cmd, TokensCommand::Create { .. })
+}
+
+pub async fn run(cmd: &TokensCommand, store: &Store) -> anyhow::Result<()> {
     match cmd {
         TokensCommand::Create { name } => {
+            if name.trim().is_empty() {
+                anyhow::bail!("a token needs a name (who or what uses it)");
+            }
             let token = generate_token();
             let prefix: String = token.chars().take(7).collect();
             let id = store.create_token(name, &hash_token(&token), &prefix).await?;
@@ -39,6 +51,5 @@ pub async fn run(cmd: &TokensCommand, config: &Config) -> anyhow::Result<()> {
             println!("revoked token {id}");
         }
     }
-    store.close().await;
     Ok(())
 }

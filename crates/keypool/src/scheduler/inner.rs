@@ -125,7 +125,7 @@ impl Inner {
         slot.rr_seq = rr_seq;
         slot.vtime = slot.vtime.max(vclock) + strategy::STRIDE / slot.weight;
         self.vclock = vclock.max(slot.vtime - strategy::STRIDE / slot.weight);
-        let grant = Grant { key_id: id, secret: Arc::clone(&slot.secret), demand };
+        let grant = Grant { key_id: id, secret: Arc::clone(&slot.secret), account: Arc::clone(&slot.account), demand };
         self.slot_placement(id, now, strategy);
         Some(grant)
     }

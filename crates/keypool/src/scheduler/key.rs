@@ -51,6 +51,8 @@ pub struct Slot {
     pub id: i64,
     pub label: Option<String>,
     pub secret: Arc<SecretString>,
+    /// Account headers sent with the secret.
+    pub account: Arc<crate::upstream::Account>,
     pub enabled: bool,
     pub health: Health,
     pub cooling_until: Option<Instant>,
@@ -102,6 +104,7 @@ impl Slot {
             id: r.id,
             label: None,
             secret: Arc::new(r.secret.clone()),
+            account: Arc::default(),
             enabled: true,
             health: Health::Active,
             cooling_until: None,
@@ -139,6 +142,7 @@ impl Slot {
     pub fn apply(&mut self, r: &KeyRecord, d: &DefaultLimits, now: Instant) {
         self.label = r.label.clone();
         self.secret = Arc::new(r.secret.clone());
+        self.account = Arc::new(crate::upstream::Account::new(r.organization.as_deref(), r.project.as_deref()));
         self.enabled = r.enabled;
         self.rpm.configured = r.rpm.or(d.rpm).map(u64::from);
         self.tpm.configured = r.tpm.or(d.tpm).map(u64::from);

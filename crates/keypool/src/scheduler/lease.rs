@@ -8,6 +8,7 @@ use tokio::time::Duration;
 
 use super::limits::RateInfo;
 use super::{Demand, Scheduler};
+use crate::upstream::Account;
 
 /// What an attempt's result says about the key itself (whose fault it was).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Outcome {
 pub(super) struct Grant {
     pub key_id: i64,
     pub secret: Arc<SecretString>,
+    /// The key's account headers, sent with its secret.
+    pub account: Arc<Account>,
     pub demand: Demand,
 }
 
@@ -76,6 +79,11 @@ impl KeyLease {
 
     pub fn secret(&self) -> &SecretString {
         &self.grant.secret
+    }
+
+    /// The `OpenAI-Organization`/`OpenAI-Project` headers to send with the key.
+    pub fn account(&self) -> &Account {
+        &self.grant.account
     }
 
     /// Marks the request as on its way: from now on it counts as sent.

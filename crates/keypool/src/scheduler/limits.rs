@@ -81,6 +81,18 @@ impl Dim {
         }
     }
 
+    /// When usage counted beyond keypool's own window stops counting (for saving state).
+    pub fn phantom_until(&self, now: Instant) -> Option<Instant> {
+        self.phantom_until.filter(|t| *t > now && self.phantom > 0)
+    }
+
+    /// Counts `used` against the limit until `until` (state saved before a
+    /// restart: what was sent then is not in the new window).
+    pub fn hold(&mut self, used: u64, until: Instant) {
+        self.phantom = self.phantom.max(used);
+        self.phantom_until = Some(self.phantom_until.map_or(until, |t| t.max(until)));
+    }
+
     /// Used `limit` entirely until `until` (a 429 said the budget is empty).
     pub fn empty_until(&mut self, until: Instant, ours: u64) {
         if let Some(limit) = self.limit() {

@@ -13,6 +13,7 @@ mod inner;
 mod key;
 mod lease;
 mod limits;
+mod persist;
 mod record;
 mod strategy;
 mod window;

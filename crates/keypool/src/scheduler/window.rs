@@ -53,6 +53,11 @@ impl Window {
         self.entries.iter().copied()
     }
 
+    /// When the newest entry leaves the window.
+    pub fn last_expiry(&self) -> Option<Instant> {
+        self.entries.back().map(|&(at, _)| at + WINDOW)
+    }
+
     /// When the oldest entry leaves the window.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.entries.front().map(|&(at, _)| at + WINDOW)

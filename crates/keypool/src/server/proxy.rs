@@ -141,7 +141,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             (None, None) => return Err(ApiError::Internal("a streamed body cannot be sent twice")),
         };
         lease.mark_sent();
-        let sending = app.upstream.send(parts.method.clone(), url.clone(), &parts.headers, key_id, lease.secret(), out);
+        let sending = app.upstream.send(
+            parts.method.clone(),
+            url.clone(),
+            &parts.headers,
+            key_id,
+            lease.secret(),
+            lease.account(),
+            out,
+        );
         let failed = match tokio::time::timeout(timeouts.first_byte, sending).await {
             Err(_) => {
                 tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");

@@ -4,6 +4,7 @@
 
 mod models;
 mod owner_only;
+mod state;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
-pub use models::{KeyRecord, NewKey, TokenRecord, UsageDelta};
+pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, UsageDelta};
+pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
 
 /// Errors from the store. The store is the gateway's own part, so every
 /// failure here is the gateway's (never the caller's or the upstream's).
@@ -19,12 +21,61 @@ pub use models::{KeyRecord, NewKey, TokenRecord, UsageDelta};
 pub enum StoreError {
     #[error("unsupported database URL {0:?}: only sqlite:// URLs are supported so far")]
     UnsupportedUrl(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database could not be opened or prepared; `path` names the file.
+    #[error("cannot open the database {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// No database exists at `path` and this command does not create one.
+    #[error(
+        "no database at {path}: `keypool serve` (or `keys add`) creates one; to use another, pass \
+         --database-url sqlite://PATH, set KEYPOOL_DATABASE_URL, or set database_url in keypool.toml"
+    )]
+    Missing { path: String },
+    /// A query failed; printed with its innermost cause only (sqlx repeats
+    /// its source in its own message).
+    #[error("database error: {}", innermost(.0))]
+    Database(sqlx::Error),
     #[error("no {what} with id {id}")]
     NotFound { what: &'static str, id: i64 },
+    /// A token name must be unique, so `tokens revoke` and logs are unambiguous.
+    #[error("a token named {0:?} already exists (see `keypool tokens list`); choose another name")]
+    TokenNameTaken(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Database(e)
+    }
+}
+
+/// Whether a command may create the database when none exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Create it (the server, and commands that add keys or tokens).
+    IfMissing,
+    /// Refuse with [`StoreError::Missing`]: reading or changing nothing is no
+    /// reason to leave an empty database behind.
+    Never,
+}
+
+/// The file a `sqlite:` URL names, for messages (the URL itself otherwise).
+pub fn database_path(url: &str) -> String {
+    match SqliteConnectOptions::from_str(url) {
+        Ok(o) => {
+            let path = o.get_filename();
+            std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+        }
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// The innermost message of an error chain: sqlx repeats its source in its own
+/// text, so printing the chain would say the same thing three times.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// Outcome of adding one key: new, or already present (duplicates are skipped, not errors).
@@ -48,18 +99,36 @@ pub fn now_unix() -> i64 {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, Create::IfMissing).await
+    }
+
+    /// Opens and migrates the database at `url`; errors name its file.
+    pub async fn open(url: &str, create: Create) -> Result<Store, StoreError> {
         if !url.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
+        let path = database_path(url);
+        let failed =
+            |e: &(dyn std::error::Error + 'static)| StoreError::Open { path: path.clone(), reason: innermost(e) };
+        let options = SqliteConnectOptions::from_str(url).map_err(|e| failed(&e))?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if create == Create::Never && !in_memory && !options.get_filename().exists() {
+            return Err(StoreError::Missing { path });
+        }
+        let dir = std::path::absolute(options.get_filename()).ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+        if let Some(dir) = dir.filter(|d| !in_memory && !d.is_dir()) {
+            let reason = format!("its directory {} does not exist", dir.display());
+            return Err(StoreError::Open { path, reason });
+        }
         // WAL lets the CLI write while a server reads; the busy timeout makes a
         // concurrent writer wait instead of failing with SQLITE_BUSY.
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+        let options = options
+            .create_if_missing(create == Create::IfMissing)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
         owner_only::prepare(url, options.get_filename());
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| failed(&e))?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| failed(&e))?;
         Ok(Store { pool })
     }
 
@@ -76,8 +145,8 @@ impl Store {
         }
         let inserted = sqlx::query(
             "INSERT INTO keys (secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
-                               expires_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               expires_at, organization, project, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (secret) DO NOTHING RETURNING id",
         )
         .bind(&key.secret)
@@ -89,6 +158,8 @@ impl Store {
         .bind(key.weight.map(i64::from))
         .bind(key.budget_micros.and_then(|b| i64::try_from(b).ok()))
         .bind(key.expires_at)
+        .bind(&key.organization)
+        .bind(&key.project)
         .bind(now_unix())
         .fetch_optional(&self.pool)
         .await?;
@@ -108,7 +179,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
                     spent_micros, expires_at, enabled, requests, successes, failures,
-                    prompt_tokens, completion_tokens, created_at, last_used_at
+                    prompt_tokens, completion_tokens, created_at, last_used_at, organization, project
              FROM keys ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -119,6 +190,52 @@ impl Store {
     pub async fn set_key_enabled(&self, id: i64, enabled: bool) -> Result<(), StoreError> {
         let done =
             sqlx::query("UPDATE keys SET enabled = ? WHERE id = ?").bind(enabled).bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "key", id });
+        }
+        Ok(())
+    }
+
+    /// Changes the settings `change` names (others stay as they are).
+    pub async fn edit_key(&self, id: i64, change: &KeyChange) -> Result<(), StoreError> {
+        let budget = change.budget_micros.map(|b| b.and_then(|b| i64::try_from(b).ok()));
+        let done = sqlx::query(
+            "UPDATE keys SET
+                label = CASE WHEN ? THEN ? ELSE label END,
+                rpm = CASE WHEN ? THEN ? ELSE rpm END,
+                tpm = CASE WHEN ? THEN ? ELSE tpm END,
+                rpd = CASE WHEN ? THEN ? ELSE rpd END,
+                max_inflight = CASE WHEN ? THEN ? ELSE max_inflight END,
+                weight = CASE WHEN ? THEN ? ELSE weight END,
+                budget_micros = CASE WHEN ? THEN ? ELSE budget_micros END,
+                expires_at = CASE WHEN ? THEN ? ELSE expires_at END,
+                organization = CASE WHEN ? THEN ? ELSE organization END,
+                project = CASE WHEN ? THEN ? ELSE project END
+             WHERE id = ?",
+        )
+        .bind(change.label.is_some())
+        .bind(change.label.clone().flatten())
+        .bind(change.rpm.is_some())
+        .bind(change.rpm.flatten().map(i64::from))
+        .bind(change.tpm.is_some())
+        .bind(change.tpm.flatten().map(i64::from))
+        .bind(change.rpd.is_some())
+        .bind(change.rpd.flatten().map(i64::from))
+        .bind(change.max_inflight.is_some())
+        .bind(change.max_inflight.flatten().map(i64::from))
+        .bind(change.weight.is_some())
+        .bind(change.weight.flatten().map(i64::from))
+        .bind(budget.is_some())
+        .bind(budget.flatten())
+        .bind(change.expires_at.is_some())
+        .bind(change.expires_at.flatten())
+        .bind(change.organization.is_some())
+        .bind(change.organization.clone().flatten())
+        .bind(change.project.is_some())
+        .bind(change.project.clone().flatten())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: "key", id });
         }
@@ -163,8 +280,13 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new token's hash; returns its id.
+    /// Stores a new token's hash; returns its id. A name in use (revoked or
+    /// not) is refused with [`StoreError::TokenNameTaken`].
     pub async fn create_token(&self, name: &str, hash: &str, prefix: &str) -> Result<i64, StoreError> {
+        let taken = sqlx::query("SELECT 1 FROM tokens WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
+        if taken.is_some() {
+            return Err(StoreError::TokenNameTaken(name.to_owned()));
+        }
         let row = sqlx::query("INSERT INTO tokens (name, hash, prefix, created_at) VALUES (?, ?, ?, ?) RETURNING id")
             .bind(name)
             .bind(hash)

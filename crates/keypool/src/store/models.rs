@@ -23,6 +23,32 @@ pub struct NewKey {
     pub budget_micros: Option<u64>,
     /// Unix time after which the key is not used.
     pub expires_at: Option<i64>,
+    /// Sent upstream as `OpenAI-Organization` with this key.
+    pub organization: Option<String>,
+    /// Sent upstream as `OpenAI-Project` with this key.
+    pub project: Option<String>,
+}
+
+/// Settings `keys edit` changes: `None` leaves one as it is, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChange {
+    pub label: Option<Option<String>>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u32>>,
+    pub rpd: Option<Option<u32>>,
+    pub max_inflight: Option<Option<u32>>,
+    pub weight: Option<Option<u32>>,
+    pub budget_micros: Option<Option<u64>>,
+    pub expires_at: Option<Option<i64>>,
+    pub organization: Option<Option<String>>,
+    pub project: Option<Option<String>>,
+}
+
+impl KeyChange {
+    /// Whether the change changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == KeyChange::default()
+    }
 }
 
 /// A stored key with its lifetime totals.
@@ -47,6 +73,10 @@ pub struct KeyRecord {
     pub completion_tokens: u64,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// Sent upstream as `OpenAI-Organization` with this key.
+    pub organization: Option<String>,
+    /// Sent upstream as `OpenAI-Project` with this key.
+    pub project: Option<String>,
 }
 
 fn opt_u32(v: Option<i64>) -> Option<u32> {
@@ -81,6 +111,8 @@ impl KeyRecord {
             completion_tokens: 0,
             created_at: 0,
             last_used_at: None,
+            organization: None,
+            project: None,
         }
     }
 
@@ -106,6 +138,8 @@ impl KeyRecord {
             completion_tokens: u64_of(row.try_get("completion_tokens")?),
             created_at: row.try_get("created_at")?,
             last_used_at: row.try_get("last_used_at")?,
+            organization: row.try_get("organization")?,
+            project: row.try_get("project")?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The connection to the upstream API: one pooled HTTP client, the base URL
 //! (which may be a relay with its own path prefix) and what is passed on.
 
+mod account;
 mod breaker;
 mod classify;
 mod headers;
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
+pub use account::Account;
 pub use breaker::Breaker;
 pub use classify::{classify, rate_info};
 pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop, parse_go_duration};
@@ -179,9 +181,10 @@ impl Upstream {
         }
     }
 
-    /// Sends one request with `key`. Caller headers are passed on except
-    /// hop-by-hop ones, Host, any that may carry a credential, and (unless
-    /// configured) the caller's account headers.
+    /// Sends one request with `key` and its `account` headers. Caller headers
+    /// are passed on except hop-by-hop ones, Host, any that may carry a
+    /// credential, and (unless configured) the caller's account headers.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         method: Method,
@@ -189,6 +192,7 @@ impl Upstream {
         caller_headers: &HeaderMap,
         key_id: i64,
         key: &SecretString,
+        account: &Account,
         body: OutBody,
     ) -> Result<Answer, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(caller_headers.len() + 1);
@@ -198,6 +202,7 @@ impl Upstream {
             }
         }
         headers.insert(http::header::AUTHORIZATION, bearer(key).ok_or(UpstreamError::UnusableKey(key_id))?);
+        account.apply(&mut headers);
         if !headers.contains_key(http::header::ACCEPT) {
             headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         }
