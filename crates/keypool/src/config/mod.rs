@@ -286,6 +286,12 @@ pub enum ConfigError {
         closest.as_ref().map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
     )]
     UnknownSetting { file: PathBuf, line: Option<usize>, setting: String, closest: Option<String> },
+    #[error(
+        "invalid setting `{setting}` in {}{}: {reason}",
+        file.display(),
+        line.map(|l| format!(", line {l}")).unwrap_or_default()
+    )]
+    InvalidInFile { file: PathBuf, line: Option<usize>, setting: String, reason: String },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid { setting: &'static str, reason: String },
 }

@@ -27,6 +27,14 @@ fn an_unknown_key_names_file_line_and_the_closest_valid_name() {
 }
 
 #[test]
+fn a_bad_value_in_the_file_names_its_setting_and_line() {
+    let err = load_text("log = \"info\"\n[timeouts]\nfirst_byte = \"soon\"\n").unwrap_err().to_string();
+    assert!(err.contains("`timeouts.first_byte`") && err.contains("line 3") && err.contains("duration"), "{err}");
+    let err = load_text("\nlisten = \"nowhere:1\"\n").unwrap_err().to_string();
+    assert!(err.contains("`listen`") && err.contains("line 2") && err.contains("localhost"), "{err}");
+}
+
+#[test]
 fn lines_are_found_in_tables_dotted_keys_and_inline_tables() {
     let text = "a = 1\n[t]\nb = 2\nc.d = 3\n[m.\"x*\"]\ne = { f = 1 }\n";
     let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
