@@ -68,15 +68,19 @@ fn serve_until_listening(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (St
 #[test]
 fn unknown_keypool_variables_are_named_in_a_warning_and_serve_still_starts() {
     let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("named.toml");
+    std::fs::write(&file, "log = \"info\"\n").unwrap();
     let injected = [("KEYPOOL_PORT", "tcp://10.0.0.7:8080"), ("KEYPOOL_SERVICE_HOST", "10.0.0.7")];
     let (log, _) = serve_until_listening(
         dir.path(),
         &["--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9/v1"],
-        &injected,
+        &[injected[0], injected[1], ("KEYPOOL_CONFIG", file.to_str().unwrap())],
     );
     assert!(log.contains("KEYPOOL_PORT is not a keypool setting"), "{log}");
     assert!(log.contains("KEYPOOL_SERVICE_HOST is not a keypool setting"), "{log}");
     assert!(!log.contains("closest setting: KEYPOOL_POOL"), "no far-fetched suggestion:\n{log}");
+    // Variables that are settings (or name the file) are not reported.
+    assert!(!log.contains("KEYPOOL_DATABASE_URL is not") && !log.contains("KEYPOOL_CONFIG"), "{log}");
 
     // A typo of a real setting is still only a warning, with the near miss named.
     let (ok, _, stderr) = run(dir.path(), &["config", "check"], &[("KEYPOOL_LIMITS__RMP", "3")]);
