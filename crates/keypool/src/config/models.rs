@@ -42,13 +42,11 @@ pub struct ModelConfig {
     pub price: Option<ModelPrice>,
 }
 
-/// Per-model timeouts; `None` means "not set here".
+/// Per-model timeouts; `None` means "not set here". There is no per-model
+/// `connect`: a connection belongs to the upstream, whatever model it carries.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsOverride {
-    /// To open a connection.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub connect: Option<Duration>,
     /// From sending a request to the answer's first byte.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub first_byte: Option<Duration>,
@@ -66,15 +64,9 @@ pub struct TimeoutsOverride {
 impl TimeoutsOverride {
     /// Every duration set here, with its name, for validation.
     pub fn set_values(&self) -> impl Iterator<Item = (&'static str, Duration)> {
-        [
-            ("connect", self.connect),
-            ("first_byte", self.first_byte),
-            ("idle", self.idle),
-            ("total", self.total),
-            ("deadline", self.deadline),
-        ]
-        .into_iter()
-        .filter_map(|(name, d)| d.map(|d| (name, d)))
+        [("first_byte", self.first_byte), ("idle", self.idle), ("total", self.total), ("deadline", self.deadline)]
+            .into_iter()
+            .filter_map(|(name, d)| d.map(|d| (name, d)))
     }
 }
 
@@ -275,7 +267,7 @@ impl Config {
             most_specific(model, [set]).unwrap_or(fallback)
         };
         TimeoutsConfig {
-            connect: field(|t| t.connect, global.connect),
+            connect: global.connect,
             first_byte: field(|t| t.first_byte, global.first_byte),
             idle: field(|t| t.idle, global.idle),
             total: field(|t| t.total, global.total),
