@@ -125,3 +125,23 @@ fn budgets_without_prices_and_balance_even_without_budgets_are_warned_about() {
     c.pool.strategy = Strategy::LeastUsed;
     assert!(!settings(&c, Some(&none)).contains(&"pool.strategy".to_owned()));
 }
+
+#[test]
+fn a_model_whose_first_byte_outlasts_its_deadline_is_warned_about() {
+    let mut c = Config::default();
+    let long = ModelConfig {
+        timeouts: TimeoutsOverride { first_byte: Some(std::time::Duration::from_secs(1800)), ..Default::default() },
+        ..Default::default()
+    };
+    c.models.insert("o1-pro*".into(), long.clone());
+    let w = c.warnings(None);
+    assert!(w.iter().any(|w| w.setting == "models.\"o1-pro*\"" && w.message.contains("deadline")), "{w:?}");
+    c.models.insert(
+        "o1-pro*".into(),
+        ModelConfig {
+            timeouts: TimeoutsOverride { deadline: Some(std::time::Duration::from_secs(1900)), ..long.timeouts },
+            ..long
+        },
+    );
+    assert!(c.warnings(None).is_empty(), "{:?}", c.warnings(None));
+}
