@@ -102,34 +102,38 @@ impl From<Price> for ModelPrice {
     }
 }
 
-/// Whether `pattern` (a glob of `*` and `?`) matches all of `name`.
+/// Whether `pattern` (a glob of `*` and `?`) matches all of `name`. Works on
+/// characters, not bytes, and allocates nothing (it runs on every request).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matching with backtracking to the last `*`: linear in practice.
     let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and where in `name` it is tried to end next.
     let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
+    while let Some((nc, nlen)) = char_at(name, ni) {
+        match char_at(pattern, pi) {
+            Some(('*', plen)) => {
+                star = Some((pi + plen, ni));
+                pi += plen;
             }
-            Some(c) if *c == '?' || *c == n[ni] => {
-                pi += 1;
-                ni += 1;
+            Some((pc, plen)) if pc == '?' || pc == nc => {
+                pi += plen;
+                ni += nlen;
             }
             _ => match star {
-                Some((sp, sn)) => {
-                    pi = sp + 1;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
+                Some((after_star, from)) => {
+                    let skip = char_at(name, from).map_or(1, |(_, l)| l);
+                    pi = after_star;
+                    ni = from + skip;
+                    star = Some((after_star, from + skip));
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    pattern.get(pi..).is_some_and(|rest| rest.chars().all(|c| c == '*'))
+}
+
+fn char_at(s: &str, i: usize) -> Option<(char, usize)> {
+    s.get(i..)?.chars().next().map(|c| (c, c.len_utf8()))
 }
 
 /// How specific a pattern is; a larger value wins (see the module docs).
@@ -145,46 +149,74 @@ pub struct Specificity {
 
 impl Specificity {
     pub fn of(pattern: &str) -> Specificity {
-        let stars = pattern.chars().filter(|c| *c == '*').count();
-        let wild = stars + pattern.chars().filter(|c| *c == '?').count();
-        Specificity { exact: wild == 0, literals: pattern.chars().count() - wild, fewer_stars: usize::MAX - stars }
+        let (mut stars, mut wild, mut all) = (0, 0, 0);
+        for c in pattern.chars() {
+            all += 1;
+            stars += usize::from(c == '*');
+            wild += usize::from(c == '*' || c == '?');
+        }
+        Specificity { exact: wild == 0, literals: all - wild, fewer_stars: usize::MAX - stars }
     }
 }
 
-/// The value of the most specific pattern matching `model`. `sources` come
-/// most specific source first; within one, patterns are tried in byte order.
+/// The most specific match so far among patterns offered in turn: sources
+/// most specific first (`rank` 0, 1, …), each in byte order of its patterns
+/// (a `BTreeMap`'s order), so a full tie keeps the first offered.
+#[derive(Debug)]
+pub struct Best<T> {
+    found: Option<(Specificity, std::cmp::Reverse<usize>, T)>,
+}
+
+impl<T> Default for Best<T> {
+    fn default() -> Self {
+        Best { found: None }
+    }
+}
+
+impl<T> Best<T> {
+    /// Considers `value`, set for `pattern` in source `rank`, for `model`.
+    pub fn offer(&mut self, model: &str, rank: usize, pattern: &str, value: T) {
+        if !glob_match(pattern, model) {
+            return;
+        }
+        let score = (Specificity::of(pattern), std::cmp::Reverse(rank));
+        if self.found.as_ref().is_none_or(|(s, r, _)| score > (*s, *r)) {
+            self.found = Some((score.0, score.1, value));
+        }
+    }
+
+    pub fn into_value(self) -> Option<T> {
+        self.found.map(|(_, _, v)| v)
+    }
+}
+
+/// The value of the most specific pattern matching `model`, from sources
+/// given most specific first (a convenience over [`Best`] for tests and
+/// callers holding lists; patterns are sorted first, as `Best` expects).
 pub fn most_specific<'a, T: 'a, I>(model: &str, sources: I) -> Option<T>
 where
     I: IntoIterator<Item = Vec<(&'a str, T)>>,
 {
-    // (specificity, earlier source ranks higher), then the value.
-    let mut best: Option<(Specificity, std::cmp::Reverse<usize>, T)> = None;
-    for (rank, source) in sources.into_iter().enumerate() {
-        let mut candidates = source;
-        candidates.sort_by(|a, b| a.0.cmp(b.0));
-        for (pattern, value) in candidates {
-            if !glob_match(pattern, model) {
-                continue;
-            }
-            let score = (Specificity::of(pattern), std::cmp::Reverse(rank));
-            // Strictly greater: on a full tie the earlier (sorted first) stays.
-            if best.as_ref().is_none_or(|(s, r, _)| score > (*s, *r)) {
-                best = Some((score.0, score.1, value));
-            }
+    let mut best = Best::default();
+    for (rank, mut source) in sources.into_iter().enumerate() {
+        source.sort_by(|a, b| a.0.cmp(b.0));
+        for (pattern, value) in source {
+            best.offer(model, rank, pattern, value);
         }
     }
-    best.map(|(_, _, v)| v)
+    best.into_value()
 }
 
 /// A legacy `[prices]` name as a glob: `default` prices every model, any other
 /// name without wildcards is a prefix (`gpt-4o` means `gpt-4o*`), as before.
-pub fn legacy_price_pattern(name: &str) -> String {
+/// Borrowed when it is one already, so a lookup allocates only for prefixes.
+pub fn legacy_price_pattern(name: &str) -> std::borrow::Cow<'_, str> {
     if name == "default" {
         "*".into()
     } else if name.contains(['*', '?']) {
         name.into()
     } else {
-        format!("{name}*")
+        format!("{name}*").into()
     }
 }
 
@@ -245,14 +277,19 @@ impl Config {
 
     /// [`Config::price_of`] with the cached-input price when one is known.
     pub fn model_price_of(&self, model: &str) -> Option<ModelPrice> {
-        let configured: Vec<(&str, ModelPrice)> =
-            self.models.iter().filter_map(|(pat, m)| m.price.map(|p| (pat.as_str(), p))).collect();
-        let legacy_patterns: Vec<(String, ModelPrice)> =
-            self.prices.iter().map(|(name, p)| (legacy_price_pattern(name), ModelPrice::from(*p))).collect();
-        let legacy: Vec<(&str, ModelPrice)> = legacy_patterns.iter().map(|(pat, p)| (pat.as_str(), *p)).collect();
-        let builtin: Vec<(&str, ModelPrice)> =
-            builtin_prices().models.iter().map(|(pat, p)| (pat.as_str(), *p)).collect();
-        most_specific(model, [configured, legacy, builtin])
+        let mut best = Best::default();
+        for (pattern, m) in &self.models {
+            if let Some(p) = m.price {
+                best.offer(model, 0, pattern, p);
+            }
+        }
+        for (name, p) in &self.prices {
+            best.offer(model, 1, &legacy_price_pattern(name), ModelPrice::from(*p));
+        }
+        for (pattern, p) in &builtin_prices().models {
+            best.offer(model, 2, pattern, *p);
+        }
+        best.into_value()
     }
 
     /// The timeouts for a request for `model` (`None`: the request names no
@@ -262,9 +299,13 @@ impl Config {
         let global = &self.timeouts;
         let Some(model) = model else { return global.clone() };
         let field = |get: fn(&TimeoutsOverride) -> Option<Duration>, fallback: Duration| {
-            let set: Vec<(&str, Duration)> =
-                self.models.iter().filter_map(|(pat, m)| get(&m.timeouts).map(|d| (pat.as_str(), d))).collect();
-            most_specific(model, [set]).unwrap_or(fallback)
+            let mut best = Best::default();
+            for (pattern, m) in &self.models {
+                if let Some(d) = get(&m.timeouts) {
+                    best.offer(model, 0, pattern, d);
+                }
+            }
+            best.into_value().unwrap_or(fallback)
         };
         TimeoutsConfig {
             connect: global.connect,
@@ -278,8 +319,12 @@ impl Config {
     /// `[models."…"] timeouts.deadline` under the same rule.
     pub fn deadline_for(&self, model: Option<&str>) -> Duration {
         let Some(model) = model else { return self.retry.deadline };
-        let set: Vec<(&str, Duration)> =
-            self.models.iter().filter_map(|(pat, m)| m.timeouts.deadline.map(|d| (pat.as_str(), d))).collect();
-        most_specific(model, [set]).unwrap_or(self.retry.deadline)
+        let mut best = Best::default();
+        for (pattern, m) in &self.models {
+            if let Some(d) = m.timeouts.deadline {
+                best.offer(model, 0, pattern, d);
+            }
+        }
+        best.into_value().unwrap_or(self.retry.deadline)
     }
 }
