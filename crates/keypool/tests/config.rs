@@ -149,6 +149,7 @@ fn budgets_without_prices_are_warned_about_at_start_and_in_check() {
     let (ok, _, stderr) = run(dir.path(), &["config", "check"], &[]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(stderr.contains("built-in model prices (https://"), "{stderr}");
     assert!(!dir.path().join("k.db").exists(), "config check created a database");
 
     let (ok, _, stderr) =

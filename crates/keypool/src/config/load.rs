@@ -66,7 +66,7 @@ fn unknown_env_variable(error: &figment::Error) -> Option<(String, String)> {
     let mut path = parent_path(error, field);
     path.push(field.clone());
     let variable = format!("KEYPOOL_{}", path.join("__").to_ascii_uppercase());
-    let mut note = format!("environment variable {variable} is not a keypool setting and was ignored");
+    let mut note = format!("{variable} is not a keypool setting and was ignored");
     // Only a near miss is suggested: KEYPOOL_PORT is not a typo of KEYPOOL_POOL.
     if let Some(close) = closest(field, expected).filter(|c| edit_distance(field, c) <= field.chars().count() / 3) {
         let mut near = parent_path(error, field);
