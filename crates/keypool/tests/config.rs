@@ -8,6 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use keypool::config::{ModelConfig, TimeoutsOverride};
+use keypool_sim::{SimConfig, SimKey};
+
 const BIN: &str = env!("CARGO_BIN_EXE_keypool");
 
 /// A command in `dir` (so no ./keypool.toml of the repo is read), with the
@@ -68,15 +73,19 @@ fn serve_until_listening(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (St
 #[test]
 fn unknown_keypool_variables_are_named_in_a_warning_and_serve_still_starts() {
     let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("named.toml");
+    std::fs::write(&file, "log = \"info\"\n").unwrap();
     let injected = [("KEYPOOL_PORT", "tcp://10.0.0.7:8080"), ("KEYPOOL_SERVICE_HOST", "10.0.0.7")];
     let (log, _) = serve_until_listening(
         dir.path(),
         &["--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9/v1"],
-        &injected,
+        &[injected[0], injected[1], ("KEYPOOL_CONFIG", file.to_str().unwrap())],
     );
     assert!(log.contains("KEYPOOL_PORT is not a keypool setting"), "{log}");
     assert!(log.contains("KEYPOOL_SERVICE_HOST is not a keypool setting"), "{log}");
     assert!(!log.contains("closest setting: KEYPOOL_POOL"), "no far-fetched suggestion:\n{log}");
+    // Variables that are settings (or name the file) are not reported.
+    assert!(!log.contains("KEYPOOL_DATABASE_URL is not") && !log.contains("KEYPOOL_CONFIG"), "{log}");
 
     // A typo of a real setting is still only a warning, with the near miss named.
     let (ok, _, stderr) = run(dir.path(), &["config", "check"], &[("KEYPOOL_LIMITS__RMP", "3")]);
@@ -145,6 +154,7 @@ fn budgets_without_prices_are_warned_about_at_start_and_in_check() {
     let (ok, _, stderr) = run(dir.path(), &["config", "check"], &[]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(stderr.contains("built-in model prices (https://"), "{stderr}");
     assert!(!dir.path().join("k.db").exists(), "config check created a database");
 
     let (ok, _, stderr) =
@@ -165,4 +175,34 @@ fn budgets_without_prices_are_warned_about_at_start_and_in_check() {
     let (ok, _, stderr) = run(dir.path(), &["config", "check"], &[]);
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("warning: prices"), "{stderr}");
+}
+
+/// A per-model first-byte timeout lets that model's slow answer through
+/// while the global one still cuts every other model. Ignored until the
+/// proxy reads `Config::timeouts_for` / `deadline_for` (the lead wires it).
+#[tokio::test]
+#[ignore = "needs the proxy to read Config::timeouts_for (wired by the lead)"]
+async fn a_per_model_first_byte_timeout_lets_that_model_finish() {
+    let sim = SimConfig {
+        keys: vec![SimKey::new("sk-permodel-aaaaaaaaaaaa")],
+        latency: Duration::from_millis(800),
+        ..SimConfig::default()
+    };
+    let app = common::spawn(sim, vec![common::key("sk-permodel-aaaaaaaaaaaa", None)], |c| {
+        c.timeouts.first_byte = Duration::from_millis(200);
+        c.retry.max_retries = 0;
+        c.models.insert(
+            "slow-*".into(),
+            ModelConfig {
+                timeouts: TimeoutsOverride { first_byte: Some(Duration::from_secs(10)), ..Default::default() },
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let body = |model: &str| serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8});
+    let slow = app.post("chat/completions").json(&body("slow-reasoner")).send().await.unwrap();
+    assert_eq!(slow.status(), 200, "{}", slow.text().await.unwrap_or_default());
+    let other = app.post("chat/completions").json(&body("gpt-4o-mini")).send().await.unwrap();
+    assert!(other.status().is_server_error(), "the global 200 ms still applies: {}", other.status());
 }

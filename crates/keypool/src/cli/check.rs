@@ -18,6 +18,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             None
         }
     };
+    let table = crate::config::models::builtin_prices();
+    eprintln!(
+        "note: {} built-in model prices ({}, taken {}); a price in [models] or [prices] overrides them",
+        table.models.len(),
+        table.source,
+        table.taken
+    );
     let warnings = config.warnings(keys.as_deref());
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -67,6 +67,21 @@ impl Config {
                 ),
             ));
         }
+        // A pattern read as a model name matches itself, so this is what a
+        // model named like it gets.
+        for (pattern, m) in &self.models {
+            let (deadline, first_byte) =
+                (self.deadline_for(Some(pattern)), self.timeouts_for(Some(pattern)).first_byte);
+            if deadline < first_byte && m.timeouts != super::TimeoutsOverride::default() {
+                out.push(warn(
+                    &format!("models.\"{pattern}\""),
+                    format!(
+                        "deadline {deadline:?} is shorter than first_byte {first_byte:?}: an attempt that times out \
+                         is never retried; set timeouts.deadline above first_byte"
+                    ),
+                ));
+            }
+        }
         if let Some(keys) = keys {
             out.extend(self.budget_warnings(keys));
         }

@@ -66,7 +66,7 @@ fn unknown_env_variable(error: &figment::Error) -> Option<(String, String)> {
     let mut path = parent_path(error, field);
     path.push(field.clone());
     let variable = format!("KEYPOOL_{}", path.join("__").to_ascii_uppercase());
-    let mut note = format!("environment variable {variable} is not a keypool setting and was ignored");
+    let mut note = format!("{variable} is not a keypool setting and was ignored");
     // Only a near miss is suggested: KEYPOOL_PORT is not a typo of KEYPOOL_POOL.
     if let Some(close) = closest(field, expected).filter(|c| edit_distance(field, c) <= field.chars().count() / 3) {
         let mut near = parent_path(error, field);
@@ -85,24 +85,32 @@ fn parent_path(error: &figment::Error, field: &str) -> Vec<String> {
     path
 }
 
-/// One message for a figment error; an unknown key in the file names the
-/// file, its line and the closest valid name.
+/// One message for a figment error; a bad key or value in the file names the
+/// file and its line, and an unknown key the closest valid name.
 fn describe(error: figment::Error, file: Option<&Path>) -> ConfigError {
+    let from_file = matches!(error.metadata.as_ref().and_then(|m| m.source.as_ref()), Some(Source::File(_)));
+    let Some(path) = file.filter(|_| from_file) else { return ConfigError::Parse(Box::new(error)) };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     if let Kind::UnknownField(field, expected) = &error.kind {
-        let from_file = matches!(error.metadata.as_ref().and_then(|m| m.source.as_ref()), Some(Source::File(_)));
-        if let (true, Some(path)) = (from_file, file) {
-            let mut keys = parent_path(&error, field);
-            keys.push(field.clone());
-            let line = std::fs::read_to_string(path).ok().and_then(|text| line_of(&text, &keys));
-            return ConfigError::UnknownSetting {
-                file: path.to_owned(),
-                line,
-                setting: keys.join("."),
-                closest: closest(field, expected).map(str::to_owned),
-            };
-        }
+        let mut keys = parent_path(&error, field);
+        keys.push(field.clone());
+        return ConfigError::UnknownSetting {
+            file: path.to_owned(),
+            line: line_of(&text, &keys),
+            setting: keys.join("."),
+            closest: closest(field, expected).map(str::to_owned),
+        };
     }
-    ConfigError::Parse(Box::new(error))
+    let keys: Vec<String> = error.path.iter().filter(|p| p.as_str() != "default").cloned().collect();
+    if keys.is_empty() {
+        return ConfigError::Parse(Box::new(error));
+    }
+    ConfigError::InvalidInFile {
+        file: path.to_owned(),
+        line: line_of(&text, &keys),
+        setting: keys.join("."),
+        reason: error.kind.to_string(),
+    }
 }
 
 /// The 1-based line where the key at `keys` is written, found by parsing the

@@ -295,6 +295,12 @@ pub enum ConfigError {
         closest.as_ref().map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
     )]
     UnknownSetting { file: PathBuf, line: Option<usize>, setting: String, closest: Option<String> },
+    #[error(
+        "invalid setting `{setting}` in {}{}: {reason}",
+        file.display(),
+        line.map(|l| format!(", line {l}")).unwrap_or_default()
+    )]
+    InvalidInFile { file: PathBuf, line: Option<usize>, setting: String, reason: String },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid { setting: &'static str, reason: String },
 }
@@ -386,78 +392,6 @@ impl Config {
             });
         }
         self.validate_models()
-    }
-
-    fn validate_models(&self) -> Result<(), ConfigError> {
-        for (pattern, m) in &self.models {
-            if pattern.is_empty() {
-                return Err(ConfigError::Invalid {
-                    setting: "models",
-                    reason: "a model pattern must not be empty".into(),
-                });
-            }
-            if m.price.is_some_and(|p| !p.is_valid()) {
-                return Err(ConfigError::Invalid {
-                    setting: "models",
-                    reason: format!("price of {pattern:?} must be non-negative numbers of USD per million tokens"),
-                });
-            }
-            if let Some((name, _)) = m.timeouts.set_values().find(|(_, d)| d.is_zero()) {
-                return Err(ConfigError::Invalid {
-                    setting: "models",
-                    reason: format!("timeouts.{name} of {pattern:?} must be > 0"),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The price of `model` in USD per million tokens, by the one per-model
-    /// rule (see [`models`]): `[models]`, `[prices]` and the built-in table
-    /// compete; the most specific pattern wins; on an equal one the config
-    /// file beats the built-in table.
-    pub fn price_of(&self, model: &str) -> Option<Price> {
-        self.model_price_of(model).map(|p| p.price())
-    }
-
-    /// [`Config::price_of`] with the cached-input price when one is known.
-    pub fn model_price_of(&self, model: &str) -> Option<ModelPrice> {
-        let configured: Vec<(&str, ModelPrice)> =
-            self.models.iter().filter_map(|(pat, m)| m.price.map(|p| (pat.as_str(), p))).collect();
-        let legacy_patterns: Vec<(String, ModelPrice)> =
-            self.prices.iter().map(|(name, p)| (models::legacy_price_pattern(name), ModelPrice::from(*p))).collect();
-        let legacy: Vec<(&str, ModelPrice)> = legacy_patterns.iter().map(|(pat, p)| (pat.as_str(), *p)).collect();
-        let builtin: Vec<(&str, ModelPrice)> =
-            models::builtin_prices().models.iter().map(|(pat, p)| (pat.as_str(), *p)).collect();
-        models::most_specific(model, [configured, legacy, builtin])
-    }
-
-    /// The timeouts for a request for `model` (`None`: the request names no
-    /// model): each field from the most specific `[models]` pattern that sets
-    /// it, else the global `[timeouts]`.
-    pub fn timeouts_for(&self, model: Option<&str>) -> TimeoutsConfig {
-        let global = &self.timeouts;
-        let Some(model) = model else { return global.clone() };
-        let field = |get: fn(&TimeoutsOverride) -> Option<Duration>, fallback: Duration| {
-            let set: Vec<(&str, Duration)> =
-                self.models.iter().filter_map(|(pat, m)| get(&m.timeouts).map(|d| (pat.as_str(), d))).collect();
-            models::most_specific(model, [set]).unwrap_or(fallback)
-        };
-        TimeoutsConfig {
-            connect: field(|t| t.connect, global.connect),
-            first_byte: field(|t| t.first_byte, global.first_byte),
-            idle: field(|t| t.idle, global.idle),
-            total: field(|t| t.total, global.total),
-        }
-    }
-
-    /// `retry.deadline` for a request for `model`, overridden per model by
-    /// `[models."…"] timeouts.deadline` under the same rule.
-    pub fn deadline_for(&self, model: Option<&str>) -> Duration {
-        let Some(model) = model else { return self.retry.deadline };
-        let set: Vec<(&str, Duration)> =
-            self.models.iter().filter_map(|(pat, m)| m.timeouts.deadline.map(|d| (pat.as_str(), d))).collect();
-        models::most_specific(model, [set]).unwrap_or(self.retry.deadline)
     }
 
     /// The effective config as TOML with passwords in URLs masked.

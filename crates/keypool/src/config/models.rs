@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Price;
+use super::{Config, ConfigError, Price, TimeoutsConfig};
 
 /// Settings for the models whose names match one glob (`[models."gpt-4o*"]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -42,13 +42,11 @@ pub struct ModelConfig {
     pub price: Option<ModelPrice>,
 }
 
-/// Per-model timeouts; `None` means "not set here".
+/// Per-model timeouts; `None` means "not set here". There is no per-model
+/// `connect`: a connection belongs to the upstream, whatever model it carries.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsOverride {
-    /// To open a connection.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub connect: Option<Duration>,
     /// From sending a request to the answer's first byte.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub first_byte: Option<Duration>,
@@ -66,15 +64,9 @@ pub struct TimeoutsOverride {
 impl TimeoutsOverride {
     /// Every duration set here, with its name, for validation.
     pub fn set_values(&self) -> impl Iterator<Item = (&'static str, Duration)> {
-        [
-            ("connect", self.connect),
-            ("first_byte", self.first_byte),
-            ("idle", self.idle),
-            ("total", self.total),
-            ("deadline", self.deadline),
-        ]
-        .into_iter()
-        .filter_map(|(name, d)| d.map(|d| (name, d)))
+        [("first_byte", self.first_byte), ("idle", self.idle), ("total", self.total), ("deadline", self.deadline)]
+            .into_iter()
+            .filter_map(|(name, d)| d.map(|d| (name, d)))
     }
 }
 
@@ -110,34 +102,38 @@ impl From<Price> for ModelPrice {
     }
 }
 
-/// Whether `pattern` (a glob of `*` and `?`) matches all of `name`.
+/// Whether `pattern` (a glob of `*` and `?`) matches all of `name`. Works on
+/// characters, not bytes, and allocates nothing (it runs on every request).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matching with backtracking to the last `*`: linear in practice.
     let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and where in `name` it is tried to end next.
     let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
+    while let Some((nc, nlen)) = char_at(name, ni) {
+        match char_at(pattern, pi) {
+            Some(('*', plen)) => {
+                star = Some((pi + plen, ni));
+                pi += plen;
             }
-            Some(c) if *c == '?' || *c == n[ni] => {
-                pi += 1;
-                ni += 1;
+            Some((pc, plen)) if pc == '?' || pc == nc => {
+                pi += plen;
+                ni += nlen;
             }
             _ => match star {
-                Some((sp, sn)) => {
-                    pi = sp + 1;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
+                Some((after_star, from)) => {
+                    let skip = char_at(name, from).map_or(1, |(_, l)| l);
+                    pi = after_star;
+                    ni = from + skip;
+                    star = Some((after_star, from + skip));
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    pattern.get(pi..).is_some_and(|rest| rest.chars().all(|c| c == '*'))
+}
+
+fn char_at(s: &str, i: usize) -> Option<(char, usize)> {
+    s.get(i..)?.chars().next().map(|c| (c, c.len_utf8()))
 }
 
 /// How specific a pattern is; a larger value wins (see the module docs).
@@ -153,46 +149,74 @@ pub struct Specificity {
 
 impl Specificity {
     pub fn of(pattern: &str) -> Specificity {
-        let stars = pattern.chars().filter(|c| *c == '*').count();
-        let wild = stars + pattern.chars().filter(|c| *c == '?').count();
-        Specificity { exact: wild == 0, literals: pattern.chars().count() - wild, fewer_stars: usize::MAX - stars }
+        let (mut stars, mut wild, mut all) = (0, 0, 0);
+        for c in pattern.chars() {
+            all += 1;
+            stars += usize::from(c == '*');
+            wild += usize::from(c == '*' || c == '?');
+        }
+        Specificity { exact: wild == 0, literals: all - wild, fewer_stars: usize::MAX - stars }
     }
 }
 
-/// The value of the most specific pattern matching `model`. `sources` come
-/// most specific source first; within one, patterns are tried in byte order.
+/// The most specific match so far among patterns offered in turn: sources
+/// most specific first (`rank` 0, 1, …), each in byte order of its patterns
+/// (a `BTreeMap`'s order), so a full tie keeps the first offered.
+#[derive(Debug)]
+pub struct Best<T> {
+    found: Option<(Specificity, std::cmp::Reverse<usize>, T)>,
+}
+
+impl<T> Default for Best<T> {
+    fn default() -> Self {
+        Best { found: None }
+    }
+}
+
+impl<T> Best<T> {
+    /// Considers `value`, set for `pattern` in source `rank`, for `model`.
+    pub fn offer(&mut self, model: &str, rank: usize, pattern: &str, value: T) {
+        if !glob_match(pattern, model) {
+            return;
+        }
+        let score = (Specificity::of(pattern), std::cmp::Reverse(rank));
+        if self.found.as_ref().is_none_or(|(s, r, _)| score > (*s, *r)) {
+            self.found = Some((score.0, score.1, value));
+        }
+    }
+
+    pub fn into_value(self) -> Option<T> {
+        self.found.map(|(_, _, v)| v)
+    }
+}
+
+/// The value of the most specific pattern matching `model`, from sources
+/// given most specific first (a convenience over [`Best`] for tests and
+/// callers holding lists; patterns are sorted first, as `Best` expects).
 pub fn most_specific<'a, T: 'a, I>(model: &str, sources: I) -> Option<T>
 where
     I: IntoIterator<Item = Vec<(&'a str, T)>>,
 {
-    // (specificity, earlier source ranks higher), then the value.
-    let mut best: Option<(Specificity, std::cmp::Reverse<usize>, T)> = None;
-    for (rank, source) in sources.into_iter().enumerate() {
-        let mut candidates = source;
-        candidates.sort_by(|a, b| a.0.cmp(b.0));
-        for (pattern, value) in candidates {
-            if !glob_match(pattern, model) {
-                continue;
-            }
-            let score = (Specificity::of(pattern), std::cmp::Reverse(rank));
-            // Strictly greater: on a full tie the earlier (sorted first) stays.
-            if best.as_ref().is_none_or(|(s, r, _)| score > (*s, *r)) {
-                best = Some((score.0, score.1, value));
-            }
+    let mut best = Best::default();
+    for (rank, mut source) in sources.into_iter().enumerate() {
+        source.sort_by(|a, b| a.0.cmp(b.0));
+        for (pattern, value) in source {
+            best.offer(model, rank, pattern, value);
         }
     }
-    best.map(|(_, _, v)| v)
+    best.into_value()
 }
 
 /// A legacy `[prices]` name as a glob: `default` prices every model, any other
 /// name without wildcards is a prefix (`gpt-4o` means `gpt-4o*`), as before.
-pub fn legacy_price_pattern(name: &str) -> String {
+/// Borrowed when it is one already, so a lookup allocates only for prefixes.
+pub fn legacy_price_pattern(name: &str) -> std::borrow::Cow<'_, str> {
     if name == "default" {
         "*".into()
     } else if name.contains(['*', '?']) {
         name.into()
     } else {
-        format!("{name}*")
+        format!("{name}*").into()
     }
 }
 
@@ -216,4 +240,91 @@ pub fn builtin_prices() -> &'static BuiltinPrices {
     static TABLE: std::sync::LazyLock<BuiltinPrices> =
         std::sync::LazyLock::new(|| toml::from_str(BUILTIN_PRICES).unwrap_or_default());
     &TABLE
+}
+
+impl Config {
+    pub(super) fn validate_models(&self) -> Result<(), ConfigError> {
+        for (pattern, m) in &self.models {
+            if pattern.is_empty() {
+                return Err(ConfigError::Invalid {
+                    setting: "models",
+                    reason: "a model pattern must not be empty".into(),
+                });
+            }
+            if m.price.is_some_and(|p| !p.is_valid()) {
+                return Err(ConfigError::Invalid {
+                    setting: "models",
+                    reason: format!("price of {pattern:?} must be non-negative numbers of USD per million tokens"),
+                });
+            }
+            if let Some((name, _)) = m.timeouts.set_values().find(|(_, d)| d.is_zero()) {
+                return Err(ConfigError::Invalid {
+                    setting: "models",
+                    reason: format!("timeouts.{name} of {pattern:?} must be > 0"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The price of `model` in USD per million tokens, by the one per-model
+    /// rule (see [the module docs](self)): `[models]`, `[prices]` and the built-in table
+    /// compete; the most specific pattern wins; on an equal one the config
+    /// file beats the built-in table.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        self.model_price_of(model).map(|p| p.price())
+    }
+
+    /// [`Config::price_of`] with the cached-input price when one is known.
+    pub fn model_price_of(&self, model: &str) -> Option<ModelPrice> {
+        let mut best = Best::default();
+        for (pattern, m) in &self.models {
+            if let Some(p) = m.price {
+                best.offer(model, 0, pattern, p);
+            }
+        }
+        for (name, p) in &self.prices {
+            best.offer(model, 1, &legacy_price_pattern(name), ModelPrice::from(*p));
+        }
+        for (pattern, p) in &builtin_prices().models {
+            best.offer(model, 2, pattern, *p);
+        }
+        best.into_value()
+    }
+
+    /// The timeouts for a request for `model` (`None`: the request names no
+    /// model): each field from the most specific `[models]` pattern that sets
+    /// it, else the global `[timeouts]`.
+    pub fn timeouts_for(&self, model: Option<&str>) -> TimeoutsConfig {
+        let global = &self.timeouts;
+        let Some(model) = model else { return global.clone() };
+        let field = |get: fn(&TimeoutsOverride) -> Option<Duration>, fallback: Duration| {
+            let mut best = Best::default();
+            for (pattern, m) in &self.models {
+                if let Some(d) = get(&m.timeouts) {
+                    best.offer(model, 0, pattern, d);
+                }
+            }
+            best.into_value().unwrap_or(fallback)
+        };
+        TimeoutsConfig {
+            connect: global.connect,
+            first_byte: field(|t| t.first_byte, global.first_byte),
+            idle: field(|t| t.idle, global.idle),
+            total: field(|t| t.total, global.total),
+        }
+    }
+
+    /// `retry.deadline` for a request for `model`, overridden per model by
+    /// `[models."…"] timeouts.deadline` under the same rule.
+    pub fn deadline_for(&self, model: Option<&str>) -> Duration {
+        let Some(model) = model else { return self.retry.deadline };
+        let mut best = Best::default();
+        for (pattern, m) in &self.models {
+            if let Some(d) = m.timeouts.deadline {
+                best.offer(model, 0, pattern, d);
+            }
+        }
+        best.into_value().unwrap_or(self.retry.deadline)
+    }
 }

@@ -27,6 +27,14 @@ fn an_unknown_key_names_file_line_and_the_closest_valid_name() {
 }
 
 #[test]
+fn a_bad_value_in_the_file_names_its_setting_and_line() {
+    let err = load_text("log = \"info\"\n[timeouts]\nfirst_byte = \"soon\"\n").unwrap_err().to_string();
+    assert!(err.contains("`timeouts.first_byte`") && err.contains("line 3") && err.contains("duration"), "{err}");
+    let err = load_text("\nlisten = \"nowhere:1\"\n").unwrap_err().to_string();
+    assert!(err.contains("`listen`") && err.contains("line 2") && err.contains("localhost"), "{err}");
+}
+
+#[test]
 fn lines_are_found_in_tables_dotted_keys_and_inline_tables() {
     let text = "a = 1\n[t]\nb = 2\nc.d = 3\n[m.\"x*\"]\ne = { f = 1 }\n";
     let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -116,4 +124,24 @@ fn budgets_without_prices_and_balance_even_without_budgets_are_warned_about() {
     assert!(!settings(&c, None).contains(&"pool.strategy".to_owned()));
     c.pool.strategy = Strategy::LeastUsed;
     assert!(!settings(&c, Some(&none)).contains(&"pool.strategy".to_owned()));
+}
+
+#[test]
+fn a_model_whose_first_byte_outlasts_its_deadline_is_warned_about() {
+    let mut c = Config::default();
+    let long = ModelConfig {
+        timeouts: TimeoutsOverride { first_byte: Some(std::time::Duration::from_secs(1800)), ..Default::default() },
+        ..Default::default()
+    };
+    c.models.insert("o1-pro*".into(), long.clone());
+    let w = c.warnings(None);
+    assert!(w.iter().any(|w| w.setting == "models.\"o1-pro*\"" && w.message.contains("deadline")), "{w:?}");
+    c.models.insert(
+        "o1-pro*".into(),
+        ModelConfig {
+            timeouts: TimeoutsOverride { deadline: Some(std::time::Duration::from_secs(1900)), ..long.timeouts },
+            ..long
+        },
+    );
+    assert!(c.warnings(None).is_empty(), "{:?}", c.warnings(None));
 }

@@ -22,6 +22,10 @@ fn globs_match_the_whole_name() {
     assert!(!glob_match("gpt-4o", "gpt-4o-mini"));
     assert!(!glob_match("gpt-4o*", "xgpt-4o"));
     assert!(!glob_match("a*b", "ab-c"));
+    assert!(glob_match("modèle-?", "modèle-é"));
+    assert!(glob_match("*é", "aéé"));
+    assert!(!glob_match("modèle-?", "modèle-éé"));
+    assert!(glob_match("**", "x") && !glob_match("", "x") && glob_match("", ""));
 }
 
 #[test]
@@ -158,4 +162,26 @@ fn impossible_per_model_values_name_their_pattern() {
         ModelConfig { price: Some(ModelPrice { input: -1.0, output: 0.0, cached_input: None }), ..Default::default() },
     );
     assert!(c.validate().unwrap_err().to_string().contains("\"x\""));
+}
+
+#[test]
+fn per_request_lookups_allocate_nothing() {
+    let mut c = Config::default();
+    c.models.insert(
+        "o*".into(),
+        ModelConfig {
+            timeouts: TimeoutsOverride { first_byte: Some(secs(1200)), ..Default::default() },
+            price: Some(ModelPrice { input: 1.0, output: 2.0, cached_input: None }),
+        },
+    );
+    c.prices.insert("default".into(), Price { input: 1.0, output: 1.0 });
+    let _ = c.price_of("warm-up"); // parses the built-in table once
+    let info = allocation_counter::measure(|| {
+        for model in ["gpt-4o-mini-2024-07-18", "o3-pro", "llama-3-70b", "modèle"] {
+            std::hint::black_box(c.price_of(model));
+            std::hint::black_box(c.timeouts_for(Some(model)));
+            std::hint::black_box(c.deadline_for(Some(model)));
+        }
+    });
+    assert_eq!(info.count_total, 0, "{info:?}");
 }
