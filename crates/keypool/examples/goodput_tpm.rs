@@ -89,6 +89,47 @@ impl Mix {
     }
 }
 
+/// When the last request could be admitted at best: the requests, in the
+/// order offered, into one limit the size of the whole pool (a rolling
+/// window that frees each charge 60 s after admission, or a bucket that
+/// refills continuously), each as soon as it is offered and there is room.
+fn ideal_last_answer(offered: &[(f64, f64)], mode: LimitMode, per_s: f64) -> f64 {
+    let capacity = per_s * 60.0;
+    let mut last = 0.0f64;
+    match mode {
+        LimitMode::RollingWindow => {
+            let mut admitted = std::collections::VecDeque::new();
+            let mut used = 0.0;
+            for &(at, charge) in offered {
+                let mut t = at.max(last);
+                while used + charge > capacity {
+                    let Some((when, c)) = admitted.pop_front() else { break };
+                    t = t.max(when + 60.0);
+                    used -= c;
+                }
+                admitted.push_back((t, charge));
+                used += charge;
+                last = t;
+            }
+        }
+        LimitMode::TokenBucket => {
+            let (mut level, mut then) = (capacity, 0.0f64);
+            for &(at, charge) in offered {
+                let mut t = at.max(last);
+                level = (level + (t - then) * per_s).min(capacity);
+                if level < charge {
+                    t += (charge - level) / per_s;
+                    level = charge;
+                }
+                level -= charge;
+                then = t;
+                last = t;
+            }
+        }
+    }
+    last
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -147,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
     let mut at = Duration::ZERO;
     let mut tasks = Vec::new();
     let mut total_charge = 0u64;
-    let mut last_sent = Duration::ZERO;
+    let mut offered = Vec::new();
     while at < args.duration {
         let chars = mix.between(400, 6_000) as usize;
         let max_tokens = mix.between(256, 2_048);
@@ -159,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         };
         total_charge += upstream_charge;
         tokio::time::sleep_until(start + at).await;
-        last_sent = at;
+        offered.push((at.as_secs_f64(), upstream_charge as f64));
         at += Duration::from_secs_f64(upstream_charge as f64 / offered_per_s);
         let (client, url, token, results) = (client.clone(), url.clone(), token.clone(), Arc::clone(&results));
         tasks.push(tokio::spawn(async move {
@@ -186,10 +227,7 @@ async fn main() -> anyhow::Result<()> {
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
     let last = results.iter().map(|(_, t)| *t).max().unwrap_or_default();
     let per_key_429: Vec<u64> = secrets.iter().map(|s| sim.key_stats(s).rate_limited).collect();
-    // Ideal: a full bucket or an empty window takes a minute's capacity at
-    // once, then the capacity per second; no answer can come before the
-    // last request was offered and answered.
-    let ideal = (total_charge as f64 / capacity_per_s - 60.0).max(last_sent.as_secs_f64()) + args.latency.as_secs_f64();
+    let ideal = ideal_last_answer(&offered, mode, capacity_per_s) + args.latency.as_secs_f64();
     println!(
         "| {} | {} | {} | {total} | {ok} ({:.1}%) | {} ({per_key_429:?}) | {:.1} s | {:.1} s ({:.2}×) |",
         args.sim,

@@ -149,3 +149,69 @@ async fn a_json_body_is_counted_whatever_its_label() {
     assert_eq!(app.sim.key_stats(secret).rate_limited, 0);
     assert_eq!(app.sim.stats().total_requests, 1);
 }
+
+/// Stops the server even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The tokenizer is process-wide state, so this runs the `keypool` binary:
+/// in a fresh process, the first request for a model of the cl100k family
+/// finds its tokenizer not yet built (its build starts then) and is counted
+/// a token a byte, an over-estimate that must not refuse it.
+#[tokio::test]
+async fn a_request_counted_before_the_tokenizer_is_built_is_not_refused() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let secret = "sk-unready-aaaaaaaaaa";
+    let sim =
+        keypool_sim::Simulator::start(SimConfig { keys: vec![SimKey::new(secret).tpm(1_000)], ..SimConfig::default() })
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let store = keypool::store::Store::connect(&db).await.unwrap();
+    store.add_key(&NewKey { secret: secret.into(), tpm: Some(1_000), ..NewKey::default() }).await.unwrap();
+    let token = keypool::server::generate_token();
+    store.create_token("t", &keypool::server::hash_token(&token), "kp-t").await.unwrap();
+    drop(store);
+    let mut server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_keypool"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
+            .env("KEYPOOL_DATABASE_URL", &db)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("server printed its address");
+    // 1.2 KB of text: 1,200 tokens by the count of a token a byte, 300 as
+    // the upstream charges it.
+    let body = json!({"model": "text-embedding-3-small", "input": "abcd".repeat(300)});
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/embeddings"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(sim.key_stats(secret).rate_limited, 0);
+}
