@@ -314,7 +314,9 @@ impl Slot {
         let about_requests =
             self.last_rate.remaining_requests == Some(0) || self.rpm.limit().is_some_and(|l| self.own_requests() > l);
         if !about_requests && self.tpm.limit().is_some() {
-            self.tpm.lower(now);
+            // The refused request is the window's newest entry (just recorded).
+            let seen = self.own_tokens().saturating_sub(self.window.newest().unwrap_or(0));
+            self.tpm.lower(seen, now);
         }
         let until = now + reset;
         self.cooling_until = Some(self.cooling_until.map_or(until, |t| t.max(until)));

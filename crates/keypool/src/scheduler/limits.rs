@@ -72,12 +72,14 @@ impl Dim {
     }
 
     /// Lowers the effective limit after a refusal keypool's count had room
-    /// for (multiplicative decrease, bounded).
-    pub fn lower(&mut self, now: Instant) {
+    /// for: to what keypool counted before the refused request (`seen`, the
+    /// upstream had less room than that plus the request) and at least by
+    /// a tenth, but never below half the announced limit.
+    pub fn lower(&mut self, seen: u64, now: Instant) {
         let Some(base) = self.base() else { return };
         let current = self.limit().unwrap_or(base);
         let floor = base * LOWEST.0 / LOWEST.1;
-        let lowered = current.saturating_sub(current * LOWER_BY.0 / LOWER_BY.1).max(floor);
+        let lowered = current.saturating_sub(current * LOWER_BY.0 / LOWER_BY.1).min(seen).max(floor);
         tracing::info!(
             from = current,
             to = lowered,

@@ -125,10 +125,25 @@ mod scheduler {
     #[tokio::test(start_paused = true)]
     async fn a_refusal_with_room_lowers_the_token_limit() {
         let s = pool(Some(1000));
-        let l = lease(&s, demand(100));
+        lease(&s, demand(950)).finish(used(950));
+        let l = lease(&s, demand(30));
         l.observe(&headers(1000, 0), false);
         l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
-        assert_eq!(s.snapshot()[0].tpm, Some(900));
+        assert_eq!(s.snapshot()[0].tpm, Some(900), "by a tenth at least");
+        // To what keypool had counted when the upstream refused.
+        let s = pool(Some(2000));
+        lease(&s, demand(700)).finish(used(700));
+        lease(&s, demand(100)).finish(used(100));
+        let l = lease(&s, demand(300));
+        l.observe(&RateInfo { limit_tokens: None, ..headers(2000, 0) }, false);
+        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(1000), "800 seen, but never below half");
+        let s = pool(Some(1000));
+        lease(&s, demand(700)).finish(used(700));
+        let l = lease(&s, demand(200));
+        l.observe(&headers(1000, 100), false);
+        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(700));
         // A refusal about requests does not.
         let s = pool(Some(1000));
         let l = lease(&s, demand(100));
