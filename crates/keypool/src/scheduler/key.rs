@@ -201,8 +201,10 @@ impl Slot {
 
     /// Whether the per-minute token limit could ever admit `demand`: only
     /// what it certainly needs must fit.
+    /// A limit lowered after refusals is keypool's guess, so the announced
+    /// (or configured) one decides.
     pub fn fits_tpm(&self, demand: Demand) -> bool {
-        self.tpm.limit().is_none_or(|l| demand.floor() <= l)
+        self.tpm.base().is_none_or(|l| demand.floor() <= l)
     }
 
     /// Tokens `demand` takes from this key: its estimate, but no more than
@@ -210,7 +212,7 @@ impl Slot {
     /// request waits for an empty key and goes, rather than never).
     pub fn need(&self, demand: Demand) -> u64 {
         match self.tpm.limit() {
-            Some(l) if demand.tokens > l && demand.floor() <= l => l,
+            Some(l) if demand.tokens > l && self.fits_tpm(demand) => l,
             _ => demand.tokens,
         }
     }
