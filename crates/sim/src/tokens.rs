@@ -72,6 +72,13 @@ pub fn choices(body: &Value) -> u64 {
     body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1)
 }
 
+/// [`request_cost_by`] under the default rule (the sum). Kept for handlers that do not
+/// read [`crate::state::Shared::charge`]; new ones should.
+#[allow(dead_code)]
+pub fn request_cost(body: &Value) -> u64 {
+    request_cost_by(body, ChargeRule::Sum)
+}
+
 /// What the limiter charges at admission, decided up front as OpenAI does: the prompt
 /// estimate and the most the answer may use (`max_tokens` × `n`), summed or the larger.
 pub fn request_cost_by(body: &Value, rule: ChargeRule) -> u64 {
