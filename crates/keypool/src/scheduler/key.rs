@@ -200,8 +200,7 @@ impl Slot {
     }
 
     /// Whether the per-minute token limit could ever admit `demand`: only
-    /// what it certainly needs must fit.
-    /// A limit lowered after refusals is keypool's guess, so the announced
+    /// what it certainly needs must fit. A limit lowered after refusals is keypool's guess, so the announced
     /// (or configured) one decides.
     pub fn fits_tpm(&self, demand: Demand) -> bool {
         self.tpm.base().is_none_or(|l| demand.floor() <= l)

@@ -318,7 +318,9 @@ impl Scheduler {
         let mut inner = self.lock();
         let Some(slot) = inner.keys.get_mut(&id) else { return };
         let sample = slot.observe(info, success, now);
-        if let (Some((upstream_used, ours)), Some(limit)) = (sample, slot.tpm.base()) {
+        // A refusal's headers say the budget is empty, which its own
+        // handling (cooling, a lowered limit) already takes in.
+        if let (true, Some((upstream_used, ours)), Some(limit)) = (success, sample, slot.tpm.base()) {
             let scale = inner.charge.sample(upstream_used, ours, limit);
             self.charge_scale.store(scale, std::sync::atomic::Ordering::Relaxed);
         }
