@@ -59,6 +59,25 @@ async fn admission_charges_are_not_given_back() {
 }
 
 #[tokio::test]
+async fn assuming_the_sum_is_safe_for_an_upstream_that_charges_the_larger() {
+    tokenizers_built();
+    let secret = "sk-larger-aaaaaaaaaaa";
+    let sim = SimConfig {
+        keys: vec![SimKey::new(secret).tpm(10_000).mode(LimitMode::RollingWindow)],
+        charge: keypool_sim::ChargeRule::Max,
+        ..SimConfig::default()
+    };
+    let key = NewKey { secret: secret.into(), tpm: Some(10_000), ..NewKey::default() };
+    let app = spawn(sim, vec![key], |c| c.pool.max_wait = Duration::from_secs(2)).await;
+    let text = "hello ".repeat(333) + "hi";
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], "max_tokens": 1024});
+    let statuses = all_at_once(&app, "chat/completions", vec![body; 10]).await;
+    assert_eq!(app.sim.key_stats(secret).rate_limited, 0, "no upstream 429: {statuses:?}");
+    // The upstream would take 9 (1,024 each); keypool, counting the sum, sends 6.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 6, "{statuses:?}");
+}
+
+#[tokio::test]
 async fn token_id_inputs_are_charged() {
     let secret = "sk-token-ids-aaaaaaaa";
     let app = one_key(secret, 300, true).await;

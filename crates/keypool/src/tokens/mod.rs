@@ -3,7 +3,9 @@
 //! text is counted with OpenAI's own vocabularies (tiktoken's o200k_base for
 //! the GPT-4o/4.1/5 and o-series families, cl100k_base for older models) by a
 //! compact counting-only encoder (`bpe`), plus the per-message framing the
-//! chat format adds.
+//! chat format adds. The upstream's own admission charge reads the prompt's
+//! characters (about 4 a token): [`PromptShape::prompt_charge`] takes the
+//! larger of the two. `shape` reads every input form the API accepts.
 
 mod bpe;
 pub mod shape;
