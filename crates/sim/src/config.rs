@@ -29,8 +29,24 @@ pub struct SimConfig {
     pub chunk_interval: Duration,
     /// Send the `x-ratelimit-*` headers; off models providers that send none.
     pub send_rate_limit_headers: bool,
+    /// How a request is charged against TPM at admission (never given back
+    /// inside the window, whatever the answer uses).
+    pub charge: ChargeRule,
     /// Injected failures.
     pub faults: Faults,
+}
+
+/// How the admission charge combines the prompt estimate and the completion
+/// budget (`max_tokens` × `n`). OpenAI's rate-limit guide words it as the
+/// larger of the two; Azure's quota documentation as their sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeRule {
+    /// Prompt estimate plus `max_tokens` × `n`.
+    #[default]
+    Sum,
+    /// The larger of the prompt estimate and `max_tokens` × `n`.
+    Max,
 }
 
 impl Default for SimConfig {
@@ -46,6 +62,7 @@ impl Default for SimConfig {
             stream_chunks: 0,
             chunk_interval: Duration::ZERO,
             send_rate_limit_headers: true,
+            charge: ChargeRule::default(),
             faults: Faults::default(),
         }
     }

@@ -32,6 +32,8 @@ pub struct Shared {
     pub stream_chunks: usize,
     pub chunk_interval: Duration,
     pub send_rate_limit_headers: bool,
+    /// How requests are charged against TPM.
+    pub charge: crate::config::ChargeRule,
     pub latency: Mutex<Duration>,
     pub faults: Mutex<Faults>,
     pub keys: Mutex<HashMap<String, KeyEntry>>,
@@ -67,6 +69,7 @@ impl Shared {
             stream_chunks: if cfg.stream_chunks == 0 { 5 } else { cfg.stream_chunks },
             chunk_interval: cfg.chunk_interval,
             send_rate_limit_headers: cfg.send_rate_limit_headers,
+            charge: cfg.charge,
             latency: Mutex::new(cfg.latency),
             faults: Mutex::new(cfg.faults.clone()),
             keys: Mutex::new(keys),

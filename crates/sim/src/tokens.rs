@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::config::ChargeRule;
+
 /// Answer used when the request sets no `max_tokens`, as OpenAI's legacy default.
 pub const DEFAULT_MAX_TOKENS: u64 = 16;
 const ANSWER: [&str; 5] = ["This", "is", "a", "simulated", "answer."];
@@ -56,11 +58,12 @@ pub fn prompt_tokens(body: &Value) -> u64 {
     text_tokens(input.map_or(0, input_chars))
 }
 
-/// `max_completion_tokens` (new name) or `max_tokens`, else the default.
+/// `max_completion_tokens` (new name), `max_tokens` or the Responses API's
+/// `max_output_tokens`, else the default.
 pub fn max_tokens(body: &Value) -> u64 {
-    body.get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+    ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_u64))
         .unwrap_or(DEFAULT_MAX_TOKENS)
 }
 
@@ -69,10 +72,21 @@ pub fn choices(body: &Value) -> u64 {
     body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1)
 }
 
-/// What the limiter charges: prompt plus the maximum the answer may use, times `n`,
-/// decided up front as OpenAI does.
+/// [`request_cost_by`] under the default rule (the sum). Kept for handlers that do not
+/// read [`crate::state::Shared::charge`]; new ones should.
+#[allow(dead_code)]
 pub fn request_cost(body: &Value) -> u64 {
-    prompt_tokens(body) + max_tokens(body) * choices(body)
+    request_cost_by(body, ChargeRule::Sum)
+}
+
+/// What the limiter charges at admission, decided up front as OpenAI does: the prompt
+/// estimate and the most the answer may use (`max_tokens` × `n`), summed or the larger.
+pub fn request_cost_by(body: &Value, rule: ChargeRule) -> u64 {
+    let (prompt, completion) = (prompt_tokens(body), max_tokens(body).saturating_mul(choices(body)));
+    match rule {
+        ChargeRule::Sum => prompt.saturating_add(completion),
+        ChargeRule::Max => prompt.max(completion),
+    }
 }
 
 /// The answer's words: one "token" each, at most 16 and at least 1.
@@ -134,10 +148,12 @@ mod tests {
     fn token_estimates() {
         let chat = json!({"messages": [{"role": "user", "content": "Hello there!"}], "max_tokens": 10, "n": 2});
         assert_eq!(prompt_tokens(&chat), 3 + 3);
-        assert_eq!(request_cost(&chat), 6 + 20);
+        assert_eq!(request_cost_by(&chat, ChargeRule::Sum), 6 + 20);
         let emb = json!({"input": ["abcde", "xyz"]});
         assert_eq!(prompt_tokens(&emb), 2);
-        assert_eq!(request_cost(&json!({"messages": []})), 1 + 16);
+        assert_eq!(request_cost_by(&json!({"messages": []}), ChargeRule::Sum), 1 + 16);
+        assert_eq!(request_cost_by(&chat, ChargeRule::Max), 20);
+        assert_eq!(request_cost_by(&json!({"input": "x", "max_output_tokens": 7}), ChargeRule::Sum), 1 + 7);
         assert_eq!(answer_words(3), vec!["This", "is", "a"]);
         assert_eq!(answer_words(100).len(), 16);
         assert_eq!(embedding("a"), embedding("a"));

@@ -32,6 +32,8 @@ pub(super) struct Inner {
     /// Set when something changed that can make a waiting request hopeless
     /// (keys removed, disabled, invalid, out of budget).
     pub(super) recheck: bool,
+    /// How the upstream charges tokens, learned from its headers.
+    pub(super) charge: super::charge::ChargeModel,
 }
 
 #[derive(Debug)]
@@ -115,10 +117,14 @@ impl Inner {
         })
     }
 
+    /// Reserves `demand` on key `id`; the grant holds what this key takes
+    /// (see [`Slot::need`]).
     pub(super) fn reserve(&mut self, id: i64, demand: Demand, now: Instant, strategy: Strategy) -> Option<Grant> {
         self.rr_seq += 1;
         let (rr_seq, vclock) = (self.rr_seq, self.vclock);
         let slot = self.keys.get_mut(&id)?;
+        let need = slot.need(demand);
+        let demand = Demand { tokens: need, unsure_tokens: demand.unsure_tokens.min(need), ..demand };
         slot.inflight += 1;
         slot.reserved_tokens = slot.reserved_tokens.saturating_add(demand.tokens);
         slot.reserved_micros = slot.reserved_micros.saturating_add(demand.cost_micros);
@@ -145,9 +151,9 @@ impl Inner {
         if usable.peek().is_none() {
             return Err(NoKey::NoKeys);
         }
-        let fitting: Vec<&Slot> = usable.filter(|s| s.fits_tpm(demand.tokens)).collect();
+        let fitting: Vec<&Slot> = usable.filter(|s| s.fits_tpm(demand)).collect();
         if fitting.is_empty() {
-            return Err(NoKey::TooLarge { needed: demand.tokens });
+            return Err(NoKey::TooLarge { needed: demand.floor() });
         }
         if !fitting.iter().any(|s| s.affordable(demand.cost_micros)) {
             return Err(NoKey::BudgetSpent);
@@ -201,11 +207,11 @@ impl Inner {
     pub(super) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         // Any waiter may be served out of turn when it fits, so wake for the
         // smallest need in line: room for it comes no later than for any other.
-        let demand = self
-            .queue
-            .iter()
-            .map(|w| w.demand)
-            .reduce(|a, b| Demand { tokens: a.tokens.min(b.tokens), cost_micros: a.cost_micros.min(b.cost_micros) })?;
+        let demand = self.queue.iter().map(|w| w.demand).reduce(|a, b| Demand {
+            tokens: a.tokens.min(b.tokens),
+            unsure_tokens: 0,
+            cost_micros: a.cost_micros.min(b.cost_micros),
+        })?;
         let day_end = self.day_end;
         let Inner { index, keys, .. } = self;
         let ready = index

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tokio::time::{Duration, Instant};
 
-use super::limits::{Dim, RateInfo};
+use super::limits::{Dim, RateInfo, Sample};
 use super::strategy::{Inputs, Score, Strategy};
 use super::window::Window;
 use super::{DefaultLimits, Demand};
@@ -85,6 +85,9 @@ pub struct Slot {
     /// When an invalid or exhausted key is next probed, and the current probe interval.
     pub next_probe: Option<Instant>,
     pub probe_every: Duration,
+    /// The rate-limit headers of the last answer that carried any (to tell
+    /// which limit a 429 was about).
+    pub last_rate: RateInfo,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -133,6 +136,7 @@ impl Slot {
             connect_failures: 0,
             next_probe: None,
             probe_every: Duration::ZERO,
+            last_rate: RateInfo::default(),
         };
         slot.apply(r, d, now);
         slot
@@ -199,9 +203,21 @@ impl Slot {
         self.budget_micros.is_none_or(|b| self.spent_micros.saturating_add(cost) <= b)
     }
 
-    /// Whether the per-minute token limit could ever admit `tokens`.
-    pub fn fits_tpm(&self, tokens: u64) -> bool {
-        self.tpm.limit().is_none_or(|l| tokens <= l)
+    /// Whether the per-minute token limit could ever admit `demand`: only
+    /// what it certainly needs must fit. A limit lowered after refusals is keypool's guess, so the announced
+    /// (or configured) one decides.
+    pub fn fits_tpm(&self, demand: Demand) -> bool {
+        self.tpm.base().is_none_or(|l| demand.floor() <= l)
+    }
+
+    /// Tokens `demand` takes from this key: its estimate, but no more than
+    /// the whole limit when only the uncertain part goes over it (such a
+    /// request waits for an empty key and goes, rather than never).
+    pub fn need(&self, demand: Demand) -> u64 {
+        match self.tpm.limit() {
+            Some(l) if demand.tokens > l && self.fits_tpm(demand) => l,
+            _ => demand.tokens,
+        }
     }
 
     /// Whether the key can take `demand` right now (window pruned by the caller).
@@ -218,7 +234,7 @@ impl Slot {
         if self.rpm.limit().is_some_and(|l| self.used_requests(now) + 1 > l) {
             return false;
         }
-        if self.tpm.limit().is_some_and(|l| self.used_tokens(now).saturating_add(demand.tokens) > l) {
+        if self.tpm.limit().is_some_and(|l| self.used_tokens(now).saturating_add(self.need(demand)) > l) {
             return false;
         }
         if self.rpd.is_some_and(|l| self.day_count + self.inflight >= l) {
@@ -232,7 +248,7 @@ impl Slot {
     /// The earliest instant the key has room for `demand`, if time alone can
     /// bring it (`None`: only a finishing request can, or nothing can).
     pub fn room_at(&self, now: Instant, demand: Demand, day_end: Instant) -> Option<Instant> {
-        if !self.usable(now) || !self.affordable(demand.cost_micros) || !self.fits_tpm(demand.tokens) {
+        if !self.usable(now) || !self.affordable(demand.cost_micros) || !self.fits_tpm(demand) {
             return None;
         }
         if self.cautious() && self.inflight > 0 {
@@ -257,7 +273,7 @@ impl Slot {
             at = at.max(self.rpm.room_at(&self.window, |_| 1, self.used_requests(now), 1, now)?);
         }
         if self.tpm.limit().is_some() {
-            at = at.max(self.tpm.room_at(&self.window, |t| t, self.used_tokens(now), demand.tokens, now)?);
+            at = at.max(self.tpm.room_at(&self.window, |t| t, self.used_tokens(now), self.need(demand), now)?);
         }
         Some(at)
     }
@@ -267,7 +283,7 @@ impl Slot {
         if !self.usable(now) || !self.affordable(0) {
             return Placement::Off;
         }
-        let minimal = Demand { tokens: 1, cost_micros: 0 };
+        let minimal = Demand { tokens: 1, unsure_tokens: 0, cost_micros: 0 };
         if self.has_room(now, minimal) {
             return Placement::Ready(self.score(strategy));
         }
@@ -278,22 +294,35 @@ impl Slot {
         }
     }
 
-    /// Takes in an answer's rate-limit headers.
-    pub fn observe(&mut self, info: &RateInfo, success: bool, now: Instant) {
+    /// Takes in an answer's rate-limit headers; returns how the upstream's
+    /// token count compared with keypool's own, when the answer said.
+    pub fn observe(&mut self, info: &RateInfo, success: bool, now: Instant) -> Option<Sample> {
         if info.is_empty() {
             if success && self.announce == Announce::Unknown {
                 self.announce = Announce::None;
             }
-            return;
+            return None;
         }
         self.announce = Announce::Headers;
+        self.last_rate = *info;
         let (own_r, own_t) = (self.own_requests(), self.own_tokens());
         self.rpm.observe(info.limit_requests, info.remaining_requests, info.reset_requests, own_r, now);
-        self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now);
+        self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now)
     }
 
     /// A 429 `rate_limit_exceeded`: nothing more until the reset it names.
+    /// keypool admitted the request because its own count had room, so a
+    /// refusal about tokens (not requests) says the upstream counts more
+    /// than keypool, or over a shorter period: the key's effective token
+    /// limit is lowered so the refusal is not repeated.
     pub fn rate_limited(&mut self, reset: Duration, now: Instant) {
+        let about_requests =
+            self.last_rate.remaining_requests == Some(0) || self.rpm.limit().is_some_and(|l| self.own_requests() > l);
+        if !about_requests && self.tpm.limit().is_some() {
+            // The refused request is the window's newest entry (just recorded).
+            let seen = self.own_tokens().saturating_sub(self.window.newest().unwrap_or(0));
+            self.tpm.lower(seen, now);
+        }
         let until = now + reset;
         self.cooling_until = Some(self.cooling_until.map_or(until, |t| t.max(until)));
         let (own_r, own_t) = (self.own_requests(), self.own_tokens());

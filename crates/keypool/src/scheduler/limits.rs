@@ -38,11 +38,70 @@ pub struct Dim {
     /// client of the same key, or a restart): it counts until `phantom_until`.
     phantom: u64,
     phantom_until: Option<Instant>,
+    /// A lower limit than announced, set when the upstream refused a request
+    /// that keypool's own count had room for: it counts differently or over
+    /// a shorter period than keypool assumes. Holds until `lowered_at` +
+    /// [`LOWERED_FOR`] passes without another such refusal.
+    lowered: Option<u64>,
+    lowered_at: Option<Instant>,
 }
 
+/// How long a lowered limit holds after the last refusal that lowered it.
+pub const LOWERED_FOR: Duration = Duration::from_secs(600);
+
+/// Each unexplained refusal takes this share off the effective limit …
+const LOWER_BY: (u64, u64) = (1, 10);
+/// … down to this share of the announced one at most.
+const LOWEST: (u64, u64) = (1, 2);
+
+/// What one answer showed of the upstream's count against keypool's own:
+/// (the upstream's use, keypool's own count), both in tokens.
+pub type Sample = (u64, u64);
+
 impl Dim {
+    /// The effective limit: configured, else announced, lowered by refusals
+    /// keypool's own count did not expect.
     pub fn limit(&self) -> Option<u64> {
+        let base = self.base()?;
+        Some(self.lowered.map_or(base, |l| l.min(base)))
+    }
+
+    /// The limit as configured or announced.
+    pub fn base(&self) -> Option<u64> {
         self.configured.or(self.learned)
+    }
+
+    /// Lowers the effective limit after a refusal keypool's count had room
+    /// for: to what keypool counted before the refused request (`seen`, the
+    /// upstream had less room than that plus the request) and at least by
+    /// a tenth, but never below half the announced limit.
+    pub fn lower(&mut self, seen: u64, now: Instant) {
+        let Some(base) = self.base() else { return };
+        let current = self.limit().unwrap_or(base);
+        let floor = base * LOWEST.0 / LOWEST.1;
+        let lowered = current.saturating_sub(current * LOWER_BY.0 / LOWER_BY.1).min(seen).max(floor);
+        tracing::info!(
+            from = current,
+            to = lowered,
+            "an upstream refusal keypool's count had room for lowers the limit"
+        );
+        self.lowered = Some(lowered);
+        self.lowered_at = Some(now);
+    }
+
+    /// Forgets a lowered limit whose last refusal is long past.
+    fn recover(&mut self, now: Instant) {
+        if self.lowered_at.is_some_and(|at| now.saturating_duration_since(at) >= LOWERED_FOR) {
+            self.lowered = None;
+            self.lowered_at = None;
+        }
+    }
+
+    /// A request that the upstream charged `extra` more than keypool
+    /// reserved has now been recorded at its real size: the part of the
+    /// phantom that stood for it is dropped, so the excess counts once.
+    pub fn absorb(&mut self, extra: u64) {
+        self.phantom = self.phantom.saturating_sub(extra);
     }
 
     pub fn phantom(&self, now: Instant) -> u64 {
@@ -55,7 +114,8 @@ impl Dim {
     /// Takes in what one answer said. `ours` is what keypool has counted
     /// against this dimension (sent within the window plus in flight). Only
     /// ever tightens: an upstream that is more lenient than our own count
-    /// (a bucket that refilled) changes nothing.
+    /// (a bucket that refilled) changes nothing. Returns the comparison, for
+    /// learning how the upstream charges.
     pub fn observe(
         &mut self,
         limit: Option<u64>,
@@ -63,11 +123,12 @@ impl Dim {
         reset: Option<Duration>,
         ours: u64,
         now: Instant,
-    ) {
+    ) -> Option<Sample> {
         if let Some(limit) = limit {
             self.learned = Some(limit);
         }
-        let (Some(limit), Some(remaining)) = (self.limit(), remaining) else { return };
+        self.recover(now);
+        let (Some(limit), Some(remaining)) = (self.base(), remaining) else { return None };
         let upstream_used = limit.saturating_sub(remaining);
         let extra = upstream_used.saturating_sub(ours);
         if extra > 0 {
@@ -79,6 +140,7 @@ impl Dim {
             self.phantom = 0;
             self.phantom_until = None;
         }
+        Some((upstream_used, ours))
     }
 
     /// When usage counted beyond keypool's own window stops counting (for saving state).

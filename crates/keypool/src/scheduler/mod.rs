@@ -8,6 +8,7 @@
 //! await, and every operation under it is O(log n) in the number of keys
 //! except the slow paths taken when nothing fits.
 
+pub mod charge;
 mod index;
 mod inner;
 mod key;
@@ -78,8 +79,21 @@ impl Default for SchedulerConfig {
 /// TPM counts them) and its estimated cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Demand {
+    /// The upstream's admission charge, estimated never below it.
     pub tokens: u64,
+    /// How much of `tokens` may be over-estimate (a prompt counted before the
+    /// tokenizer was built, the character estimate above the tokenizer's
+    /// count): only `tokens - unsure_tokens` is certain, so only that can
+    /// make a request too large for every key. 0: all of it is certain.
+    pub unsure_tokens: u64,
     pub cost_micros: u64,
+}
+
+impl Demand {
+    /// Tokens the request certainly needs.
+    pub fn floor(&self) -> u64 {
+        self.tokens.saturating_sub(self.unsure_tokens)
+    }
 }
 
 /// Why no key was leased.
@@ -105,6 +119,9 @@ pub struct Scheduler {
     /// Some key has a tokens-per-minute limit (configured or learned), so
     /// prompts must be counted with the real tokenizer.
     counts_tokens: std::sync::atomic::AtomicBool,
+    /// The learned scale of the upstream's charge over keypool's estimate,
+    /// in thousandths (see [`charge`]); read on every request without the lock.
+    charge_scale: std::sync::atomic::AtomicU64,
 }
 
 /// Removes a waiting request from the queue however its wait ends: served,
@@ -144,10 +161,12 @@ impl Scheduler {
                 vclock: 0,
                 day_end: Instant::now() + until_utc_midnight(),
                 recheck: false,
+                charge: charge::ChargeModel::default(),
             }),
             config,
             wake: Arc::new(Notify::new()),
             counts_tokens: std::sync::atomic::AtomicBool::new(false),
+            charge_scale: std::sync::atomic::AtomicU64::new(charge::UNIT),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(refill_timer(Arc::downgrade(&scheduler), Arc::clone(&scheduler.wake)));
@@ -204,6 +223,12 @@ impl Scheduler {
     /// Whether prompts must be counted exactly: some key has a TPM limit.
     pub fn counts_tokens(&self) -> bool {
         self.counts_tokens.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The learned scale of the upstream's token charge over keypool's
+    /// estimate, in thousandths of [`charge::UNIT`].
+    pub fn charge_scale(&self) -> u64 {
+        self.charge_scale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of keys that can serve at all.
@@ -293,7 +318,13 @@ impl Scheduler {
         let strategy = self.config.strategy;
         let mut inner = self.lock();
         let Some(slot) = inner.keys.get_mut(&id) else { return };
-        slot.observe(info, success, now);
+        let sample = slot.observe(info, success, now);
+        // A refusal's headers say the budget is empty, which its own
+        // handling (cooling, a lowered limit) already takes in.
+        if let (true, Some((upstream_used, ours)), Some(limit)) = (success, sample, slot.tpm.base()) {
+            let scale = inner.charge.sample(upstream_used, ours, limit);
+            self.charge_scale.store(scale, std::sync::atomic::Ordering::Relaxed);
+        }
         inner.slot_placement(id, now, strategy);
         if slot_has_tpm(&inner, id) {
             self.counts_tokens.store(true, std::sync::atomic::Ordering::Relaxed);

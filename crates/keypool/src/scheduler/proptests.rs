@@ -275,7 +275,7 @@ fn idle_waiters(s: &Scheduler) -> Vec<(u64, Demand, i64)> {
 }
 
 fn demand(tokens: u64) -> Demand {
-    Demand { tokens, cost_micros: 0 }
+    Demand { tokens, unsure_tokens: 0, cost_micros: 0 }
 }
 
 async fn run_interleaving(

@@ -14,10 +14,16 @@ pub(super) fn transition(slot: &Slot, to: &'static str, reason: &str) {
 
 /// Records a request that reached the upstream: the window, counts, spend, and what the answer said of the key.
 pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant, config: &SchedulerConfig) {
-    let tokens = outcome
-        .usage
-        .map_or(demand.tokens, |u| u.total_tokens.max(u.prompt_tokens.saturating_add(u.completion_tokens)));
+    // The upstream charged the admission estimate when it took the request
+    // and gives nothing back inside its window, however little the answer
+    // used: the charge stays until the window drops it. Usage above it
+    // (a longer prompt than estimated) counts in full.
+    let used = outcome.usage.map_or(0, |u| u.total_tokens.max(u.prompt_tokens.saturating_add(u.completion_tokens)));
+    let tokens = demand.tokens.max(used);
     slot.window.record(now, tokens);
+    // The excess over the reservation was already seen in the answer's
+    // headers (as usage keypool had not counted): now the window holds it.
+    slot.tpm.absorb(tokens - demand.tokens);
     slot.day_count += 1;
     slot.requests_total += 1;
     slot.unflushed.requests += 1;

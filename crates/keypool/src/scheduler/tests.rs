@@ -15,7 +15,7 @@ fn ok() -> Outcome {
 }
 
 fn one() -> Demand {
-    Demand { tokens: 1, cost_micros: 0 }
+    Demand { tokens: 1, unsure_tokens: 0, cost_micros: 0 }
 }
 
 fn sched(strategy: Strategy, max_wait: Duration) -> Arc<Scheduler> {
@@ -88,15 +88,20 @@ async fn dropping_an_unsent_lease_gives_it_back_and_a_sent_one_counts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn tokens_reserve_then_reconcile_with_usage() {
+async fn tokens_reserve_and_the_admission_charge_stays() {
     let s = sched(Strategy::LeastUsed, Duration::ZERO);
     s.sync_keys(&[record(1, None, Some(1000), 0)]);
-    let lease = sent(s.try_lease(Demand { tokens: 900, cost_micros: 0 }).unwrap());
-    assert!(matches!(s.try_lease(Demand { tokens: 200, cost_micros: 0 }), Err(NoKey::Busy { .. })));
+    let lease = sent(s.try_lease(Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 }).unwrap());
+    assert!(matches!(s.try_lease(Demand { tokens: 200, unsure_tokens: 0, cost_micros: 0 }), Err(NoKey::Busy { .. })));
     let usage = keypool_sse::Usage { prompt_tokens: 50, completion_tokens: 50, total_tokens: 100 };
     lease.finish(Outcome { success: true, usage: Some(usage), ..Outcome::default() });
-    assert!(s.try_lease(Demand { tokens: 800, cost_micros: 0 }).is_ok());
-    assert_eq!(s.try_lease(Demand { tokens: 5000, cost_micros: 0 }).unwrap_err(), NoKey::TooLarge { needed: 5000 });
+    // The upstream keeps what it charged at admission for its window (issue 13).
+    assert!(matches!(s.try_lease(Demand { tokens: 800, unsure_tokens: 0, cost_micros: 0 }), Err(NoKey::Busy { .. })));
+    assert!(s.try_lease(Demand { tokens: 100, unsure_tokens: 0, cost_micros: 0 }).is_ok());
+    assert_eq!(
+        s.try_lease(Demand { tokens: 5000, unsure_tokens: 0, cost_micros: 0 }).unwrap_err(),
+        NoKey::TooLarge { needed: 5000 }
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -356,7 +361,7 @@ async fn balance_even_spends_budgets_evenly_and_never_overruns() {
         })
         .collect();
     s.sync_keys(&records);
-    let demand = Demand { tokens: 10, cost_micros: 10_000 };
+    let demand = Demand { tokens: 10, unsure_tokens: 0, cost_micros: 10_000 };
     let mut answered = 0;
     loop {
         match s.try_lease(demand) {

@@ -58,6 +58,11 @@ impl Window {
         self.entries.back().map(|&(at, _)| at + WINDOW)
     }
 
+    /// Tokens of the entry recorded last.
+    pub fn newest(&self) -> Option<u64> {
+        self.entries.back().map(|&(_, tokens)| tokens)
+    }
+
     /// When the oldest entry leaves the window.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.entries.front().map(|&(at, _)| at + WINDOW)

@@ -30,6 +30,10 @@ pub enum ApiError {
     InvalidToken,
     #[error("We could not parse the JSON body of your request: {0}")]
     BadJson(String),
+    /// A request parameter no upstream can mean (e.g. `max_tokens` at 2^32):
+    /// the caller's, named in `param` so SDKs show which field.
+    #[error("Invalid value for '{param}': {reason}.")]
+    InvalidParameter { param: &'static str, reason: &'static str },
     #[error("Could not read the request body: {0}")]
     BodyRead(String),
     #[error("Request body exceeds the gateway's limit of {limit} bytes.")]
@@ -88,6 +92,7 @@ impl ApiError {
             ApiError::MissingToken
             | ApiError::InvalidToken
             | ApiError::BadJson(_)
+            | ApiError::InvalidParameter { .. }
             | ApiError::BodyRead(_)
             | ApiError::BodyTooLarge { .. }
             | ApiError::TooManyTokens { .. }
@@ -119,6 +124,7 @@ impl ApiError {
             ApiError::BadJson(_) | ApiError::BodyRead(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json")
             }
+            ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value"),
             ApiError::BodyTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large")
             }
@@ -147,8 +153,12 @@ impl ApiError {
 
     fn json(&self) -> serde_json::Value {
         let (_, kind, code) = self.status_type_code();
+        let param = match self {
+            ApiError::InvalidParameter { param, .. } => Some(*param),
+            _ => None,
+        };
         serde_json::json!({
-            "error": { "message": self.to_string(), "type": kind, "param": null, "code": code }
+            "error": { "message": self.to_string(), "type": kind, "param": param, "code": code }
         })
     }
 

@@ -9,10 +9,9 @@ use axum::body::{Body, BodyDataStream};
 use axum::http::{header, request::Parts, Method, Version};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 use super::error::ApiError;
+use crate::tokens::shape::ShapeError;
 use crate::tokens::{self, Counter, Encoding, PromptShape};
 use crate::upstream::{BodyError, OutBody};
 
@@ -101,20 +100,18 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
 const INLINE_SHAPE_BYTES: usize = 16 * 1024;
 
 /// JSON is expected for bodies that say so, and for POSTs to OpenAI's JSON
-/// endpoints whatever their content type (curl's `-d` sends form encoding).
+/// endpoints whatever their content type: a body is counted by what the
+/// endpoint is, so a chat body labelled `multipart/form-data` (or sent with
+/// curl's `-d`, form encoding) is still read and charged.
 fn is_json_candidate(method: &Method, content_type: &str, rest: &str) -> bool {
     if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         return false;
-    }
-    let ct = content_type.to_ascii_lowercase();
-    if ct.contains("json") {
-        return true;
     }
     let known_json = matches!(
         rest.trim_end_matches('/'),
         "chat/completions" | "completions" | "embeddings" | "moderations" | "responses" | "images/generations"
     );
-    known_json && !ct.starts_with("multipart/") && !ct.starts_with("audio/") && !ct.contains("octet-stream")
+    known_json || content_type.to_ascii_lowercase().contains("json")
 }
 
 /// Reads a whole body of at most `limit` bytes (one chunk, the usual case, is
@@ -187,139 +184,19 @@ where
     .await;
 }
 
-/// The fields of an OpenAI request body that the estimate reads; every other
-/// field is skipped without being kept (and passed on untouched, since the
-/// original bytes are what is sent).
-#[derive(Deserialize)]
-struct Probe {
-    #[serde(default)]
-    model: Lenient<String>,
-    #[serde(default)]
-    messages: Lenient<Vec<Message>>,
-    #[serde(default)]
-    prompt: Option<Text>,
-    #[serde(default)]
-    input: Option<Text>,
-    #[serde(default)]
-    max_tokens: Lenient<u32>,
-    #[serde(default)]
-    max_completion_tokens: Lenient<u32>,
-    #[serde(default)]
-    max_output_tokens: Lenient<u32>,
-    #[serde(default)]
-    n: Lenient<u32>,
-    #[serde(default)]
-    stream: Lenient<bool>,
-    #[serde(default)]
-    stream_options: Lenient<StreamOptions>,
-}
-
-/// A field read only if it has the expected shape. keypool is no stricter
-/// than the upstream: a field of another shape is left for the upstream to
-/// judge, and the estimate falls back to its defaults.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Lenient<T> {
-    Is(T),
-    Other(IgnoredAny),
-}
-
-impl<T> Default for Lenient<T> {
-    fn default() -> Self {
-        Lenient::Other(IgnoredAny)
-    }
-}
-
-impl<T> Lenient<T> {
-    fn get(self) -> Option<T> {
-        match self {
-            Lenient::Is(v) => Some(v),
-            Lenient::Other(_) => None,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Lenient<bool>,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(default)]
-    role: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    content: Option<Text>,
-}
-
-/// Text in any of the forms OpenAI accepts: a string, a list of strings, a
-/// list of content parts with `text`, or something else (token ids, images)
-/// that is not counted here.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Text {
-    One(String),
-    Parts(Vec<Part>),
-    Other(IgnoredAny),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Part {
-    Plain(String),
-    Typed { text: String },
-    Other(IgnoredAny),
-}
-
-impl Text {
-    fn tokens(&self, enc: Counter) -> u64 {
-        match self {
-            Text::One(s) => enc.count(s),
-            Text::Parts(parts) => parts
-                .iter()
-                .map(|p| match p {
-                    Part::Plain(s) | Part::Typed { text: s } => enc.count(s),
-                    Part::Other(_) => 0,
-                })
-                .sum(),
-            Text::Other(_) => 0,
-        }
-    }
-}
-
-/// Endpoints whose answer has no completion tokens to reserve.
-fn input_only(rest: &str) -> bool {
-    matches!(rest.trim_end_matches('/'), "embeddings" | "moderations")
-}
-
+/// Reads a JSON body into what the estimate needs; `exact`: with the
+/// model's tokenizer.
 fn shape_of(bytes: &[u8], rest: &str, exact: bool) -> Result<PromptShape, ApiError> {
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
-    let model = probe.model.get();
-    let enc =
-        if exact { Counter::Exact(Encoding::for_model(model.as_deref().unwrap_or_default())) } else { Counter::Rough };
-    let mut prompt_tokens = 0;
-    if let Some(messages) = probe.messages.get() {
-        for m in &messages {
-            prompt_tokens += tokens::PER_MESSAGE
-                + m.role.as_deref().map_or(0, |r| enc.count(r))
-                + m.name.as_deref().map_or(0, |n| enc.count(n) + 1)
-                + m.content.as_ref().map_or(0, |c| c.tokens(enc));
+    let counter = |model: Option<&str>| {
+        if exact {
+            Counter::Exact(Encoding::for_model(model.unwrap_or_default()))
+        } else {
+            Counter::Rough
         }
-        prompt_tokens += tokens::PER_REPLY;
-    }
-    prompt_tokens += probe.prompt.as_ref().map_or(0, |t| t.tokens(enc));
-    prompt_tokens += probe.input.as_ref().map_or(0, |t| t.tokens(enc));
-    Ok(PromptShape {
-        model,
-        prompt_tokens,
-        max_tokens: probe.max_completion_tokens.get().or(probe.max_tokens.get()).or(probe.max_output_tokens.get()),
-        n: probe.n.get().unwrap_or(1),
-        stream: probe.stream.get().unwrap_or(false),
-        include_usage: probe.stream_options.get().and_then(|o| o.include_usage.get()),
-        input_only: input_only(rest),
+    };
+    tokens::shape::shape_of(bytes, rest, counter).map_err(|e| match e {
+        ShapeError::BadJson(detail) => ApiError::BadJson(detail),
+        ShapeError::InvalidParam { param, reason } => ApiError::InvalidParameter { param, reason },
     })
 }
 
@@ -352,42 +229,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_chat_shapes_and_rejects_bad_json() {
-        // Exact counts need both tokenizers built (requests never wait for them).
-        Encoding::O200k.load();
-        Encoding::Cl100k.load();
-        let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello world"},
-            {"role":"user","content":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"x"}}]}],
-            "max_tokens":7,"n":2,"stream":true,"tools":[{"x":1}]}"#;
-        let s = shape_of(body, "chat/completions", true).unwrap();
-        // Two messages of 3 framing + 1 role + 2 text tokens, plus 3 to prime the reply.
-        assert_eq!(s.prompt_tokens, 2 * (3 + 1 + 2) + 3);
-        assert_eq!((s.max_tokens, s.n, s.stream, s.include_usage), (Some(7), 2, true, None));
-        assert_eq!(s.model.as_deref(), Some("gpt-4o-mini"));
-        let e = shape_of(br#"{"model": "m", "messages": [}"#, "chat/completions", true).unwrap_err();
+    fn bad_json_and_impossible_numbers_are_the_callers() {
+        let e = shape_of(br#"{"model": "m", "messages": [}"#, "chat/completions", false).unwrap_err();
         assert!(matches!(e, ApiError::BadJson(_)));
-        let emb = shape_of(
-            br#"{"model":"text-embedding-3-small","input":["hello world","hello world"]}"#,
-            "embeddings",
-            true,
-        )
-        .unwrap();
-        assert_eq!((emb.prompt_tokens, emb.input_only), (4, true));
-        let ids = shape_of(br#"{"model":"e","input":[1,2,3]}"#, "embeddings", true).unwrap();
-        assert_eq!(ids.prompt_tokens, 0);
-    }
-
-    #[test]
-    fn fields_of_unexpected_shape_are_left_to_the_upstream() {
-        let s = shape_of(
-            br#"{"model":"gpt-4o","max_tokens":16.0,"n":5000000000,"messages":"hi"}"#,
-            "chat/completions",
-            true,
-        )
-        .unwrap();
-        assert_eq!((s.max_tokens, s.n, s.prompt_tokens), (None, 1, 0));
-        let s = shape_of(br#"{"model":7,"messages":[{"role":"user","content":{"weird":true}}]}"#, "x", true).unwrap();
-        assert_eq!(s.model, None);
+        let e = shape_of(br#"{"model": "m", "max_tokens": 4294967296}"#, "chat/completions", false).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidParameter { param: "max_tokens", .. }), "{e:?}");
     }
 
     #[test]
@@ -410,5 +256,8 @@ mod tests {
         assert!(is_json_candidate(&Method::POST, "application/x-www-form-urlencoded", "chat/completions"));
         assert!(!is_json_candidate(&Method::POST, "multipart/form-data; boundary=x", "audio/transcriptions"));
         assert!(!is_json_candidate(&Method::GET, "application/json", "models"));
+        // Counted by what the endpoint is, not by the caller's label.
+        assert!(is_json_candidate(&Method::POST, "multipart/form-data; boundary=x", "chat/completions"));
+        assert!(is_json_candidate(&Method::POST, "application/octet-stream", "embeddings"));
     }
 }

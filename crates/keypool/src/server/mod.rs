@@ -2,6 +2,7 @@
 //! conversion of every error into OpenAI's JSON shape (in `error`).
 
 mod auth;
+mod charge;
 mod error;
 mod inspect;
 mod metered;

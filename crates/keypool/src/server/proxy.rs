@@ -19,8 +19,7 @@ use super::inspect::{inspect, with_include_usage};
 use super::metered::Metered;
 use super::AppState;
 use crate::config::AuthMode;
-use crate::scheduler::{Demand, KeyLease, NoKey, Outcome, Verdict};
-use crate::tokens::PromptShape;
+use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
 use crate::upstream::{classify, copy_response_headers, rate_info, Answer, BodyError, OutBody, UpstreamError};
 
 /// Largest error body read to learn what it says about the key.
@@ -289,15 +288,6 @@ fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
 }
 
 impl AppState {
-    /// What a request needs from a key: tokens as the upstream counts them,
-    /// and the cost at the model's configured price.
-    pub fn demand(&self, shape: Option<&PromptShape>, price: Option<crate::config::Price>) -> Demand {
-        let Some(shape) = shape else { return Demand::default() };
-        let completion = shape.completion_budget(self.config.limits.default_max_tokens);
-        let cost_micros = price.map_or(0, |p| micros(shape.prompt_tokens, completion, p));
-        Demand { tokens: shape.prompt_tokens.saturating_add(completion), cost_micros }
-    }
-
     /// Counts a failure of the upstream's kind; if it opens the breaker, what
     /// keys suffered is forgiven (it was not theirs).
     fn note_upstream_failure(&self) {

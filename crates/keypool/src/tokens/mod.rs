@@ -3,9 +3,12 @@
 //! text is counted with OpenAI's own vocabularies (tiktoken's o200k_base for
 //! the GPT-4o/4.1/5 and o-series families, cl100k_base for older models) by a
 //! compact counting-only encoder (`bpe`), plus the per-message framing the
-//! chat format adds.
+//! chat format adds. The upstream's own admission charge reads the prompt's
+//! characters (about 4 a token): [`PromptShape::prompt_charge`] takes the
+//! larger of the two. `shape` reads every input form the API accepts.
 
 mod bpe;
+pub mod shape;
 
 use std::sync::{Once, OnceLock};
 
@@ -96,12 +99,18 @@ impl Encoding {
     /// on purpose, one token per byte (no token is shorter), so a reservation
     /// is never too small.
     pub fn count(self, text: &str) -> u64 {
+        self.count_sure(text).0
+    }
+
+    /// [`Encoding::count`], and whether the count is exact (`false`: the
+    /// tokenizer is still being built and the count is an over-estimate).
+    pub fn count_sure(self, text: &str) -> (u64, bool) {
         if text.is_empty() {
-            return 0;
+            return (0, true);
         }
         match self.ready() {
-            Some(bpe) => bpe.count(text),
-            None => text.len() as u64,
+            Some(bpe) => (bpe.count(text), true),
+            None => (text.len() as u64, false),
         }
     }
 }
@@ -115,13 +124,24 @@ pub enum Counter {
     /// The ~4-bytes-a-token rule, when nothing depends on the count (no TPM
     /// limit anywhere, no prices): the tokenizer's memory and time are not spent.
     Rough,
+    /// What `Exact` does while its tokenizer is still being built: one token
+    /// per byte, an over-estimate that is never sure. Tests inject it to see
+    /// that state without touching the process-wide tokenizer.
+    Unready,
 }
 
 impl Counter {
     pub fn count(self, text: &str) -> u64 {
+        self.count_sure(text).0
+    }
+
+    /// Tokens in `text`, and whether that number is a sure lower bound of the
+    /// real count (only a built tokenizer gives one).
+    pub fn count_sure(self, text: &str) -> (u64, bool) {
         match self {
-            Counter::Exact(enc) => enc.count(text),
-            Counter::Rough => (text.len() as u64).div_ceil(4),
+            Counter::Exact(enc) => enc.count_sure(text),
+            Counter::Rough => ((text.len() as u64).div_ceil(4), false),
+            Counter::Unready => (text.len() as u64, false),
         }
     }
 }
@@ -136,9 +156,21 @@ pub fn start_building() {
 pub struct PromptShape {
     /// The model named in the body, if any.
     pub model: Option<String>,
-    /// Tokens of the text the model reads, including chat framing.
+    /// Tokens of everything the model reads (text, token ids, images, tool
+    /// schemas), including chat framing, by the tokenizer (or its stand-in).
     pub prompt_tokens: u64,
-    /// `max_tokens` / `max_completion_tokens`, if the caller set one.
+    /// The part of `prompt_tokens` that is certain: counted by a built
+    /// tokenizer, token ids, framing. The rest is an over-estimate.
+    pub sure_tokens: u64,
+    /// Characters (Unicode scalar values) of the prompt's text, as OpenAI's
+    /// admission estimate reads them; token ids count 4 each, images their
+    /// token constant × 4.
+    pub prompt_chars: u64,
+    /// Tokens of chat framing (per message and to prime the reply), part of
+    /// `prompt_tokens`; the character estimate adds them too.
+    pub framing_tokens: u64,
+    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens`, if the
+    /// caller set one (`-1`, "no limit" to some upstreams, reads as unset).
     pub max_tokens: Option<u32>,
     /// `n`: how many completions are generated.
     pub n: u32,
@@ -150,6 +182,10 @@ pub struct PromptShape {
     pub input_only: bool,
 }
 
+/// Characters per token in OpenAI's admission estimate of a prompt ("about
+/// 4 characters of English a token", OpenAI's rate-limit guide).
+pub const CHARS_PER_TOKEN: u64 = 4;
+
 impl PromptShape {
     /// Completion tokens the upstream reserves: `max_tokens` (or the default) × n.
     pub fn completion_budget(&self, default_max_tokens: u32) -> u64 {
@@ -159,9 +195,16 @@ impl PromptShape {
         u64::from(self.max_tokens.unwrap_or(default_max_tokens)) * u64::from(self.n.max(1))
     }
 
-    /// Prompt plus the completion budget, as the upstream's TPM counts a request.
+    /// The prompt as the upstream's admission charge counts it: its character
+    /// estimate, never below the tokenizer's count.
+    pub fn prompt_charge(&self) -> u64 {
+        self.prompt_tokens.max(self.prompt_chars.div_ceil(CHARS_PER_TOKEN) + self.framing_tokens)
+    }
+
+    /// Prompt plus the completion budget, as the upstream's TPM counts a
+    /// request at admission (Azure's wording: a sum; see `scheduler::charge`).
     pub fn request_tokens(&self, default_max_tokens: u32) -> u64 {
-        self.prompt_tokens + self.completion_budget(default_max_tokens)
+        self.prompt_charge() + self.completion_budget(default_max_tokens)
     }
 }
 

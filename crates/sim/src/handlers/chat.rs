@@ -58,7 +58,7 @@ async fn complete(sh: Arc<Shared>, conn: ConnKill, headers: HeaderMap, raw: Byte
     // answered 400 after the gate, as the fixed pipeline order requires.
     let parsed: Option<Value> = serde_json::from_slice(&raw).ok().filter(Value::is_object);
     let model = model_of(parsed.as_ref());
-    let cost = parsed.as_ref().map_or(1, tokens::request_cost);
+    let cost = parsed.as_ref().map_or(1, |b| tokens::request_cost_by(b, sh.charge));
     let adm = match sh.gate(&headers, &conn, &model, cost).await {
         Ok(a) => a,
         Err(resp) => return resp,

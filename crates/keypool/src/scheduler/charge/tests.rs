@@ -1,0 +1,178 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+#[test]
+fn one_answer_teaches_nothing_many_do() {
+    let mut m = ChargeModel::default();
+    // The upstream counts 1.5× keypool's estimate.
+    for _ in 0..MIN_SAMPLES - 1 {
+        assert_eq!(m.sample(1500, 1000, 10_000), UNIT);
+    }
+    assert_eq!(m.sample(1500, 1000, 10_000), 1500);
+    // keypool now counts with the scale: the same upstream gives the same ratio.
+    assert_eq!(m.sample(1500, 1500, 10_000), 1500);
+    assert_eq!(scaled(1000, m.scale()), 1500);
+}
+
+#[test]
+fn outliers_and_refill_do_not_move_it() {
+    let mut m = ChargeModel::default();
+    for i in 0..SAMPLES {
+        // A bucket that refilled (less than ours), and now and then another
+        // client's burst (far more).
+        let used = if i % 5 == 0 { 9000 } else { 700 };
+        m.sample(used, 1000, 10_000);
+    }
+    assert_eq!(m.scale(), UNIT);
+    // Too little of the limit used to read anything.
+    let mut m = ChargeModel::default();
+    for _ in 0..SAMPLES {
+        m.sample(900, 300, 10_000);
+    }
+    assert_eq!(m.scale(), UNIT);
+    // Never past the cap.
+    let mut m = ChargeModel::default();
+    for _ in 0..SAMPLES {
+        m.sample(10_000, 1000, 10_000);
+    }
+    assert_eq!(m.scale(), MAX_SCALE);
+}
+
+mod scheduler {
+    use secrecy::SecretString;
+    use tokio::time::Duration;
+
+    use crate::scheduler::{Demand, KeyLease, NoKey, Outcome, RateInfo, Scheduler, SchedulerConfig, Verdict};
+    use crate::store::KeyRecord;
+
+    fn pool(tpm: Option<u32>) -> std::sync::Arc<Scheduler> {
+        let s = Scheduler::new(SchedulerConfig { max_wait: Duration::ZERO, ..SchedulerConfig::default() });
+        s.sync_keys(&[KeyRecord { tpm, ..KeyRecord::new(1, SecretString::from("sk-test-1")) }]);
+        s
+    }
+
+    fn demand(tokens: u64) -> Demand {
+        Demand { tokens, unsure_tokens: 0, cost_micros: 0 }
+    }
+
+    fn lease(s: &std::sync::Arc<Scheduler>, d: Demand) -> KeyLease {
+        let mut lease = s.try_lease(d).unwrap();
+        lease.mark_sent();
+        lease
+    }
+
+    fn headers(limit: u64, remaining: u64) -> RateInfo {
+        RateInfo {
+            limit_tokens: Some(limit),
+            remaining_tokens: Some(remaining),
+            reset_tokens: Some(Duration::from_secs(40)),
+            limit_requests: Some(100),
+            remaining_requests: Some(90),
+            reset_requests: Some(Duration::from_secs(1)),
+        }
+    }
+
+    fn used(tokens: u64) -> Outcome {
+        let usage = keypool_sse::Usage { prompt_tokens: tokens, completion_tokens: 0, total_tokens: tokens };
+        Outcome { success: true, usage: Some(usage), ..Outcome::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admission_charge_stays_whatever_the_usage() {
+        let s = pool(Some(1000));
+        lease(&s, demand(600)).finish(used(50));
+        // The upstream keeps the 600 it charged at admission for its window.
+        assert!(matches!(s.try_lease(demand(500)), Err(NoKey::Busy { .. })));
+        assert!(s.try_lease(demand(400)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_under_count_is_corrected_once() {
+        // The key's limit is learned (300), not configured, and keypool
+        // counted the first request as nothing.
+        let s = pool(None);
+        let first = lease(&s, demand(0));
+        first.observe(&headers(300, 200), true);
+        first.finish(used(100));
+        for remaining in [100, 0] {
+            let l = lease(&s, demand(100));
+            l.observe(&headers(300, remaining), true);
+            l.finish(used(100));
+        }
+        assert_eq!(s.snapshot()[0].remaining_tokens, Some(0));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.snapshot()[0].remaining_tokens, Some(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_uncertain_estimate_delays_but_never_refuses() {
+        let s = pool(Some(1000));
+        // 1,200 tokens counted one a byte while the tokenizer is built; only 300 are sure.
+        let rough = Demand { tokens: 1200, unsure_tokens: 900, cost_micros: 0 };
+        let l = lease(&s, rough);
+        // It takes the whole key while it runs …
+        assert!(matches!(s.try_lease(demand(1)), Err(NoKey::Busy { .. })));
+        l.finish(used(300));
+        assert!(matches!(s.try_lease(rough), Err(NoKey::Busy { .. })), "the charge stays in the window");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(s.try_lease(rough).is_ok());
+        // A sure count over every key's limit is refused.
+        assert_eq!(s.try_lease(demand(1200)).unwrap_err(), NoKey::TooLarge { needed: 1200 });
+        let sure_part = Demand { tokens: 1500, unsure_tokens: 200, cost_micros: 0 };
+        assert_eq!(s.try_lease(sure_part).unwrap_err(), NoKey::TooLarge { needed: 1300 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_room_lowers_the_token_limit() {
+        let s = pool(Some(1000));
+        lease(&s, demand(950)).finish(used(950));
+        let l = lease(&s, demand(30));
+        l.observe(&headers(1000, 0), false);
+        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(900), "by a tenth at least");
+        // To what keypool had counted when the upstream refused.
+        let s = pool(Some(2000));
+        lease(&s, demand(700)).finish(used(700));
+        lease(&s, demand(100)).finish(used(100));
+        let l = lease(&s, demand(300));
+        l.observe(&RateInfo { limit_tokens: None, ..headers(2000, 0) }, false);
+        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(1000), "800 seen, but never below half");
+        let s = pool(Some(1000));
+        lease(&s, demand(700)).finish(used(700));
+        let l = lease(&s, demand(200));
+        l.observe(&headers(1000, 100), false);
+        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(700));
+        // A refusal about requests does not.
+        let s = pool(Some(1000));
+        let l = lease(&s, demand(100));
+        l.observe(&RateInfo { remaining_requests: Some(0), ..headers(1000, 900) }, false);
+        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(1000));
+        // It comes back once no such refusal has come for a while.
+        let s = pool(Some(1000));
+        for _ in 0..10 {
+            let l = lease(&s, demand(1));
+            let short = Some(Duration::from_millis(1));
+            l.observe(&RateInfo { reset_tokens: short, reset_requests: short, ..headers(1000, 0) }, false);
+            l.finish(Outcome {
+                verdict: Verdict::RateLimited { reset: Duration::from_millis(1) },
+                ..Outcome::default()
+            });
+            tokio::time::advance(Duration::from_millis(2)).await;
+        }
+        assert_eq!(s.snapshot()[0].tpm, Some(500), "never below half");
+        // A lowered limit is a guess: a request over it but within the
+        // announced one waits for an empty key, and is not refused.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let big = lease(&s, demand(800));
+        assert_eq!(s.snapshot()[0].remaining_tokens, Some(0));
+        big.give_back();
+        tokio::time::advance(crate::scheduler::limits::LOWERED_FOR).await;
+        let l = lease(&s, demand(1));
+        l.observe(&headers(1000, 990), true);
+        l.finish(used(1));
+        assert_eq!(s.snapshot()[0].tpm, Some(1000));
+    }
+}

@@ -1,0 +1,313 @@
+//! Reading a request body into a [`PromptShape`]: everything the upstream
+//! charges against a key's tokens per minute. That is not only plain text:
+//! token-id inputs (`"input": [[7, 7, …]]` or a flat list of ids, one token
+//! each), Responses API `input` (a string, a message list, content parts) and
+//! `instructions`, `tools` and function schemas (their JSON text), images
+//! (see [`IMAGE_TOKENS`]) and tool calls.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Counter, PromptShape, PER_MESSAGE, PER_REPLY};
+
+/// Tokens charged for one image part whose size keypool cannot see without
+/// decoding it. OpenAI's documented formula (vision guide) for `detail: low`
+/// is a flat 85; for `high`/`auto` it is 85 + 170 per 512-px tile after the
+/// image is fit in 2048×2048 and its short side scaled to 768, at most 8
+/// tiles (768×2048): 1,445. keypool assumes the largest.
+pub const IMAGE_TOKENS: u64 = 85 + 8 * 170;
+/// `detail: "low"`: OpenAI's flat charge.
+pub const IMAGE_TOKENS_LOW: u64 = 85;
+
+/// Why a body cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// Not JSON at all: the caller's mistake.
+    #[error("{0}")]
+    BadJson(String),
+    /// A number no request can mean (`max_tokens` at 2^32, fractional, a
+    /// string): the caller's mistake, named by its field.
+    #[error("Invalid value for '{param}': {reason}")]
+    InvalidParam { param: &'static str, reason: &'static str },
+}
+
+/// The fields of an OpenAI request body that the estimate reads; every other
+/// field is skipped without being kept (and passed on untouched, since the
+/// original bytes are what is sent).
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    model: Lenient<String>,
+    #[serde(default)]
+    messages: Option<Content>,
+    #[serde(default)]
+    prompt: Option<Content>,
+    #[serde(default)]
+    input: Option<Content>,
+    #[serde(default)]
+    instructions: Option<Content>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<Value>,
+    #[serde(default)]
+    max_output_tokens: Option<Value>,
+    #[serde(default)]
+    n: Option<Value>,
+    #[serde(default)]
+    stream: Lenient<bool>,
+    #[serde(default)]
+    stream_options: Lenient<StreamOptions>,
+}
+
+/// A field read only if it has the expected shape. keypool is no stricter
+/// than the upstream: a field of another shape is left for the upstream to
+/// judge, and the estimate falls back to its defaults.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient<T> {
+    Is(T),
+    Other(IgnoredAny),
+}
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient::Other(IgnoredAny)
+    }
+}
+
+impl<T> Lenient<T> {
+    fn get(self) -> Option<T> {
+        match self {
+            Lenient::Is(v) => Some(v),
+            Lenient::Other(_) => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Lenient<bool>,
+}
+
+/// Anything the model reads, in every form the OpenAI API accepts it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    /// A token id (in a flat or nested list of ids): one token, whichever.
+    Id(#[allow(dead_code)] u64),
+    List(Vec<Content>),
+    Image(Image),
+    Part(Box<Part>),
+    Other(IgnoredAny),
+}
+
+/// An image part: chat's `{"type":"image_url","image_url":{"url","detail"}}`
+/// or the Responses API's `{"type":"input_image","image_url","detail"}`.
+#[derive(Deserialize)]
+struct Image {
+    #[serde(rename = "type")]
+    _kind: ImageKind,
+    #[serde(default)]
+    detail: Lenient<String>,
+    #[serde(default)]
+    image_url: Lenient<ImageUrl>,
+}
+
+#[derive(Deserialize)]
+enum ImageKind {
+    #[serde(rename = "image_url")]
+    ImageUrl,
+    #[serde(rename = "input_image")]
+    InputImage,
+}
+
+#[derive(Deserialize)]
+struct ImageUrl {
+    #[serde(default)]
+    detail: Lenient<String>,
+}
+
+/// A message, a content part, a tool call or a tool's output: every field
+/// that carries text the model reads.
+#[derive(Deserialize)]
+struct Part {
+    #[serde(default)]
+    role: Lenient<String>,
+    #[serde(default)]
+    name: Lenient<String>,
+    #[serde(default)]
+    text: Lenient<String>,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    output: Option<Content>,
+    #[serde(default)]
+    arguments: Lenient<String>,
+    #[serde(default)]
+    tool_calls: Option<Content>,
+    #[serde(default)]
+    function: Option<Content>,
+}
+
+/// What has been counted so far.
+#[derive(Default)]
+struct Tally {
+    tokens: u64,
+    sure: u64,
+    chars: u64,
+    framing: u64,
+}
+
+impl Tally {
+    fn text(&mut self, s: &str, counter: Counter) {
+        let (tokens, sure) = counter.count_sure(s);
+        self.tokens += tokens;
+        if sure {
+            self.sure += tokens;
+        }
+        self.chars += s.chars().count() as u64;
+    }
+
+    /// Tokens known exactly (ids, images, framing), which the character
+    /// estimate counts at the same number.
+    fn fixed(&mut self, tokens: u64) {
+        self.tokens += tokens;
+        self.sure += tokens;
+        self.chars += tokens * super::CHARS_PER_TOKEN;
+    }
+
+    fn frame(&mut self, tokens: u64) {
+        self.tokens += tokens;
+        self.sure += tokens;
+        self.framing += tokens;
+    }
+
+    fn content(&mut self, c: &Content, counter: Counter) {
+        match c {
+            Content::Text(s) => self.text(s, counter),
+            Content::Id(_) => self.fixed(1),
+            Content::List(items) => items.iter().for_each(|i| self.content(i, counter)),
+            Content::Image(img) => {
+                let detail = img.detail.as_ref().or(img.image_url.as_ref().and_then(|u| u.detail.as_ref()));
+                let low = detail.is_some_and(|d| d.eq_ignore_ascii_case("low"));
+                self.fixed(if low { IMAGE_TOKENS_LOW } else { IMAGE_TOKENS });
+            }
+            Content::Part(p) => self.part(p, counter),
+            Content::Other(_) => {}
+        }
+    }
+
+    /// A part with a `role` is a message: it carries OpenAI's framing.
+    fn part(&mut self, p: &Part, counter: Counter) {
+        if let Some(role) = p.role.as_ref() {
+            self.frame(PER_MESSAGE);
+            self.text(role, counter);
+        }
+        if let Some(name) = p.name.as_ref() {
+            self.text(name, counter);
+            if p.role.as_ref().is_some() {
+                self.frame(1);
+            }
+        }
+        for s in [p.text.as_ref(), p.arguments.as_ref()].into_iter().flatten() {
+            self.text(s, counter);
+        }
+        for c in [&p.content, &p.output, &p.tool_calls, &p.function].into_iter().flatten() {
+            self.content(c, counter);
+        }
+    }
+
+    /// A JSON schema (tools, functions), counted as its text.
+    fn schema(&mut self, v: &Value, counter: Counter) {
+        if !v.is_null() {
+            self.text(&v.to_string(), counter);
+        }
+    }
+}
+
+impl<T> Lenient<T> {
+    fn as_ref(&self) -> Option<&T> {
+        match self {
+            Lenient::Is(v) => Some(v),
+            Lenient::Other(_) => None,
+        }
+    }
+}
+
+/// A count field (`max_tokens`, `n`, …): absent or `null` is unset, `-1`
+/// ("no limit" to upstreams that document it) passes through as unset, and
+/// an integer in 0..2^32 is read; anything else no upstream can mean.
+fn count_field(v: Option<&Value>, param: &'static str) -> Result<Option<u32>, ShapeError> {
+    let invalid = |reason| Err(ShapeError::InvalidParam { param, reason });
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                return u32::try_from(u).map(Some).or_else(|_| invalid("expected an integer below 2^32"));
+            }
+            match n.as_i64() {
+                Some(-1) => Ok(None),
+                Some(_) => invalid("expected a non-negative integer (or -1 where the upstream documents it)"),
+                None => invalid("expected an integer, but got a decimal number instead"),
+            }
+        }
+        Some(Value::String(_)) => invalid("expected an integer, but got a string instead"),
+        Some(_) => invalid("expected an integer"),
+    }
+}
+
+/// Endpoints whose answer has no completion tokens to reserve.
+fn input_only(endpoint: &str) -> bool {
+    matches!(endpoint.trim_end_matches('/'), "embeddings" | "moderations")
+}
+
+/// Reads a JSON request body sent to `endpoint` (the path under `/v1/`).
+/// `counter` picks how text is counted for the body's model (the tokenizer,
+/// the rough rule, or, in tests, the state while the tokenizer is built).
+pub fn shape_of(
+    bytes: &[u8],
+    endpoint: &str,
+    counter: impl FnOnce(Option<&str>) -> Counter,
+) -> Result<PromptShape, ShapeError> {
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ShapeError::BadJson(e.to_string()))?;
+    let max_completion = count_field(probe.max_completion_tokens.as_ref(), "max_completion_tokens")?;
+    let max_tokens = count_field(probe.max_tokens.as_ref(), "max_tokens")?;
+    let max_output = count_field(probe.max_output_tokens.as_ref(), "max_output_tokens")?;
+    let n = count_field(probe.n.as_ref(), "n")?;
+    let model = probe.model.get();
+    let counter = counter(model.as_deref());
+    let mut tally = Tally::default();
+    if let Some(messages) = &probe.messages {
+        tally.content(messages, counter);
+        tally.frame(PER_REPLY);
+    }
+    for c in [&probe.prompt, &probe.input, &probe.instructions].into_iter().flatten() {
+        tally.content(c, counter);
+    }
+    for schema in [&probe.tools, &probe.functions].into_iter().flatten() {
+        tally.schema(schema, counter);
+    }
+    Ok(PromptShape {
+        model,
+        prompt_tokens: tally.tokens,
+        sure_tokens: tally.sure,
+        prompt_chars: tally.chars,
+        framing_tokens: tally.framing,
+        max_tokens: max_completion.or(max_tokens).or(max_output),
+        n: n.unwrap_or(1),
+        stream: probe.stream.get().unwrap_or(false),
+        include_usage: probe.stream_options.get().and_then(|o| o.include_usage.get()),
+        input_only: input_only(endpoint),
+    })
+}
+
+#[cfg(test)]
+mod tests;
