@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Faults, KeyState, LimitMode, SimConfig, SimKey};
+pub use config::{Faults, KeyState, LimitMode, ResponsesTerminal, SimConfig, SimKey, StreamEnds};
 pub use godur::format_go_duration;
 pub use stats::{KeyStats, Stats};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Faults, KeyState, SimConfig, SimKey};
+use crate::config::{Faults, KeyState, SimConfig, SimKey, StreamEnds};
 use crate::limits::Limiter;
 use crate::stats::Stats;
 
@@ -32,6 +32,7 @@ pub struct Shared {
     pub stream_chunks: usize,
     pub chunk_interval: Duration,
     pub send_rate_limit_headers: bool,
+    pub stream_ends: StreamEnds,
     pub latency: Mutex<Duration>,
     pub faults: Mutex<Faults>,
     pub keys: Mutex<HashMap<String, KeyEntry>>,
@@ -67,6 +68,7 @@ impl Shared {
             stream_chunks: if cfg.stream_chunks == 0 { 5 } else { cfg.stream_chunks },
             chunk_interval: cfg.chunk_interval,
             send_rate_limit_headers: cfg.send_rate_limit_headers,
+            stream_ends: cfg.stream_ends.clone(),
             latency: Mutex::new(cfg.latency),
             faults: Mutex::new(cfg.faults.clone()),
             keys: Mutex::new(keys),
