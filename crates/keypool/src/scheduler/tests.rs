@@ -93,7 +93,12 @@ async fn tokens_reserve_then_reconcile_with_usage() {
     s.sync_keys(&[record(1, None, Some(1000), 0)]);
     let lease = sent(s.try_lease(Demand { tokens: 900, cost_micros: 0 }).unwrap());
     assert!(matches!(s.try_lease(Demand { tokens: 200, cost_micros: 0 }), Err(NoKey::Busy { .. })));
-    let usage = keypool_sse::Usage { prompt_tokens: 50, completion_tokens: 50, total_tokens: 100 };
+    let usage = keypool_sse::Usage {
+        prompt_tokens: 50,
+        completion_tokens: 50,
+        total_tokens: 100,
+        ..keypool_sse::Usage::default()
+    };
     lease.finish(Outcome { success: true, usage: Some(usage), ..Outcome::default() });
     assert!(s.try_lease(Demand { tokens: 800, cost_micros: 0 }).is_ok());
     assert_eq!(s.try_lease(Demand { tokens: 5000, cost_micros: 0 }).unwrap_err(), NoKey::TooLarge { needed: 5000 });
