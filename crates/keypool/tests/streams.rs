@@ -200,3 +200,75 @@ async fn a_responses_stream_cut_before_its_end_gets_the_error_event_and_an_estim
     // output tokens (at 2 micro-USD each), on top of the prompt estimate.
     assert!(view.spent_micros >= 6, "estimated, not lost: {view:?}");
 }
+
+/// An upstream on 127.0.0.1 that answers every request 200 with `events`
+/// as an event stream and then, if `hold`, keeps the connection open and
+/// silent instead of closing it.
+async fn raw_upstream(events: &'static str, hold: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{events}");
+                let _ = socket.write_all(answer.as_bytes()).await;
+                if hold {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+async fn app_over(upstream: String) -> TestApp {
+    spawn(SimConfig::default(), vec![key(KEY, None)], move |c| {
+        c.upstream = upstream;
+        c.timeouts.idle = Duration::from_millis(300);
+        c.prices.insert("gpt-4o-mini".into(), PRICE);
+    })
+    .await
+}
+
+const COMPLETED_THEN_SILENCE: &str = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"status\":\"in_progress\",\"usage\":null}}\n\n\
+event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"Hi\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1,\"total_tokens\":4}}}\n\n";
+
+#[tokio::test]
+async fn silence_after_the_terminal_event_does_not_break_the_stream() {
+    let app = app_over(raw_upstream(COMPLETED_THEN_SILENCE, true).await).await;
+    let text = fetch(&app, "responses", &responses_body(true), false).await;
+    assert_eq!(text, COMPLETED_THEN_SILENCE, "ended at the idle timeout with nothing appended");
+    let view = key_view(&app, 1).await;
+    assert_eq!((view.successes, view.failures, view.spent_micros), (1, 0, 3 + 2), "{view:?}");
+}
+
+/// A compatible server that ignores `stream_options` and ends without
+/// `[DONE]`: 12 characters of content, no usage.
+const CHAT_WITHOUT_USAGE: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello, \"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"world\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+
+#[tokio::test]
+async fn a_stream_without_usage_is_charged_an_estimate_from_its_text() {
+    let app = app_over(raw_upstream(CHAT_WITHOUT_USAGE, false).await).await;
+    let text = fetch(&app, "chat/completions", &chat_body(), false).await;
+    assert_eq!(text, CHAT_WITHOUT_USAGE, "complete at its finish_reason: nothing appended");
+    let view = key_view(&app, 1).await;
+    assert_eq!((view.successes, view.failures), (1, 0), "{view:?}");
+    // 12 characters are estimated as 4 output tokens at 2 micro-USD, on top
+    // of keypool's own estimate of the prompt at 1.
+    assert!(view.spent_micros >= 8, "{view:?}");
+    let (prompt, completion) = stored_tokens(&app).await;
+    assert_eq!(completion, 4, "estimated output tokens recorded (prompt {prompt})");
+}
