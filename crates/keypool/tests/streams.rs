@@ -273,6 +273,21 @@ async fn a_stream_without_usage_is_charged_an_estimate_from_its_text() {
     assert_eq!(completion, 4, "estimated output tokens recorded (prompt {prompt})");
 }
 
+/// Speech streamed as events (`stream_format: "sse"`): no `[DONE]` in this
+/// protocol; the upstream's clean close is the end.
+const SPEECH_EVENTS: &str = "data: {\"type\":\"speech.audio.delta\",\"audio\":\"AAAA\"}\n\n\
+data: {\"type\":\"speech.audio.done\",\"usage\":{\"input_tokens\":4,\"output_tokens\":9,\"total_tokens\":13}}\n\n";
+
+#[tokio::test]
+async fn other_event_streams_end_when_the_upstream_closes_cleanly() {
+    let app = app_over(raw_upstream(SPEECH_EVENTS, false).await).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "Hello", "voice": "alloy", "stream_format": "sse"});
+    let text = fetch(&app, "audio/speech", &body, false).await;
+    assert_eq!(text, SPEECH_EVENTS, "nothing appended");
+    let view = key_view(&app, 1).await;
+    assert_eq!((view.successes, view.failures, view.spent_micros), (1, 0, 4 + 2 * 9), "{view:?}");
+}
+
 #[tokio::test]
 async fn the_official_python_sdk_reads_responses_through_keypool() {
     let Some(python) = std::env::var_os("KP_TEST_PYTHON") else {
