@@ -102,6 +102,13 @@ impl Metered {
             // No usage reported (an upstream that refused `stream_options`):
             // estimated from the streamed text rather than lost.
             let usage = self.tap.finish().usage_or_estimate(self.expect.prompt_tokens);
+            if let Some(u) = usage.filter(|u| u.estimated) {
+                tracing::debug!(
+                    key_id = lease.key_id(),
+                    completion_tokens = u.completion_tokens,
+                    "the stream reported no usage; estimated from its text"
+                );
+            }
             let cost_micros = match (usage, self.price) {
                 (Some(u), Some(p)) => Some(super::proxy::micros(u.prompt_tokens, u.completion_tokens, p)),
                 (Some(_), None) => Some(0),
