@@ -34,6 +34,8 @@ pub struct SimConfig {
     pub charge: ChargeRule,
     /// Injected failures.
     pub faults: Faults,
+    /// How streams end (the Responses API's terminal event, `[DONE]` or not).
+    pub stream_ends: StreamEnds,
 }
 
 /// How the admission charge combines the prompt estimate and the completion
@@ -64,6 +66,7 @@ impl Default for SimConfig {
             send_rate_limit_headers: true,
             charge: ChargeRule::default(),
             faults: Faults::default(),
+            stream_ends: StreamEnds::default(),
         }
     }
 }
@@ -146,4 +149,38 @@ pub struct Faults {
     pub fail_stream_after_chunks: Option<usize>,
     /// Answer every request with this status and raw JSON body (tests error pass-through).
     pub status_override: Option<(u16, String)>,
+}
+
+/// How streams end: the variants real upstreams and relays produce, all of
+/// them proper ends except `cut_after_events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamEnds {
+    /// The last event of a Responses API stream.
+    pub responses_terminal: ResponsesTerminal,
+    /// Send `data: [DONE]` after the Responses terminal event, as some relays do.
+    pub responses_done: bool,
+    /// Chat and completions streams close right after their last chunk (the
+    /// `finish_reason` one, or the usage chunk) without `data: [DONE]`, as
+    /// some OpenAI-compatible servers do.
+    pub chat_without_done: bool,
+    /// Close every stream cleanly after this many events, before its end: a
+    /// stream that really broke.
+    pub cut_after_events: Option<usize>,
+}
+
+/// The terminal event of a Responses API stream (and the `status` of a
+/// non-streamed response).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponsesTerminal {
+    /// `response.completed`.
+    #[default]
+    Completed,
+    /// `response.incomplete`, reason `max_output_tokens`.
+    Incomplete,
+    /// `response.failed` with a `server_error`; usage is still reported.
+    Failed,
+    /// An `error` event and no response event after it.
+    Error,
 }

@@ -2,7 +2,8 @@
 //!
 //! It speaks the subset of the OpenAI HTTP API a key-pooling gateway depends on (see
 //! `shared/openai-semantics.md`): per-key RPM/TPM limits with OpenAI's headers and 429
-//! bodies, revoked and exhausted keys, SSE streams paced over time, injected faults, and
+//! bodies, revoked and exhausted keys, SSE streams paced over time (chat, completions and
+//! the Responses API, ending in each way [`StreamEnds`] can choose), injected faults, and
 //! counters that let tests verify what actually reached the upstream.
 
 mod config;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ChargeRule, Faults, KeyState, LimitMode, SimConfig, SimKey};
+pub use config::{ChargeRule, Faults, KeyState, LimitMode, ResponsesTerminal, SimConfig, SimKey, StreamEnds};
 pub use godur::format_go_duration;
 pub use stats::{KeyStats, Stats};
 

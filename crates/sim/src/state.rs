@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Faults, KeyState, SimConfig, SimKey};
+use crate::config::{Faults, KeyState, SimConfig, SimKey, StreamEnds};
 use crate::limits::Limiter;
 use crate::stats::Stats;
 
@@ -34,6 +34,7 @@ pub struct Shared {
     pub send_rate_limit_headers: bool,
     /// How requests are charged against TPM.
     pub charge: crate::config::ChargeRule,
+    pub stream_ends: StreamEnds,
     pub latency: Mutex<Duration>,
     pub faults: Mutex<Faults>,
     pub keys: Mutex<HashMap<String, KeyEntry>>,
@@ -70,6 +71,7 @@ impl Shared {
             chunk_interval: cfg.chunk_interval,
             send_rate_limit_headers: cfg.send_rate_limit_headers,
             charge: cfg.charge,
+            stream_ends: cfg.stream_ends.clone(),
             latency: Mutex::new(cfg.latency),
             faults: Mutex::new(cfg.faults.clone()),
             keys: Mutex::new(keys),

@@ -16,10 +16,12 @@ mod framer;
 mod scan;
 mod strip;
 mod tap;
+mod usage;
 
 pub use framer::SseFramer;
 pub use strip::UsageStripper;
-pub use tap::{strip_usage_event, BodyKind, TapOutcome, Usage, UsageTap};
+pub use tap::{strip_usage_event, BodyKind, StreamProtocol, TapOutcome, Terminal, UsageTap};
+pub use usage::{TextCount, Usage};
 
 /// Largest single SSE line, or non-streaming JSON body, that is buffered.
 ///

@@ -7,6 +7,8 @@
 //! the model's answer, which the caller controls and could otherwise use to
 //! spoof usage.
 
+use crate::usage::TextCount;
+
 /// JSON insignificant whitespace.
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -50,8 +52,19 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// The key may be at any nesting depth; OpenAI chunks only use these names at
 /// the top level, and a deeper match merely costs a parse that finds nothing.
 pub(crate) fn key_value<'a>(payload: &'a [u8], quoted_key: &[u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    each_value(payload, quoted_key, |v| {
+        found = Some(v);
+        true
+    });
+    found
+}
+
+/// Calls `stop` with the value text of each occurrence of object key
+/// `quoted_key`, in order, until it returns true; returns whether it did.
+fn each_value<'a>(payload: &'a [u8], quoted_key: &[u8], mut stop: impl FnMut(&'a [u8]) -> bool) -> bool {
     let mut from = 0;
-    while let Some(off) = find(payload.get(from..)?, quoted_key) {
+    while let Some(off) = payload.get(from..).and_then(|rest| find(rest, quoted_key)) {
         let start = from + off;
         from = start + 1;
         let before = payload.get(..start).unwrap_or_default();
@@ -61,10 +74,95 @@ pub(crate) fn key_value<'a>(payload: &'a [u8], quoted_key: &[u8]) -> Option<&'a 
         }
         let after = trim_start(payload.get(start + quoted_key.len()..).unwrap_or_default());
         if let Some((b':', value)) = after.split_first() {
-            return Some(trim_start(value));
+            if stop(trim_start(value)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether some occurrence of object key `quoted_key` has a string value
+/// for which `pred` holds; `pred` sees the raw string body (between the
+/// quotes, escapes not decoded).
+pub(crate) fn has_string_value(payload: &[u8], quoted_key: &[u8], mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+    each_value(payload, quoted_key, |v| string_body(v).is_some_and(&mut pred))
+}
+
+/// The raw body of the JSON string that `value` starts with (between its
+/// quotes, escapes left as they are), or `None` if it is not a whole string.
+fn string_body(value: &[u8]) -> Option<&[u8]> {
+    let rest = value.strip_prefix(b"\"")?;
+    let mut escaped = false;
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => return rest.get(..i),
+            _ => {}
         }
     }
     None
+}
+
+/// Adds the characters of every string value whose object key is one of
+/// `keys` (given without quotes) to `count`, in one pass over `payload`.
+///
+/// An escape (`\n`, `\u00e9`) counts as one character; a UTF-8 sequence as
+/// one non-ASCII character. Nothing is decoded or allocated. Text the model
+/// wrote can never look like a key here, since its quotes are escaped.
+pub(crate) fn count_text(payload: &[u8], keys: &[&[u8]], count: &mut TextCount) {
+    // The last string seen was a key from `keys`, and its `:` followed.
+    let mut wanted_key = false;
+    let mut after_colon = false;
+    let mut i = 0;
+    while let Some(&b) = payload.get(i) {
+        match b {
+            b'"' => {
+                let body = payload.get(i..).and_then(string_body).unwrap_or_default();
+                let end = i + body.len() + 2;
+                if wanted_key && after_colon {
+                    add_chars(body, count);
+                    wanted_key = false;
+                    after_colon = false;
+                } else {
+                    let next = trim_start(payload.get(end..).unwrap_or_default()).first();
+                    wanted_key = next == Some(&b':') && keys.contains(&body);
+                    after_colon = false;
+                }
+                i = end;
+                continue;
+            }
+            b':' if wanted_key => after_colon = true,
+            _ if is_ws(b) => {}
+            _ => {
+                wanted_key = false;
+                after_colon = false;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// Counts the characters of a raw JSON string body.
+fn add_chars(body: &[u8], count: &mut TextCount) {
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        if b == b'\\' {
+            // `\uXXXX` is one character, any other escape two bytes for one.
+            let len = if body.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+            count.ascii += 1;
+            i += len;
+        } else if b < 0x80 {
+            count.ascii += 1;
+            i += 1;
+        } else {
+            if b & 0xC0 != 0x80 {
+                count.other += 1;
+            }
+            i += 1;
+        }
+    }
 }
 
 /// Whether key `quoted_key` is present with an object (not `null`) value.

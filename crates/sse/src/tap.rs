@@ -6,33 +6,47 @@ use serde::Deserialize;
 
 use crate::framer::SseFramer;
 use crate::scan::{self, Choices};
+use crate::usage::{TextCount, Usage};
 use crate::MAX_BUFFERED_BYTES;
 
-/// Token usage as the upstream reports it.
-///
-/// Fields default to zero because not every endpoint sends all three
-/// (embeddings have no `completion_tokens`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub struct Usage {
-    /// Tokens in the request.
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    /// Tokens generated.
-    #[serde(default)]
-    pub completion_tokens: u64,
-    /// Their sum, as the upstream computed it.
-    #[serde(default)]
-    pub total_tokens: u64,
-}
-
 /// The only parts of an answer the tap cares about; serde skips the rest
-/// without building it.
+/// without building it. A Responses API stream reports usage inside the
+/// `response` object of its terminal event.
 #[derive(Deserialize)]
 struct UsageProbe {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_usage")]
     usage: Option<Usage>,
     #[serde(default)]
     error: Option<IgnoredAny>,
+    #[serde(default)]
+    response: Option<ResponseProbe>,
+}
+
+#[derive(Deserialize)]
+struct ResponseProbe {
+    #[serde(default, deserialize_with = "lenient_usage")]
+    usage: Option<Usage>,
+}
+
+impl UsageProbe {
+    fn usage(&self) -> Option<Usage> {
+        self.usage.or_else(|| self.response.as_ref().and_then(|r| r.usage))
+    }
+}
+
+/// A `usage` that is not a token report (`null`, or billed by duration) is
+/// `None` rather than a reason to throw away the rest of the answer.
+fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usage>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Usage(Usage),
+        Other(IgnoredAny),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        Some(Either::Usage(u)) => Some(u),
+        _ => None,
+    })
 }
 
 /// What kind of body the tap is looking at.
@@ -65,6 +79,54 @@ impl BodyKind {
     }
 }
 
+/// How an event stream says it is over, per protocol.
+///
+/// Sources: OpenAI's API reference (chat and completions streams end with
+/// `data: [DONE]`; a Responses stream ends with `response.completed`,
+/// `response.incomplete` or `response.failed`, or an `error` event) and the
+/// OpenAI-compatible servers that close a chat stream right after the chunk
+/// with its `finish_reason`, without `[DONE]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamProtocol {
+    /// Chat and legacy completions: `[DONE]`, or a `finish_reason`.
+    Chat,
+    /// The Responses API: a terminal event, `[DONE]` after it optional.
+    Responses,
+    /// Any other event stream: it ends when the upstream closes cleanly.
+    #[default]
+    Other,
+}
+
+impl StreamProtocol {
+    /// The protocol of an endpoint, from its path under the API base
+    /// (`chat/completions`, `responses`, or Azure's
+    /// `openai/deployments/{name}/chat/completions`).
+    pub fn for_path(path: &str) -> StreamProtocol {
+        let path = path.trim_end_matches('/');
+        if path.ends_with("completions") {
+            StreamProtocol::Chat
+        } else if path == "responses" || path.ends_with("/responses") {
+            StreamProtocol::Responses
+        } else {
+            StreamProtocol::Other
+        }
+    }
+}
+
+/// The Responses API event that ended a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terminal {
+    /// `response.completed`.
+    Completed,
+    /// `response.incomplete` (for example `max_output_tokens` reached): the
+    /// answer so far is delivered and billed.
+    Incomplete,
+    /// `response.failed`: the upstream could not finish; still billed.
+    Failed,
+    /// An `error` event.
+    Error,
+}
+
 /// What the tap learned from a body.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TapOutcome {
@@ -73,12 +135,52 @@ pub struct TapOutcome {
     /// SSE chunks carrying at least one choice — the gateway's fallback
     /// measure of output when the upstream reported no usage.
     pub completion_chunks: u64,
-    /// The stream ended properly with `data: [DONE]`.
+    /// A `data: [DONE]` event was seen.
     pub saw_done: bool,
-    /// The upstream reported an error (an SSE `{"error": ...}` event, or a
-    /// JSON body with a non-null top-level `error`).
+    /// The upstream reported an error (an SSE `{"error": ...}` event, an
+    /// `error` or `response.failed` event, or a JSON body with a non-null
+    /// top-level `error`).
     pub saw_error: bool,
+    /// A chat or completions choice carried a non-null `finish_reason`.
+    pub saw_finish: bool,
+    /// The Responses API terminal event, if one was seen.
+    pub terminal: Option<Terminal>,
+    /// The protocol the events themselves speak: [`StreamProtocol::Chat`]
+    /// once a chunk with `choices` was seen, [`StreamProtocol::Responses`]
+    /// once an event of type `response.*` was.
+    pub seen: StreamProtocol,
+    /// Generated text in the stream (chat `content`, tool-call `arguments`,
+    /// completions `text`, Responses `delta`s), for
+    /// [`TapOutcome::usage_or_estimate`].
+    pub text: TextCount,
 }
+
+impl TapOutcome {
+    /// Whether the stream reached the end its protocol defines; `expected`
+    /// is the endpoint's protocol, and for [`StreamProtocol::Other`] the one
+    /// the events spoke is used.
+    pub fn ended(&self, expected: StreamProtocol) -> bool {
+        let protocol = if expected == StreamProtocol::Other { self.seen } else { expected };
+        match protocol {
+            StreamProtocol::Chat => self.saw_done || self.saw_finish,
+            StreamProtocol::Responses => self.saw_done || self.terminal.is_some(),
+            StreamProtocol::Other => true,
+        }
+    }
+
+    /// The upstream's usage; failing that, when text was streamed, an
+    /// estimate from it (see [`Usage::estimate`]) with `prompt_tokens` as the
+    /// gateway estimated the request.
+    pub fn usage_or_estimate(&self, prompt_tokens: u64) -> Option<Usage> {
+        self.usage.or_else(|| (!self.text.is_empty()).then(|| Usage::estimate(prompt_tokens, self.text)))
+    }
+}
+
+/// Keys whose string values are generated text in a chat or completions
+/// chunk (DeepSeek-style `reasoning_content` is billed as output too).
+const CHOICE_TEXT_KEYS: &[&[u8]] = &[b"content", b"text", b"arguments", b"reasoning_content", b"refusal"];
+/// The key of a Responses API `*.delta` event's text.
+const DELTA_KEYS: &[&[u8]] = &[b"delta"];
 
 /// Per-event state for SSE, kept apart from the framer so the framer's
 /// callback can update it while the framer itself is borrowed.
@@ -97,8 +199,18 @@ impl SseState {
             self.outcome.saw_done = true;
             return;
         }
-        if scan::choices(payload) == Choices::NonEmpty {
-            self.outcome.completion_chunks += 1;
+        match scan::choices(payload) {
+            Choices::NonEmpty => {
+                self.outcome.seen = StreamProtocol::Chat;
+                self.outcome.completion_chunks += 1;
+                scan::count_text(payload, CHOICE_TEXT_KEYS, &mut self.outcome.text);
+                if scan::key_value(payload, b"\"finish_reason\"").is_some_and(|v| v.first() == Some(&b'"')) {
+                    self.outcome.saw_finish = true;
+                }
+            }
+            Choices::Empty => self.outcome.seen = StreamProtocol::Chat,
+            // Chat chunks always have `choices`; only other events pay for this.
+            Choices::Absent => self.on_typed_event(payload),
         }
         if scan::key_value(payload, b"\"error\"").is_some_and(|v| !v.starts_with(b"null")) {
             self.outcome.saw_error = true;
@@ -107,9 +219,38 @@ impl SseState {
         // every other chunk says `"usage": null`, and parsing those would cost
         // a full JSON pass per chunk for nothing.
         if scan::has_object(payload, b"\"usage\"") {
-            if let Ok(UsageProbe { usage: Some(usage), .. }) = serde_json::from_slice(payload) {
+            if let Some(usage) = serde_json::from_slice::<UsageProbe>(payload).ok().and_then(|p| p.usage()) {
                 self.outcome.usage = Some(usage);
             }
+        }
+    }
+
+    /// An event with a `type` (the Responses API and other typed streams).
+    fn on_typed_event(&mut self, payload: &[u8]) {
+        let mut terminal = None;
+        let mut responses = false;
+        scan::has_string_value(payload, b"\"type\"", |t| {
+            terminal = match t {
+                b"response.completed" => Some(Terminal::Completed),
+                b"response.incomplete" => Some(Terminal::Incomplete),
+                b"response.failed" => Some(Terminal::Failed),
+                b"error" => Some(Terminal::Error),
+                _ => None,
+            };
+            responses = t.starts_with(b"response.");
+            // The event's own type is the first that names an event.
+            terminal.is_some() || responses
+        });
+        if responses {
+            self.outcome.seen = StreamProtocol::Responses;
+        }
+        if let Some(t) = terminal {
+            self.outcome.terminal = Some(t);
+            if matches!(t, Terminal::Failed | Terminal::Error) {
+                self.outcome.saw_error = true;
+            }
+        } else if responses {
+            scan::count_text(payload, DELTA_KEYS, &mut self.outcome.text);
         }
     }
 }
@@ -183,9 +324,11 @@ impl UsageTap {
                     TapOutcome::default()
                 } else {
                     match serde_json::from_slice::<UsageProbe>(body) {
-                        Ok(probe) => {
-                            TapOutcome { usage: probe.usage, saw_error: probe.error.is_some(), ..TapOutcome::default() }
-                        }
+                        Ok(probe) => TapOutcome {
+                            usage: probe.usage(),
+                            saw_error: probe.error.is_some(),
+                            ..TapOutcome::default()
+                        },
                         Err(_) => TapOutcome::default(),
                     }
                 };
@@ -249,11 +392,18 @@ mod tests {
 
     fn expected_realistic() -> TapOutcome {
         TapOutcome {
-            usage: Some(Usage { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 }),
+            usage: Some(usage(12, 3, 15)),
             completion_chunks: 3,
             saw_done: true,
-            saw_error: false,
+            seen: StreamProtocol::Chat,
+            // "Hello" and the 29 characters of the quoting chunk.
+            text: TextCount { ascii: 34, other: 0 },
+            ..TapOutcome::default()
         }
+    }
+
+    fn usage(prompt_tokens: u64, completion_tokens: u64, total_tokens: u64) -> Usage {
+        Usage { prompt_tokens, completion_tokens, total_tokens, ..Usage::default() }
     }
 
     fn tap_pieces(kind: BodyKind, pieces: &[&[u8]]) -> TapOutcome {
@@ -311,7 +461,16 @@ mod tests {
         }
         body.push_str("data: [DONE]\n\n");
         let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
-        assert_eq!(out, TapOutcome { usage: None, completion_chunks: 4, saw_done: true, saw_error: false });
+        let text = TextCount { ascii: 9, other: 0 };
+        let want = TapOutcome {
+            completion_chunks: 4,
+            saw_done: true,
+            seen: StreamProtocol::Chat,
+            text,
+            ..TapOutcome::default()
+        };
+        assert_eq!(out, want);
+        assert_eq!(out.usage_or_estimate(7), Some(Usage::estimate(7, text)));
     }
 
     #[test]
@@ -366,7 +525,7 @@ mod tests {
                     data: {\"choices\":[], \"usage\" : {\"prompt_tokens\":2,\"completion_tokens\":5,\"total_tokens\":7}}\n\
                     data: {\"choices\":[],\"usage\":{\"prompt_tokens\":\"bad\"}}\n";
         let out = tap_pieces(BodyKind::Sse, &[body.as_bytes()]);
-        assert_eq!(out.usage, Some(Usage { prompt_tokens: 2, completion_tokens: 5, total_tokens: 7 }));
+        assert_eq!(out.usage, Some(usage(2, 5, 7)));
         assert_eq!(out.completion_chunks, 0);
     }
 
@@ -403,13 +562,7 @@ mod tests {
         for cut in 0..=body.len() {
             let (a, b) = body.split_at(cut);
             let out = tap_pieces(BodyKind::Json, &[a, b]);
-            assert_eq!(
-                out,
-                TapOutcome {
-                    usage: Some(Usage { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 }),
-                    ..TapOutcome::default()
-                }
-            );
+            assert_eq!(out, TapOutcome { usage: Some(usage(9, 2, 11)), ..TapOutcome::default() });
         }
     }
 
@@ -417,7 +570,7 @@ mod tests {
     fn json_embeddings_usage_defaults_missing_fields() {
         let body = br#"{"object":"list","data":[],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
         let out = tap_pieces(BodyKind::Json, &[body]);
-        assert_eq!(out.usage, Some(Usage { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8 }));
+        assert_eq!(out.usage, Some(usage(8, 0, 8)));
     }
 
     #[test]
@@ -484,3 +637,6 @@ mod tests {
         assert!(!strip_usage_event(b""));
     }
 }
+
+#[cfg(test)]
+mod ends_tests;

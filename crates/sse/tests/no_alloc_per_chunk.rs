@@ -16,6 +16,31 @@ fn chunk(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A Responses API text delta, as OpenAI sends it.
+fn delta(i: usize) -> Vec<u8> {
+    format!(
+        "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"sequence_number\":{i},\
+         \"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"word {i} \"}}\n\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn the_responses_tap_allocates_nothing_per_event() {
+    let events: Vec<Vec<u8>> = (0..1000).map(delta).collect();
+    let mut tap = UsageTap::new(BodyKind::Sse);
+    let (head, tail) = events[0].split_at(events[0].len() - 3);
+    tap.feed(head);
+    tap.feed(tail);
+    let info = allocation_counter::measure(|| {
+        for e in &events {
+            tap.feed(e);
+        }
+    });
+    assert_eq!(info.count_total, 0, "allocations on the per-event path: {info:?}");
+    assert!(tap.finish().text.ascii > 7000, "the deltas were counted");
+}
+
 #[test]
 fn the_usage_tap_and_stripper_allocate_nothing_per_chunk() {
     let chunks: Vec<Vec<u8>> = (0..1000).map(chunk).collect();

@@ -379,6 +379,7 @@ async fn run_interleaving(
                         prompt_tokens: f.req.actual,
                         completion_tokens: 0,
                         total_tokens: f.req.actual,
+                        ..Usage::default()
                     });
                     f.lease.finish(Outcome { success, usage, ..Outcome::default() });
                 }

@@ -93,7 +93,12 @@ async fn tokens_reserve_and_the_admission_charge_stays() {
     s.sync_keys(&[record(1, None, Some(1000), 0)]);
     let lease = sent(s.try_lease(Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 }).unwrap());
     assert!(matches!(s.try_lease(Demand { tokens: 200, unsure_tokens: 0, cost_micros: 0 }), Err(NoKey::Busy { .. })));
-    let usage = keypool_sse::Usage { prompt_tokens: 50, completion_tokens: 50, total_tokens: 100 };
+    let usage = keypool_sse::Usage {
+        prompt_tokens: 50,
+        completion_tokens: 50,
+        total_tokens: 100,
+        ..keypool_sse::Usage::default()
+    };
     lease.finish(Outcome { success: true, usage: Some(usage), ..Outcome::default() });
     // The upstream keeps what it charged at admission for its window (issue 13).
     assert!(matches!(s.try_lease(Demand { tokens: 800, unsure_tokens: 0, cost_micros: 0 }), Err(NoKey::Busy { .. })));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use keypool_sse::{UsageStripper, UsageTap};
+use keypool_sse::{StreamProtocol, Terminal, UsageStripper, UsageTap};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Price;
@@ -22,8 +22,10 @@ use crate::upstream::{BodyError, ByteStream};
 /// connection at once and the lease is finished as cancelled.
 ///
 /// After the first byte nothing is retried: an SSE answer that breaks (an
-/// error, or silence past the idle timeout) ends with an OpenAI-shaped error
-/// event and `data: [DONE]`, so the caller's SDK sees why it stopped.
+/// error, or silence past the idle timeout, or a close before the end its
+/// protocol defines) ends with an OpenAI-shaped error event and
+/// `data: [DONE]`, so the caller's SDK sees why it stopped. A stream that
+/// ended properly gets nothing appended (see [`StreamProtocol`]).
 pub struct Metered {
     inner: ByteStream,
     tap: UsageTap,
@@ -38,6 +40,17 @@ pub struct Metered {
     /// Bytes to send after the upstream's, then end.
     tail: Option<Bytes>,
     done: bool,
+    expect: Expect,
+}
+
+/// What the request leads keypool to expect of its answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expect {
+    /// How the endpoint's streams end (from its path).
+    pub protocol: StreamProtocol,
+    /// The gateway's estimate of the prompt, used with the streamed text
+    /// when the upstream reports no usage.
+    pub prompt_tokens: u64,
 }
 
 impl Metered {
@@ -53,12 +66,49 @@ impl Metered {
         total: Instant,
     ) -> Metered {
         let timer = Box::pin(tokio::time::sleep_until((Instant::now() + idle).min(total)));
-        Metered { inner, tap, stripper, lease: Some(lease), price, sse, idle, timer, total, tail: None, done: false }
+        Metered {
+            inner,
+            tap,
+            stripper,
+            lease: Some(lease),
+            price,
+            sse,
+            idle,
+            timer,
+            total,
+            tail: None,
+            done: false,
+            expect: Expect::default(),
+        }
+    }
+
+    /// Sets what the answer should look like (the default expects any
+    /// stream to end when the upstream closes, and no prompt).
+    pub fn expect(mut self, expect: Expect) -> Metered {
+        self.expect = expect;
+        self
+    }
+
+    /// The stream reached the end its protocol defines: what follows (a
+    /// close, a reset, silence) cannot break it. An `error` event is a
+    /// proper end that still failed.
+    fn ended(&mut self) -> Option<bool> {
+        let outcome = self.tap.finish();
+        (!self.sse || outcome.ended(self.expect.protocol)).then_some(outcome.terminal != Some(Terminal::Error))
     }
 
     fn finish(&mut self, success: bool, verdict: Verdict) {
         if let Some(lease) = self.lease.take() {
-            let usage = self.tap.finish().usage;
+            // No usage reported (an upstream that refused `stream_options`):
+            // estimated from the streamed text rather than lost.
+            let usage = self.tap.finish().usage_or_estimate(self.expect.prompt_tokens);
+            if let Some(u) = usage.filter(|u| u.estimated) {
+                tracing::debug!(
+                    key_id = lease.key_id(),
+                    completion_tokens = u.completion_tokens,
+                    "the stream reported no usage; estimated from its text"
+                );
+            }
             let cost_micros = match (usage, self.price) {
                 (Some(u), Some(p)) => Some(super::proxy::micros(u.prompt_tokens, u.completion_tokens, p)),
                 (Some(_), None) => Some(0),
@@ -68,11 +118,27 @@ impl Metered {
         }
     }
 
-    /// The stream broke after its first byte: tell an SSE caller why, then end.
+    /// The stream broke after its first byte: tell an SSE caller why, then
+    /// end. After a proper end nothing is broken, and nothing is appended.
     fn broke(&mut self, why: &str) -> Option<Bytes> {
+        if let Some(fine) = self.sse.then(|| self.ended()).flatten() {
+            tracing::debug!(reason = why, "upstream stream closed after its end");
+            self.finish_ended(fine);
+            return Some(Bytes::new());
+        }
         tracing::warn!(reason = why, "upstream answer broke off part-way");
         self.finish(false, Verdict::UpstreamError);
         self.sse.then(|| error_event(why))
+    }
+
+    /// Finishes a stream that reached its protocol's end: a success, unless
+    /// that end was an `error` event (the upstream's failure, not the key's).
+    fn finish_ended(&mut self, fine: bool) {
+        if fine {
+            self.finish(true, Verdict::Fine);
+        } else {
+            self.finish(false, Verdict::UpstreamError);
+        }
     }
 }
 
@@ -91,7 +157,7 @@ impl Stream for Metered {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(tail) = this.tail.take() {
+            if let Some(tail) = this.tail.take().filter(|t| !t.is_empty()) {
                 return Poll::Ready(Some(Ok(tail)));
             }
             if this.done {
@@ -124,15 +190,14 @@ impl Stream for Metered {
                     this.done = true;
                     let outcome = this.tap.finish();
                     let held = this.stripper.as_mut().map(UsageStripper::finish).unwrap_or_default();
-                    let complete = !this.sse || outcome.saw_done;
                     let mut tail = held;
-                    if complete {
-                        this.finish(true, Verdict::Fine);
+                    if let Some(fine) = this.ended() {
+                        this.finish_ended(fine);
                     } else if outcome.saw_error {
                         // The upstream said why; it only left out the end marker.
                         this.finish(false, Verdict::UpstreamError);
                         tail.extend_from_slice(b"data: [DONE]\n\n");
-                    } else if let Some(event) = this.broke("it ended without [DONE]") {
+                    } else if let Some(event) = this.broke("it closed before the end of the stream") {
                         tail.extend_from_slice(&event);
                     }
                     if !tail.is_empty() {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::inspect::{inspect, with_include_usage};
-use super::metered::Metered;
+use super::metered::{Expect, Metered};
 use super::AppState;
 use crate::config::AuthMode;
 use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
@@ -96,6 +96,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let shape = inspected.shape;
     let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
     let demand = app.demand(shape.as_ref(), price);
+    let expect = Expect {
+        protocol: keypool_sse::StreamProtocol::for_path(&rest),
+        prompt_tokens: shape.as_ref().map_or(0, |s| s.prompt_tokens),
+    };
     // A stream whose caller did not ask for usage: ask for it anyway (keypool
     // needs it to account tokens and spend), and hide it from the caller.
     let mut body = Some(inspected.body);
@@ -179,7 +183,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 app.note_upstream_failure();
                 Failed::Network { timed_out: false }
             }
-            Ok(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, started).await {
+            Ok(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, expect, started).await {
                 Ok(response) => return Ok(response),
                 Err(failed) => failed,
             },
@@ -206,6 +210,7 @@ async fn answer(
     lease: KeyLease,
     price: Option<crate::config::Price>,
     strip_usage: bool,
+    expect: Expect,
     started: Instant,
 ) -> Result<Response, Failed> {
     let status = upstream.status();
@@ -269,7 +274,8 @@ async fn answer(
         kind == BodyKind::Sse,
         timeouts.idle,
         started + timeouts.total,
-    );
+    )
+    .expect(expect);
     Ok(respond(status, headers, Body::from_stream(metered)))
 }
 

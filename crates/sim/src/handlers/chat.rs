@@ -196,6 +196,7 @@ impl Generation {
                 );
                 plan.push_back(Planned {
                     delay: if i == 0 { Duration::ZERO } else { interval },
+                    name: None,
                     data: err.to_string(),
                     words: 0,
                     end: End::Failed,
@@ -219,29 +220,42 @@ impl Generation {
             v["usage"] = self.usage();
             plan.push_back(Planned::event(v));
         }
-        plan.push_back(Planned { delay: Duration::ZERO, data: "[DONE]".to_string(), words: 0, end: End::Done });
+        plan.push_back(Planned {
+            delay: Duration::ZERO,
+            name: None,
+            data: "[DONE]".to_string(),
+            words: 0,
+            end: End::Done,
+        });
         plan
     }
 }
 
+/// What sending an event means for the stream.
 #[derive(PartialEq, Eq)]
-enum End {
+pub(super) enum End {
+    /// More follows.
     No,
+    /// The last event: the stream is over.
     Done,
+    /// The last event, an injected error.
     Failed,
 }
 
-struct Planned {
-    delay: Duration,
-    data: String,
+/// One event of a stream, decided before sending starts.
+pub(super) struct Planned {
+    pub delay: Duration,
+    /// The `event:` line's value, for typed streams (the Responses API).
+    pub name: Option<&'static str>,
+    pub data: String,
     /// Completion tokens this event delivers (counted when it is sent).
-    words: u64,
-    end: End,
+    pub words: u64,
+    pub end: End,
 }
 
 impl Planned {
-    fn event(v: Value) -> Self {
-        Planned { delay: Duration::ZERO, data: v.to_string(), words: 0, end: End::No }
+    pub(super) fn event(v: Value) -> Self {
+        Planned { delay: Duration::ZERO, name: None, data: v.to_string(), words: 0, end: End::No }
     }
 }
 
@@ -264,8 +278,27 @@ impl Drop for StreamState {
 
 fn stream_answer(sh: Arc<Shared>, adm: Admitted, gen: Generation) -> Response {
     let fail_after = lock(&sh.faults).fail_stream_after_chunks;
-    let plan = gen.plan(sh.stream_chunks, sh.chunk_interval, fail_after);
-    let state = StreamState { sh: sh.clone(), key: adm.key.clone(), plan, finished: false };
+    let mut plan = gen.plan(sh.stream_chunks, sh.chunk_interval, fail_after);
+    if sh.stream_ends.chat_without_done && plan.back().is_some_and(|p| p.end == End::Done) {
+        plan.pop_back();
+        if let Some(last) = plan.back_mut() {
+            last.end = End::Done;
+        }
+    }
+    send_plan(sh, adm, plan)
+}
+
+/// Streams the planned events, paced by their delays; `cut_after_events`
+/// closes the stream early, cleanly, as a stream that broke.
+pub(super) fn send_plan(sh: Arc<Shared>, adm: Admitted, mut plan: VecDeque<Planned>) -> Response {
+    if let Some(n) = sh.stream_ends.cut_after_events.filter(|&n| n < plan.len()) {
+        plan.truncate(n);
+        if let Some(last) = plan.back_mut() {
+            last.end = End::Done;
+        }
+    }
+    let finished = plan.is_empty();
+    let state = StreamState { sh: sh.clone(), key: adm.key.clone(), plan, finished };
     let events = futures_util::stream::unfold(state, |mut st| async move {
         let item = st.plan.pop_front()?;
         if !item.delay.is_zero() {
@@ -282,7 +315,10 @@ fn stream_answer(sh: Arc<Shared>, adm: Admitted, gen: Generation) -> Response {
                 st.sh.bump(st.key.as_deref(), |s| s.server_errors += 1);
             }
         }
-        let bytes = Bytes::from(format!("data: {}\n\n", item.data));
+        let bytes = match item.name {
+            Some(name) => Bytes::from(format!("event: {name}\ndata: {}\n\n", item.data)),
+            None => Bytes::from(format!("data: {}\n\n", item.data)),
+        };
         Some((Ok::<_, Infallible>(bytes), st))
     });
     let mut resp = Body::from_stream(events).into_response();

@@ -3,6 +3,7 @@
 
 pub mod chat;
 mod other;
+mod responses;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
     let api: Router<Arc<Shared>> = Router::new()
         .route("/chat/completions", post(chat::chat))
         .route("/completions", post(chat::completions))
+        .route("/responses", post(responses::responses))
         .route("/embeddings", post(other::embeddings))
         .route("/models", get(other::models))
         .route("/models/{id}", get(other::model))

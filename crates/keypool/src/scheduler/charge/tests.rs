@@ -73,7 +73,12 @@ mod scheduler {
     }
 
     fn used(tokens: u64) -> Outcome {
-        let usage = keypool_sse::Usage { prompt_tokens: tokens, completion_tokens: 0, total_tokens: tokens };
+        let usage = keypool_sse::Usage {
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+            total_tokens: tokens,
+            ..Default::default()
+        };
         Outcome { success: true, usage: Some(usage), ..Outcome::default() }
     }
 
