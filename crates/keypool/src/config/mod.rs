@@ -111,6 +111,10 @@ pub struct RetryConfig {
     /// Whole time a request may spend in keypool before its answer starts, waits and retries included.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
+    /// Retries after a first-byte timeout, apart from `max_retries`: a
+    /// generation that timed out may still be running (and billed) upstream,
+    /// so it is sent again at most this often (0: never).
+    pub first_byte_retries: u32,
 }
 
 impl Default for RetryConfig {
@@ -120,6 +124,7 @@ impl Default for RetryConfig {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
             deadline: Duration::from_secs(120),
+            first_byte_retries: 1,
         }
     }
 }
@@ -171,6 +176,9 @@ pub struct HealthConfig {
     /// How often a down upstream is probed.
     #[serde(with = "humantime_serde")]
     pub upstream_probe: Duration,
+    /// The key probe: unset, `GET models` (free); a model name, a one-token
+    /// chat on that model (for relays without `/models`).
+    pub probe_model: Option<String>,
 }
 
 impl Default for HealthConfig {
@@ -181,6 +189,7 @@ impl Default for HealthConfig {
             key_connect_failures: 3,
             upstream_failures: 10,
             upstream_probe: Duration::from_secs(1),
+            probe_model: None,
         }
     }
 }

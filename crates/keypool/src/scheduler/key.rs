@@ -83,6 +83,9 @@ pub struct Slot {
     /// When an invalid or exhausted key is next probed, and the current probe interval.
     pub next_probe: Option<Instant>,
     pub probe_every: Duration,
+    /// Back from invalid or exhausted on a probe that could not judge it:
+    /// takes one request at a time until a real answer judges it.
+    pub on_trial: bool,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -130,6 +133,7 @@ impl Slot {
             connect_failures: 0,
             next_probe: None,
             probe_every: Duration::ZERO,
+            on_trial: false,
         };
         slot.apply(r, d, now);
         slot
@@ -205,7 +209,7 @@ impl Slot {
         if !self.usable(now) || self.cooling_until.is_some_and(|t| t > now) {
             return false;
         }
-        if self.cautious() && self.inflight > 0 {
+        if (self.cautious() || self.on_trial) && self.inflight > 0 {
             return false;
         }
         if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {
@@ -231,7 +235,7 @@ impl Slot {
         if !self.usable(now) || !self.affordable(demand.cost_micros) || !self.fits_tpm(demand.tokens) {
             return None;
         }
-        if self.cautious() && self.inflight > 0 {
+        if (self.cautious() || self.on_trial) && self.inflight > 0 {
             return None;
         }
         if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {
