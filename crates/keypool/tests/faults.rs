@@ -445,3 +445,163 @@ async fn the_attempt_count_is_true_with_one_key_and_connection_errors_blame_no_k
     let view = &app.gateway.scheduler().snapshot()[0];
     assert_eq!((view.status, view.failures), ("active", 0), "{view:?}");
 }
+
+const INVALID: &str = r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+
+/// A fake relay without `/models` (404) whose key A is refused once, as a
+/// transient 401, then works.
+async fn relay_refusing_a_once(probe: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    fake(move |s| {
+        if s.path == "models" || String::from_utf8_lossy(&s.body).contains("gpt-probe") {
+            return probe(s);
+        }
+        if s.key == "sk-trial-aaaaaaaaaaaa" && !refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Reply::new(401, INVALID);
+        }
+        Reply::ok()
+    })
+    .await
+}
+
+async fn until(app: &TestApp, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while statuses(app) != want {
+        assert!(Instant::now() < deadline, "never reached {want:?}: {:?}", statuses(app));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends requests until `key` has served one; it must answer 200.
+async fn served_by(app: &TestApp, seen: &Mutex<Vec<Seen>>, key: &str) {
+    let before = hits(seen, key);
+    for _ in 0..20 {
+        assert_eq!(app.post("chat/completions").json(&chat("hi")).send().await.unwrap().status(), 200);
+        if hits(seen, key) > before {
+            return;
+        }
+    }
+    panic!("{key} never served again");
+}
+
+#[tokio::test]
+async fn a_probe_404_says_nothing_and_the_key_returns_on_one_trial_request() {
+    let (base, seen) = relay_refusing_a_once(|_| Reply::new(404, "404 page not found")).await;
+    let keys = ["sk-trial-aaaaaaaaaaaa", "sk-trial-bbbbbbbbbbbb"];
+    let app = gateway(&base, &keys, |c| c.health.probe_invalid = Duration::from_millis(200)).await;
+    served_by(&app, &seen, keys[0]).await;
+    assert_eq!(statuses(&app), ["invalid", "active"], "the transient 401 marked it");
+    until(&app, &["active", "active"]).await;
+    served_by(&app, &seen, keys[0]).await;
+    assert_eq!(statuses(&app), ["active", "active"], "its trial request succeeded");
+}
+
+#[tokio::test]
+async fn a_probe_answered_429_proves_the_key_and_one_answered_no_money_exhausts_it() {
+    let (base, _) = fake(|s| match (s.path.as_str(), s.key.as_str()) {
+        ("models", "sk-probe-aaaaaaaaaaaa") => Reply::new(
+            429,
+            r#"{"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}}"#,
+        )
+        .header("retry-after", "1"),
+        ("models", _) => Reply::new(402, r#"{"error":{"message":"Insufficient Balance","type":"unknown_error"}}"#),
+        (_, "sk-probe-cccccccccccc") => Reply::ok(),
+        _ => Reply::new(401, INVALID),
+    })
+    .await;
+    let keys = ["sk-probe-aaaaaaaaaaaa", "sk-probe-bbbbbbbbbbbb", "sk-probe-cccccccccccc"];
+    let app = gateway(&base, &keys, |c| c.health.probe_invalid = Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        assert_eq!(app.post("chat/completions").json(&chat("hi")).send().await.unwrap().status(), 200);
+    }
+    until(&app, &["active", "exhausted", "active"]).await;
+}
+
+#[tokio::test]
+async fn the_probe_can_be_a_one_token_chat_on_a_named_model() {
+    let (base, seen) = relay_refusing_a_once(|s| {
+        if s.path == "models" {
+            Reply::new(404, "404 page not found")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let keys = ["sk-trial-aaaaaaaaaaaa", "sk-trial-bbbbbbbbbbbb"];
+    let app = gateway(&base, &keys, |c| {
+        c.health.probe_invalid = Duration::from_millis(200);
+        c.health.probe_model = Some("gpt-probe".into());
+    })
+    .await;
+    served_by(&app, &seen, keys[0]).await;
+    until(&app, &["active", "active"]).await;
+    let probes: Vec<Seen> = seen.lock().unwrap().iter().filter(|s| s.path == "chat/completions").cloned().collect();
+    let probe = probes.iter().find(|s| String::from_utf8_lossy(&s.body).contains("gpt-probe")).expect("a chat probe");
+    let body: serde_json::Value = serde_json::from_slice(&probe.body).unwrap();
+    assert_eq!((probe.key.as_str(), body["max_tokens"].as_u64()), (keys[0], Some(1)));
+    assert!(!seen.lock().unwrap().iter().any(|s| s.path == "models"), "GET models is not used");
+}
+
+fn trickle(chunks: usize, every: Duration, fail: bool) -> reqwest::Body {
+    let stream = futures_util::stream::unfold(0usize, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        if fail && i == chunks - 1 {
+            return Some((Err(std::io::Error::other("the caller gave up")), i + 1));
+        }
+        Some((Ok::<_, std::io::Error>(vec![b'a'; 1024]), i + 1))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[tokio::test]
+async fn a_trickled_upload_is_the_callers_own_and_never_opens_the_upstream_breaker() {
+    let (base, seen) = fake(|_| Reply::new(200, r#"{"text":"ok"}"#)).await;
+    let app = gateway(&base, &["sk-upload-aaaaaaaaaaa"], |c| {
+        c.timeouts.first_byte = Duration::from_millis(300);
+        c.health.upstream_failures = 1;
+        c.health.upstream_probe = Duration::from_secs(60);
+        c.pool.max_wait = Duration::from_millis(500);
+    })
+    .await;
+    // Slower than the first-byte timeout, but the upstream answers at once once it has it all.
+    let resp = app
+        .post("audio/transcriptions")
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body(trickle(6, Duration::from_millis(150), false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(seen.lock().unwrap()[0].body.len(), 6 * 1024);
+    // A caller that gives up part-way: its own failure, nobody else's.
+    let gave_up = app
+        .post("audio/transcriptions")
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body(trickle(3, Duration::from_millis(150), true))
+        .send()
+        .await;
+    assert!(gave_up.is_err() || gave_up.unwrap().status().is_client_error());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the breaker stayed closed: {}", resp.text().await.unwrap());
+    assert_eq!(statuses(&app), ["active"]);
+}
+
+#[tokio::test]
+async fn a_timed_out_generation_is_sent_again_at_most_once_by_default() {
+    let (base, seen) = fake(|_| Reply::ok().after(Duration::from_millis(1500))).await;
+    let keys = ["sk-slow-aaaaaaaaaaaaa", "sk-slow-bbbbbbbbbbbbb", "sk-slow-ccccccccccccc"];
+    let app = gateway(&base, &keys, |c| {
+        c.timeouts.first_byte = Duration::from_millis(200);
+        c.retry.max_retries = 3;
+    })
+    .await;
+    let (status, headers, body) = error_of(app.post("chat/completions").json(&chat("hi")).send().await.unwrap()).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("2 attempt(s)"), "{body}");
+    assert_eq!(headers["x-should-retry"], "true");
+    assert_eq!(seen.lock().unwrap().len(), 2, "the generation reached the upstream twice, not 4 times");
+}
