@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
 use crate::server::{router, worker_count, AppState, TokenSet};
 use crate::store::{Store, StoreError};
-use crate::upstream::{Breaker, Upstream};
+use crate::upstream::{Breaker, Quirks, Upstream};
 
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
@@ -86,6 +86,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     let upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
     let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
+    let quirks = Arc::new(Quirks::default());
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
@@ -97,6 +98,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             tokens: Arc::clone(&tokens),
             upstream: Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?,
             breaker: Arc::clone(&breaker),
+            quirks: Arc::clone(&quirks),
             config: config.clone(),
         })))
     };

@@ -450,7 +450,9 @@ const INVALID: &str = r#"{"error":{"message":"Incorrect API key provided.","type
 
 /// A fake relay without `/models` (404) whose key A is refused once, as a
 /// transient 401, then works.
-async fn relay_refusing_a_once(probe: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> (String, Arc<Mutex<Vec<Seen>>>) {
+async fn relay_refusing_a_once(
+    probe: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     fake(move |s| {
         if s.path == "models" || String::from_utf8_lossy(&s.body).contains("gpt-probe") {
@@ -519,14 +521,9 @@ async fn a_probe_answered_429_proves_the_key_and_one_answered_no_money_exhausts_
 
 #[tokio::test]
 async fn the_probe_can_be_a_one_token_chat_on_a_named_model() {
-    let (base, seen) = relay_refusing_a_once(|s| {
-        if s.path == "models" {
-            Reply::new(404, "404 page not found")
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
+    let (base, seen) =
+        relay_refusing_a_once(|s| if s.path == "models" { Reply::new(404, "404 page not found") } else { Reply::ok() })
+            .await;
     let keys = ["sk-trial-aaaaaaaaaaaa", "sk-trial-bbbbbbbbbbbb"];
     let app = gateway(&base, &keys, |c| {
         c.health.probe_invalid = Duration::from_millis(200);
@@ -604,4 +601,54 @@ async fn a_timed_out_generation_is_sent_again_at_most_once_by_default() {
     assert!(body["error"]["message"].as_str().unwrap().contains("2 attempt(s)"), "{body}");
     assert_eq!(headers["x-should-retry"], "true");
     assert_eq!(seen.lock().unwrap().len(), 2, "the generation reached the upstream twice, not 4 times");
+}
+
+const SSE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello there\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+async fn refusing_stream_options() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    fake(|s| {
+        if String::from_utf8_lossy(&s.body).contains("stream_options") {
+            Reply::new(
+                400,
+                r#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error","param":null,"code":null}}"#,
+            )
+        } else {
+            Reply::new(200, SSE).header("content-type", "text/event-stream")
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_stream_options_still_streams_and_is_remembered() {
+    let (base, seen) = refusing_stream_options().await;
+    let keys = ["sk-sopt-aaaaaaaaaaaaa", "sk-sopt-bbbbbbbbbbbbb"];
+    let app = gateway(&base, &keys, |_| {}).await;
+    let mut body = chat("stream please");
+    body["stream"] = true.into();
+    let resp = app.post("chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("hello there") && text.trim_end().ends_with("data: [DONE]"), "{text}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "the refused body, then the caller's own");
+        assert_eq!(seen[0].key, seen[1].key, "on the same key");
+        let sent: serde_json::Value = serde_json::from_slice(&seen[1].body).unwrap();
+        assert_eq!(sent, body, "the caller's body unchanged");
+    }
+    // Remembered: the next stream goes out without the field at once.
+    let resp = app.post("chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert!(statuses(&app).iter().all(|s| *s == "active"));
+    // A setting turns the injection off from the start.
+    let (base, seen) = refusing_stream_options().await;
+    let app = gateway(&base, &["sk-sopt-ccccccccccccc"], |c| c.stream_usage = false).await;
+    let resp = app.post("chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }

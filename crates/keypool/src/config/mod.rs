@@ -58,6 +58,11 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
     pub log: String,
+    /// Add `stream_options.include_usage` to chat and completions streams
+    /// whose caller did not ask for usage (and hide it from them), so tokens
+    /// and spend are the upstream's own count. Off: usage is counted from the
+    /// streamed text. Turned off by itself for an upstream that refuses the field.
+    pub stream_usage: bool,
 }
 
 /// Per-key defaults.
@@ -228,6 +233,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             prices: BTreeMap::new(),
             log: "info".into(),
+            stream_usage: true,
         }
     }
 }

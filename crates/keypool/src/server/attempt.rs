@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::error::ApiError;
-use crate::scheduler::Verdict;
+use crate::scheduler::{KeyLease, Verdict};
 use crate::upstream::Classified;
 
 /// Why one attempt did not produce an answer for the caller.
@@ -19,6 +19,9 @@ pub(super) enum Failed {
     Network { timed_out: bool },
     /// An error answer another attempt may turn around.
     Status { status: StatusCode, classified: Classified, headers: HeaderMap, body: Bytes },
+    /// The upstream refused the `stream_options` keypool added: the key is
+    /// kept to send the caller's own body.
+    StreamOptions(KeyLease),
 }
 
 impl Failed {
@@ -26,6 +29,7 @@ impl Failed {
         match self {
             Failed::Network { timed_out: true } => "timeout",
             Failed::Network { timed_out: false } => "network",
+            Failed::StreamOptions(_) => "stream_options_refused",
             Failed::Status { classified, .. } => match classified.verdict {
                 Verdict::RateLimited { .. } => "rate_limited",
                 Verdict::Invalid => "invalid_key",
@@ -44,13 +48,14 @@ impl Failed {
         match self {
             Failed::Network { .. } => true,
             Failed::Status { classified, .. } => classified.verdict == Verdict::UpstreamError,
+            Failed::StreamOptions(_) => false,
         }
     }
 
     /// Whether only another key can change the answer (retrying the same key is pointless).
     pub(super) fn needs_other_key(&self) -> bool {
         match self {
-            Failed::Network { .. } => false,
+            Failed::Network { .. } | Failed::StreamOptions(_) => false,
             Failed::Status { classified, .. } => classified.verdict != Verdict::UpstreamError,
         }
     }
@@ -75,6 +80,7 @@ impl Failed {
                 retry_after: None,
             }
             .into_response(),
+            Failed::StreamOptions(_) => ApiError::Internal("stream_options refused twice").into_response(),
             Failed::Status { status, classified, headers, body } => match classified.verdict {
                 // The upstream's own answer, unchanged: no other key had the model.
                 Verdict::ModelMissing => passthrough(status, headers, body),

@@ -22,7 +22,7 @@ pub use workers::{serve, worker_count};
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;
-use crate::upstream::{Breaker, Upstream};
+use crate::upstream::{Breaker, Quirks, Upstream};
 
 /// What request handlers share. Built once at start.
 pub struct AppState {
@@ -30,6 +30,8 @@ pub struct AppState {
     pub tokens: Arc<TokenSet>,
     pub upstream: Upstream,
     pub breaker: Arc<Breaker>,
+    /// What the upstream is known to refuse (shared by every worker).
+    pub quirks: Arc<Quirks>,
     pub config: Config,
 }
 

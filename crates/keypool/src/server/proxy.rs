@@ -23,7 +23,9 @@ use super::AppState;
 use crate::config::AuthMode;
 use crate::scheduler::{Demand, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
-use crate::upstream::{classify, copy_response_headers, rate_info, Answer, BodyError, OutBody, UpstreamError};
+use crate::upstream::{
+    classify, copy_response_headers, rate_info, refuses_stream_options, Answer, BodyError, OutBody, UpstreamError,
+};
 use secrecy::ExposeSecret;
 
 /// Largest error body read to learn what it says about the key.
@@ -51,11 +53,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let model = shape.as_ref().and_then(|s| s.model.clone());
     // A stream whose caller did not ask for usage: ask for it anyway (keypool
     // needs it to account tokens and spend), and hide it from the caller.
+    // (Not when turned off, or for an upstream known to refuse the field.)
     let mut body = Some(inspected.body);
     let mut strip_usage = false;
-    if let (Some(s), Some(OutBody::Bytes(bytes))) = (&shape, &body) {
+    let mut caller_body = None;
+    let inject = app.config.stream_usage && !app.quirks.refuses_stream_options();
+    if let (Some(s), Some(OutBody::Bytes(bytes)), true) = (&shape, &body, inject) {
         if s.stream && s.include_usage != Some(true) && reports_stream_usage(&rest) {
             if let Some(edited) = with_include_usage(bytes) {
+                caller_body = Some(bytes.clone());
                 body = Some(OutBody::Bytes(edited));
                 strip_usage = true;
             }
@@ -63,7 +69,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     }
     // Only a body held in memory can be sent again; an upload streams once,
     // watched so that its own slowness is never blamed on the upstream.
-    let replay = match &body {
+    let mut replay = match &body {
         Some(OutBody::Bytes(b)) => Some(b.clone()),
         _ => None,
     };
@@ -86,6 +92,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let mut attempts = 0u32;
     let mut timeouts_retried = 0u32;
     let mut last: Option<Failed> = None;
+    // A lease kept for the next attempt (the same key sent the caller's own body).
+    let mut held: Option<KeyLease> = None;
     loop {
         if app.breaker.is_open() {
             let until = deadline.min(Instant::now() + app.config.pool.max_wait);
@@ -93,7 +101,11 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 return Err(ApiError::UpstreamDown { attempts });
             }
         }
-        let mut lease = match app.scheduler.acquire_avoiding(demand, &avoid).await {
+        let acquired = match held.take() {
+            Some(lease) => Ok(lease),
+            None => app.scheduler.acquire_avoiding(demand, &avoid).await,
+        };
+        let mut lease = match acquired {
             Ok(lease) => lease,
             Err(e) => {
                 crate::metrics::request_refused(match e {
@@ -172,6 +184,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                     }
                     return Ok(response);
                 }
+                Err(Failed::StreamOptions(lease)) => {
+                    // The upstream does not know the `stream_options` keypool
+                    // added: the caller's own body, unchanged, on the same key.
+                    app.quirks.note_refuses_stream_options();
+                    strip_usage = false;
+                    replay = caller_body.take();
+                    held = Some(lease);
+                    continue;
+                }
                 Err(failed) => failed,
             },
         };
@@ -203,6 +224,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             return Ok(failed.into_response(attempts, tried.len()));
         }
         crate::metrics::retry(failed.reason());
+        if timed_out {
+            crate::metrics::timeout_resend();
+            tracing::warn!(
+                key_id,
+                resend = timeouts_retried,
+                of = policy.first_byte_retries,
+                "sending a timed-out generation again; the first may still be running (and billed) upstream"
+            );
+        }
         tracing::info!(key_id, attempt = attempts, reason = failed.reason(), "retrying");
         if failed.needs_backoff() {
             let pause = full_jitter(policy.backoff_base, policy.backoff_cap, attempts);
@@ -284,6 +314,9 @@ async fn answer(
         if let Some(scrubbed) = scrub(&prefix, lease.secret().expose_secret()) {
             prefix = scrubbed;
         }
+        if strip_usage && complete && refuses_stream_options(status, &prefix) {
+            return Err(Failed::StreamOptions(lease));
+        }
         let classified = classify(status, &head.headers, &prefix);
         tracing::debug!(key_id = lease.key_id(), %status, verdict = ?classified.verdict, blame = ?classified.blame(), "upstream refused");
         lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict: classified.verdict });
@@ -301,6 +334,10 @@ async fn answer(
     }
 
     let kind = BodyKind::from_content_type(content_type.as_deref());
+    if kind == BodyKind::Sse {
+        // An nginx in front must pass events on as they come, not buffer them.
+        headers.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    }
     let timeouts = &app.config.timeouts;
     let metered = Metered::new(
         BodyDataStream::new(upstream.into_body()).boxed(),

@@ -6,6 +6,7 @@ mod classify;
 mod comeback;
 mod headers;
 mod probe;
+mod quirks;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub use breaker::Breaker;
 pub use classify::{classify, rate_info, Blame, Classified};
 pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop, parse_go_duration};
 pub use probe::ProbeRequest;
+pub use quirks::{refuses_stream_options, Quirks};
 
 /// Failures talking to the upstream. All of them are the upstream's (or the
 /// network's), never the caller's.
