@@ -167,13 +167,14 @@ impl Default for TimeoutsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
-    /// First probe of an invalid key (401/403), doubling up to an hour.
+    /// First probe of an invalid key (401/403 with a key-specific code), doubling up to an hour.
     #[serde(with = "humantime_serde")]
     pub probe_invalid: Duration,
     /// Probe interval of an exhausted key (insufficient_quota).
     #[serde(with = "humantime_serde")]
     pub probe_exhausted: Duration,
-    /// Connect failures in a row after which a key rests (1 s, doubling).
+    /// Kept so that existing files load: connect failures are the
+    /// upstream's (its breaker answers for them) and no longer rest a key.
     pub key_connect_failures: u32,
     /// Failures in a row, across keys, after which the upstream itself is
     /// considered down: callers get upstream_unavailable while it is probed.

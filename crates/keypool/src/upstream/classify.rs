@@ -11,7 +11,6 @@ use http::{HeaderMap, StatusCode};
 use std::time::Duration;
 
 use super::comeback::{generic_reset, reset_value, retry_header, wait_in_text};
-use super::headers::parse_go_duration;
 use crate::scheduler::{RateInfo, Verdict};
 
 /// Whose fault a failed answer is.
@@ -316,9 +315,10 @@ pub fn rate_info(headers: &HeaderMap) -> RateInfo {
                 *slot = value.trim().parse::<u64>().ok();
             }
         };
+        // Go durations (OpenAI, Groq), or seconds and Unix times (others).
         let dur = |slot: &mut Option<Duration>| {
             if slot.is_none() {
-                *slot = parse_go_duration(value);
+                *slot = reset_value(value);
             }
         };
         match which {
@@ -486,6 +486,12 @@ mod tests {
             }
         );
         assert!(rate_info(&HeaderMap::new()).is_empty());
+        let h = headers(&[("x-ratelimit-reset-requests", "12"), ("x-ratelimit-reset-tokens", "0.5")]);
+        let info = rate_info(&h);
+        assert_eq!(
+            (info.reset_requests, info.reset_tokens),
+            (Some(Duration::from_secs(12)), Some(Duration::from_millis(500)))
+        );
     }
 
     #[test]
