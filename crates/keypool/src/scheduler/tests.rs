@@ -422,3 +422,48 @@ async fn connect_failures_never_blame_the_key() {
     assert_eq!(s.snapshot()[0].failures, 0, "not the key's failures");
     assert!(s.try_lease(one()).is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_cannot_tell_puts_the_key_on_one_trial_request() {
+    let s = Scheduler::new(SchedulerConfig { probe_invalid: Duration::from_secs(60), ..SchedulerConfig::default() });
+    // With a known limit, so only the trial keeps it to one request at a time.
+    s.sync_keys(&[record(1, Some(100), None, 0)]);
+    let invalid = || Outcome { verdict: Verdict::Invalid, ..Outcome::default() };
+    sent(s.try_lease(one()).unwrap()).finish(invalid());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    // A 404 from a relay without /models says nothing: back on trial.
+    s.probe_result(1, Probed::Unknown);
+    assert_eq!(s.snapshot()[0].status, "active");
+    let trial = s.try_lease(one()).unwrap();
+    assert!(matches!(s.try_lease(one()), Err(NoKey::Busy { .. })), "one request at a time while on trial");
+    // Refused again on its trial request: invalid, and the next probe twice as far.
+    sent(trial).finish(invalid());
+    assert_eq!(s.snapshot()[0].status, "invalid");
+    assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(120)));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    s.probe_result(1, Probed::Unknown);
+    sent(s.try_lease(one()).unwrap()).finish(Outcome { success: true, ..Outcome::default() });
+    assert_eq!(s.snapshot()[0].status, "active");
+    let (a, b) = (s.try_lease(one()).unwrap(), s.try_lease(one()));
+    assert!(b.is_ok(), "served well: off trial, no longer one at a time");
+    drop((a, b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_prove_exhaustion_and_an_unreachable_upstream_proves_nothing() {
+    let s = Scheduler::new(SchedulerConfig { probe_invalid: Duration::from_secs(60), ..SchedulerConfig::default() });
+    s.sync_keys(&[record(1, None, None, 0), record(2, None, None, 0)]);
+    for _ in 0..2 {
+        sent(s.try_lease(one()).unwrap()).finish(Outcome { verdict: Verdict::Invalid, ..Outcome::default() });
+    }
+    tokio::time::advance(Duration::from_secs(60)).await;
+    s.probe_result(1, Probed::Exhausted);
+    s.probe_result(2, Probed::Unreachable);
+    let states: Vec<_> = s.snapshot().iter().map(|v| v.status).collect();
+    assert_eq!(states, ["exhausted", "invalid"]);
+    assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(60)), "unreachable: same interval");
+    let counts = s.census();
+    assert_eq!((counts.exhausted, counts.invalid, counts.usable()), (1, 1, 0));
+    let Err(NoKey::Unusable(c)) = s.try_lease(one()) else { panic!("no key can serve") };
+    assert!(c.describe().contains("1 invalid") && c.describe().contains("1 exhausted"), "{}", c.describe());
+}
