@@ -51,36 +51,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
     let demand = app.demand(shape.as_ref(), price);
     let model = shape.as_ref().and_then(|s| s.model.clone());
-    // A stream whose caller did not ask for usage: ask for it anyway (keypool
-    // needs it to account tokens and spend), and hide it from the caller.
-    // (Not when turned off, or for an upstream known to refuse the field.)
-    let mut body = Some(inspected.body);
-    let mut strip_usage = false;
-    let mut caller_body = None;
-    let inject = app.config.stream_usage && !app.quirks.refuses_stream_options();
-    if let (Some(s), Some(OutBody::Bytes(bytes)), true) = (&shape, &body, inject) {
-        if s.stream && s.include_usage != Some(true) && reports_stream_usage(&rest) {
-            if let Some(edited) = with_include_usage(bytes) {
-                caller_body = Some(bytes.clone());
-                body = Some(OutBody::Bytes(edited));
-                strip_usage = true;
-            }
-        }
-    }
-    // Only a body held in memory can be sent again; an upload streams once,
-    // watched so that its own slowness is never blamed on the upstream.
-    let mut replay = match &body {
-        Some(OutBody::Bytes(b)) => Some(b.clone()),
-        _ => None,
-    };
-    let mut upload = None;
-    if let Some(OutBody::Stream(s)) = body.take() {
-        let (watched, rx) = watch_upload(s);
-        body = Some(OutBody::Stream(watched));
-        upload = Some(rx);
-    } else if let Some(bytes) = &replay {
-        body = Some(OutBody::Bytes(bytes.clone()));
-    }
+    let Outgoing { mut body, mut replay, mut caller_body, mut strip_usage, upload } =
+        outgoing(&app, inspected.body, shape.as_ref(), &rest);
     let policy = &app.config.retry;
     let timeouts = &app.config.timeouts;
     let deadline = started + policy.deadline;
@@ -239,6 +211,56 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
         }
         last = Some(failed);
+    }
+}
+
+/// What goes upstream, and what is kept to send it again.
+struct Outgoing {
+    /// The first attempt's body.
+    body: Option<OutBody>,
+    /// A body held in memory, sent again on a retry (an upload streams once).
+    replay: Option<Bytes>,
+    /// The caller's body before keypool added `stream_options`.
+    caller_body: Option<Bytes>,
+    /// keypool asked for the stream's usage: hide it from the caller.
+    strip_usage: bool,
+    /// An upload's progress, watched so its slowness is never blamed on the upstream.
+    upload: Option<tokio::sync::watch::Receiver<Sent>>,
+}
+
+/// Prepares the body: a stream whose caller did not ask for usage asks for
+/// it anyway (keypool needs it to account tokens and spend; it is hidden
+/// from the caller), unless turned off or the upstream is known to refuse
+/// the field; an upload is watched.
+fn outgoing(app: &AppState, body: OutBody, shape: Option<&PromptShape>, rest: &str) -> Outgoing {
+    match body {
+        OutBody::Stream(s) => {
+            let (watched, rx) = watch_upload(s);
+            Outgoing {
+                body: Some(OutBody::Stream(watched)),
+                replay: None,
+                caller_body: None,
+                strip_usage: false,
+                upload: Some(rx),
+            }
+        }
+        OutBody::Bytes(bytes) => {
+            let inject = app.config.stream_usage && !app.quirks.refuses_stream_options();
+            let wants = shape.is_some_and(|s| s.stream && s.include_usage != Some(true)) && reports_stream_usage(rest);
+            let edited = if inject && wants { with_include_usage(&bytes) } else { None };
+            let strip_usage = edited.is_some();
+            let (sent, caller_body) = match edited {
+                Some(edited) => (edited, Some(bytes)),
+                None => (bytes, None),
+            };
+            Outgoing {
+                body: Some(OutBody::Bytes(sent.clone())),
+                replay: Some(sent),
+                caller_body,
+                strip_usage,
+                upload: None,
+            }
+        }
     }
 }
 
