@@ -128,16 +128,14 @@ const NO_MONEY_CODES: &[&str] = &[
     "insufficient_user_quota",
     "insufficient_credits",
     "payment_required",
-    // SiliconFlow: 403 {"code":30001,"message":"Sorry, your account balance is insufficient"}.
-    "30001",
-    // Zhipu: 1113 "您的账户已欠费" (account in arrears).
-    "1113",
 ];
 
 /// Messages that say the same: DeepSeek's 402 "Insufficient Balance",
-/// OpenRouter's 402 "Insufficient credits", Anthropic-compatible
+/// OpenRouter's 402 "Insufficient credits", SiliconFlow's 403 (code 30001)
+/// "Sorry, your account balance is insufficient", Anthropic-compatible
 /// "credit balance is too low", xAI's "does not have any credits", and the
-/// Chinese providers' 余额不足 / 欠费.
+/// Chinese providers' 余额不足 / 欠费 (Zhipu's code 1113). Numeric codes are
+/// matched by their words only: numbers mean different things per provider.
 const NO_MONEY_WORDS: &[&str] = &[
     "insufficient balance",
     "insufficient account balance",
@@ -159,7 +157,8 @@ const NO_MONEY_WORDS: &[&str] = &[
 /// closed: OpenAI `invalid_api_key`, `account_deactivated`,
 /// `access_terminated`; Moonshot `invalid_authentication_error`; DeepSeek
 /// and Anthropic-compatible `authentication_error`; DashScope `InvalidApiKey`;
-/// Google `API_KEY_INVALID`; Zhipu 1000-1004.
+/// Google `API_KEY_INVALID`. A 401 naming no such code is judged by the
+/// other keys: the key's own if another key is served, else the upstream's.
 const KEY_CODES: &[&str] = &[
     "invalid_api_key",
     "account_deactivated",
@@ -174,11 +173,6 @@ const KEY_CODES: &[&str] = &[
     "api_key_expired",
     "user_not_found",
     "unauthenticated",
-    "1000",
-    "1001",
-    "1002",
-    "1003",
-    "1004",
 ];
 
 const KEY_WORDS: &[&str] = &[
