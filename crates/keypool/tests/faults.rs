@@ -328,6 +328,7 @@ async fn every_form_of_come_back_later_cools_the_key_until_then() {
             assert_eq!(resp.status(), 429, "{name}");
             let wait: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
             assert!(wait >= 15, "{name} #{i}: a true Retry-After, got {wait}");
+            assert_eq!(resp.headers()["x-should-retry"], "true", "{name}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         assert_eq!(seen.lock().unwrap().len(), 1, "{name}: the cooling key was asked once in 1.5 s");
@@ -651,4 +652,16 @@ async fn an_upstream_refusing_stream_options_still_streams_and_is_remembered() {
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap();
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn refusals_a_retry_cannot_fix_say_so_to_the_sdks() {
+    let (base, _) = fake(|_| Reply::ok()).await;
+    let app = gateway(&base, &["sk-retry-aaaaaaaaaaaa"], |_| {}).await;
+    let resp = app.post("chat/completions").header("content-type", "application/json").body("{not json").send().await;
+    let (status, headers, _) = error_of(resp.unwrap()).await;
+    assert_eq!((status, headers["x-should-retry"].to_str().unwrap()), (400, "false"));
+    let resp = app.client.post(app.url("chat/completions")).bearer_auth("kp-wrong").json(&chat("hi")).send().await;
+    let (status, headers, _) = error_of(resp.unwrap()).await;
+    assert_eq!((status, headers["x-should-retry"].to_str().unwrap()), (401, "false"));
 }
