@@ -7,6 +7,7 @@ mod comeback;
 mod headers;
 mod probe;
 mod quirks;
+mod wording;
 
 use std::pin::Pin;
 use std::time::Duration;
