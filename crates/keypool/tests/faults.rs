@@ -665,3 +665,20 @@ async fn refusals_a_retry_cannot_fix_say_so_to_the_sdks() {
     let (status, headers, _) = error_of(resp.unwrap()).await;
     assert_eq!((status, headers["x-should-retry"].to_str().unwrap()), (401, "false"));
 }
+
+#[tokio::test]
+async fn an_upload_the_upstream_never_took_is_not_blamed_on_the_caller() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let app = gateway(&dead, &["sk-upload-bbbbbbbbbbb"], |_| {}).await;
+    let resp = app
+        .post("audio/transcriptions")
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body(trickle(2, Duration::from_millis(10), false))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = error_of(resp).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("upstream_failed")), "{body}");
+}

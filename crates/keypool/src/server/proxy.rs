@@ -110,32 +110,33 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
         lease.mark_sent();
         let sending = app.upstream.send(parts.method.clone(), url.clone(), &parts.headers, key_id, lease.secret(), out);
         let sent = first_byte(sending, upload.clone(), timeouts.first_byte, started + timeouts.total).await;
-        let caller_failed = upload.as_ref().is_some_and(|rx| *rx.borrow() != Sent::Complete);
+        // Only the caller's own body failing is the caller's fault (a body
+        // dropped unsent because the connection failed is not).
+        let caller_failed = upload.as_ref().is_some_and(|rx| *rx.borrow() == Sent::Failed);
         let failed = match sent {
-            Err(_) if caller_failed => {
-                // Still uploading when the whole request's time ran out: the caller's slowness.
+            Sending::UploadTooSlow => {
                 lease.give_back();
                 return Err(ApiError::BodyRead("the upload did not finish in time".into()));
             }
-            Err(_) => {
+            Sending::TimedOut => {
                 tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
                 lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 app.note_upstream_failure();
                 Failed::Network { timed_out: true }
             }
-            Ok(Err(_)) if inspected.overflow.happened() => {
+            Sending::Answered(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
                 lease.give_back();
                 inspected.overflow.drain_rest().await;
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
-            Ok(Err(e)) if caller_failed => {
+            Sending::Answered(Err(e)) if caller_failed => {
                 // The caller's body stopped part-way: the caller's fault alone.
                 tracing::info!(key_id, error = %e, "the caller's upload stopped part-way");
                 lease.give_back();
                 return Err(ApiError::BodyRead("the upload stopped part-way".into()));
             }
-            Ok(Err(e)) => {
+            Sending::Answered(Err(e)) => {
                 tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
                 let verdict = if matches!(e, UpstreamError::Connect(_)) {
                     Verdict::ConnectFailed
@@ -146,7 +147,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 app.note_upstream_failure();
                 Failed::Network { timed_out: false }
             }
-            Ok(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, started).await {
+            Sending::Answered(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, started).await {
                 Ok(response) => {
                     if response.status().is_success() {
                         // Another key was served where these were refused: the refusals were theirs.
@@ -264,27 +265,36 @@ fn outgoing(app: &AppState, body: OutBody, shape: Option<&PromptShape>, rest: &s
     }
 }
 
+/// How a send ended, as far as the first byte.
+enum Sending {
+    Answered(Result<Answer, UpstreamError>),
+    /// No answer within the first-byte timeout after the body was sent.
+    TimedOut,
+    /// The caller's upload was still arriving when the whole request's time ran out.
+    UploadTooSlow,
+}
+
 /// Sends, timing the answer's first byte from the moment the caller's body
-/// has gone upstream (at once for a body in memory). Err when the
-/// first-byte timeout, or `total` while uploading, passes first.
+/// has gone upstream (at once for a body in memory).
 async fn first_byte(
     sending: impl std::future::Future<Output = Result<Answer, UpstreamError>>,
     upload: Option<tokio::sync::watch::Receiver<Sent>>,
     first_byte: Duration,
     total: Instant,
-) -> Result<Result<Answer, UpstreamError>, tokio::time::error::Elapsed> {
+) -> Sending {
     tokio::pin!(sending);
     if let Some(mut rx) = upload {
         tokio::select! {
-            answered = &mut sending => return Ok(answered),
+            answered = &mut sending => return Sending::Answered(answered),
+            // Complete, failed, or dropped unsent (the send failed first).
             _ = rx.wait_for(|s| *s != Sent::Sending) => {}
-            _ = tokio::time::sleep_until(total) => {}
-        }
-        if *rx.borrow() == Sent::Sending {
-            return tokio::time::timeout(Duration::ZERO, std::future::pending()).await;
+            _ = tokio::time::sleep_until(total) => return Sending::UploadTooSlow,
         }
     }
-    tokio::time::timeout(first_byte, sending).await
+    match tokio::time::timeout(first_byte, sending).await {
+        Ok(answered) => Sending::Answered(answered),
+        Err(_) => Sending::TimedOut,
+    }
 }
 
 /// An answer arrived: stream it to the caller, pass a caller's error through

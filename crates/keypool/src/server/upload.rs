@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use crate::upstream::{BodyError, ByteStream};
 
-/// Where an upload stands.
+/// Where an upload stands. A body dropped unfinished stays `Sending` (and
+/// its sender closes): the send failed for another reason than the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
     Sending,
@@ -47,14 +48,5 @@ impl Stream for Watched {
             _ => {}
         }
         polled
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        // Dropped unfinished (the client gave up on the request): not sent.
-        if *self.tx.borrow() == Sent::Sending {
-            self.tx.send_replace(Sent::Failed);
-        }
     }
 }
