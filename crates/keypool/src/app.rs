@@ -77,7 +77,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     if scheduler.counts_tokens() || !config.prices.is_empty() {
         crate::tokens::start_building();
     }
-    if scheduler.usable_keys() == 0 {
+    let counts = scheduler.census();
+    if counts.total() > 0 && counts.usable() == 0 {
+        tracing::warn!("no key can serve yet: {}", counts.describe());
+    } else if counts.total() == 0 {
         tracing::warn!(
             "no upstream keys yet: add one with `keypool keys add sk-...` (or `keypool keys import FILE`); \
              this server picks it up within {:?}, no restart needed",
