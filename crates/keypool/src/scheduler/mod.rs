@@ -53,7 +53,8 @@ pub struct SchedulerConfig {
     pub max_wait: Duration,
     /// Most requests waiting at once; past it, new ones get a 429 at once.
     pub max_queue: usize,
-    /// Connect failures in a row after which a key rests (1 s, doubling, up to 5 min).
+    /// Kept for `health.key_connect_failures` in older config files: connect
+    /// failures are the upstream's and no longer rest a key.
     pub key_breaker_after: u32,
     /// First probe of an invalid key; the interval doubles up to an hour.
     pub probe_invalid: Duration,
@@ -462,10 +463,9 @@ impl Scheduler {
         let mut inner = self.lock();
         let ids: Vec<i64> = inner.keys.keys().copied().collect();
         for id in ids {
+            // Connect failures never rest a key (see `record::apply_verdict`),
+            // so a cooling key here cools for its rate limit: keep it.
             if let Some(slot) = inner.keys.get_mut(&id) {
-                if slot.connect_failures >= self.config.key_breaker_after {
-                    slot.cooling_until = None;
-                }
                 slot.connect_failures = 0;
             }
             inner.slot_placement(id, now, strategy);
