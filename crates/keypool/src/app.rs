@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
 use crate::server::{router, worker_count, AppState, Edge, TokenSet};
 use crate::store::{SavedKeyState, Store, StoreError};
-use crate::upstream::{Breaker, Upstream};
+use crate::upstream::{Breaker, Quirks, Upstream};
 
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
@@ -134,7 +134,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     if scheduler.counts_tokens() || !config.prices.is_empty() {
         crate::tokens::start_building();
     }
-    if scheduler.usable_keys() == 0 {
+    let counts = scheduler.census();
+    if counts.total() > 0 && counts.usable() == 0 {
+        tracing::warn!("no key can serve yet: {}", counts.describe());
+    } else if counts.total() == 0 {
         tracing::warn!(
             "no upstream keys yet: add one with `keypool keys add sk-...` (or `keypool keys import FILE`); \
              this server picks it up within {:?}, no restart needed",
@@ -143,6 +146,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     let upstream = Upstream::from_config(config)?;
     let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
+    let quirks = Arc::new(Quirks::default());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {} (the `listen` setting)", config.listen))?;
@@ -156,6 +160,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             tokens: Arc::clone(&tokens),
             upstream: Upstream::from_config(config)?,
             breaker: Arc::clone(&breaker),
+            quirks: Arc::clone(&quirks),
             config: config.clone(),
         })))
     };

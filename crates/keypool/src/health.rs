@@ -10,13 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
 use crate::scheduler::Scheduler;
-use crate::upstream::{Breaker, Upstream};
+use crate::upstream::{Breaker, ProbeRequest, Upstream};
 
-/// Probes unhealthy keys when their probe is due (`GET models`, the
-/// cheapest call there is).
+/// Probes unhealthy keys when their probe is due, with the configured probe
+/// request (`GET models` by default; see `upstream::probe` for what each
+/// answer proves).
 pub async fn probe_keys(scheduler: Arc<Scheduler>, upstream: Upstream, config: HealthConfig, stop: CancellationToken) {
     // Keys become unhealthy at any time; look at least this often for new due probes.
     let look_every = config.probe_invalid.min(Duration::from_secs(1));
+    let how = ProbeRequest::from_model(config.probe_model.as_deref());
     loop {
         let next = scheduler.next_probe_at().unwrap_or_else(|| Instant::now() + look_every);
         let wake = next.min(Instant::now() + look_every);
@@ -25,13 +27,9 @@ pub async fn probe_keys(scheduler: Arc<Scheduler>, upstream: Upstream, config: H
             _ = stop.cancelled() => return,
         }
         for (id, secret) in scheduler.due_probes() {
-            let verdict = upstream.probe_key(&secret, Duration::from_secs(10)).await;
-            tracing::debug!(key_id = id, ?verdict, "probed key");
-            match verdict {
-                Some(healthy) => scheduler.probe_result(id, healthy),
-                // The upstream could not say: try again at the next interval.
-                None => scheduler.probe_result(id, false),
-            }
+            let probed = upstream.probe_key(&secret, &how, Duration::from_secs(10)).await;
+            tracing::debug!(key_id = id, ?probed, "probed key");
+            scheduler.probe_result(id, probed);
         }
     }
 }

@@ -181,7 +181,6 @@ fn budgets_without_prices_are_warned_about_at_start_and_in_check() {
 /// while the global one still cuts every other model. Ignored until the
 /// proxy reads `Config::timeouts_for` / `deadline_for` (the lead wires it).
 #[tokio::test]
-#[ignore = "needs the proxy to read Config::timeouts_for (wired by the lead)"]
 async fn a_per_model_first_byte_timeout_lets_that_model_finish() {
     let sim = SimConfig {
         keys: vec![SimKey::new("sk-permodel-aaaaaaaaaaaa")],

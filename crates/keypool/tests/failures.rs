@@ -34,6 +34,9 @@ async fn two_thousand_requests_through_500s_resets_and_hangs_nearly_all_succeed(
     let app = spawn(sim, names.iter().map(|n| key(n, None)).collect(), |c| {
         c.timeouts.first_byte = Duration::from_millis(300);
         c.retry.max_retries = 5;
+        // The simulator's hangs are not generations running on: resend them
+        // as often as other failures (the default resends a timeout once).
+        c.retry.first_byte_retries = 5;
         c.retry.backoff_base = Duration::from_millis(5);
         c.retry.backoff_cap = Duration::from_millis(50);
     })

@@ -82,6 +82,11 @@ pub struct Config {
     /// A PEM file of extra CA certificates to trust for the upstream (a
     /// private CA), besides the built-in roots and `SSL_CERT_FILE`.
     pub ca_file: Option<PathBuf>,
+    /// Add `stream_options.include_usage` to chat and completions streams
+    /// whose caller did not ask for usage (and hide it from them), so tokens
+    /// and spend are the upstream's own count. Off: usage is counted from the
+    /// streamed text. Turned off by itself for an upstream that refuses the field.
+    pub stream_usage: bool,
 }
 
 /// Per-key defaults.
@@ -138,6 +143,10 @@ pub struct RetryConfig {
     /// 10-minute generation is not cut and a failure before it is retried.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
+    /// Retries after a first-byte timeout, apart from `max_retries`: a
+    /// generation that timed out may still be running (and billed) upstream,
+    /// so it is sent again at most this often (0: never).
+    pub first_byte_retries: u32,
 }
 
 impl Default for RetryConfig {
@@ -147,6 +156,7 @@ impl Default for RetryConfig {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
             deadline: Duration::from_secs(12 * 60),
+            first_byte_retries: 1,
         }
     }
 }
@@ -197,13 +207,14 @@ impl Default for TimeoutsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
-    /// First probe of an invalid key (401/403), doubling up to an hour.
+    /// First probe of an invalid key (401/403 with a key-specific code), doubling up to an hour.
     #[serde(with = "humantime_serde")]
     pub probe_invalid: Duration,
     /// Probe interval of an exhausted key (insufficient_quota).
     #[serde(with = "humantime_serde")]
     pub probe_exhausted: Duration,
-    /// Connect failures in a row after which a key rests (1 s, doubling).
+    /// Kept so that existing files load: connect failures are the
+    /// upstream's (its breaker answers for them) and no longer rest a key.
     pub key_connect_failures: u32,
     /// Failures in a row, across keys, after which the upstream itself is
     /// considered down: callers get upstream_unavailable while it is probed.
@@ -211,6 +222,9 @@ pub struct HealthConfig {
     /// How often a down upstream is probed.
     #[serde(with = "humantime_serde")]
     pub upstream_probe: Duration,
+    /// The key probe: unset, `GET models` (free); a model name, a one-token
+    /// chat on that model (for relays without `/models`).
+    pub probe_model: Option<String>,
 }
 
 impl Default for HealthConfig {
@@ -221,6 +235,7 @@ impl Default for HealthConfig {
             key_connect_failures: 3,
             upstream_failures: 10,
             upstream_probe: Duration::from_secs(1),
+            probe_model: None,
         }
     }
 }
@@ -263,6 +278,7 @@ impl Default for Config {
             env_ignored: Vec::new(),
             server: ServerConfig::default(),
             ca_file: None,
+            stream_usage: true,
         }
     }
 }

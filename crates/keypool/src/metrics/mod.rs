@@ -33,3 +33,11 @@ pub fn retry(reason: &'static str) {
 pub fn cancelled() {
     metrics::counter!(CANCELLED).increment(1);
 }
+
+/// Generations sent again after a first-byte timeout (each may still be
+/// running, and billed, upstream; `retry.first_byte_retries` bounds them).
+pub const TIMEOUT_RESENDS: &str = "keypool_timeout_resends_total";
+
+pub fn timeout_resend() {
+    metrics::counter!(TIMEOUT_RESENDS).increment(1);
+}

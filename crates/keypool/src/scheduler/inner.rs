@@ -149,7 +149,7 @@ impl Inner {
     pub(super) fn feasible(&self, now: Instant, demand: Demand) -> Result<(), NoKey> {
         let mut usable = self.keys.values().filter(|s| s.usable(now)).peekable();
         if usable.peek().is_none() {
-            return Err(NoKey::NoKeys);
+            return Err(self.none_usable(now));
         }
         let fitting: Vec<&Slot> = usable.filter(|s| s.fits_tpm(demand)).collect();
         if fitting.is_empty() {

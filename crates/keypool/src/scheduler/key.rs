@@ -88,6 +88,9 @@ pub struct Slot {
     /// The rate-limit headers of the last answer that carried any (to tell
     /// which limit a 429 was about).
     pub last_rate: RateInfo,
+    /// Back from invalid or exhausted on a probe that could not judge it:
+    /// takes one request at a time until a real answer judges it.
+    pub on_trial: bool,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -137,6 +140,7 @@ impl Slot {
             next_probe: None,
             probe_every: Duration::ZERO,
             last_rate: RateInfo::default(),
+            on_trial: false,
         };
         slot.apply(r, d, now);
         slot
@@ -225,7 +229,7 @@ impl Slot {
         if !self.usable(now) || self.cooling_until.is_some_and(|t| t > now) {
             return false;
         }
-        if self.cautious() && self.inflight > 0 {
+        if (self.cautious() || self.on_trial) && self.inflight > 0 {
             return false;
         }
         if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {
@@ -251,7 +255,7 @@ impl Slot {
         if !self.usable(now) || !self.affordable(demand.cost_micros) || !self.fits_tpm(demand) {
             return None;
         }
-        if self.cautious() && self.inflight > 0 {
+        if (self.cautious() || self.on_trial) && self.inflight > 0 {
             return None;
         }
         if self.max_inflight.is_some_and(|cap| self.inflight >= cap) {

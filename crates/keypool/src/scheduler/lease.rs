@@ -27,10 +27,19 @@ pub enum Verdict {
     Cancelled,
     /// 429 `rate_limit_exceeded`: rest until the reset.
     RateLimited { reset: Duration },
-    /// 401/403: the key is wrong or revoked.
+    /// 401/403 with a key-specific code (`invalid_api_key`, `account_deactivated`, ...): the key is wrong or revoked.
     Invalid,
-    /// `insufficient_quota`: the balance is spent.
+    /// The balance is spent (`insufficient_quota` and the providers' other forms, see `upstream::classify`).
     Exhausted,
+    /// This key cannot use the requested model (404 `model_not_found`, no
+    /// access): only this key × model is set aside, the key is not charged a failure.
+    ModelMissing,
+    /// A refusal that names no key (a firewall's HTML 403, a region block):
+    /// the upstream's; no key is blamed.
+    Refused,
+    /// The request alone is larger than this key's whole limit (429 "Request
+    /// too large ... Limit 10000, Requested 30000"): the request's fault; the key does not cool.
+    TooLarge { limit: u64 },
 }
 
 /// How a leased request ended.

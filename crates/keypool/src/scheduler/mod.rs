@@ -8,6 +8,7 @@
 //! await, and every operation under it is O(log n) in the number of keys
 //! except the slow paths taken when nothing fits.
 
+mod census;
 pub mod charge;
 mod index;
 mod inner;
@@ -26,13 +27,14 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::{Duration, Instant};
 
 use crate::store::{KeyRecord, UsageDelta};
+pub use census::KeyCounts;
 use index::Index;
 use inner::{retry_after, slot_has_tpm, until_utc_midnight, Inner, Waiter};
 use key::{Health, Placement, Slot};
 use lease::Grant;
 pub use lease::{KeyLease, Outcome, Verdict};
 pub use limits::RateInfo;
-use record::{record_sent, transition};
+use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
 
 /// Limits that apply to keys which carry none of their own.
@@ -53,7 +55,8 @@ pub struct SchedulerConfig {
     pub max_wait: Duration,
     /// Most requests waiting at once; past it, new ones get a 429 at once.
     pub max_queue: usize,
-    /// Connect failures in a row after which a key rests (1 s, doubling, up to 5 min).
+    /// Kept for `health.key_connect_failures` in older config files: connect
+    /// failures are the upstream's and no longer rest a key.
     pub key_breaker_after: u32,
     /// First probe of an invalid key; the interval doubles up to an hour.
     pub probe_invalid: Duration,
@@ -96,11 +99,29 @@ impl Demand {
     }
 }
 
+/// What a probe proved about a key (see `upstream::probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// Answered 2xx, or counted it against a limit: the key authenticates.
+    Healthy,
+    /// Refused with a key-specific code.
+    Invalid,
+    /// Said the balance is spent.
+    Exhausted,
+    /// Answered in a way that says nothing about the key (404, a refusal naming no key).
+    Unknown,
+    /// Could not be asked (no connection, a timeout, 5xx).
+    Unreachable,
+}
+
 /// Why no key was leased.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoKey {
-    #[error("no upstream keys are available")]
+    #[error("no upstream keys are configured")]
     NoKeys,
+    /// Keys exist, but none can serve: how many are in which state.
+    #[error("no key can serve: {}", .0.describe())]
+    Unusable(KeyCounts),
     #[error("the request needs {needed} tokens, more than any key's per-minute token limit")]
     TooLarge { needed: u64 },
     #[error("every key's budget is spent")]
@@ -122,7 +143,13 @@ pub struct Scheduler {
     /// The learned scale of the upstream's charge over keypool's estimate,
     /// in thousandths (see [`charge`]); read on every request without the lock.
     charge_scale: std::sync::atomic::AtomicU64,
+    /// Key × model pairs set aside until an instant (the key cannot use that model).
+    model_aside: Mutex<HashMap<(i64, String), Instant>>,
 }
+
+/// How long a key stays set aside for a model it could not use: projects
+/// gain models rarely, and a set-aside key still serves every other model.
+pub const MODEL_SET_ASIDE: Duration = Duration::from_secs(600);
 
 /// Removes a waiting request from the queue however its wait ends: served,
 /// timed out, or dropped because the caller went away. A key granted in the
@@ -167,6 +194,7 @@ impl Scheduler {
             wake: Arc::new(Notify::new()),
             counts_tokens: std::sync::atomic::AtomicBool::new(false),
             charge_scale: std::sync::atomic::AtomicU64::new(charge::UNIT),
+            model_aside: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(refill_timer(Arc::downgrade(&scheduler), Arc::clone(&scheduler.wake)));
@@ -229,6 +257,45 @@ impl Scheduler {
     /// estimate, in thousandths of [`charge::UNIT`].
     pub fn charge_scale(&self) -> u64 {
         self.charge_scale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keys counted by state (for `/healthz`, `/readyz` and error messages).
+    pub fn census(&self) -> KeyCounts {
+        self.lock().census(Instant::now())
+    }
+
+    /// Applies what an answer proved about key `id` outside any lease (a key
+    /// refused while another key was served: the refusal was the key's).
+    pub fn judge(&self, id: i64, verdict: Verdict) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return };
+        apply_verdict(slot, verdict, now, &self.config);
+        inner.recheck = true;
+        inner.slot_placement(id, now, strategy);
+        inner.dispatch(now, strategy);
+        self.wake_if_waiting(inner);
+    }
+
+    /// Sets key `id` aside for `model` only (404 `model_not_found`, no access)
+    /// for [`MODEL_SET_ASIDE`]; other models still use the key.
+    pub fn set_aside_for_model(&self, id: i64, model: &str) {
+        let until = Instant::now() + MODEL_SET_ASIDE;
+        let mut aside = self.model_aside.lock().unwrap_or_else(|p| p.into_inner());
+        aside.retain(|_, t| *t > Instant::now());
+        aside.insert((id, model.to_owned()), until);
+        tracing::info!(key_id = id, model, "key set aside for this model: the upstream says it cannot use it");
+    }
+
+    /// Keys set aside for `model` now.
+    pub fn set_aside_keys(&self, model: &str) -> Vec<i64> {
+        let aside = self.model_aside.lock().unwrap_or_else(|p| p.into_inner());
+        if aside.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        aside.iter().filter(|((_, m), t)| m == model && **t > now).map(|((id, _), _)| *id).collect()
     }
 
     /// Number of keys that can serve at all.
@@ -373,9 +440,11 @@ impl Scheduler {
         inner.keys.values().filter(|s| s.enabled && s.health != Health::Active).filter_map(|s| s.next_probe).min()
     }
 
-    /// A probe's result: a key that answered well returns to rotation; one
-    /// that did not is probed again later (invalid keys ever more rarely).
-    pub fn probe_result(&self, id: i64, healthy: bool) {
+    /// A probe's result: a key proved good returns to rotation; one proved
+    /// invalid or exhausted is probed again later (invalid keys ever more
+    /// rarely); one the probe could not judge gets one real request on
+    /// trial; an unreachable upstream says nothing, and the probe is repeated.
+    pub fn probe_result(&self, id: i64, probed: Probed) {
         let now = Instant::now();
         let strategy = self.config.strategy;
         let mut inner = self.lock();
@@ -383,19 +452,39 @@ impl Scheduler {
         if slot.health == Health::Active {
             return;
         }
-        if healthy {
-            slot.health = Health::Active;
-            slot.next_probe = None;
-            transition(slot, "active", "a probe answered well");
-            inner.slot_placement(id, now, strategy);
-            inner.dispatch(now, strategy);
-            self.wake_if_waiting(inner);
-        } else {
-            if slot.health == Health::Invalid {
-                slot.probe_every = (slot.probe_every * 2).min(Duration::from_secs(3600)).max(self.config.probe_invalid);
+        match probed {
+            Probed::Healthy | Probed::Unknown => {
+                slot.health = Health::Active;
+                slot.on_trial = probed == Probed::Unknown;
+                if !slot.on_trial {
+                    slot.next_probe = None;
+                }
+                let why = if slot.on_trial {
+                    "a probe could not tell; one real request on trial"
+                } else {
+                    "a probe answered well"
+                };
+                transition(slot, "active", why);
+                inner.recheck = true;
+                inner.slot_placement(id, now, strategy);
+                inner.dispatch(now, strategy);
+                self.wake_if_waiting(inner);
+                return;
             }
-            slot.next_probe = Some(now + slot.probe_every);
+            Probed::Invalid if slot.health != Health::Invalid => {
+                apply_verdict(slot, Verdict::Invalid, now, &self.config);
+                return;
+            }
+            Probed::Exhausted if slot.health != Health::Exhausted => {
+                apply_verdict(slot, Verdict::Exhausted, now, &self.config);
+                return;
+            }
+            Probed::Invalid | Probed::Exhausted | Probed::Unreachable => {}
         }
+        if slot.health == Health::Invalid && probed != Probed::Unreachable {
+            slot.probe_every = (slot.probe_every * 2).min(Duration::from_secs(3600)).max(self.config.probe_invalid);
+        }
+        slot.next_probe = Some(now + slot.probe_every);
     }
 
     /// The upstream itself failed (every key at once): what keys suffered
@@ -406,10 +495,9 @@ impl Scheduler {
         let mut inner = self.lock();
         let ids: Vec<i64> = inner.keys.keys().copied().collect();
         for id in ids {
+            // Connect failures never rest a key (see `record::apply_verdict`),
+            // so a cooling key here cools for its rate limit: keep it.
             if let Some(slot) = inner.keys.get_mut(&id) {
-                if slot.connect_failures >= self.config.key_breaker_after {
-                    slot.cooling_until = None;
-                }
                 slot.connect_failures = 0;
             }
             inner.slot_placement(id, now, strategy);

@@ -32,8 +32,14 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
             slot.successes_total += 1;
             slot.unflushed.successes += 1;
         }
-        // Neither the caller's own mistakes nor a caller leaving count against the key.
-        Verdict::CallerError | Verdict::Cancelled => {}
+        // Neither the caller's own mistakes, a caller leaving, nor a refusal
+        // that names no key count against the key.
+        Verdict::CallerError
+        | Verdict::Cancelled
+        | Verdict::ModelMissing
+        | Verdict::Refused
+        | Verdict::TooLarge { .. }
+        | Verdict::ConnectFailed => {}
         _ => {
             slot.failures_total += 1;
             slot.unflushed.failures += 1;
@@ -55,21 +61,41 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     if outcome.verdict != Verdict::ConnectFailed {
         slot.connect_failures = 0;
     }
-    match outcome.verdict {
-        Verdict::Fine | Verdict::CallerError | Verdict::UpstreamError | Verdict::Cancelled => {}
-        Verdict::ConnectFailed => {
-            slot.connect_failures += 1;
-            if slot.connect_failures >= config.key_breaker_after {
-                let doublings = (slot.connect_failures - config.key_breaker_after).min(9);
-                let rest = Duration::from_secs(1 << doublings).min(Duration::from_secs(300));
-                transition(
-                    slot,
-                    "cooling",
-                    &format!("{} connect failures in a row; rests {rest:?}", slot.connect_failures),
-                );
-                slot.cooling_until = Some(now + rest);
-            }
-        }
+    apply_verdict(slot, outcome.verdict, now, config);
+    if had_budget && slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
+        transition(slot, "spent", "its budget is used up");
+    }
+}
+
+/// What an answer proved about the key: cooling until a reset, invalid, or
+/// exhausted (each with its probe schedule); nothing for answers that were
+/// not the key's.
+pub(super) fn apply_verdict(slot: &mut Slot, verdict: Verdict, now: Instant, config: &SchedulerConfig) {
+    // A key on trial (a probe could not judge it) that is refused again goes
+    // back to its growing probe interval instead of starting over.
+    let was_on_trial = std::mem::take(&mut slot.on_trial);
+    if was_on_trial && verdict == Verdict::Invalid {
+        slot.health = Health::Invalid;
+        slot.probe_every = (slot.probe_every * 2).min(Duration::from_secs(3600)).max(config.probe_invalid);
+        slot.next_probe = Some(now + slot.probe_every);
+        transition(slot, "invalid", "refused again on its trial request");
+        return;
+    }
+    if was_on_trial && matches!(verdict, Verdict::ConnectFailed | Verdict::Cancelled | Verdict::UpstreamError) {
+        // The trial proved nothing: it stays on trial.
+        slot.on_trial = true;
+    }
+    match verdict {
+        Verdict::Fine
+        | Verdict::CallerError
+        | Verdict::UpstreamError
+        | Verdict::Cancelled
+        | Verdict::ModelMissing
+        | Verdict::Refused
+        | Verdict::TooLarge { .. } => {}
+        // The connection goes to the upstream, not to the key: a failed one
+        // says nothing about the key, and the upstream's breaker answers for it.
+        Verdict::ConnectFailed => slot.connect_failures += 1,
         Verdict::RateLimited { reset } => {
             if slot.cooling_until.is_none_or(|t| t <= now) {
                 transition(slot, "cooling", &format!("upstream rate limit; resets in {reset:?}"));
@@ -80,17 +106,14 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
             slot.health = Health::Invalid;
             slot.probe_every = config.probe_invalid;
             slot.next_probe = Some(now + config.probe_invalid);
-            transition(slot, "invalid", "upstream refused the key (401/403)");
+            transition(slot, "invalid", "upstream refused the key (401/403 with a key-specific code)");
         }
         Verdict::Exhausted if slot.health != Health::Exhausted => {
             slot.health = Health::Exhausted;
             slot.probe_every = config.probe_exhausted;
             slot.next_probe = Some(now + config.probe_exhausted);
-            transition(slot, "exhausted", "upstream says the balance is spent (insufficient_quota)");
+            transition(slot, "exhausted", "upstream says the balance is spent");
         }
         Verdict::Invalid | Verdict::Exhausted => {}
-    }
-    if had_budget && slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
-        transition(slot, "spent", "its budget is used up");
     }
 }

@@ -69,7 +69,9 @@ async fn an_expired_key_is_not_used() {
     let mut a = record(1, None, None, 0);
     a.expires_at = Some(unix_now() - 10);
     s.sync_keys(&[a]);
-    assert_eq!(s.try_lease(one()).unwrap_err(), NoKey::NoKeys);
+    // Keys exist: the reason says which state keeps them out, never "add a key".
+    let Err(NoKey::Unusable(counts)) = s.try_lease(one()) else { panic!("unusable") };
+    assert_eq!((counts.expired, counts.total()), (1, 1));
     assert_eq!(s.snapshot()[0].status, "expired");
 }
 
@@ -346,7 +348,8 @@ async fn sync_adds_updates_and_removes_keys_keeping_live_counts() {
     assert_eq!(view.len(), 1);
     assert_eq!(view[0].status, "disabled");
     assert_eq!(view[0].rpm, Some(5));
-    assert_eq!(s.try_lease(one()).unwrap_err(), NoKey::NoKeys);
+    let Err(NoKey::Unusable(counts)) = s.try_lease(one()) else { panic!("unusable") };
+    assert_eq!(counts.disabled, 1);
     let deltas = s.take_unflushed();
     assert!(deltas.len() <= 1);
     assert!(s.take_unflushed().is_empty());
@@ -404,37 +407,73 @@ async fn unhealthy_keys_are_probed_on_backing_off_intervals_and_return_when_heal
     let due: Vec<i64> = s.due_probes().iter().map(|(id, _)| *id).collect();
     assert_eq!(due, vec![1], "the invalid key first; the exhausted one waits hours");
     // Still refused: the next probe is twice as far.
-    s.probe_result(1, false);
+    s.probe_result(1, Probed::Invalid);
     assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(120)));
     tokio::time::advance(Duration::from_secs(120)).await;
-    s.probe_result(1, true);
+    s.probe_result(1, Probed::Healthy);
     assert_eq!(s.snapshot()[0].status, "active");
     tokio::time::advance(Duration::from_secs(6 * 3600)).await;
     assert_eq!(s.due_probes().iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![2]);
-    s.probe_result(2, true);
+    s.probe_result(2, Probed::Healthy);
     assert!(s.snapshot().iter().all(|v| v.status == "active"));
 }
 
 #[tokio::test(start_paused = true)]
-async fn connect_failures_in_a_row_rest_a_key_for_growing_intervals() {
+async fn connect_failures_never_blame_the_key() {
     let s = Scheduler::new(SchedulerConfig { key_breaker_after: 3, ..SchedulerConfig::default() });
     s.sync_keys(&[record(1, None, None, 0)]);
     let connect_failed = || Outcome { verdict: Verdict::ConnectFailed, ..Outcome::default() };
-    for _ in 0..2 {
+    for _ in 0..5 {
         sent(s.try_lease(one()).unwrap()).finish(connect_failed());
     }
-    assert_eq!(s.snapshot()[0].status, "active", "two failures are not yet a pattern");
-    sent(s.try_lease(one()).unwrap()).finish(connect_failed());
-    assert_eq!(s.snapshot()[0].status, "cooling");
-    let Err(NoKey::Busy { retry_after, .. }) = s.try_lease(one()) else { panic!("resting") };
-    assert_eq!(retry_after, Duration::from_secs(1));
-    tokio::time::advance(Duration::from_secs(1)).await;
-    sent(s.try_lease(one()).unwrap()).finish(connect_failed());
-    let Err(NoKey::Busy { retry_after, .. }) = s.try_lease(one()) else { panic!("resting longer") };
-    assert_eq!(retry_after, Duration::from_secs(2));
-    // The upstream's breaker forgives them: the failures were not the key's.
-    s.forgive_connect_failures();
-    assert!(s.try_lease(one()).is_ok());
+    // The connection goes to the upstream: its breaker answers for it, and
+    // the only key stays usable (so a caller's attempts are counted truly).
     assert_eq!(s.snapshot()[0].status, "active");
-    assert_eq!(s.snapshot()[0].failures, 4, "never invalid for connect failures");
+    assert_eq!(s.snapshot()[0].failures, 0, "not the key's failures");
+    assert!(s.try_lease(one()).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_cannot_tell_puts_the_key_on_one_trial_request() {
+    let s = Scheduler::new(SchedulerConfig { probe_invalid: Duration::from_secs(60), ..SchedulerConfig::default() });
+    // With a known limit, so only the trial keeps it to one request at a time.
+    s.sync_keys(&[record(1, Some(100), None, 0)]);
+    let invalid = || Outcome { verdict: Verdict::Invalid, ..Outcome::default() };
+    sent(s.try_lease(one()).unwrap()).finish(invalid());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    // A 404 from a relay without /models says nothing: back on trial.
+    s.probe_result(1, Probed::Unknown);
+    assert_eq!(s.snapshot()[0].status, "active");
+    let trial = s.try_lease(one()).unwrap();
+    assert!(matches!(s.try_lease(one()), Err(NoKey::Busy { .. })), "one request at a time while on trial");
+    // Refused again on its trial request: invalid, and the next probe twice as far.
+    sent(trial).finish(invalid());
+    assert_eq!(s.snapshot()[0].status, "invalid");
+    assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(120)));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    s.probe_result(1, Probed::Unknown);
+    sent(s.try_lease(one()).unwrap()).finish(Outcome { success: true, ..Outcome::default() });
+    assert_eq!(s.snapshot()[0].status, "active");
+    let (a, b) = (s.try_lease(one()).unwrap(), s.try_lease(one()));
+    assert!(b.is_ok(), "served well: off trial, no longer one at a time");
+    drop((a, b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_prove_exhaustion_and_an_unreachable_upstream_proves_nothing() {
+    let s = Scheduler::new(SchedulerConfig { probe_invalid: Duration::from_secs(60), ..SchedulerConfig::default() });
+    s.sync_keys(&[record(1, None, None, 0), record(2, None, None, 0)]);
+    for _ in 0..2 {
+        sent(s.try_lease(one()).unwrap()).finish(Outcome { verdict: Verdict::Invalid, ..Outcome::default() });
+    }
+    tokio::time::advance(Duration::from_secs(60)).await;
+    s.probe_result(1, Probed::Exhausted);
+    s.probe_result(2, Probed::Unreachable);
+    let states: Vec<_> = s.snapshot().iter().map(|v| v.status).collect();
+    assert_eq!(states, ["exhausted", "invalid"]);
+    assert_eq!(s.next_probe_at(), Some(Instant::now() + Duration::from_secs(60)), "unreachable: same interval");
+    let counts = s.census();
+    assert_eq!((counts.exhausted, counts.invalid, counts.usable()), (1, 1, 0));
+    let Err(NoKey::Unusable(c)) = s.try_lease(one()) else { panic!("no key can serve") };
+    assert!(c.describe().contains("1 invalid") && c.describe().contains("1 exhausted"), "{}", c.describe());
 }

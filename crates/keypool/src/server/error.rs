@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
-use crate::scheduler::NoKey;
+use crate::scheduler::{KeyCounts, NoKey};
 
 /// Who caused an error: it decides the status family and whether a retry helps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +40,10 @@ pub enum ApiError {
     BodyTooLarge { limit: u64 },
     #[error("This request needs about {needed} tokens, more than any key's tokens-per-minute limit allows.")]
     TooManyTokens { needed: u64 },
-    #[error("No upstream API keys are available. Add one with `keypool keys add sk-...`.")]
+    #[error("No upstream API keys are configured. Add one with `keypool keys add sk-...`.")]
     NoKeys,
+    #[error("No upstream key can serve this request: {}{}.", .counts.describe(), attempts_text(*.attempts))]
+    NoUsableKey { counts: KeyCounts, attempts: u32 },
     #[error("Every upstream key is at its rate limit{}. Please try again in {}s.", waited_text(*.waited), retry_after_secs(*.retry_after))]
     AllKeysBusy { waited: Duration, retry_after: Duration },
     #[error("Every upstream key's budget is spent.")]
@@ -50,8 +52,12 @@ pub enum ApiError {
     UnknownPath(String),
     #[error("Invalid path {0}: dot segments may not leave /v1/.")]
     BadPath(String),
-    #[error("The request failed upstream after {attempts} attempt(s) on different keys; last: {detail}.")]
-    UpstreamFailed { attempts: u32, status: StatusCode, detail: String },
+    #[error("The request failed upstream after {attempts} attempt(s) on {keys} key(s); last: {detail}.")]
+    UpstreamFailed { attempts: u32, keys: usize, status: StatusCode, detail: String, retry_after: Option<Duration> },
+    #[error("The upstream refused the request for every key tried ({attempts} attempt(s) on {keys} key(s)); no key was blamed. It said: \"{message}\"")]
+    UpstreamRefused { status: StatusCode, message: String, attempts: u32, keys: usize },
+    #[error("This request is larger than any key's whole limit (the upstream allows {limit} tokens per minute for it); reduce the input or max_tokens. It said: \"{message}\"")]
+    LargerThanEveryKey { limit: u64, message: String },
     #[error("The upstream is unavailable: it is failing for every key, and keypool is probing it (attempts made: {attempts}). Please try again shortly.")]
     UpstreamDown { attempts: u32 },
     #[error("Internal error: {0}.")]
@@ -70,6 +76,14 @@ fn waited_text(waited: Duration) -> String {
     }
 }
 
+fn attempts_text(attempts: u32) -> String {
+    if attempts == 0 {
+        String::new()
+    } else {
+        format!(" (attempts made: {attempts})")
+    }
+}
+
 fn retry_after_secs(d: Duration) -> u64 {
     // Round up so a caller that honours it never comes back too early.
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -79,6 +93,7 @@ impl From<NoKey> for ApiError {
     fn from(e: NoKey) -> ApiError {
         match e {
             NoKey::NoKeys => ApiError::NoKeys,
+            NoKey::Unusable(counts) => ApiError::NoUsableKey { counts, attempts: 0 },
             NoKey::Busy { waited, retry_after } => ApiError::AllKeysBusy { waited, retry_after },
             NoKey::BudgetSpent => ApiError::BudgetSpent,
             NoKey::TooLarge { needed } => ApiError::TooManyTokens { needed },
@@ -98,20 +113,31 @@ impl ApiError {
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_)
             | ApiError::BadPath(_)
-            | ApiError::CallerTooSlow { .. } => Fault::Caller,
-            ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => Fault::Upstream,
+            | ApiError::CallerTooSlow { .. }
+            | ApiError::LargerThanEveryKey { .. } => Fault::Caller,
+            ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } | ApiError::UpstreamRefused { .. } => {
+                Fault::Upstream
+            }
             ApiError::Internal(_) | ApiError::ShuttingDown => Fault::Gateway,
-            ApiError::NoKeys | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => Fault::Gateway,
+            ApiError::NoKeys | ApiError::NoUsableKey { .. } | ApiError::AllKeysBusy { .. } | ApiError::BudgetSpent => {
+                Fault::Gateway
+            }
         }
     }
 
-    /// Whether the caller may retry the same request later.
+    /// Whether sending the same request again soon may succeed: said to the
+    /// caller in `x-should-retry` (which the official SDKs obey), so they do
+    /// not retry refusals a retry cannot fix.
     pub fn retryable(&self) -> bool {
         match self {
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => true,
-            ApiError::Internal(_) => false,
-            ApiError::AllKeysBusy { .. } | ApiError::NoKeys | ApiError::ShuttingDown => true,
-            ApiError::BudgetSpent => false,
+            ApiError::AllKeysBusy { .. } | ApiError::ShuttingDown => true,
+            // Keys that are invalid, exhausted or absent, a budget spent, an
+            // upstream refusing every key: nothing changes within a retry.
+            ApiError::NoKeys
+            | ApiError::NoUsableKey { .. }
+            | ApiError::BudgetSpent
+            | ApiError::UpstreamRefused { .. } => false,
             _ => false,
         }
     }
@@ -134,6 +160,11 @@ impl ApiError {
             ApiError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_path"),
             ApiError::UnknownPath(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
             ApiError::NoKeys => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_keys_available"),
+            ApiError::NoUsableKey { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_usable_keys"),
+            ApiError::UpstreamRefused { status, .. } => (*status, "upstream_error", "upstream_refused"),
+            ApiError::LargerThanEveryKey { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", "request_exceeds_key_limits")
+            }
             ApiError::AllKeysBusy { .. } => (StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded"),
             ApiError::BudgetSpent => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota"),
             ApiError::UpstreamFailed { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
@@ -173,11 +204,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.status_type_code();
         let mut response = (status, axum::Json(self.json())).into_response();
-        if let ApiError::AllKeysBusy { retry_after, .. } = &self {
-            if let Ok(v) = HeaderValue::try_from(retry_after_secs(*retry_after).max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
+        let retry_after = match &self {
+            ApiError::AllKeysBusy { retry_after, .. } => Some(*retry_after),
+            ApiError::UpstreamFailed { retry_after, status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }
+            _ => None,
+        };
+        if let Some(v) = retry_after.and_then(|d| HeaderValue::try_from(retry_after_secs(d).max(1).to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        let should_retry = HeaderValue::from_static(if self.retryable() { "true" } else { "false" });
+        response.headers_mut().insert("x-should-retry", should_retry);
         if self.fault() != Fault::Caller {
             tracing::warn!(error = %self, fault = ?self.fault(), "request failed");
         }

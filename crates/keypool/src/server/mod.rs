@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, gateway-token auth, request inspection, and the
 //! conversion of every error into OpenAI's JSON shape (in `error`).
 
+mod attempt;
 mod auth;
 mod charge;
 mod error;
@@ -10,6 +11,7 @@ mod pace;
 mod proxy;
 mod service;
 mod stalled;
+mod upload;
 mod workers;
 
 use std::sync::Arc;
@@ -25,7 +27,7 @@ pub use workers::{serve, worker_count, Edge};
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;
-use crate::upstream::{Breaker, Upstream};
+use crate::upstream::{Breaker, Quirks, Upstream};
 
 /// What request handlers share. Built once at start.
 pub struct AppState {
@@ -33,6 +35,8 @@ pub struct AppState {
     pub tokens: Arc<TokenSet>,
     pub upstream: Upstream,
     pub breaker: Arc<Breaker>,
+    /// What the upstream is known to refuse (shared by every worker).
+    pub quirks: Arc<Quirks>,
     pub config: Config,
 }
 
@@ -42,14 +46,44 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/{*rest}", any(proxy::proxy))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
+/// Liveness: 200 while the process serves, with keys counted by state
+/// (`keys` is the number that can serve, now or after a cool-down).
 async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "keys": app.scheduler.usable_keys() }))
+    let counts = app.scheduler.census();
+    Json(serde_json::json!({ "status": "ok", "keys": counts.usable(), "states": counts }))
+}
+
+/// Readiness: 503 when no key can serve (none configured, or all invalid,
+/// exhausted, disabled, expired or over budget) or the upstream is down, so
+/// a monitor or load balancer that reads only the status notices.
+async fn readyz(State(app): State<Arc<AppState>>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let counts = app.scheduler.census();
+    let upstream_down = app.breaker.is_open();
+    let ready = counts.usable() > 0 && !upstream_down;
+    let status = if ready { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let reason = if counts.total() == 0 {
+        "no upstream keys are configured".to_owned()
+    } else if counts.usable() == 0 {
+        format!("no key can serve: {}", counts.describe())
+    } else if upstream_down {
+        "the upstream is failing for every key".to_owned()
+    } else {
+        String::new()
+    };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "reason": reason,
+        "states": counts,
+        "upstream_down": upstream_down,
+    });
+    (status, Json(body))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -14,13 +14,19 @@ use http_body_util::{BodyDataStream, BodyExt};
 use keypool_sse::{BodyKind, UsageStripper, UsageTap};
 use tokio::time::Instant;
 
+use super::attempt::{full_jitter, scrub, Failed};
 use super::error::ApiError;
 use super::inspect::{inspect, with_include_usage};
 use super::metered::{Expect, Metered};
+use super::upload::{watch_upload, Sent};
 use super::AppState;
 use crate::config::AuthMode;
 use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
-use crate::upstream::{classify, copy_response_headers, rate_info, Answer, BodyError, OutBody, UpstreamError};
+use crate::tokens::PromptShape;
+use crate::upstream::{
+    classify, copy_response_headers, rate_info, refuses_stream_options, Answer, BodyError, OutBody, UpstreamError,
+};
+use secrecy::ExposeSecret;
 
 /// Largest error body read to learn what it says about the key.
 const ERROR_BODY_CAP: usize = 64 * 1024;
@@ -28,58 +34,6 @@ const ERROR_BODY_CAP: usize = 64 * 1024;
 /// Endpoints that stream with OpenAI's `stream_options.include_usage`.
 fn reports_stream_usage(rest: &str) -> bool {
     matches!(rest.trim_end_matches('/'), "chat/completions" | "completions")
-}
-
-/// Why one attempt did not produce an answer for the caller.
-enum Failed {
-    /// No connection, a reset, or no answer before the first-byte timeout.
-    Network { timed_out: bool },
-    /// An error status the policy retries (429, 401/403, 5xx).
-    Status { status: StatusCode, verdict: Verdict },
-}
-
-impl Failed {
-    fn reason(&self) -> &'static str {
-        match self {
-            Failed::Network { timed_out: true } => "timeout",
-            Failed::Network { timed_out: false } => "network",
-            Failed::Status { verdict: Verdict::RateLimited { .. }, .. } => "rate_limited",
-            Failed::Status { verdict: Verdict::Invalid, .. } => "invalid_key",
-            Failed::Status { verdict: Verdict::Exhausted, .. } => "exhausted_key",
-            Failed::Status { .. } => "server_error",
-        }
-    }
-
-    /// Failures of one key are retried at once on another; failures of the
-    /// upstream wait a back-off first.
-    fn needs_backoff(&self) -> bool {
-        match self {
-            Failed::Network { .. } => true,
-            Failed::Status { verdict, .. } => *verdict == Verdict::UpstreamError,
-        }
-    }
-
-    fn into_error(self, attempts: u32) -> ApiError {
-        match self {
-            Failed::Network { timed_out } => ApiError::UpstreamFailed {
-                attempts,
-                status: if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
-                detail: if timed_out {
-                    "no answer within the first-byte timeout".into()
-                } else {
-                    "the connection failed".into()
-                },
-            },
-            Failed::Status { status, verdict } => ApiError::UpstreamFailed {
-                attempts,
-                status: match verdict {
-                    Verdict::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                    _ => StatusCode::BAD_GATEWAY,
-                },
-                detail: format!("the upstream answered {status}"),
-            },
-        }
-    }
 }
 
 pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
@@ -96,32 +50,27 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let shape = inspected.shape;
     let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
     let demand = app.demand(shape.as_ref(), price);
+    let model = shape.as_ref().and_then(|s| s.model.clone());
     let expect = Expect {
         protocol: keypool_sse::StreamProtocol::for_path(&rest),
         prompt_tokens: shape.as_ref().map_or(0, |s| s.prompt_tokens),
     };
-    // A stream whose caller did not ask for usage: ask for it anyway (keypool
-    // needs it to account tokens and spend), and hide it from the caller.
-    let mut body = Some(inspected.body);
-    let mut strip_usage = false;
-    if let (Some(s), Some(OutBody::Bytes(bytes))) = (&shape, &body) {
-        if s.stream && s.include_usage != Some(true) && reports_stream_usage(&rest) {
-            if let Some(edited) = with_include_usage(bytes) {
-                body = Some(OutBody::Bytes(edited));
-                strip_usage = true;
-            }
-        }
-    }
-    // Only a body held in memory can be sent again; an upload streams once.
-    let replay = match &body {
-        Some(OutBody::Bytes(b)) => Some(b.clone()),
-        _ => None,
-    };
+    let Outgoing { mut body, mut replay, mut caller_body, mut strip_usage, upload } =
+        outgoing(&app, inspected.body, shape.as_ref(), &rest);
     let policy = &app.config.retry;
-    let timeouts = &app.config.timeouts;
-    let deadline = started + policy.deadline;
-    let mut avoid: Vec<i64> = Vec::new();
+    // Per-model timeouts and deadline, by the one glob rule (config::models).
+    let timeouts = &app.config.timeouts_for(model.as_deref());
+    let deadline = started + app.config.deadline_for(model.as_deref());
+    // Keys known not to serve this model are tried last.
+    let mut avoid: Vec<i64> = model.as_deref().map(|m| app.scheduler.set_aside_keys(m)).unwrap_or_default();
+    let mut tried: Vec<i64> = Vec::new();
+    // Keys refused without a key-specific code: theirs only if another key is served.
+    let mut refused: Vec<i64> = Vec::new();
     let mut attempts = 0u32;
+    let mut timeouts_retried = 0u32;
+    let mut last: Option<Failed> = None;
+    // A lease kept for the next attempt (the same key sent the caller's own body).
+    let mut held: Option<KeyLease> = None;
     loop {
         if app.breaker.is_open() {
             let until = deadline.min(Instant::now() + app.config.pool.max_wait);
@@ -129,15 +78,35 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 return Err(ApiError::UpstreamDown { attempts });
             }
         }
-        let mut lease = app.scheduler.acquire_avoiding(demand, &avoid).await.inspect_err(|e| {
-            crate::metrics::request_refused(match e {
-                NoKey::Busy { .. } => "busy",
-                NoKey::BudgetSpent => "budget",
-                _ => "no_key",
-            });
-        })?;
+        let acquired = match held.take() {
+            Some(lease) => Ok(lease),
+            None => app.scheduler.acquire_avoiding(demand, &avoid).await,
+        };
+        let mut lease = match acquired {
+            Ok(lease) => lease,
+            Err(e) => {
+                crate::metrics::request_refused(match e {
+                    NoKey::Busy { .. } => "busy",
+                    NoKey::BudgetSpent => "budget",
+                    _ => "no_key",
+                });
+                // No key left after refusals that were not the keys' own: say what the upstream said.
+                if let Some(failed) = last.filter(|f| f.needs_other_key() && !f.blames_key()) {
+                    if matches!(e, NoKey::NoKeys | NoKey::Unusable(_)) {
+                        return Ok(failed.into_response(attempts, tried.len()));
+                    }
+                }
+                return Err(match e {
+                    NoKey::Unusable(counts) => ApiError::NoUsableKey { counts, attempts },
+                    e => e.into(),
+                });
+            }
+        };
         attempts += 1;
         let key_id = lease.key_id();
+        if !tried.contains(&key_id) {
+            tried.push(key_id);
+        }
         let out = match (&replay, body.take()) {
             (Some(bytes), _) => OutBody::Bytes(bytes.clone()),
             (None, Some(b)) => b,
@@ -153,26 +122,42 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             lease.account(),
             out,
         );
-        let failed = match tokio::time::timeout(timeouts.first_byte, sending).await {
-            Err(_) => {
+        let sent = first_byte(sending, upload.clone(), timeouts.first_byte, started + timeouts.total).await;
+        // Only the caller's own body failing is the caller's fault (a body
+        // dropped unsent because the connection failed is not).
+        let caller_failed = upload.as_ref().is_some_and(|rx| *rx.borrow() == Sent::Failed);
+        let failed = match sent {
+            Sending::UploadTooSlow => {
+                lease.give_back();
+                return Err(ApiError::BodyRead("the upload did not finish in time".into()));
+            }
+            Sending::TimedOut => {
                 tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
                 lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 app.note_upstream_failure();
                 Failed::Network { timed_out: true }
             }
-            Ok(Err(_)) if inspected.overflow.happened() => {
+            Sending::Answered(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
                 lease.give_back();
                 inspected.overflow.drain_rest().await;
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
-            Ok(Err(_)) if parts.extensions.get::<super::CallerPace>().is_some_and(super::CallerPace::too_slow) => {
+            Sending::Answered(Err(_))
+                if parts.extensions.get::<super::CallerPace>().is_some_and(super::CallerPace::too_slow) =>
+            {
                 // The caller's upload was cut off as too slow: its error, not the upstream's.
                 lease.give_back();
                 let s = &app.config.server;
                 return Err(ApiError::CallerTooSlow { rate: s.min_body_rate, window: s.min_body_rate_window });
             }
-            Ok(Err(e)) => {
+            Sending::Answered(Err(e)) if caller_failed => {
+                // The caller's body stopped part-way: the caller's fault alone.
+                tracing::info!(key_id, error = %e, "the caller's upload stopped part-way");
+                lease.give_back();
+                return Err(ApiError::BodyRead("the upload stopped part-way".into()));
+            }
+            Sending::Answered(Err(e)) => {
                 tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
                 let verdict = if matches!(e, UpstreamError::Connect(_)) {
                     Verdict::ConnectFailed
@@ -183,22 +168,155 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 app.note_upstream_failure();
                 Failed::Network { timed_out: false }
             }
-            Ok(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, expect, started).await {
-                Ok(response) => return Ok(response),
-                Err(failed) => failed,
-            },
+            Sending::Answered(Ok(upstream)) => {
+                match answer(&app, upstream, lease, price, strip_usage, expect, timeouts, started).await {
+                    Ok(response) => {
+                        if response.status().is_success() {
+                            // Another key was served where these were refused: the refusals were theirs.
+                            for id in refused.drain(..) {
+                                app.scheduler.judge(id, Verdict::Invalid);
+                            }
+                        }
+                        return Ok(response);
+                    }
+                    Err(Failed::StreamOptions(lease)) => {
+                        // The upstream does not know the `stream_options` keypool
+                        // added: the caller's own body, unchanged, on the same key.
+                        app.quirks.note_refuses_stream_options();
+                        strip_usage = false;
+                        replay = caller_body.take();
+                        held = Some(lease);
+                        continue;
+                    }
+                    Err(failed) => failed,
+                }
+            }
         };
-        avoid.push(key_id);
+        if !avoid.contains(&key_id) {
+            avoid.push(key_id);
+        }
+        if let Failed::Status { classified, .. } = &failed {
+            match classified.verdict {
+                Verdict::ModelMissing => {
+                    if let Some(m) = model.as_deref() {
+                        app.scheduler.set_aside_for_model(key_id, m);
+                    }
+                }
+                Verdict::Refused => refused.push(key_id),
+                _ => {}
+            }
+        }
+        let timed_out = matches!(failed, Failed::Network { timed_out: true });
+        if timed_out {
+            timeouts_retried += 1;
+        }
         let out_of_time = Instant::now() >= deadline;
-        if attempts > policy.max_retries || replay.is_none() || out_of_time {
-            return Err(failed.into_error(attempts));
+        // A refusal only another key can change, when every key that can serve has been tried.
+        // (A key's own failure takes it out of the pool: the next lease says what is left.)
+        let no_other_key =
+            failed.needs_other_key() && !failed.blames_key() && tried.len() >= app.scheduler.usable_keys().max(1);
+        let generation_may_run_on = timed_out && timeouts_retried > policy.first_byte_retries;
+        if attempts > policy.max_retries || replay.is_none() || out_of_time || no_other_key || generation_may_run_on {
+            return Ok(failed.into_response(attempts, tried.len()));
         }
         crate::metrics::retry(failed.reason());
-        tracing::info!(key_id, attempt = attempts, reason = failed.reason(), "retrying on another key");
+        if timed_out {
+            crate::metrics::timeout_resend();
+            tracing::warn!(
+                key_id,
+                resend = timeouts_retried,
+                of = policy.first_byte_retries,
+                "sending a timed-out generation again; the first may still be running (and billed) upstream"
+            );
+        }
+        tracing::info!(key_id, attempt = attempts, reason = failed.reason(), "retrying");
         if failed.needs_backoff() {
             let pause = full_jitter(policy.backoff_base, policy.backoff_cap, attempts);
             tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
         }
+        last = Some(failed);
+    }
+}
+
+/// What goes upstream, and what is kept to send it again.
+struct Outgoing {
+    /// The first attempt's body.
+    body: Option<OutBody>,
+    /// A body held in memory, sent again on a retry (an upload streams once).
+    replay: Option<Bytes>,
+    /// The caller's body before keypool added `stream_options`.
+    caller_body: Option<Bytes>,
+    /// keypool asked for the stream's usage: hide it from the caller.
+    strip_usage: bool,
+    /// An upload's progress, watched so its slowness is never blamed on the upstream.
+    upload: Option<tokio::sync::watch::Receiver<Sent>>,
+}
+
+/// Prepares the body: a stream whose caller did not ask for usage asks for
+/// it anyway (keypool needs it to account tokens and spend; it is hidden
+/// from the caller), unless turned off or the upstream is known to refuse
+/// the field; an upload is watched.
+fn outgoing(app: &AppState, body: OutBody, shape: Option<&PromptShape>, rest: &str) -> Outgoing {
+    match body {
+        OutBody::Stream(s) => {
+            let (watched, rx) = watch_upload(s);
+            Outgoing {
+                body: Some(OutBody::Stream(watched)),
+                replay: None,
+                caller_body: None,
+                strip_usage: false,
+                upload: Some(rx),
+            }
+        }
+        OutBody::Bytes(bytes) => {
+            let inject = app.config.stream_usage && !app.quirks.refuses_stream_options();
+            let wants = shape.is_some_and(|s| s.stream && s.include_usage != Some(true)) && reports_stream_usage(rest);
+            let edited = if inject && wants { with_include_usage(&bytes) } else { None };
+            let strip_usage = edited.is_some();
+            let (sent, caller_body) = match edited {
+                Some(edited) => (edited, Some(bytes)),
+                None => (bytes, None),
+            };
+            Outgoing {
+                body: Some(OutBody::Bytes(sent.clone())),
+                replay: Some(sent),
+                caller_body,
+                strip_usage,
+                upload: None,
+            }
+        }
+    }
+}
+
+/// How a send ended, as far as the first byte.
+enum Sending {
+    Answered(Result<Answer, UpstreamError>),
+    /// No answer within the first-byte timeout after the body was sent.
+    TimedOut,
+    /// The caller's upload was still arriving when the whole request's time ran out.
+    UploadTooSlow,
+}
+
+/// Sends, timing the answer's first byte from the moment the caller's body
+/// has gone upstream (at once for a body in memory).
+async fn first_byte(
+    sending: impl std::future::Future<Output = Result<Answer, UpstreamError>>,
+    upload: Option<tokio::sync::watch::Receiver<Sent>>,
+    first_byte: Duration,
+    total: Instant,
+) -> Sending {
+    tokio::pin!(sending);
+    if let Some(mut rx) = upload {
+        tokio::select! {
+            answered = &mut sending => return Sending::Answered(answered),
+            // Complete, failed, or dropped unsent (the send failed first).
+            _ = rx.wait_for(|s| *s != Sent::Sending) => {}
+            _ = tokio::time::sleep_until(total) => return Sending::UploadTooSlow,
+        }
+    }
+    match tokio::time::timeout(first_byte, sending).await {
+        Ok(answered) => Sending::Answered(answered),
+        Err(_) => Sending::TimedOut,
     }
 }
 
@@ -211,6 +329,7 @@ async fn answer(
     price: Option<crate::config::Price>,
     strip_usage: bool,
     expect: Expect,
+    timeouts: &crate::config::TimeoutsConfig,
     started: Instant,
 ) -> Result<Response, Failed> {
     let status = upstream.status();
@@ -226,7 +345,7 @@ async fn answer(
     let content_type = upstream.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
 
     if !status.is_success() {
-        // Error bodies are small: read them to learn what they say about the key.
+        // Error bodies are small: read them to learn whose fault they are.
         let (head, mut rest) = upstream.into_parts();
         let mut prefix = Vec::new();
         let mut complete = true;
@@ -248,13 +367,21 @@ async fn answer(
                 }
             }
         }
-        let verdict = classify(status, &head.headers, &prefix);
-        lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict });
-        if matches!(
-            verdict,
-            Verdict::RateLimited { .. } | Verdict::Invalid | Verdict::Exhausted | Verdict::UpstreamError
-        ) {
-            return Err(Failed::Status { status, verdict });
+        // An upstream that quotes the key it was sent must not show it to anyone.
+        if let Some(scrubbed) = scrub(&prefix, lease.secret().expose_secret()) {
+            prefix = scrubbed;
+        }
+        if strip_usage && complete && refuses_stream_options(status, &prefix) {
+            return Err(Failed::StreamOptions(lease));
+        }
+        let classified = classify(status, &head.headers, &prefix);
+        tracing::debug!(key_id = lease.key_id(), %status, verdict = ?classified.verdict, blame = ?classified.blame(), "upstream refused");
+        lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict: classified.verdict });
+        if classified.retry() {
+            if !complete {
+                prefix.truncate(ERROR_BODY_CAP);
+            }
+            return Err(Failed::Status { status, classified, headers, body: Bytes::from(prefix) });
         }
         // The caller's own error (or a redirect): unchanged, on the first attempt.
         let read = futures_util::stream::once(async move { Ok::<_, BodyError>(Bytes::from(prefix)) });
@@ -264,7 +391,10 @@ async fn answer(
     }
 
     let kind = BodyKind::from_content_type(content_type.as_deref());
-    let timeouts = &app.config.timeouts;
+    if kind == BodyKind::Sse {
+        // An nginx in front must pass events on as they come, not buffer them.
+        headers.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    }
     let metered = Metered::new(
         BodyDataStream::new(upstream.into_body()).boxed(),
         UsageTap::new(kind),
@@ -286,13 +416,6 @@ fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     response
 }
 
-/// A random pause in [0, min(cap, base × 2^(attempt-1))]: "full jitter", so
-/// retries from many callers spread out instead of arriving together.
-fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(cap);
-    ceiling.mul_f64(rand::random::<f64>())
-}
-
 impl AppState {
     /// Counts a failure of the upstream's kind; if it opens the breaker, what
     /// keys suffered is forgiven (it was not theirs).
@@ -306,18 +429,4 @@ impl AppState {
 /// Cost in micro-USD: a price per million tokens is micro-USD per token.
 pub fn micros(prompt: u64, completion: u64, price: crate::config::Price) -> u64 {
     (prompt as f64 * price.input + completion as f64 * price.output).ceil() as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn full_jitter_stays_under_its_ceiling() {
-        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(2));
-        for attempt in 1..30 {
-            let d = full_jitter(base, cap, attempt);
-            assert!(d <= base.saturating_mul(1 << (attempt - 1).min(20)).min(cap), "{attempt}: {d:?}");
-        }
-    }
 }

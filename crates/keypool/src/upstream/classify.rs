@@ -1,71 +1,205 @@
-//! What an upstream answer says about the key that was used, following the
-//! error table in shared/openai-semantics.md: refused (401/403), out of
-//! balance (`insufficient_quota`), or rate limited until a reset.
+//! Whose fault an upstream answer is, decided once per answer: the key's
+//! (wrong, revoked, out of money, rate limited), the key × model's (a model
+//! this key's project cannot see), the request's (the caller's account
+//! headers, a request larger than any limit, a malformed body), or the
+//! upstream's (5xx, or a refusal that names no key: a firewall's HTML page,
+//! a region block). The proxy and the scheduler consume the result; the
+//! table it follows is in shared/openai-semantics.md, and the providers'
+//! forms are listed beside each rule below.
 
 use http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use std::time::Duration;
 
-use super::headers::{cooldown_from, parse_go_duration};
+use super::comeback::{generic_reset, reset_value, retry_header, wait_in_text};
+use super::wording::{KEY_CODES, KEY_WORDS, MODEL_WORDS, NO_MONEY_CODES, NO_MONEY_WORDS, REQUEST_CODES, REQUEST_WORDS};
 use crate::scheduler::{RateInfo, Verdict};
 
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(default)]
-    error: ErrorFields,
+/// Whose fault a failed answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// Nothing failed.
+    Nobody,
+    /// The key itself: invalid, out of money, or at its rate limit.
+    Key,
+    /// Only this key for this model (404 `model_not_found`, no access to the model).
+    KeyModel,
+    /// The caller's request; no key is blamed.
+    Request,
+    /// The upstream (or what stands in front of it); no key is blamed.
+    Upstream,
 }
 
-#[derive(Deserialize, Default)]
-struct ErrorFields {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    code: Option<serde_json::Value>,
+/// What one upstream answer says: the verdict on the key, and the
+/// upstream's own words for the caller when it is final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub verdict: Verdict,
+    /// `error.message` (or an HTML page's `<title>`, or a text's first line), at most 300 characters.
+    pub message: String,
 }
 
-/// Judges an error answer (status, headers, and its body, which is small).
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
-    match status.as_u16() {
-        401 | 403 => Verdict::Invalid,
-        429 => {
-            let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-            let e = parsed.error;
-            let code = e.code.as_ref().and_then(|c| c.as_str()).unwrap_or_default();
-            if code == "insufficient_quota" || e.kind.as_deref() == Some("insufficient_quota") {
-                return Verdict::Exhausted;
-            }
-            Verdict::RateLimited { reset: reset_of_429(headers, e.kind.as_deref(), e.message.as_deref()) }
+impl Classified {
+    /// Whose fault it is.
+    pub fn blame(&self) -> Blame {
+        match self.verdict {
+            Verdict::Fine | Verdict::Cancelled => Blame::Nobody,
+            Verdict::RateLimited { .. } | Verdict::Invalid | Verdict::Exhausted => Blame::Key,
+            Verdict::ModelMissing => Blame::KeyModel,
+            Verdict::CallerError | Verdict::TooLarge { .. } => Blame::Request,
+            Verdict::Refused | Verdict::UpstreamError | Verdict::ConnectFailed => Blame::Upstream,
         }
-        400..=499 => Verdict::CallerError,
-        500..=599 => Verdict::UpstreamError,
-        _ => Verdict::Fine,
     }
+
+    /// Whether another attempt (on another key, or after a back-off) may get
+    /// a different answer; false means the answer goes back to the caller.
+    pub fn retry(&self) -> bool {
+        !matches!(self.verdict, Verdict::Fine | Verdict::Cancelled | Verdict::CallerError)
+    }
+}
+
+/// The parts of an error body that say whose fault it is. Providers nest
+/// them differently: OpenAI `{"error":{...}}`, Google `[{"error":{...}}]`,
+/// DashScope and SiliconFlow at the top level (`{"code":"Arrearage","message":...}`),
+/// some relays `{"error":"text"}`.
+#[derive(Debug, Default)]
+struct Said {
+    code: String,
+    kind: String,
+    message: String,
+    /// The whole body, lowercased, for hints outside the error object (`retryDelay`).
+    raw: String,
+}
+
+fn said(body: &[u8]) -> Said {
+    let text = String::from_utf8_lossy(body);
+    let raw = text.to_ascii_lowercase();
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Said { message: plain_text_message(&text), raw, ..Said::default() };
+    };
+    let root = value.as_array().and_then(|a| a.first()).unwrap_or(&value);
+    let err = match root.get("error") {
+        Some(e) if e.is_object() => e,
+        Some(serde_json::Value::String(m)) => {
+            return Said { message: clip(m), raw, ..Said::default() };
+        }
+        _ => root,
+    };
+    let field = |name: &str| match err.get(name) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    let code = field("code");
+    let kind = [field("type"), field("status")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
+    Said { code: code.to_ascii_lowercase(), kind: kind.to_ascii_lowercase(), message: clip(&field("message")), raw }
+}
+
+/// What a non-JSON body says: an HTML page's `<title>`, else its first non-empty line.
+fn plain_text_message(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    if let (Some(open), Some(close)) = (lower.find("<title>"), lower.find("</title>")) {
+        let title = text.get(open + "<title>".len()..close).unwrap_or_default().trim();
+        if !title.is_empty() {
+            return clip(title);
+        }
+    }
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    clip(line)
+}
+
+fn clip(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
+fn any_in(haystack: &str, needles: &[&str]) -> bool {
+    needles.iter().any(|n| haystack.contains(n))
+}
+
+/// Judges an answer (status, headers, and its body when it is an error; a
+/// small one, read whole).
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Classified {
+    let s = status.as_u16();
+    if s < 400 {
+        return Classified { verdict: Verdict::Fine, message: String::new() };
+    }
+    let said = said(body);
+    let message = said.message.clone();
+    Classified { verdict: judge(s, headers, &said), message }
+}
+
+fn judge(status: u16, headers: &HeaderMap, said: &Said) -> Verdict {
+    let code = |list: &[&str]| list.contains(&said.code.as_str()) || list.contains(&said.kind.as_str());
+    let words = said.message.to_lowercase();
+    if status >= 500 {
+        return Verdict::UpstreamError;
+    }
+    if code(REQUEST_CODES) || any_in(&words, REQUEST_WORDS) {
+        return Verdict::CallerError;
+    }
+    if said.code == "model_not_found" || any_in(&words, MODEL_WORDS) {
+        return if matches!(status, 401 | 403 | 404) { Verdict::ModelMissing } else { Verdict::CallerError };
+    }
+    if status == 429 {
+        if let Some(limit) = larger_than_limit(&words) {
+            return Verdict::TooLarge { limit };
+        }
+    }
+    // A retry hint says the limit is a rate, not a balance (Google words its
+    // per-minute limits as "You exceeded your current quota").
+    let hinted = status == 429 && (retry_header(headers).is_some() || wait_in_text(&said.raw).is_some());
+    if status == 402 || code(NO_MONEY_CODES) || (!hinted && any_in(&words, NO_MONEY_WORDS)) {
+        return Verdict::Exhausted;
+    }
+    if code(KEY_CODES) || any_in(&words, KEY_WORDS) {
+        return Verdict::Invalid;
+    }
+    match status {
+        429 => Verdict::RateLimited { reset: reset_of_429(headers, &said.kind, &said.raw) },
+        // A refusal that names no key (a firewall's page, a region block): the
+        // upstream's; the proxy tries the other keys and blames none of them.
+        401 | 403 => Verdict::Refused,
+        _ => Verdict::CallerError,
+    }
+}
+
+/// OpenAI's 429 for a request larger than the key's whole limit: "Request too
+/// large for gpt-4 ... on tokens per min (TPM): Limit 10000, Requested 30000."
+/// Returns the limit when what was requested exceeds it.
+fn larger_than_limit(message: &str) -> Option<u64> {
+    // The first place the label is followed by a number ("rate limit reached" is not one).
+    let number_after = |label: &str| -> Option<u64> {
+        message.match_indices(label).find_map(|(at, _)| {
+            let rest = message[at + label.len()..].trim_start_matches([' ', ':']);
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+    };
+    let (limit, requested) = (number_after("limit")?, number_after("requested")?);
+    (requested > limit || message.contains("request too large")).then_some(limit)
 }
 
 /// How long a 429 says to wait: an explicit Retry-After first, then the
-/// "Please try again in 20s" of OpenAI's message, then the reset header of
-/// the limit that was hit.
-fn reset_of_429(headers: &HeaderMap, kind: Option<&str>, message: Option<&str>) -> Duration {
-    if headers.contains_key("retry-after-ms") || headers.contains_key("retry-after") {
-        return cooldown_from(headers);
-    }
-    if let Some(d) = message.and_then(try_again_in) {
+/// "Please try again in 20s" of the message, then the reset header of the
+/// limit that was hit, then a generic reset header; one second at least known.
+fn reset_of_429(headers: &HeaderMap, kind: &str, raw: &str) -> Duration {
+    let cap = |d: Duration| d.min(Duration::from_secs(3600));
+    if let Some(d) = retry_header(headers) {
         return d;
     }
-    let header = if kind == Some("tokens") { "x-ratelimit-reset-tokens" } else { "x-ratelimit-reset-requests" };
+    if let Some(d) = wait_in_text(raw) {
+        return cap(d);
+    }
+    let header = if kind == "tokens" { "x-ratelimit-reset-tokens" } else { "x-ratelimit-reset-requests" };
     headers
         .get(header)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_go_duration)
-        .map_or_else(|| cooldown_from(headers), |d| d.min(Duration::from_secs(3600)))
-}
-
-fn try_again_in(message: &str) -> Option<Duration> {
-    let rest = message.split("try again in ").nth(1)?;
-    let word = rest.split(|c: char| c.is_whitespace() || c == ',').next()?.trim_end_matches('.');
-    parse_go_duration(word).map(|d| d.min(Duration::from_secs(3600)))
+        .and_then(reset_value)
+        .or_else(|| generic_reset(headers))
+        .map_or(Duration::from_secs(1), cap)
 }
 
 /// The `x-ratelimit-*` headers of an answer (the first readable value of each).
@@ -83,9 +217,10 @@ pub fn rate_info(headers: &HeaderMap) -> RateInfo {
                 *slot = value.trim().parse::<u64>().ok();
             }
         };
+        // Go durations (OpenAI, Groq), or seconds and Unix times (others).
         let dur = |slot: &mut Option<Duration>| {
             if slot.is_none() {
-                *slot = parse_go_duration(value);
+                *slot = reset_value(value);
             }
         };
         match which {
@@ -114,30 +249,120 @@ mod tests {
         h
     }
 
+    fn verdict(status: u16, h: &HeaderMap, body: &[u8]) -> Verdict {
+        classify(StatusCode::from_u16(status).unwrap(), h, body).verdict
+    }
+
     #[test]
     fn errors_say_what_happened_to_the_key() {
         let none = HeaderMap::new();
-        assert_eq!(classify(StatusCode::UNAUTHORIZED, &none, b""), Verdict::Invalid);
-        assert_eq!(classify(StatusCode::BAD_REQUEST, &none, b"{}"), Verdict::CallerError);
-        assert_eq!(classify(StatusCode::SERVICE_UNAVAILABLE, &none, b"{}"), Verdict::UpstreamError);
+        assert_eq!(verdict(400, &none, b"{}"), Verdict::CallerError);
+        assert_eq!(verdict(503, &none, b"{}"), Verdict::UpstreamError);
+        let invalid = br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+        assert_eq!(verdict(401, &none, invalid), Verdict::Invalid);
+        let deactivated = br#"{"error":{"message":"This key is associated with a deactivated account.","type":"invalid_request_error","code":"account_deactivated"}}"#;
+        assert_eq!(verdict(401, &none, deactivated), Verdict::Invalid);
+        let deepseek = br#"{"error":{"message":"Authentication Fails, Your api key: ****abcd is invalid","type":"authentication_error","param":null,"code":"invalid_request_error"}}"#;
+        assert_eq!(verdict(401, &none, deepseek), Verdict::Invalid);
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-        assert_eq!(classify(StatusCode::TOO_MANY_REQUESTS, &none, quota), Verdict::Exhausted);
+        assert_eq!(verdict(429, &none, quota), Verdict::Exhausted);
         let limited = br#"{"error":{"message":"Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit ...","type":"requests","code":"rate_limit_exceeded"}}"#;
-        assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, &none, limited),
-            Verdict::RateLimited { reset: Duration::from_secs(20) }
-        );
+        assert_eq!(verdict(429, &none, limited), Verdict::RateLimited { reset: Duration::from_secs(20) });
         let h = headers(&[("x-ratelimit-reset-tokens", "859ms"), ("x-ratelimit-reset-requests", "6m0s")]);
         let tokens = br#"{"error":{"message":"Rate limit reached","type":"tokens","code":"rate_limit_exceeded"}}"#;
-        assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, &h, tokens),
-            Verdict::RateLimited { reset: Duration::from_millis(859) }
-        );
+        assert_eq!(verdict(429, &h, tokens), Verdict::RateLimited { reset: Duration::from_millis(859) });
         let h = headers(&[("retry-after", "7")]);
+        assert_eq!(verdict(429, &h, b"garbage"), Verdict::RateLimited { reset: Duration::from_secs(7) });
+    }
+
+    #[test]
+    fn every_way_of_saying_no_money_left_exhausts_the_key() {
+        let none = HeaderMap::new();
+        let cases: &[(u16, &str)] = &[
+            (
+                429,
+                r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"Billing hard limit has been reached","type":"invalid_request_error","code":"billing_hard_limit_reached"}}"#,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"Your account is not active, please check your billing details on our website.","type":"billing_not_active","code":"billing_not_active"}}"#,
+            ),
+            (
+                402,
+                r#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"Your account org-x is suspended, please check your plan and billing details","type":"exceeded_current_quota_error"}}"#,
+            ),
+            (
+                400,
+                r#"{"error":{"code":"Arrearage","param":null,"message":"Access denied, please make sure your account is in good standing.","type":"Arrearage"}}"#,
+            ),
+            (
+                400,
+                r#"{"code":"Arrearage","message":"Access denied, please make sure your account is in good standing.","request_id":"x"}"#,
+            ),
+            (
+                402,
+                r#"{"error":{"message":"Insufficient credits. Add more using https://openrouter.ai/settings/credits","code":402}}"#,
+            ),
+            (403, r#"{"code":30001,"message":"Sorry, your account balance is insufficient","data":null}"#),
+            (403, r#"{"code":"INSUFFICIENT_BALANCE","message":"Insufficient account balance"}"#),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the API."}}"#,
+            ),
+            (429, r#"{"error":{"code":"1113","message":"您的账户已欠费，请充值后重试。"}}"#),
+        ];
+        for (status, body) in cases {
+            assert_eq!(verdict(*status, &none, body.as_bytes()), Verdict::Exhausted, "{status} {body}");
+        }
+        // Google words a per-minute limit as a spent quota, with a retry delay: that is a rate limit.
+        let google = br#"[{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"23s"}]}}]"#;
+        assert_eq!(verdict(429, &none, google), Verdict::RateLimited { reset: Duration::from_secs(23) });
+    }
+
+    #[test]
+    fn refusals_of_the_request_or_of_the_upstream_blame_no_key() {
+        let none = HeaderMap::new();
+        let org = br#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+        let c = classify(StatusCode::UNAUTHORIZED, &none, org);
+        assert_eq!((c.verdict, c.blame(), c.retry()), (Verdict::CallerError, Blame::Request, false));
+        let project = br#"{"error":{"message":"OpenAI-Project header should match project for API key","type":"invalid_request_error","code":"mismatched_project"}}"#;
+        assert_eq!(verdict(401, &none, project), Verdict::CallerError);
+        let region = br#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
+        let c = classify(StatusCode::FORBIDDEN, &none, region);
+        assert_eq!((c.verdict, c.blame()), (Verdict::Refused, Blame::Upstream));
+        assert_eq!(c.message, "Country, region, or territory not supported");
+        let html = b"<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body><center><h1>403 Forbidden</h1></center></body></html>";
+        let c = classify(StatusCode::FORBIDDEN, &none, html);
+        assert_eq!((c.verdict, c.message.as_str()), (Verdict::Refused, "403 Forbidden"));
         assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, &h, b"garbage"),
-            Verdict::RateLimited { reset: Duration::from_secs(7) }
+            classify(StatusCode::FORBIDDEN, &none, b"\n  Access denied by policy\nref 42").message,
+            "Access denied by policy"
         );
+        let model = br#"{"error":{"message":"The model `gpt-5` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+        let c = classify(StatusCode::NOT_FOUND, &none, model);
+        assert_eq!((c.verdict, c.blame(), c.retry()), (Verdict::ModelMissing, Blame::KeyModel, true));
+        let access = br#"{"error":{"message":"Project `proj_x` does not have access to model `o1`","type":"invalid_request_error","code":"model_not_found"}}"#;
+        assert_eq!(verdict(403, &none, access), Verdict::ModelMissing);
+        assert_eq!(
+            verdict(404, &none, b"{\"error\":{\"message\":\"Invalid URL (POST /v1/x)\"}}"),
+            Verdict::CallerError
+        );
+    }
+
+    #[test]
+    fn a_request_larger_than_the_whole_limit_is_the_requests_fault() {
+        let none = HeaderMap::new();
+        let big = br#"{"error":{"message":"Request too large for gpt-4 in organization org-x on tokens per min (TPM): Limit 10000, Requested 30000. The input or output tokens must be reduced in order to run successfully.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
+        let c = classify(StatusCode::TOO_MANY_REQUESTS, &none, big);
+        assert_eq!((c.verdict, c.blame()), (Verdict::TooLarge { limit: 10_000 }, Blame::Request));
     }
 
     #[test]
@@ -163,6 +388,12 @@ mod tests {
             }
         );
         assert!(rate_info(&HeaderMap::new()).is_empty());
+        let h = headers(&[("x-ratelimit-reset-requests", "12"), ("x-ratelimit-reset-tokens", "0.5")]);
+        let info = rate_info(&h);
+        assert_eq!(
+            (info.reset_requests, info.reset_tokens),
+            (Some(Duration::from_secs(12)), Some(Duration::from_millis(500)))
+        );
     }
 
     #[test]

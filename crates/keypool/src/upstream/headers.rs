@@ -87,21 +87,20 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// How long a key should rest after a 429: `retry-after-ms`, `retry-after`
-/// (seconds), or the request budget's reset; one second when none is given.
+/// How long a key should rest after a 429 that says nothing more precise:
+/// `retry-after-ms`, `Retry-After` (seconds, fractional, or an HTTP-date),
+/// the request budget's reset, the generic `x-ratelimit-reset` /
+/// `ratelimit-reset`; one second when none is given (see [`super::comeback`]).
 pub fn cooldown_from(headers: &HeaderMap) -> Duration {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let secs = |v: f64| seconds(v).unwrap_or(Duration::from_secs(1));
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return secs(ms / 1000.0);
-    }
-    if let Some(s) = text("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return secs(s);
-    }
-    if let Some(d) = text("x-ratelimit-reset-requests").and_then(parse_go_duration) {
-        return d;
-    }
-    Duration::from_secs(1)
+    super::comeback::retry_header(headers)
+        .or_else(|| {
+            headers
+                .get("x-ratelimit-reset-requests")
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::comeback::reset_value)
+        })
+        .or_else(|| super::comeback::generic_reset(headers))
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// The longest wait any upstream header is trusted to ask for (a daily
@@ -110,7 +109,7 @@ const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// A number of seconds from an upstream header, clamped to `0..=MAX_WAIT`;
 /// None for NaN (a header is input: it must not be able to panic us).
-fn seconds(v: f64) -> Option<Duration> {
+pub(super) fn seconds(v: f64) -> Option<Duration> {
     if v.is_nan() {
         return None;
     }

@@ -4,7 +4,11 @@
 mod account;
 mod breaker;
 mod classify;
+mod comeback;
 mod headers;
+mod probe;
+mod quirks;
+mod wording;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -24,8 +28,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use account::Account;
 pub use breaker::Breaker;
-pub use classify::{classify, rate_info};
+pub use classify::{classify, rate_info, Blame, Classified};
 pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop, parse_go_duration};
+pub use probe::ProbeRequest;
+pub use quirks::{refuses_stream_options, Quirks};
 
 /// Failures talking to the upstream. All of them are the upstream's (or the
 /// network's), never the caller's.
@@ -163,22 +169,6 @@ impl Upstream {
         let Some(url) = self.url_for("models", None) else { return false };
         let asked = self.request(Method::GET, url, HeaderMap::new(), OutBody::Bytes(Bytes::new()));
         matches!(tokio::time::timeout(timeout, asked).await, Ok(Ok(_)))
-    }
-
-    /// Probes a key with the cheapest call there is (`GET models`): Some(true)
-    /// if it answers 2xx, Some(false) if refused, None if the upstream could
-    /// not be asked (which says nothing about the key).
-    pub async fn probe_key(&self, key: &SecretString, timeout: Duration) -> Option<bool> {
-        let url = self.url_for("models", None)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, bearer(key)?);
-        let asked = self.request(Method::GET, url, headers, OutBody::Bytes(Bytes::new()));
-        match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok(r)) if r.status().is_success() => Some(true),
-            Ok(Ok(r)) if r.status().is_server_error() => None,
-            Ok(Ok(_)) => Some(false),
-            _ => None,
-        }
     }
 
     /// Sends one request with `key` and its `account` headers. Caller headers
