@@ -178,8 +178,7 @@ fn budgets_without_prices_are_warned_about_at_start_and_in_check() {
 }
 
 /// A per-model first-byte timeout lets that model's slow answer through
-/// while the global one still cuts every other model. Ignored until the
-/// proxy reads `Config::timeouts_for` / `deadline_for` (the lead wires it).
+/// while the global one still cuts every other model.
 #[tokio::test]
 async fn a_per_model_first_byte_timeout_lets_that_model_finish() {
     let sim = SimConfig {

@@ -169,7 +169,17 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 Failed::Network { timed_out: false }
             }
             Sending::Answered(Ok(upstream)) => {
-                match answer(&app, upstream, lease, price, strip_usage, expect, timeouts, started).await {
+                match answer(
+                    &app,
+                    upstream,
+                    lease,
+                    price,
+                    strip_usage,
+                    expect,
+                    Pace { idle: timeouts.idle, end: started + timeouts.total },
+                )
+                .await
+                {
                     Ok(response) => {
                         if response.status().is_success() {
                             // Another key was served where these were refused: the refusals were theirs.
@@ -320,6 +330,14 @@ async fn first_byte(
     }
 }
 
+/// How long an answer's body may take: the longest silence between two
+/// chunks, and the instant the whole request must end (the model's timeouts).
+#[derive(Clone, Copy)]
+struct Pace {
+    idle: Duration,
+    end: Instant,
+}
+
 /// An answer arrived: stream it to the caller, pass a caller's error through
 /// unchanged, or report a failure the policy retries.
 async fn answer(
@@ -329,8 +347,7 @@ async fn answer(
     price: Option<crate::config::Price>,
     strip_usage: bool,
     expect: Expect,
-    timeouts: &crate::config::TimeoutsConfig,
-    started: Instant,
+    pace: Pace,
 ) -> Result<Response, Failed> {
     let status = upstream.status();
     lease.observe(&rate_info(upstream.headers()), status.is_success());
@@ -402,8 +419,8 @@ async fn answer(
         lease,
         price,
         kind == BodyKind::Sse,
-        timeouts.idle,
-        started + timeouts.total,
+        pace.idle,
+        pace.end,
     )
     .expect(expect);
     Ok(respond(status, headers, Body::from_stream(metered)))
