@@ -381,7 +381,7 @@ impl Drop for Served {
 }
 
 impl Served {
-    async fn start(sim: &keypool_sim::Simulator, env: &[(&str, &str)]) -> Served {
+    async fn start(upstream: &str, env: &[(&str, &str)]) -> Served {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("keypool.db").display());
@@ -391,7 +391,7 @@ impl Served {
         store.create_token("t", &keypool::server::hash_token(&token), "kp-t").await.unwrap();
         store.close().await;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
             .env("KEYPOOL_DATABASE_URL", &db)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -471,7 +471,7 @@ async fn rest_of(mut resp: reqwest::Response, within: Duration) -> String {
 #[tokio::test]
 async fn a_stop_ends_open_streams_with_an_error_event_after_the_grace() {
     let sim = slow_stream_sim().await;
-    let mut served = Served::start(&sim, &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "1s")]).await;
+    let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "1s")]).await;
     let stream = served.open_stream().await;
     let stopped = Instant::now();
     served.signal("TERM");
@@ -490,7 +490,7 @@ async fn a_second_signal_stops_at_once_and_still_writes_the_usage() {
     let sim = slow_stream_sim().await;
     // Usage reaches the database only when the server stops.
     let env = [("KEYPOOL_SERVER__SHUTDOWN_GRACE", "60s"), ("KEYPOOL_SYNC_INTERVAL", "1h")];
-    let mut served = Served::start(&sim, &env).await;
+    let mut served = Served::start(&sim.base_url(), &env).await;
     let answered = reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", served.addr))
         .bearer_auth(&served.token)
@@ -512,4 +512,116 @@ async fn a_second_signal_stops_at_once_and_still_writes_the_usage() {
     let store = keypool::store::Store::connect(&served.db).await.unwrap();
     let keys = store.list_keys().await.unwrap();
     assert!(keys[0].successes >= 1, "the usage totals were written before exiting: {:?}", keys[0].successes);
+}
+
+// ---- §5 TLS and DNS failures say what failed --------------------------------
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// An HTTPS upstream on 127.0.0.1 with a certificate from the test CA
+/// (tests/fixtures), answering every request with a small chat completion.
+async fn tls_upstream() -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture("server.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = hyper::service::service_fn(|_req| async {
+                    let body = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"over TLS"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+                    let mut answer = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    answer.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    Ok::<_, std::convert::Infallible>(answer)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}/v1", addr.port())
+}
+
+#[tokio::test]
+async fn an_unknown_certificate_issuer_is_named_and_blames_no_key() {
+    let upstream = tls_upstream().await;
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = upstream;
+        c.retry.max_retries = 0;
+    })
+    .await;
+    let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unknown issuer") && message.contains("ca_file"), "{message}");
+    assert!(!message.contains("127.0.0.1"), "the upstream's address stays out of errors: {message}");
+    let view = &app.gateway.scheduler().snapshot()[0];
+    assert_eq!(view.status, "active", "a TLS failure is not the key's");
+}
+
+#[tokio::test]
+async fn a_private_ca_in_ca_file_is_trusted() {
+    let upstream = tls_upstream().await;
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = upstream;
+        c.ca_file = Some(fixture("ca.pem"));
+    })
+    .await;
+    let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "over TLS");
+}
+
+/// SSL_CERT_FILE is process-wide: read by the binary in a subprocess.
+#[tokio::test]
+async fn a_private_ca_in_ssl_cert_file_is_trusted() {
+    let upstream = tls_upstream().await;
+    let ca = fixture("ca.pem");
+    let served = Served::start(&upstream, &[("SSL_CERT_FILE", ca.to_str().unwrap())]).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", served.addr))
+        .bearer_auth(&served.token)
+        .json(&chat("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_named_and_blames_no_key() {
+    // RFC 2606: .invalid never resolves.
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = "http://upstream.keypool.invalid/v1".into();
+        c.retry.max_retries = 0;
+    })
+    .await;
+    // More failures in a row than health.key_connect_failures (3).
+    for _ in 0..4 {
+        let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+        assert_eq!(resp.status(), 502);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("could not be resolved"), "{message}");
+        assert!(!message.contains("keypool.invalid"), "the upstream's address stays out of errors: {message}");
+    }
+    assert_eq!(app.gateway.scheduler().snapshot()[0].status, "active", "a name that does not resolve is not the key's");
 }

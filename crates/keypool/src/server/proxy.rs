@@ -33,8 +33,10 @@ fn reports_stream_usage(rest: &str) -> bool {
 
 /// Why one attempt did not produce an answer for the caller.
 enum Failed {
-    /// No connection, a reset, or no answer before the first-byte timeout.
-    Network { timed_out: bool },
+    /// No connection, a reset, or no answer before the first-byte timeout;
+    /// `why` says what failed (an unknown certificate issuer, a name that
+    /// does not resolve), without the upstream's address.
+    Network { timed_out: bool, why: Option<String> },
     /// An error status the policy retries (429, 401/403, 5xx).
     Status { status: StatusCode, verdict: Verdict },
 }
@@ -42,8 +44,8 @@ enum Failed {
 impl Failed {
     fn reason(&self) -> &'static str {
         match self {
-            Failed::Network { timed_out: true } => "timeout",
-            Failed::Network { timed_out: false } => "network",
+            Failed::Network { timed_out: true, .. } => "timeout",
+            Failed::Network { timed_out: false, .. } => "network",
             Failed::Status { verdict: Verdict::RateLimited { .. }, .. } => "rate_limited",
             Failed::Status { verdict: Verdict::Invalid, .. } => "invalid_key",
             Failed::Status { verdict: Verdict::Exhausted, .. } => "exhausted_key",
@@ -62,13 +64,13 @@ impl Failed {
 
     fn into_error(self, attempts: u32) -> ApiError {
         match self {
-            Failed::Network { timed_out } => ApiError::UpstreamFailed {
+            Failed::Network { timed_out, why } => ApiError::UpstreamFailed {
                 attempts,
                 status: if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
-                detail: if timed_out {
-                    "no answer within the first-byte timeout".into()
-                } else {
-                    "the connection failed".into()
+                detail: match (timed_out, why) {
+                    (true, _) => "no answer within the first-byte timeout".into(),
+                    (false, Some(why)) => format!("the connection failed: {why}"),
+                    (false, None) => "the connection failed".into(),
                 },
             },
             Failed::Status { status, verdict } => ApiError::UpstreamFailed {
@@ -147,7 +149,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
                 lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 app.note_upstream_failure();
-                Failed::Network { timed_out: true }
+                Failed::Network { timed_out: true, why: None }
             }
             Ok(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
@@ -163,14 +165,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             }
             Ok(Err(e)) => {
                 tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
-                let verdict = if matches!(e, UpstreamError::Connect(_)) {
-                    Verdict::ConnectFailed
-                } else {
-                    Verdict::UpstreamError
-                };
-                lease.finish(Outcome { verdict, ..Outcome::default() });
+                // A connection that fails (name, TLS, refused) is the
+                // upstream's or the network's, never the key's.
+                lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 app.note_upstream_failure();
-                Failed::Network { timed_out: false }
+                let why = match e {
+                    UpstreamError::Connect(why) | UpstreamError::Request(why) => Some(why),
+                    _ => None,
+                };
+                Failed::Network { timed_out: false, why }
             }
             Ok(Ok(upstream)) => match answer(&app, upstream, lease, price, strip_usage, started).await {
                 Ok(response) => return Ok(response),
