@@ -625,3 +625,85 @@ async fn a_name_that_does_not_resolve_is_named_and_blames_no_key() {
     }
     assert_eq!(app.gateway.scheduler().snapshot()[0].status, "active", "a name that does not resolve is not the key's");
 }
+
+/// Relays one connection to `target` until `freeze` is notified, then stops
+/// relaying both ways while holding both sockets open (a caller that is gone
+/// without closing: a dead NAT entry, a suspended laptop). Returns the local
+/// address and, once frozen, the read half of the gateway's side.
+async fn freezing_relay(
+    target: std::net::SocketAddr,
+    freeze: std::sync::Arc<tokio::sync::Notify>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<tokio::net::tcp::OwnedReadHalf>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let gateway = TcpStream::connect(target).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut gr, mut gw) = gateway.into_split();
+        let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
+        loop {
+            tokio::select! {
+                _ = freeze.notified() => break,
+                n = cr.read(&mut up) => match n { Ok(n) if n > 0 => gw.write_all(&up[..n]).await.unwrap(), _ => return },
+                n = gr.read(&mut down) => match n { Ok(n) if n > 0 => cw.write_all(&down[..n]).await.unwrap(), _ => return },
+            }
+        }
+        let _ = tx.send(gr);
+        // Hold the other halves open.
+        std::future::pending::<()>().await;
+        drop((cr, cw, gw));
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn an_http2_caller_that_stops_answering_pings_is_disconnected() {
+    // A stream still in flight, so the connection is not idle; a long write
+    // timeout and a slow stream, so only the pings can tell.
+    let sim = SimConfig { stream_chunks: 1000, chunk_interval: Duration::from_millis(100), ..sim() };
+    let app = spawn(sim, vec![key(KEY, None)], |c| {
+        c.server.http2_keep_alive_interval = Duration::from_millis(300);
+        c.server.http2_keep_alive_timeout = Duration::from_millis(300);
+        c.server.write_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let freeze = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (relay, frozen) = freezing_relay(app.gateway.addr(), std::sync::Arc::clone(&freeze)).await;
+    let stream = TcpStream::connect(relay).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut body = chat("a long story");
+    body["stream"] = serde_json::json!(true);
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", app.gateway.addr()))
+        .header("authorization", format!("Bearer {}", app.token))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    freeze.notify_one();
+    let mut gateway_side = frozen.await.unwrap();
+    let mut buf = [0u8; 16384];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match gateway_side.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an HTTP/2 caller that answers no ping is still connected after 5 s");
+    eventually("the stream's key is given back", Duration::from_secs(5), || {
+        app.gateway.scheduler().snapshot()[0].inflight == 0
+    })
+    .await;
+    drop(answer);
+}

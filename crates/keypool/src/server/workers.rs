@@ -152,17 +152,22 @@ async fn accept(
     cap: Option<(Arc<Semaphore>, usize)>,
 ) {
     let mut next = 0usize;
+    // When the cap was last reported: said at most once a minute.
+    let mut reported: Option<tokio::time::Instant> = None;
     loop {
         let permit = match &cap {
             None => None,
             Some((cap, max)) => match Arc::clone(cap).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    tracing::warn!(
-                        open = max,
-                        "open connection cap (server.max_connections) reached: new connections wait in the listen \
-                         backlog until one closes"
-                    );
+                    if reported.is_none_or(|at| at.elapsed() >= CAP_REPORT_EVERY) {
+                        reported = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            open = max,
+                            "open connection cap (server.max_connections) reached: new connections wait in the \
+                             listen backlog until one closes"
+                        );
+                    }
                     tokio::select! {
                         biased;
                         _ = stop.cancelled() => return,
@@ -220,6 +225,9 @@ async fn accept(
         }
     }
 }
+
+/// How often a reached connection cap is said again while it lasts.
+const CAP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Gives `conn` to the next worker with room, skipping full queues and taking
 /// stopped workers out of the rotation; gives it back when none has room.
