@@ -707,3 +707,40 @@ async fn an_http2_caller_that_stops_answering_pings_is_disconnected() {
     .await;
     drop(answer);
 }
+
+#[tokio::test]
+async fn an_http2_caller_that_stops_reading_a_stream_gives_its_key_back() {
+    let upstream = endless_stream_upstream().await;
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = upstream;
+        c.server.write_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let stream = TcpStream::connect(app.gateway.addr()).await.unwrap();
+    // The client library keeps reading frames and answering pings; only
+    // this stream's window fills, since its body is never read.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .adaptive_window(false)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", app.gateway.addr()))
+        .header("authorization", format!("Bearer {}", app.token))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let inflight = || app.gateway.scheduler().snapshot()[0].inflight;
+    assert_eq!(inflight(), 1);
+    eventually("the unread stream gives its slot back", Duration::from_secs(10), || inflight() == 0).await;
+    // The connection itself still serves.
+    let health = http::Request::get(format!("http://{}/healthz", app.gateway.addr()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(health).await.unwrap().status(), 200);
+    drop(answer);
+}

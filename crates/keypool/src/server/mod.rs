@@ -9,6 +9,7 @@ mod pace;
 mod proxy;
 mod service;
 mod stalled;
+mod unread;
 mod workers;
 
 use std::sync::Arc;

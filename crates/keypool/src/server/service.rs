@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::error::ApiError;
 use super::pace::{CallerPace, MinRate};
+use super::unread::Unread;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,6 +85,8 @@ impl Drop for Busy {
 pub struct Pacing {
     pub min_body_rate: u64,
     pub window: Duration,
+    /// Longest a caller may take nothing of an answer (`server.write_timeout`).
+    pub write_timeout: Duration,
     /// Cancelled when a stop's grace has passed.
     pub ending: CancellationToken,
 }
@@ -123,6 +126,8 @@ where
         let (rate, window) = (self.pacing.min_body_rate, self.pacing.window);
         let req = req.map(|body| MinRate::new(body, rate, window, pace.clone()));
         let ending = self.pacing.ending.clone();
+        let http2 = req.version() == http::Version::HTTP_2;
+        let write_timeout = self.pacing.write_timeout;
         let answering = tower_service::Service::call(&mut self.router.clone(), req);
         Box::pin(async move {
             let response = tokio::select! {
@@ -143,6 +148,11 @@ where
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+            let response = if http2 && sse {
+                response.map(|body| axum::body::Body::new(Unread::watch(body, write_timeout)))
+            } else {
+                response
+            };
             Ok(response.map(|body| Ending::new(body, sse, ending, busy)))
         })
     }

@@ -275,6 +275,7 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, ed
     let pacing = Arc::new(Pacing {
         min_body_rate: edge.config.min_body_rate,
         window: edge.config.min_body_rate_window,
+        write_timeout: edge.config.write_timeout,
         ending: edge.ending.clone(),
     });
     let connections = TaskTracker::new();
