@@ -744,3 +744,18 @@ async fn an_http2_caller_that_stops_reading_a_stream_gives_its_key_back() {
     assert_eq!(sender.send_request(health).await.unwrap().status(), 200);
     drop(answer);
 }
+
+#[tokio::test]
+async fn a_stream_that_ends_within_the_grace_is_not_cut() {
+    // Streams of 10 chunks 100 ms apart: about a second.
+    let sim = SimConfig { stream_chunks: 10, chunk_interval: Duration::from_millis(100), ..sim() };
+    let sim = keypool_sim::Simulator::start(sim).await.unwrap();
+    let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "20s")]).await;
+    let stream = served.open_stream().await;
+    served.signal("TERM");
+    let rest = rest_of(stream, Duration::from_secs(10)).await;
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+    assert!(!rest.contains("\"error\""), "a stream finished within the grace is whole: {rest}");
+    let status = served.exited_within(Duration::from_secs(5)).expect("the server exits once the stream is done");
+    assert!(status.success(), "{status}");
+}
