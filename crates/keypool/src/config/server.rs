@@ -90,3 +90,27 @@ impl ServerConfig {
         .map(|(name, _)| name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_zero_duration_is_refused_by_name() {
+        let config = Config {
+            server: ServerConfig { write_timeout: Duration::ZERO, ..ServerConfig::default() },
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("server.write_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../keypool.example.toml");
+        let config = Config::load(Some(&path), &crate::config::Overrides::default()).unwrap();
+        assert_eq!(config.server, ServerConfig::default());
+    }
+}
