@@ -759,3 +759,24 @@ async fn a_stream_that_ends_within_the_grace_is_not_cut() {
     let status = served.exited_within(Duration::from_secs(5)).expect("the server exits once the stream is done");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_request_still_waiting_for_the_upstream_after_the_grace_gets_503() {
+    let sim = SimConfig { latency: Duration::from_secs(60), ..sim() };
+    let sim = keypool_sim::Simulator::start(sim).await.unwrap();
+    let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "500ms")]).await;
+    let waiting = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", served.addr))
+        .bearer_auth(&served.token)
+        .json(&chat("hi"))
+        .send();
+    let waiting = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.signal("TERM");
+    let resp = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("answered after the grace");
+    let resp = resp.unwrap().unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(common::error_code(resp).await, "gateway_shutting_down");
+    let status = served.exited_within(Duration::from_secs(10)).expect("the server exits");
+    assert!(status.success(), "{status}");
+}

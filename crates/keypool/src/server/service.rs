@@ -159,12 +159,15 @@ where
 }
 
 /// An answer's body that a stop can end: an event stream gets an
-/// OpenAI-shaped error event and `data: [DONE]`, any other body is cut off
-/// (the caller sees the connection fail, as a length it was promised is not
-/// met). Dropping the inner body finishes its key's lease as cancelled.
+/// OpenAI-shaped error event and `data: [DONE]`, any other streamed body is
+/// cut off (the caller sees the connection fail). A body already in memory
+/// (its size known, such as an error) is always sent whole. Dropping the
+/// inner body finishes its key's lease as cancelled.
 pub struct Ending<B> {
     inner: Option<B>,
     sse: bool,
+    /// False for a body already in memory: nothing to wait for, so never cut.
+    endable: bool,
     /// Whether what was sent so far ends between two events.
     at_boundary: bool,
     ending: CancellationToken,
@@ -173,9 +176,10 @@ pub struct Ending<B> {
     _busy: Busy,
 }
 
-impl<B> Ending<B> {
+impl<B: Body> Ending<B> {
     fn new(inner: B, sse: bool, ending: CancellationToken, busy: Busy) -> Ending<B> {
-        Ending { inner: Some(inner), sse, at_boundary: true, ending, waiter: None, _busy: busy }
+        let endable = sse || inner.size_hint().exact().is_none();
+        Ending { inner: Some(inner), sse, endable, at_boundary: true, ending, waiter: None, _busy: busy }
     }
 
     /// Ends the answer now, because the stop's grace has passed.
@@ -205,7 +209,7 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        if this.ending.is_cancelled() {
+        if this.endable && this.ending.is_cancelled() {
             return this.end();
         }
         match Pin::new(inner).poll_frame(cx) {
@@ -220,6 +224,7 @@ where
                 this.inner = None;
                 Poll::Ready(None)
             }
+            Poll::Pending if !this.endable => Poll::Pending,
             Poll::Pending => {
                 let ending = &this.ending;
                 let waiter = this.waiter.get_or_insert_with(|| Box::pin(ending.clone().cancelled_owned()));
