@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, gateway-token auth, request inspection, and the
 //! conversion of every error into OpenAI's JSON shape (in `error`).
 
+mod accept;
 mod auth;
 mod error;
 mod inspect;
