@@ -221,6 +221,30 @@ async fn an_idle_kept_alive_http1_connection_is_closed() {
     assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "an idle keep-alive connection stays open");
 }
 
+/// A load balancer keeps idle connections to keypool for its own idle
+/// timeout (60 s by default on AWS ALB); the head clock must not close them
+/// sooner, or the balancer's next request on one meets a close (a 502).
+#[tokio::test]
+async fn a_kept_alive_connection_outlives_the_head_timeout() {
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.server.header_read_timeout = Duration::from_millis(200);
+        c.server.keep_alive_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut conn = TcpStream::connect(app.gateway.addr()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    for _ in 0..2 {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        // Idle for longer than the head timeout.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // A head that begins and stalls is still cut off by it.
+    conn.write_all(b"GET /hea").await.unwrap();
+    assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "a stalled head is cut off");
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let app = spawn(sim(), vec![key(KEY, None)], |c| c.server.keep_alive_timeout = Duration::from_millis(300)).await;

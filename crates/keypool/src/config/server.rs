@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Longest a caller may take to send a request's head (request line and
-    /// headers), counted from when the connection is ready for it; a silent
-    /// new connection is closed after it too. For HTTP/1.1 the same clock
-    /// runs while a kept-alive connection waits for its next request.
+    /// headers), counted from its first byte; a new connection that sends
+    /// nothing is closed after it too. A kept-alive connection waiting for
+    /// its next request is governed by `keep_alive_timeout` instead, so a
+    /// load balancer's idle connections are not closed under it.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Longest a connection may stay open with no request in flight (HTTP/1.1

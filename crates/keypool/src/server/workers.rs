@@ -23,7 +23,8 @@
 //!
 //! No caller can hold a connection, a descriptor or a key without doing its
 //! part (the `[server]` settings): a head must arrive within
-//! `header_read_timeout` (a silent new connection included), a connection
+//! `header_read_timeout` of its first byte (a silent new connection closes
+//! after it too), a connection
 //! with no request in flight closes after `keep_alive_timeout`, HTTP/2
 //! callers must answer pings, a write that makes no progress for
 //! `write_timeout` fails the connection ([`super::stalled`]; for one unread
@@ -49,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::accept;
-use super::service::{CallerService, ConnState, Pacing};
+use super::service::{CallerService, ConnState, Pacing, Quiet};
 use super::stalled::Stalled;
 use crate::config::ServerConfig;
 
@@ -202,9 +203,10 @@ struct Protocols {
 impl Protocols {
     fn new(config: &ServerConfig) -> Protocols {
         let mut http1 = http1::Builder::new();
-        // hyper starts this clock whenever it waits for a request head,
-        // between kept-alive requests too.
-        http1.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+        // Off: hyper starts its head clock whenever it waits for a head, so
+        // it would also close kept-alive connections after it. The head is
+        // timed from its first byte instead (ConnState::until_quiet).
+        http1.timer(TokioTimer::new()).header_read_timeout(None);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -296,9 +298,17 @@ async fn serve_connection(
             return;
         }
     };
-    let io = TokioIo::new(Stalled::new(stream, protocols.write_timeout));
     let conn_state = service.conn_state();
-    let idle = conn_state.idle_for(protocols.keep_alive_timeout);
+    let (io, head) = match spoken {
+        Spoken::Http1 => (
+            Stalled::new(stream, protocols.write_timeout).noting_reads(Arc::clone(&conn_state)),
+            Some(protocols.header_read_timeout),
+        ),
+        // HTTP/2 has no heads to time; hyper times an undecided one itself.
+        Spoken::Http2 | Spoken::Unsure => (Stalled::new(stream, protocols.write_timeout), None),
+    };
+    let io = TokioIo::new(io);
+    let idle = conn_state.until_quiet(protocols.keep_alive_timeout, head);
     // HTTP/1.1's connection is kept inline and the others boxed, so that the
     // task of each HTTP/1.1 connection (one per open stream) is no larger
     // than it needs.
@@ -323,11 +333,12 @@ async fn serve_connection(
 
 /// Drives a connection to its end; once `closing` is cancelled or the
 /// connection has been `idle` long enough, asks it to finish gracefully (no
-/// new requests; those in flight complete).
+/// new requests; those in flight complete); a head too slow to arrive
+/// closes it at once.
 async fn until_closed<C, E>(
     conn: C,
     closing: &CancellationToken,
-    idle: impl Future<Output = ()>,
+    idle: impl Future<Output = Quiet>,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), E>
 where
@@ -340,7 +351,13 @@ where
         biased;
         served = conn.as_mut() => return served,
         _ = closing.cancelled() => {}
-        _ = idle => tracing::debug!("a connection was idle for server.keep_alive_timeout; closing it"),
+        quiet = idle => match quiet {
+            Quiet::Idle => tracing::debug!("a connection was idle for server.keep_alive_timeout; closing it"),
+            Quiet::SlowHead => {
+                tracing::debug!("a request head took longer than server.header_read_timeout; connection closed");
+                return Ok(());
+            }
+        },
     }
     shutdown(conn.as_mut());
     conn.await
