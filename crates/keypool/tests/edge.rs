@@ -221,6 +221,30 @@ async fn an_idle_kept_alive_http1_connection_is_closed() {
     assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "an idle keep-alive connection stays open");
 }
 
+/// A load balancer keeps idle connections to keypool for its own idle
+/// timeout (60 s by default on AWS ALB); the head clock must not close them
+/// sooner, or the balancer's next request on one meets a close (a 502).
+#[tokio::test]
+async fn a_kept_alive_connection_outlives_the_head_timeout() {
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.server.header_read_timeout = Duration::from_millis(200);
+        c.server.keep_alive_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut conn = TcpStream::connect(app.gateway.addr()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    for _ in 0..2 {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        // Idle for longer than the head timeout.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // A head that begins and stalls is still cut off by it.
+    conn.write_all(b"GET /hea").await.unwrap();
+    assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "a stalled head is cut off");
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let app = spawn(sim(), vec![key(KEY, None)], |c| c.server.keep_alive_timeout = Duration::from_millis(300)).await;
@@ -381,7 +405,7 @@ impl Drop for Served {
 }
 
 impl Served {
-    async fn start(sim: &keypool_sim::Simulator, env: &[(&str, &str)]) -> Served {
+    async fn start(upstream: &str, env: &[(&str, &str)]) -> Served {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("keypool.db").display());
@@ -391,7 +415,7 @@ impl Served {
         store.create_token("t", &keypool::server::hash_token(&token), "kp-t").await.unwrap();
         store.close().await;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &sim.base_url()])
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
             .env("KEYPOOL_DATABASE_URL", &db)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -471,7 +495,7 @@ async fn rest_of(mut resp: reqwest::Response, within: Duration) -> String {
 #[tokio::test]
 async fn a_stop_ends_open_streams_with_an_error_event_after_the_grace() {
     let sim = slow_stream_sim().await;
-    let mut served = Served::start(&sim, &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "1s")]).await;
+    let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "1s")]).await;
     let stream = served.open_stream().await;
     let stopped = Instant::now();
     served.signal("TERM");
@@ -490,7 +514,7 @@ async fn a_second_signal_stops_at_once_and_still_writes_the_usage() {
     let sim = slow_stream_sim().await;
     // Usage reaches the database only when the server stops.
     let env = [("KEYPOOL_SERVER__SHUTDOWN_GRACE", "60s"), ("KEYPOOL_SYNC_INTERVAL", "1h")];
-    let mut served = Served::start(&sim, &env).await;
+    let mut served = Served::start(&sim.base_url(), &env).await;
     let answered = reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", served.addr))
         .bearer_auth(&served.token)
@@ -512,4 +536,271 @@ async fn a_second_signal_stops_at_once_and_still_writes_the_usage() {
     let store = keypool::store::Store::connect(&served.db).await.unwrap();
     let keys = store.list_keys().await.unwrap();
     assert!(keys[0].successes >= 1, "the usage totals were written before exiting: {:?}", keys[0].successes);
+}
+
+// ---- §5 TLS and DNS failures say what failed --------------------------------
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// An HTTPS upstream on 127.0.0.1 with a certificate from the test CA
+/// (tests/fixtures), answering every request with a small chat completion.
+async fn tls_upstream() -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture("server.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = hyper::service::service_fn(|_req| async {
+                    let body = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"over TLS"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+                    let mut answer = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    answer.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    Ok::<_, std::convert::Infallible>(answer)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}/v1", addr.port())
+}
+
+#[tokio::test]
+async fn an_unknown_certificate_issuer_is_named_and_blames_no_key() {
+    let upstream = tls_upstream().await;
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = upstream;
+        c.retry.max_retries = 0;
+    })
+    .await;
+    let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unknown issuer") && message.contains("ca_file"), "{message}");
+    assert!(!message.contains("127.0.0.1"), "the upstream's address stays out of errors: {message}");
+    let view = &app.gateway.scheduler().snapshot()[0];
+    assert_eq!(view.status, "active", "a TLS failure is not the key's");
+}
+
+#[tokio::test]
+async fn a_private_ca_in_ca_file_is_trusted() {
+    let upstream = tls_upstream().await;
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = upstream;
+        c.ca_file = Some(fixture("ca.pem"));
+    })
+    .await;
+    let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "over TLS");
+}
+
+/// SSL_CERT_FILE is process-wide: read by the binary in a subprocess.
+#[tokio::test]
+async fn a_private_ca_in_ssl_cert_file_is_trusted() {
+    let upstream = tls_upstream().await;
+    let ca = fixture("ca.pem");
+    let served = Served::start(&upstream, &[("SSL_CERT_FILE", ca.to_str().unwrap())]).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", served.addr))
+        .bearer_auth(&served.token)
+        .json(&chat("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_named_and_blames_no_key() {
+    // RFC 2606: .invalid never resolves.
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = "http://upstream.keypool.invalid/v1".into();
+        c.retry.max_retries = 0;
+    })
+    .await;
+    // More failures in a row than health.key_connect_failures (3).
+    for _ in 0..4 {
+        let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+        assert_eq!(resp.status(), 502);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("could not be resolved"), "{message}");
+        assert!(!message.contains("keypool.invalid"), "the upstream's address stays out of errors: {message}");
+    }
+    assert_eq!(app.gateway.scheduler().snapshot()[0].status, "active", "a name that does not resolve is not the key's");
+}
+
+/// Relays one connection to `target` until `freeze` is notified, then stops
+/// relaying both ways while holding both sockets open (a caller that is gone
+/// without closing: a dead NAT entry, a suspended laptop). Returns the local
+/// address and, once frozen, the read half of the gateway's side.
+async fn freezing_relay(
+    target: std::net::SocketAddr,
+    freeze: std::sync::Arc<tokio::sync::Notify>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<tokio::net::tcp::OwnedReadHalf>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let gateway = TcpStream::connect(target).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut gr, mut gw) = gateway.into_split();
+        let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
+        loop {
+            tokio::select! {
+                _ = freeze.notified() => break,
+                n = cr.read(&mut up) => match n { Ok(n) if n > 0 => gw.write_all(&up[..n]).await.unwrap(), _ => return },
+                n = gr.read(&mut down) => match n { Ok(n) if n > 0 => cw.write_all(&down[..n]).await.unwrap(), _ => return },
+            }
+        }
+        let _ = tx.send(gr);
+        // Hold the other halves open.
+        std::future::pending::<()>().await;
+        drop((cr, cw, gw));
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn an_http2_caller_that_stops_answering_pings_is_disconnected() {
+    // A stream still in flight, so the connection is not idle; a long write
+    // timeout and a slow stream, so only the pings can tell.
+    let sim = SimConfig { stream_chunks: 1000, chunk_interval: Duration::from_millis(100), ..sim() };
+    let app = spawn(sim, vec![key(KEY, None)], |c| {
+        c.server.http2_keep_alive_interval = Duration::from_millis(300);
+        c.server.http2_keep_alive_timeout = Duration::from_millis(300);
+        c.server.write_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let freeze = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (relay, frozen) = freezing_relay(app.gateway.addr(), std::sync::Arc::clone(&freeze)).await;
+    let stream = TcpStream::connect(relay).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut body = chat("a long story");
+    body["stream"] = serde_json::json!(true);
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", app.gateway.addr()))
+        .header("authorization", format!("Bearer {}", app.token))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    freeze.notify_one();
+    let mut gateway_side = frozen.await.unwrap();
+    let mut buf = [0u8; 16384];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match gateway_side.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an HTTP/2 caller that answers no ping is still connected after 5 s");
+    eventually("the stream's key is given back", Duration::from_secs(5), || {
+        app.gateway.scheduler().snapshot()[0].inflight == 0
+    })
+    .await;
+    drop(answer);
+}
+
+#[tokio::test]
+async fn an_http2_caller_that_stops_reading_a_stream_gives_its_key_back() {
+    let upstream = endless_stream_upstream().await;
+    let app = spawn(sim(), vec![key(KEY, None)], |c| {
+        c.upstream = upstream;
+        c.server.write_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let stream = TcpStream::connect(app.gateway.addr()).await.unwrap();
+    // The client library keeps reading frames and answering pings; only
+    // this stream's window fills, since its body is never read.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .adaptive_window(false)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", app.gateway.addr()))
+        .header("authorization", format!("Bearer {}", app.token))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let inflight = || app.gateway.scheduler().snapshot()[0].inflight;
+    assert_eq!(inflight(), 1);
+    eventually("the unread stream gives its slot back", Duration::from_secs(10), || inflight() == 0).await;
+    // The connection itself still serves.
+    let health = http::Request::get(format!("http://{}/healthz", app.gateway.addr()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(health).await.unwrap().status(), 200);
+    drop(answer);
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_within_the_grace_is_not_cut() {
+    // Streams of 10 chunks 100 ms apart: about a second.
+    let sim = SimConfig { stream_chunks: 10, chunk_interval: Duration::from_millis(100), ..sim() };
+    let sim = keypool_sim::Simulator::start(sim).await.unwrap();
+    let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "20s")]).await;
+    let stream = served.open_stream().await;
+    served.signal("TERM");
+    let rest = rest_of(stream, Duration::from_secs(10)).await;
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+    assert!(!rest.contains("\"error\""), "a stream finished within the grace is whole: {rest}");
+    let status = served.exited_within(Duration::from_secs(5)).expect("the server exits once the stream is done");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_request_still_waiting_for_the_upstream_after_the_grace_gets_503() {
+    let sim = SimConfig { latency: Duration::from_secs(60), ..sim() };
+    let sim = keypool_sim::Simulator::start(sim).await.unwrap();
+    let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "500ms")]).await;
+    let waiting = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", served.addr))
+        .bearer_auth(&served.token)
+        .json(&chat("hi"))
+        .send();
+    let waiting = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.signal("TERM");
+    let resp = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("answered after the grace");
+    let resp = resp.unwrap().unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(common::error_code(resp).await, "gateway_shutting_down");
+    let status = served.exited_within(Duration::from_secs(10)).expect("the server exits");
+    assert!(status.success(), "{status}");
 }

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Longest a caller may take to send a request's head (request line and
-    /// headers), counted from when the connection is ready for it; a silent
-    /// new connection is closed after it too. For HTTP/1.1 the same clock
-    /// runs while a kept-alive connection waits for its next request.
+    /// headers), counted from its first byte; a new connection that sends
+    /// nothing is closed after it too. A kept-alive connection waiting for
+    /// its next request is governed by `keep_alive_timeout` instead, so a
+    /// load balancer's idle connections are not closed under it.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Longest a connection may stay open with no request in flight (HTTP/1.1
@@ -88,5 +89,29 @@ impl ServerConfig {
         .into_iter()
         .find(|(_, d)| d.is_zero())
         .map(|(name, _)| name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_zero_duration_is_refused_by_name() {
+        let config = Config {
+            server: ServerConfig { write_timeout: Duration::ZERO, ..ServerConfig::default() },
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("server.write_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../keypool.example.toml");
+        let config = Config::load(Some(&path), &crate::config::Overrides::default()).unwrap();
+        assert_eq!(config.server, ServerConfig::default());
     }
 }

@@ -15,8 +15,10 @@ use crate::upstream::Classified;
 
 /// Why one attempt did not produce an answer for the caller.
 pub(super) enum Failed {
-    /// No connection, a reset, or no answer before the first-byte timeout.
-    Network { timed_out: bool },
+    /// No connection, a reset, or no answer before the first-byte timeout;
+    /// `why` says what failed (an unknown certificate issuer, a name that
+    /// does not resolve), without the upstream's address.
+    Network { timed_out: bool, why: Option<String> },
     /// An error answer another attempt may turn around.
     Status { status: StatusCode, classified: Classified, headers: HeaderMap, body: Bytes },
     /// The upstream refused the `stream_options` keypool added: the key is
@@ -27,8 +29,8 @@ pub(super) enum Failed {
 impl Failed {
     pub(super) fn reason(&self) -> &'static str {
         match self {
-            Failed::Network { timed_out: true } => "timeout",
-            Failed::Network { timed_out: false } => "network",
+            Failed::Network { timed_out: true, .. } => "timeout",
+            Failed::Network { timed_out: false, .. } => "network",
             Failed::StreamOptions(_) => "stream_options_refused",
             Failed::Status { classified, .. } => match classified.verdict {
                 Verdict::RateLimited { .. } => "rate_limited",
@@ -68,14 +70,14 @@ impl Failed {
     /// What the caller gets when this was the last attempt.
     pub(super) fn into_response(self, attempts: u32, keys: usize) -> Response {
         match self {
-            Failed::Network { timed_out } => ApiError::UpstreamFailed {
+            Failed::Network { timed_out, why } => ApiError::UpstreamFailed {
                 attempts,
                 keys,
                 status: if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
-                detail: if timed_out {
-                    "no answer within the first-byte timeout".into()
-                } else {
-                    "the connection failed".into()
+                detail: match (timed_out, why) {
+                    (true, _) => "no answer within the first-byte timeout".into(),
+                    (false, Some(why)) => format!("the connection failed: {why}"),
+                    (false, None) => "the connection failed".into(),
                 },
                 retry_after: None,
             }

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, gateway-token auth, request inspection, and the
 //! conversion of every error into OpenAI's JSON shape (in `error`).
 
+mod accept;
 mod attempt;
 mod auth;
 mod charge;
@@ -11,6 +12,7 @@ mod pace;
 mod proxy;
 mod service;
 mod stalled;
+mod unread;
 mod upload;
 mod workers;
 

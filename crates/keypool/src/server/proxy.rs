@@ -135,7 +135,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
                 lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 app.note_upstream_failure();
-                Failed::Network { timed_out: true }
+                Failed::Network { timed_out: true, why: None }
             }
             Sending::Answered(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
@@ -159,14 +159,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             }
             Sending::Answered(Err(e)) => {
                 tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
-                let verdict = if matches!(e, UpstreamError::Connect(_)) {
-                    Verdict::ConnectFailed
-                } else {
-                    Verdict::UpstreamError
-                };
-                lease.finish(Outcome { verdict, ..Outcome::default() });
+                // A connection that fails (name, TLS, refused) is the
+                // upstream's or the network's, never the key's.
+                lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 app.note_upstream_failure();
-                Failed::Network { timed_out: false }
+                let why = match e {
+                    UpstreamError::Connect(why) | UpstreamError::Request(why) => Some(why),
+                    _ => None,
+                };
+                Failed::Network { timed_out: false, why }
             }
             Sending::Answered(Ok(upstream)) => {
                 match answer(
@@ -216,7 +217,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 _ => {}
             }
         }
-        let timed_out = matches!(failed, Failed::Network { timed_out: true });
+        let timed_out = matches!(failed, Failed::Network { timed_out: true, .. });
         if timed_out {
             timeouts_retried += 1;
         }

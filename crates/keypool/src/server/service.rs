@@ -22,41 +22,94 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::error::ApiError;
 use super::pace::{CallerPace, MinRate};
+use super::unread::Unread;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What one connection's requests share: how many are in flight, and when
-/// the last one started or ended.
+/// What one connection's requests share: how many are in flight, when the
+/// last one started or ended, and when the bytes of the next one began.
 #[derive(Debug)]
 pub struct ConnState {
     born: Instant,
     inflight: AtomicUsize,
     /// Milliseconds after `born`.
     last_active: AtomicU64,
+    /// Milliseconds after `born` when the first byte after the last request
+    /// arrived (the next head began), or [`NO_HEAD`].
+    head_started: AtomicU64,
+    /// Told when a head begins, so its clock starts at once.
+    head_begun: tokio::sync::Notify,
+}
+
+/// `head_started` when no head has begun since the last request.
+const NO_HEAD: u64 = u64::MAX;
+
+/// Why a connection with nothing in flight is to be closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Quiet {
+    /// Nothing arrived for the keep-alive timeout: close gracefully.
+    Idle,
+    /// A request head began and did not complete within its timeout: close at once.
+    SlowHead,
 }
 
 impl ConnState {
     pub fn new() -> ConnState {
-        ConnState { born: Instant::now(), inflight: AtomicUsize::new(0), last_active: AtomicU64::new(0) }
+        ConnState {
+            born: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            last_active: AtomicU64::new(0),
+            head_started: AtomicU64::new(NO_HEAD),
+            head_begun: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis().min(u128::from(NO_HEAD - 1)) as u64
     }
 
     fn touch(&self) {
-        let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
-        self.last_active.store(ms, Ordering::Relaxed);
+        self.last_active.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Resolves once the connection has had no request in flight for `idle`.
-    pub async fn idle_for(&self, idle: Duration) {
+    /// Notes that the caller sent bytes: with nothing in flight, the next
+    /// request's head has begun.
+    pub fn bytes_read(&self) {
+        if self.inflight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == NO_HEAD {
+            self.head_started.store(self.now_ms(), Ordering::Relaxed);
+            self.head_begun.notify_one();
+        }
+    }
+
+    /// Resolves once the connection has had no request in flight for
+    /// `idle`, or (with `head`) once a request head that began has taken
+    /// longer than that. Unlike hyper's own head timer, the head's clock
+    /// starts at its first byte, so a kept-alive connection may wait longer
+    /// than `head` for its next request (a load balancer in front expects
+    /// its idle connections to stay open as long as it keeps them).
+    pub async fn until_quiet(&self, idle: Duration, head: Option<Duration>) -> Quiet {
         loop {
             if self.inflight.load(Ordering::Relaxed) > 0 {
-                tokio::time::sleep(idle).await;
+                tokio::time::sleep(idle.min(head.unwrap_or(idle))).await;
                 continue;
             }
-            let quiet_since = self.born + Duration::from_millis(self.last_active.load(Ordering::Relaxed));
-            if Instant::now() >= quiet_since + idle {
-                return;
+            let started = self.head_started.load(Ordering::Relaxed);
+            if let (Some(head), true) = (head, started != NO_HEAD) {
+                let due = self.born + Duration::from_millis(started) + head;
+                if Instant::now() >= due {
+                    return Quiet::SlowHead;
+                }
+                tokio::time::sleep_until(due).await;
+                continue;
             }
-            tokio::time::sleep_until(quiet_since + idle).await;
+            let due = self.born + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= due {
+                return Quiet::Idle;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = self.head_begun.notified() => {}
+            }
         }
     }
 }
@@ -67,6 +120,7 @@ struct Busy(Arc<ConnState>);
 impl Busy {
     fn new(conn: &Arc<ConnState>) -> Busy {
         conn.inflight.fetch_add(1, Ordering::Relaxed);
+        conn.head_started.store(NO_HEAD, Ordering::Relaxed);
         conn.touch();
         Busy(Arc::clone(conn))
     }
@@ -84,6 +138,8 @@ impl Drop for Busy {
 pub struct Pacing {
     pub min_body_rate: u64,
     pub window: Duration,
+    /// Longest a caller may take nothing of an answer (`server.write_timeout`).
+    pub write_timeout: Duration,
     /// Cancelled when a stop's grace has passed.
     pub ending: CancellationToken,
 }
@@ -123,6 +179,8 @@ where
         let (rate, window) = (self.pacing.min_body_rate, self.pacing.window);
         let req = req.map(|body| MinRate::new(body, rate, window, pace.clone()));
         let ending = self.pacing.ending.clone();
+        let http2 = req.version() == http::Version::HTTP_2;
+        let write_timeout = self.pacing.write_timeout;
         let answering = tower_service::Service::call(&mut self.router.clone(), req);
         Box::pin(async move {
             let response = tokio::select! {
@@ -143,18 +201,26 @@ where
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+            let response = if http2 && sse {
+                response.map(|body| axum::body::Body::new(Unread::watch(body, write_timeout)))
+            } else {
+                response
+            };
             Ok(response.map(|body| Ending::new(body, sse, ending, busy)))
         })
     }
 }
 
 /// An answer's body that a stop can end: an event stream gets an
-/// OpenAI-shaped error event and `data: [DONE]`, any other body is cut off
-/// (the caller sees the connection fail, as a length it was promised is not
-/// met). Dropping the inner body finishes its key's lease as cancelled.
+/// OpenAI-shaped error event and `data: [DONE]`, any other streamed body is
+/// cut off (the caller sees the connection fail). A body already in memory
+/// (its size known, such as an error) is always sent whole. Dropping the
+/// inner body finishes its key's lease as cancelled.
 pub struct Ending<B> {
     inner: Option<B>,
     sse: bool,
+    /// False for a body already in memory: nothing to wait for, so never cut.
+    endable: bool,
     /// Whether what was sent so far ends between two events.
     at_boundary: bool,
     ending: CancellationToken,
@@ -163,9 +229,10 @@ pub struct Ending<B> {
     _busy: Busy,
 }
 
-impl<B> Ending<B> {
+impl<B: Body> Ending<B> {
     fn new(inner: B, sse: bool, ending: CancellationToken, busy: Busy) -> Ending<B> {
-        Ending { inner: Some(inner), sse, at_boundary: true, ending, waiter: None, _busy: busy }
+        let endable = sse || inner.size_hint().exact().is_none();
+        Ending { inner: Some(inner), sse, endable, at_boundary: true, ending, waiter: None, _busy: busy }
     }
 
     /// Ends the answer now, because the stop's grace has passed.
@@ -195,7 +262,7 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        if this.ending.is_cancelled() {
+        if this.endable && this.ending.is_cancelled() {
             return this.end();
         }
         match Pin::new(inner).poll_frame(cx) {
@@ -210,6 +277,7 @@ where
                 this.inner = None;
                 Poll::Ready(None)
             }
+            Poll::Pending if !this.endable => Poll::Pending,
             Poll::Pending => {
                 let ending = &this.ending;
                 let waiter = this.waiter.get_or_insert_with(|| Box::pin(ending.clone().cancelled_owned()));

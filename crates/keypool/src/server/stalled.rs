@@ -20,6 +20,8 @@ use tokio::time::{Instant, Sleep};
 /// `inner` with a limit on how long its writes may stay pending.
 pub struct Stalled<T> {
     inner: T,
+    /// Told of every read that brings bytes (for the head timer).
+    reads: Option<std::sync::Arc<super::service::ConnState>>,
     timeout: Duration,
     /// Allocated on the first write that has to wait, then reused.
     timer: Option<Pin<Box<Sleep>>>,
@@ -29,7 +31,13 @@ pub struct Stalled<T> {
 
 impl<T> Stalled<T> {
     pub fn new(inner: T, timeout: Duration) -> Stalled<T> {
-        Stalled { inner, timeout, timer: None, waiting: false }
+        Stalled { inner, reads: None, timeout, timer: None, waiting: false }
+    }
+
+    /// Tells `conn` whenever bytes arrive.
+    pub fn noting_reads(mut self, conn: std::sync::Arc<super::service::ConnState>) -> Stalled<T> {
+        self.reads = Some(conn);
+        self
     }
 
     /// Notes that a write made progress (or failed): the next wait starts afresh.
@@ -61,7 +69,14 @@ impl<T> Stalled<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for Stalled<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Some(conn), Poll::Ready(Ok(()))) = (&self.reads, &read) {
+            if buf.filled().len() > before {
+                conn.bytes_read();
+            }
+        }
+        read
     }
 }
 

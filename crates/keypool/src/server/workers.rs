@@ -20,6 +20,16 @@
 //! The cost: work on one connection cannot move to an idle core, so nothing on
 //! a worker may block for long (large prompts are counted on the blocking
 //! pool for that reason).
+//!
+//! No caller can hold a connection, a descriptor or a key without doing its
+//! part (the `[server]` settings): a head must arrive within
+//! `header_read_timeout` of its first byte (a silent new connection closes
+//! after it too), a connection
+//! with no request in flight closes after `keep_alive_timeout`, HTTP/2
+//! callers must answer pings, a write that makes no progress for
+//! `write_timeout` fails the connection ([`super::stalled`]; for one unread
+//! HTTP/2 stream, [`super::unread`]), a body must keep `min_body_rate`
+//! ([`super::pace`]), and at most `max_connections` are open at once.
 
 use std::future::Future;
 use std::io;
@@ -39,7 +49,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::service::{CallerService, ConnState, Pacing};
+use super::accept::accept;
+use super::service::{CallerService, ConnState, Pacing, Quiet};
 use super::stalled::Stalled;
 use crate::config::ServerConfig;
 
@@ -50,8 +61,8 @@ const HANDOFF_QUEUE: usize = 1024;
 
 /// A connection on its way to a worker, with its place under the cap on
 /// open connections (given back when the connection ends).
-type Conn = (std::net::TcpStream, SocketAddr, Option<OwnedSemaphorePermit>);
-type Queue = mpsc::Sender<Conn>;
+pub(super) type Conn = (std::net::TcpStream, SocketAddr, Option<OwnedSemaphorePermit>);
+pub(super) type Queue = mpsc::Sender<Conn>;
 
 /// How callers' connections are treated: the `[server]` settings, and the
 /// signal that a stop's grace has passed (answers still streaming then end
@@ -143,122 +154,6 @@ async fn join(threads: Vec<(ThreadHandle<()>, oneshot::Receiver<io::Result<()>>)
     result
 }
 
-/// Takes connections until `stop`, handing them to the workers in turn; with
-/// a `cap`, only while fewer than that many are open.
-async fn accept(
-    listener: TcpListener,
-    mut queues: Vec<Queue>,
-    stop: CancellationToken,
-    cap: Option<(Arc<Semaphore>, usize)>,
-) {
-    let mut next = 0usize;
-    loop {
-        let permit = match &cap {
-            None => None,
-            Some((cap, max)) => match Arc::clone(cap).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    tracing::warn!(
-                        open = max,
-                        "open connection cap (server.max_connections) reached: new connections wait in the listen \
-                         backlog until one closes"
-                    );
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return,
-                        permit = Arc::clone(cap).acquire_owned() => match permit {
-                            Ok(permit) => Some(permit),
-                            Err(_) => return,
-                        },
-                    }
-                }
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                accept_failed(e).await;
-                continue;
-            }
-        };
-        // Answers are written in small pieces (a status line, then stream
-        // chunks): send each at once rather than letting Nagle hold it.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        // Deregistered here, registered again with the worker's own reactor.
-        let mut conn = match stream.into_std() {
-            Ok(stream) => (stream, peer, permit),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not hand a connection to a worker");
-                continue;
-            }
-        };
-        loop {
-            match try_hand_off(&mut queues, &mut next, conn) {
-                Ok(()) => break,
-                Err(_) if queues.is_empty() => {
-                    tracing::error!("every worker has stopped: no longer accepting connections");
-                    return;
-                }
-                Err(back) => {
-                    // Every worker has a full queue: wait for room (new
-                    // connections wait in the listen backlog meanwhile).
-                    conn = back;
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Gives `conn` to the next worker with room, skipping full queues and taking
-/// stopped workers out of the rotation; gives it back when none has room.
-fn try_hand_off(queues: &mut Vec<Queue>, next: &mut usize, mut conn: Conn) -> Result<(), Conn> {
-    let mut full = 0;
-    while full < queues.len() {
-        let i = *next % queues.len();
-        match queues[i].try_send(conn) {
-            Ok(()) => {
-                *next = i + 1;
-                return Ok(());
-            }
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                conn = back;
-                full += 1;
-                *next = i + 1;
-            }
-            Err(mpsc::error::TrySendError::Closed(back)) => {
-                conn = back;
-                queues.remove(i);
-                tracing::warn!(left = queues.len(), "a stopped worker is out of the rotation");
-            }
-        }
-    }
-    Err(conn)
-}
-
-/// Errors from `accept` concern one connection (it was reset before being
-/// taken) or the process (out of descriptors); for the latter, pause so the
-/// loop does not spin while requests in flight give some back.
-async fn accept_failed(e: io::Error) {
-    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
-        return;
-    }
-    tracing::error!(error = %e, "accept failed; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 /// Serves the connections handed to this worker until its queue is closed
 /// (the acceptor stopped) and empty; then asks every connection to finish
 /// (idle ones close, open requests complete) and waits for them.
@@ -267,6 +162,7 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, ed
     let pacing = Arc::new(Pacing {
         min_body_rate: edge.config.min_body_rate,
         window: edge.config.min_body_rate_window,
+        write_timeout: edge.config.write_timeout,
         ending: edge.ending.clone(),
     });
     let connections = TaskTracker::new();
@@ -307,9 +203,10 @@ struct Protocols {
 impl Protocols {
     fn new(config: &ServerConfig) -> Protocols {
         let mut http1 = http1::Builder::new();
-        // hyper starts this clock whenever it waits for a request head,
-        // between kept-alive requests too.
-        http1.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+        // Off: hyper starts its head clock whenever it waits for a head, so
+        // it would also close kept-alive connections after it. The head is
+        // timed from its first byte instead (ConnState::until_quiet).
+        http1.timer(TokioTimer::new()).header_read_timeout(None);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -401,9 +298,17 @@ async fn serve_connection(
             return;
         }
     };
-    let io = TokioIo::new(Stalled::new(stream, protocols.write_timeout));
     let conn_state = service.conn_state();
-    let idle = conn_state.idle_for(protocols.keep_alive_timeout);
+    let (io, head) = match spoken {
+        Spoken::Http1 => (
+            Stalled::new(stream, protocols.write_timeout).noting_reads(Arc::clone(&conn_state)),
+            Some(protocols.header_read_timeout),
+        ),
+        // HTTP/2 has no heads to time; hyper times an undecided one itself.
+        Spoken::Http2 | Spoken::Unsure => (Stalled::new(stream, protocols.write_timeout), None),
+    };
+    let io = TokioIo::new(io);
+    let idle = conn_state.until_quiet(protocols.keep_alive_timeout, head);
     // HTTP/1.1's connection is kept inline and the others boxed, so that the
     // task of each HTTP/1.1 connection (one per open stream) is no larger
     // than it needs.
@@ -428,11 +333,12 @@ async fn serve_connection(
 
 /// Drives a connection to its end; once `closing` is cancelled or the
 /// connection has been `idle` long enough, asks it to finish gracefully (no
-/// new requests; those in flight complete).
+/// new requests; those in flight complete); a head too slow to arrive
+/// closes it at once.
 async fn until_closed<C, E>(
     conn: C,
     closing: &CancellationToken,
-    idle: impl Future<Output = ()>,
+    idle: impl Future<Output = Quiet>,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), E>
 where
@@ -445,7 +351,13 @@ where
         biased;
         served = conn.as_mut() => return served,
         _ = closing.cancelled() => {}
-        _ = idle => tracing::debug!("a connection was idle for server.keep_alive_timeout; closing it"),
+        quiet = idle => match quiet {
+            Quiet::Idle => tracing::debug!("a connection was idle for server.keep_alive_timeout; closing it"),
+            Quiet::SlowHead => {
+                tracing::debug!("a request head took longer than server.header_read_timeout; connection closed");
+                return Ok(());
+            }
+        },
     }
     shutdown(conn.as_mut());
     conn.await

@@ -8,6 +8,7 @@ mod comeback;
 mod headers;
 mod probe;
 mod quirks;
+mod tls;
 mod wording;
 
 use std::pin::Pin;
@@ -100,7 +101,19 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// A client for `base` (through `proxy` if any) that trusts the built-in
+    /// roots and the CAs in `SSL_CERT_FILE`.
     pub fn new(base: &str, proxy: Option<&str>, connect_timeout: Duration) -> Result<Upstream, UpstreamError> {
+        Upstream::build(base, proxy, connect_timeout, None)
+    }
+
+    fn build(
+        base: &str,
+        proxy: Option<&str>,
+        connect_timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Upstream, UpstreamError> {
+        let extra_roots = tls::extra_roots(ca_file)?;
         let mut base = Url::parse(base).map_err(|e| UpstreamError::Client(format!("base URL {base:?}: {e}")))?;
         // A base without a trailing slash would have its last segment replaced by `join`.
         if !base.path().ends_with('/') {
@@ -113,7 +126,7 @@ impl Upstream {
         let idle = Duration::from_secs(90);
         let env_proxy = proxy_in_env(|name| std::env::var_os(name));
         let transport = if proxy.is_none() && !env_proxy {
-            Transport::Direct(Box::new(direct_client(connect_timeout, idle)?))
+            Transport::Direct(Box::new(direct_client(connect_timeout, idle, &extra_roots)?))
         } else {
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(connect_timeout)
@@ -121,6 +134,10 @@ impl Upstream {
                 .tcp_nodelay(true)
                 // keypool forwards redirects to the caller rather than following them with a key attached.
                 .redirect(reqwest::redirect::Policy::none());
+            for cert in &extra_roots {
+                let cert = reqwest::Certificate::from_der(cert).map_err(|e| UpstreamError::Client(e.to_string()))?;
+                builder = builder.add_root_certificate(cert);
+            }
             // Without `proxy`, reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY itself.
             if let Some(proxy) = proxy {
                 builder = builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| UpstreamError::Client(e.to_string()))?);
@@ -133,7 +150,12 @@ impl Upstream {
     /// The client `config` describes: its upstream, proxy, connect timeout,
     /// extra trusted CAs (`ca_file`) and which caller headers go upstream.
     pub fn from_config(config: &crate::config::Config) -> Result<Upstream, UpstreamError> {
-        let mut upstream = Upstream::new(&config.upstream, config.proxy.as_deref(), config.timeouts.connect)?;
+        let mut upstream = Upstream::build(
+            &config.upstream,
+            config.proxy.as_deref(),
+            config.timeouts.connect,
+            config.ca_file.as_deref(),
+        )?;
         upstream.forward_account_headers = config.server.forward_account_headers;
         Ok(upstream)
     }
@@ -264,13 +286,20 @@ fn bearer(key: &SecretString) -> Option<HeaderValue> {
     Some(auth)
 }
 
-/// What failed, for logs: the client's own message and, when the network
-/// said why, the kind of I/O error ("connection refused", "timed out").
-/// Deeper causes are left out: TLS errors name the host, and the upstream's
-/// address may be a relay's secret.
+/// What failed, for the caller and the log: the client's own message and,
+/// when the network said why, an unknown certificate issuer or a name that
+/// does not resolve in words, else the kind of I/O error ("connection
+/// refused", "timed out"). Deeper causes are left out: TLS errors name the
+/// host, and the upstream's address may be a relay's secret.
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source = e.source();
     while let Some(cause) = source {
+        if let Some(tls) = tls::tls_error(cause) {
+            return format!("{e}: {}", tls::explain_tls(tls));
+        }
+        if tls::is_dns_failure(cause) {
+            return format!("{e}: the upstream's host name could not be resolved (DNS)");
+        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return format!("{e}: {}", io.kind());
         }
@@ -311,7 +340,11 @@ fn proxy_in_env(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
 
 /// hyper's pooled client over TCP (and TLS for https, HTTP/2 when the server
 /// offers it), with the keep-alive probes and timeouts reqwest used to set.
-fn direct_client(connect_timeout: Duration, idle: Duration) -> Result<Client<Connector, BoxedBody>, UpstreamError> {
+fn direct_client(
+    connect_timeout: Duration,
+    idle: Duration,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Client<Connector, BoxedBody>, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -323,9 +356,14 @@ fn direct_client(connect_timeout: Duration, idle: Duration) -> Result<Client<Con
     http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
     // The crypto provider is named rather than taken from the process default,
     // which would be ambiguous (a start-up panic) if a dependency ever enabled a second one.
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Client(format!("TLS setup: {e}")))?
+            .with_root_certificates(tls::root_store(extra_roots)?)
+            .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| UpstreamError::Client(format!("TLS setup: {e}")))?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
