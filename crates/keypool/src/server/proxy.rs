@@ -160,8 +160,14 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             Sending::Answered(Err(e)) => {
                 tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
                 // A connection that fails (name, TLS, refused) is the
-                // upstream's or the network's, never the key's.
-                lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
+                // upstream's or the network's, never the key's: it is not
+                // counted as the key's failure.
+                let verdict = if matches!(e, UpstreamError::Connect(_)) {
+                    Verdict::ConnectFailed
+                } else {
+                    Verdict::UpstreamError
+                };
+                lease.finish(Outcome { verdict, ..Outcome::default() });
                 app.note_upstream_failure();
                 let why = match e {
                     UpstreamError::Connect(why) | UpstreamError::Request(why) => Some(why),
