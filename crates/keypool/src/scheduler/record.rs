@@ -12,6 +12,21 @@ pub(super) fn transition(slot: &Slot, to: &'static str, reason: &str) {
     crate::metrics::key_transition(slot.id, to);
 }
 
+/// Whether the upstream took the request in (and charged its tokens) before
+/// answering: every answer but a refusal at the door.
+fn admitted(verdict: Verdict) -> bool {
+    !matches!(
+        verdict,
+        Verdict::RateLimited { .. }
+            | Verdict::Invalid
+            | Verdict::Exhausted
+            | Verdict::ModelMissing
+            | Verdict::Refused
+            | Verdict::TooLarge { .. }
+            | Verdict::ConnectFailed
+    )
+}
+
 /// Records a request that reached the upstream: the window, counts, spend, and what the answer said of the key.
 pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, now: Instant, config: &SchedulerConfig) {
     // The upstream charged the admission estimate when it took the request
@@ -19,11 +34,16 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     // used: the charge stays until the window drops it. Usage above it
     // (a longer prompt than estimated) counts in full.
     let used = outcome.usage.map_or(0, |u| u.total_tokens.max(u.prompt_tokens.saturating_add(u.completion_tokens)));
-    let tokens = demand.tokens.max(used);
+    // A request the upstream refused before admitting it (a rate limit, a
+    // refused key or route, a model it lacks, a request larger than the
+    // key's whole limit, no connection) was charged no tokens: it counts as
+    // a request only, so one oversized request tried on every key does not
+    // hold each key's token budget for a minute.
+    let tokens = if admitted(outcome.verdict) { demand.tokens.max(used) } else { 0 };
     slot.window.record(now, tokens);
     // The excess over the reservation was already seen in the answer's
     // headers (as usage keypool had not counted): now the window holds it.
-    slot.tpm.absorb(tokens - demand.tokens);
+    slot.tpm.absorb(tokens.saturating_sub(demand.tokens));
     slot.day_count += 1;
     slot.requests_total += 1;
     slot.unflushed.requests += 1;

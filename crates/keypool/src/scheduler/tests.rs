@@ -111,6 +111,27 @@ async fn tokens_reserve_and_the_admission_charge_stays() {
     );
 }
 
+/// A request the upstream refused at the door (larger than the key's whole
+/// limit, a refused route, a model the key lacks) was charged no tokens: one
+/// oversized request tried on every key must not hold each key's budget for
+/// a minute.
+#[tokio::test(start_paused = true)]
+async fn a_request_refused_at_the_door_is_charged_no_tokens() {
+    for verdict in [Verdict::TooLarge { limit: 1000 }, Verdict::Refused, Verdict::ModelMissing] {
+        let s = sched(Strategy::LeastUsed, Duration::ZERO);
+        s.sync_keys(&[record(1, None, Some(1000), 0)]);
+        let demand = Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 };
+        sent(s.try_lease(demand).unwrap()).finish(Outcome { verdict, ..Outcome::default() });
+        assert!(s.try_lease(demand).is_ok(), "{verdict:?} left the key's tokens charged");
+    }
+    // An admitted request keeps its charge (the control).
+    let s = sched(Strategy::LeastUsed, Duration::ZERO);
+    s.sync_keys(&[record(1, None, Some(1000), 0)]);
+    let demand = Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 };
+    sent(s.try_lease(demand).unwrap()).finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
+    assert!(matches!(s.try_lease(demand), Err(NoKey::Busy { .. })));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cooling_key_is_used_again_right_after_its_reset() {
     let s = sched(Strategy::LeastUsed, Duration::from_secs(60));
