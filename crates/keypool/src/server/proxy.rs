@@ -24,7 +24,7 @@ use crate::config::AuthMode;
 use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
-    classify, copy_response_headers, rate_info, refuses_stream_options, Answer, BodyError, OutBody, UpstreamError,
+    classify, copy_response_headers, rate_info, refuses_stream_options, Answer, OutBody, UpstreamError,
 };
 use secrecy::ExposeSecret;
 
@@ -370,11 +370,18 @@ async fn answer(
 
     if !status.is_success() {
         // Error bodies are small: read them to learn whose fault they are.
+        // Bounded in size and in time: an upstream that stalls part-way
+        // through its error body must not hold the key for the whole request.
         let (head, mut rest) = upstream.into_parts();
         let mut prefix = Vec::new();
         let mut complete = true;
         loop {
-            match rest.frame().await {
+            let Ok(next) = tokio::time::timeout(pace.idle, rest.frame()).await else {
+                tracing::warn!(key_id = lease.key_id(), idle = ?pace.idle, "upstream error body stalled part-way");
+                complete = false;
+                break;
+            };
+            match next {
                 Some(Ok(frame)) => {
                     // Trailers, if any, say nothing about the key.
                     let Ok(chunk) = frame.into_data() else { continue };
@@ -401,17 +408,18 @@ async fn answer(
         let classified = classify(status, &head.headers, &prefix);
         tracing::debug!(key_id = lease.key_id(), %status, verdict = ?classified.verdict, blame = ?classified.blame(), "upstream refused");
         lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict: classified.verdict });
+        // What was read is what the caller gets, scrubbed: an error body
+        // over ERROR_BODY_CAP (64 KiB, far above any real one) is cut there
+        // rather than streamed on unread, where a quoted key would pass.
+        prefix.truncate(ERROR_BODY_CAP);
         if classified.retry() {
-            if !complete {
-                prefix.truncate(ERROR_BODY_CAP);
-            }
             return Err(Failed::Status { status, classified, headers, body: Bytes::from(prefix) });
         }
+        if !complete {
+            tracing::warn!(%status, "upstream error body cut at {ERROR_BODY_CAP} bytes");
+        }
         // The caller's own error (or a redirect): unchanged, on the first attempt.
-        let read = futures_util::stream::once(async move { Ok::<_, BodyError>(Bytes::from(prefix)) });
-        let body =
-            if complete { Body::from_stream(read) } else { Body::from_stream(read.chain(BodyDataStream::new(rest))) };
-        return Ok(respond(status, headers, body));
+        return Ok(respond(status, headers, Body::from(prefix)));
     }
 
     let kind = BodyKind::from_content_type(content_type.as_deref());

@@ -1,0 +1,72 @@
+//! Error bodies the upstream sends back are read bounded in time and size,
+//! and what reaches the caller never carries the key (issue 13 review).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{chat, key, spawn};
+use keypool_sim::{SimConfig, SimKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const KEY: &str = "sk-errbody-aaaaaaaaaaaaaaaa";
+
+/// An upstream that answers every request with `head` then `body`, and
+/// then keeps the connection open without sending more.
+async fn upstream(head: String, body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (head, body) = (head.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+                tokio::time::sleep(Duration::from_secs(120)).await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+async fn gateway(base: String) -> common::TestApp {
+    let sim = SimConfig { keys: vec![SimKey::new(KEY)], ..SimConfig::default() };
+    spawn(sim, vec![key(KEY, None)], move |c| {
+        c.upstream = base;
+        c.timeouts.idle = Duration::from_millis(300);
+        c.retry.max_retries = 0;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_error_body_that_stalls_part_way_does_not_hold_the_key() {
+    let head = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n".to_owned();
+    let app = gateway(upstream(head, br#"{"error":{"message":"half"#.to_vec()).await).await;
+    let sent = app.post("chat/completions").json(&chat("hi")).send();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sent).await.expect("answered, not held").unwrap();
+    assert_eq!(resp.status(), 400);
+    let _ = tokio::time::timeout(Duration::from_secs(10), resp.bytes()).await.expect("the body ends");
+    let view = &app.gateway.scheduler().snapshot()[0];
+    assert_eq!(view.inflight, 0, "{view:?}");
+}
+
+#[tokio::test]
+async fn a_key_quoted_past_the_read_part_of_a_long_error_body_never_reaches_the_caller() {
+    let mut body = br#"{"error":{"message":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'x', 70_000));
+    body.extend_from_slice(format!(" key {KEY} \",\"type\":\"invalid_request_error\"}}}}").as_bytes());
+    let head =
+        format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let app = gateway(upstream(head, body).await).await;
+    let resp = app.post("chat/completions").json(&chat("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("the body ends").unwrap();
+    assert!(!text.contains(KEY), "the key reached the caller");
+    assert!(text.len() <= 64 * 1024 + 1, "cut at the read cap: {}", text.len());
+}
