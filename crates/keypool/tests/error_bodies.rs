@@ -1,5 +1,6 @@
-//! Error bodies the upstream sends back are read bounded in time and size,
-//! and what reaches the caller never carries the key (issue 13 review).
+//! Answers that misbehave part-way (issue 13 review): error bodies are read
+//! bounded in time and size and never carry the key to the caller; a
+//! stream that breaks after a `finish_reason` but before `[DONE]` is broken.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -69,4 +70,32 @@ async fn a_key_quoted_past_the_read_part_of_a_long_error_body_never_reaches_the_
     let text = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("the body ends").unwrap();
     assert!(!text.contains(KEY), "the key reached the caller");
     assert!(text.len() <= 64 * 1024 + 1, "cut at the read cap: {}", text.len());
+}
+
+#[tokio::test]
+async fn a_chat_stream_that_breaks_after_its_finish_reason_still_gets_the_error_event() {
+    // Chunked, one event, then the connection closes without the last chunk: a break, not a clean end.
+    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_owned();
+    let body = format!("{:x}\r\n{event}\r\n", event.len()).into_bytes();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+            drop(socket);
+        }
+    });
+    let app = gateway(format!("http://{addr}/v1")).await;
+    let mut req = chat("hi");
+    req["stream"] = serde_json::json!(true);
+    let resp = app.post("chat/completions").json(&req).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("the body ends").unwrap();
+    assert!(text.contains("stream_interrupted") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    let view = &app.gateway.scheduler().snapshot()[0];
+    assert_eq!((view.successes, view.inflight), (0, 0), "{view:?}");
 }

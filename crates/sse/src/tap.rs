@@ -168,6 +168,20 @@ impl TapOutcome {
         }
     }
 
+    /// Whether the stream had reached its protocol's end before it broke (a
+    /// reset, an error, silence past the idle timeout). Stricter than
+    /// [`TapOutcome::ended`]: a chat `finish_reason` without `[DONE]`, and an
+    /// endpoint whose only end is the upstream's clean close, are complete
+    /// only when the upstream closes cleanly, never when the stream breaks.
+    pub fn ended_before_break(&self, expected: StreamProtocol) -> bool {
+        let protocol = if expected == StreamProtocol::Other { self.seen } else { expected };
+        match protocol {
+            StreamProtocol::Chat => self.saw_done,
+            StreamProtocol::Responses => self.saw_done || self.terminal.is_some(),
+            StreamProtocol::Other => false,
+        }
+    }
+
     /// The upstream's usage; failing that, when text was streamed, an
     /// estimate from it (see [`Usage::estimate`]) with `prompt_tokens` as the
     /// gateway estimated the request.

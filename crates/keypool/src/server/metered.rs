@@ -118,10 +118,18 @@ impl Metered {
         }
     }
 
+    /// Like [`Metered::ended`], for a stream that broke (a reset, silence):
+    /// only an end marker seen before the break counts, not a chat
+    /// `finish_reason` alone nor a close that never came.
+    fn ended_before_break(&mut self) -> Option<bool> {
+        let outcome = self.tap.finish();
+        outcome.ended_before_break(self.expect.protocol).then_some(outcome.terminal != Some(Terminal::Error))
+    }
+
     /// The stream broke after its first byte: tell an SSE caller why, then
     /// end. After a proper end nothing is broken, and nothing is appended.
     fn broke(&mut self, why: &str) -> Option<Bytes> {
-        if let Some(fine) = self.sse.then(|| self.ended()).flatten() {
+        if let Some(fine) = self.sse.then(|| self.ended_before_break()).flatten() {
             tracing::debug!(reason = why, "upstream stream closed after its end");
             self.finish_ended(fine);
             return Some(Bytes::new());

@@ -182,3 +182,14 @@ fn protocols_by_path() {
     assert_eq!(StreamProtocol::for_path("responses"), StreamProtocol::Responses);
     assert_eq!(StreamProtocol::for_path("audio/transcriptions"), StreamProtocol::Other);
 }
+
+#[test]
+fn only_an_end_marker_seen_before_a_break_ends_a_broken_stream() {
+    let finished =
+        tap_all(BodyKind::Sse, b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+    assert!(finished.ended(StreamProtocol::Chat), "a clean close after finish_reason ends it");
+    assert!(!finished.ended_before_break(StreamProtocol::Chat), "a break after finish_reason does not");
+    let done = tap_all(BodyKind::Sse, b"data: {\"choices\":[{\"index\":0,\"delta\":{}}]}\n\ndata: [DONE]\n\n");
+    assert!(done.ended_before_break(StreamProtocol::Chat));
+    assert!(!tap_all(BodyKind::Sse, b"data: {\"x\":1}\n\n").ended_before_break(StreamProtocol::Other));
+}
