@@ -315,7 +315,10 @@ enum Sending {
 }
 
 /// Sends, timing the answer's first byte from the moment the caller's body
-/// has gone upstream (at once for a body in memory).
+/// has gone upstream (at once for a body in memory). While an upload is
+/// under way, an upstream that takes none of it for `first_byte` has timed
+/// out (its fault); a caller slow to send is bounded by `total` here (and
+/// by the edge's minimum body rate before that).
 async fn first_byte(
     sending: impl std::future::Future<Output = Result<Answer, UpstreamError>>,
     upload: Option<tokio::sync::watch::Receiver<Sent>>,
@@ -324,11 +327,22 @@ async fn first_byte(
 ) -> Sending {
     tokio::pin!(sending);
     if let Some(mut rx) = upload {
-        tokio::select! {
-            answered = &mut sending => return Sending::Answered(answered),
-            // Complete, failed, or dropped unsent (the send failed first).
-            _ = rx.wait_for(|s| *s != Sent::Sending) => {}
-            _ = tokio::time::sleep_until(total) => return Sending::UploadTooSlow,
+        loop {
+            let state = *rx.borrow_and_update();
+            let stalled_at = match state {
+                Sent::Complete | Sent::Failed => break,
+                Sent::Handed(at) => Some(at + first_byte),
+                Sent::Sending => None,
+            };
+            let wake = stalled_at.map_or(total, |t| t.min(total));
+            tokio::select! {
+                answered = &mut sending => return Sending::Answered(answered),
+                // Dropped unsent (the send failed first): the answer says why.
+                changed = rx.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(wake) => {
+                    return if stalled_at.is_some_and(|t| t <= total) { Sending::TimedOut } else { Sending::UploadTooSlow };
+                }
+            }
         }
     }
     match tokio::time::timeout(first_byte, sending).await {

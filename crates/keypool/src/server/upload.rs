@@ -12,11 +12,17 @@ use tokio::sync::watch;
 
 use crate::upstream::{BodyError, ByteStream};
 
-/// Where an upload stands. A body dropped unfinished stays `Sending` (and
-/// its sender closes): the send failed for another reason than the caller.
+/// Where an upload stands. A body dropped unfinished stays `Sending` or
+/// `Handed` (and its sender closes): the send failed for another reason
+/// than the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
+    /// Waiting for the caller's next bytes.
     Sending,
+    /// A chunk went to the upstream at this instant and the upstream has not
+    /// asked for the next since: while it stays so, the upstream (not the
+    /// caller) is the one holding the upload up.
+    Handed(tokio::time::Instant),
     Complete,
     /// The caller's body failed (too slow, reset, cut short).
     Failed,
@@ -39,13 +45,24 @@ impl Stream for Watched {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                self.tx.send_replace(Sent::Handed(tokio::time::Instant::now()));
+            }
+            Poll::Pending => {
+                self.tx.send_if_modified(|s| {
+                    let handed = matches!(s, Sent::Handed(_));
+                    if handed {
+                        *s = Sent::Sending;
+                    }
+                    handed
+                });
+            }
             Poll::Ready(None) => {
                 self.tx.send_replace(Sent::Complete);
             }
             Poll::Ready(Some(Err(_))) => {
                 self.tx.send_replace(Sent::Failed);
             }
-            _ => {}
         }
         polled
     }

@@ -1,6 +1,7 @@
-//! Answers that misbehave part-way (issue 13 review): error bodies are read
-//! bounded in time and size and never carry the key to the caller; a
-//! stream that breaks after a `finish_reason` but before `[DONE]` is broken.
+//! Upstreams that misbehave part-way (issue 13 review): error bodies are
+//! read bounded in time and size and never carry the key to the caller; a
+//! stream that breaks after a `finish_reason` but before `[DONE]` is broken;
+//! an upstream that stops taking an upload times out.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -98,4 +99,34 @@ async fn a_chat_stream_that_breaks_after_its_finish_reason_still_gets_the_error_
     assert!(text.contains("stream_interrupted") && text.ends_with("data: [DONE]\n\n"), "{text}");
     let view = &app.gateway.scheduler().snapshot()[0];
     assert_eq!((view.successes, view.inflight), (0, 0), "{view:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_taking_an_upload_times_out_as_its_own_fault() {
+    // Reads the request head, then never reads again.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_secs(120)).await;
+            });
+        }
+    });
+    let sim = SimConfig { keys: vec![SimKey::new(KEY)], ..SimConfig::default() };
+    let app = spawn(sim, vec![key(KEY, None)], move |c| {
+        c.upstream = format!("http://{addr}/v1");
+        c.timeouts.first_byte = Duration::from_millis(500);
+        c.timeouts.total = Duration::from_secs(60);
+    })
+    .await;
+    let body = vec![b'x'; 32 * 1024 * 1024];
+    let sent =
+        app.post("audio/transcriptions").header("content-type", "multipart/form-data; boundary=x").body(body).send();
+    let resp = tokio::time::timeout(Duration::from_secs(15), sent).await.expect("answered, not held").unwrap();
+    assert_eq!(resp.status(), 504, "{:?}", resp.text().await);
+    let view = &app.gateway.scheduler().snapshot()[0];
+    assert_eq!((view.inflight, view.status), (0, "active"), "{view:?}");
 }
