@@ -32,7 +32,7 @@ use index::Index;
 use inner::{retry_after, slot_has_tpm, until_utc_midnight, Inner, Waiter};
 use key::{Health, Placement, Slot};
 use lease::Grant;
-pub use lease::{KeyLease, Outcome, Verdict};
+pub use lease::{Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;

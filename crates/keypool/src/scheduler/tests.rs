@@ -115,7 +115,12 @@ async fn tokens_reserve_and_the_admission_charge_stays() {
 async fn a_cooling_key_is_used_again_right_after_its_reset() {
     let s = sched(Strategy::LeastUsed, Duration::from_secs(60));
     s.sync_keys(&[record(1, None, None, 0)]);
-    let limited = Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(20) }, ..Outcome::default() };
+    let limited = Outcome {
+        verdict: Verdict::RateLimited {
+            reset: crate::scheduler::Reset::new(Duration::from_secs(20), crate::scheduler::Hit::Unknown),
+        },
+        ..Outcome::default()
+    };
     sent(s.try_lease(one()).unwrap()).finish(limited);
     assert_eq!(s.snapshot()[0].status, "cooling");
     let start = Instant::now();
@@ -123,6 +128,17 @@ async fn a_cooling_key_is_used_again_right_after_its_reset() {
     assert_eq!(Instant::now() - start, Duration::from_secs(20), "woken exactly at the reset");
     assert_eq!(lease.key_id(), 1);
     assert_eq!(s.snapshot()[0].status, "active");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_too_long_for_the_clock_cools_a_day_without_a_panic() {
+    let s = sched(Strategy::LeastUsed, Duration::from_secs(60));
+    s.sync_keys(&[record(1, None, None, 0)]);
+    let reset = crate::scheduler::Reset::new(Duration::MAX, crate::scheduler::Hit::Unknown);
+    sent(s.try_lease(one()).unwrap()).finish(Outcome { verdict: Verdict::RateLimited { reset }, ..Outcome::default() });
+    assert_eq!(s.snapshot()[0].status, "cooling");
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    assert!(s.try_lease(one()).is_ok(), "back after a day at most");
 }
 
 #[tokio::test(start_paused = true)]

@@ -105,7 +105,7 @@ impl Failed {
                         format!("the upstream answered {status}: \"{}\"", classified.message)
                     },
                     retry_after: match verdict {
-                        Verdict::RateLimited { reset } => Some(reset),
+                        Verdict::RateLimited { reset } => Some(reset.after),
                         _ => None,
                     },
                 }

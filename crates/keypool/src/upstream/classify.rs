@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::comeback::{generic_reset, reset_value, retry_header, wait_in_text};
 use super::wording::{KEY_CODES, KEY_WORDS, MODEL_WORDS, NO_MONEY_CODES, NO_MONEY_WORDS, REQUEST_CODES, REQUEST_WORDS};
-use crate::scheduler::{RateInfo, Verdict};
+use crate::scheduler::{Hit, RateInfo, Reset, Verdict};
 
 /// Whose fault a failed answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,7 @@ fn judge(status: u16, headers: &HeaderMap, said: &Said) -> Verdict {
         return Verdict::Invalid;
     }
     match status {
-        429 => Verdict::RateLimited { reset: reset_of_429(headers, &said.kind, &said.raw) },
+        429 => Verdict::RateLimited { reset: Reset::new(reset_of_429(headers, &said.kind, &said.raw), hit(said)) },
         // A refusal that names no key (a firewall's page, a region block): the
         // upstream's; the proxy tries the other keys and blames none of them.
         401 | 403 => Verdict::Refused,
@@ -182,24 +182,32 @@ fn larger_than_limit(message: &str) -> Option<u64> {
     (requested > limit || message.contains("request too large")).then_some(limit)
 }
 
+/// Which limit a 429 was about: OpenAI's `error.type` (`"tokens"`,
+/// `"requests"`), else its message ("on tokens per min (TPM)", "on requests
+/// per min (RPM)").
+fn hit(said: &Said) -> Hit {
+    let words = said.message.to_ascii_lowercase();
+    if said.kind == "tokens" || words.contains("(tpm)") || words.contains("tokens per min") {
+        Hit::Tokens
+    } else if said.kind == "requests" || words.contains("(rpm)") || words.contains("requests per min") {
+        Hit::Requests
+    } else {
+        Hit::Unknown
+    }
+}
+
 /// How long a 429 says to wait: an explicit Retry-After first, then the
 /// "Please try again in 20s" of the message, then the reset header of the
-/// limit that was hit, then a generic reset header; one second at least known.
+/// limit that was hit, then a generic reset header; one second when none is
+/// known. Every form is clamped alike to `0..=MAX_WAIT` (a day) where it is
+/// read (see [`super::comeback`]).
 fn reset_of_429(headers: &HeaderMap, kind: &str, raw: &str) -> Duration {
-    let cap = |d: Duration| d.min(Duration::from_secs(3600));
-    if let Some(d) = retry_header(headers) {
-        return d;
-    }
-    if let Some(d) = wait_in_text(raw) {
-        return cap(d);
-    }
     let header = if kind == "tokens" { "x-ratelimit-reset-tokens" } else { "x-ratelimit-reset-requests" };
-    headers
-        .get(header)
-        .and_then(|v| v.to_str().ok())
-        .and_then(reset_value)
+    retry_header(headers)
+        .or_else(|| wait_in_text(raw))
+        .or_else(|| headers.get(header).and_then(|v| v.to_str().ok()).and_then(reset_value))
         .or_else(|| generic_reset(headers))
-        .map_or(Duration::from_secs(1), cap)
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// The `x-ratelimit-*` headers of an answer (the first readable value of each).
@@ -267,12 +275,63 @@ mod tests {
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         assert_eq!(verdict(429, &none, quota), Verdict::Exhausted);
         let limited = br#"{"error":{"message":"Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit ...","type":"requests","code":"rate_limit_exceeded"}}"#;
-        assert_eq!(verdict(429, &none, limited), Verdict::RateLimited { reset: Duration::from_secs(20) });
+        assert_eq!(
+            verdict(429, &none, limited),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_secs(20), Hit::Requests) }
+        );
         let h = headers(&[("x-ratelimit-reset-tokens", "859ms"), ("x-ratelimit-reset-requests", "6m0s")]);
         let tokens = br#"{"error":{"message":"Rate limit reached","type":"tokens","code":"rate_limit_exceeded"}}"#;
-        assert_eq!(verdict(429, &h, tokens), Verdict::RateLimited { reset: Duration::from_millis(859) });
+        assert_eq!(
+            verdict(429, &h, tokens),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_millis(859), Hit::Tokens) }
+        );
         let h = headers(&[("retry-after", "7")]);
-        assert_eq!(verdict(429, &h, b"garbage"), Verdict::RateLimited { reset: Duration::from_secs(7) });
+        assert_eq!(
+            verdict(429, &h, b"garbage"),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_secs(7), Hit::Unknown) }
+        );
+    }
+
+    fn reset(status: u16, h: &HeaderMap, body: &[u8]) -> Reset {
+        match verdict(status, h, body) {
+            Verdict::RateLimited { reset } => reset,
+            v => panic!("not a rate limit: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn every_come_back_form_is_capped_at_a_day() {
+        let day = Duration::from_secs(86_400);
+        for date in ["Fri, 31 Dec 9999 23:59:59 GMT", "Sun, 06 Nov 2999 08:49:37 GMT"] {
+            assert_eq!(reset(429, &headers(&[("retry-after", date)]), b"{}").after, day, "{date}");
+        }
+        let huge = format!("Sun, 06 Nov {} 08:49:37 GMT", "9".repeat(14));
+        assert_eq!(reset(429, &headers(&[("retry-after", huge.as_str())]), b"{}").after, Duration::from_secs(1));
+        let past = headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(reset(429, &past, b"{}").after, Duration::ZERO);
+        assert_eq!(reset(429, &headers(&[("retry-after", "soon-ish")]), b"{}").after, Duration::from_secs(1));
+        // A message hint obeys the same cap as a header (one rule).
+        let words = br#"{"error":{"message":"Please try again in 30h."}}"#;
+        assert_eq!(reset(429, &HeaderMap::new(), words).after, day);
+        assert_eq!(reset(429, &headers(&[("x-ratelimit-reset-requests", "99999h")]), b"{}").after, day);
+        // The old 429 tests of headers alone (no `cooldown_from` twin any more).
+        assert_eq!(reset(429, &headers(&[("retry-after", "NaN")]), b"{}").after, Duration::from_secs(1));
+        assert_eq!(reset(429, &headers(&[("retry-after-ms", "1e300")]), b"{}").after, day);
+        let both = headers(&[("retry-after", "3"), ("retry-after-ms", "1500")]);
+        assert_eq!(reset(429, &both, b"{}").after, Duration::from_millis(1500));
+        assert_eq!(reset(429, &HeaderMap::new(), b"{}").after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_429_says_which_limit_it_hit() {
+        let none = HeaderMap::new();
+        let tpm = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000.","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(reset(429, &none, tpm).hit, Hit::Tokens);
+        let rpm =
+            br#"{"error":{"message":"Rate limit reached on requests per min (RPM): Limit 3, Used 3, Requested 1."}}"#;
+        assert_eq!(reset(429, &none, rpm).hit, Hit::Requests);
+        assert_eq!(reset(429, &none, br#"{"error":{"message":"x","type":"tokens"}}"#).hit, Hit::Tokens);
+        assert_eq!(reset(429, &none, b"Too Many Requests").hit, Hit::Unknown);
     }
 
     #[test]
@@ -324,7 +383,10 @@ mod tests {
         }
         // Google words a per-minute limit as a spent quota, with a retry delay: that is a rate limit.
         let google = br#"[{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"23s"}]}}]"#;
-        assert_eq!(verdict(429, &none, google), Verdict::RateLimited { reset: Duration::from_secs(23) });
+        assert_eq!(
+            verdict(429, &none, google),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_secs(23), Hit::Unknown) }
+        );
     }
 
     #[test]
