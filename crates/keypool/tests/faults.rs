@@ -682,3 +682,35 @@ async fn an_upload_the_upstream_never_took_is_not_blamed_on_the_caller() {
     let (status, _, body) = error_of(resp).await;
     assert_eq!((status, body["error"]["code"].as_str()), (502, Some("upstream_failed")), "{body}");
 }
+
+#[tokio::test]
+async fn a_retry_waits_for_a_busy_key_rather_than_hitting_one_that_lacks_the_model() {
+    let missing = r#"{"error":{"message":"The model `gpt-x` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+    let keys = ["sk-busy-aaaaaaaaaaaaa", "sk-busy-bbbbbbbbbbbbb"];
+    let (base, seen) = fake(move |s| {
+        if s.key == "sk-busy-aaaaaaaaaaaaa" {
+            Reply::new(404, missing)
+        } else {
+            Reply::ok().after(Duration::from_millis(600))
+        }
+    })
+    .await;
+    let app = gateway(&base, &keys, |c| {
+        c.limits.max_inflight = Some(1);
+        c.retry.max_retries = 4;
+    })
+    .await;
+    let mut body = chat("hi");
+    body["model"] = "gpt-x".into();
+    let first = tokio::spawn(app.post("chat/completions").json(&body).send());
+    // The second request arrives while B serves the first: A is free but lacks the model.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hits(&seen, keys[1]) == 0 {
+        assert!(Instant::now() < deadline, "B never got the first request");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = app.post("chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(second.status(), 200, "served by B once it was free: {}", second.text().await.unwrap());
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert!(hits(&seen, keys[0]) <= 2, "A asked for gpt-x at most once per request: {}", hits(&seen, keys[0]));
+}

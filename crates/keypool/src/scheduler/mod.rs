@@ -331,18 +331,34 @@ impl Scheduler {
     /// line (first come, first served) up to `max_wait`. Dropping the future
     /// leaves the line at once.
     pub async fn acquire(self: &Arc<Self>, demand: Demand) -> Result<KeyLease, NoKey> {
-        self.acquire_avoiding(demand, &[]).await
+        self.acquire_avoiding(demand, &[], &[]).await
     }
 
-    /// [`Scheduler::acquire`] for a retry: a key not in `avoid` when one has room.
-    pub async fn acquire_avoiding(self: &Arc<Self>, demand: Demand, avoid: &[i64]) -> Result<KeyLease, NoKey> {
+    /// [`Scheduler::acquire`] for a retry: a key in neither list when one
+    /// has room; a key in `avoid` (tried last) before waiting; never a key in
+    /// `exclude` (only another key can help: the request waits for one)
+    /// while any other key can serve at all.
+    pub async fn acquire_avoiding(
+        self: &Arc<Self>,
+        demand: Demand,
+        avoid: &[i64],
+        exclude: &[i64],
+    ) -> Result<KeyLease, NoKey> {
         let started = Instant::now();
         let strategy = self.config.strategy;
         let (id, rx) = {
             let mut inner = self.lock();
             inner.refresh(started, strategy);
             inner.dispatch(started, strategy);
-            if let Some(id) = inner.pick_avoiding(started, demand, avoid) {
+            let exclude = if inner.usable_outside(started, exclude) { exclude } else { &[][..] };
+            let picked = if exclude.is_empty() {
+                inner.pick_avoiding(started, demand, avoid)
+            } else {
+                inner
+                    .pick_where(started, demand, |id| !exclude.contains(&id) && !avoid.contains(&id))
+                    .or_else(|| inner.pick_where(started, demand, |id| !exclude.contains(&id)))
+            };
+            if let Some(id) = picked {
                 if let Some(grant) = inner.reserve(id, demand, started, strategy) {
                     drop(inner);
                     return Ok(KeyLease::new(Arc::clone(self), grant));
@@ -356,7 +372,7 @@ impl Scheduler {
             let (tx, rx) = oneshot::channel();
             inner.next_waiter += 1;
             let id = inner.next_waiter;
-            inner.queue.push_back(Waiter { id, demand, tx });
+            inner.queue.push_back(Waiter { id, demand, exclude: exclude.to_vec(), tx });
             (id, rx)
         };
         self.wake.notify_one();

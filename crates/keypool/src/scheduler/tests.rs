@@ -142,6 +142,27 @@ async fn a_reset_too_long_for_the_clock_cools_a_day_without_a_panic() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_excluded_key_is_never_given_while_another_can_serve() {
+    let s = sched(Strategy::LeastUsed, Duration::from_secs(300));
+    s.sync_keys(&[record(1, Some(1), None, 0), record(2, None, None, 0)]);
+    // Key 1 is busy; key 2 is free but excluded: the request waits for key 1.
+    let busy = sent(s.acquire_avoiding(one(), &[], &[2]).await.unwrap());
+    assert_eq!(busy.key_id(), 1);
+    let waiting = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.acquire_avoiding(one(), &[], &[2]).await.map(|l| l.key_id()) })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!waiting.is_finished(), "not given the excluded key");
+    busy.finish(ok());
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(waiting.await.unwrap(), Ok(1));
+    // With no other key able to serve at all, an excluded key beats none.
+    let lease = s.acquire_avoiding(one(), &[], &[1, 2]).await.unwrap();
+    assert!([1, 2].contains(&lease.key_id()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn waiters_are_served_first_come_first_served() {
     let s = sched(Strategy::LeastUsed, Duration::from_secs(300));
     s.sync_keys(&[record(1, Some(1), None, 0)]);

@@ -62,7 +62,11 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let timeouts = &app.config.timeouts_for(model.as_deref());
     let deadline = started + app.config.deadline_for(model.as_deref());
     // Keys known not to serve this model are tried last.
-    let mut avoid: Vec<i64> = model.as_deref().map(|m| app.scheduler.set_aside_keys(m)).unwrap_or_default();
+    let aside: Vec<i64> = model.as_deref().map(|m| app.scheduler.set_aside_keys(m)).unwrap_or_default();
+    let mut avoid = aside.clone();
+    // Keys only another key can improve on (after such a failure, with the
+    // set-aside ones): never tried again while another key can serve at all.
+    let mut exclude: Vec<i64> = Vec::new();
     let mut tried: Vec<i64> = Vec::new();
     // Keys refused without a key-specific code: theirs only if another key is served.
     let mut refused: Vec<i64> = Vec::new();
@@ -80,7 +84,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
         }
         let acquired = match held.take() {
             Some(lease) => Ok(lease),
-            None => app.scheduler.acquire_avoiding(demand, &avoid).await,
+            None => app.scheduler.acquire_avoiding(demand, &avoid, &exclude).await,
         };
         let mut lease = match acquired {
             Ok(lease) => lease,
@@ -213,6 +217,20 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             avoid.push(key_id);
         }
         if let Failed::Status { classified, .. } = &failed {
+            // Only another key helps: never this one again while another can serve (a
+            // rate-limited key serves again after its reset, and the scheduler waits for
+            // it; a request too large for it is judged against every key's limit).
+            let useless = matches!(
+                classified.verdict,
+                Verdict::ModelMissing | Verdict::Refused | Verdict::Invalid | Verdict::Exhausted
+            );
+            if useless {
+                for id in aside.iter().chain([&key_id]) {
+                    if !exclude.contains(id) {
+                        exclude.push(*id);
+                    }
+                }
+            }
             match classified.verdict {
                 Verdict::ModelMissing => {
                     if let Some(m) = model.as_deref() {
