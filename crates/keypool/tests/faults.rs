@@ -176,11 +176,43 @@ async fn a_refusal_only_one_key_gets_is_that_keys_once_another_key_is_served() {
     })
     .await;
     let app = gateway(&base, &["sk-odd-aaaaaaaaaaaaaa", "sk-odd-bbbbbbbbbbbbbb"], |_| {}).await;
-    for _ in 0..4 {
+    for _ in 0..6 {
         assert_eq!(app.post("chat/completions").json(&chat("hi")).send().await.unwrap().status(), 200);
     }
-    assert_eq!(hits(&seen, "sk-odd-aaaaaaaaaaaaaa"), 1);
+    // Once on trial, then invalid when its trial request is refused the same way.
+    assert_eq!(hits(&seen, "sk-odd-aaaaaaaaaaaaaa"), 2);
     assert_eq!(statuses(&app), ["invalid", "active"]);
+}
+
+#[tokio::test]
+async fn a_passing_refusal_puts_a_key_on_trial_and_a_page_or_region_block_never_blames_it() {
+    // A: one JSON 401 naming no key, then fine. B: always fine. C: an HTML 403 or a region block on
+    // every other request.
+    let keys = ["sk-pass-aaaaaaaaaaaaa", "sk-pass-bbbbbbbbbbbbb", "sk-pass-ccccccccccccc"];
+    let once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flip = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (base, seen) = fake(move |s| {
+        use std::sync::atomic::Ordering::Relaxed;
+        match s.key.as_str() {
+            "sk-pass-aaaaaaaaaaaaa" if !once.swap(true, Relaxed) => {
+                Reply::new(401, r#"{"error":{"message":"Unauthorized","type":"error"}}"#)
+            }
+            "sk-pass-ccccccccccccc" => match flip.fetch_add(1, Relaxed) % 3 {
+                0 => Reply::new(403, "<html><head><title>403 Forbidden</title></head><body>cdn</body></html>"),
+                1 => Reply::new(403, REGION),
+                _ => Reply::ok(),
+            },
+            _ => Reply::ok(),
+        }
+    })
+    .await;
+    let app = gateway(&base, &keys, |_| {}).await;
+    for _ in 0..12 {
+        assert_eq!(app.post("chat/completions").json(&chat("hi")).send().await.unwrap().status(), 200);
+    }
+    assert!(hits(&seen, keys[0]) >= 2, "A served again after its trial");
+    assert!(hits(&seen, keys[2]) >= 3, "C was tried again and again");
+    assert_eq!(statuses(&app), ["active", "active", "active"], "no key blamed for a passing refusal");
 }
 
 #[tokio::test]

@@ -91,6 +91,9 @@ pub struct Slot {
     /// Back from invalid or exhausted on a probe that could not judge it:
     /// takes one request at a time until a real answer judges it.
     pub on_trial: bool,
+    /// Refused with no key-specific code while another key was served, and
+    /// not successful since: refused so again, it is invalid.
+    pub suspected: bool,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -141,6 +144,7 @@ impl Slot {
             probe_every: Duration::ZERO,
             last_rate: RateInfo::default(),
             on_trial: false,
+            suspected: false,
         };
         slot.apply(r, d, now);
         slot

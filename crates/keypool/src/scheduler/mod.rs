@@ -278,6 +278,28 @@ impl Scheduler {
         self.wake_if_waiting(inner);
     }
 
+    /// Key `id` was refused with no key-specific code while another key was
+    /// served: perhaps its own fault, perhaps a passing refusal (a CDN, a
+    /// region block on some requests). The first time it goes on trial (one
+    /// request at a time until an answer judges it); suspected again before
+    /// it served anything, it is invalid.
+    pub fn suspect(&self, id: i64) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return };
+        if std::mem::take(&mut slot.suspected) {
+            apply_verdict(slot, Verdict::Invalid, now, &self.config);
+            inner.recheck = true;
+        } else if slot.health == Health::Active {
+            slot.suspected = true;
+            slot.on_trial = true;
+        }
+        inner.slot_placement(id, now, strategy);
+        inner.dispatch(now, strategy);
+        self.wake_if_waiting(inner);
+    }
+
     /// Sets key `id` aside for `model` only (404 `model_not_found`, no access)
     /// for [`MODEL_SET_ASIDE`]; other models still use the key.
     pub fn set_aside_for_model(&self, id: i64, model: &str) {
@@ -428,6 +450,9 @@ impl Scheduler {
             slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
             if sent {
                 record_sent(slot, grant.demand, &outcome, now, &self.config);
+            }
+            if outcome.success {
+                slot.suspected = false;
             }
         }
         if matches!(outcome.verdict, Verdict::Invalid | Verdict::Exhausted) || outcome.cost_micros.is_some() {

@@ -68,7 +68,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     // set-aside ones): never tried again while another key can serve at all.
     let mut exclude: Vec<i64> = Vec::new();
     let mut tried: Vec<i64> = Vec::new();
-    // Keys refused without a key-specific code: theirs only if another key is served.
+    // Keys refused in words that may be theirs: on trial if another key is served.
     let mut refused: Vec<i64> = Vec::new();
     let mut attempts = 0u32;
     let mut timeouts_retried = 0u32;
@@ -193,9 +193,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 {
                     Ok(response) => {
                         if response.status().is_success() {
-                            // Another key was served where these were refused: the refusals were theirs.
+                            // Another key was served where these were refused: the
+                            // refusals may be theirs, so they go on trial.
                             for id in refused.drain(..) {
-                                app.scheduler.judge(id, Verdict::Invalid);
+                                app.scheduler.suspect(id);
                             }
                         }
                         return Ok(response);
@@ -237,7 +238,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                         app.scheduler.set_aside_for_model(key_id, m);
                     }
                 }
-                Verdict::Refused => refused.push(key_id),
+                Verdict::Refused if classified.maybe_key => refused.push(key_id),
                 _ => {}
             }
         }

@@ -11,7 +11,10 @@ use http::{HeaderMap, StatusCode};
 use std::time::Duration;
 
 use super::comeback::{generic_reset, reset_value, retry_header, wait_in_text};
-use super::wording::{KEY_CODES, KEY_WORDS, MODEL_WORDS, NO_MONEY_CODES, NO_MONEY_WORDS, REQUEST_CODES, REQUEST_WORDS};
+use super::wording::{
+    KEY_CODES, KEY_WORDS, MODEL_WORDS, NO_MONEY_CODES, NO_MONEY_WORDS, REQUEST_CODES, REQUEST_WORDS, UPSTREAM_CODES,
+    UPSTREAM_WORDS,
+};
 use crate::scheduler::{Hit, RateInfo, Reset, Verdict};
 
 /// Whose fault a failed answer is.
@@ -36,6 +39,10 @@ pub struct Classified {
     pub verdict: Verdict,
     /// `error.message` (or an HTML page's `<title>`, or a text's first line), at most 300 characters.
     pub message: String,
+    /// A [`Verdict::Refused`] that may still be the key's (a JSON or text
+    /// 401/403 naming no key): the key goes on trial once another key is
+    /// served. False for an HTML page or a region block, never the key's.
+    pub maybe_key: bool,
 }
 
 impl Classified {
@@ -68,13 +75,17 @@ struct Said {
     message: String,
     /// The whole body, lowercased, for hints outside the error object (`retryDelay`).
     raw: String,
+    /// The body is an HTML page (a CDN's or a firewall's, never the upstream API's own).
+    html: bool,
 }
 
 fn said(body: &[u8]) -> Said {
     let text = String::from_utf8_lossy(body);
     let raw = text.to_ascii_lowercase();
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Said { message: plain_text_message(&text), raw, ..Said::default() };
+        let start = raw.trim_start();
+        let html = start.starts_with("<!doctype html") || start.starts_with("<html") || raw.contains("<title>");
+        return Said { message: plain_text_message(&text), raw, html, ..Said::default() };
     };
     let root = value.as_array().and_then(|a| a.first()).unwrap_or(&value);
     let err = match root.get("error") {
@@ -91,7 +102,8 @@ fn said(body: &[u8]) -> Said {
     };
     let code = field("code");
     let kind = [field("type"), field("status")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
-    Said { code: code.to_ascii_lowercase(), kind: kind.to_ascii_lowercase(), message: clip(&field("message")), raw }
+    let (code, kind) = (code.to_ascii_lowercase(), kind.to_ascii_lowercase());
+    Said { code, kind, message: clip(&field("message")), raw, html: false }
 }
 
 /// What a non-JSON body says: an HTML page's `<title>`, else its first non-empty line.
@@ -120,25 +132,42 @@ fn any_in(haystack: &str, needles: &[&str]) -> bool {
 }
 
 /// Judges an answer (status, headers, and its body when it is an error; a
-/// small one, read whole).
+/// small one, read whole), as if the caller's account headers were sent.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Classified {
+    classify_sent(status, headers, body, true)
+}
+
+/// [`classify`], knowing whether the caller's `OpenAI-Organization` /
+/// `OpenAI-Project` went upstream (`server.forward_account_headers`): when
+/// they did not, a `mismatched_organization` is about the key's own
+/// account settings, so the key is set aside as invalid.
+pub fn classify_sent(status: StatusCode, headers: &HeaderMap, body: &[u8], caller_account_sent: bool) -> Classified {
     let s = status.as_u16();
     if s < 400 {
-        return Classified { verdict: Verdict::Fine, message: String::new() };
+        return Classified { verdict: Verdict::Fine, message: String::new(), maybe_key: false };
     }
     let said = said(body);
     let message = said.message.clone();
-    Classified { verdict: judge(s, headers, &said), message }
+    let verdict = judge(s, headers, &said, caller_account_sent);
+    let maybe_key = verdict == Verdict::Refused && !said.html && !upstream_refusal(&said);
+    Classified { verdict, message, maybe_key }
 }
 
-fn judge(status: u16, headers: &HeaderMap, said: &Said) -> Verdict {
+/// A refusal the upstream words as its own, whatever key was sent (OpenAI's
+/// region block).
+fn upstream_refusal(said: &Said) -> bool {
+    UPSTREAM_CODES.contains(&said.code.as_str()) || any_in(&said.message.to_lowercase(), UPSTREAM_WORDS)
+}
+
+fn judge(status: u16, headers: &HeaderMap, said: &Said, caller_account_sent: bool) -> Verdict {
     let code = |list: &[&str]| list.contains(&said.code.as_str()) || list.contains(&said.kind.as_str());
     let words = said.message.to_lowercase();
     if status >= 500 {
         return Verdict::UpstreamError;
     }
     if code(REQUEST_CODES) || any_in(&words, REQUEST_WORDS) {
-        return Verdict::CallerError;
+        // Without the caller's headers, the account that mismatches is the key's own.
+        return if caller_account_sent { Verdict::CallerError } else { Verdict::Invalid };
     }
     if said.code == "model_not_found" || any_in(&words, MODEL_WORDS) {
         return if matches!(status, 401 | 403 | 404) { Verdict::ModelMissing } else { Verdict::CallerError };
@@ -399,11 +428,11 @@ mod tests {
         assert_eq!(verdict(401, &none, project), Verdict::CallerError);
         let region = br#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
         let c = classify(StatusCode::FORBIDDEN, &none, region);
-        assert_eq!((c.verdict, c.blame()), (Verdict::Refused, Blame::Upstream));
+        assert_eq!((c.verdict, c.blame(), c.maybe_key), (Verdict::Refused, Blame::Upstream, false));
         assert_eq!(c.message, "Country, region, or territory not supported");
         let html = b"<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body><center><h1>403 Forbidden</h1></center></body></html>";
         let c = classify(StatusCode::FORBIDDEN, &none, html);
-        assert_eq!((c.verdict, c.message.as_str()), (Verdict::Refused, "403 Forbidden"));
+        assert_eq!((c.verdict, c.message.as_str(), c.maybe_key), (Verdict::Refused, "403 Forbidden", false));
         assert_eq!(
             classify(StatusCode::FORBIDDEN, &none, b"\n  Access denied by policy\nref 42").message,
             "Access denied by policy"
@@ -417,6 +446,33 @@ mod tests {
             verdict(404, &none, b"{\"error\":{\"message\":\"Invalid URL (POST /v1/x)\"}}"),
             Verdict::CallerError
         );
+    }
+
+    #[test]
+    fn only_a_refusal_that_may_be_the_keys_puts_it_on_trial() {
+        let none = HeaderMap::new();
+        let bare = classify(StatusCode::UNAUTHORIZED, &none, br#"{"error":{"message":"Unauthorized","type":"error"}}"#);
+        assert_eq!((bare.verdict, bare.maybe_key), (Verdict::Refused, true));
+        assert!(classify(StatusCode::FORBIDDEN, &none, b"Forbidden").maybe_key);
+        let page =
+            b"<!DOCTYPE html>\n<html><head><meta charset=utf-8></head><body>Access denied | cloudflare</body></html>";
+        assert!(!classify(StatusCode::FORBIDDEN, &none, page).maybe_key, "an HTML page is never the key's");
+        let region = br#"{"error":{"message":"Country, region, or territory not supported"}}"#;
+        assert!(!classify(StatusCode::FORBIDDEN, &none, region).maybe_key, "nor a region block");
+        assert!(!classify(StatusCode::UNAUTHORIZED, &none, br#"{"error":{"code":"invalid_api_key"}}"#).maybe_key);
+    }
+
+    #[test]
+    fn an_account_mismatch_is_the_keys_when_the_callers_headers_stayed_home() {
+        let none = HeaderMap::new();
+        let org = br#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+        let project = br#"{"error":{"message":"OpenAI-Project header should match project for API key","type":"invalid_request_error","code":"mismatched_project"}}"#;
+        for body in [&org[..], &project[..]] {
+            let kept = classify_sent(StatusCode::UNAUTHORIZED, &none, body, false);
+            assert_eq!((kept.verdict, kept.blame(), kept.retry()), (Verdict::Invalid, Blame::Key, true));
+            let sent = classify_sent(StatusCode::UNAUTHORIZED, &none, body, true);
+            assert_eq!((sent.verdict, sent.blame()), (Verdict::CallerError, Blame::Request));
+        }
     }
 
     #[test]
