@@ -746,3 +746,19 @@ async fn a_retry_waits_for_a_busy_key_rather_than_hitting_one_that_lacks_the_mod
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     assert!(hits(&seen, keys[0]) <= 2, "A asked for gpt-x at most once per request: {}", hits(&seen, keys[0]));
 }
+
+#[tokio::test]
+async fn a_resend_after_a_first_byte_timeout_gets_only_the_time_left() {
+    let (base, seen) = fake(|_| Reply::ok().after(Duration::from_secs(10))).await;
+    let app = gateway(&base, &["sk-clip-aaaaaaaaaaaaa", "sk-clip-bbbbbbbbbbbbb"], |c| {
+        c.timeouts.first_byte = Duration::from_millis(1000);
+        c.retry.deadline = Duration::from_millis(1300);
+    })
+    .await;
+    let started = Instant::now();
+    let (status, _, body) = error_of(app.post("chat/completions").json(&chat("hi")).send().await.unwrap()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "sent again once");
+    assert!(took < Duration::from_millis(1800), "the resend waited past the deadline: {took:?}");
+}

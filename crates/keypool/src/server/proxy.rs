@@ -126,7 +126,9 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             lease.account(),
             out,
         );
-        let sent = first_byte(sending, upload.clone(), timeouts.first_byte, started + timeouts.total).await;
+        // A resend gets no more than the time left before the deadline.
+        let wait = timeouts.first_byte.min(deadline.saturating_duration_since(Instant::now()));
+        let sent = first_byte(sending, upload.clone(), wait, started + timeouts.total).await;
         // Only the caller's own body failing is the caller's fault (a body
         // dropped unsent because the connection failed is not).
         let caller_failed = upload.as_ref().is_some_and(|rx| *rx.borrow() == Sent::Failed);
