@@ -500,7 +500,7 @@ async fn relay_refusing_a_once(
 }
 
 async fn until(app: &TestApp, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while statuses(app) != want {
         assert!(Instant::now() < deadline, "never reached {want:?}: {:?}", statuses(app));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -523,7 +523,8 @@ async fn served_by(app: &TestApp, seen: &Mutex<Vec<Seen>>, key: &str) {
 async fn a_probe_404_says_nothing_and_the_key_returns_on_one_trial_request() {
     let (base, seen) = relay_refusing_a_once(|_| Reply::new(404, "404 page not found")).await;
     let keys = ["sk-trial-aaaaaaaaaaaa", "sk-trial-bbbbbbbbbbbb"];
-    let app = gateway(&base, &keys, |c| c.health.probe_invalid = Duration::from_millis(200)).await;
+    // Long enough that no probe runs before the first look, however loaded the machine.
+    let app = gateway(&base, &keys, |c| c.health.probe_invalid = Duration::from_secs(2)).await;
     served_by(&app, &seen, keys[0]).await;
     assert_eq!(statuses(&app), ["invalid", "active"], "the transient 401 marked it");
     until(&app, &["active", "active"]).await;
