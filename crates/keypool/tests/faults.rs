@@ -220,13 +220,31 @@ async fn a_mismatched_organization_goes_back_to_the_caller_unchanged_and_blames_
     let error = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
     let (base, seen) = fake(move |_| Reply::new(401, error)).await;
     let keys = ["sk-org-aaaaaaaaaaaaaa", "sk-org-bbbbbbbbbbbbbb", "sk-org-cccccccccccccc", "sk-org-dddddddddddddd"];
-    let app = gateway(&base, &keys, |_| {}).await;
+    // The caller's header goes upstream: the mismatch is the caller's.
+    let app = gateway(&base, &keys, |c| c.server.forward_account_headers = true).await;
     let resp = app.post("chat/completions").header("openai-organization", "org-mine").json(&chat("hi")).send().await;
     let resp = resp.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.text().await.unwrap(), error, "byte for byte");
     assert_eq!(seen.lock().unwrap().len(), 1, "one attempt");
     assert!(statuses(&app).iter().all(|s| *s == "active"), "{:?}", statuses(&app));
+}
+
+#[tokio::test]
+async fn an_account_mismatch_the_caller_did_not_send_is_the_keys_and_another_key_serves() {
+    let error = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+    let keys = ["sk-acct-aaaaaaaaaaaaa", "sk-acct-bbbbbbbbbbbbb"];
+    // Key A's own --organization does not match it; the caller's headers stay home (the default).
+    let (base, seen) =
+        fake(move |s| if s.key == "sk-acct-aaaaaaaaaaaaa" { Reply::new(401, error) } else { Reply::ok() }).await;
+    let app = gateway(&base, &keys, |_| {}).await;
+    for _ in 0..4 {
+        let resp =
+            app.post("chat/completions").header("openai-organization", "org-mine").json(&chat("hi")).send().await;
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+    assert_eq!(hits(&seen, keys[0]), 1, "set aside after one mismatch");
+    assert_eq!(statuses(&app), ["invalid", "active"]);
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use http_body_util::{BodyDataStream, BodyExt};
 use keypool_sse::{BodyKind, UsageStripper, UsageTap};
 use tokio::time::Instant;
 
-use super::attempt::{full_jitter, scrub, Failed};
+use super::attempt::{full_jitter, key_account_mismatch, scrub, Failed};
 use super::error::ApiError;
 use super::inspect::{inspect, with_include_usage};
 use super::metered::{Expect, Metered};
@@ -24,7 +24,8 @@ use crate::config::AuthMode;
 use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
-    classify, copy_response_headers, rate_info, refuses_stream_options, Answer, BodyError, OutBody, UpstreamError,
+    classify, copy_response_headers, is_account_header, rate_info, refuses_stream_options, Answer, BodyError, OutBody,
+    UpstreamError,
 };
 use secrecy::ExposeSecret;
 
@@ -194,14 +195,25 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 .await
                 {
                     Ok(response) => {
-                        if response.status().is_success() {
-                            // Another key was served where these were refused: the
-                            // refusals may be theirs, so they go on trial.
-                            for id in refused.drain(..) {
-                                app.scheduler.suspect(id);
+                        // Only the caller's own account headers make a mismatch the caller's.
+                        let caller_account_sent =
+                            app.config.server.forward_account_headers && parts.headers.keys().any(is_account_header);
+                        match key_account_mismatch(response, caller_account_sent).await {
+                            Ok(response) => {
+                                if response.status().is_success() {
+                                    // Another key was served where these were refused: the
+                                    // refusals may be theirs, so they go on trial.
+                                    for id in refused.drain(..) {
+                                        app.scheduler.suspect(id);
+                                    }
+                                }
+                                return Ok(response);
+                            }
+                            Err(failed) => {
+                                app.scheduler.judge(key_id, Verdict::Invalid);
+                                failed
                             }
                         }
-                        return Ok(response);
                     }
                     Err(Failed::StreamOptions(lease)) => {
                         // The upstream does not know the `stream_options` keypool
