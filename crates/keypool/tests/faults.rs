@@ -176,11 +176,43 @@ async fn a_refusal_only_one_key_gets_is_that_keys_once_another_key_is_served() {
     })
     .await;
     let app = gateway(&base, &["sk-odd-aaaaaaaaaaaaaa", "sk-odd-bbbbbbbbbbbbbb"], |_| {}).await;
-    for _ in 0..4 {
+    for _ in 0..6 {
         assert_eq!(app.post("chat/completions").json(&chat("hi")).send().await.unwrap().status(), 200);
     }
-    assert_eq!(hits(&seen, "sk-odd-aaaaaaaaaaaaaa"), 1);
+    // Once on trial, then invalid when its trial request is refused the same way.
+    assert_eq!(hits(&seen, "sk-odd-aaaaaaaaaaaaaa"), 2);
     assert_eq!(statuses(&app), ["invalid", "active"]);
+}
+
+#[tokio::test]
+async fn a_passing_refusal_puts_a_key_on_trial_and_a_page_or_region_block_never_blames_it() {
+    // A: one JSON 401 naming no key, then fine. B: always fine. C: an HTML 403 or a region block on
+    // every other request.
+    let keys = ["sk-pass-aaaaaaaaaaaaa", "sk-pass-bbbbbbbbbbbbb", "sk-pass-ccccccccccccc"];
+    let once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flip = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (base, seen) = fake(move |s| {
+        use std::sync::atomic::Ordering::Relaxed;
+        match s.key.as_str() {
+            "sk-pass-aaaaaaaaaaaaa" if !once.swap(true, Relaxed) => {
+                Reply::new(401, r#"{"error":{"message":"Unauthorized","type":"error"}}"#)
+            }
+            "sk-pass-ccccccccccccc" => match flip.fetch_add(1, Relaxed) % 3 {
+                0 => Reply::new(403, "<html><head><title>403 Forbidden</title></head><body>cdn</body></html>"),
+                1 => Reply::new(403, REGION),
+                _ => Reply::ok(),
+            },
+            _ => Reply::ok(),
+        }
+    })
+    .await;
+    let app = gateway(&base, &keys, |_| {}).await;
+    for _ in 0..12 {
+        assert_eq!(app.post("chat/completions").json(&chat("hi")).send().await.unwrap().status(), 200);
+    }
+    assert!(hits(&seen, keys[0]) >= 2, "A served again after its trial");
+    assert!(hits(&seen, keys[2]) >= 3, "C was tried again and again");
+    assert_eq!(statuses(&app), ["active", "active", "active"], "no key blamed for a passing refusal");
 }
 
 #[tokio::test]
@@ -188,13 +220,31 @@ async fn a_mismatched_organization_goes_back_to_the_caller_unchanged_and_blames_
     let error = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
     let (base, seen) = fake(move |_| Reply::new(401, error)).await;
     let keys = ["sk-org-aaaaaaaaaaaaaa", "sk-org-bbbbbbbbbbbbbb", "sk-org-cccccccccccccc", "sk-org-dddddddddddddd"];
-    let app = gateway(&base, &keys, |_| {}).await;
+    // The caller's header goes upstream: the mismatch is the caller's.
+    let app = gateway(&base, &keys, |c| c.server.forward_account_headers = true).await;
     let resp = app.post("chat/completions").header("openai-organization", "org-mine").json(&chat("hi")).send().await;
     let resp = resp.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.text().await.unwrap(), error, "byte for byte");
     assert_eq!(seen.lock().unwrap().len(), 1, "one attempt");
     assert!(statuses(&app).iter().all(|s| *s == "active"), "{:?}", statuses(&app));
+}
+
+#[tokio::test]
+async fn an_account_mismatch_the_caller_did_not_send_is_the_keys_and_another_key_serves() {
+    let error = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+    let keys = ["sk-acct-aaaaaaaaaaaaa", "sk-acct-bbbbbbbbbbbbb"];
+    // Key A's own --organization does not match it; the caller's headers stay home (the default).
+    let (base, seen) =
+        fake(move |s| if s.key == "sk-acct-aaaaaaaaaaaaa" { Reply::new(401, error) } else { Reply::ok() }).await;
+    let app = gateway(&base, &keys, |_| {}).await;
+    for _ in 0..4 {
+        let resp =
+            app.post("chat/completions").header("openai-organization", "org-mine").json(&chat("hi")).send().await;
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+    assert_eq!(hits(&seen, keys[0]), 1, "set aside after one mismatch");
+    assert_eq!(statuses(&app), ["invalid", "active"]);
 }
 
 #[tokio::test]
@@ -468,7 +518,7 @@ async fn relay_refusing_a_once(
 }
 
 async fn until(app: &TestApp, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while statuses(app) != want {
         assert!(Instant::now() < deadline, "never reached {want:?}: {:?}", statuses(app));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -491,7 +541,8 @@ async fn served_by(app: &TestApp, seen: &Mutex<Vec<Seen>>, key: &str) {
 async fn a_probe_404_says_nothing_and_the_key_returns_on_one_trial_request() {
     let (base, seen) = relay_refusing_a_once(|_| Reply::new(404, "404 page not found")).await;
     let keys = ["sk-trial-aaaaaaaaaaaa", "sk-trial-bbbbbbbbbbbb"];
-    let app = gateway(&base, &keys, |c| c.health.probe_invalid = Duration::from_millis(200)).await;
+    // Long enough that no probe runs before the first look, however loaded the machine.
+    let app = gateway(&base, &keys, |c| c.health.probe_invalid = Duration::from_secs(2)).await;
     served_by(&app, &seen, keys[0]).await;
     assert_eq!(statuses(&app), ["invalid", "active"], "the transient 401 marked it");
     until(&app, &["active", "active"]).await;
@@ -681,4 +732,52 @@ async fn an_upload_the_upstream_never_took_is_not_blamed_on_the_caller() {
         .unwrap();
     let (status, _, body) = error_of(resp).await;
     assert_eq!((status, body["error"]["code"].as_str()), (502, Some("upstream_failed")), "{body}");
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_a_busy_key_rather_than_hitting_one_that_lacks_the_model() {
+    let missing = r#"{"error":{"message":"The model `gpt-x` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+    let keys = ["sk-busy-aaaaaaaaaaaaa", "sk-busy-bbbbbbbbbbbbb"];
+    let (base, seen) = fake(move |s| {
+        if s.key == "sk-busy-aaaaaaaaaaaaa" {
+            Reply::new(404, missing)
+        } else {
+            Reply::ok().after(Duration::from_millis(600))
+        }
+    })
+    .await;
+    let app = gateway(&base, &keys, |c| {
+        c.limits.max_inflight = Some(1);
+        c.retry.max_retries = 4;
+    })
+    .await;
+    let mut body = chat("hi");
+    body["model"] = "gpt-x".into();
+    let first = tokio::spawn(app.post("chat/completions").json(&body).send());
+    // The second request arrives while B serves the first: A is free but lacks the model.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hits(&seen, keys[1]) == 0 {
+        assert!(Instant::now() < deadline, "B never got the first request");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = app.post("chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(second.status(), 200, "served by B once it was free: {}", second.text().await.unwrap());
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert!(hits(&seen, keys[0]) <= 2, "A asked for gpt-x at most once per request: {}", hits(&seen, keys[0]));
+}
+
+#[tokio::test]
+async fn a_resend_after_a_first_byte_timeout_gets_only_the_time_left() {
+    let (base, seen) = fake(|_| Reply::ok().after(Duration::from_secs(10))).await;
+    let app = gateway(&base, &["sk-clip-aaaaaaaaaaaaa", "sk-clip-bbbbbbbbbbbbb"], |c| {
+        c.timeouts.first_byte = Duration::from_millis(1000);
+        c.retry.deadline = Duration::from_millis(1300);
+    })
+    .await;
+    let started = Instant::now();
+    let (status, _, body) = error_of(app.post("chat/completions").json(&chat("hi")).send().await.unwrap()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "sent again once");
+    assert!(took < Duration::from_millis(1800), "the resend waited past the deadline: {took:?}");
 }

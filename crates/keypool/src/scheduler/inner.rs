@@ -40,6 +40,9 @@ pub(super) struct Inner {
 pub(super) struct Waiter {
     pub(super) id: u64,
     pub(super) demand: Demand,
+    /// Keys this waiter must not be given (a retry's keys only another key
+    /// can help); emptied when no other usable key is left.
+    pub(super) exclude: Vec<i64>,
     pub(super) tx: oneshot::Sender<Result<Grant, NoKey>>,
 }
 
@@ -101,6 +104,12 @@ impl Inner {
             return self.pick(now, demand);
         }
         self.pick_where(now, demand, |id| !avoid.contains(&id)).or_else(|| self.pick(now, demand))
+    }
+
+    /// Whether a key outside `exclude` can serve at all (apart from limits
+    /// and cooling): if none can, excluding is pointless.
+    pub(super) fn usable_outside(&self, now: Instant, exclude: &[i64]) -> bool {
+        self.keys.values().any(|s| !exclude.contains(&s.id) && s.usable(now))
     }
 
     /// The first ready key, in strategy order, that passes `allow` and has
@@ -179,8 +188,15 @@ impl Inner {
                 self.queue.remove(i);
                 continue;
             }
+            if recheck && !self.queue[i].exclude.is_empty() && !self.usable_outside(now, &self.queue[i].exclude) {
+                // Only excluded keys are left: they are better than none.
+                self.queue[i].exclude.clear();
+            }
             if self.index.ready_len() > 0 {
-                if let Some(id) = self.pick(now, demand) {
+                let exclude = std::mem::take(&mut self.queue[i].exclude);
+                let picked = self.pick_where(now, demand, |id| !exclude.contains(&id));
+                self.queue[i].exclude = exclude;
+                if let Some(id) = picked {
                     let Some(waiter) = self.queue.remove(i) else { break };
                     if let Some(grant) = self.reserve(id, demand, now, strategy) {
                         if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {

@@ -8,7 +8,7 @@ use tokio::time::{Duration, Instant};
 use super::limits::{Dim, RateInfo, Sample};
 use super::strategy::{Inputs, Score, Strategy};
 use super::window::Window;
-use super::{DefaultLimits, Demand};
+use super::{DefaultLimits, Demand, Hit, Reset};
 use crate::store::{KeyRecord, UsageDelta};
 
 /// Whether a key can serve at all, apart from its limits.
@@ -91,6 +91,9 @@ pub struct Slot {
     /// Back from invalid or exhausted on a probe that could not judge it:
     /// takes one request at a time until a real answer judges it.
     pub on_trial: bool,
+    /// Refused with no key-specific code while another key was served, and
+    /// not successful since: refused so again, it is invalid.
+    pub suspected: bool,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -141,6 +144,7 @@ impl Slot {
             probe_every: Duration::ZERO,
             last_rate: RateInfo::default(),
             on_trial: false,
+            suspected: false,
         };
         slot.apply(r, d, now);
         slot
@@ -314,20 +318,26 @@ impl Slot {
         self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now)
     }
 
-    /// A 429 `rate_limit_exceeded`: nothing more until the reset it names.
-    /// keypool admitted the request because its own count had room, so a
-    /// refusal about tokens (not requests) says the upstream counts more
-    /// than keypool, or over a shorter period: the key's effective token
-    /// limit is lowered so the refusal is not repeated.
-    pub fn rate_limited(&mut self, reset: Duration, now: Instant) {
-        let about_requests =
-            self.last_rate.remaining_requests == Some(0) || self.rpm.limit().is_some_and(|l| self.own_requests() > l);
-        if !about_requests && self.tpm.limit().is_some() {
+    /// A 429 `rate_limit_exceeded`: nothing more until the reset it names
+    /// (at most a day, as every upstream wait is). keypool admitted the
+    /// request because its own count had room, so a refusal about tokens
+    /// says the upstream counts more than keypool, or over a shorter period:
+    /// the key's effective token limit is lowered so the refusal is not
+    /// repeated. Only a refusal known to be about tokens lowers it: one that
+    /// says so, or one that does not say after headers showing no tokens left.
+    pub fn rate_limited(&mut self, reset: Reset, now: Instant) {
+        let about_tokens = match reset.hit {
+            Hit::Tokens => true,
+            Hit::Requests => false,
+            Hit::Unknown => self.last_rate.remaining_tokens == Some(0),
+        };
+        if about_tokens && self.tpm.limit().is_some() {
             // The refused request is the window's newest entry (just recorded).
             let seen = self.own_tokens().saturating_sub(self.window.newest().unwrap_or(0));
             self.tpm.lower(seen, now);
         }
-        let until = now + reset;
+        let rest = reset.after.min(Duration::from_secs(86_400));
+        let until = now.checked_add(rest).unwrap_or(now);
         self.cooling_until = Some(self.cooling_until.map_or(until, |t| t.max(until)));
         let (own_r, own_t) = (self.own_requests(), self.own_tokens());
         self.rpm.empty_until(until, own_r);

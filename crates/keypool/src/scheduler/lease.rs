@@ -26,7 +26,7 @@ pub enum Verdict {
     /// The caller went away before the answer was complete.
     Cancelled,
     /// 429 `rate_limit_exceeded`: rest until the reset.
-    RateLimited { reset: Duration },
+    RateLimited { reset: Reset },
     /// 401/403 with a key-specific code (`invalid_api_key`, `account_deactivated`, ...): the key is wrong or revoked.
     Invalid,
     /// The balance is spent (`insufficient_quota` and the providers' other forms, see `upstream::classify`).
@@ -40,6 +40,40 @@ pub enum Verdict {
     /// The request alone is larger than this key's whole limit (429 "Request
     /// too large ... Limit 10000, Requested 30000"): the request's fault; the key does not cool.
     TooLarge { limit: u64 },
+}
+
+/// Which of a key's limits a 429 was about: OpenAI's `error.type`
+/// (`"tokens"`, `"requests"`) or the message's "(TPM)"/"(RPM)".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hit {
+    Requests,
+    Tokens,
+    /// The answer did not say.
+    Unknown,
+}
+
+/// What a 429 says: how long the key rests, and which limit it hit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    pub after: Duration,
+    pub hit: Hit,
+}
+
+impl Reset {
+    pub fn new(after: Duration, hit: Hit) -> Reset {
+        Reset { after, hit }
+    }
+}
+
+/// As operators read it in a transition: `20s (tokens)`.
+impl std::fmt::Debug for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.hit {
+            Hit::Requests => write!(f, "{:?} (requests)", self.after),
+            Hit::Tokens => write!(f, "{:?} (tokens)", self.after),
+            Hit::Unknown => write!(f, "{:?}", self.after),
+        }
+    }
 }
 
 /// How a leased request ended.

@@ -32,7 +32,7 @@ use index::Index;
 use inner::{retry_after, slot_has_tpm, until_utc_midnight, Inner, Waiter};
 use key::{Health, Placement, Slot};
 use lease::Grant;
-pub use lease::{KeyLease, Outcome, Verdict};
+pub use lease::{Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
@@ -278,6 +278,28 @@ impl Scheduler {
         self.wake_if_waiting(inner);
     }
 
+    /// Key `id` was refused with no key-specific code while another key was
+    /// served: perhaps its own fault, perhaps a passing refusal (a CDN, a
+    /// region block on some requests). The first time it goes on trial (one
+    /// request at a time until an answer judges it); suspected again before
+    /// it served anything, it is invalid.
+    pub fn suspect(&self, id: i64) {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return };
+        if std::mem::take(&mut slot.suspected) {
+            apply_verdict(slot, Verdict::Invalid, now, &self.config);
+            inner.recheck = true;
+        } else if slot.health == Health::Active {
+            slot.suspected = true;
+            slot.on_trial = true;
+        }
+        inner.slot_placement(id, now, strategy);
+        inner.dispatch(now, strategy);
+        self.wake_if_waiting(inner);
+    }
+
     /// Sets key `id` aside for `model` only (404 `model_not_found`, no access)
     /// for [`MODEL_SET_ASIDE`]; other models still use the key.
     pub fn set_aside_for_model(&self, id: i64, model: &str) {
@@ -331,18 +353,34 @@ impl Scheduler {
     /// line (first come, first served) up to `max_wait`. Dropping the future
     /// leaves the line at once.
     pub async fn acquire(self: &Arc<Self>, demand: Demand) -> Result<KeyLease, NoKey> {
-        self.acquire_avoiding(demand, &[]).await
+        self.acquire_avoiding(demand, &[], &[]).await
     }
 
-    /// [`Scheduler::acquire`] for a retry: a key not in `avoid` when one has room.
-    pub async fn acquire_avoiding(self: &Arc<Self>, demand: Demand, avoid: &[i64]) -> Result<KeyLease, NoKey> {
+    /// [`Scheduler::acquire`] for a retry: a key in neither list when one
+    /// has room; a key in `avoid` (tried last) before waiting; never a key in
+    /// `exclude` (only another key can help: the request waits for one)
+    /// while any other key can serve at all.
+    pub async fn acquire_avoiding(
+        self: &Arc<Self>,
+        demand: Demand,
+        avoid: &[i64],
+        exclude: &[i64],
+    ) -> Result<KeyLease, NoKey> {
         let started = Instant::now();
         let strategy = self.config.strategy;
         let (id, rx) = {
             let mut inner = self.lock();
             inner.refresh(started, strategy);
             inner.dispatch(started, strategy);
-            if let Some(id) = inner.pick_avoiding(started, demand, avoid) {
+            let exclude = if inner.usable_outside(started, exclude) { exclude } else { &[][..] };
+            let picked = if exclude.is_empty() {
+                inner.pick_avoiding(started, demand, avoid)
+            } else {
+                inner
+                    .pick_where(started, demand, |id| !exclude.contains(&id) && !avoid.contains(&id))
+                    .or_else(|| inner.pick_where(started, demand, |id| !exclude.contains(&id)))
+            };
+            if let Some(id) = picked {
                 if let Some(grant) = inner.reserve(id, demand, started, strategy) {
                     drop(inner);
                     return Ok(KeyLease::new(Arc::clone(self), grant));
@@ -356,7 +394,7 @@ impl Scheduler {
             let (tx, rx) = oneshot::channel();
             inner.next_waiter += 1;
             let id = inner.next_waiter;
-            inner.queue.push_back(Waiter { id, demand, tx });
+            inner.queue.push_back(Waiter { id, demand, exclude: exclude.to_vec(), tx });
             (id, rx)
         };
         self.wake.notify_one();
@@ -412,6 +450,9 @@ impl Scheduler {
             slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
             if sent {
                 record_sent(slot, grant.demand, &outcome, now, &self.config);
+            }
+            if outcome.success {
+                slot.suspected = false;
             }
         }
         if matches!(outcome.verdict, Verdict::Invalid | Verdict::Exhausted) || outcome.cost_micros.is_some() {

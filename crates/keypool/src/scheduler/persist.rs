@@ -200,7 +200,12 @@ mod tests {
         l.finish(Outcome { verdict: Verdict::Invalid, ..Outcome::default() });
         let mut l = pick(3);
         l.mark_sent();
-        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(30) }, ..Outcome::default() });
+        l.finish(Outcome {
+            verdict: Verdict::RateLimited {
+                reset: crate::scheduler::Reset::new(Duration::from_secs(30), crate::scheduler::Hit::Unknown),
+            },
+            ..Outcome::default()
+        });
         let saved = before.export_state();
         assert_eq!(saved[1].health, SavedHealth::Invalid);
         assert!(saved[1].reason.as_deref().is_some_and(|r| r.contains("401")));

@@ -136,7 +136,12 @@ async fn a_request_refused_at_the_door_is_charged_no_tokens() {
 async fn a_cooling_key_is_used_again_right_after_its_reset() {
     let s = sched(Strategy::LeastUsed, Duration::from_secs(60));
     s.sync_keys(&[record(1, None, None, 0)]);
-    let limited = Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(20) }, ..Outcome::default() };
+    let limited = Outcome {
+        verdict: Verdict::RateLimited {
+            reset: crate::scheduler::Reset::new(Duration::from_secs(20), crate::scheduler::Hit::Unknown),
+        },
+        ..Outcome::default()
+    };
     sent(s.try_lease(one()).unwrap()).finish(limited);
     assert_eq!(s.snapshot()[0].status, "cooling");
     let start = Instant::now();
@@ -144,6 +149,38 @@ async fn a_cooling_key_is_used_again_right_after_its_reset() {
     assert_eq!(Instant::now() - start, Duration::from_secs(20), "woken exactly at the reset");
     assert_eq!(lease.key_id(), 1);
     assert_eq!(s.snapshot()[0].status, "active");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_too_long_for_the_clock_cools_a_day_without_a_panic() {
+    let s = sched(Strategy::LeastUsed, Duration::from_secs(60));
+    s.sync_keys(&[record(1, None, None, 0)]);
+    let reset = crate::scheduler::Reset::new(Duration::MAX, crate::scheduler::Hit::Unknown);
+    sent(s.try_lease(one()).unwrap()).finish(Outcome { verdict: Verdict::RateLimited { reset }, ..Outcome::default() });
+    assert_eq!(s.snapshot()[0].status, "cooling");
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    assert!(s.try_lease(one()).is_ok(), "back after a day at most");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_excluded_key_is_never_given_while_another_can_serve() {
+    let s = sched(Strategy::LeastUsed, Duration::from_secs(300));
+    s.sync_keys(&[record(1, Some(1), None, 0), record(2, None, None, 0)]);
+    // Key 1 is busy; key 2 is free but excluded: the request waits for key 1.
+    let busy = sent(s.acquire_avoiding(one(), &[], &[2]).await.unwrap());
+    assert_eq!(busy.key_id(), 1);
+    let waiting = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.acquire_avoiding(one(), &[], &[2]).await.map(|l| l.key_id()) })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!waiting.is_finished(), "not given the excluded key");
+    busy.finish(ok());
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(waiting.await.unwrap(), Ok(1));
+    // With no other key able to serve at all, an excluded key beats none.
+    let lease = s.acquire_avoiding(one(), &[], &[1, 2]).await.unwrap();
+    assert!([1, 2].contains(&lease.key_id()));
 }
 
 #[tokio::test(start_paused = true)]

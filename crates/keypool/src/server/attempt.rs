@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::error::ApiError;
 use crate::scheduler::{KeyLease, Verdict};
-use crate::upstream::Classified;
+use crate::upstream::{classify_sent, Classified};
 
 /// Why one attempt did not produce an answer for the caller.
 pub(super) enum Failed {
@@ -105,7 +105,7 @@ impl Failed {
                         format!("the upstream answered {status}: \"{}\"", classified.message)
                     },
                     retry_after: match verdict {
-                        Verdict::RateLimited { reset } => Some(reset),
+                        Verdict::RateLimited { reset } => Some(reset.after),
                         _ => None,
                     },
                 }
@@ -113,6 +113,31 @@ impl Failed {
             },
         }
     }
+}
+
+/// Largest caller's error body read again to learn whose account mismatched.
+const MISMATCH_BODY_CAP: usize = 1024 * 1024;
+
+/// A caller's error as the proxy passes it back, judged again knowing
+/// whether the caller's account headers went upstream: a 401/403
+/// `mismatched_organization`/`_project` the caller did not send is about the
+/// key's own organization/project (see [`classify_sent`]), so it is the
+/// key's failure (`Err`) and another key is tried. Any other answer comes
+/// back unchanged.
+pub(super) async fn key_account_mismatch(response: Response, caller_account_sent: bool) -> Result<Response, Failed> {
+    let status = response.status();
+    if caller_account_sent || !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MISMATCH_BODY_CAP).await else {
+        return Err(Failed::Network { timed_out: false, why: Some("the upstream's error body failed".into()) });
+    };
+    let classified = classify_sent(status, &parts.headers, &body, false);
+    if classified.verdict == Verdict::Invalid {
+        return Err(Failed::Status { status, classified, headers: parts.headers, body });
+    }
+    Ok(Response::from_parts(parts, axum::body::Body::from(body)))
 }
 
 /// An upstream answer as it came (already scrubbed of the key).

@@ -14,7 +14,7 @@ use http_body_util::{BodyDataStream, BodyExt};
 use keypool_sse::{BodyKind, UsageStripper, UsageTap};
 use tokio::time::Instant;
 
-use super::attempt::{full_jitter, scrub, Failed};
+use super::attempt::{full_jitter, key_account_mismatch, scrub, Failed};
 use super::error::ApiError;
 use super::inspect::{inspect, with_include_usage};
 use super::metered::{Expect, Metered};
@@ -24,7 +24,8 @@ use crate::config::AuthMode;
 use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
-    classify, copy_response_headers, rate_info, refuses_stream_options, Answer, OutBody, UpstreamError,
+    classify, copy_response_headers, is_account_header, rate_info, refuses_stream_options, Answer, OutBody,
+    UpstreamError,
 };
 use secrecy::ExposeSecret;
 
@@ -62,9 +63,13 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let timeouts = &app.config.timeouts_for(model.as_deref());
     let deadline = started + app.config.deadline_for(model.as_deref());
     // Keys known not to serve this model are tried last.
-    let mut avoid: Vec<i64> = model.as_deref().map(|m| app.scheduler.set_aside_keys(m)).unwrap_or_default();
+    let aside: Vec<i64> = model.as_deref().map(|m| app.scheduler.set_aside_keys(m)).unwrap_or_default();
+    let mut avoid = aside.clone();
+    // Keys only another key can improve on (after such a failure, with the
+    // set-aside ones): never tried again while another key can serve at all.
+    let mut exclude: Vec<i64> = Vec::new();
     let mut tried: Vec<i64> = Vec::new();
-    // Keys refused without a key-specific code: theirs only if another key is served.
+    // Keys refused in words that may be theirs: on trial if another key is served.
     let mut refused: Vec<i64> = Vec::new();
     let mut attempts = 0u32;
     let mut timeouts_retried = 0u32;
@@ -80,7 +85,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
         }
         let acquired = match held.take() {
             Some(lease) => Ok(lease),
-            None => app.scheduler.acquire_avoiding(demand, &avoid).await,
+            None => app.scheduler.acquire_avoiding(demand, &avoid, &exclude).await,
         };
         let mut lease = match acquired {
             Ok(lease) => lease,
@@ -122,7 +127,9 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             lease.account(),
             out,
         );
-        let sent = first_byte(sending, upload.clone(), timeouts.first_byte, started + timeouts.total).await;
+        // A resend gets no more than the time left before the deadline.
+        let wait = timeouts.first_byte.min(deadline.saturating_duration_since(Instant::now()));
+        let sent = first_byte(sending, upload.clone(), wait, started + timeouts.total).await;
         // Only the caller's own body failing is the caller's fault (a body
         // dropped unsent because the connection failed is not).
         let caller_failed = upload.as_ref().is_some_and(|rx| *rx.borrow() == Sent::Failed);
@@ -188,13 +195,25 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 .await
                 {
                     Ok(response) => {
-                        if response.status().is_success() {
-                            // Another key was served where these were refused: the refusals were theirs.
-                            for id in refused.drain(..) {
-                                app.scheduler.judge(id, Verdict::Invalid);
+                        // Only the caller's own account headers make a mismatch the caller's.
+                        let caller_account_sent =
+                            app.config.server.forward_account_headers && parts.headers.keys().any(is_account_header);
+                        match key_account_mismatch(response, caller_account_sent).await {
+                            Ok(response) => {
+                                if response.status().is_success() {
+                                    // Another key was served where these were refused: the
+                                    // refusals may be theirs, so they go on trial.
+                                    for id in refused.drain(..) {
+                                        app.scheduler.suspect(id);
+                                    }
+                                }
+                                return Ok(response);
+                            }
+                            Err(failed) => {
+                                app.scheduler.judge(key_id, Verdict::Invalid);
+                                failed
                             }
                         }
-                        return Ok(response);
                     }
                     Err(Failed::StreamOptions(lease)) => {
                         // The upstream does not know the `stream_options` keypool
@@ -213,13 +232,27 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             avoid.push(key_id);
         }
         if let Failed::Status { classified, .. } = &failed {
+            // Only another key helps: never this one again while another can serve (a
+            // rate-limited key serves again after its reset, and the scheduler waits for
+            // it; a request too large for it is judged against every key's limit).
+            let useless = matches!(
+                classified.verdict,
+                Verdict::ModelMissing | Verdict::Refused | Verdict::Invalid | Verdict::Exhausted
+            );
+            if useless {
+                for id in aside.iter().chain([&key_id]) {
+                    if !exclude.contains(id) {
+                        exclude.push(*id);
+                    }
+                }
+            }
             match classified.verdict {
                 Verdict::ModelMissing => {
                     if let Some(m) = model.as_deref() {
                         app.scheduler.set_aside_for_model(key_id, m);
                     }
                 }
-                Verdict::Refused => refused.push(key_id),
+                Verdict::Refused if classified.maybe_key => refused.push(key_id),
                 _ => {}
             }
         }

@@ -11,8 +11,11 @@ use http::{HeaderMap, StatusCode};
 use std::time::Duration;
 
 use super::comeback::{generic_reset, reset_value, retry_header, wait_in_text};
-use super::wording::{KEY_CODES, KEY_WORDS, MODEL_WORDS, NO_MONEY_CODES, NO_MONEY_WORDS, REQUEST_CODES, REQUEST_WORDS};
-use crate::scheduler::{RateInfo, Verdict};
+use super::wording::{
+    KEY_CODES, KEY_WORDS, MODEL_WORDS, NO_MONEY_CODES, NO_MONEY_WORDS, REQUEST_CODES, REQUEST_WORDS, UPSTREAM_CODES,
+    UPSTREAM_WORDS,
+};
+use crate::scheduler::{Hit, RateInfo, Reset, Verdict};
 
 /// Whose fault a failed answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,10 @@ pub struct Classified {
     pub verdict: Verdict,
     /// `error.message` (or an HTML page's `<title>`, or a text's first line), at most 300 characters.
     pub message: String,
+    /// A [`Verdict::Refused`] that may still be the key's (a JSON or text
+    /// 401/403 naming no key): the key goes on trial once another key is
+    /// served. False for an HTML page or a region block, never the key's.
+    pub maybe_key: bool,
 }
 
 impl Classified {
@@ -68,13 +75,17 @@ struct Said {
     message: String,
     /// The whole body, lowercased, for hints outside the error object (`retryDelay`).
     raw: String,
+    /// The body is an HTML page (a CDN's or a firewall's, never the upstream API's own).
+    html: bool,
 }
 
 fn said(body: &[u8]) -> Said {
     let text = String::from_utf8_lossy(body);
     let raw = text.to_ascii_lowercase();
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Said { message: plain_text_message(&text), raw, ..Said::default() };
+        let start = raw.trim_start();
+        let html = start.starts_with("<!doctype html") || start.starts_with("<html") || raw.contains("<title>");
+        return Said { message: plain_text_message(&text), raw, html, ..Said::default() };
     };
     let root = value.as_array().and_then(|a| a.first()).unwrap_or(&value);
     let err = match root.get("error") {
@@ -91,7 +102,8 @@ fn said(body: &[u8]) -> Said {
     };
     let code = field("code");
     let kind = [field("type"), field("status")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
-    Said { code: code.to_ascii_lowercase(), kind: kind.to_ascii_lowercase(), message: clip(&field("message")), raw }
+    let (code, kind) = (code.to_ascii_lowercase(), kind.to_ascii_lowercase());
+    Said { code, kind, message: clip(&field("message")), raw, html: false }
 }
 
 /// What a non-JSON body says: an HTML page's `<title>`, else its first non-empty line.
@@ -120,25 +132,42 @@ fn any_in(haystack: &str, needles: &[&str]) -> bool {
 }
 
 /// Judges an answer (status, headers, and its body when it is an error; a
-/// small one, read whole).
+/// small one, read whole), as if the caller's account headers were sent.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Classified {
+    classify_sent(status, headers, body, true)
+}
+
+/// [`classify`], knowing whether the caller's `OpenAI-Organization` /
+/// `OpenAI-Project` went upstream (`server.forward_account_headers`): when
+/// they did not, a `mismatched_organization` is about the key's own
+/// account settings, so the key is set aside as invalid.
+pub fn classify_sent(status: StatusCode, headers: &HeaderMap, body: &[u8], caller_account_sent: bool) -> Classified {
     let s = status.as_u16();
     if s < 400 {
-        return Classified { verdict: Verdict::Fine, message: String::new() };
+        return Classified { verdict: Verdict::Fine, message: String::new(), maybe_key: false };
     }
     let said = said(body);
     let message = said.message.clone();
-    Classified { verdict: judge(s, headers, &said), message }
+    let verdict = judge(s, headers, &said, caller_account_sent);
+    let maybe_key = verdict == Verdict::Refused && !said.html && !upstream_refusal(&said);
+    Classified { verdict, message, maybe_key }
 }
 
-fn judge(status: u16, headers: &HeaderMap, said: &Said) -> Verdict {
+/// A refusal the upstream words as its own, whatever key was sent (OpenAI's
+/// region block).
+fn upstream_refusal(said: &Said) -> bool {
+    UPSTREAM_CODES.contains(&said.code.as_str()) || any_in(&said.message.to_lowercase(), UPSTREAM_WORDS)
+}
+
+fn judge(status: u16, headers: &HeaderMap, said: &Said, caller_account_sent: bool) -> Verdict {
     let code = |list: &[&str]| list.contains(&said.code.as_str()) || list.contains(&said.kind.as_str());
     let words = said.message.to_lowercase();
     if status >= 500 {
         return Verdict::UpstreamError;
     }
     if code(REQUEST_CODES) || any_in(&words, REQUEST_WORDS) {
-        return Verdict::CallerError;
+        // Without the caller's headers, the account that mismatches is the key's own.
+        return if caller_account_sent { Verdict::CallerError } else { Verdict::Invalid };
     }
     if said.code == "model_not_found" || any_in(&words, MODEL_WORDS) {
         return if matches!(status, 401 | 403 | 404) { Verdict::ModelMissing } else { Verdict::CallerError };
@@ -158,7 +187,7 @@ fn judge(status: u16, headers: &HeaderMap, said: &Said) -> Verdict {
         return Verdict::Invalid;
     }
     match status {
-        429 => Verdict::RateLimited { reset: reset_of_429(headers, &said.kind, &said.raw) },
+        429 => Verdict::RateLimited { reset: Reset::new(reset_of_429(headers, &said.kind, &said.raw), hit(said)) },
         // A refusal that names no key (a firewall's page, a region block): the
         // upstream's; the proxy tries the other keys and blames none of them.
         401 | 403 => Verdict::Refused,
@@ -182,24 +211,32 @@ fn larger_than_limit(message: &str) -> Option<u64> {
     (requested > limit || message.contains("request too large")).then_some(limit)
 }
 
+/// Which limit a 429 was about: OpenAI's `error.type` (`"tokens"`,
+/// `"requests"`), else its message ("on tokens per min (TPM)", "on requests
+/// per min (RPM)").
+fn hit(said: &Said) -> Hit {
+    let words = said.message.to_ascii_lowercase();
+    if said.kind == "tokens" || words.contains("(tpm)") || words.contains("tokens per min") {
+        Hit::Tokens
+    } else if said.kind == "requests" || words.contains("(rpm)") || words.contains("requests per min") {
+        Hit::Requests
+    } else {
+        Hit::Unknown
+    }
+}
+
 /// How long a 429 says to wait: an explicit Retry-After first, then the
 /// "Please try again in 20s" of the message, then the reset header of the
-/// limit that was hit, then a generic reset header; one second at least known.
+/// limit that was hit, then a generic reset header; one second when none is
+/// known. Every form is clamped alike to `0..=MAX_WAIT` (a day) where it is
+/// read (see [`super::comeback`]).
 fn reset_of_429(headers: &HeaderMap, kind: &str, raw: &str) -> Duration {
-    let cap = |d: Duration| d.min(Duration::from_secs(3600));
-    if let Some(d) = retry_header(headers) {
-        return d;
-    }
-    if let Some(d) = wait_in_text(raw) {
-        return cap(d);
-    }
     let header = if kind == "tokens" { "x-ratelimit-reset-tokens" } else { "x-ratelimit-reset-requests" };
-    headers
-        .get(header)
-        .and_then(|v| v.to_str().ok())
-        .and_then(reset_value)
+    retry_header(headers)
+        .or_else(|| wait_in_text(raw))
+        .or_else(|| headers.get(header).and_then(|v| v.to_str().ok()).and_then(reset_value))
         .or_else(|| generic_reset(headers))
-        .map_or(Duration::from_secs(1), cap)
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// The `x-ratelimit-*` headers of an answer (the first readable value of each).
@@ -267,12 +304,63 @@ mod tests {
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         assert_eq!(verdict(429, &none, quota), Verdict::Exhausted);
         let limited = br#"{"error":{"message":"Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit ...","type":"requests","code":"rate_limit_exceeded"}}"#;
-        assert_eq!(verdict(429, &none, limited), Verdict::RateLimited { reset: Duration::from_secs(20) });
+        assert_eq!(
+            verdict(429, &none, limited),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_secs(20), Hit::Requests) }
+        );
         let h = headers(&[("x-ratelimit-reset-tokens", "859ms"), ("x-ratelimit-reset-requests", "6m0s")]);
         let tokens = br#"{"error":{"message":"Rate limit reached","type":"tokens","code":"rate_limit_exceeded"}}"#;
-        assert_eq!(verdict(429, &h, tokens), Verdict::RateLimited { reset: Duration::from_millis(859) });
+        assert_eq!(
+            verdict(429, &h, tokens),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_millis(859), Hit::Tokens) }
+        );
         let h = headers(&[("retry-after", "7")]);
-        assert_eq!(verdict(429, &h, b"garbage"), Verdict::RateLimited { reset: Duration::from_secs(7) });
+        assert_eq!(
+            verdict(429, &h, b"garbage"),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_secs(7), Hit::Unknown) }
+        );
+    }
+
+    fn reset(status: u16, h: &HeaderMap, body: &[u8]) -> Reset {
+        match verdict(status, h, body) {
+            Verdict::RateLimited { reset } => reset,
+            v => panic!("not a rate limit: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn every_come_back_form_is_capped_at_a_day() {
+        let day = Duration::from_secs(86_400);
+        for date in ["Fri, 31 Dec 9999 23:59:59 GMT", "Sun, 06 Nov 2999 08:49:37 GMT"] {
+            assert_eq!(reset(429, &headers(&[("retry-after", date)]), b"{}").after, day, "{date}");
+        }
+        let huge = format!("Sun, 06 Nov {} 08:49:37 GMT", "9".repeat(14));
+        assert_eq!(reset(429, &headers(&[("retry-after", huge.as_str())]), b"{}").after, Duration::from_secs(1));
+        let past = headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(reset(429, &past, b"{}").after, Duration::ZERO);
+        assert_eq!(reset(429, &headers(&[("retry-after", "soon-ish")]), b"{}").after, Duration::from_secs(1));
+        // A message hint obeys the same cap as a header (one rule).
+        let words = br#"{"error":{"message":"Please try again in 30h."}}"#;
+        assert_eq!(reset(429, &HeaderMap::new(), words).after, day);
+        assert_eq!(reset(429, &headers(&[("x-ratelimit-reset-requests", "99999h")]), b"{}").after, day);
+        // The old 429 tests of headers alone (no `cooldown_from` twin any more).
+        assert_eq!(reset(429, &headers(&[("retry-after", "NaN")]), b"{}").after, Duration::from_secs(1));
+        assert_eq!(reset(429, &headers(&[("retry-after-ms", "1e300")]), b"{}").after, day);
+        let both = headers(&[("retry-after", "3"), ("retry-after-ms", "1500")]);
+        assert_eq!(reset(429, &both, b"{}").after, Duration::from_millis(1500));
+        assert_eq!(reset(429, &HeaderMap::new(), b"{}").after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_429_says_which_limit_it_hit() {
+        let none = HeaderMap::new();
+        let tpm = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000.","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(reset(429, &none, tpm).hit, Hit::Tokens);
+        let rpm =
+            br#"{"error":{"message":"Rate limit reached on requests per min (RPM): Limit 3, Used 3, Requested 1."}}"#;
+        assert_eq!(reset(429, &none, rpm).hit, Hit::Requests);
+        assert_eq!(reset(429, &none, br#"{"error":{"message":"x","type":"tokens"}}"#).hit, Hit::Tokens);
+        assert_eq!(reset(429, &none, b"Too Many Requests").hit, Hit::Unknown);
     }
 
     #[test]
@@ -324,7 +412,10 @@ mod tests {
         }
         // Google words a per-minute limit as a spent quota, with a retry delay: that is a rate limit.
         let google = br#"[{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"23s"}]}}]"#;
-        assert_eq!(verdict(429, &none, google), Verdict::RateLimited { reset: Duration::from_secs(23) });
+        assert_eq!(
+            verdict(429, &none, google),
+            Verdict::RateLimited { reset: Reset::new(Duration::from_secs(23), Hit::Unknown) }
+        );
     }
 
     #[test]
@@ -337,11 +428,11 @@ mod tests {
         assert_eq!(verdict(401, &none, project), Verdict::CallerError);
         let region = br#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
         let c = classify(StatusCode::FORBIDDEN, &none, region);
-        assert_eq!((c.verdict, c.blame()), (Verdict::Refused, Blame::Upstream));
+        assert_eq!((c.verdict, c.blame(), c.maybe_key), (Verdict::Refused, Blame::Upstream, false));
         assert_eq!(c.message, "Country, region, or territory not supported");
         let html = b"<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body><center><h1>403 Forbidden</h1></center></body></html>";
         let c = classify(StatusCode::FORBIDDEN, &none, html);
-        assert_eq!((c.verdict, c.message.as_str()), (Verdict::Refused, "403 Forbidden"));
+        assert_eq!((c.verdict, c.message.as_str(), c.maybe_key), (Verdict::Refused, "403 Forbidden", false));
         assert_eq!(
             classify(StatusCode::FORBIDDEN, &none, b"\n  Access denied by policy\nref 42").message,
             "Access denied by policy"
@@ -355,6 +446,33 @@ mod tests {
             verdict(404, &none, b"{\"error\":{\"message\":\"Invalid URL (POST /v1/x)\"}}"),
             Verdict::CallerError
         );
+    }
+
+    #[test]
+    fn only_a_refusal_that_may_be_the_keys_puts_it_on_trial() {
+        let none = HeaderMap::new();
+        let bare = classify(StatusCode::UNAUTHORIZED, &none, br#"{"error":{"message":"Unauthorized","type":"error"}}"#);
+        assert_eq!((bare.verdict, bare.maybe_key), (Verdict::Refused, true));
+        assert!(classify(StatusCode::FORBIDDEN, &none, b"Forbidden").maybe_key);
+        let page =
+            b"<!DOCTYPE html>\n<html><head><meta charset=utf-8></head><body>Access denied | cloudflare</body></html>";
+        assert!(!classify(StatusCode::FORBIDDEN, &none, page).maybe_key, "an HTML page is never the key's");
+        let region = br#"{"error":{"message":"Country, region, or territory not supported"}}"#;
+        assert!(!classify(StatusCode::FORBIDDEN, &none, region).maybe_key, "nor a region block");
+        assert!(!classify(StatusCode::UNAUTHORIZED, &none, br#"{"error":{"code":"invalid_api_key"}}"#).maybe_key);
+    }
+
+    #[test]
+    fn an_account_mismatch_is_the_keys_when_the_callers_headers_stayed_home() {
+        let none = HeaderMap::new();
+        let org = br#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+        let project = br#"{"error":{"message":"OpenAI-Project header should match project for API key","type":"invalid_request_error","code":"mismatched_project"}}"#;
+        for body in [&org[..], &project[..]] {
+            let kept = classify_sent(StatusCode::UNAUTHORIZED, &none, body, false);
+            assert_eq!((kept.verdict, kept.blame(), kept.retry()), (Verdict::Invalid, Blame::Key, true));
+            let sent = classify_sent(StatusCode::UNAUTHORIZED, &none, body, true);
+            assert_eq!((sent.verdict, sent.blame()), (Verdict::CallerError, Blame::Request));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use http::HeaderMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::headers::{parse_go_duration, seconds};
+use super::headers::{parse_go_duration, seconds, MAX_WAIT};
 
 /// The wait an explicit retry header asks for (`retry-after-ms`, then
 /// `Retry-After` in seconds or as a date); None when neither is readable.
@@ -85,16 +85,18 @@ fn duration_words(s: &str) -> Option<Duration> {
     seconds(n * scale)
 }
 
-/// The time from `now` until an HTTP-date; zero for a date in the past.
+/// The time from `now` until an HTTP-date, clamped to `0..=MAX_WAIT` like
+/// every other come-back form (zero for a date in the past).
 pub fn until_date(text: &str, now: SystemTime) -> Option<Duration> {
     let at = parse_http_date(text)?;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(Duration::from_secs(at.saturating_sub(now)))
+    Some(Duration::from_secs(at.saturating_sub(now)).min(MAX_WAIT))
 }
 
 /// Seconds since the Unix epoch of an HTTP-date in any of its three forms:
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
-/// `Sun Nov  6 08:49:37 1994`.
+/// `Sun Nov  6 08:49:37 1994`. Years outside 1970..=9999 are not dates an
+/// upstream means (and a larger one would overflow the arithmetic).
 fn parse_http_date(text: &str) -> Option<u64> {
     let words: Vec<&str> = text.split([' ', ',', '-']).filter(|w| !w.is_empty()).collect();
     let (day, month, year, time) = match words.as_slice() {
@@ -114,14 +116,14 @@ fn parse_http_date(text: &str) -> Option<u64> {
     }
     let hms: Vec<u64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
     let [h, m, s] = hms.as_slice() else { return None };
-    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 || year < 1970 {
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 || !(1970..=9999).contains(&year) {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
 }
 
 /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
-/// (Howard Hinnant's `days_from_civil`), for years from 1970.
+/// (Howard Hinnant's `days_from_civil`), for years 1970 to 9999.
 fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y / 400;
@@ -196,6 +198,27 @@ mod tests {
             assert_eq!(wait_in_text(text), Some(Duration::from_millis(ms)), "{text}");
         }
         assert_eq!(wait_in_text("You exceeded your current quota"), None);
+    }
+
+    #[test]
+    fn hostile_dates_are_refused_or_clamped_never_a_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let far = until_date("Fri, 31 Dec 9999 23:59:59 GMT", now);
+        assert_eq!(far, Some(MAX_WAIT), "year 9999: clamped to the longest wait");
+        let huge = format!("Sun, 06 Nov {} 08:49:37 GMT", "5".repeat(14));
+        assert_eq!(until_date(&huge, now), None, "a 14-digit year is no date");
+        assert_eq!(until_date("Sun, 06 Nov 10000 08:49:37 GMT", now), None);
+        assert_eq!(until_date("Sun, 06 Nov 1969 08:49:37 GMT", now), None);
+        assert_eq!(until_date("Sun, 06 Nov 18446744073709551615 08:49:37 GMT", now), None);
+        assert_eq!(until_date("Sun, 99 Nov 2030 08:49:37 GMT", now), None, "garbage");
+        assert_eq!(until_date("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::ZERO), "past: now");
+        let h = headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]);
+        assert_eq!(retry_header(&h), Some(MAX_WAIT));
+        for digits in ["5e13", "50000000000000", "1e400"] {
+            assert_eq!(retry_header(&headers(&[("retry-after", digits)])), Some(MAX_WAIT), "{digits}");
+            assert_eq!(reset_value(digits), Some(MAX_WAIT), "{digits}");
+        }
+        assert_eq!(retry_header(&headers(&[("retry-after", "-5")])), Some(Duration::ZERO));
     }
 
     /// An IMF-fixdate `secs` from now, written without a date crate.

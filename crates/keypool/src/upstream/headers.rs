@@ -1,4 +1,4 @@
-//! Which headers cross the gateway, and what a 429's headers say about waiting.
+//! Which headers cross the gateway, and how long an upstream may ask to wait.
 
 use http::header::{self, HeaderName};
 use http::HeaderMap;
@@ -87,25 +87,9 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// How long a key should rest after a 429 that says nothing more precise:
-/// `retry-after-ms`, `Retry-After` (seconds, fractional, or an HTTP-date),
-/// the request budget's reset, the generic `x-ratelimit-reset` /
-/// `ratelimit-reset`; one second when none is given (see [`super::comeback`]).
-pub fn cooldown_from(headers: &HeaderMap) -> Duration {
-    super::comeback::retry_header(headers)
-        .or_else(|| {
-            headers
-                .get("x-ratelimit-reset-requests")
-                .and_then(|v| v.to_str().ok())
-                .and_then(super::comeback::reset_value)
-        })
-        .or_else(|| super::comeback::generic_reset(headers))
-        .unwrap_or(Duration::from_secs(1))
-}
-
-/// The longest wait any upstream header is trusted to ask for (a daily
-/// limit's reset is the longest real one).
-const MAX_WAIT: Duration = Duration::from_secs(86_400);
+/// The longest wait any upstream is trusted to ask for, in every form (a
+/// header, a date, a message; a daily limit's reset is the longest real one).
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// A number of seconds from an upstream header, clamped to `0..=MAX_WAIT`;
 /// None for NaN (a header is input: it must not be able to panic us).

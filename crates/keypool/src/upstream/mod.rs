@@ -29,8 +29,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use account::Account;
 pub use breaker::Breaker;
-pub use classify::{classify, rate_info, Blame, Classified};
-pub use headers::{cooldown_from, copy_response_headers, is_hop_by_hop, parse_go_duration};
+pub use classify::{classify, classify_sent, rate_info, Blame, Classified};
+pub use headers::{copy_response_headers, is_account_header, is_hop_by_hop, parse_go_duration};
 pub use probe::ProbeRequest;
 pub use quirks::{refuses_stream_options, Quirks};
 

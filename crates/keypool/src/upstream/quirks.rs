@@ -26,15 +26,27 @@ impl Quirks {
     }
 }
 
-/// Whether a 400 says the upstream does not know `stream_options`
-/// ("Unrecognized request argument supplied: stream_options",
-/// "Unknown parameter: 'stream_options'", "extra fields not permitted").
+/// Whether a 400/422 says the upstream does not know `stream_options`
+/// ("Unrecognized request argument supplied: stream_options" (Azure),
+/// "Unknown parameter: 'stream_options'" (OpenAI's form), "extra fields not
+/// permitted" / "Extra inputs are not permitted" naming it (pydantic-based
+/// servers), "unsupported parameter"). The field must be named beside such
+/// words: a relay that echoes the request in its errors names it too.
 pub fn refuses_stream_options(status: http::StatusCode, body: &[u8]) -> bool {
     if status != http::StatusCode::BAD_REQUEST && status != http::StatusCode::UNPROCESSABLE_ENTITY {
         return false;
     }
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    text.contains("stream_options")
+    const FIELD: &[u8] = b"stream_options";
+    const BEFORE: &[&[u8]] =
+        &[b"unknown", b"unrecognized", b"unrecognised", b"unsupported", b"extra", b"not permitted"];
+    const AFTER: &[&[u8]] = &[b"not permitted", b"extra", b"unknown", b"unrecognized", b"unsupported", b"not allowed"];
+    let text = body.to_ascii_lowercase();
+    let found = |window: &[u8], words: &[&[u8]]| words.iter().any(|w| window.windows(w.len()).any(|x| x == *w));
+    (0..text.len().saturating_sub(FIELD.len() - 1)).filter(|at| text[*at..].starts_with(FIELD)).any(|at| {
+        let before = &text[at.saturating_sub(60)..at];
+        let after = &text[at + FIELD.len()..(at + FIELD.len() + 80).min(text.len())];
+        found(before, BEFORE) || found(after, AFTER)
+    })
 }
 
 #[cfg(test)]
@@ -42,10 +54,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_400_naming_stream_options_is_a_refusal_of_the_field() {
-        let body = br#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error"}}"#;
-        assert!(refuses_stream_options(http::StatusCode::BAD_REQUEST, body));
+    fn a_400_refusing_stream_options_is_a_refusal_of_the_field() {
+        let refusals: &[&[u8]] = &[
+            br#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error"}}"#,
+            br#"{"error":{"message":"Unknown parameter: 'stream_options'.","type":"invalid_request_error","param":"stream_options"}}"#,
+            br#"{"detail":[{"loc":["body","stream_options"],"msg":"extra fields not permitted","type":"value_error.extra"}]}"#,
+            br#"{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]}"#,
+            br#"{"error":{"message":"Unsupported parameter: stream_options"}}"#,
+        ];
+        for body in refusals {
+            assert!(refuses_stream_options(http::StatusCode::BAD_REQUEST, body), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(refuses_stream_options(http::StatusCode::UNPROCESSABLE_ENTITY, refusals[3]));
         assert!(!refuses_stream_options(http::StatusCode::BAD_REQUEST, b"{\"error\":{\"message\":\"bad\"}}"));
-        assert!(!refuses_stream_options(http::StatusCode::UNAUTHORIZED, body));
+        assert!(!refuses_stream_options(http::StatusCode::UNAUTHORIZED, refusals[0]));
+    }
+
+    #[test]
+    fn an_error_that_only_echoes_the_request_is_no_refusal_of_the_field() {
+        let echo = br#"{"error":{"message":"temperature must be at most 2","request":{"model":"m","stream":true,"stream_options":{"include_usage":true},"temperature":5}}}"#;
+        assert!(!refuses_stream_options(http::StatusCode::BAD_REQUEST, echo));
+        let named = br#"{"error":{"message":"Invalid value for stream_options.include_usage: expected a boolean"}}"#;
+        assert!(!refuses_stream_options(http::StatusCode::BAD_REQUEST, named));
     }
 }

@@ -94,3 +94,10 @@ pub(super) const REQUEST_WORDS: &[&str] = &["openai-organization header", "opena
 /// key's project has no access to it.
 pub(super) const MODEL_WORDS: &[&str] =
     &["does not have access to model", "not allowed to sample from this model", "do not have access to the model"];
+
+/// Refusals the upstream gives whatever key is sent, never judged as a
+/// key's: OpenAI's 403 `unsupported_country_region_territory` ("Country,
+/// region, or territory not supported"). HTML pages are recognised by
+/// their form (`classify`).
+pub(super) const UPSTREAM_CODES: &[&str] = &["unsupported_country_region_territory"];
+pub(super) const UPSTREAM_WORDS: &[&str] = &["country, region, or territory not supported"];

@@ -42,7 +42,9 @@ mod scheduler {
     use secrecy::SecretString;
     use tokio::time::Duration;
 
-    use crate::scheduler::{Demand, KeyLease, NoKey, Outcome, RateInfo, Scheduler, SchedulerConfig, Verdict};
+    use crate::scheduler::{
+        Demand, Hit, KeyLease, NoKey, Outcome, RateInfo, Reset, Scheduler, SchedulerConfig, Verdict,
+    };
     use crate::store::KeyRecord;
 
     fn pool(tpm: Option<u32>) -> std::sync::Arc<Scheduler> {
@@ -70,6 +72,10 @@ mod scheduler {
             remaining_requests: Some(90),
             reset_requests: Some(Duration::from_secs(1)),
         }
+    }
+
+    fn limited(hit: Hit) -> Verdict {
+        Verdict::RateLimited { reset: Reset::new(Duration::from_secs(1), hit) }
     }
 
     fn used(tokens: u64) -> Outcome {
@@ -133,7 +139,7 @@ mod scheduler {
         lease(&s, demand(950)).finish(used(950));
         let l = lease(&s, demand(30));
         l.observe(&headers(1000, 0), false);
-        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        l.finish(Outcome { verdict: limited(Hit::Unknown), ..Outcome::default() });
         assert_eq!(s.snapshot()[0].tpm, Some(900), "by a tenth at least");
         // To what keypool had counted when the upstream refused.
         let s = pool(Some(2000));
@@ -141,19 +147,33 @@ mod scheduler {
         lease(&s, demand(100)).finish(used(100));
         let l = lease(&s, demand(300));
         l.observe(&RateInfo { limit_tokens: None, ..headers(2000, 0) }, false);
-        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        l.finish(Outcome { verdict: limited(Hit::Unknown), ..Outcome::default() });
         assert_eq!(s.snapshot()[0].tpm, Some(1000), "800 seen, but never below half");
         let s = pool(Some(1000));
         lease(&s, demand(700)).finish(used(700));
         let l = lease(&s, demand(200));
         l.observe(&headers(1000, 100), false);
-        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        l.finish(Outcome { verdict: limited(Hit::Tokens), ..Outcome::default() });
         assert_eq!(s.snapshot()[0].tpm, Some(700));
-        // A refusal about requests does not.
+        // A refusal about requests does not, nor one that does not say
+        // after headers that showed tokens left, or no headers at all.
+        let s = pool(Some(1000));
+        let l = lease(&s, demand(100));
+        l.observe(&headers(1000, 900), false);
+        l.finish(Outcome { verdict: limited(Hit::Unknown), ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(1000), "tokens were left: not about tokens");
+        let s = pool(Some(1000));
+        lease(&s, demand(950)).finish(used(950));
+        lease(&s, demand(30)).finish(Outcome { verdict: limited(Hit::Unknown), ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(1000), "a bare 429 says nothing about tokens");
+        let s = pool(Some(1000));
+        lease(&s, demand(950)).finish(used(950));
+        lease(&s, demand(30)).finish(Outcome { verdict: limited(Hit::Requests), ..Outcome::default() });
+        assert_eq!(s.snapshot()[0].tpm, Some(1000), "a requests 429");
         let s = pool(Some(1000));
         let l = lease(&s, demand(100));
         l.observe(&RateInfo { remaining_requests: Some(0), ..headers(1000, 900) }, false);
-        l.finish(Outcome { verdict: Verdict::RateLimited { reset: Duration::from_secs(1) }, ..Outcome::default() });
+        l.finish(Outcome { verdict: limited(Hit::Unknown), ..Outcome::default() });
         assert_eq!(s.snapshot()[0].tpm, Some(1000));
         // It comes back once no such refusal has come for a while.
         let s = pool(Some(1000));
@@ -162,7 +182,7 @@ mod scheduler {
             let short = Some(Duration::from_millis(1));
             l.observe(&RateInfo { reset_tokens: short, reset_requests: short, ..headers(1000, 0) }, false);
             l.finish(Outcome {
-                verdict: Verdict::RateLimited { reset: Duration::from_millis(1) },
+                verdict: Verdict::RateLimited { reset: Reset::new(Duration::from_millis(1), Hit::Unknown) },
                 ..Outcome::default()
             });
             tokio::time::advance(Duration::from_millis(2)).await;
