@@ -93,45 +93,14 @@ pub fn until_date(text: &str, now: SystemTime) -> Option<Duration> {
     Some(Duration::from_secs(at.saturating_sub(now)).min(MAX_WAIT))
 }
 
-/// Seconds since the Unix epoch of an HTTP-date in any of its three forms:
-/// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
-/// `Sun Nov  6 08:49:37 1994`. Years outside 1970..=9999 are not dates an
-/// upstream means (and a larger one would overflow the arithmetic).
+/// Seconds since the Unix epoch of an HTTP-date in any of its three forms
+/// (RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94
+/// 08:49:37 GMT`, `Sun Nov  6 08:49:37 1994`. The `httpdate` crate (hyper's
+/// own) parses them; it takes years 1970 to 9999 only, so no upstream value
+/// can overflow the arithmetic after it.
 fn parse_http_date(text: &str) -> Option<u64> {
-    let words: Vec<&str> = text.split([' ', ',', '-']).filter(|w| !w.is_empty()).collect();
-    let (day, month, year, time) = match words.as_slice() {
-        [_, day, month, year, time, "GMT"] => (*day, *month, *year, *time),
-        [_, month, day, time, year] => (*day, *month, *year, *time),
-        _ => return None,
-    };
-    let day: u64 = day.parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == month)? as u64
-        + 1;
-    let mut year: u64 = year.parse().ok()?;
-    if year < 100 {
-        // RFC 9110 §5.6.7: a two-digit year more than 50 years ahead is in the past century.
-        year += if year < 70 { 2000 } else { 1900 };
-    }
-    let hms: Vec<u64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
-    let [h, m, s] = hms.as_slice() else { return None };
-    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 || !(1970..=9999).contains(&year) {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
-}
-
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
-/// (Howard Hinnant's `days_from_civil`), for years 1970 to 9999.
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).saturating_sub(719_468)
+    let at = httpdate::parse_http_date(text.trim()).ok()?;
+    Some(at.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
 #[cfg(test)]
@@ -221,22 +190,8 @@ mod tests {
         assert_eq!(retry_header(&headers(&[("retry-after", "-5")])), Some(Duration::ZERO));
     }
 
-    /// An IMF-fixdate `secs` from now, written without a date crate.
+    /// An IMF-fixdate `secs` from now.
     fn httpdate_in(secs: u64) -> String {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + secs;
-        let (days, rem) = (t / 86_400, t % 86_400);
-        // civil_from_days (Hinnant), inverse of days_from_civil.
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + u64::from(m <= 2);
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-        let name = months[(m - 1) as usize];
-        format!("Mon, {d:02} {name} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
+        httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs))
     }
 }
