@@ -200,6 +200,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                             app.config.server.forward_account_headers && parts.headers.keys().any(is_account_header);
                         match key_account_mismatch(response, caller_account_sent).await {
                             Ok(response) => {
+                                app.quirks.note_status(response.status(), &url);
                                 if response.status().is_success() {
                                     // Another key was served where these were refused: the
                                     // refusals may be theirs, so they go on trial.
