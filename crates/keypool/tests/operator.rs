@@ -297,11 +297,7 @@ async fn keys_test_reports_what_the_upstream_said_for_each_key() {
 /// that ends the answer has no content, so neither may print `None`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_python_example_prints_the_streamed_text() {
-    let Some(python) = std::env::var_os("KP_TEST_PYTHON") else {
-        assert!(std::env::var("CI").is_err(), "KP_TEST_PYTHON is not set: run the suite with scripts/test");
-        eprintln!("skipped: KP_TEST_PYTHON not set (scripts/test sets it)");
-        return;
-    };
+    let Some(python) = common::sdk_python() else { return };
     let readme = include_str!("../../../README.md");
     let block = readme.split("```python\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
     let sim = SimConfig { keys: vec![SimKey::new(GOOD)], ..SimConfig::default() };
@@ -309,15 +305,8 @@ async fn readme_python_example_prints_the_streamed_text() {
     let script = block
         .replace("http://127.0.0.1:8080/v1", &app.gateway.base_url())
         .replace("\"kp-...\"", &format!("{:?}", app.token));
-    let out = tokio::process::Command::new(python)
-        .args(["-c", &script])
-        .env_remove("OPENAI_ORG_ID")
-        .env_remove("OPENAI_PROJECT_ID")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, stdout, stderr) = common::run_sdk(&python, &["-c", &script], &app).await;
+    assert!(ok, "{stdout}\n{stderr}");
     assert!(!stdout.contains("None"), "the example prints None:\n{stdout}");
     assert!(stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "an answer, then the stream:\n{stdout}");
 }

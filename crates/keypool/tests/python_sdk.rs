@@ -10,14 +10,7 @@ use keypool_sim::{SimConfig, SimKey};
 
 #[tokio::test]
 async fn official_openai_python_sdk_works_through_keypool() {
-    let Some(python) = std::env::var_os("KP_TEST_PYTHON") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "KP_TEST_PYTHON is not set: run the suite with scripts/test, which installs the openai SDK"
-        );
-        eprintln!("skipped: KP_TEST_PYTHON not set (scripts/test sets it)");
-        return;
-    };
+    let Some(python) = common::sdk_python() else { return };
     let keys = ["sk-sdk-aaaaaaaaaaaaaa", "sk-sdk-bbbbbbbbbbbbbb"];
     let app = spawn(
         SimConfig { keys: keys.iter().map(|k| SimKey::new(*k).rpm(100)).collect(), ..SimConfig::default() },
@@ -26,18 +19,8 @@ async fn official_openai_python_sdk_works_through_keypool() {
     )
     .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk_check.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("OPENAI_BASE_URL", app.gateway.base_url())
-        .env("OPENAI_API_KEY", &app.token)
-        .env_remove("OPENAI_ORG_ID")
-        .env_remove("OPENAI_PROJECT_ID")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = common::run_sdk(&python, &[script], &app).await;
+    assert!(ok, "SDK check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("chat, stream+usage, embeddings, models ok"), "{stdout}");
     let served: u64 = keys.iter().map(|k| app.sim.key_stats(k).ok).sum();
     assert_eq!(served, 4, "chat, stream, embeddings and models reached the simulator through keypool");

@@ -290,25 +290,11 @@ async fn other_event_streams_end_when_the_upstream_closes_cleanly() {
 
 #[tokio::test]
 async fn the_official_python_sdk_reads_responses_through_keypool() {
-    let Some(python) = std::env::var_os("KP_TEST_PYTHON") else {
-        assert!(std::env::var("CI").is_err(), "KP_TEST_PYTHON is not set: run the suite with scripts/test");
-        eprintln!("skipped: KP_TEST_PYTHON not set (scripts/test sets it)");
-        return;
-    };
+    let Some(python) = common::sdk_python() else { return };
     let app = app_with(StreamEnds::default()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/responses_check.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("OPENAI_BASE_URL", app.gateway.base_url())
-        .env("OPENAI_API_KEY", &app.token)
-        .env_remove("OPENAI_ORG_ID")
-        .env_remove("OPENAI_PROJECT_ID")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = common::run_sdk(&python, &[script], &app).await;
+    assert!(ok, "SDK check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("responses, responses stream ok"), "{stdout}");
     let view = key_view(&app, 2).await;
     assert_eq!((view.requests, view.successes, view.failures), (2, 2, 0), "{view:?}");

@@ -69,3 +69,38 @@ pub async fn error_code(resp: reqwest::Response) -> String {
     assert!(err.get("code").is_some(), "{body}");
     err["code"].as_str().unwrap_or_default().to_owned()
 }
+
+/// The Python interpreter with the official `openai` SDK that scripts/test
+/// installs (KP_TEST_PYTHON). None outside the test command, where the SDK
+/// tests skip; in CI its absence fails the test instead.
+pub fn sdk_python() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("KP_TEST_PYTHON");
+    if python.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "KP_TEST_PYTHON is not set: run the suite with scripts/test, which installs the openai SDK"
+        );
+        eprintln!("skipped: KP_TEST_PYTHON not set (scripts/test sets it)");
+    }
+    python
+}
+
+/// Runs `python ARGS` as an SDK user pointed at `app` (OPENAI_BASE_URL and
+/// OPENAI_API_KEY set, the SDK's account variables cleared): whether it
+/// succeeded, its stdout and its stderr.
+pub async fn run_sdk(python: &std::ffi::OsStr, args: &[&str], app: &TestApp) -> (bool, String, String) {
+    let out = tokio::process::Command::new(python)
+        .args(args)
+        .env("OPENAI_BASE_URL", app.gateway.base_url())
+        .env("OPENAI_API_KEY", &app.token)
+        .env_remove("OPENAI_ORG_ID")
+        .env_remove("OPENAI_PROJECT_ID")
+        .output()
+        .await
+        .expect("python runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
