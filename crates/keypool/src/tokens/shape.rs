@@ -97,36 +97,26 @@ struct StreamOptions {
 }
 
 /// Anything the model reads, in every form the OpenAI API accepts it.
-#[derive(Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialized by hand, by the JSON type it meets: serde's `untagged`
+/// would buffer every value and try each variant in turn, building (and
+/// throwing away) an error for each miss, about 10k instructions a chat
+/// request (callgrind, docs/benchmarks.md).
 enum Content {
     Text(String),
     /// A token id (in a flat or nested list of ids): one token, whichever.
-    Id(#[allow(dead_code)] u64),
+    Id,
     List(Vec<Content>),
     Image(Image),
     Part(Box<Part>),
-    Other(IgnoredAny),
+    Other,
 }
 
 /// An image part: chat's `{"type":"image_url","image_url":{"url","detail"}}`
 /// or the Responses API's `{"type":"input_image","image_url","detail"}`.
-#[derive(Deserialize)]
 struct Image {
-    #[serde(rename = "type")]
-    _kind: ImageKind,
-    #[serde(default)]
     detail: Lenient<String>,
-    #[serde(default)]
     image_url: Lenient<ImageUrl>,
-}
-
-#[derive(Deserialize)]
-enum ImageKind {
-    #[serde(rename = "image_url")]
-    ImageUrl,
-    #[serde(rename = "input_image")]
-    InputImage,
 }
 
 #[derive(Deserialize)]
@@ -137,24 +127,115 @@ struct ImageUrl {
 
 /// A message, a content part, a tool call or a tool's output: every field
 /// that carries text the model reads.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Part {
-    #[serde(default)]
     role: Lenient<String>,
-    #[serde(default)]
     name: Lenient<String>,
-    #[serde(default)]
     text: Lenient<String>,
-    #[serde(default)]
     content: Option<Content>,
-    #[serde(default)]
     output: Option<Content>,
-    #[serde(default)]
     arguments: Lenient<String>,
-    #[serde(default)]
     tool_calls: Option<Content>,
-    #[serde(default)]
     function: Option<Content>,
+}
+
+/// The keys of a part or image that carry something counted; the rest are
+/// skipped unread.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Type,
+    Detail,
+    ImageUrl,
+    Role,
+    Name,
+    Text,
+    Content,
+    Output,
+    Arguments,
+    ToolCalls,
+    Function,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
+        d.deserialize_any(ContentVisitor)
+    }
+}
+
+struct ContentVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ContentVisitor {
+    type Value = Content;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("text, token ids or content parts")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Content, E> {
+        Ok(Content::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Content, E> {
+        Ok(Content::Text(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Content, E> {
+        Ok(Content::Id)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Content, E> {
+        Ok(if v >= 0 { Content::Id } else { Content::Other })
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Content, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Content, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Content, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element::<Content>()? {
+            items.push(item);
+        }
+        Ok(Content::List(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Content, A::Error> {
+        let mut part = Part::default();
+        let (mut image, mut detail, mut image_url) = (false, Lenient::default(), Lenient::default());
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Type => {
+                    let kind: Lenient<String> = map.next_value()?;
+                    image = matches!(kind.as_ref().map(String::as_str), Some("image_url" | "input_image"));
+                }
+                Field::Detail => detail = map.next_value()?,
+                Field::ImageUrl => image_url = map.next_value()?,
+                Field::Role => part.role = map.next_value()?,
+                Field::Name => part.name = map.next_value()?,
+                Field::Text => part.text = map.next_value()?,
+                Field::Content => part.content = map.next_value()?,
+                Field::Output => part.output = map.next_value()?,
+                Field::Arguments => part.arguments = map.next_value()?,
+                Field::ToolCalls => part.tool_calls = map.next_value()?,
+                Field::Function => part.function = map.next_value()?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(if image { Content::Image(Image { detail, image_url }) } else { Content::Part(Box::new(part)) })
+    }
 }
 
 /// What has been counted so far.
@@ -193,7 +274,7 @@ impl Tally {
     fn content(&mut self, c: &Content, counter: Counter) {
         match c {
             Content::Text(s) => self.text(s, counter),
-            Content::Id(_) => self.fixed(1),
+            Content::Id => self.fixed(1),
             Content::List(items) => items.iter().for_each(|i| self.content(i, counter)),
             Content::Image(img) => {
                 let detail = img.detail.as_ref().or(img.image_url.as_ref().and_then(|u| u.detail.as_ref()));
@@ -201,7 +282,7 @@ impl Tally {
                 self.fixed(if low { IMAGE_TOKENS_LOW } else { IMAGE_TOKENS });
             }
             Content::Part(p) => self.part(p, counter),
-            Content::Other(_) => {}
+            Content::Other => {}
         }
     }
 

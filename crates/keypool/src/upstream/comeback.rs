@@ -96,7 +96,8 @@ pub fn until_date(text: &str, now: SystemTime) -> Option<Duration> {
 /// Seconds since the Unix epoch of an HTTP-date in any of its three forms
 /// (RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94
 /// 08:49:37 GMT`, `Sun Nov  6 08:49:37 1994`. The `httpdate` crate (hyper's
-/// own) parses them; it takes years 1970 to 9999 only, so no upstream value
+/// own) parses them; it takes years 1970 to 9999 only (and a weekday that
+/// matches the date), so no upstream value
 /// can overflow the arithmetic after it.
 fn parse_http_date(text: &str) -> Option<u64> {
     let at = httpdate::parse_http_date(text.trim()).ok()?;
