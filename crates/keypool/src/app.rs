@@ -162,6 +162,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             breaker: Arc::clone(&breaker),
             quirks: Arc::clone(&quirks),
             config: config.clone(),
+            prices: crate::config::models::PriceCache::default(),
         })))
     };
     let ending = CancellationToken::new();

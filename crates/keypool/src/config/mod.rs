@@ -77,6 +77,7 @@ pub struct Config {
     /// loading ignored (see [`Config::warnings`]).
     #[serde(skip)]
     pub env_ignored: Vec<String>,
+
     /// How callers' connections are served and the server stops.
     pub server: ServerConfig,
     /// A PEM file of extra CA certificates to trust for the upstream (a
@@ -276,6 +277,7 @@ impl Default for Config {
             models: BTreeMap::new(),
             log: "info".into(),
             env_ignored: Vec::new(),
+
             server: ServerConfig::default(),
             ca_file: None,
             stream_usage: true,

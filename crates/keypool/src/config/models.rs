@@ -24,7 +24,8 @@
 //! the upstream's own (there is one upstream today, whose settings are the
 //! global ones); else the global `[timeouts]` / `[retry]` value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -326,5 +327,77 @@ impl Config {
             }
         }
         best.into_value().unwrap_or(self.retry.deadline)
+    }
+}
+
+/// Prices already resolved, by model name: a request then pays one hash
+/// look-up instead of a glob match against every pattern (the built-in
+/// table alone is some two dozen: about 8.6k instructions a request,
+/// callgrind, docs/benchmarks.md). Callers choose model names, so it holds
+/// at most [`PriceCache::MODELS`]; past that, names are resolved each time.
+/// It belongs to a server's state, beside a configuration that no longer
+/// changes; a clone starts empty.
+#[derive(Default)]
+pub struct PriceCache(RwLock<HashMap<Box<str>, Option<ModelPrice>>>);
+
+impl PriceCache {
+    /// Most model names remembered.
+    pub const MODELS: usize = 1024;
+
+    /// The price of `model`: remembered, else `config.price_of(model)`.
+    pub fn price_of(&self, config: &Config, model: &str) -> Option<Price> {
+        self.get_or_resolve(model, || config.model_price_of(model)).map(|p| p.price())
+    }
+
+    fn get_or_resolve(&self, model: &str, resolve: impl FnOnce() -> Option<ModelPrice>) -> Option<ModelPrice> {
+        if let Some(hit) = self.0.read().ok().and_then(|m| m.get(model).copied()) {
+            return hit;
+        }
+        let price = resolve();
+        if let Ok(mut m) = self.0.write() {
+            if m.len() < Self::MODELS {
+                m.insert(model.into(), price);
+            }
+        }
+        price
+    }
+}
+
+impl Clone for PriceCache {
+    fn clone(&self) -> Self {
+        PriceCache::default()
+    }
+}
+
+impl PartialEq for PriceCache {
+    /// A cache says nothing about the configuration: every two are equal.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for PriceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PriceCache")
+    }
+}
+
+#[cfg(test)]
+mod price_cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_price_is_the_resolved_one_and_the_cache_stays_bounded() {
+        let config = Config::default();
+        let cache = PriceCache::default();
+        for model in ["gpt-4o-mini", "gpt-4o", "no-such-model", "gpt-4o-mini"] {
+            assert_eq!(cache.price_of(&config, model), config.price_of(model), "{model}");
+        }
+        let cache = PriceCache::default();
+        for i in 0..PriceCache::MODELS + 10 {
+            cache.get_or_resolve(&format!("m{i}"), || None);
+        }
+        assert_eq!(cache.0.read().map(|m| m.len()).unwrap_or(0), PriceCache::MODELS);
+        assert_eq!(cache.clone().0.read().map(|m| m.len()).unwrap_or(1), 0, "a clone starts empty");
     }
 }

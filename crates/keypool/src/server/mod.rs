@@ -40,6 +40,8 @@ pub struct AppState {
     /// What the upstream is known to refuse (shared by every worker).
     pub quirks: Arc<Quirks>,
     pub config: Config,
+    /// Model prices already resolved (this worker's; see `PriceCache`).
+    pub prices: crate::config::models::PriceCache,
 }
 
 /// The router. Layers, outermost first: none yet beyond axum's own; the body

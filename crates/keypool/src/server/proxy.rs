@@ -49,7 +49,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let exact = app.scheduler.counts_tokens() || !app.config.prices.is_empty();
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     let shape = inspected.shape;
-    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.config.price_of(m));
+    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.prices.price_of(&app.config, m));
     let demand = app.demand(shape.as_ref(), price);
     let model = shape.as_ref().and_then(|s| s.model.clone());
     let expect = Expect {
