@@ -54,20 +54,24 @@ pub fn may_carry_credential(name: &HeaderName) -> bool {
     if matches!(name, "authorization" | "proxy-authorization" | "cookie" | "cookie2") {
         return true;
     }
-    let parts: Vec<&str> = name.split(['-', '_']).collect();
-    let has = |part: &str| parts.contains(&part);
-    has("auth")
-        || has("authorization")
-        || has("token")
-        || has("secret")
-        || has("password")
-        || has("credential")
-        || has("credentials")
-        || has("session")
-        || has("apikey")
-        || has("cookie")
-        || (has("key") && (has("api") || has("access") || has("secret") || has("private") || has("subscription")))
-        || name.ends_with("-api-key")
+    // One pass over the name's parts into a set of flags, without
+    // allocating: every caller header of every request comes through here.
+    const SECRET: u16 = 1; // auth, authorization, token, secret, password, credential(s), session, apikey, cookie
+    const KEY: u16 = 2;
+    const KEY_KIND: u16 = 4; // api, access, private, subscription (a key of that kind)
+    const SECRET_WORD: u16 = 8; // "secret" also makes a "key" secret
+    let mut seen = 0u16;
+    for part in name.split(['-', '_']) {
+        seen |= match part {
+            "secret" => SECRET | SECRET_WORD,
+            "auth" | "authorization" | "token" | "password" | "credential" | "credentials" | "session" | "apikey"
+            | "cookie" => SECRET,
+            "key" => KEY,
+            "api" | "access" | "private" | "subscription" => KEY_KIND,
+            _ => 0,
+        };
+    }
+    seen & SECRET != 0 || (seen & KEY != 0 && seen & (KEY_KIND | SECRET_WORD) != 0) || name.ends_with("-api-key")
 }
 
 fn listed_in_connection(name: &HeaderName, all: &HeaderMap) -> bool {
