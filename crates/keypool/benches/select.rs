@@ -26,7 +26,7 @@ const SIZES: [usize; 4] = [1, 100, 1_000, 10_000];
 /// Effectively unlimited per-minute requests, so every key always has room.
 const RPM: u32 = 1_000_000;
 
-const DEMAND: Demand = Demand { tokens: 100, unsure_tokens: 0, cost_micros: 0 };
+const DEMAND: Demand = Demand { tokens: 100, unsure_tokens: 0, overlap: 0, cost_micros: 0 };
 
 fn record(id: i64, rpm: u32, budget_micros: Option<u64>) -> KeyRecord {
     KeyRecord { rpm: Some(rpm), budget_micros, ..KeyRecord::new(id, SecretString::from(format!("sk-bench-{id}"))) }

@@ -13,7 +13,7 @@ use keypool::store::KeyRecord;
 use secrecy::SecretString;
 
 const KEYS: i64 = 10_000;
-const DEMAND: Demand = Demand { tokens: 100, unsure_tokens: 0, cost_micros: 0 };
+const DEMAND: Demand = Demand { tokens: 100, unsure_tokens: 0, overlap: 0, cost_micros: 0 };
 
 fn record(id: i64) -> KeyRecord {
     // Far more requests a minute than the test makes, so no key runs out.

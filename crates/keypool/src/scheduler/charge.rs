@@ -6,7 +6,8 @@
 //! `max_completion_tokens` / `max_output_tokens`) times `n`, and give nothing
 //! back inside the window (OpenAI's rate-limit guide words the charge as the
 //! larger of the two, Azure's as their sum; keypool assumes the sum, which is
-//! never smaller). keypool estimates that charge per request
+//! never smaller, until the answers show the larger of the two). keypool
+//! estimates that charge per request
 //! (`PromptShape::request_tokens`, the tokenizer's count as a floor); this
 //! model scales the estimate when the upstream shows, answer after answer,
 //! that it counts more than keypool does.
@@ -19,6 +20,16 @@
 //! [`MAX_SCALE`]. An upstream that counts less than keypool (a bucket that
 //! refilled, a `max` instead of a sum) gives ratios below 1 and leaves the
 //! estimate as it is.
+//!
+//! Whether the upstream charges the sum or the larger part is told apart the
+//! same way: each answer also gives the ratio of the upstream's count to what
+//! keypool would count under the larger-part rule. The rule changes to the
+//! larger part only when that count is not below the upstream's (median
+//! ratio at most 1.02) while the sum is well above it (median at most 0.9),
+//! and only from answers of keys whose refill is known (a window, or a
+//! trusted bucket): an unknown refill also makes the sum look too high. A
+//! refusal about tokens under the larger-part rule puts the sum back for
+//! [`MAX_REFUTED_FOR`].
 
 use std::collections::VecDeque;
 
@@ -35,18 +46,63 @@ pub const UNIT: u64 = 1000;
 /// The largest scale learned: 3× keypool's estimate.
 pub const MAX_SCALE: u64 = 3 * UNIT;
 
-/// The learned scale of one upstream's charge over keypool's estimate.
+/// How long a refusal under the larger-part rule keeps the sum.
+pub const MAX_REFUTED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How the upstream adds a request's parts into its admission charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Prompt estimate plus `max_tokens` × `n` (Azure's wording; the default).
+    Sum,
+    /// The larger of the two (OpenAI's wording).
+    Max,
+}
+
+/// One answer's comparison of the upstream's count with keypool's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The upstream's use: `limit - remaining`.
+    pub upstream: u64,
+    /// keypool's own count under its current rule.
+    pub ours: u64,
+    /// keypool's own count under the larger-part rule (equal to `ours`
+    /// once that rule is in use).
+    pub ours_max: u64,
+    /// Whether the key's refill is known (see the module's documentation).
+    pub settled: bool,
+}
+
+/// The learned scale of one upstream's charge over keypool's estimate, and
+/// whether it charges the sum or the larger part.
 #[derive(Debug)]
 pub struct ChargeModel {
     ratios: VecDeque<u64>,
+    /// Ratios of the upstream's count over the sum and over the larger part.
+    rule_ratios: VecDeque<(u64, u64)>,
     /// Current scale, in thousandths (1000: keypool's estimate as it is).
     scale: u64,
+    rule: Rule,
+    /// When the larger-part rule was last refused: the sum holds until
+    /// [`MAX_REFUTED_FOR`] after it.
+    refuted_at: Option<tokio::time::Instant>,
 }
 
 impl Default for ChargeModel {
     fn default() -> Self {
-        ChargeModel { ratios: VecDeque::with_capacity(SAMPLES), scale: UNIT }
+        ChargeModel {
+            ratios: VecDeque::with_capacity(SAMPLES),
+            rule_ratios: VecDeque::with_capacity(SAMPLES),
+            scale: UNIT,
+            rule: Rule::Sum,
+            refuted_at: None,
+        }
     }
+}
+
+fn median(values: impl Iterator<Item = u64>) -> u64 {
+    let mut sorted: Vec<u64> = values.collect();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(UNIT)
 }
 
 impl ChargeModel {
@@ -55,28 +111,73 @@ impl ChargeModel {
         self.scale
     }
 
-    /// Takes in one answer: the upstream's use (`limit - remaining`) and
-    /// keypool's own count, for a key whose limit is `limit`. Returns the new
-    /// scale. keypool's count was made with the current scale, so it is
-    /// taken back to the unscaled estimate before the ratio is formed.
-    pub fn sample(&mut self, upstream_used: u64, ours: u64, limit: u64) -> u64 {
+    /// The rule in use.
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+
+    /// Takes in one answer (see [`Seen`]) for a key whose limit is `limit`.
+    /// Returns the new scale. keypool's count was made with the current
+    /// scale, so it is taken back to the unscaled estimate before the ratio
+    /// is formed.
+    pub fn sample(&mut self, seen: Seen, limit: u64) -> u64 {
+        let Seen { upstream, ours, ours_max, settled } = seen;
         if ours == 0 || ours < limit / SIGNAL {
             return self.scale;
         }
-        let ratio = upstream_used.saturating_mul(self.scale) / ours;
-        if self.ratios.len() == SAMPLES {
-            self.ratios.pop_front();
-        }
-        self.ratios.push_back(ratio);
+        let ratio = upstream.saturating_mul(self.scale) / ours;
+        push(&mut self.ratios, ratio);
         if self.ratios.len() >= MIN_SAMPLES {
-            let mut sorted: Vec<u64> = self.ratios.iter().copied().collect();
-            sorted.sort_unstable();
-            let median = sorted[sorted.len() / 2];
+            let median = median(self.ratios.iter().copied());
             // A few percent over is rounding and framing, not a pattern.
             self.scale = if median <= UNIT + UNIT / 50 { UNIT } else { median.min(MAX_SCALE) };
         }
+        if self.rule == Rule::Sum && settled && ours_max > 0 && ours_max < ours {
+            let over_max = upstream.saturating_mul(UNIT) / ours_max;
+            push(&mut self.rule_ratios, (ratio, over_max));
+            self.maybe_max();
+        }
         self.scale
     }
+
+    fn maybe_max(&mut self) {
+        if self.rule_ratios.len() < MIN_SAMPLES {
+            return;
+        }
+        if self.refuted_at.is_some_and(|at| at.elapsed() < MAX_REFUTED_FOR) {
+            return;
+        }
+        let over_sum = median(self.rule_ratios.iter().map(|r| r.0));
+        let over_max = median(self.rule_ratios.iter().map(|r| r.1));
+        if over_sum <= UNIT * 9 / 10 && over_max <= UNIT + UNIT / 50 {
+            tracing::info!(
+                over_sum,
+                over_max,
+                "the upstream charges the larger of the prompt and max_tokens, not their sum"
+            );
+            self.rule = Rule::Max;
+            self.rule_ratios.clear();
+        }
+    }
+
+    /// A refusal about tokens: under the larger-part rule, the sum holds
+    /// again (for [`MAX_REFUTED_FOR`]). Returns whether the rule changed.
+    pub fn refuse(&mut self) -> bool {
+        if self.rule != Rule::Max {
+            return false;
+        }
+        tracing::info!("an upstream refusal about tokens puts the sum rule back");
+        self.rule = Rule::Sum;
+        self.refuted_at = Some(tokio::time::Instant::now());
+        true
+    }
+}
+
+fn push<T>(ratios: &mut VecDeque<T>, ratio: T) {
+    if ratios.len() == SAMPLES {
+        ratios.pop_front();
+    }
+    ratios.push_back(ratio);
 }
 
 /// `tokens` × `scale` thousandths, rounded up.

@@ -133,9 +133,15 @@ impl Inner {
         let (rr_seq, vclock) = (self.rr_seq, self.vclock);
         let slot = self.keys.get_mut(&id)?;
         let need = slot.need(demand);
-        let demand = Demand { tokens: need, unsure_tokens: demand.unsure_tokens.min(need), ..demand };
+        let demand = Demand {
+            tokens: need,
+            unsure_tokens: demand.unsure_tokens.min(need),
+            overlap: demand.overlap.min(need),
+            ..demand
+        };
         slot.inflight += 1;
         slot.reserved_tokens = slot.reserved_tokens.saturating_add(demand.tokens);
+        slot.reserved_overlap = slot.reserved_overlap.saturating_add(demand.overlap);
         slot.reserved_micros = slot.reserved_micros.saturating_add(demand.cost_micros);
         slot.rr_seq = rr_seq;
         slot.vtime = slot.vtime.max(vclock) + strategy::STRIDE / slot.weight;
@@ -147,9 +153,7 @@ impl Inner {
 
     pub(super) fn unreserve(&mut self, grant: &Grant, now: Instant, strategy: Strategy) {
         if let Some(slot) = self.keys.get_mut(&grant.key_id) {
-            slot.inflight = slot.inflight.saturating_sub(1);
-            slot.reserved_tokens = slot.reserved_tokens.saturating_sub(grant.demand.tokens);
-            slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
+            slot.release(grant.demand);
         }
         self.slot_placement(grant.key_id, now, strategy);
     }
@@ -226,6 +230,7 @@ impl Inner {
         let demand = self.queue.iter().map(|w| w.demand).reduce(|a, b| Demand {
             tokens: a.tokens.min(b.tokens),
             unsure_tokens: 0,
+            overlap: 0,
             cost_micros: a.cost_micros.min(b.cost_micros),
         })?;
         let day_end = self.day_end;

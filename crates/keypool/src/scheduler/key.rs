@@ -5,7 +5,9 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tokio::time::{Duration, Instant};
 
-use super::limits::{Dim, RateInfo, Sample};
+use super::bucket::Bucket;
+use super::charge::Seen;
+use super::limits::{Dim, RateInfo};
 use super::strategy::{Inputs, Score, Strategy};
 use super::window::Window;
 use super::{DefaultLimits, Demand, Hit, Reset};
@@ -68,8 +70,13 @@ pub struct Slot {
     /// Leased and not finished; they count against every limit.
     pub inflight: u64,
     pub reserved_tokens: u64,
+    /// Of `reserved_tokens`, what the larger-part rule would not charge.
+    pub reserved_overlap: u64,
     pub reserved_micros: u64,
     pub window: Window,
+    /// The same tokens draining as a bucket would; counted instead of the
+    /// window once the upstream shows it refills continuously.
+    pub bucket: Bucket,
     /// Requests finished since the current day began (for `rpd`).
     pub day_count: u64,
     pub spent_micros: u64,
@@ -128,8 +135,10 @@ impl Slot {
             announce: Announce::Unknown,
             inflight: 0,
             reserved_tokens: 0,
+            reserved_overlap: 0,
             reserved_micros: 0,
             window: Window::default(),
+            bucket: Bucket::default(),
             day_count: 0,
             spent_micros: r.spent_micros,
             requests_total: r.requests,
@@ -180,6 +189,14 @@ impl Slot {
         })
     }
 
+    /// Gives back what a lease reserved (finished or dropped).
+    pub fn release(&mut self, demand: Demand) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.reserved_tokens = self.reserved_tokens.saturating_sub(demand.tokens);
+        self.reserved_overlap = self.reserved_overlap.saturating_sub(demand.overlap);
+        self.reserved_micros = self.reserved_micros.saturating_sub(demand.cost_micros);
+    }
+
     /// Serves at all (apart from limits and cooling).
     pub fn usable(&self, now: Instant) -> bool {
         self.enabled && self.health == Health::Active && self.expires_at.is_none_or(|t| t > now)
@@ -190,7 +207,7 @@ impl Slot {
     }
 
     pub fn used_tokens(&self, now: Instant) -> u64 {
-        self.window.tokens().saturating_add(self.reserved_tokens).saturating_add(self.tpm.phantom(now))
+        self.own_tokens(now).saturating_add(self.tpm.phantom(now))
     }
 
     /// What keypool counts as its own use of each dimension (for header corrections).
@@ -198,8 +215,31 @@ impl Slot {
         self.window.requests() + self.inflight
     }
 
-    pub fn own_tokens(&self) -> u64 {
-        self.window.tokens().saturating_add(self.reserved_tokens)
+    pub fn own_tokens(&self, now: Instant) -> u64 {
+        self.sent_tokens(now).saturating_add(self.reserved_tokens)
+    }
+
+    /// Tokens of finished requests that still count: the bucket's deficit
+    /// once the upstream has shown it refills continuously, else the window.
+    fn sent_tokens(&self, now: Instant) -> u64 {
+        match self.refilling() {
+            Some(limit) => self.bucket.deficit(now, limit),
+            None => self.window.tokens(),
+        }
+    }
+
+    /// keypool's own count as the larger-part rule would make it.
+    fn own_tokens_max(&self, now: Instant) -> u64 {
+        let sent = match self.refilling() {
+            Some(limit) => self.bucket.deficit_max(now, limit),
+            None => self.window.tokens().saturating_sub(self.window.overlap()),
+        };
+        sent.saturating_add(self.reserved_tokens.saturating_sub(self.reserved_overlap))
+    }
+
+    /// The token limit the bucket refills at, when the bucket is trusted.
+    fn refilling(&self) -> Option<u64> {
+        self.tpm.limit().filter(|_| self.bucket.trusted())
     }
 
     fn cautious(&self) -> bool {
@@ -280,10 +320,32 @@ impl Slot {
         if self.rpm.limit().is_some() {
             at = at.max(self.rpm.room_at(&self.window, |_| 1, self.used_requests(now), 1, now)?);
         }
-        if self.tpm.limit().is_some() {
+        if let Some(limit) = self.refilling() {
+            at = at.max(self.tokens_refilled(now, limit, demand)?);
+        } else if self.tpm.limit().is_some() {
             at = at.max(self.tpm.room_at(&self.window, |t| t, self.used_tokens(now), self.need(demand), now)?);
         }
         Some(at)
+    }
+
+    /// When the trusted bucket (and the usage beyond keypool's own, when it
+    /// stops counting) leaves room for `demand`; `None` when only requests in
+    /// flight finishing can.
+    fn tokens_refilled(&self, now: Instant, limit: u64, demand: Demand) -> Option<Instant> {
+        let wanted = self.used_tokens(now).saturating_add(self.need(demand));
+        let Some(mut to_free) = wanted.checked_sub(limit).filter(|n| *n > 0) else { return Some(now) };
+        let mut at = now;
+        let phantom = self.tpm.phantom(now);
+        if phantom > 0 {
+            if let Some(until) = self.tpm.phantom_until(now) {
+                at = until;
+                to_free = to_free.saturating_sub(phantom);
+            }
+        }
+        if to_free == 0 {
+            return Some(at);
+        }
+        Some(at.max(self.bucket.refilled(now, limit, to_free)?))
     }
 
     /// Where the key belongs in the index now.
@@ -291,7 +353,7 @@ impl Slot {
         if !self.usable(now) || !self.affordable(0) {
             return Placement::Off;
         }
-        let minimal = Demand { tokens: 1, unsure_tokens: 0, cost_micros: 0 };
+        let minimal = Demand { tokens: 1, unsure_tokens: 0, overlap: 0, cost_micros: 0 };
         if self.has_room(now, minimal) {
             return Placement::Ready(self.score(strategy));
         }
@@ -304,7 +366,7 @@ impl Slot {
 
     /// Takes in an answer's rate-limit headers; returns how the upstream's
     /// token count compared with keypool's own, when the answer said.
-    pub fn observe(&mut self, info: &RateInfo, success: bool, now: Instant) -> Option<Sample> {
+    pub fn observe(&mut self, info: &RateInfo, success: bool, now: Instant) -> Option<Seen> {
         if info.is_empty() {
             if success && self.announce == Announce::Unknown {
                 self.announce = Announce::None;
@@ -313,9 +375,17 @@ impl Slot {
         }
         self.announce = Announce::Headers;
         self.last_rate = *info;
-        let (own_r, own_t) = (self.own_requests(), self.own_tokens());
+        if let (Some(limit), Some(remaining), Some(reset)) =
+            (info.limit_tokens.or(self.tpm.base()), info.remaining_tokens, info.reset_tokens)
+        {
+            self.bucket.observe(limit, remaining, reset, now);
+        }
+        let (own_r, own_t) = (self.own_requests(), self.own_tokens(now));
         self.rpm.observe(info.limit_requests, info.remaining_requests, info.reset_requests, own_r, now);
-        self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now)
+        let (upstream, ours) =
+            self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now)?;
+        let settled = self.bucket.trusted() || self.bucket.refuted();
+        Some(Seen { upstream, ours, ours_max: self.own_tokens_max(now), settled })
     }
 
     /// A 429 `rate_limit_exceeded`: nothing more until the reset it names
@@ -331,15 +401,19 @@ impl Slot {
             Hit::Requests => false,
             Hit::Unknown => self.last_rate.remaining_tokens == Some(0),
         };
-        if about_tokens && self.tpm.limit().is_some() {
+        if about_tokens && self.refilling().is_some() {
+            // The bucket said there was room: the upstream is no such
+            // bucket, and the window (which would have waited) counts again.
+            self.bucket.refute();
+        } else if about_tokens && self.tpm.limit().is_some() {
             // The refused request is the window's newest entry (just recorded).
-            let seen = self.own_tokens().saturating_sub(self.window.newest().unwrap_or(0));
+            let seen = self.own_tokens(now).saturating_sub(self.window.newest().unwrap_or(0));
             self.tpm.lower(seen, now);
         }
         let rest = reset.after.min(Duration::from_secs(86_400));
         let until = now.checked_add(rest).unwrap_or(now);
         self.cooling_until = Some(self.cooling_until.map_or(until, |t| t.max(until)));
-        let (own_r, own_t) = (self.own_requests(), self.own_tokens());
+        let (own_r, own_t) = (self.own_requests(), self.own_tokens(now));
         self.rpm.empty_until(until, own_r);
         self.tpm.empty_until(until, own_t);
     }

@@ -8,6 +8,7 @@
 //! await, and every operation under it is O(log n) in the number of keys
 //! except the slow paths taken when nothing fits.
 
+mod bucket;
 mod census;
 pub mod charge;
 mod index;
@@ -89,6 +90,10 @@ pub struct Demand {
     /// count): only `tokens - unsure_tokens` is certain, so only that can
     /// make a request too large for every key. 0: all of it is certain.
     pub unsure_tokens: u64,
+    /// How much of `tokens` an upstream charging the larger of the prompt
+    /// and the completion budget (not their sum) would not charge: the
+    /// smaller of the two. 0 once that rule is in use.
+    pub overlap: u64,
     pub cost_micros: u64,
 }
 
@@ -143,6 +148,9 @@ pub struct Scheduler {
     /// The learned scale of the upstream's charge over keypool's estimate,
     /// in thousandths (see [`charge`]); read on every request without the lock.
     charge_scale: std::sync::atomic::AtomicU64,
+    /// Whether the upstream was shown to charge the larger of the prompt and
+    /// the completion budget rather than their sum (see [`charge`]).
+    charge_max: std::sync::atomic::AtomicBool,
     /// Key × model pairs set aside until an instant (the key cannot use that model).
     model_aside: Mutex<HashMap<(i64, String), Instant>>,
 }
@@ -194,6 +202,7 @@ impl Scheduler {
             wake: Arc::new(Notify::new()),
             counts_tokens: std::sync::atomic::AtomicBool::new(false),
             charge_scale: std::sync::atomic::AtomicU64::new(charge::UNIT),
+            charge_max: std::sync::atomic::AtomicBool::new(false),
             model_aside: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -257,6 +266,15 @@ impl Scheduler {
     /// estimate, in thousandths of [`charge::UNIT`].
     pub fn charge_scale(&self) -> u64 {
         self.charge_scale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the upstream adds a request's parts into its charge, as learned.
+    pub fn charge_rule(&self) -> charge::Rule {
+        if self.charge_max.load(std::sync::atomic::Ordering::Relaxed) {
+            charge::Rule::Max
+        } else {
+            charge::Rule::Sum
+        }
     }
 
     /// Keys counted by state (for `/healthz`, `/readyz` and error messages).
@@ -423,12 +441,13 @@ impl Scheduler {
         let strategy = self.config.strategy;
         let mut inner = self.lock();
         let Some(slot) = inner.keys.get_mut(&id) else { return };
-        let sample = slot.observe(info, success, now);
+        let seen = slot.observe(info, success, now);
         // A refusal's headers say the budget is empty, which its own
         // handling (cooling, a lowered limit) already takes in.
-        if let (true, Some((upstream_used, ours)), Some(limit)) = (success, sample, slot.tpm.base()) {
-            let scale = inner.charge.sample(upstream_used, ours, limit);
+        if let (true, Some(seen), Some(limit)) = (success, seen, slot.tpm.base()) {
+            let scale = inner.charge.sample(seen, limit);
             self.charge_scale.store(scale, std::sync::atomic::Ordering::Relaxed);
+            self.charge_max.store(inner.charge.rule() == charge::Rule::Max, std::sync::atomic::Ordering::Relaxed);
         }
         inner.slot_placement(id, now, strategy);
         if slot_has_tpm(&inner, id) {
@@ -445,14 +464,18 @@ impl Scheduler {
         let strategy = self.config.strategy;
         let mut inner = self.lock();
         if let Some(slot) = inner.keys.get_mut(&grant.key_id) {
-            slot.inflight = slot.inflight.saturating_sub(1);
-            slot.reserved_tokens = slot.reserved_tokens.saturating_sub(grant.demand.tokens);
-            slot.reserved_micros = slot.reserved_micros.saturating_sub(grant.demand.cost_micros);
+            slot.release(grant.demand);
             if sent {
                 record_sent(slot, grant.demand, &outcome, now, &self.config);
             }
             if outcome.success {
                 slot.suspected = false;
+            }
+        }
+        // Refused tokens under the larger-part rule: the sum holds again.
+        if let Verdict::RateLimited { reset } = outcome.verdict {
+            if reset.hit != Hit::Requests && inner.charge.refuse() {
+                self.charge_max.store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if matches!(outcome.verdict, Verdict::Invalid | Verdict::Exhausted) || outcome.cost_micros.is_some() {

@@ -88,7 +88,7 @@ fn save_slot(slot: &mut Slot, c: Clocks) -> SavedKeyState {
         next_probe_at: slot.next_probe.filter(|_| unhealthy).map(|t| c.to_wall(t)),
         probe_every_ms: unhealthy.then(|| u64::try_from(slot.probe_every.as_millis()).unwrap_or(u64::MAX)),
         rpm: save_dim(&slot.rpm, slot.own_requests(), own_until, c),
-        tpm: save_dim(&slot.tpm, slot.own_tokens(), own_until, c),
+        tpm: save_dim(&slot.tpm, slot.window.tokens().saturating_add(slot.reserved_tokens), own_until, c),
         day: c.day(),
         day_count: slot.day_count,
     }

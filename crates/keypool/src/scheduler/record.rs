@@ -40,7 +40,9 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     // a request only, so one oversized request tried on every key does not
     // hold each key's token budget for a minute.
     let tokens = if admitted(outcome.verdict) { demand.tokens.max(used) } else { 0 };
-    slot.window.record(now, tokens);
+    let overlap = if tokens > 0 { demand.overlap } else { 0 };
+    slot.window.record(now, tokens, overlap);
+    slot.bucket.record(now, tokens, overlap, slot.tpm.limit());
     // The excess over the reservation was already seen in the answer's
     // headers (as usage keypool had not counted): now the window holds it.
     slot.tpm.absorb(tokens.saturating_sub(demand.tokens));

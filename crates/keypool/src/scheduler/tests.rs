@@ -15,7 +15,7 @@ fn ok() -> Outcome {
 }
 
 fn one() -> Demand {
-    Demand { tokens: 1, unsure_tokens: 0, cost_micros: 0 }
+    Demand { tokens: 1, unsure_tokens: 0, overlap: 0, cost_micros: 0 }
 }
 
 fn sched(strategy: Strategy, max_wait: Duration) -> Arc<Scheduler> {
@@ -93,8 +93,11 @@ async fn dropping_an_unsent_lease_gives_it_back_and_a_sent_one_counts() {
 async fn tokens_reserve_and_the_admission_charge_stays() {
     let s = sched(Strategy::LeastUsed, Duration::ZERO);
     s.sync_keys(&[record(1, None, Some(1000), 0)]);
-    let lease = sent(s.try_lease(Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 }).unwrap());
-    assert!(matches!(s.try_lease(Demand { tokens: 200, unsure_tokens: 0, cost_micros: 0 }), Err(NoKey::Busy { .. })));
+    let lease = sent(s.try_lease(Demand { tokens: 900, unsure_tokens: 0, overlap: 0, cost_micros: 0 }).unwrap());
+    assert!(matches!(
+        s.try_lease(Demand { tokens: 200, unsure_tokens: 0, overlap: 0, cost_micros: 0 }),
+        Err(NoKey::Busy { .. })
+    ));
     let usage = keypool_sse::Usage {
         prompt_tokens: 50,
         completion_tokens: 50,
@@ -103,10 +106,13 @@ async fn tokens_reserve_and_the_admission_charge_stays() {
     };
     lease.finish(Outcome { success: true, usage: Some(usage), ..Outcome::default() });
     // The upstream keeps what it charged at admission for its window (issue 13).
-    assert!(matches!(s.try_lease(Demand { tokens: 800, unsure_tokens: 0, cost_micros: 0 }), Err(NoKey::Busy { .. })));
-    assert!(s.try_lease(Demand { tokens: 100, unsure_tokens: 0, cost_micros: 0 }).is_ok());
+    assert!(matches!(
+        s.try_lease(Demand { tokens: 800, unsure_tokens: 0, overlap: 0, cost_micros: 0 }),
+        Err(NoKey::Busy { .. })
+    ));
+    assert!(s.try_lease(Demand { tokens: 100, unsure_tokens: 0, overlap: 0, cost_micros: 0 }).is_ok());
     assert_eq!(
-        s.try_lease(Demand { tokens: 5000, unsure_tokens: 0, cost_micros: 0 }).unwrap_err(),
+        s.try_lease(Demand { tokens: 5000, unsure_tokens: 0, overlap: 0, cost_micros: 0 }).unwrap_err(),
         NoKey::TooLarge { needed: 5000 }
     );
 }
@@ -120,14 +126,14 @@ async fn a_request_refused_at_the_door_is_charged_no_tokens() {
     for verdict in [Verdict::TooLarge { limit: 1000 }, Verdict::Refused, Verdict::ModelMissing] {
         let s = sched(Strategy::LeastUsed, Duration::ZERO);
         s.sync_keys(&[record(1, None, Some(1000), 0)]);
-        let demand = Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 };
+        let demand = Demand { tokens: 900, unsure_tokens: 0, overlap: 0, cost_micros: 0 };
         sent(s.try_lease(demand).unwrap()).finish(Outcome { verdict, ..Outcome::default() });
         assert!(s.try_lease(demand).is_ok(), "{verdict:?} left the key's tokens charged");
     }
     // An admitted request keeps its charge (the control).
     let s = sched(Strategy::LeastUsed, Duration::ZERO);
     s.sync_keys(&[record(1, None, Some(1000), 0)]);
-    let demand = Demand { tokens: 900, unsure_tokens: 0, cost_micros: 0 };
+    let demand = Demand { tokens: 900, unsure_tokens: 0, overlap: 0, cost_micros: 0 };
     sent(s.try_lease(demand).unwrap()).finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
     assert!(matches!(s.try_lease(demand), Err(NoKey::Busy { .. })));
 }
@@ -427,7 +433,7 @@ async fn balance_even_spends_budgets_evenly_and_never_overruns() {
         })
         .collect();
     s.sync_keys(&records);
-    let demand = Demand { tokens: 10, unsure_tokens: 0, cost_micros: 10_000 };
+    let demand = Demand { tokens: 10, unsure_tokens: 0, overlap: 0, cost_micros: 10_000 };
     let mut answered = 0;
     loop {
         match s.try_lease(demand) {

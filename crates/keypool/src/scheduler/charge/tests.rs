@@ -1,16 +1,72 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
 
+/// An answer under the sum rule whose larger-part count says nothing new.
+fn seen(upstream: u64, ours: u64) -> Seen {
+    Seen { upstream, ours, ours_max: ours, settled: true }
+}
+
+/// An answer where keypool counted `ours` by the sum and `ours_max` by the larger part.
+fn both(upstream: u64, ours: u64, ours_max: u64, settled: bool) -> Seen {
+    Seen { upstream, ours, ours_max, settled }
+}
+
+#[test]
+fn the_larger_part_rule_is_learned_only_from_settled_answers() {
+    // The upstream counts 1,000 where the sum says 1,800 and the larger part 1,000.
+    let mut m = ChargeModel::default();
+    for _ in 0..SAMPLES {
+        m.sample(both(1000, 1800, 1000, false), 10_000);
+    }
+    assert_eq!(m.rule(), Rule::Sum, "an unknown refill also makes the sum look too high");
+    for _ in 0..MIN_SAMPLES {
+        m.sample(both(1000, 1800, 1000, true), 10_000);
+    }
+    assert_eq!(m.rule(), Rule::Max);
+    assert_eq!(m.scale(), UNIT, "a sum above the upstream's count never lowers the scale");
+}
+
+#[test]
+fn a_sum_upstream_never_looks_like_the_larger_part() {
+    // The upstream counts the sum; in-flight noise makes ours a little higher.
+    let mut m = ChargeModel::default();
+    for i in 0..SAMPLES as u64 {
+        m.sample(both(1700 + i, 1800, 1000, true), 10_000);
+    }
+    assert_eq!(m.rule(), Rule::Sum);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_puts_the_sum_back_for_long() {
+    let mut m = ChargeModel::default();
+    for _ in 0..MIN_SAMPLES {
+        m.sample(both(1000, 1800, 1000, true), 10_000);
+    }
+    assert_eq!(m.rule(), Rule::Max);
+    assert!(m.refuse());
+    assert_eq!(m.rule(), Rule::Sum);
+    assert!(!m.refuse(), "under the sum a refusal changes no rule");
+    for _ in 0..SAMPLES {
+        m.sample(both(1000, 1800, 1000, true), 10_000);
+    }
+    assert_eq!(m.rule(), Rule::Sum, "held after a refusal");
+    tokio::time::advance(MAX_REFUTED_FOR).await;
+    for _ in 0..MIN_SAMPLES {
+        m.sample(both(1000, 1800, 1000, true), 10_000);
+    }
+    assert_eq!(m.rule(), Rule::Max, "learned again once the hold has passed");
+}
+
 #[test]
 fn one_answer_teaches_nothing_many_do() {
     let mut m = ChargeModel::default();
     // The upstream counts 1.5× keypool's estimate.
     for _ in 0..MIN_SAMPLES - 1 {
-        assert_eq!(m.sample(1500, 1000, 10_000), UNIT);
+        assert_eq!(m.sample(seen(1500, 1000), 10_000), UNIT);
     }
-    assert_eq!(m.sample(1500, 1000, 10_000), 1500);
+    assert_eq!(m.sample(seen(1500, 1000), 10_000), 1500);
     // keypool now counts with the scale: the same upstream gives the same ratio.
-    assert_eq!(m.sample(1500, 1500, 10_000), 1500);
+    assert_eq!(m.sample(seen(1500, 1500), 10_000), 1500);
     assert_eq!(scaled(1000, m.scale()), 1500);
 }
 
@@ -21,19 +77,19 @@ fn outliers_and_refill_do_not_move_it() {
         // A bucket that refilled (less than ours), and now and then another
         // client's burst (far more).
         let used = if i % 5 == 0 { 9000 } else { 700 };
-        m.sample(used, 1000, 10_000);
+        m.sample(seen(used, 1000), 10_000);
     }
     assert_eq!(m.scale(), UNIT);
     // Too little of the limit used to read anything.
     let mut m = ChargeModel::default();
     for _ in 0..SAMPLES {
-        m.sample(900, 300, 10_000);
+        m.sample(seen(900, 300), 10_000);
     }
     assert_eq!(m.scale(), UNIT);
     // Never past the cap.
     let mut m = ChargeModel::default();
     for _ in 0..SAMPLES {
-        m.sample(10_000, 1000, 10_000);
+        m.sample(seen(10_000, 1000), 10_000);
     }
     assert_eq!(m.scale(), MAX_SCALE);
 }
@@ -43,7 +99,7 @@ mod scheduler {
     use tokio::time::Duration;
 
     use crate::scheduler::{
-        Demand, Hit, KeyLease, NoKey, Outcome, RateInfo, Reset, Scheduler, SchedulerConfig, Verdict,
+        charge, Demand, Hit, KeyLease, NoKey, Outcome, RateInfo, Reset, Scheduler, SchedulerConfig, Verdict,
     };
     use crate::store::KeyRecord;
 
@@ -54,7 +110,7 @@ mod scheduler {
     }
 
     fn demand(tokens: u64) -> Demand {
-        Demand { tokens, unsure_tokens: 0, cost_micros: 0 }
+        Demand { tokens, unsure_tokens: 0, overlap: 0, cost_micros: 0 }
     }
 
     fn lease(s: &std::sync::Arc<Scheduler>, d: Demand) -> KeyLease {
@@ -119,7 +175,7 @@ mod scheduler {
     async fn an_uncertain_estimate_delays_but_never_refuses() {
         let s = pool(Some(1000));
         // 1,200 tokens counted one a byte while the tokenizer is built; only 300 are sure.
-        let rough = Demand { tokens: 1200, unsure_tokens: 900, cost_micros: 0 };
+        let rough = Demand { tokens: 1200, unsure_tokens: 900, overlap: 0, cost_micros: 0 };
         let l = lease(&s, rough);
         // It takes the whole key while it runs …
         assert!(matches!(s.try_lease(demand(1)), Err(NoKey::Busy { .. })));
@@ -129,8 +185,58 @@ mod scheduler {
         assert!(s.try_lease(rough).is_ok());
         // A sure count over every key's limit is refused.
         assert_eq!(s.try_lease(demand(1200)).unwrap_err(), NoKey::TooLarge { needed: 1200 });
-        let sure_part = Demand { tokens: 1500, unsure_tokens: 200, cost_micros: 0 };
+        let sure_part = Demand { tokens: 1500, unsure_tokens: 200, overlap: 0, cost_micros: 0 };
         assert_eq!(s.try_lease(sure_part).unwrap_err(), NoKey::TooLarge { needed: 1300 });
+    }
+
+    /// Headers of a token bucket of `limit` with `remaining` left: its reset
+    /// is the time to refill what is missing.
+    fn bucket_headers(limit: u64, remaining: u64) -> RateInfo {
+        let reset = Duration::from_millis((limit - remaining) * 60_000 / limit);
+        RateInfo { reset_tokens: Some(reset), ..headers(limit, remaining) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_shown_to_refill_gets_its_charges_back_gradually() {
+        let s = pool(Some(1000));
+        // Four answers, a second apart, from a bucket refilling 16 a second.
+        for remaining in [900, 816, 732, 648] {
+            let l = lease(&s, demand(100));
+            l.observe(&bucket_headers(1000, remaining), true);
+            l.finish(used(100));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // 400 charged, the last 1 s ago: 352 missing then, 16 refilled since.
+        let before = s.snapshot()[0].remaining_tokens.unwrap();
+        assert_eq!(before, 664);
+        tokio::time::advance(Duration::from_secs(12)).await;
+        assert_eq!(s.snapshot()[0].remaining_tokens, Some(864), "a window would still hold all 400");
+        // A refusal about tokens while the bucket had room refutes it: the
+        // window counts again (all of the last minute's charges).
+        let l = lease(&s, demand(100));
+        l.finish(Outcome { verdict: limited(Hit::Tokens), ..Outcome::default() });
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(s.snapshot()[0].remaining_tokens, Some(600));
+        assert_eq!(s.snapshot()[0].tpm, Some(1000), "refuting the bucket lowers no limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_larger_part_rule_is_learned_from_answers_and_refused_back() {
+        let s = pool(Some(10_000));
+        // Each request: 1,800 by the sum, 1,000 by the larger part; the
+        // upstream counts the larger part (a window: resets unrelated to use).
+        let d = Demand { tokens: 1800, unsure_tokens: 0, overlap: 800, cost_micros: 0 };
+        assert_eq!(s.charge_rule(), charge::Rule::Sum);
+        let window = |remaining| RateInfo { reset_tokens: Some(Duration::from_secs(59)), ..headers(10_000, remaining) };
+        for i in 0..12u64 {
+            let l = lease(&s, d);
+            l.observe(&window(10_000 - 1000 * (i % 5 + 1)), true);
+            l.finish(used(1000));
+            tokio::time::advance(Duration::from_secs(13)).await;
+        }
+        assert_eq!(s.charge_rule(), charge::Rule::Max);
+        lease(&s, demand(100)).finish(Outcome { verdict: limited(Hit::Tokens), ..Outcome::default() });
+        assert_eq!(s.charge_rule(), charge::Rule::Sum, "a refusal about tokens puts the sum back");
     }
 
     #[tokio::test(start_paused = true)]
