@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::framer::SseFramer;
 use crate::scan::{self, Choices};
-use crate::usage::{TextCount, Usage};
+use crate::usage::{self, RawUsage, TextCount, Usage};
 use crate::MAX_BUFFERED_BYTES;
 
 /// The only parts of an answer the tap cares about; serde skips the rest
@@ -34,19 +34,11 @@ impl UsageProbe {
     }
 }
 
-/// A `usage` that is not a token report (`null`, or billed by duration) is
-/// `None` rather than a reason to throw away the rest of the answer.
+/// A `usage` that is not a token report (`null`, a number, billed by
+/// duration) is `None` rather than a reason to throw away the rest of the
+/// answer.
 fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usage>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Usage(Usage),
-        Other(IgnoredAny),
-    }
-    Ok(match Option::<Either>::deserialize(d)? {
-        Some(Either::Usage(u)) => Some(u),
-        _ => None,
-    })
+    Ok(usage::object::<RawUsage, D>(d)?.and_then(|raw| Usage::try_from(raw).ok()))
 }
 
 /// What kind of body the tap is looking at.
@@ -593,6 +585,21 @@ mod tests {
         assert_eq!(tap_pieces(BodyKind::Json, &[err]), TapOutcome { saw_error: true, ..TapOutcome::default() });
         assert_eq!(tap_pieces(BodyKind::Json, &[b"{\"usage\": {\"prompt"]), TapOutcome::default());
         assert_eq!(tap_pieces(BodyKind::Json, &[b""]), TapOutcome::default());
+    }
+
+    #[test]
+    fn a_usage_of_an_odd_shape_loses_nothing_else() {
+        // Not an object: no usage, but the error is still seen.
+        for odd in ["[1,2]", "7", "\"n/a\"", "true", "null", r#"{"type":"duration","seconds":9}"#] {
+            let body = format!(r#"{{"usage":{odd},"error":{{"message":"m"}}}}"#);
+            let out = tap_pieces(BodyKind::Json, &[body.as_bytes()]);
+            assert_eq!(out, TapOutcome { saw_error: true, ..TapOutcome::default() }, "{odd}");
+        }
+        // Counts of the wrong type are absent; the rest is read.
+        let body = br#"{"usage":{"prompt_tokens":"9","completion_tokens":2.0,"total_tokens":{"a":[1]},"prompt_tokens_details":5}}"#;
+        assert_eq!(tap_pieces(BodyKind::Json, &[body]).usage, Some(usage(0, 2, 2)));
+        let body = br#"{"response":{"usage":{"input_tokens":-3,"output_tokens":4,"output_tokens_details":[1]}}}"#;
+        assert_eq!(tap_pieces(BodyKind::Json, &[body]).usage, Some(usage(0, 4, 4)));
     }
 
     #[test]

@@ -73,40 +73,134 @@ impl TextCount {
 /// A `*_details` object; only the one count keypool prices apart is kept.
 #[derive(Deserialize, Default)]
 struct Details {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     cached_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     reasoning_tokens: Option<u64>,
 }
 
 /// Every name under which an answer reports usage; serde skips the rest.
+/// A value of the wrong type (a count as a string, details as a number) is
+/// read as absent, not as a broken answer.
 #[derive(Deserialize)]
 pub(crate) struct RawUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     prompt_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     completion_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     output_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     total_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "details")]
     prompt_tokens_details: Option<Details>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "details")]
     completion_tokens_details: Option<Details>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "details")]
     input_tokens_details: Option<Details>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "details")]
     output_tokens_details: Option<Details>,
     /// Set only on a [`Usage`] that went through serde and back.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     cached_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     reasoning_tokens: Option<u64>,
     #[serde(default)]
     estimated: bool,
+}
+
+/// A token count: a non-negative integer (also written as a whole float);
+/// anything else is absent.
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(Count)
+}
+
+/// A `*_details` object; anything else is absent.
+fn details<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Details>, D::Error> {
+    object(d)
+}
+
+/// A JSON object read as `T`; any other JSON value is absent. Read by the
+/// JSON type met, without buffering: serde's `untagged` would build the
+/// whole value first and then try each shape, and every answer's usage
+/// comes through here.
+pub(crate) fn object<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    d.deserialize_any(Object(std::marker::PhantomData))
+}
+
+/// The visitor methods of a value read as absent: scalars and null give
+/// `None`, arrays (and, with `map`, objects) are skipped to their end.
+macro_rules! absent_otherwise {
+    ($t:ty $(, $map:ident)?) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Option<$t>, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Option<$t>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Option<$t>, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Option<$t>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<$t>, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<$t>, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        $(
+        fn $map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<$t>, A::Error> {
+            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        )?
+    };
+}
+
+struct Count;
+
+impl<'de> serde::de::Visitor<'de> for Count {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a token count")
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Option<u64>, E> {
+        Ok(Some(n))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Option<u64>, E> {
+        Ok(u64::try_from(n).ok())
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Option<u64>, E> {
+        Ok((f >= 0.0 && f.fract() == 0.0 && f < 1.8e19).then_some(f as u64))
+    }
+    absent_otherwise!(u64, visit_map);
+}
+
+struct Object<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+    type Value = Option<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+    absent_otherwise!(T);
 }
 
 /// A `usage` object that names no token count (a transcription billed by

@@ -2,7 +2,7 @@
 //! queue, with the operations that keep them consistent. Everything here runs
 //! with the lock held and never awaits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -20,7 +20,9 @@ pub(super) fn slot_has_tpm(inner: &Inner, id: i64) -> bool {
 
 #[derive(Debug)]
 pub(super) struct Inner {
-    pub(super) keys: HashMap<i64, Slot>,
+    /// By key id. Ids are the store's, never a caller's, so the fast
+    /// non-keyed hash (several lookups a request) is safe here.
+    pub(super) keys: rustc_hash::FxHashMap<i64, Slot>,
     pub(super) index: Index,
     pub(super) queue: VecDeque<Waiter>,
     pub(super) next_waiter: u64,

@@ -188,7 +188,7 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Arc<Scheduler> {
         let scheduler = Arc::new(Scheduler {
             inner: Mutex::new(Inner {
-                keys: HashMap::new(),
+                keys: rustc_hash::FxHashMap::default(),
                 index: Index::default(),
                 queue: VecDeque::new(),
                 next_waiter: 0,

@@ -194,13 +194,9 @@ where
                     Ok(r) => r,
                     Err(never) => match never {},
                 },
-                _ = ending.clone().cancelled_owned() => ApiError::ShuttingDown.into_response(),
+                _ = ending.cancelled() => ApiError::ShuttingDown.into_response(),
             };
-            let sse = response
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+            let sse = response.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| is_event_stream(v.as_bytes()));
             let response = if http2 && sse {
                 response.map(|body| axum::body::Body::new(Unread::watch(body, write_timeout)))
             } else {
@@ -209,6 +205,14 @@ where
             Ok(response.map(|body| Ending::new(body, sse, ending, busy)))
         })
     }
+}
+
+/// Whether a `Content-Type` is `text/event-stream` (any case, parameters
+/// allowed), without allocating: every answer is checked.
+fn is_event_stream(value: &[u8]) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    let value = value.trim_ascii_start();
+    value.get(..SSE.len()).is_some_and(|head| head.eq_ignore_ascii_case(SSE))
 }
 
 /// An answer's body that a stop can end: an event stream gets an
@@ -295,5 +299,20 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_event_stream;
+
+    #[test]
+    fn event_streams_are_told_by_their_content_type() {
+        for yes in ["text/event-stream", "Text/Event-Stream; charset=utf-8", "  text/event-stream"] {
+            assert!(is_event_stream(yes.as_bytes()), "{yes}");
+        }
+        for no in ["application/json", "text/event", "", "text/plain; x=text/event-stream"] {
+            assert!(!is_event_stream(no.as_bytes()), "{no}");
+        }
     }
 }

@@ -67,26 +67,128 @@ struct Probe {
 
 /// A field read only if it has the expected shape. keypool is no stricter
 /// than the upstream: a field of another shape is left for the upstream to
-/// judge, and the estimate falls back to its defaults.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// judge, and the estimate falls back to its defaults. Read by the JSON type
+/// it meets, as [`Content`] is (serde's `untagged` buffers every value first).
+#[derive(Default)]
 enum Lenient<T> {
     Is(T),
-    Other(IgnoredAny),
-}
-
-impl<T> Default for Lenient<T> {
-    fn default() -> Self {
-        Lenient::Other(IgnoredAny)
-    }
+    #[default]
+    Other,
 }
 
 impl<T> Lenient<T> {
     fn get(self) -> Option<T> {
         match self {
             Lenient::Is(v) => Some(v),
-            Lenient::Other(_) => None,
+            Lenient::Other => None,
         }
+    }
+
+    fn as_ref(&self) -> Option<&T> {
+        match self {
+            Lenient::Is(v) => Some(v),
+            Lenient::Other => None,
+        }
+    }
+}
+
+/// What a [`Lenient`] field is made from: a string, a boolean or an object.
+trait Expected<'de>: Sized {
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_map<A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+impl Expected<'_> for String {
+    fn from_str(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
+}
+
+impl Expected<'_> for bool {
+    fn from_bool(b: bool) -> Option<bool> {
+        Some(b)
+    }
+}
+
+/// An object whose own fields are all lenient: only broken JSON fails it.
+fn object<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<T>, A::Error> {
+    T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+}
+
+impl<'de> Expected<'de> for StreamOptions {
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        object(map)
+    }
+}
+
+impl<'de> Expected<'de> for ImageUrl {
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        object(map)
+    }
+}
+
+impl<'de, T: Expected<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor(std::marker::PhantomData))
+    }
+}
+
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Expected<'de>> serde::de::Visitor<'de> for LenientVisitor<T> {
+    type Value = Lenient<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Lenient<T>, E> {
+        Ok(T::from_str(s).map_or(Lenient::Other, Lenient::Is))
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Lenient<T>, E> {
+        Ok(T::from_bool(b).map_or(Lenient::Other, Lenient::Is))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Lenient<T>, A::Error> {
+        Ok(T::from_map(map)?.map_or(Lenient::Other, Lenient::Is))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient<T>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Lenient::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Lenient<T>, E> {
+        Ok(Lenient::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Lenient<T>, E> {
+        Ok(Lenient::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Lenient<T>, E> {
+        Ok(Lenient::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Lenient<T>, E> {
+        Ok(Lenient::Other)
+    }
+
+    fn visit_none<E>(self) -> Result<Lenient<T>, E> {
+        Ok(Lenient::Other)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Lenient<T>, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
@@ -310,15 +412,6 @@ impl Tally {
     fn schema(&mut self, v: &Value, counter: Counter) {
         if !v.is_null() {
             self.text(&v.to_string(), counter);
-        }
-    }
-}
-
-impl<T> Lenient<T> {
-    fn as_ref(&self) -> Option<&T> {
-        match self {
-            Lenient::Is(v) => Some(v),
-            Lenient::Other(_) => None,
         }
     }
 }

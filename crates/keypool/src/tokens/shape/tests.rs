@@ -136,3 +136,26 @@ fn fields_of_other_shapes_are_left_to_the_upstream() {
     let s = shape(r#"{"model":7,"messages":[{"role":"user","content":{"weird":true}}]}"#, "x");
     assert_eq!(s.model, None);
 }
+
+#[test]
+fn lenient_fields_of_any_shape_leave_the_rest_read() {
+    // Each lenient field in each shape it might wrongly take: the body is
+    // still read, and the field counts as absent.
+    for odd in ["7", "1.5", "true", "null", "[1,\"a\",{}]", r#"{"a":{"b":[1]}}"#, r#""s""#] {
+        let body = format!(
+            r#"{{"model":{odd},"stream":{odd},"stream_options":{odd},"max_tokens":5,
+                "messages":[{{"role":{odd},"name":{odd},"content":"hello there"}},
+                            {{"role":"user","content":[{{"type":"image_url","image_url":{odd},"detail":{odd}}}]}}]}}"#
+        );
+        let s = shape(&body, "chat/completions");
+        assert_eq!(s.max_tokens, Some(5), "{odd}");
+        assert!(s.prompt_tokens >= 2, "{odd}: the text is still counted");
+        if odd != r#""s""# {
+            assert_eq!(s.model, None, "{odd}");
+        }
+    }
+    let s = shape(r#"{"model":"m","stream":true,"stream_options":{"include_usage":"yes"}}"#, "chat/completions");
+    assert_eq!((s.stream, s.include_usage), (true, None));
+    let s = shape(r#"{"stream_options":{"include_usage":true,"x":[1]}}"#, "chat/completions");
+    assert_eq!(s.include_usage, Some(true));
+}
