@@ -16,7 +16,12 @@ cargo build --release --locked -p keypool-sim >&2
 SIM=./target/release/keypool-sim
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# start() runs in a subshell (its output is read), so the servers it starts
+# leave their pids in $work/*.pid rather than in pids.
+cleanup() {
+  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true; rm -rf "$work"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
@@ -28,7 +33,8 @@ start() { # binary name -> "port token"
   for i in $(seq 10); do KEYPOOL_DATABASE_URL=$db "$1" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
   local token; token=$(KEYPOOL_DATABASE_URL=$db "$1" tokens create bench 2>/dev/null)
   p=$(port)
-  KEYPOOL_DATABASE_URL=$db "$1" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>&1 & pids+=($!)
+  KEYPOOL_DATABASE_URL=$db "$1" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>&1 &
+  echo $! > "$work/$2.pid"
   wait_up "http://127.0.0.1:$p/healthz"
   echo "$p $token"
 }
