@@ -27,9 +27,9 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// account headers unless `forward_account` (they belong to the key), and
 /// Accept-Encoding (keypool reads usage from the answer, so it asks for it
 /// uncompressed).
-pub(super) fn is_dropped_request_header(name: &HeaderName, all: &HeaderMap, forward_account: bool) -> bool {
+pub(super) fn is_dropped_request_header(name: &HeaderName, listed: &Listed<'_>, forward_account: bool) -> bool {
     is_hop_by_hop(name)
-        || listed_in_connection(name, all)
+        || listed.lists(name)
         || matches!(*name, header::HOST | header::ACCEPT_ENCODING | header::CONTENT_LENGTH)
         || may_carry_credential(name)
         || (!forward_account && is_account_header(name))
@@ -50,6 +50,21 @@ pub fn is_account_header(name: &HeaderName) -> bool {
 /// matched by their parts, so `idempotency-key`, which the official SDKs
 /// send, still passes.
 pub fn may_carry_credential(name: &HeaderName) -> bool {
+    // The standard headers every SDK sends: told by one comparison each
+    // (standard names compare as an enum), not by the scan of parts below.
+    if matches!(
+        *name,
+        header::CONTENT_TYPE
+            | header::CONTENT_LENGTH
+            | header::ACCEPT
+            | header::ACCEPT_ENCODING
+            | header::ACCEPT_LANGUAGE
+            | header::USER_AGENT
+            | header::HOST
+            | header::CACHE_CONTROL
+    ) {
+        return false;
+    }
     let name = name.as_str();
     if matches!(name, "authorization" | "proxy-authorization" | "cookie" | "cookie2") {
         return true;
@@ -74,18 +89,33 @@ pub fn may_carry_credential(name: &HeaderName) -> bool {
     seen & SECRET != 0 || (seen & KEY != 0 && seen & (KEY_KIND | SECRET_WORD) != 0) || name.ends_with("-api-key")
 }
 
-fn listed_in_connection(name: &HeaderName, all: &HeaderMap) -> bool {
-    all.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+/// The names a message's `Connection` header lists (hop-by-hop for that
+/// message, RFC 9110 §7.6.1), looked up once per message rather than once
+/// per header: most messages have none.
+pub struct Listed<'a>(Option<http::header::GetAll<'a, http::HeaderValue>>);
+
+impl<'a> Listed<'a> {
+    pub fn of(all: &'a HeaderMap) -> Listed<'a> {
+        let connection = all.get_all(header::CONNECTION);
+        Listed(connection.iter().next().is_some().then_some(connection))
+    }
+
+    fn lists(&self, name: &HeaderName) -> bool {
+        self.0.as_ref().is_some_and(|connection| {
+            connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    }
 }
 
 /// The upstream's answer headers as the caller should see them.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let listed = Listed::of(from);
     for (name, value) in from {
-        if !is_hop_by_hop(name) && !listed_in_connection(name, from) && *name != header::CONTENT_LENGTH {
+        if !is_hop_by_hop(name) && !listed.lists(name) && *name != header::CONTENT_LENGTH {
             to.append(name.clone(), value.clone());
         }
     }

@@ -208,8 +208,9 @@ impl Upstream {
         body: OutBody,
     ) -> Result<Answer, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(caller_headers.len() + 1);
+        let listed = headers::Listed::of(caller_headers);
         for (name, value) in caller_headers {
-            if !headers::is_dropped_request_header(name, caller_headers, self.forward_account_headers) {
+            if !headers::is_dropped_request_header(name, &listed, self.forward_account_headers) {
                 headers.append(name.clone(), value.clone());
             }
         }

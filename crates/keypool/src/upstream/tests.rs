@@ -30,9 +30,11 @@ fn request_headers_drop_credentials_and_hop_by_hop() {
     h.insert("x-private", "1".parse().unwrap());
     h.insert("authorization", "Bearer kp-x".parse().unwrap());
     h.insert("openai-organization", "org-1".parse().unwrap());
-    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h, true)).collect();
+    let kept: Vec<_> =
+        h.keys().filter(|n| !headers::is_dropped_request_header(n, &headers::Listed::of(&h), true)).collect();
     assert_eq!(kept, vec!["openai-organization"]);
-    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h, false)).collect();
+    let kept: Vec<_> =
+        h.keys().filter(|n| !headers::is_dropped_request_header(n, &headers::Listed::of(&h), false)).collect();
     assert!(kept.is_empty(), "account headers are dropped by default: {kept:?}");
 }
 
@@ -65,7 +67,8 @@ fn every_header_that_can_carry_a_credential_is_dropped() {
     for name in passed {
         h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "1".parse().unwrap());
     }
-    let kept: Vec<_> = h.keys().filter(|n| !headers::is_dropped_request_header(n, &h, false)).collect();
+    let kept: Vec<_> =
+        h.keys().filter(|n| !headers::is_dropped_request_header(n, &headers::Listed::of(&h), false)).collect();
     assert_eq!(kept, passed.to_vec());
 }
 
@@ -125,4 +128,24 @@ fn failures_are_described_without_addresses() {
     #[error("client error (Connect)")]
     struct Outer(#[source] std::io::Error);
     assert_eq!(describe(&Outer(refused)), "client error (Connect): connection refused");
+}
+
+#[test]
+fn answer_headers_drop_hop_by_hop_ones_and_those_connection_lists() {
+    let mut from = HeaderMap::new();
+    from.insert("connection", "close, X-Hop".parse().unwrap());
+    from.insert("x-hop", "1".parse().unwrap());
+    from.insert("transfer-encoding", "chunked".parse().unwrap());
+    from.insert("content-length", "12".parse().unwrap());
+    from.insert("x-request-id", "req-1".parse().unwrap());
+    let mut to = HeaderMap::new();
+    headers::copy_response_headers(&from, &mut to);
+    assert_eq!(to.keys().collect::<Vec<_>>(), vec!["x-request-id"]);
+    // Without a Connection header, every end-to-end header passes.
+    from.remove("connection");
+    let mut to = HeaderMap::new();
+    headers::copy_response_headers(&from, &mut to);
+    let mut kept: Vec<_> = to.keys().map(|n| n.as_str()).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, vec!["x-hop", "x-request-id"]);
 }
