@@ -40,6 +40,9 @@ pub struct Bucket {
     at: Option<Instant>,
     /// Evidence for (positive) or against the upstream counting as a bucket.
     votes: i16,
+    /// Answers in a row whose reset was not a bucket's (a refusal does not
+    /// count here: it says the bucket was wrong, not what the upstream is).
+    against: u8,
     last_vote: Option<Instant>,
 }
 
@@ -75,39 +78,53 @@ impl Bucket {
         self.votes >= TRUST
     }
 
-    /// Whether the upstream has shown that it does not (as many answers in
-    /// a row as trust takes, or a refusal).
-    pub fn refuted(&self) -> bool {
-        self.votes <= -TRUST
+    /// Whether the upstream's resets have shown that it does not refill
+    /// continuously (as many answers in a row as trust takes; a refusal
+    /// alone does not show what the upstream is).
+    pub fn shown_window(&self) -> bool {
+        self.against >= TRUST.unsigned_abs() as u8
     }
 
     /// Takes in one answer's token headers: `limit`, `remaining` and `reset`.
-    /// Only answers that can tell are counted: a reset with neither a full
-    /// nor an empty bucket, at a new instant.
-    pub fn observe(&mut self, limit: u64, remaining: u64, reset: Duration, now: Instant) {
+    /// `window_resets` are what a rolling window would report now (when
+    /// keypool's oldest and newest charges leave its own window). Only
+    /// answers that can tell are counted: a bucket neither nearly full nor
+    /// more than 70% used (near a minute, a window's reset looks like a
+    /// bucket's), a reset that no window of keypool's would also give, at a
+    /// new instant.
+    pub fn observe(
+        &mut self,
+        limit: u64,
+        remaining: u64,
+        reset: Duration,
+        now: Instant,
+        window_resets: [Option<Duration>; 2],
+    ) {
         if limit == 0 || remaining > limit {
             return;
         }
         let missing = limit - remaining;
-        // Near full, both kinds report a small reset; near empty, a window's
-        // reset can be anything up to a minute, as a bucket's is.
-        if missing < limit / 20 || remaining < limit / 20 {
+        if missing < limit / 20 || missing > limit / 10 * 7 {
             return;
         }
         if self.last_vote.is_some_and(|t| now.saturating_duration_since(t) < DISTINCT) {
             return;
         }
-        self.last_vote = Some(now);
         // A bucket's reset, in ms; `remaining` is rounded down, so up to one
         // token's refill (60,000 / limit ms) more is still consistent.
         let expected = u128::from(missing) * 60_000 / u128::from(limit);
-        let slack = 60_000 / u128::from(limit) + expected / 8 + 100;
+        let slack = 60_000 / u128::from(limit) + 250;
         let said = reset.as_millis();
+        if window_resets.iter().flatten().any(|w| w.as_millis().abs_diff(said) <= 2 * slack) {
+            return;
+        }
+        self.last_vote = Some(now);
         if said.abs_diff(expected) <= slack {
             self.votes = (self.votes + 1).min(TRUST * 2);
+            self.against = 0;
         } else {
-            self.votes = self.votes.min(0) - 1;
-            self.votes = self.votes.max(REFUTED);
+            self.votes = (self.votes.min(0) - 1).max(REFUTED);
+            self.against = self.against.saturating_add(1);
         }
     }
 
@@ -134,8 +151,9 @@ impl Bucket {
             return None;
         }
         let ms = u128::from(to_free) * 60_000;
-        let ms = ms.div_ceil(u128::from(limit));
-        Some(now + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
+        // At most a minute's refill: to_free is within the deficit.
+        let ms = ms.div_ceil(u128::from(limit)).min(86_400_000);
+        now.checked_add(Duration::from_millis(u64::try_from(ms).unwrap_or(86_400_000)))
     }
 }
 
@@ -165,11 +183,11 @@ mod tests {
         // 40,000 per minute, 30,000 left: a bucket refills the 10,000 in 15 s.
         for i in 0..TRUST {
             assert!(!b.trusted());
-            b.observe(40_000, 30_000, Duration::from_millis(15_000), t0 + Duration::from_secs(i as u64));
+            b.observe(40_000, 30_000, Duration::from_millis(15_000), t0 + Duration::from_secs(i as u64), [None, None]);
         }
         assert!(b.trusted());
         // A window's reset (when an old charge leaves) breaks the run.
-        b.observe(40_000, 30_000, Duration::from_secs(52), t0 + Duration::from_secs(10));
+        b.observe(40_000, 30_000, Duration::from_secs(52), t0 + Duration::from_secs(10), [None, None]);
         assert!(!b.trusted());
     }
 
@@ -180,13 +198,38 @@ mod tests {
         for i in 0..20u64 {
             let at = t0 + Duration::from_secs(i);
             // Full, empty, and repeated at one instant.
-            b.observe(40_000, 40_000, Duration::ZERO, at);
-            b.observe(40_000, 100, Duration::from_secs(60), at);
+            b.observe(40_000, 40_000, Duration::ZERO, at, [None, None]);
+            b.observe(40_000, 100, Duration::from_secs(60), at, [None, None]);
         }
         for _ in 0..10 {
-            b.observe(40_000, 30_000, Duration::from_millis(15_000), t0 + Duration::from_secs(30));
+            b.observe(40_000, 30_000, Duration::from_millis(15_000), t0 + Duration::from_secs(30), [None, None]);
         }
         assert!(!b.trusted());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_window_is_never_taken_for_a_bucket() {
+        let t0 = Instant::now();
+        let mut b = Bucket::default();
+        for i in 0..20u64 {
+            let at = t0 + Duration::from_secs(i);
+            // 85% used with a reset near a minute: a busy window looks so,
+            // and so would a bucket; such answers are no evidence.
+            b.observe(40_000, 6_000, Duration::from_millis(51_000), at, [None, None]);
+            // A reset that keypool's own window would also give is none either.
+            let own = Some(Duration::from_millis(15_100));
+            b.observe(40_000, 30_000, Duration::from_millis(15_000), at + Duration::from_millis(300), [own, None]);
+        }
+        assert!(!b.trusted());
+        assert!(!b.shown_window(), "nothing was learned either way");
+        for i in 0..4u64 {
+            b.observe(40_000, 30_000, Duration::from_secs(40), t0 + Duration::from_secs(30 + i), [None, None]);
+        }
+        assert!(b.shown_window());
+        // A refusal refutes a bucket without showing a window.
+        let mut refused = Bucket::default();
+        refused.refute();
+        assert!(!refused.shown_window());
     }
 
     #[tokio::test(start_paused = true)]
@@ -196,7 +239,7 @@ mod tests {
         let mut at = t0;
         let mut vote = |b: &mut Bucket| {
             at += Duration::from_secs(1);
-            b.observe(40_000, 30_000, Duration::from_millis(15_000), at);
+            b.observe(40_000, 30_000, Duration::from_millis(15_000), at, [None, None]);
         };
         for _ in 0..TRUST {
             vote(&mut b);

@@ -24,8 +24,8 @@
 //! Whether the upstream charges the sum or the larger part is told apart the
 //! same way: each answer also gives the ratio of the upstream's count to what
 //! keypool would count under the larger-part rule. The rule changes to the
-//! larger part only when that count is not below the upstream's (median
-//! ratio at most 1.02) while the sum is well above it (median at most 0.9),
+//! larger part only when that count matches the upstream's (median ratio
+//! 0.95 to 1.02) while the sum is well above it (median at most 0.9),
 //! and only from answers of keys whose refill is known (a window, or a
 //! trusted bucket): an unknown refill also makes the sum look too high. A
 //! refusal about tokens under the larger-part rule puts the sum back for
@@ -133,7 +133,7 @@ impl ChargeModel {
             self.scale = if median <= UNIT + UNIT / 50 { UNIT } else { median.min(MAX_SCALE) };
         }
         if self.rule == Rule::Sum && settled && ours_max > 0 && ours_max < ours {
-            let over_max = upstream.saturating_mul(UNIT) / ours_max;
+            let over_max = upstream.saturating_mul(self.scale) / ours_max;
             push(&mut self.rule_ratios, (ratio, over_max));
             self.maybe_max();
         }
@@ -149,7 +149,11 @@ impl ChargeModel {
         }
         let over_sum = median(self.rule_ratios.iter().map(|r| r.0));
         let over_max = median(self.rule_ratios.iter().map(|r| r.1));
-        if over_sum <= UNIT * 9 / 10 && over_max <= UNIT + UNIT / 50 {
+        // The larger-part count must match the upstream's (not only stay
+        // above it: keypool's own count runs ahead of the upstream's by what
+        // finished since the upstream took it, which would make any rule
+        // look too high).
+        if over_sum <= UNIT * 9 / 10 && (UNIT * 95 / 100..=UNIT + UNIT / 50).contains(&over_max) {
             tracing::info!(
                 over_sum,
                 over_max,

@@ -333,19 +333,16 @@ impl Slot {
     /// flight finishing can.
     fn tokens_refilled(&self, now: Instant, limit: u64, demand: Demand) -> Option<Instant> {
         let wanted = self.used_tokens(now).saturating_add(self.need(demand));
-        let Some(mut to_free) = wanted.checked_sub(limit).filter(|n| *n > 0) else { return Some(now) };
-        let mut at = now;
-        let phantom = self.tpm.phantom(now);
-        if phantom > 0 {
-            if let Some(until) = self.tpm.phantom_until(now) {
-                at = until;
-                to_free = to_free.saturating_sub(phantom);
-            }
-        }
-        if to_free == 0 {
-            return Some(at);
-        }
-        Some(at.max(self.bucket.refilled(now, limit, to_free)?))
+        let Some(to_free) = wanted.checked_sub(limit).filter(|n| *n > 0) else { return Some(now) };
+        // Refill alone, or the phantom's end with refill for the rest:
+        // whichever comes first.
+        let refilled = self.bucket.refilled(now, limit, to_free);
+        let with_phantom =
+            self.tpm.phantom_until(now).and_then(|until| match to_free.saturating_sub(self.tpm.phantom(now)) {
+                0 => Some(until),
+                rest => Some(until.max(self.bucket.refilled(now, limit, rest)?)),
+            });
+        [refilled, with_phantom].into_iter().flatten().min()
     }
 
     /// Where the key belongs in the index now.
@@ -378,13 +375,15 @@ impl Slot {
         if let (Some(limit), Some(remaining), Some(reset)) =
             (info.limit_tokens.or(self.tpm.base()), info.remaining_tokens, info.reset_tokens)
         {
-            self.bucket.observe(limit, remaining, reset, now);
+            let leaves = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now));
+            let window_resets = [leaves(self.window.next_expiry()), leaves(self.window.last_expiry())];
+            self.bucket.observe(limit, remaining, reset, now, window_resets);
         }
         let (own_r, own_t) = (self.own_requests(), self.own_tokens(now));
         self.rpm.observe(info.limit_requests, info.remaining_requests, info.reset_requests, own_r, now);
         let (upstream, ours) =
             self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now)?;
-        let settled = self.bucket.trusted() || self.bucket.refuted();
+        let settled = self.bucket.trusted() || self.bucket.shown_window();
         Some(Seen { upstream, ours, ours_max: self.own_tokens_max(now), settled })
     }
 

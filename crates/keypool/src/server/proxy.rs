@@ -50,7 +50,6 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     let shape = inspected.shape;
     let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.prices.price_of(&app.config, m));
-    let demand = app.demand(shape.as_ref(), price);
     let model = shape.as_ref().and_then(|s| s.model.clone());
     let expect = Expect {
         protocol: keypool_sse::StreamProtocol::for_path(&rest),
@@ -85,7 +84,9 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
         }
         let acquired = match held.take() {
             Some(lease) => Ok(lease),
-            None => app.scheduler.acquire_avoiding(demand, &avoid, &exclude).await,
+            // Again each attempt: a refusal may just have taught the scheduler
+            // that the upstream charges more than the first estimate assumed.
+            None => app.scheduler.acquire_avoiding(app.demand(shape.as_ref(), price), &avoid, &exclude).await,
         };
         let mut lease = match acquired {
             Ok(lease) => lease,

@@ -221,6 +221,34 @@ mod scheduler {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn usage_beyond_keypools_own_does_not_hold_a_refilling_key_for_its_whole_reset() {
+        let s = Scheduler::new(SchedulerConfig { max_wait: Duration::from_secs(30), ..SchedulerConfig::default() });
+        s.sync_keys(&[KeyRecord { tpm: Some(1000), ..KeyRecord::new(1, SecretString::from("sk-test-1")) }]);
+        for remaining in [900, 816, 732, 648] {
+            let l = lease(&s, demand(100));
+            l.observe(&bucket_headers(1000, remaining), true);
+            l.finish(used(100));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // The key is filled; its last answer shows 10 tokens more than keypool
+        // counted, which the upstream says refill in 50 s.
+        let l = lease(&s, demand(600));
+        l.observe(&RateInfo { reset_tokens: Some(Duration::from_secs(50)), ..headers(1000, 0) }, true);
+        l.finish(used(600));
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn({
+            let s = std::sync::Arc::clone(&s);
+            async move { s.acquire(demand(50)).await.map(|_| tokio::time::Instant::now()) }
+        });
+        let granted = waiter.await.unwrap().unwrap();
+        assert!(
+            granted - started < Duration::from_secs(10),
+            "refill frees 50 tokens in seconds: {:?}",
+            granted - started
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_larger_part_rule_is_learned_from_answers_and_refused_back() {
         let s = pool(Some(10_000));
         // Each request: 1,800 by the sum, 1,000 by the larger part; the
@@ -230,7 +258,8 @@ mod scheduler {
         let window = |remaining| RateInfo { reset_tokens: Some(Duration::from_secs(59)), ..headers(10_000, remaining) };
         for i in 0..12u64 {
             let l = lease(&s, d);
-            l.observe(&window(10_000 - 1000 * (i % 5 + 1)), true);
+            // A window charging the larger part: 1,000 for each request of the last minute.
+            l.observe(&window(10_000 - 1000 * (i + 1).min(5)), true);
             l.finish(used(1000));
             tokio::time::advance(Duration::from_secs(13)).await;
         }
