@@ -87,11 +87,13 @@ impl Bucket {
 
     /// Takes in one answer's token headers: `limit`, `remaining` and `reset`.
     /// `window_resets` are what a rolling window would report now (when
-    /// keypool's oldest and newest charges leave its own window). Only
-    /// answers that can tell are counted: a bucket neither nearly full nor
-    /// more than 70% used (near a minute, a window's reset looks like a
-    /// bucket's), a reset that no window of keypool's would also give, at a
-    /// new instant.
+    /// keypool's oldest and newest charges leave its own window). A reset
+    /// that is not a bucket's counts against it whenever the bucket is
+    /// neither nearly full nor nearly empty (a bucket's reset is exact). One
+    /// that is counts for it only where a window could not have given it:
+    /// at most 70% used (near a minute, a busy window's reset looks like a
+    /// bucket's), and not what keypool's own window would report. One
+    /// answer per instant.
     pub fn observe(
         &mut self,
         limit: u64,
@@ -104,7 +106,7 @@ impl Bucket {
             return;
         }
         let missing = limit - remaining;
-        if missing < limit / 20 || missing > limit / 10 * 7 {
+        if missing < limit / 20 || remaining < limit / 20 {
             return;
         }
         if self.last_vote.is_some_and(|t| now.saturating_duration_since(t) < DISTINCT) {
@@ -115,11 +117,14 @@ impl Bucket {
         let expected = u128::from(missing) * 60_000 / u128::from(limit);
         let slack = 60_000 / u128::from(limit) + 250;
         let said = reset.as_millis();
-        if window_resets.iter().flatten().any(|w| w.as_millis().abs_diff(said) <= 2 * slack) {
+        let consistent = said.abs_diff(expected) <= slack;
+        let window_could = missing > limit / 10 * 7
+            || window_resets.iter().flatten().any(|w| w.as_millis().abs_diff(said) <= 2 * slack);
+        if consistent && window_could {
             return;
         }
         self.last_vote = Some(now);
-        if said.abs_diff(expected) <= slack {
+        if consistent {
             self.votes = (self.votes + 1).min(TRUST * 2);
             self.against = 0;
         } else {

@@ -25,7 +25,7 @@
 //! same way: each answer also gives the ratio of the upstream's count to what
 //! keypool would count under the larger-part rule. The rule changes to the
 //! larger part only when that count matches the upstream's (median ratio
-//! 0.95 to 1.02) while the sum is well above it (median at most 0.9),
+//! 0.9 to 1.02) while the sum is well above it (median at most 0.9),
 //! and only from answers of keys whose refill is known (a window, or a
 //! trusted bucket): an unknown refill also makes the sum look too high. A
 //! refusal about tokens under the larger-part rule puts the sum back for
@@ -153,7 +153,7 @@ impl ChargeModel {
         // above it: keypool's own count runs ahead of the upstream's by what
         // finished since the upstream took it, which would make any rule
         // look too high).
-        if over_sum <= UNIT * 9 / 10 && (UNIT * 95 / 100..=UNIT + UNIT / 50).contains(&over_max) {
+        if over_sum <= UNIT * 9 / 10 && (UNIT * 9 / 10..=UNIT + UNIT / 50).contains(&over_max) {
             tracing::info!(
                 over_sum,
                 over_max,
