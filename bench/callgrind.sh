@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# keypool's instructions per proxied request: the stable figure for small
+# differences (docs/benchmarks.md). Runs `keypool serve` with one worker under
+# valgrind's callgrind over the in-repo simulator, sends 200 chat requests at
+# concurrency 4 to warm up, then counts only the next N (default 3,000).
+# Usage: bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# (default binary: this tree's release build). Prints instructions/request and
+# leaves the profile in $OUT (default /tmp/keypool.cg) for callgrind_annotate.
+# Needs valgrind (Debian: apt-get install valgrind). Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-./target/release/keypool} N=${2:-3000} OUT=${OUT:-/tmp/keypool.cg}
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+[ -n "${1:-}" ] || cargo build --release --locked -p keypool >&2
+cargo build --release --locked -p keypool-sim >&2
+SIM=./target/release/keypool-sim
+work=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "not up: $1" >&2; return 1; }
+# N requests at concurrency 4 over kept-alive connections (python: oha's own
+# work would be profiled nowhere, but it needs no build here).
+load() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import http.client, sys, threading
+port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+body = b'{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+hdr = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+bad = []
+def run(k):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(k):
+        conn.request("POST", "/v1/chat/completions", body, hdr)
+        r = conn.getresponse(); r.read()
+        if r.status != 200: bad.append(r.status)
+ts = [threading.Thread(target=run, args=(n // 4,)) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+if bad: sys.exit("non-200 answers: %d" % len(bad))
+PY
+}
+ps=$(port)
+$SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($!)
+export KEYPOOL_DATABASE_URL="sqlite://$work/k.db"
+for i in $(seq 10); do "$BIN" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
+token=$("$BIN" tokens create bench 2>/dev/null)
+p=$(port)
+rm -f "$OUT" "$OUT".*
+KEYPOOL_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
+  "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>"$work/vg.log" & vg=$!; pids+=($vg)
+wait_up "http://127.0.0.1:$p/healthz"
+load "$p" "$token" 200
+callgrind_control -i on $vg >/dev/null 2>&1
+load "$p" "$token" "$N"
+callgrind_control -i off $vg >/dev/null 2>&1
+callgrind_control -d $vg >/dev/null 2>&1
+sleep 1
+f=$(ls -t "$OUT".* | head -1)
+# awk reads to the end (a reader that stops early would fail the pipe).
+total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",","",$1); print $1; seen=1}')
+echo "instructions per request: $((total / (N / 4 * 4))) ($f)"
