@@ -114,7 +114,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         strategy: config.pool.strategy,
         max_wait: config.pool.max_wait,
         max_queue: config.pool.max_queue,
-        key_breaker_after: config.health.key_connect_failures,
         probe_invalid: config.health.probe_invalid,
         probe_exhausted: config.health.probe_exhausted,
     });

@@ -56,9 +56,6 @@ pub struct SchedulerConfig {
     pub max_wait: Duration,
     /// Most requests waiting at once; past it, new ones get a 429 at once.
     pub max_queue: usize,
-    /// Kept for `health.key_connect_failures` in older config files: connect
-    /// failures are the upstream's and no longer rest a key.
-    pub key_breaker_after: u32,
     /// First probe of an invalid key; the interval doubles up to an hour.
     pub probe_invalid: Duration,
     /// Interval between probes of an exhausted key (balances rarely come back).
@@ -72,7 +69,6 @@ impl Default for SchedulerConfig {
             strategy: Strategy::default(),
             max_wait: Duration::from_secs(30),
             max_queue: 1024,
-            key_breaker_after: 3,
             probe_invalid: Duration::from_secs(60),
             probe_exhausted: Duration::from_secs(6 * 3600),
         }

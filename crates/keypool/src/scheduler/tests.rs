@@ -484,7 +484,7 @@ async fn unhealthy_keys_are_probed_on_backing_off_intervals_and_return_when_heal
 
 #[tokio::test(start_paused = true)]
 async fn connect_failures_never_blame_the_key() {
-    let s = Scheduler::new(SchedulerConfig { key_breaker_after: 3, ..SchedulerConfig::default() });
+    let s = Scheduler::new(SchedulerConfig::default());
     s.sync_keys(&[record(1, None, None, 0)]);
     let connect_failed = || Outcome { verdict: Verdict::ConnectFailed, ..Outcome::default() };
     for _ in 0..5 {
