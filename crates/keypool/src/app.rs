@@ -23,8 +23,8 @@ pub struct Running {
     addr: SocketAddr,
     scheduler: Arc<Scheduler>,
     stop: CancellationToken,
-    /// Cancelled when the stop's grace has passed: open answers are ended.
-    ending: CancellationToken,
+    /// Ended (`GraceEnd::end`) when the stop's grace has passed: open answers are ended.
+    ending: crate::server::GraceEnd,
     /// Cancelled to stop at once (a second signal): no more waiting for
     /// requests, only the usage totals are written.
     hurry: CancellationToken,
@@ -75,7 +75,7 @@ impl Running {
         };
         if served.is_none() {
             tracing::warn!(grace = ?self.grace, "requests still open after the shutdown grace; ending them");
-            self.ending.cancel();
+            self.ending.end();
             // Ended answers close their connections at once; a connection that
             // still does not end (its caller does not read) is left behind.
             served = tokio::select! {
@@ -164,7 +164,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             prices: crate::config::models::PriceCache::default(),
         })))
     };
-    let ending = CancellationToken::new();
+    let ending = crate::server::GraceEnd::default();
     let edge = Edge { config: config.server.clone(), ending: ending.clone() };
     let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone(), edge)?;
     let sync_stop = CancellationToken::new();

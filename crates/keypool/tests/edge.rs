@@ -786,10 +786,21 @@ async fn a_stream_that_ends_within_the_grace_is_not_cut() {
 
 #[tokio::test]
 async fn a_request_still_waiting_for_the_upstream_after_the_grace_gets_503() {
+    waiting_after_the_grace_gets_503(reqwest::Client::new()).await;
+}
+
+/// HTTP/2 runs each request in a task of its own, which the connection's
+/// wake at the grace's end does not reach: it waits for the grace itself.
+#[tokio::test]
+async fn an_http2_request_still_waiting_after_the_grace_gets_503() {
+    waiting_after_the_grace_gets_503(reqwest::Client::builder().http2_prior_knowledge().build().unwrap()).await;
+}
+
+async fn waiting_after_the_grace_gets_503(client: reqwest::Client) {
     let sim = SimConfig { latency: Duration::from_secs(60), ..sim() };
     let sim = keypool_sim::Simulator::start(sim).await.unwrap();
     let mut served = Served::start(&sim.base_url(), &[("KEYPOOL_SERVER__SHUTDOWN_GRACE", "500ms")]).await;
-    let waiting = reqwest::Client::new()
+    let waiting = client
         .post(format!("http://{}/v1/chat/completions", served.addr))
         .bearer_auth(&served.token)
         .json(&chat("hi"))

@@ -11,6 +11,7 @@ mod metered;
 mod pace;
 mod proxy;
 mod service;
+mod signal;
 mod stalled;
 mod unread;
 mod upload;
@@ -25,6 +26,7 @@ use axum::{Json, Router};
 pub use auth::{generate_token, hash_token, TokenSet, TOKEN_PREFIX};
 pub use error::{ApiError, Fault};
 pub use pace::CallerPace;
+pub use signal::GraceEnd;
 pub use workers::{serve, worker_count, Edge};
 
 use crate::config::Config;

@@ -15,13 +15,15 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::error::ApiError;
 use super::pace::{CallerPace, MinRate};
+use super::signal::{Dormant, GraceEnd};
 use super::unread::Unread;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -140,8 +142,8 @@ pub struct Pacing {
     pub window: Duration,
     /// Longest a caller may take nothing of an answer (`server.write_timeout`).
     pub write_timeout: Duration,
-    /// Cancelled when a stop's grace has passed.
-    pub ending: CancellationToken,
+    /// Set when a stop's grace has passed.
+    pub ending: GraceEnd,
 }
 
 /// The router as hyper serves it on one connection.
@@ -183,18 +185,15 @@ where
         let write_timeout = self.pacing.write_timeout;
         let answering = tower_service::Service::call(&mut self.router.clone(), req);
         Box::pin(async move {
-            let response = tokio::select! {
-                biased;
-                answered = answering => match answered {
-                    // A body cut off as too slow is the caller's error, whatever
-                    // the handler made of the failure it saw.
-                    Ok(r) if pace.too_slow() && !r.status().is_success() => {
-                        ApiError::CallerTooSlow { rate, window }.into_response()
-                    }
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                },
-                _ = ending.cancelled() => ApiError::ShuttingDown.into_response(),
+            let response = match until_grace_end(answering, &ending, http2).await {
+                // A body cut off as too slow is the caller's error, whatever
+                // the handler made of the failure it saw.
+                Some(Ok(r)) if pace.too_slow() && !r.status().is_success() => {
+                    ApiError::CallerTooSlow { rate, window }.into_response()
+                }
+                Some(Ok(r)) => r,
+                Some(Err(never)) => match never {},
+                None => ApiError::ShuttingDown.into_response(),
             };
             let sse = response.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| is_event_stream(v.as_bytes()));
             let response = if http2 && sse {
@@ -205,6 +204,28 @@ where
             Ok(response.map(|body| Ending::new(body, sse, ending, busy)))
         })
     }
+}
+
+/// The answer, or `None` once the stop's grace has passed. An HTTP/1.1
+/// request is polled by its connection's task, which is woken when the grace
+/// ends (workers::until_closed), so it only reads the flag; an HTTP/2
+/// request runs in a task of its own and waits for the grace itself.
+async fn until_grace_end<F: Future>(answering: F, ending: &GraceEnd, http2: bool) -> Option<F::Output> {
+    let mut answering = std::pin::pin!(answering);
+    let mut waiting = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(answered) = answering.as_mut().poll(cx) {
+            return Poll::Ready(Some(answered));
+        }
+        if ending.has_passed() {
+            return Poll::Ready(None);
+        }
+        if http2 && waiting.get_or_insert_with(|| ending.passed()).poll_unpin(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Whether a `Content-Type` is `text/event-stream` (any case, parameters
@@ -227,14 +248,14 @@ pub struct Ending<B> {
     endable: bool,
     /// Whether what was sent so far ends between two events.
     at_boundary: bool,
-    ending: CancellationToken,
-    /// Allocated on the first wait for the inner body, then reused.
-    waiter: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    ending: GraceEnd,
+    /// Made on the first wait for the inner body, then reused.
+    waiter: Option<Dormant<WaitForCancellationFutureOwned>>,
     _busy: Busy,
 }
 
 impl<B: Body> Ending<B> {
-    fn new(inner: B, sse: bool, ending: CancellationToken, busy: Busy) -> Ending<B> {
+    fn new(inner: B, sse: bool, ending: GraceEnd, busy: Busy) -> Ending<B> {
         let endable = sse || inner.size_hint().exact().is_none();
         Ending { inner: Some(inner), sse, endable, at_boundary: true, ending, waiter: None, _busy: busy }
     }
@@ -266,7 +287,7 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        if this.endable && this.ending.is_cancelled() {
+        if this.endable && this.ending.has_passed() {
             return this.end();
         }
         match Pin::new(inner).poll_frame(cx) {
@@ -284,8 +305,7 @@ where
             Poll::Pending if !this.endable => Poll::Pending,
             Poll::Pending => {
                 let ending = &this.ending;
-                let waiter = this.waiter.get_or_insert_with(|| Box::pin(ending.clone().cancelled_owned()));
-                match waiter.as_mut().poll(cx) {
+                match this.waiter.get_or_insert_with(|| ending.passed()).poll_unpin(cx) {
                     Poll::Ready(()) => this.end(),
                     Poll::Pending => Poll::Pending,
                 }

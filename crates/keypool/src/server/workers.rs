@@ -51,6 +51,7 @@ use tokio_util::task::TaskTracker;
 
 use super::accept::accept;
 use super::service::{CallerService, ConnState, Pacing, Quiet};
+use super::signal::{Dormant, GraceEnd};
 use super::stalled::Stalled;
 use crate::config::ServerConfig;
 
@@ -70,7 +71,7 @@ pub(super) type Queue = mpsc::Sender<Conn>;
 #[derive(Debug, Clone, Default)]
 pub struct Edge {
     pub config: ServerConfig,
-    pub ending: CancellationToken,
+    pub ending: GraceEnd,
 }
 
 /// The number of workers for a configured count: 0 means one per core.
@@ -166,12 +167,16 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, ed
         ending: edge.ending.clone(),
     });
     let connections = TaskTracker::new();
-    let closing = CancellationToken::new();
+    // Cancelled when the worker's queue is closed, and at the latest when the
+    // grace ends, so a connection's task is woken then and the requests it
+    // holds see the grace over (CallerService).
+    let closing = edge.ending.token().child_token();
     while let Some((stream, _peer, permit)) = handoff.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => {
                 let service = CallerService::new(router.clone(), Arc::new(ConnState::new()), Arc::clone(&pacing));
-                let serving = serve_connection(stream, service, Arc::clone(&protocols), closing.clone());
+                let serving =
+                    serve_connection(stream, service, Arc::clone(&protocols), closing.clone(), edge.ending.clone());
                 connections.spawn(async move {
                     serving.await;
                     drop(permit);
@@ -271,6 +276,7 @@ async fn serve_connection(
     service: CallerService,
     protocols: Arc<Protocols>,
     closing: CancellationToken,
+    ending: GraceEnd,
 ) {
     let mut first = [0u8; HTTP2_PREFACE.len()];
     let peeked = tokio::select! {
@@ -308,7 +314,8 @@ async fn serve_connection(
         Spoken::Http2 | Spoken::Unsure => (Stalled::new(stream, protocols.write_timeout), None),
     };
     let io = TokioIo::new(io);
-    let idle = || conn_state.until_quiet(protocols.keep_alive_timeout, head);
+    let idle = || Dormant::new(conn_state.until_quiet(protocols.keep_alive_timeout, head));
+    let ending = &ending;
     // HTTP/1.1's connection is kept inline and the others boxed, so that the
     // task of each HTTP/1.1 connection (one per open stream) is no larger
     // than it needs. Each connection is built where it stays (pinned in
@@ -318,15 +325,15 @@ async fn serve_connection(
     let served: Result<(), BoxError> = match spoken {
         Spoken::Http1 => {
             let conn = pin!(protocols.http1.serve_connection(io, service));
-            until_closed(conn, &closing, idle(), |c| c.graceful_shutdown()).await.map_err(Into::into)
+            until_closed(conn, &closing, ending, idle(), |c| c.graceful_shutdown()).await.map_err(Into::into)
         }
         Spoken::Http2 => {
             let conn = Box::pin(protocols.http2.serve_connection(io, service));
-            until_closed(conn, &closing, idle(), |c| c.graceful_shutdown()).await.map_err(Into::into)
+            until_closed(conn, &closing, ending, idle(), |c| c.graceful_shutdown()).await.map_err(Into::into)
         }
         Spoken::Unsure => {
             let conn = Box::pin(protocols.auto.serve_connection(io, service));
-            until_closed(conn, &closing, idle(), |c| c.graceful_shutdown()).await
+            until_closed(conn, &closing, ending, idle(), |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = served {
@@ -337,10 +344,17 @@ async fn serve_connection(
 /// Drives a connection to its end; once `closing` is cancelled or the
 /// connection has been `idle` long enough, asks it to finish gracefully (no
 /// new requests; those in flight complete); a head too slow to arrive
-/// closes it at once.
+/// closes it at once. When the stop's grace `ending` passes, the connection
+/// is polled once more, so what it serves sees that (an HTTP/1.1 request
+/// waits for nothing else: CallerService).
+///
+/// The connection is polled several times a request, and each poll here
+/// polls every branch: the waits are [`Dormant`], so they cost an atomic
+/// swap until their own wake.
 async fn until_closed<C, E, P>(
     mut conn: Pin<P>,
     closing: &CancellationToken,
+    ending: &GraceEnd,
     idle: impl Future<Output = Quiet>,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), E>
@@ -353,7 +367,7 @@ where
         // request already waiting and answers it instead of closing unread.
         biased;
         served = conn.as_mut() => return served,
-        _ = closing.cancelled() => {}
+        _ = Dormant::new(closing.clone().cancelled_owned()) => {}
         quiet = idle => match quiet {
             Quiet::Idle => tracing::debug!("a connection was idle for server.keep_alive_timeout; closing it"),
             Quiet::SlowHead => {
@@ -363,6 +377,11 @@ where
         },
     }
     shutdown(conn.as_mut());
+    tokio::select! {
+        biased;
+        served = conn.as_mut() => return served,
+        _ = ending.passed() => {}
+    }
     conn.await
 }
 
