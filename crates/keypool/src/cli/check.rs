@@ -33,8 +33,19 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the checks need from the stored keys, read without writing anything.
+/// What the checks need from the stored keys, read without writing anything
+/// (a PostgreSQL database without keypool's tables is left without them).
 async fn read_keys(url: &str) -> Result<Vec<KeyFacts>, String> {
+    if crate::store::Backend::of(url) == Some(crate::store::Backend::Postgres) {
+        let shown = crate::store::database_path(url);
+        let store = crate::store::Store::open(url, crate::store::Create::Never).await.map_err(|e| e.to_string())?;
+        let keys = store.list_keys().await.map_err(|e| format!("cannot read keys from {shown}: {e}"));
+        store.close().await;
+        return Ok(keys?
+            .into_iter()
+            .map(|k| KeyFacts { id: k.id, enabled: k.enabled, budget_micros: k.budget_micros })
+            .collect());
+    }
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|e| format!("database URL {url}: {e}"))?
         .read_only(true)

@@ -93,7 +93,9 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
         Command::Serve(_) | Command::Demo(_) => return Ok(()),
     };
     let path = database_path(&config.database_url);
-    let existed = std::path::Path::new(&path).exists();
+    // A PostgreSQL database exists before keypool (Create::Never is checked by its tables).
+    let existed = crate::store::Backend::of(&config.database_url) == Some(crate::store::Backend::Postgres)
+        || std::path::Path::new(&path).exists();
     let store = Store::open(&config.database_url, if creates { Create::IfMissing } else { Create::Never }).await?;
     if existed {
         eprintln!("database: {path}");

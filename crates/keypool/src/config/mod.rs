@@ -351,10 +351,12 @@ impl Config {
         if let Some(proxy) = &self.proxy {
             reqwest::Proxy::all(proxy).map_err(|e| ConfigError::Invalid { setting: "proxy", reason: e.to_string() })?;
         }
-        if !self.database_url.starts_with("sqlite:") {
+        if crate::store::Backend::of(&self.database_url).is_none() {
             return Err(ConfigError::Invalid {
                 setting: "database_url",
-                reason: "only sqlite:// URLs are supported so far (e.g. sqlite://keypool.db)".into(),
+                reason: "must be a sqlite:// URL (e.g. sqlite://keypool.db) or a postgres:// one \
+                         (e.g. postgres://keypool:PASSWORD@db.internal/keypool)"
+                    .into(),
             });
         }
         if self.max_body_bytes == 0 {

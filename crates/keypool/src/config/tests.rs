@@ -9,6 +9,34 @@ fn masks_keep_only_a_recognisable_tail() {
     assert_eq!(mask_url_password("sqlite://keypool.db"), "sqlite://keypool.db");
 }
 
+/// Every form a database URL can carry its password in is masked.
+#[test]
+fn no_form_of_a_database_password_is_shown() {
+    for url in [
+        "postgres://kp:s3cret@db/k",
+        "postgres://kp@db/k?password=s3cret",
+        "postgres://kp@db/k?sslmode=require&PASSWORD=s3cret",
+        "postgres://kp:s3/cr#et@db/k",
+        "postgresql://kp:s3?cr@et@db:5432/k",
+    ] {
+        let shown = mask_url_password(url);
+        assert!(!shown.contains("s3"), "{url} shown as {shown}");
+        assert!(shown.contains("db"), "{url} shown as {shown}");
+    }
+    assert!(mask_url_password("postgres://kp@db/k?sslmode=require&password=x").contains("sslmode=require"));
+    // Nothing to hide: shown exactly as given.
+    assert_eq!(mask_url_password("http://127.0.0.1:9"), "http://127.0.0.1:9");
+}
+
+#[test]
+fn a_postgres_database_url_is_accepted_and_others_are_named() {
+    let mut c = Config { database_url: "postgres://kp:pw@db.internal/keypool".into(), ..Config::default() };
+    assert!(c.validate().is_ok());
+    c.database_url = "mysql://root@db/k".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("database_url") && err.contains("postgres://"), "{err}");
+}
+
 #[test]
 fn file_then_overrides_and_unknown_fields_rejected() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,16 +1,22 @@
 //! Durable state: upstream keys, gateway tokens and the usage totals the
-//! running server adds to in the background. SQLite today; the migrations live
-//! in `migrations/sqlite/` so a PostgreSQL backend can mirror them file by file.
+//! running server adds to in the background. SQLite by default
+//! (`sqlite://PATH`), PostgreSQL for a team that outgrows one file
+//! (`postgres://…`). Each query is written once, in SQL both accept
+//! (`$1` placeholders, `ON CONFLICT`, `RETURNING`), and run on whichever pool
+//! the URL chose; the migrations live in `migrations/sqlite/` and
+//! `migrations/postgres/`, file by file the same schema.
 
 mod models;
 mod owner_only;
+mod row;
 mod state;
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::{PgPool, Row, SqlitePool};
 
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, UsageDelta};
 pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
@@ -19,7 +25,7 @@ pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
 /// failure here is the gateway's (never the caller's or the upstream's).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {0:?}: only sqlite:// URLs are supported so far")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
     /// The database could not be opened or prepared; `path` names the file.
     #[error("cannot open the database {path}: {reason}")]
@@ -57,8 +63,32 @@ pub enum Create {
     Never,
 }
 
-/// The file a `sqlite:` URL names, for messages (the URL itself otherwise).
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of `sqlite:…`, `postgres://…` or `postgresql://…`.
+    pub fn of(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a database URL names, for messages: a `sqlite:` URL's file as an
+/// absolute path, a PostgreSQL URL with its password masked.
 pub fn database_path(url: &str) -> String {
+    if Backend::of(url) == Some(Backend::Postgres) {
+        return crate::config::mask_url_password(url);
+    }
     match SqliteConnectOptions::from_str(url) {
         Ok(o) => {
             let path = o.get_filename();
@@ -88,8 +118,27 @@ pub enum AddOutcome {
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
 }
+
+/// The pool the URL chose.
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$store` holds: the
+/// same query text and the same code, compiled for each backend's types.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+use on_pool;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix() -> i64 {
@@ -102,11 +151,59 @@ impl Store {
         Store::open(url, Create::IfMissing).await
     }
 
-    /// Opens and migrates the database at `url`; errors name its file.
+    /// Opens and migrates the database at `url`; errors name its file (or
+    /// its URL, password masked).
     pub async fn open(url: &str, create: Create) -> Result<Store, StoreError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        match Backend::of(url) {
+            Some(Backend::Sqlite) => Store::open_sqlite(url, create).await,
+            Some(Backend::Postgres) => Store::open_postgres(url, create).await,
+            None => Err(StoreError::UnsupportedUrl(crate::config::mask_url_password(url))),
         }
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// PostgreSQL: the database must exist (keypool creates its tables, in
+    /// the connection's `search_path`, not the database); with
+    /// [`Create::Never`] a database without keypool's tables is
+    /// [`StoreError::Missing`].
+    async fn open_postgres(url: &str, create: Create) -> Result<Store, StoreError> {
+        use sqlx::{ConnectOptions, Connection};
+        let path = database_path(url);
+        let failed =
+            |e: &(dyn std::error::Error + 'static)| StoreError::Open { path: path.clone(), reason: innermost(e) };
+        let options = PgConnectOptions::from_str(url).map_err(|e| failed(&e))?;
+        // One connection first: the pool would retry until its timeout and
+        // report only that; this says why (refused, unknown database, auth).
+        let mut first = options.connect().await.map_err(|e| failed(&e))?;
+        if create == Create::Never {
+            let ours: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&mut first)
+                .await
+                .map_err(|e| failed(&e))?;
+            if !ours {
+                let _ = first.close().await;
+                return Err(StoreError::Missing { path });
+            }
+        }
+        let _ = first.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| failed(&e))?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| failed(&e))?;
+        Ok(Store { db: Db::Postgres(pool) })
+    }
+
+    async fn open_sqlite(url: &str, create: Create) -> Result<Store, StoreError> {
         let path = database_path(url);
         let failed =
             |e: &(dyn std::error::Error + 'static)| StoreError::Open { path: path.clone(), reason: innermost(e) };
@@ -129,197 +226,221 @@ impl Store {
         owner_only::prepare(url, options.get_filename());
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| failed(&e))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| failed(&e))?;
-        Ok(Store { pool })
+        Ok(Store { db: Db::Sqlite(pool) })
     }
 
     /// The counter the migrations' triggers bump on every operator change.
     pub async fn revision(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT value FROM revision WHERE id = 1").fetch_one(&self.pool).await?;
-        Ok(row.try_get(0)?)
+        on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT value FROM revision WHERE id = 1").fetch_one(pool).await?;
+            Ok(row.try_get(0)?)
+        })
     }
 
     pub async fn add_key(&self, key: &NewKey) -> Result<AddOutcome, StoreError> {
-        // Look first: a conflicting INSERT would still consume an AUTOINCREMENT id.
-        if let Some(id) = self.key_id_of(&key.secret).await? {
-            return Ok(AddOutcome::Duplicate(id));
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO keys (secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
-                               expires_at, organization, project, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (secret) DO NOTHING RETURNING id",
-        )
-        .bind(&key.secret)
-        .bind(&key.label)
-        .bind(key.rpm.map(i64::from))
-        .bind(key.tpm.map(i64::from))
-        .bind(key.rpd.map(i64::from))
-        .bind(key.max_inflight.map(i64::from))
-        .bind(key.weight.map(i64::from))
-        .bind(key.budget_micros.and_then(|b| i64::try_from(b).ok()))
-        .bind(key.expires_at)
-        .bind(&key.organization)
-        .bind(&key.project)
-        .bind(now_unix())
-        .fetch_optional(&self.pool)
-        .await?;
-        match inserted {
-            Some(row) => Ok(AddOutcome::Added(row.try_get(0)?)),
-            // Another writer added it between the look and the insert.
-            None => Ok(AddOutcome::Duplicate(self.key_id_of(&key.secret).await?.unwrap_or_default())),
-        }
+        on_pool!(self, |pool| {
+            // Look first: a conflicting INSERT would still consume an id.
+            if let Some(id) = self.key_id_of(&key.secret).await? {
+                return Ok(AddOutcome::Duplicate(id));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO keys (secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
+                                   expires_at, organization, project, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (secret) DO NOTHING RETURNING id",
+            )
+            .bind(&key.secret)
+            .bind(&key.label)
+            .bind(key.rpm.map(i64::from))
+            .bind(key.tpm.map(i64::from))
+            .bind(key.rpd.map(i64::from))
+            .bind(key.max_inflight.map(i64::from))
+            .bind(key.weight.map(i64::from))
+            .bind(key.budget_micros.and_then(|b| i64::try_from(b).ok()))
+            .bind(key.expires_at)
+            .bind(&key.organization)
+            .bind(&key.project)
+            .bind(now_unix())
+            .fetch_optional(pool)
+            .await?;
+            match inserted {
+                Some(row) => Ok(AddOutcome::Added(row.try_get(0)?)),
+                // Another writer added it between the look and the insert.
+                None => Ok(AddOutcome::Duplicate(self.key_id_of(&key.secret).await?.unwrap_or_default())),
+            }
+        })
     }
 
     async fn key_id_of(&self, secret: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT id FROM keys WHERE secret = ?").bind(secret).fetch_optional(&self.pool).await?;
-        row.map(|r| r.try_get(0)).transpose().map_err(StoreError::from)
+        on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT id FROM keys WHERE secret = $1").bind(secret).fetch_optional(pool).await?;
+            row.map(|r| r.try_get(0)).transpose().map_err(StoreError::from)
+        })
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
-                    spent_micros, expires_at, enabled, requests, successes, failures,
-                    prompt_tokens, completion_tokens, created_at, last_used_at, organization, project
-             FROM keys ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(KeyRecord::from_row).collect()
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
+                        spent_micros, expires_at, enabled, requests, successes, failures,
+                        prompt_tokens, completion_tokens, created_at, last_used_at, organization, project
+                 FROM keys ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(KeyRecord::from_row).collect()
+        })
     }
 
     pub async fn set_key_enabled(&self, id: i64, enabled: bool) -> Result<(), StoreError> {
-        let done =
-            sqlx::query("UPDATE keys SET enabled = ? WHERE id = ?").bind(enabled).bind(id).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "key", id });
-        }
-        Ok(())
+        on_pool!(self, |pool| {
+            let done =
+                sqlx::query("UPDATE keys SET enabled = $1 WHERE id = $2").bind(enabled).bind(id).execute(pool).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "key", id });
+            }
+            Ok(())
+        })
     }
 
     /// Changes the settings `change` names (others stay as they are).
     pub async fn edit_key(&self, id: i64, change: &KeyChange) -> Result<(), StoreError> {
-        let budget = change.budget_micros.map(|b| b.and_then(|b| i64::try_from(b).ok()));
-        let done = sqlx::query(
-            "UPDATE keys SET
-                label = CASE WHEN ? THEN ? ELSE label END,
-                rpm = CASE WHEN ? THEN ? ELSE rpm END,
-                tpm = CASE WHEN ? THEN ? ELSE tpm END,
-                rpd = CASE WHEN ? THEN ? ELSE rpd END,
-                max_inflight = CASE WHEN ? THEN ? ELSE max_inflight END,
-                weight = CASE WHEN ? THEN ? ELSE weight END,
-                budget_micros = CASE WHEN ? THEN ? ELSE budget_micros END,
-                expires_at = CASE WHEN ? THEN ? ELSE expires_at END,
-                organization = CASE WHEN ? THEN ? ELSE organization END,
-                project = CASE WHEN ? THEN ? ELSE project END
-             WHERE id = ?",
-        )
-        .bind(change.label.is_some())
-        .bind(change.label.clone().flatten())
-        .bind(change.rpm.is_some())
-        .bind(change.rpm.flatten().map(i64::from))
-        .bind(change.tpm.is_some())
-        .bind(change.tpm.flatten().map(i64::from))
-        .bind(change.rpd.is_some())
-        .bind(change.rpd.flatten().map(i64::from))
-        .bind(change.max_inflight.is_some())
-        .bind(change.max_inflight.flatten().map(i64::from))
-        .bind(change.weight.is_some())
-        .bind(change.weight.flatten().map(i64::from))
-        .bind(budget.is_some())
-        .bind(budget.flatten())
-        .bind(change.expires_at.is_some())
-        .bind(change.expires_at.flatten())
-        .bind(change.organization.is_some())
-        .bind(change.organization.clone().flatten())
-        .bind(change.project.is_some())
-        .bind(change.project.clone().flatten())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "key", id });
-        }
-        Ok(())
+        on_pool!(self, |pool| {
+            let budget = change.budget_micros.map(|b| b.and_then(|b| i64::try_from(b).ok()));
+            let done = sqlx::query(
+                "UPDATE keys SET
+                    label = CASE WHEN $1 THEN $2 ELSE label END,
+                    rpm = CASE WHEN $3 THEN $4 ELSE rpm END,
+                    tpm = CASE WHEN $5 THEN $6 ELSE tpm END,
+                    rpd = CASE WHEN $7 THEN $8 ELSE rpd END,
+                    max_inflight = CASE WHEN $9 THEN $10 ELSE max_inflight END,
+                    weight = CASE WHEN $11 THEN $12 ELSE weight END,
+                    budget_micros = CASE WHEN $13 THEN $14 ELSE budget_micros END,
+                    expires_at = CASE WHEN $15 THEN $16 ELSE expires_at END,
+                    organization = CASE WHEN $17 THEN $18 ELSE organization END,
+                    project = CASE WHEN $19 THEN $20 ELSE project END
+                 WHERE id = $21",
+            )
+            .bind(change.label.is_some())
+            .bind(change.label.clone().flatten())
+            .bind(change.rpm.is_some())
+            .bind(change.rpm.flatten().map(i64::from))
+            .bind(change.tpm.is_some())
+            .bind(change.tpm.flatten().map(i64::from))
+            .bind(change.rpd.is_some())
+            .bind(change.rpd.flatten().map(i64::from))
+            .bind(change.max_inflight.is_some())
+            .bind(change.max_inflight.flatten().map(i64::from))
+            .bind(change.weight.is_some())
+            .bind(change.weight.flatten().map(i64::from))
+            .bind(budget.is_some())
+            .bind(budget.flatten())
+            .bind(change.expires_at.is_some())
+            .bind(change.expires_at.flatten())
+            .bind(change.organization.is_some())
+            .bind(change.organization.clone().flatten())
+            .bind(change.project.is_some())
+            .bind(change.project.clone().flatten())
+            .bind(id)
+            .execute(pool)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "key", id });
+            }
+            Ok(())
+        })
     }
 
     pub async fn remove_key(&self, id: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM keys WHERE id = ?").bind(id).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "key", id });
-        }
-        Ok(())
+        on_pool!(self, |pool| {
+            let done = sqlx::query("DELETE FROM keys WHERE id = $1").bind(id).execute(pool).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "key", id });
+            }
+            Ok(())
+        })
     }
 
-    /// Adds usage the server counted in memory to the keys' totals, in one transaction.
+    /// Adds usage the server counted in memory to the keys' totals, in one
+    /// transaction, key by key in id order (so two gateways sharing a
+    /// PostgreSQL database cannot deadlock on each other's rows).
     pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        if deltas.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for d in deltas {
-            sqlx::query(
-                "UPDATE keys SET requests = requests + ?, successes = successes + ?,
-                    failures = failures + ?, prompt_tokens = prompt_tokens + ?,
-                    completion_tokens = completion_tokens + ?,
-                    spent_micros = spent_micros + ?,
-                    last_used_at = COALESCE(?, last_used_at)
-                 WHERE id = ?",
-            )
-            .bind(d.requests as i64)
-            .bind(d.successes as i64)
-            .bind(d.failures as i64)
-            .bind(d.prompt_tokens as i64)
-            .bind(d.completion_tokens as i64)
-            .bind(d.spent_micros as i64)
-            .bind(d.last_used_at)
-            .bind(d.key_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut deltas = deltas.to_vec();
+        deltas.sort_by_key(|d| d.key_id);
+        on_pool!(self, |pool| {
+            if deltas.is_empty() {
+                return Ok(());
+            }
+            let mut tx = pool.begin().await?;
+            for d in &deltas {
+                sqlx::query(
+                    "UPDATE keys SET requests = requests + $1, successes = successes + $2,
+                        failures = failures + $3, prompt_tokens = prompt_tokens + $4,
+                        completion_tokens = completion_tokens + $5,
+                        spent_micros = spent_micros + $6,
+                        last_used_at = COALESCE($7, last_used_at)
+                     WHERE id = $8",
+                )
+                .bind(d.requests as i64)
+                .bind(d.successes as i64)
+                .bind(d.failures as i64)
+                .bind(d.prompt_tokens as i64)
+                .bind(d.completion_tokens as i64)
+                .bind(d.spent_micros as i64)
+                .bind(d.last_used_at)
+                .bind(d.key_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Stores a new token's hash; returns its id. A name in use (revoked or
     /// not) is refused with [`StoreError::TokenNameTaken`].
     pub async fn create_token(&self, name: &str, hash: &str, prefix: &str) -> Result<i64, StoreError> {
-        let taken = sqlx::query("SELECT 1 FROM tokens WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
-        if taken.is_some() {
-            return Err(StoreError::TokenNameTaken(name.to_owned()));
-        }
-        let row = sqlx::query("INSERT INTO tokens (name, hash, prefix, created_at) VALUES (?, ?, ?, ?) RETURNING id")
-            .bind(name)
-            .bind(hash)
-            .bind(prefix)
-            .bind(now_unix())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
+        on_pool!(self, |pool| {
+            let taken = sqlx::query("SELECT 1 FROM tokens WHERE name = $1").bind(name).fetch_optional(pool).await?;
+            if taken.is_some() {
+                return Err(StoreError::TokenNameTaken(name.to_owned()));
+            }
+            let row =
+                sqlx::query("INSERT INTO tokens (name, hash, prefix, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
+                    .bind(name)
+                    .bind(hash)
+                    .bind(prefix)
+                    .bind(now_unix())
+                    .fetch_one(pool)
+                    .await?;
+            Ok(row.try_get(0)?)
+        })
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, hash, prefix, created_at, revoked_at FROM tokens ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(TokenRecord::from_row).collect()
+        on_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT id, name, hash, prefix, created_at, revoked_at FROM tokens ORDER BY id")
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(TokenRecord::from_row).collect()
+        })
     }
 
     pub async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-            .bind(now_unix())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "token", id });
-        }
-        Ok(())
+        on_pool!(self, |pool| {
+            let done = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_unix())
+                .bind(id)
+                .execute(pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "token", id });
+            }
+            Ok(())
+        })
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool| pool.close().await)
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,9 +1,8 @@
 //! Rows as the rest of keypool sees them.
 
 use secrecy::SecretString;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 
+use super::row::Columns;
 use super::StoreError;
 
 /// A key to insert.
@@ -116,30 +115,30 @@ impl KeyRecord {
         }
     }
 
-    pub(super) fn from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-        let secret: String = row.try_get("secret")?;
+    pub(super) fn from_row(row: &impl Columns) -> Result<KeyRecord, StoreError> {
+        let secret: String = row.col("secret")?;
         Ok(KeyRecord {
-            id: row.try_get("id")?,
+            id: row.col("id")?,
             secret: SecretString::from(secret),
-            label: row.try_get("label")?,
-            rpm: opt_u32(row.try_get("rpm")?),
-            tpm: opt_u32(row.try_get("tpm")?),
-            rpd: opt_u32(row.try_get("rpd")?),
-            max_inflight: opt_u32(row.try_get("max_inflight")?),
-            weight: opt_u32(row.try_get("weight")?),
-            budget_micros: row.try_get::<Option<i64>, _>("budget_micros")?.map(u64_of),
-            spent_micros: u64_of(row.try_get("spent_micros")?),
-            expires_at: row.try_get("expires_at")?,
-            enabled: row.try_get("enabled")?,
-            requests: u64_of(row.try_get("requests")?),
-            successes: u64_of(row.try_get("successes")?),
-            failures: u64_of(row.try_get("failures")?),
-            prompt_tokens: u64_of(row.try_get("prompt_tokens")?),
-            completion_tokens: u64_of(row.try_get("completion_tokens")?),
-            created_at: row.try_get("created_at")?,
-            last_used_at: row.try_get("last_used_at")?,
-            organization: row.try_get("organization")?,
-            project: row.try_get("project")?,
+            label: row.col("label")?,
+            rpm: opt_u32(row.col("rpm")?),
+            tpm: opt_u32(row.col("tpm")?),
+            rpd: opt_u32(row.col("rpd")?),
+            max_inflight: opt_u32(row.col("max_inflight")?),
+            weight: opt_u32(row.col("weight")?),
+            budget_micros: row.col::<Option<i64>>("budget_micros")?.map(u64_of),
+            spent_micros: u64_of(row.col("spent_micros")?),
+            expires_at: row.col("expires_at")?,
+            enabled: row.col("enabled")?,
+            requests: u64_of(row.col("requests")?),
+            successes: u64_of(row.col("successes")?),
+            failures: u64_of(row.col("failures")?),
+            prompt_tokens: u64_of(row.col("prompt_tokens")?),
+            completion_tokens: u64_of(row.col("completion_tokens")?),
+            created_at: row.col("created_at")?,
+            last_used_at: row.col("last_used_at")?,
+            organization: row.col("organization")?,
+            project: row.col("project")?,
         })
     }
 }
@@ -156,14 +155,14 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
-    pub(super) fn from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    pub(super) fn from_row(row: &impl Columns) -> Result<TokenRecord, StoreError> {
         Ok(TokenRecord {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            hash: row.try_get("hash")?,
-            prefix: row.try_get("prefix")?,
-            created_at: row.try_get("created_at")?,
-            revoked_at: row.try_get("revoked_at")?,
+            id: row.col("id")?,
+            name: row.col("name")?,
+            hash: row.col("hash")?,
+            prefix: row.col("prefix")?,
+            created_at: row.col("created_at")?,
+            revoked_at: row.col("revoked_at")?,
         })
     }
 }

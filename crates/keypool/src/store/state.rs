@@ -2,10 +2,8 @@
 //! upstream's limits and what was sent within the last minute), kept in
 //! wall-clock time so it survives a restart and `keys list` can show it.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
-
-use super::{Store, StoreError};
+use super::row::Columns;
+use super::{on_pool, Backend, Db, Store, StoreError};
 
 /// Whether a key can serve at all, as the server last knew it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -83,78 +81,94 @@ fn u64_of(v: i64) -> u64 {
 }
 
 impl SavedKeyState {
-    fn from_row(row: &SqliteRow) -> Result<SavedKeyState, StoreError> {
+    fn from_row(row: &impl Columns) -> Result<SavedKeyState, StoreError> {
         let dim = |p: &str| -> Result<SavedDim, StoreError> {
             Ok(SavedDim {
-                learned: row.try_get::<Option<i64>, _>(format!("{p}_learned").as_str())?.map(u64_of),
-                used: u64_of(row.try_get(format!("{p}_used").as_str())?),
-                used_until: row.try_get(format!("{p}_used_until").as_str())?,
+                learned: row.col::<Option<i64>>(format!("{p}_learned").as_str())?.map(u64_of),
+                used: u64_of(row.col(format!("{p}_used").as_str())?),
+                used_until: row.col(format!("{p}_used_until").as_str())?,
             })
         };
         Ok(SavedKeyState {
-            key_id: row.try_get("key_id")?,
-            health: SavedHealth::parse(row.try_get::<String, _>("health")?.as_str()),
-            reason: row.try_get("reason")?,
-            cooling_until: row.try_get("cooling_until")?,
-            next_probe_at: row.try_get("next_probe_at")?,
-            probe_every_ms: row.try_get::<Option<i64>, _>("probe_every_ms")?.map(u64_of),
+            key_id: row.col("key_id")?,
+            health: SavedHealth::parse(row.col::<String>("health")?.as_str()),
+            reason: row.col("reason")?,
+            cooling_until: row.col("cooling_until")?,
+            next_probe_at: row.col("next_probe_at")?,
+            probe_every_ms: row.col::<Option<i64>>("probe_every_ms")?.map(u64_of),
             rpm: dim("rpm")?,
             tpm: dim("tpm")?,
-            day: row.try_get("day")?,
-            day_count: u64_of(row.try_get("day_count")?),
+            day: row.col("day")?,
+            day_count: u64_of(row.col("day_count")?),
         })
     }
 }
 
 impl Store {
-    /// Writes keys' learned state in one transaction. Keys deleted meanwhile are skipped.
+    /// Writes keys' learned state in one transaction, in key id order. Keys
+    /// deleted meanwhile are skipped: on PostgreSQL the key's row is locked
+    /// against deletion while its state is written (`FOR KEY SHARE`), so a
+    /// delete in flight is waited for and then skips the key, instead of
+    /// failing the whole batch on the foreign key (SQLite has one writer at
+    /// a time, so it cannot meet a delete in flight).
     pub async fn save_key_states(&self, states: &[SavedKeyState]) -> Result<(), StoreError> {
-        if states.is_empty() {
-            return Ok(());
-        }
-        let now = now_unix_ms();
-        let mut tx = self.pool.begin().await?;
-        for s in states {
-            sqlx::query(
-                "INSERT INTO key_state (key_id, health, reason, cooling_until, next_probe_at, probe_every_ms,
-                    rpm_learned, rpm_used, rpm_used_until, tpm_learned, tpm_used, tpm_used_until,
-                    day, day_count, updated_at)
-                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-                 WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?)
-                 ON CONFLICT (key_id) DO UPDATE SET health = excluded.health, reason = excluded.reason,
-                    cooling_until = excluded.cooling_until, next_probe_at = excluded.next_probe_at,
-                    probe_every_ms = excluded.probe_every_ms, rpm_learned = excluded.rpm_learned,
-                    rpm_used = excluded.rpm_used, rpm_used_until = excluded.rpm_used_until,
-                    tpm_learned = excluded.tpm_learned, tpm_used = excluded.tpm_used,
-                    tpm_used_until = excluded.tpm_used_until, day = excluded.day,
-                    day_count = excluded.day_count, updated_at = excluded.updated_at",
-            )
-            .bind(s.key_id)
-            .bind(s.health.as_str())
-            .bind(&s.reason)
-            .bind(s.cooling_until)
-            .bind(s.next_probe_at)
-            .bind(s.probe_every_ms.map(i64_of))
-            .bind(s.rpm.learned.map(i64_of))
-            .bind(i64_of(s.rpm.used))
-            .bind(s.rpm.used_until)
-            .bind(s.tpm.learned.map(i64_of))
-            .bind(i64_of(s.tpm.used))
-            .bind(s.tpm.used_until)
-            .bind(s.day)
-            .bind(i64_of(s.day_count))
-            .bind(now)
-            .bind(s.key_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut states = states.to_vec();
+        states.sort_by_key(|s| s.key_id);
+        let sql = format!(
+            "INSERT INTO key_state (key_id, health, reason, cooling_until, next_probe_at, probe_every_ms,
+                rpm_learned, rpm_used, rpm_used_until, tpm_learned, tpm_used, tpm_used_until,
+                day, day_count, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
+             FROM keys WHERE id = $16{}
+             ON CONFLICT (key_id) DO UPDATE SET health = excluded.health, reason = excluded.reason,
+                        cooling_until = excluded.cooling_until, next_probe_at = excluded.next_probe_at,
+                        probe_every_ms = excluded.probe_every_ms, rpm_learned = excluded.rpm_learned,
+                        rpm_used = excluded.rpm_used, rpm_used_until = excluded.rpm_used_until,
+                        tpm_learned = excluded.tpm_learned, tpm_used = excluded.tpm_used,
+                        tpm_used_until = excluded.tpm_used_until, day = excluded.day,
+                        day_count = excluded.day_count, updated_at = excluded.updated_at",
+            match self.backend() {
+                Backend::Postgres => " FOR KEY SHARE",
+                Backend::Sqlite => "",
+            }
+        );
+        on_pool!(self, |pool| {
+            if states.is_empty() {
+                return Ok(());
+            }
+            let now = now_unix_ms();
+            let mut tx = pool.begin().await?;
+            for s in &states {
+                sqlx::query(&sql)
+                    .bind(s.key_id)
+                    .bind(s.health.as_str())
+                    .bind(&s.reason)
+                    .bind(s.cooling_until)
+                    .bind(s.next_probe_at)
+                    .bind(s.probe_every_ms.map(i64_of))
+                    .bind(s.rpm.learned.map(i64_of))
+                    .bind(i64_of(s.rpm.used))
+                    .bind(s.rpm.used_until)
+                    .bind(s.tpm.learned.map(i64_of))
+                    .bind(i64_of(s.tpm.used))
+                    .bind(s.tpm.used_until)
+                    .bind(s.day)
+                    .bind(i64_of(s.day_count))
+                    .bind(now)
+                    .bind(s.key_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Every key's last saved state.
     pub async fn load_key_states(&self) -> Result<Vec<SavedKeyState>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM key_state ORDER BY key_id").fetch_all(&self.pool).await?;
-        rows.iter().map(SavedKeyState::from_row).collect()
+        on_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT * FROM key_state ORDER BY key_id").fetch_all(pool).await?;
+            rows.iter().map(SavedKeyState::from_row).collect()
+        })
     }
 }

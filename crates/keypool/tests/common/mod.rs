@@ -1,6 +1,8 @@
 //! Test support: a simulator and a gateway on port 0 with a fresh database.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod scratch;
+
 use keypool::app::Running;
 use keypool::config::Config;
 use keypool::server::{generate_token, hash_token};
