@@ -224,15 +224,12 @@ async fn a_gateway_on_it_serves_and_keeps_its_totals_and_key_state(db: Scratch) 
     };
     let gateway = keypool::app::start(&config).await.unwrap();
     let client = reqwest::Client::new();
+    let chat = |base: String| {
+        let request = client.post(format!("{base}/chat/completions")).bearer_auth(&token).json(&common::chat("hi"));
+        async move { request.send().await.unwrap().status() }
+    };
     for _ in 0..3 {
-        let resp = client
-            .post(format!("{}/chat/completions", gateway.base_url()))
-            .bearer_auth(&token)
-            .json(&common::chat("hi"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(chat(gateway.base_url()).await, 200);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -249,14 +246,7 @@ async fn a_gateway_on_it_serves_and_keeps_its_totals_and_key_state(db: Scratch) 
     gateway.shutdown().await.unwrap();
     // Restarted on the same database: the totals carry on.
     let gateway = keypool::app::start(&config).await.unwrap();
-    let resp = client
-        .post(format!("{}/chat/completions", gateway.base_url()))
-        .bearer_auth(&token)
-        .json(&common::chat("again"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(chat(gateway.base_url()).await, 200);
     gateway.shutdown().await.unwrap();
     assert_eq!(db.store.list_keys().await.unwrap()[0].requests, 4);
 }
