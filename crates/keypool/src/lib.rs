@@ -13,6 +13,7 @@ pub mod demo;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod records;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;

@@ -88,6 +88,41 @@ pub struct Config {
     /// and spend are the upstream's own count. Off: usage is counted from the
     /// streamed text. Turned off by itself for an upstream that refuses the field.
     pub stream_usage: bool,
+    /// The request log: one record per caller request, written in batches
+    /// off the request path.
+    pub records: RecordsSettings,
+}
+
+/// The request log (`[records]`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSettings {
+    /// Keep one record per caller request in the database.
+    pub enabled: bool,
+    /// Records waiting to be written at most (while the database is slow or
+    /// down); past it they are dropped, counted in
+    /// `keypool_records_dropped_total` and logged.
+    pub buffer: usize,
+    /// Records written in one transaction at most.
+    pub batch: usize,
+    /// A record is written at the latest this long after its request ended
+    /// (when the database keeps up).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for RecordsSettings {
+    fn default() -> RecordsSettings {
+        let d = crate::records::RecordsConfig::default();
+        RecordsSettings { enabled: true, buffer: d.buffer, batch: d.batch, flush_interval: d.flush_interval }
+    }
+}
+
+impl RecordsSettings {
+    /// The writer's settings.
+    pub fn writer(&self) -> crate::records::RecordsConfig {
+        crate::records::RecordsConfig { buffer: self.buffer, batch: self.batch, flush_interval: self.flush_interval }
+    }
 }
 
 /// Per-key defaults.
@@ -281,6 +316,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             ca_file: None,
             stream_usage: true,
+            records: RecordsSettings::default(),
         }
     }
 }
@@ -391,6 +427,14 @@ impl Config {
         }
         if self.sync_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });
+        }
+        for (setting, value) in [("records.buffer", self.records.buffer), ("records.batch", self.records.batch)] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { setting, reason: "must be > 0".into() });
+            }
+        }
+        if self.records.flush_interval.is_zero() {
+            return Err(ConfigError::Invalid { setting: "records.flush_interval", reason: "must be > 0".into() });
         }
         let l = &self.limits;
         if [l.rpm, l.tpm, l.rpd, l.max_inflight].contains(&Some(0)) {

@@ -41,3 +41,24 @@ pub const TIMEOUT_RESENDS: &str = "keypool_timeout_resends_total";
 pub fn timeout_resend() {
     metrics::counter!(TIMEOUT_RESENDS).increment(1);
 }
+
+/// Request records written to the store.
+pub const RECORDS_WRITTEN: &str = "keypool_records_written_total";
+/// Request records lost, by reason: `buffer_full` (the store was slow or
+/// down longer than the buffer lasts) or `stopped` (a request ended after
+/// the writer's last flush).
+pub const RECORDS_DROPPED: &str = "keypool_records_dropped_total";
+/// Batch writes of request records that failed (each is retried).
+pub const RECORD_WRITE_ERRORS: &str = "keypool_record_write_errors_total";
+
+pub fn records_written(n: usize) {
+    metrics::counter!(RECORDS_WRITTEN).increment(n as u64);
+}
+
+pub fn records_dropped(reason: &'static str, n: u64) {
+    metrics::counter!(RECORDS_DROPPED, "reason" => reason).increment(n);
+}
+
+pub fn record_write_error() {
+    metrics::counter!(RECORD_WRITE_ERRORS).increment(1);
+}

@@ -8,6 +8,7 @@
 
 mod models;
 mod owner_only;
+mod requests;
 mod row;
 mod state;
 

@@ -2,7 +2,7 @@
 
 use secrecy::SecretString;
 
-use super::row::Columns;
+use super::row::{u64_of, Columns};
 use super::StoreError;
 
 /// A key to insert.
@@ -80,10 +80,6 @@ pub struct KeyRecord {
 
 fn opt_u32(v: Option<i64>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok())
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 impl KeyRecord {

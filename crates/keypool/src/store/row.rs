@@ -28,3 +28,13 @@ impl Columns for PgRow {
         self.try_get(name)
     }
 }
+
+/// A count as the databases store it (BIGINT); past `i64::MAX`, `i64::MAX`.
+pub(super) fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored count; a negative one (never written by keypool) reads as 0.
+pub(super) fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -2,7 +2,7 @@
 //! upstream's limits and what was sent within the last minute), kept in
 //! wall-clock time so it survives a restart and `keys list` can show it.
 
-use super::row::Columns;
+use super::row::{i64_of, u64_of, Columns};
 use super::{on_pool, Backend, Db, Store, StoreError};
 
 /// Whether a key can serve at all, as the server last knew it.
@@ -70,14 +70,6 @@ pub struct SavedKeyState {
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 impl SavedKeyState {
