@@ -88,6 +88,20 @@ impl ModelPrice {
         Price { input: self.input, output: self.output }
     }
 
+    /// What `usage` cost, in micro-USD (a price per million tokens is
+    /// micro-USD per token): cached prompt tokens at `cached_input` (the
+    /// input price when none is set), the rest of the prompt at `input`, and
+    /// every completion token, reasoning ones included, at `output` (OpenAI
+    /// bills reasoning tokens as output; openai.com/api/pricing).
+    pub fn cost_micros(&self, usage: &keypool_sse::Usage) -> u64 {
+        let cached = usage.cached_tokens.min(usage.prompt_tokens);
+        let fresh = usage.prompt_tokens - cached;
+        let cost = fresh as f64 * self.input
+            + cached as f64 * self.cached_input.unwrap_or(self.input)
+            + usage.completion_tokens as f64 * self.output;
+        cost.ceil() as u64
+    }
+
     /// Whether every figure is a non-negative, finite number.
     pub fn is_valid(&self) -> bool {
         [Some(self.input), Some(self.output), self.cached_input]
@@ -346,7 +360,12 @@ impl PriceCache {
 
     /// The price of `model`: remembered, else `config.price_of(model)`.
     pub fn price_of(&self, config: &Config, model: &str) -> Option<Price> {
-        self.get_or_resolve(model, || config.model_price_of(model)).map(|p| p.price())
+        self.model_price_of(config, model).map(|p| p.price())
+    }
+
+    /// [`PriceCache::price_of`] with the cached-input price.
+    pub fn model_price_of(&self, config: &Config, model: &str) -> Option<ModelPrice> {
+        self.get_or_resolve(model, || config.model_price_of(model))
     }
 
     fn get_or_resolve(&self, model: &str, resolve: impl FnOnce() -> Option<ModelPrice>) -> Option<ModelPrice> {

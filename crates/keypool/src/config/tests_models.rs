@@ -185,3 +185,24 @@ fn per_request_lookups_allocate_nothing() {
     });
     assert_eq!(info.count_total, 0, "{info:?}");
 }
+
+#[test]
+fn cached_prompt_tokens_cost_their_own_price_and_reasoning_costs_output() {
+    let usage = keypool_sse::Usage {
+        prompt_tokens: 1_000,
+        completion_tokens: 300,
+        total_tokens: 1_300,
+        cached_tokens: 400,
+        reasoning_tokens: 200,
+        estimated: false,
+    };
+    // 600 fresh × 2.0 + 400 cached × 0.5 + 300 out (200 of them reasoning) × 8.0.
+    let with_cache = ModelPrice { input: 2.0, output: 8.0, cached_input: Some(0.5) };
+    assert_eq!(with_cache.cost_micros(&usage), 1_200 + 200 + 2_400);
+    // No cached price: cached tokens cost what input does.
+    let without = ModelPrice { input: 2.0, output: 8.0, cached_input: None };
+    assert_eq!(without.cost_micros(&usage), 2_000 + 2_400);
+    // A provider reporting more cached than prompt tokens is not believed past the prompt.
+    let odd = keypool_sse::Usage { cached_tokens: 5_000, ..usage };
+    assert_eq!(with_cache.cost_micros(&odd), 500 + 2_400);
+}

@@ -1,7 +1,6 @@
 //! What a request is charged against a key before it is sent: its tokens as
 //! the upstream counts them at admission, and its cost.
 
-use super::proxy::micros;
 use super::AppState;
 use crate::scheduler::charge::{self, Rule};
 use crate::scheduler::Demand;
@@ -34,4 +33,10 @@ impl AppState {
         let sure = sure.min(tokens);
         Demand { tokens, unsure_tokens: tokens - sure, overlap, cost_micros }
     }
+}
+
+/// The estimate's cost in micro-USD: a price per million tokens is
+/// micro-USD per token.
+fn micros(prompt: u64, completion: u64, price: crate::config::Price) -> u64 {
+    (prompt as f64 * price.input + completion as f64 * price.output).ceil() as u64
 }
