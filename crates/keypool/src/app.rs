@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::records::{Recorder, WriterHandle};
 use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
 use crate::server::{router, worker_count, AppState, Edge, TokenSet};
 use crate::store::{SavedKeyState, Store, StoreError};
@@ -34,6 +35,9 @@ pub struct Running {
     /// shutdown is in the last write.
     sync_stop: CancellationToken,
     sync: JoinHandle<()>,
+    /// The request log's writer, stopped once no request can end any more.
+    writer: Option<WriterHandle>,
+    recorder: Recorder,
 }
 
 impl Running {
@@ -50,6 +54,11 @@ impl Running {
         &self.scheduler
     }
 
+    /// Where requests' records go (its counts show what was written and dropped).
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
     /// How long a stop lets requests in flight finish (`server.shutdown_grace`).
     pub fn grace(&self) -> Duration {
         self.grace
@@ -64,7 +73,8 @@ impl Running {
     /// Stops accepting, lets open requests finish for at most
     /// `server.shutdown_grace` (or until [`Running::hurry`]), then ends those
     /// still open (event streams with an error event, waiting requests with
-    /// 503), and writes the last usage.
+    /// 503), writes every request record still queued (for at most
+    /// [`LAST_WRITE`], or 1 s once hurried) and the last usage.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
         let mut server = self.server;
@@ -84,6 +94,9 @@ impl Running {
                 _ = self.hurry.cancelled() => None,
             };
         }
+        if let Some(writer) = self.writer {
+            writer.stop(tokio::time::Instant::now() + LAST_WRITE, self.hurry.clone()).await;
+        }
         self.sync_stop.cancel();
         self.sync.await?;
         match served {
@@ -96,6 +109,9 @@ impl Running {
 
 /// How long connections have to close once their answers were ended.
 const ENDING_WAIT: Duration = Duration::from_secs(2);
+/// Longest the request log's last write may take at a stop (a database
+/// that is down is retried until then).
+const LAST_WRITE: Duration = Duration::from_secs(5);
 
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
@@ -119,6 +135,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
 
     let tokens = Arc::new(TokenSet::default());
+    let (recorder, writer) = if config.records.enabled {
+        let (recorder, writer) = crate::records::spawn(store.clone(), config.records.writer());
+        (recorder, Some(writer))
+    } else {
+        (Recorder::off(), None)
+    };
     let mut sync = Sync {
         store,
         scheduler: Arc::clone(&scheduler),
@@ -162,6 +184,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             quirks: Arc::clone(&quirks),
             config: config.clone(),
             prices: crate::config::models::PriceCache::default(),
+            recorder: recorder.clone(),
         })))
     };
     let ending = crate::server::GraceEnd::default();
@@ -192,6 +215,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         server,
         sync_stop,
         sync,
+        writer,
+        recorder,
     })
 }
 
@@ -264,7 +289,7 @@ impl Sync {
         let keys = self.store.list_keys().await?;
         let tokens = self.store.list_tokens().await?;
         self.scheduler.sync_keys(&keys);
-        self.tokens.replace(tokens.iter().filter(|t| t.revoked_at.is_none()).map(|t| t.hash.as_str()));
+        self.tokens.replace(tokens.iter().filter(|t| t.revoked_at.is_none()).map(|t| (t.hash.as_str(), t.id)));
         tracing::info!(
             keys = keys.len(),
             enabled = keys.iter().filter(|k| k.enabled).count(),

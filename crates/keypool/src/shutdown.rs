@@ -1,9 +1,9 @@
 //! Stopping on a signal (SIGTERM or SIGINT): stop accepting, let requests in
 //! flight finish for at most `server.shutdown_grace`, end what is still open
 //! (event streams with an OpenAI-shaped error event and `data: [DONE]`,
-//! requests still waiting with 503), then write the usage totals. A second
-//! signal stops at once: open answers end, and at most [`HURRY`] is spent
-//! writing the usage totals.
+//! requests still waiting with 503), then write the request records still
+//! queued and the usage totals. A second signal stops at once: open answers
+//! end, and at most [`HURRY`] is spent writing records and totals.
 //!
 //! The grace defaults to 25 s so that the whole stop fits inside
 //! Kubernetes' default 30 s between SIGTERM and SIGKILL.

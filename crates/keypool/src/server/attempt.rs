@@ -44,6 +44,15 @@ impl Failed {
         }
     }
 
+    /// The upstream's status; 0 when no answer came.
+    pub(super) fn status(&self) -> u16 {
+        match self {
+            Failed::Status { status, .. } => status.as_u16(),
+            Failed::StreamOptions(_) => 400,
+            Failed::Network { .. } => 0,
+        }
+    }
+
     /// Failures of one key are retried at once on another; failures of the
     /// upstream wait a back-off first.
     pub(super) fn needs_backoff(&self) -> bool {

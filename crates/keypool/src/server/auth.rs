@@ -4,7 +4,7 @@
 use std::sync::RwLock;
 
 use axum::http::{header, HeaderMap};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use siphasher::sip128::SipHasher24;
 
@@ -13,7 +13,12 @@ use super::error::ApiError;
 /// Prefix of every gateway token, so they are easy to tell from upstream keys.
 pub const TOKEN_PREFIX: &str = "kp-";
 
-/// The hashes of every live (unrevoked) token.
+/// Who a request is charged to: the id of its gateway token (the `tokens`
+/// table's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenId(pub i64);
+
+/// The hashes of every live (unrevoked) token, with their ids.
 ///
 /// SHA-256 of a token costs about 3,600 instructions, as much as a twentieth
 /// of a whole proxied request (callgrind, docs/benchmarks.md), and every
@@ -40,8 +45,9 @@ impl std::fmt::Debug for TokenSet {
 
 #[derive(Default)]
 struct Live {
-    /// SHA-256 digests; uniformly distributed, so Fx hashing is safe.
-    hashes: FxHashSet<[u8; 32]>,
+    /// SHA-256 digest → the token's id. Digests are uniformly
+    /// distributed, so Fx hashing is safe.
+    hashes: FxHashMap<[u8; 32], i64>,
     /// MAC of a token that passed → its digest. Keyed, so Fx hashing is safe.
     seen: FxHashMap<u128, [u8; 32]>,
 }
@@ -68,17 +74,18 @@ pub fn generate_token() -> String {
 }
 
 impl TokenSet {
-    /// Replaces the live set with these stored hex hashes (malformed ones are skipped).
-    pub fn replace<'a>(&self, hex_hashes: impl IntoIterator<Item = &'a str>) {
-        let set: FxHashSet<[u8; 32]> =
-            hex_hashes.into_iter().filter_map(|h| hex::decode(h).ok()?.try_into().ok()).collect();
+    /// Replaces the live set with these stored hex hashes and their token
+    /// ids (malformed hashes are skipped).
+    pub fn replace<'a>(&self, tokens: impl IntoIterator<Item = (&'a str, i64)>) {
+        let set: FxHashMap<[u8; 32], i64> =
+            tokens.into_iter().filter_map(|(h, id)| Some((hex::decode(h).ok()?.try_into().ok()?, id))).collect();
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        live.seen.retain(|_, digest| set.contains(digest));
+        live.seen.retain(|_, digest| set.contains_key(digest));
         live.hashes = set;
     }
 
-    /// Accepts the request when its bearer token is live.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Accepts the request when its bearer token is live, and says whose it is.
+    pub fn check(&self, headers: &HeaderMap) -> Result<TokenId, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -87,25 +94,24 @@ impl TokenSet {
         let mac = u128::from(SipHasher24::new_with_key(&self.key).hash(token.as_bytes()));
         {
             let live = self.live.read().unwrap_or_else(|p| p.into_inner());
-            if live.seen.get(&mac).is_some_and(|digest| live.hashes.contains(digest)) {
-                return Ok(());
+            if let Some(id) = live.seen.get(&mac).and_then(|digest| live.hashes.get(digest)) {
+                return Ok(TokenId(*id));
             }
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // A wrong token takes only the read lock, so a flood of them does not
         // hold up the callers whose tokens are right.
-        if !self.live.read().unwrap_or_else(|p| p.into_inner()).hashes.contains(&digest) {
+        if !self.live.read().unwrap_or_else(|p| p.into_inner()).hashes.contains_key(&digest) {
             return Err(ApiError::InvalidToken);
         }
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         // Still live (not revoked since the read): remember it.
-        if live.hashes.contains(&digest) {
-            if live.seen.len() >= SEEN_CAP {
-                live.seen.clear();
-            }
-            live.seen.insert(mac, digest);
+        let Some(&id) = live.hashes.get(&digest) else { return Err(ApiError::InvalidToken) };
+        if live.seen.len() >= SEEN_CAP {
+            live.seen.clear();
         }
-        Ok(())
+        live.seen.insert(mac, digest);
+        Ok(TokenId(id))
     }
 }
 
@@ -130,11 +136,12 @@ mod tests {
         let token = generate_token();
         assert!(token.starts_with("kp-") && token.len() == 51);
         let hash = hash_token(&token);
-        set.replace([hash.as_str()]);
+        set.replace([(hash.as_str(), 7)]);
         let mut h = HeaderMap::new();
         assert!(matches!(set.check(&h), Err(ApiError::MissingToken)));
         h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-        assert!(set.check(&h).is_ok());
+        assert_eq!(set.check(&h).unwrap(), TokenId(7));
+        assert_eq!(set.check(&h).unwrap(), TokenId(7), "remembered, still its own id");
         set.replace([]);
         assert!(matches!(set.check(&h), Err(ApiError::InvalidToken)));
     }
@@ -143,7 +150,7 @@ mod tests {
     fn a_token_remembered_after_passing_is_refused_once_revoked() {
         let set = TokenSet::default();
         let (kept, revoked) = (generate_token(), generate_token());
-        set.replace([hash_token(&kept).as_str(), hash_token(&revoked).as_str()]);
+        set.replace([(hash_token(&kept).as_str(), 1), (hash_token(&revoked).as_str(), 2)]);
         let with = |t: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
@@ -151,12 +158,12 @@ mod tests {
         };
         // Twice each: the second check is answered from the remembered MAC.
         for _ in 0..2 {
-            assert!(set.check(&with(&kept)).is_ok());
-            assert!(set.check(&with(&revoked)).is_ok());
+            assert_eq!(set.check(&with(&kept)).unwrap(), TokenId(1));
+            assert_eq!(set.check(&with(&revoked)).unwrap(), TokenId(2));
         }
-        set.replace([hash_token(&kept).as_str()]);
+        set.replace([(hash_token(&kept).as_str(), 1)]);
         assert!(matches!(set.check(&with(&revoked)), Err(ApiError::InvalidToken)));
-        assert!(set.check(&with(&kept)).is_ok());
+        assert_eq!(set.check(&with(&kept)).unwrap(), TokenId(1));
         // A token differing in one character is not taken for a remembered one.
         let mut near = kept.clone();
         near.pop();
@@ -167,7 +174,7 @@ mod tests {
     #[test]
     fn wrong_tokens_are_not_remembered() {
         let set = TokenSet::default();
-        set.replace([hash_token(&generate_token()).as_str()]);
+        set.replace([(hash_token(&generate_token()).as_str(), 1)]);
         for _ in 0..100 {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, format!("Bearer {}", generate_token()).parse().unwrap());

@@ -182,6 +182,17 @@ impl ApiError {
         }
     }
 
+    /// The OpenAI `code` of this error (`no_usable_keys`, `invalid_api_key`, …):
+    /// also the request record's `error_type`.
+    pub fn code(&self) -> &'static str {
+        self.status_type_code().2
+    }
+
+    /// The status the caller gets for this error.
+    pub fn status(&self) -> StatusCode {
+        self.status_type_code().0
+    }
+
     fn json(&self) -> serde_json::Value {
         let (_, kind, code) = self.status_type_code();
         let param = match self {

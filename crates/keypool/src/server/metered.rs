@@ -11,7 +11,8 @@ use futures_util::{Stream, StreamExt};
 use keypool_sse::{StreamProtocol, Terminal, UsageStripper, UsageTap};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::Price;
+use super::context::RequestContext;
+use crate::config::models::ModelPrice;
 use crate::scheduler::{KeyLease, Outcome, Verdict};
 use crate::upstream::{BodyError, ByteStream};
 
@@ -31,7 +32,7 @@ pub struct Metered {
     tap: UsageTap,
     stripper: Option<UsageStripper>,
     lease: Option<KeyLease>,
-    price: Option<Price>,
+    price: Option<ModelPrice>,
     sse: bool,
     idle: Duration,
     /// Fires at the idle timeout or the total deadline, whichever is first.
@@ -41,6 +42,8 @@ pub struct Metered {
     tail: Option<Bytes>,
     done: bool,
     expect: Expect,
+    /// The request's context, ended with the answer.
+    ctx: Option<Box<RequestContext>>,
 }
 
 /// What the request leads keypool to expect of its answer.
@@ -60,7 +63,7 @@ impl Metered {
         tap: UsageTap,
         stripper: Option<UsageStripper>,
         lease: KeyLease,
-        price: Option<Price>,
+        price: Option<ModelPrice>,
         sse: bool,
         idle: Duration,
         total: Instant,
@@ -79,6 +82,7 @@ impl Metered {
             tail: None,
             done: false,
             expect: Expect::default(),
+            ctx: None,
         }
     }
 
@@ -86,6 +90,12 @@ impl Metered {
     /// stream to end when the upstream closes, and no prompt).
     pub fn expect(mut self, expect: Expect) -> Metered {
         self.expect = expect;
+        self
+    }
+
+    /// Hands the body the request's context, to end when the body ends.
+    pub fn context(mut self, ctx: Box<RequestContext>) -> Metered {
+        self.ctx = Some(ctx);
         self
     }
 
@@ -110,11 +120,20 @@ impl Metered {
                 );
             }
             let cost_micros = match (usage, self.price) {
-                (Some(u), Some(p)) => Some(super::proxy::micros(u.prompt_tokens, u.completion_tokens, p)),
+                (Some(u), Some(p)) => Some(p.cost_micros(&u)),
                 (Some(_), None) => Some(0),
                 _ => None,
             };
             lease.finish(Outcome { success, usage, cost_micros, verdict });
+            if let Some(mut ctx) = self.ctx.take() {
+                ctx.usage(usage, cost_micros);
+                if verdict == Verdict::Cancelled {
+                    ctx.cancelled();
+                } else if !success {
+                    ctx.interrupted();
+                }
+                ctx.end();
+            }
         }
     }
 

@@ -5,6 +5,7 @@ mod accept;
 mod attempt;
 mod auth;
 mod charge;
+mod context;
 mod error;
 mod inspect;
 mod metered;
@@ -23,7 +24,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 
-pub use auth::{generate_token, hash_token, TokenSet, TOKEN_PREFIX};
+pub use auth::{generate_token, hash_token, TokenId, TokenSet, TOKEN_PREFIX};
+pub use context::{RequestContext, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
 pub use error::{ApiError, Fault};
 pub use pace::CallerPace;
 pub use signal::GraceEnd;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub config: Config,
     /// Model prices already resolved (this worker's; see `PriceCache`).
     pub prices: crate::config::models::PriceCache,
+    /// Where each request's record goes when it ends.
+    pub recorder: crate::records::Recorder,
 }
 
 /// The router. Layers, outermost first: none yet beyond axum's own; the body

@@ -1,13 +1,14 @@
 //! The pass-through handler for everything under `/v1/`: inspect, lease a
 //! key, send, and retry on another key while nothing has reached the caller.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyDataStream, BodyExt};
@@ -15,12 +16,15 @@ use keypool_sse::{BodyKind, UsageStripper, UsageTap};
 use tokio::time::Instant;
 
 use super::attempt::{full_jitter, key_account_mismatch, scrub, Failed};
+use super::context::{RequestContext, REQUEST_ID_HEADER};
 use super::error::ApiError;
 use super::inspect::{inspect, with_include_usage};
 use super::metered::{Expect, Metered};
 use super::upload::{watch_upload, Sent};
 use super::AppState;
+use crate::config::models::ModelPrice;
 use crate::config::AuthMode;
+use crate::records::error_type;
 use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
@@ -37,26 +41,75 @@ fn reports_stream_usage(rest: &str) -> bool {
     matches!(rest.trim_end_matches('/'), "chat/completions" | "completions")
 }
 
-pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+/// Runs `$method` on the request's context while the handler still holds it.
+macro_rules! ctx {
+    ($slot:expr, $method:ident $(, $arg:expr)*) => {
+        if let Some(c) = $slot.as_deref_mut() {
+            c.$method($($arg),*);
+        }
+    };
+}
+
+/// The handler: the request's context begins here and, unless its answer's
+/// body took it over (a 2xx answer, ended when the body ends), ends here.
+/// Every answer carries `x-keypool-request-id`.
+pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
-    if app.config.auth == AuthMode::Token {
-        app.tokens.check(req.headers())?;
-    }
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
+    let mut slot = Some(Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started)));
+    let id = slot.as_deref().and_then(RequestContext::request_id_header);
+    let mut response = match handle(&app, parts, body, started, &mut slot).await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(c) = slot.as_deref_mut() {
+                c.attempt_ended(0, e.code());
+                c.error(e.code());
+            }
+            e.into_response()
+        }
+    };
+    if let Some(ctx) = slot.take() {
+        ctx.end_as(response.status().as_u16());
+    }
+    if let Some(id) = id {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+async fn handle(
+    app: &Arc<AppState>,
+    parts: http::request::Parts,
+    body: Body,
+    started: Instant,
+    slot: &mut Option<Box<RequestContext>>,
+) -> Result<Response, ApiError> {
+    if app.config.auth == AuthMode::Token {
+        let token = app.tokens.check(&parts.headers)?;
+        ctx!(slot, set_token, token);
+    }
     let rest = parts.uri.path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
     let url =
         app.upstream.url_for(&rest, parts.uri.query()).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
     let exact = app.scheduler.counts_tokens() || !app.config.prices.is_empty();
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     let shape = inspected.shape;
-    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.prices.price_of(&app.config, m));
+    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.prices.model_price_of(&app.config, m));
     let model = shape.as_ref().and_then(|s| s.model.clone());
+    ctx!(
+        slot,
+        set_request,
+        model.as_deref(),
+        shape.as_ref().is_some_and(|s| s.stream),
+        shape.as_ref().and_then(|s| s.user.as_deref())
+    );
     let expect = Expect {
         protocol: keypool_sse::StreamProtocol::for_path(&rest),
         prompt_tokens: shape.as_ref().map_or(0, |s| s.prompt_tokens),
     };
     let Outgoing { mut body, mut replay, mut caller_body, mut strip_usage, upload } =
-        outgoing(&app, inspected.body, shape.as_ref(), &rest);
+        outgoing(app, inspected.body, shape.as_ref(), &rest);
     let policy = &app.config.retry;
     // Per-model timeouts and deadline, by the one glob rule (config::models).
     let timeouts = &app.config.timeouts_for(model.as_deref());
@@ -86,7 +139,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             Some(lease) => Ok(lease),
             // Again each attempt: a refusal may just have taught the scheduler
             // that the upstream charges more than the first estimate assumed.
-            None => app.scheduler.acquire_avoiding(app.demand(shape.as_ref(), price), &avoid, &exclude).await,
+            None => {
+                let asked = Instant::now();
+                let acquired = app
+                    .scheduler
+                    .acquire_avoiding(app.demand(shape.as_ref(), price.map(|p| p.price())), &avoid, &exclude)
+                    .await;
+                ctx!(slot, waited, asked);
+                acquired
+            }
         };
         let mut lease = match acquired {
             Ok(lease) => lease,
@@ -99,6 +160,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 // No key left after refusals that were not the keys' own: say what the upstream said.
                 if let Some(failed) = last.filter(|f| f.needs_other_key() && !f.blames_key()) {
                     if matches!(e, NoKey::NoKeys | NoKey::Unusable(_)) {
+                        ctx!(slot, error, failed.reason());
                         return Ok(failed.into_response(attempts, tried.len()));
                     }
                 }
@@ -119,6 +181,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             (None, None) => return Err(ApiError::Internal("a streamed body cannot be sent twice")),
         };
         lease.mark_sent();
+        ctx!(slot, attempt_sent, key_id);
         let sending = app.upstream.send(
             parts.method.clone(),
             url.clone(),
@@ -184,23 +247,28 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 Failed::Network { timed_out: false, why }
             }
             Sending::Answered(Ok(upstream)) => {
-                match answer(
-                    &app,
-                    upstream,
-                    lease,
-                    price,
-                    strip_usage,
-                    expect,
-                    Pace { idle: timeouts.idle, end: started + timeouts.total },
-                )
-                .await
-                {
+                ctx!(slot, answered, upstream.headers());
+                let reading =
+                    Reading { idle: timeouts.idle, end: started + timeouts.total, expect, price, strip_usage };
+                match answer(app, slot, upstream, lease, reading).await {
                     Ok(response) => {
                         // Only the caller's own account headers make a mismatch the caller's.
                         let caller_account_sent =
                             app.config.server.forward_account_headers && parts.headers.keys().any(is_account_header);
                         match key_account_mismatch(response, caller_account_sent).await {
                             Ok(response) => {
+                                // Not a 2xx (whose body took the context): the caller's own error.
+                                if let Some(c) = slot.as_deref_mut() {
+                                    let status = response.status();
+                                    let failed = status.is_client_error() || status.is_server_error();
+                                    c.attempt_ended(
+                                        status.as_u16(),
+                                        if failed { error_type::CALLER_ERROR } else { "ok" },
+                                    );
+                                    if failed {
+                                        c.error(error_type::CALLER_ERROR);
+                                    }
+                                }
                                 app.quirks.note_status(response.status(), &url);
                                 if response.status().is_success() {
                                     // Another key was served where these were refused: the
@@ -221,6 +289,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                         // The upstream does not know the `stream_options` keypool
                         // added: the caller's own body, unchanged, on the same key.
                         app.quirks.note_refuses_stream_options();
+                        ctx!(slot, attempt_ended, 400, "stream_options_refused");
                         strip_usage = false;
                         replay = caller_body.take();
                         held = Some(lease);
@@ -230,6 +299,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
                 }
             }
         };
+        ctx!(slot, attempt_ended, failed.status(), failed.reason());
         if !avoid.contains(&key_id) {
             avoid.push(key_id);
         }
@@ -269,6 +339,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Result<Res
             failed.needs_other_key() && !failed.blames_key() && tried.len() >= app.scheduler.usable_keys().max(1);
         let generation_may_run_on = timed_out && timeouts_retried > policy.first_byte_retries;
         if attempts > policy.max_retries || replay.is_none() || out_of_time || no_other_key || generation_may_run_on {
+            ctx!(slot, error, failed.reason());
             return Ok(failed.into_response(attempts, tried.len()));
         }
         crate::metrics::retry(failed.reason());
@@ -386,25 +457,29 @@ async fn first_byte(
     }
 }
 
-/// How long an answer's body may take: the longest silence between two
-/// chunks, and the instant the whole request must end (the model's timeouts).
+/// How an answer's body is read: the longest silence between two chunks,
+/// the instant the whole request must end (the model's timeouts), what the
+/// answer should look like, its price, and whether keypool asked for the
+/// stream's usage itself (and hides it).
 #[derive(Clone, Copy)]
-struct Pace {
+struct Reading {
     idle: Duration,
     end: Instant,
+    expect: Expect,
+    price: Option<ModelPrice>,
+    strip_usage: bool,
 }
 
 /// An answer arrived: stream it to the caller, pass a caller's error through
 /// unchanged, or report a failure the policy retries.
 async fn answer(
     app: &AppState,
+    slot: &mut Option<Box<RequestContext>>,
     upstream: Answer,
     lease: KeyLease,
-    price: Option<crate::config::Price>,
-    strip_usage: bool,
-    expect: Expect,
-    pace: Pace,
+    reading: Reading,
 ) -> Result<Response, Failed> {
+    let Reading { idle, end, expect, price, strip_usage } = reading;
     let status = upstream.status();
     lease.observe(&rate_info(upstream.headers()), status.is_success());
     tracing::debug!(key_id = lease.key_id(), %status, "upstream answered");
@@ -425,8 +500,8 @@ async fn answer(
         let mut prefix = Vec::new();
         let mut complete = true;
         loop {
-            let Ok(next) = tokio::time::timeout(pace.idle, rest.frame()).await else {
-                tracing::warn!(key_id = lease.key_id(), idle = ?pace.idle, "upstream error body stalled part-way");
+            let Ok(next) = tokio::time::timeout(idle, rest.frame()).await else {
+                tracing::warn!(key_id = lease.key_id(), ?idle, "upstream error body stalled part-way");
                 complete = false;
                 break;
             };
@@ -476,17 +551,23 @@ async fn answer(
         // An nginx in front must pass events on as they come, not buffer them.
         headers.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
     }
-    let metered = Metered::new(
+    let mut metered = Metered::new(
         BodyDataStream::new(upstream.into_body()).boxed(),
         UsageTap::new(kind),
         strip_usage.then(UsageStripper::new),
         lease,
         price,
         kind == BodyKind::Sse,
-        pace.idle,
-        pace.end,
+        idle,
+        end,
     )
     .expect(expect);
+    // The body ends the request now: when it ends, or when the caller leaves.
+    if let Some(mut c) = slot.take() {
+        c.attempt_ended(status.as_u16(), "ok");
+        c.status(status.as_u16());
+        metered = metered.context(c);
+    }
     Ok(respond(status, headers, Body::from_stream(metered)))
 }
 
@@ -505,9 +586,4 @@ impl AppState {
             self.scheduler.forgive_connect_failures();
         }
     }
-}
-
-/// Cost in micro-USD: a price per million tokens is micro-USD per token.
-pub fn micros(prompt: u64, completion: u64, price: crate::config::Price) -> u64 {
-    (prompt as f64 * price.input + completion as f64 * price.output).ceil() as u64
 }

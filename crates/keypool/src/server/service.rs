@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -152,11 +153,13 @@ pub struct CallerService {
     router: Router,
     conn: Arc<ConnState>,
     pacing: Arc<Pacing>,
+    /// The caller's address, given to handlers as axum's `ConnectInfo`.
+    peer: SocketAddr,
 }
 
 impl CallerService {
-    pub fn new(router: Router, conn: Arc<ConnState>, pacing: Arc<Pacing>) -> CallerService {
-        CallerService { router, conn, pacing }
+    pub fn new(router: Router, conn: Arc<ConnState>, pacing: Arc<Pacing>, peer: SocketAddr) -> CallerService {
+        CallerService { router, conn, pacing, peer }
     }
 
     /// The state of the connection this serves.
@@ -178,6 +181,7 @@ where
         let busy = Busy::new(&self.conn);
         let pace = CallerPace::default();
         req.extensions_mut().insert(pace.clone());
+        req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         let (rate, window) = (self.pacing.min_body_rate, self.pacing.window);
         let req = req.map(|body| MinRate::new(body, rate, window, pace.clone()));
         let ending = self.pacing.ending.clone();

@@ -171,10 +171,10 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, ed
     // grace ends, so a connection's task is woken then and the requests it
     // holds see the grace over (CallerService).
     let closing = edge.ending.token().child_token();
-    while let Some((stream, _peer, permit)) = handoff.recv().await {
+    while let Some((stream, peer, permit)) = handoff.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => {
-                let service = CallerService::new(router.clone(), Arc::new(ConnState::new()), Arc::clone(&pacing));
+                let service = CallerService::new(router.clone(), Arc::new(ConnState::new()), Arc::clone(&pacing), peer);
                 let serving =
                     serve_connection(stream, service, Arc::clone(&protocols), closing.clone(), edge.ending.clone());
                 connections.spawn(async move {

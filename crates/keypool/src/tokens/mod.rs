@@ -180,6 +180,8 @@ pub struct PromptShape {
     pub include_usage: Option<bool>,
     /// The endpoint produces no completion tokens (embeddings, moderations).
     pub input_only: bool,
+    /// `user`: the caller's id for its own end user (OpenAI's field).
+    pub user: Option<String>,
 }
 
 /// Characters per token in OpenAI's admission estimate of a prompt ("about

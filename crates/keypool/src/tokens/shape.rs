@@ -63,6 +63,9 @@ struct Probe {
     stream: Lenient<bool>,
     #[serde(default)]
     stream_options: Lenient<StreamOptions>,
+    /// OpenAI's end-user id, kept in the request's record.
+    #[serde(default)]
+    user: Lenient<String>,
 }
 
 /// A field read only if it has the expected shape. keypool is no stricter
@@ -480,6 +483,7 @@ pub fn shape_of(
         stream: probe.stream.get().unwrap_or(false),
         include_usage: probe.stream_options.get().and_then(|o| o.include_usage.get()),
         input_only: input_only(endpoint),
+        user: probe.user.get(),
     })
 }
 

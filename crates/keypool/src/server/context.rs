@@ -1,0 +1,265 @@
+//! One request's context, from the edge to its one end.
+//!
+//! Created when a request reaches the handler, it gathers what the request
+//! did (who sent it, what it asked for, each attempt, the wait, the first
+//! byte, the usage and cost) and is ended exactly once: by the handler for
+//! an answer that is complete when it leaves (an error, a small body), by
+//! the answer's body when a streamed answer ends, or, when neither happens
+//! (the caller went away, the server stopped), when it is dropped. Its end
+//! produces the request's record.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::{request::Parts, HeaderMap, HeaderValue};
+use keypool_sse::Usage;
+use tokio::time::Instant;
+
+use super::auth::TokenId;
+use crate::records::{error_type, Attempt, Recorder, RequestRecord};
+use crate::store::now_unix_ms;
+
+/// The response header carrying keypool's request id.
+pub const REQUEST_ID_HEADER: &str = "x-keypool-request-id";
+/// OpenAI's header for a caller's own request id: adopted as keypool's.
+pub const CLIENT_REQUEST_ID_HEADER: &str = "x-client-request-id";
+/// Longest `X-Client-Request-Id` adopted, as OpenAI allows (512 ASCII characters).
+const CLIENT_REQUEST_ID_MAX: usize = 512;
+/// Longest user agent, `user` field or upstream request id kept in a record.
+const TEXT_MAX: usize = 512;
+
+/// One request's facts, ended once (see the module's comment). Boxed by its
+/// owner so that the futures carrying it stay small.
+#[derive(Debug)]
+pub struct RequestContext {
+    recorder: Recorder,
+    started: Instant,
+    record: RequestRecord,
+    /// The attempt under way: its key and when it was sent.
+    attempt: Option<(i64, Instant)>,
+    ended: bool,
+}
+
+impl RequestContext {
+    /// A context for the request whose head is `parts`, sent from `client`.
+    pub fn begin(recorder: Recorder, parts: &Parts, client: Option<SocketAddr>, started: Instant) -> RequestContext {
+        let headers = &parts.headers;
+        let request_id = client_request_id(headers).map_or_else(new_request_id, str::to_owned);
+        RequestContext {
+            recorder,
+            started,
+            record: RequestRecord {
+                request_id,
+                started_at: now_unix_ms(),
+                client_addr: client.map(|a| a.ip().to_string()),
+                user_agent: text_header(headers, axum::http::header::USER_AGENT.as_str()),
+                method: parts.method.as_str().to_owned(),
+                path: parts.uri.path().chars().take(TEXT_MAX).collect(),
+                ..RequestRecord::default()
+            },
+            attempt: None,
+            ended: false,
+        }
+    }
+
+    /// keypool's id for this request (`x-keypool-request-id`).
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
+    /// The request id as a response header value.
+    pub fn request_id_header(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&self.record.request_id).ok()
+    }
+
+    pub fn set_token(&mut self, token: TokenId) {
+        self.record.token_id = Some(token.0);
+    }
+
+    /// What inspection read from the body: the model, whether it streams,
+    /// and OpenAI's end-user id (`user`).
+    pub fn set_request(&mut self, model: Option<&str>, stream: bool, end_user: Option<&str>) {
+        self.record.model = model.map(|m| m.chars().take(TEXT_MAX).collect());
+        self.record.stream = stream;
+        self.record.end_user = end_user.map(|u| u.chars().take(TEXT_MAX).collect());
+    }
+
+    /// Time spent in the scheduler's queue before a key had room.
+    pub fn waited(&mut self, since: Instant) {
+        let us = micros(Instant::now().saturating_duration_since(since));
+        self.record.queue_wait_us = self.record.queue_wait_us.saturating_add(us);
+    }
+
+    /// An attempt is sent with `key_id`.
+    pub fn attempt_sent(&mut self, key_id: i64) {
+        self.close_attempt(0, "unfinished");
+        self.attempt = Some((key_id, Instant::now()));
+        self.record.key_id = Some(key_id);
+    }
+
+    /// The attempt under way ended: the upstream's status (0 when none came) and why.
+    pub fn attempt_ended(&mut self, status: u16, reason: &str) {
+        self.close_attempt(status, reason);
+    }
+
+    fn close_attempt(&mut self, status: u16, reason: &str) {
+        if let Some((key_id, sent)) = self.attempt.take() {
+            let duration_us = micros(Instant::now().saturating_duration_since(sent));
+            self.record.attempts.push(Attempt { key_id, status, reason: reason.to_owned(), duration_us });
+        }
+    }
+
+    /// The upstream's answer head arrived: the time to first byte, and the
+    /// upstream's own request id.
+    pub fn answered(&mut self, upstream: &HeaderMap) {
+        self.record.ttfb_us = Some(micros(Instant::now().saturating_duration_since(self.started)));
+        self.record.upstream_request_id = text_header(upstream, "x-request-id");
+    }
+
+    /// The status the caller gets.
+    pub fn status(&mut self, status: u16) {
+        self.record.status = status;
+    }
+
+    /// Why the request failed, in keypool's words: an [`ApiError`]'s code,
+    /// an attempt's reason, or one of [`error_type`]'s.
+    ///
+    /// [`ApiError`]: super::ApiError
+    pub fn error(&mut self, kind: &str) {
+        self.record.error_type = Some(kind.to_owned());
+    }
+
+    /// The answer's usage and cost, once known.
+    pub fn usage(&mut self, usage: Option<Usage>, cost_micros: Option<u64>) {
+        if let Some(u) = usage {
+            self.record.prompt_tokens = Some(u.prompt_tokens);
+            self.record.completion_tokens = Some(u.completion_tokens);
+            self.record.cached_tokens = Some(u.cached_tokens);
+            self.record.reasoning_tokens = Some(u.reasoning_tokens);
+            self.record.usage_estimated = u.estimated;
+        }
+        self.record.cost_micros = cost_micros;
+    }
+
+    /// The answer broke off after part of it reached the caller.
+    pub fn interrupted(&mut self) {
+        self.record.error_type = Some(error_type::STREAM_INTERRUPTED.to_owned());
+    }
+
+    /// The caller went away before the answer was complete.
+    pub fn cancelled(&mut self) {
+        self.record.cancelled = true;
+        if self.record.error_type.is_none() {
+            self.record.error_type = Some(error_type::CANCELLED.to_owned());
+        }
+    }
+
+    /// Ends the request: its record goes to the writer. Dropping the
+    /// context ends it too (as cancelled, when nothing answered).
+    pub fn end(mut self) {
+        self.finish();
+    }
+
+    /// Ends the request with the status the caller got, unless one was set
+    /// before; a failure that no one named is the upstream's.
+    pub fn end_as(mut self, status: u16) {
+        if self.record.status == 0 {
+            self.record.status = status;
+        }
+        if self.record.status >= 400 && self.record.error_type.is_none() {
+            self.record.error_type = Some(error_type::UPSTREAM_ERROR.to_owned());
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        self.close_attempt(0, "cancelled");
+        self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
+        if self.recorder.is_on() {
+            self.recorder.record(std::mem::take(&mut self.record));
+        }
+    }
+}
+
+impl Drop for RequestContext {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Nothing ended it: the handler was dropped (the caller went
+            // away, or the server stopped) before an answer was complete.
+            if self.record.status == 0 {
+                self.cancelled();
+            }
+            self.finish();
+        }
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A header's value as text, cut to [`TEXT_MAX`] characters; `None` when absent or not text.
+fn text_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let value = headers.get(name)?.to_str().ok()?;
+    Some(value.chars().take(TEXT_MAX).collect())
+}
+
+/// The caller's `X-Client-Request-Id` when usable as an id: 1 to 512
+/// printable ASCII characters (OpenAI's rule for the header). Another one
+/// is ignored (the request is not refused for it) and keypool makes its own.
+fn client_request_id(headers: &HeaderMap) -> Option<&str> {
+    let id = headers.get(CLIENT_REQUEST_ID_HEADER)?.to_str().ok()?.trim();
+    let printable = id.bytes().all(|b| b.is_ascii_graphic());
+    (!id.is_empty() && id.len() <= CLIENT_REQUEST_ID_MAX && printable).then_some(id)
+}
+
+/// A new request id: `req_`, then 32 hex digits: the time in milliseconds
+/// (so ids sort by arrival), a counter, and random bits, so ids from
+/// several instances do not collide.
+fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let ms = u64::try_from(now_unix_ms()).unwrap_or(0);
+    let random: u32 = rand::random();
+    format!(
+        "req_{:012x}{:04x}{:08x}{:08x}",
+        ms & 0xffff_ffff_ffff,
+        n & 0xffff,
+        random,
+        (n >> 16) as u32 ^ random.rotate_left(13)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_callers_request_id_is_adopted_only_when_it_is_a_usable_id() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_request_id(&h), None);
+        h.insert(CLIENT_REQUEST_ID_HEADER, HeaderValue::from_static("my-trace-42"));
+        assert_eq!(client_request_id(&h), Some("my-trace-42"));
+        for bad in ["", "has space", &"x".repeat(513)] {
+            h.insert(CLIENT_REQUEST_ID_HEADER, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(client_request_id(&h), None, "{bad:?}");
+        }
+        h.insert(CLIENT_REQUEST_ID_HEADER, HeaderValue::from_bytes("é".as_bytes()).unwrap());
+        assert_eq!(client_request_id(&h), None);
+        h.insert(CLIENT_REQUEST_ID_HEADER, HeaderValue::from_str(&"x".repeat(512)).unwrap());
+        assert!(client_request_id(&h).is_some());
+    }
+
+    #[test]
+    fn request_ids_are_distinct_and_sort_by_time() {
+        let ids: Vec<String> = (0..1000).map(|_| new_request_id()).collect();
+        let set: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(set.len(), ids.len());
+        assert!(ids.iter().all(|id| id.len() == 36 && id.starts_with("req_")));
+        assert!(ids.windows(2).all(|w| w[0][4..16] <= w[1][4..16]), "the time comes first");
+    }
+}
