@@ -6,25 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::scratch::Scratch;
+use common::scratch::{both, Scratch};
 use keypool::config::Config;
 use keypool::server::{generate_token, hash_token};
 use keypool::store::{
     now_unix_ms, AddOutcome, Backend, Create, KeyChange, NewKey, SavedDim, SavedHealth, SavedKeyState, Store,
     StoreError, UsageDelta,
 };
-
-/// One `#[tokio::test]` per backend for each body: `sqlite::NAME` and `postgres::NAME`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Scratch::sqlite().await).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Scratch::postgres().await).await })*
-        }
-    };
-}
 
 both!(
     duplicate_keys_are_reported_not_inserted,

@@ -89,3 +89,18 @@ impl Drop for Scratch {
         }
     }
 }
+
+/// One `#[tokio::test]` per backend for each body: `sqlite::NAME` and `postgres::NAME`.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Scratch::sqlite().await).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Scratch::postgres().await).await })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both;

@@ -1,0 +1,485 @@
+//! The request log, on SQLite and on PostgreSQL: every caller request ends
+//! in exactly one record saying what it did, written off the request path,
+//! kept through a stop, and never dropped without being counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::scratch::{both, Scratch};
+use futures_util::StreamExt;
+use keypool::app::Running;
+use keypool::config::Config;
+use keypool::records::RequestRecord;
+use keypool::server::{generate_token, hash_token};
+use keypool::store::{Backend, NewKey};
+use keypool_sim::{KeyState, SimConfig, SimKey, Simulator};
+use sqlx::Connection;
+
+both!(
+    every_request_ends_in_one_record_of_what_it_did,
+    a_retried_request_records_each_attempt,
+    a_caller_who_leaves_mid_stream_is_recorded_as_cancelled,
+    records_wait_while_the_database_is_locked_and_overflow_is_counted,
+);
+
+struct Gateway {
+    gateway: Running,
+    _sim: Simulator,
+    token: String,
+    token_id: i64,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    async fn start(db: &Scratch, sim: SimConfig, keys: &[&str], tweak: impl FnOnce(&mut Config)) -> Gateway {
+        Gateway::start_at(db, &db.url, sim, keys, tweak).await
+    }
+
+    /// A gateway reaching `db` by another URL (through a proxy).
+    async fn start_at(
+        db: &Scratch,
+        url: &str,
+        sim: SimConfig,
+        keys: &[&str],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Gateway {
+        let sim = Simulator::start(sim).await.unwrap();
+        for k in keys {
+            db.store.add_key(&NewKey { secret: (*k).into(), ..NewKey::default() }).await.unwrap();
+        }
+        let token = generate_token();
+        let token_id = db.store.create_token("caller", &hash_token(&token), "kp-c").await.unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: sim.base_url(),
+            database_url: url.to_owned(),
+            sync_interval: Duration::from_millis(100),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let gateway = keypool::app::start(&config).await.unwrap();
+        Gateway { gateway, _sim: sim, token, token_id, client: reqwest::Client::new() }
+    }
+
+    fn chat(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}/chat/completions", self.gateway.base_url())).bearer_auth(&self.token).json(&body)
+    }
+}
+
+fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": stream,
+        "user": "end-user-7",
+    })
+}
+
+/// The records, oldest first, once `n` are in the store.
+async fn records(db: &Scratch, n: usize) -> Vec<RequestRecord> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut got = db.store.recent_requests(1000).await.unwrap();
+        if got.len() >= n {
+            got.reverse();
+            return got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} records expected, found {}", got.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn every_request_ends_in_one_record_of_what_it_did(db: Scratch) {
+    let gw =
+        Gateway::start(&db, SimConfig { accept_any_key: true, ..SimConfig::default() }, &["sk-one-0123456789"], |_| {})
+            .await;
+    // 1. A plain answer, with the caller's own request id.
+    let r = gw
+        .chat(chat_body(false))
+        .header("X-Client-Request-Id", "trace-abc-1")
+        .header("user-agent", "tests/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-keypool-request-id"], "trace-abc-1", "the caller's id is adopted");
+    let upstream_id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+    assert!(upstream_id.is_some(), "the upstream's own x-request-id is passed through");
+    r.bytes().await.unwrap();
+    // 2. A stream, read to its end.
+    let r = gw.chat(chat_body(true)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let stream_id = r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
+    assert!(stream_id.starts_with("req_"), "{stream_id}");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("[DONE]"));
+    // 3. The caller's mistake, refused by keypool.
+    let r = gw
+        .client
+        .post(format!("{}/chat/completions", gw.gateway.base_url()))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let bad_json_id = r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
+    // 4. A wrong gateway token.
+    let r = gw
+        .client
+        .post(format!("{}/chat/completions", gw.gateway.base_url()))
+        .bearer_auth("kp-wrong")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("x-keypool-request-id"));
+
+    let got = records(&db, 4).await;
+    assert_eq!(got.len(), 4, "one record per request: {got:#?}");
+    let plain = &got[0];
+    assert_eq!(plain.request_id, "trace-abc-1");
+    assert_eq!(plain.token_id, Some(gw.token_id));
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.error_type, None);
+    assert_eq!(plain.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(plain.end_user.as_deref(), Some("end-user-7"));
+    assert_eq!(plain.user_agent.as_deref(), Some("tests/1"));
+    assert_eq!(plain.client_addr.as_deref(), Some("127.0.0.1"));
+    assert_eq!((plain.method.as_str(), plain.path.as_str()), ("POST", "/v1/chat/completions"));
+    assert!(!plain.stream && !plain.cancelled);
+    assert_eq!(plain.upstream_request_id, upstream_id);
+    assert_eq!(plain.attempts.len(), 1);
+    assert_eq!((plain.attempts[0].status, plain.attempts[0].reason.as_str()), (200, "ok"));
+    assert_eq!(plain.key_id, Some(plain.attempts[0].key_id));
+    assert!(plain.prompt_tokens.is_some_and(|t| t > 0) && plain.completion_tokens.is_some_and(|t| t > 0), "{plain:?}");
+    assert!(plain.ttfb_us.is_some_and(|t| t > 0 && t <= plain.duration_us), "{plain:?}");
+    assert!(plain.started_at > 1_700_000_000_000, "Unix milliseconds");
+
+    let streamed = &got[1];
+    assert_eq!(streamed.request_id, stream_id);
+    assert!(streamed.stream && !streamed.cancelled && streamed.status == 200 && streamed.error_type.is_none());
+    assert!(streamed.completion_tokens.is_some_and(|t| t > 0), "usage of a stream: {streamed:?}");
+    assert!(!streamed.usage_estimated, "keypool asked for the stream's usage");
+
+    let bad = &got[2];
+    assert_eq!(bad.request_id, bad_json_id);
+    assert_eq!((bad.status, bad.error_type.as_deref()), (400, Some("invalid_json")));
+    assert!(bad.attempts.is_empty() && bad.key_id.is_none());
+    assert_eq!(bad.token_id, Some(gw.token_id));
+
+    let refused = &got[3];
+    assert_eq!((refused.status, refused.error_type.as_deref(), refused.token_id), (401, Some("invalid_api_key"), None));
+    gw.gateway.shutdown().await.unwrap();
+    assert_eq!(db.store.count_requests().await.unwrap(), 4, "nothing written twice");
+    // No key or gateway token in any record.
+    let all = serde_json::to_string(&db.store.recent_requests(10).await.unwrap()).unwrap();
+    assert!(!all.contains("sk-one") && !all.contains(&gw.token) && !all.contains("kp-wrong"), "{all}");
+}
+
+async fn a_retried_request_records_each_attempt(db: Scratch) {
+    let sim = SimConfig {
+        keys: vec![SimKey::new("sk-revoked-0123456789").state(KeyState::Invalid), SimKey::new("sk-good-0123456789")],
+        ..SimConfig::default()
+    };
+    let gw = Gateway::start(&db, sim, &["sk-revoked-0123456789", "sk-good-0123456789"], |_| {}).await;
+    // Whichever key the first request gets, the revoked one is tried within two.
+    for _ in 0..2 {
+        let r = gw.chat(chat_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let got = records(&db, 2).await;
+    let retried = got.iter().find(|r| r.attempts.len() == 2).expect("one request was retried");
+    let (first, second) = (&retried.attempts[0], &retried.attempts[1]);
+    assert_eq!((first.status, first.reason.as_str()), (401, "invalid_key"));
+    assert_eq!((second.status, second.reason.as_str()), (200, "ok"));
+    assert_ne!(first.key_id, second.key_id);
+    assert_eq!(retried.key_id, Some(second.key_id));
+    assert_eq!((retried.status, retried.error_type.as_deref()), (200, None));
+    gw.gateway.shutdown().await.unwrap();
+}
+
+async fn a_caller_who_leaves_mid_stream_is_recorded_as_cancelled(db: Scratch) {
+    let sim = SimConfig {
+        accept_any_key: true,
+        stream_chunks: 20,
+        chunk_interval: Duration::from_millis(100),
+        ..SimConfig::default()
+    };
+    let gw = Gateway::start(&db, sim, &["sk-one-0123456789"], |_| {}).await;
+    let r = gw.chat(chat_body(true)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
+    let mut body = r.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let got = records(&db, 1).await;
+    assert_eq!(got[0].request_id, id);
+    assert!(got[0].cancelled, "{:?}", got[0]);
+    assert_eq!(got[0].error_type.as_deref(), Some("cancelled"));
+    assert!(got[0].duration_us < 1_900_000, "ended when the caller left, not with the stream");
+    gw.gateway.shutdown().await.unwrap();
+    assert_eq!(db.store.count_requests().await.unwrap(), 1);
+}
+
+/// The database is held (a write lock on SQLite, a table lock on
+/// PostgreSQL) while requests go on: they all succeed, records wait in
+/// the buffer, what does not fit is counted as dropped, and the rest is
+/// written once the lock goes.
+async fn records_wait_while_the_database_is_locked_and_overflow_is_counted(db: Scratch) {
+    let gw =
+        Gateway::start(&db, SimConfig { accept_any_key: true, ..SimConfig::default() }, &["sk-one-0123456789"], |c| {
+            c.records.buffer = 3;
+            c.records.batch = 2;
+            c.records.flush_interval = Duration::from_secs(5);
+        })
+        .await;
+    let lock = hold(&db).await;
+    let sent = 12;
+    for _ in 0..sent {
+        let r = gw.chat(chat_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "requests never wait on the database");
+        r.bytes().await.unwrap();
+    }
+    // The writer holds one batch (2) and the buffer 3: the rest is dropped, counted.
+    let recorder = gw.gateway.recorder().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorder.dropped() < sent - 5 {
+        assert!(tokio::time::Instant::now() < deadline, "dropped: {}", recorder.dropped());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(recorder.written(), 0, "nothing gets past the lock");
+    release(lock).await;
+    gw.gateway.shutdown().await.unwrap();
+    assert_eq!(recorder.written() + recorder.dropped(), sent);
+    assert_eq!(recorder.dropped(), sent - 5);
+    assert_eq!(db.store.count_requests().await.unwrap(), recorder.written());
+}
+
+enum Lock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+async fn hold(db: &Scratch) -> Lock {
+    match db.store.backend() {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut c).await.unwrap();
+            Lock::Sqlite(c)
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE").execute(&mut c).await.unwrap();
+            Lock::Postgres(c)
+        }
+    }
+}
+
+async fn release(lock: Lock) {
+    match lock {
+        Lock::Sqlite(mut c) => sqlx::query("COMMIT").execute(&mut c).await.map(drop).unwrap(),
+        Lock::Postgres(mut c) => sqlx::query("COMMIT").execute(&mut c).await.map(drop).unwrap(),
+    }
+}
+
+// ---- A stop under load ----------------------------------------------------------
+
+mod stop {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_stop_with_500_requests_in_flight_answers_and_records_each_once() {
+        a_stop_with_500_requests_in_flight_answers_and_records_each_once(Scratch::sqlite().await).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_stop_with_500_requests_in_flight_answers_and_records_each_once() {
+        a_stop_with_500_requests_in_flight_answers_and_records_each_once(Scratch::postgres().await).await
+    }
+}
+
+/// The built binary, stopped by SIGTERM while 500 requests wait on an
+/// upstream that takes 1.5 s: every request is answered 200, the process
+/// exits 0, and the log holds exactly one record per request, as many as
+/// the simulator served, each under the id its caller was given.
+async fn a_stop_with_500_requests_in_flight_answers_and_records_each_once(db: Scratch) {
+    use std::io::BufRead;
+    const IN_FLIGHT: usize = 500;
+    let sim = Simulator::start(SimConfig {
+        accept_any_key: true,
+        latency: Duration::from_millis(1500),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    db.store.add_key(&NewKey { secret: "sk-stop-0123456789".into(), ..NewKey::default() }).await.unwrap();
+    let token = generate_token();
+    db.store.create_token("t", &hash_token(&token), "kp-t").await.unwrap();
+    // Each request holds a descriptor for the caller, the gateway and the
+    // upstream side: raise the limit for the server (the test's own is the
+    // machine's, 20,000 here, far above the 2,000 it needs).
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 8192 2>/dev/null || ulimit -n 4096; exec \"$0\" serve --listen 127.0.0.1:0 --upstream \"$1\"",
+        ])
+        .arg(env!("CARGO_BIN_EXE_keypool"))
+        .arg(sim.base_url())
+        .env("KEYPOOL_DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("[keypool] {line}");
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the server printed its address");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let sent = client.post(&url).bearer_auth(&token).json(&chat_body(false)).send();
+            tokio::spawn(async move {
+                let r = sent.await.unwrap();
+                let id = r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
+                (r.status().as_u16(), id, r.bytes().await.is_ok())
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sim.stats().total_requests < IN_FLIGHT as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "in flight: {}", sim.stats().total_requests);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let mut ids = std::collections::HashSet::new();
+    for r in requests {
+        let (status, id, read) = r.await.unwrap();
+        assert_eq!((status, read), (200, true), "every request in flight is answered");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), IN_FLIGHT, "each request has its own id");
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(exited.expect("the server exits after a stop").success());
+    // Everything was written before the process exited: nothing to wait for.
+    assert_eq!(db.store.count_requests().await.unwrap(), sim.stats().total_requests);
+    let recorded = db.store.recent_requests(10_000).await.unwrap();
+    assert_eq!(recorded.len(), IN_FLIGHT);
+    assert!(recorded.iter().all(|r| r.status == 200 && ids.contains(&r.request_id)), "one record per request");
+}
+
+// ---- PostgreSQL out of reach ------------------------------------------------------
+
+/// A loopback TCP proxy to PostgreSQL that the test can cut (every open
+/// connection closed, new ones closed at once) and restore, so only this
+/// test's gateway loses its database.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Cuttable {
+    async fn start(target: String) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut caller, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    drop(caller);
+                    continue;
+                }
+                let mut watch = watch.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut caller, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Cuttable { addr, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// PostgreSQL is out of reach for 10 s while requests keep coming: none of
+/// them fails for it, and every record is written once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_out_of_reach_for_10s_loses_no_request_and_no_record() {
+    let db = Scratch::postgres().await;
+    let url = reqwest::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = Cuttable::start(target).await;
+    let mut through = url.clone();
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr.port())).unwrap();
+    let sim = SimConfig { accept_any_key: true, ..SimConfig::default() };
+    let gw = Gateway::start_at(&db, through.as_str(), sim, &["sk-out-0123456789"], |_| {}).await;
+    let recorder = gw.gateway.recorder().clone();
+    let mut sent = 0u64;
+    let mut send = async |n: usize| {
+        for _ in 0..n {
+            let r = gw.chat(chat_body(false)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "no request fails for the database");
+            r.bytes().await.unwrap();
+            sent += 1;
+        }
+    };
+    send(20).await;
+    proxy.set_cut(true);
+    let back = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < back {
+        send(10).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set_cut(false);
+    send(20).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while db.store.count_requests().await.unwrap() < sent {
+        assert!(tokio::time::Instant::now() < deadline, "records written after the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.gateway.shutdown().await.unwrap();
+    assert_eq!(db.store.count_requests().await.unwrap(), sent, "each record once");
+    assert_eq!(recorder.dropped(), 0);
+    assert_eq!(recorder.written(), sent);
+}
