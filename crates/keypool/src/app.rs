@@ -38,6 +38,7 @@ pub struct Running {
     /// The request log's writer, stopped once no request can end any more.
     writer: Option<WriterHandle>,
     recorder: Recorder,
+    store: Store,
 }
 
 impl Running {
@@ -73,9 +74,11 @@ impl Running {
     /// Stops accepting, lets open requests finish for at most
     /// `server.shutdown_grace` (or until [`Running::hurry`]), then ends those
     /// still open (event streams with an error event, waiting requests with
-    /// 503), writes every request record still queued (for at most
-    /// [`LAST_WRITE`], or 1 s once hurried) and the last usage.
+    /// 503), then writes every request record still queued (until the
+    /// grace, [`ENDING_WAIT`] and [`LAST_WRITE`] have passed since the stop
+    /// began, or for 0.8 s once hurried) and the last usage totals.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let stopping = tokio::time::Instant::now();
         self.stop.cancel();
         let mut server = self.server;
         let mut served = tokio::select! {
@@ -94,11 +97,20 @@ impl Running {
                 _ = self.hurry.cancelled() => None,
             };
         }
-        if let Some(writer) = self.writer {
-            writer.stop(tokio::time::Instant::now() + LAST_WRITE, self.hurry.clone()).await;
-        }
+        // The records and the usage totals are written side by side, so
+        // neither waits on the other's database trouble.
+        let last_write =
+            (stopping + self.grace + ENDING_WAIT + LAST_WRITE).max(tokio::time::Instant::now() + MIN_LAST_WRITE);
+        let records = async {
+            if let Some(writer) = self.writer {
+                writer.stop(last_write, self.hurry.clone()).await;
+            }
+        };
         self.sync_stop.cancel();
-        self.sync.await?;
+        let ((), synced) = tokio::join!(records, self.sync);
+        // Closed once both are done: they share its connections.
+        self.store.close().await;
+        synced?;
         match served {
             Some(served) => served??,
             None => tracing::warn!("some connections were still open when keypool stopped"),
@@ -109,9 +121,13 @@ impl Running {
 
 /// How long connections have to close once their answers were ended.
 const ENDING_WAIT: Duration = Duration::from_secs(2);
-/// Longest the request log's last write may take at a stop (a database
-/// that is down is retried until then).
-const LAST_WRITE: Duration = Duration::from_secs(5);
+/// What the request log's last write may take past the grace and
+/// [`ENDING_WAIT`] (a database that is down is retried until then): with the
+/// default 25 s grace the whole stop ends within 29 s, inside Kubernetes'
+/// 30 s before SIGKILL.
+const LAST_WRITE: Duration = Duration::from_secs(2);
+/// The least the last write gets, however long the stop took before it.
+const MIN_LAST_WRITE: Duration = Duration::from_secs(1);
 
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
@@ -141,6 +157,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     } else {
         (Recorder::off(), None)
     };
+    let sync_store = store.clone();
     let mut sync = Sync {
         store,
         scheduler: Arc::clone(&scheduler),
@@ -217,6 +234,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         sync,
         writer,
         recorder,
+        store: sync_store,
     })
 }
 
@@ -248,7 +266,6 @@ impl Sync {
         }
         self.flush().await;
         self.save_key_states().await;
-        self.store.close().await;
     }
 
     /// Takes back what an earlier run learned about the keys (before serving).

@@ -7,6 +7,8 @@ mod writer;
 
 pub use writer::{spawn, Recorder, RecordsConfig, WriterHandle};
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// One caller request, as stored in the `requests` table. Times are Unix
@@ -33,7 +35,7 @@ pub struct RequestRecord {
     /// The status the caller got; 0 when the caller went away before any.
     pub status: u16,
     /// Why it failed, in keypool's words (see [`error_type`]); `None` on success.
-    pub error_type: Option<String>,
+    pub error_type: Option<Cow<'static, str>>,
     /// The key of the last attempt.
     pub key_id: Option<i64>,
     pub attempts: Vec<Attempt>,
@@ -65,7 +67,7 @@ pub struct Attempt {
     /// The upstream's status; 0 when none came (a timeout, a failed connection).
     pub status: u16,
     /// `ok`, or why it failed (`rate_limited`, `invalid_key`, `timeout`, …).
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     /// From the send to the answer head (or the failure), µs.
     pub duration_us: u64,
 }
@@ -81,4 +83,6 @@ pub mod error_type {
     pub const CALLER_ERROR: &str = "caller_error";
     /// An upstream answer that failed, with no more specific word for it.
     pub const UPSTREAM_ERROR: &str = "upstream_error";
+    /// The gateway stopped: the request was cut at the end of the grace.
+    pub const SHUTTING_DOWN: &str = "gateway_shutting_down";
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::RequestRecord;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How records are buffered and batched (`[records]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub struct Recorder {
 
 #[derive(Debug, Default)]
 struct Counts {
+    /// Taken into the buffer.
+    accepted: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
     /// When the last "records dropped" warning was logged (ms since `origin`).
@@ -57,6 +59,11 @@ struct Counts {
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Counts {
+    fn written(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::records_written(n);
+    }
+
     fn dropped(&self, reason: &'static str) {
         let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         crate::metrics::records_dropped(reason, 1);
@@ -90,7 +97,9 @@ impl Recorder {
     pub fn record(&self, record: RequestRecord) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(record) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => self.counts.dropped("buffer_full"),
             Err(TrySendError::Closed(_)) => self.counts.dropped("stopped"),
         }
@@ -112,6 +121,7 @@ impl Recorder {
 pub struct WriterHandle {
     stop: Arc<Stop>,
     join: JoinHandle<()>,
+    counts: Arc<Counts>,
 }
 
 #[derive(Debug, Default)]
@@ -126,25 +136,44 @@ impl WriterHandle {
     /// a failing store until `until`) and returns when done; records still
     /// unwritten then are counted as dropped and logged. Once `hurry` is
     /// cancelled (a second signal), the last attempt ends within
-    /// [`HURRY`] at most.
-    ///
-    /// [`HURRY`]: crate::shutdown::HURRY
+    /// [`HURRIED`].
     pub async fn stop(self, until: Instant, hurry: CancellationToken) {
         self.stop.set_until(until);
         self.stop.token.cancel();
         let mut join = self.join;
+        // The writer watches its deadline; this bounds a write that would
+        // not end (a connection hung at the socket) all the same.
         let joined = tokio::select! {
-            joined = &mut join => joined,
+            joined = &mut join => Some(joined),
+            _ = tokio::time::sleep_until(until + OVERRUN) => None,
             _ = hurry.cancelled() => {
-                self.stop.set_until(Instant::now() + crate::shutdown::HURRY);
-                join.await
+                let soon = Instant::now() + HURRIED;
+                self.stop.set_until(soon);
+                tokio::time::timeout_at(soon + OVERRUN, &mut join).await.ok()
             }
         };
-        if let Err(e) = joined {
-            tracing::error!(error = %e, "the record writer failed");
+        match joined {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::error!(error = %e, "the record writer failed"),
+            None => {
+                join.abort();
+                let c = &self.counts;
+                let accepted = c.accepted.load(Ordering::Relaxed);
+                let settled = c.written.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed);
+                let lost = accepted.saturating_sub(settled);
+                c.dropped.fetch_add(lost, Ordering::Relaxed);
+                crate::metrics::records_dropped("stopped", lost);
+                tracing::error!(records = lost, "the record writer did not finish in time; its records are lost");
+            }
         }
     }
 }
+
+/// After a second signal, the writer's last write ends within this (the
+/// whole stop then has [`crate::shutdown::HURRY`], the usage totals too).
+const HURRIED: Duration = Duration::from_millis(800);
+/// How far past its deadline a stopping writer is waited for.
+const OVERRUN: Duration = Duration::from_millis(100);
 
 impl Stop {
     /// Moves the deadline of the last write forward (never back).
@@ -162,7 +191,7 @@ pub fn spawn(store: Store, config: RecordsConfig) -> (Recorder, WriterHandle) {
     let stop = Arc::new(Stop::default());
     let writer = Writer { store, config, rx, counts: Arc::clone(&counts), stop: Arc::clone(&stop) };
     let join = tokio::spawn(writer.run());
-    (Recorder { tx: Some(tx), counts }, WriterHandle { stop, join })
+    (Recorder { tx: Some(tx), counts: Arc::clone(&counts) }, WriterHandle { stop, join, counts })
 }
 
 struct Writer {
@@ -176,13 +205,15 @@ struct Writer {
 /// First pause after a failed write; it doubles up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
-/// How often a write at stop looks whether its deadline has passed.
+/// How often a write at stop looks whether its deadline has passed (and
+/// its pause between tries).
 const DEADLINE_CHECK: Duration = Duration::from_millis(50);
 
 impl Writer {
     async fn run(mut self) {
         let batch_max = self.config.batch.max(1);
-        let mut batch: Vec<RequestRecord> = Vec::with_capacity(batch_max);
+        // Grows to `batch_max` as batches fill (never allocated whole up front).
+        let mut batch: Vec<RequestRecord> = Vec::with_capacity(batch_max.min(1024));
         while !self.stop.token.is_cancelled() {
             if batch.is_empty() {
                 tokio::select! {
@@ -200,9 +231,7 @@ impl Writer {
                     }
                 }
             }
-            if self.write(&batch).await {
-                batch.clear();
-            }
+            self.write(&mut batch).await;
         }
         // Stopping: nothing new comes in; what is queued is written.
         self.rx.close();
@@ -214,28 +243,59 @@ impl Writer {
             if batch.is_empty() {
                 return;
             }
-            if !self.write_until_stopped(&batch).await {
+            if !self.write_until_stopped(&mut batch).await {
                 let left = batch.len() + self.rx.len();
                 self.counts.dropped.fetch_add(left as u64, Ordering::Relaxed);
                 crate::metrics::records_dropped("stopped", left as u64);
                 tracing::error!(records = left, "request records not written before the stop's deadline; lost");
                 return;
             }
-            batch.clear();
         }
     }
 
+    /// One try at the batch; it is empty afterwards unless the store failed
+    /// in a way that may pass (the records not yet written stay). A record
+    /// the database refuses (a value it cannot store) must not hold up the
+    /// rest: after such a failure the batch is written record by record,
+    /// and each refused one is dropped, counted and logged.
+    async fn attempt(&self, batch: &mut Vec<RequestRecord>) -> Result<(), StoreError> {
+        match self.store.insert_requests(batch).await {
+            Ok(()) => {
+                self.counts.written(batch.len());
+                batch.clear();
+                return Ok(());
+            }
+            Err(e) if !e.is_permanent() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the database refused a batch of request records; writing them one by one")
+            }
+        }
+        let mut done = 0;
+        let result = loop {
+            let Some(record) = batch.get(done) else { break Ok(()) };
+            match self.store.insert_requests(std::slice::from_ref(record)).await {
+                Ok(()) => self.counts.written(1),
+                Err(e) if e.is_permanent() => {
+                    tracing::warn!(error = %e, request_id = %record.request_id, "the database refused a request record; dropped");
+                    self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::records_dropped("refused", 1);
+                }
+                Err(e) => break Err(e),
+            }
+            done += 1;
+        };
+        batch.drain(..done);
+        result
+    }
+
     /// Writes the batch, retrying with a growing pause while the store
-    /// fails; `false` when a stop came first (the batch is kept).
-    async fn write(&self, batch: &[RequestRecord]) -> bool {
+    /// fails. Returns when written, or when a stop came first (the batch is
+    /// kept for the last write).
+    async fn write(&self, batch: &mut Vec<RequestRecord>) {
         let mut pause = BACKOFF_BASE;
         loop {
-            match self.store.insert_requests(batch).await {
-                Ok(()) => {
-                    self.counts.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    crate::metrics::records_written(batch.len());
-                    return true;
-                }
+            match self.attempt(batch).await {
+                Ok(()) => return,
                 Err(e) => {
                     crate::metrics::record_write_error();
                     tracing::warn!(error = %e, records = batch.len(), queued = self.rx.len(), "could not write request records; retrying");
@@ -244,41 +304,38 @@ impl Writer {
             // Records keep queueing meanwhile; a stop ends the pause.
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = self.stop.token.cancelled() => return false,
+                _ = self.stop.token.cancelled() => return,
             }
             pause = (pause * 2).min(BACKOFF_CAP);
         }
     }
 
     /// Retries until the stop's deadline (which a second signal brings
-    /// forward); `true` when written.
-    async fn write_until_stopped(&self, batch: &[RequestRecord]) -> bool {
-        let mut pause = BACKOFF_BASE;
+    /// forward), watching it during each write and each pause; `true` when
+    /// written.
+    async fn write_until_stopped(&self, batch: &mut Vec<RequestRecord>) -> bool {
         loop {
-            let insert = self.store.insert_requests(batch);
-            tokio::pin!(insert);
-            let done = loop {
-                tokio::select! {
-                    done = &mut insert => break done,
-                    _ = tokio::time::sleep(DEADLINE_CHECK) => if Instant::now() >= self.deadline() { return false },
+            let done = {
+                let attempt = self.attempt(batch);
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        done = &mut attempt => break done,
+                        _ = tokio::time::sleep(DEADLINE_CHECK) => if Instant::now() >= self.deadline() { return false },
+                    }
                 }
             };
             match done {
-                Ok(()) => {
-                    self.counts.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    crate::metrics::records_written(batch.len());
-                    return true;
-                }
+                Ok(()) => return true,
                 Err(e) => {
                     crate::metrics::record_write_error();
                     tracing::warn!(error = %e, records = batch.len(), "could not write request records at stop; retrying");
                 }
             }
-            if Instant::now() + pause >= self.deadline() {
+            if Instant::now() + DEADLINE_CHECK >= self.deadline() {
                 return false;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(BACKOFF_CAP);
+            tokio::time::sleep(DEADLINE_CHECK).await;
         }
     }
 

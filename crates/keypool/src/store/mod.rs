@@ -48,6 +48,23 @@ pub enum StoreError {
     TokenNameTaken(String),
 }
 
+impl StoreError {
+    /// Whether the database refused the data itself (a value it cannot
+    /// store, a constraint), so the same write would fail again; a lost
+    /// connection, a timeout or a lock may pass.
+    pub fn is_permanent(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else { return false };
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            // SQLSTATE classes 22 (data exception), 23 (integrity constraint
+            // violation) and 54 (program limit exceeded).
+            return ["22", "23", "54"].iter().any(|class| pg.code().starts_with(class));
+        }
+        // SQLite's primary result codes: TOOBIG, CONSTRAINT, MISMATCH, RANGE.
+        let primary = db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
+        matches!(primary, Some(18 | 19 | 20 | 25))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
         StoreError::Database(e)

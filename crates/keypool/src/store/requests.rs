@@ -1,6 +1,8 @@
 //! The request log's table: batched inserts from the record writer, and
 //! the reads behind `requests show` and the admin API.
 
+use std::borrow::Cow;
+
 use sqlx::QueryBuilder;
 
 use super::row::{i64_of, u64_of, Columns};
@@ -35,7 +37,7 @@ impl RequestRecord {
             model: row.col("model")?,
             stream: row.col("stream")?,
             status: u16::try_from(row.col::<i64>("status")?).unwrap_or(0),
-            error_type: row.col("error_type")?,
+            error_type: row.col::<Option<String>>("error_type")?.map(Cow::Owned),
             key_id: row.col("key_id")?,
             attempts,
             queue_wait_us: u64_of(row.col("queue_wait_us")?),
