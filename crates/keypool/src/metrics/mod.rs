@@ -4,7 +4,8 @@
 
 /// Key state changes, labelled by key id and the state entered.
 pub const KEY_TRANSITIONS: &str = "keypool_key_transitions_total";
-/// Requests refused because every key was at its limit, by reason.
+/// Requests refused, by reason: `busy`, `budget`, `no_key` (no key could
+/// take them), `token` (no live gateway token).
 pub const REQUESTS_REFUSED: &str = "keypool_requests_refused_total";
 
 pub fn key_transition(key_id: i64, to: &'static str) {

@@ -16,6 +16,7 @@ use keypool_sse::Usage;
 use tokio::time::Instant;
 
 use super::auth::TokenId;
+use super::signal::GraceEnd;
 use crate::records::{error_type, Attempt, Recorder, RequestRecord};
 use crate::store::now_unix_ms;
 
@@ -37,6 +38,11 @@ pub struct RequestContext {
     record: RequestRecord,
     /// The attempt under way: its key and when it was sent.
     attempt: Option<(i64, Instant)>,
+    /// Waiting for a key (or for the upstream's breaker) since then.
+    queued: Option<Instant>,
+    /// Ended when the stop's grace has passed: what is cut then was cut by
+    /// the gateway, not left by the caller.
+    grace: Option<GraceEnd>,
     ended: bool,
 }
 
@@ -45,6 +51,7 @@ impl RequestContext {
     pub fn begin(recorder: Recorder, parts: &Parts, client: Option<SocketAddr>, started: Instant) -> RequestContext {
         let headers = &parts.headers;
         let request_id = client_request_id(headers).map_or_else(new_request_id, str::to_owned);
+        let grace = parts.extensions.get::<GraceEnd>().cloned();
         RequestContext {
             recorder,
             started,
@@ -54,10 +61,12 @@ impl RequestContext {
                 client_addr: client.map(|a| a.ip().to_string()),
                 user_agent: text_header(headers, axum::http::header::USER_AGENT.as_str()),
                 method: parts.method.as_str().to_owned(),
-                path: parts.uri.path().chars().take(TEXT_MAX).collect(),
+                path: text(parts.uri.path()),
                 ..RequestRecord::default()
             },
             attempt: None,
+            queued: None,
+            grace,
             ended: false,
         }
     }
@@ -79,15 +88,25 @@ impl RequestContext {
     /// What inspection read from the body: the model, whether it streams,
     /// and OpenAI's end-user id (`user`).
     pub fn set_request(&mut self, model: Option<&str>, stream: bool, end_user: Option<&str>) {
-        self.record.model = model.map(|m| m.chars().take(TEXT_MAX).collect());
+        self.record.model = model.map(text);
         self.record.stream = stream;
-        self.record.end_user = end_user.map(|u| u.chars().take(TEXT_MAX).collect());
+        self.record.end_user = end_user.map(text);
     }
 
-    /// Time spent in the scheduler's queue before a key had room.
-    pub fn waited(&mut self, since: Instant) {
-        let us = micros(Instant::now().saturating_duration_since(since));
-        self.record.queue_wait_us = self.record.queue_wait_us.saturating_add(us);
+    /// The request starts waiting for a key with room (or for the
+    /// upstream's breaker to close).
+    pub fn queue(&mut self) {
+        self.unqueue();
+        self.queued = Some(Instant::now());
+    }
+
+    /// The wait is over; it counts in `queue_wait_us` (so does a wait the
+    /// caller gave up on, when the context ends).
+    pub fn unqueue(&mut self) {
+        if let Some(since) = self.queued.take() {
+            let us = micros(Instant::now().saturating_duration_since(since));
+            self.record.queue_wait_us = self.record.queue_wait_us.saturating_add(us);
+        }
     }
 
     /// An attempt is sent with `key_id`.
@@ -98,14 +117,14 @@ impl RequestContext {
     }
 
     /// The attempt under way ended: the upstream's status (0 when none came) and why.
-    pub fn attempt_ended(&mut self, status: u16, reason: &str) {
+    pub fn attempt_ended(&mut self, status: u16, reason: &'static str) {
         self.close_attempt(status, reason);
     }
 
-    fn close_attempt(&mut self, status: u16, reason: &str) {
+    fn close_attempt(&mut self, status: u16, reason: &'static str) {
         if let Some((key_id, sent)) = self.attempt.take() {
             let duration_us = micros(Instant::now().saturating_duration_since(sent));
-            self.record.attempts.push(Attempt { key_id, status, reason: reason.to_owned(), duration_us });
+            self.record.attempts.push(Attempt { key_id, status, reason: reason.into(), duration_us });
         }
     }
 
@@ -125,8 +144,8 @@ impl RequestContext {
     /// an attempt's reason, or one of [`error_type`]'s.
     ///
     /// [`ApiError`]: super::ApiError
-    pub fn error(&mut self, kind: &str) {
-        self.record.error_type = Some(kind.to_owned());
+    pub fn error(&mut self, kind: &'static str) {
+        self.record.error_type = Some(kind.into());
     }
 
     /// The answer's usage and cost, once known.
@@ -143,14 +162,23 @@ impl RequestContext {
 
     /// The answer broke off after part of it reached the caller.
     pub fn interrupted(&mut self) {
-        self.record.error_type = Some(error_type::STREAM_INTERRUPTED.to_owned());
+        self.record.error_type = Some(error_type::STREAM_INTERRUPTED.into());
     }
 
-    /// The caller went away before the answer was complete.
+    /// The request ended before its answer was complete: the caller went
+    /// away, or the gateway cut it at the end of the stop's grace (an open
+    /// stream got its error event, a waiting request 503).
     pub fn cancelled(&mut self) {
+        if self.grace.as_ref().is_some_and(GraceEnd::has_passed) {
+            if self.record.status == 0 {
+                self.record.status = 503;
+            }
+            self.record.error_type = Some(error_type::SHUTTING_DOWN.into());
+            return;
+        }
         self.record.cancelled = true;
         if self.record.error_type.is_none() {
-            self.record.error_type = Some(error_type::CANCELLED.to_owned());
+            self.record.error_type = Some(error_type::CANCELLED.into());
         }
     }
 
@@ -167,7 +195,7 @@ impl RequestContext {
             self.record.status = status;
         }
         if self.record.status >= 400 && self.record.error_type.is_none() {
-            self.record.error_type = Some(error_type::UPSTREAM_ERROR.to_owned());
+            self.record.error_type = Some(error_type::UPSTREAM_ERROR.into());
         }
         self.finish();
     }
@@ -176,6 +204,7 @@ impl RequestContext {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
+        self.unqueue();
         self.close_attempt(0, "cancelled");
         self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
         if self.recorder.is_on() {
@@ -201,10 +230,22 @@ fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// A header's value as text, cut to [`TEXT_MAX`] characters; `None` when absent or not text.
+/// A header's value as [`text`]; `None` when absent or not text.
 fn text_header(headers: &HeaderMap, name: &str) -> Option<String> {
-    let value = headers.get(name)?.to_str().ok()?;
-    Some(value.chars().take(TEXT_MAX).collect())
+    Some(text(headers.get(name)?.to_str().ok()?))
+}
+
+/// Caller-given text as a record keeps it: at most [`TEXT_MAX`] characters,
+/// without NUL characters (a JSON string may carry `\u0000`, which
+/// PostgreSQL refuses in text: one such request must not stop the log).
+fn text(s: &str) -> String {
+    let cut = s.char_indices().nth(TEXT_MAX).map_or(s.len(), |(i, _)| i);
+    let s = &s[..cut];
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s.to_owned()
+    }
 }
 
 /// The caller's `X-Client-Request-Id` when usable as an id: 1 to 512
@@ -252,6 +293,13 @@ mod tests {
         assert_eq!(client_request_id(&h), None);
         h.insert(CLIENT_REQUEST_ID_HEADER, HeaderValue::from_str(&"x".repeat(512)).unwrap());
         assert!(client_request_id(&h).is_some());
+    }
+
+    #[test]
+    fn caller_text_is_cut_and_loses_nul_characters() {
+        assert_eq!(text("a\0b"), "ab");
+        assert_eq!(text(&"é".repeat(600)).chars().count(), TEXT_MAX);
+        assert_eq!(text("plain"), "plain");
     }
 
     #[test]

@@ -126,7 +126,8 @@ impl Metered {
             };
             lease.finish(Outcome { success, usage, cost_micros, verdict });
             if let Some(mut ctx) = self.ctx.take() {
-                ctx.usage(usage, cost_micros);
+                // An unpriced model's cost is unknown, not free.
+                ctx.usage(usage, self.price.and(cost_micros));
                 if verdict == Verdict::Cancelled {
                     ctx.cancelled();
                 } else if !success {

@@ -50,14 +50,32 @@ macro_rules! ctx {
     };
 }
 
-/// The handler: the request's context begins here and, unless its answer's
-/// body took it over (a 2xx answer, ended when the body ends), ends here.
-/// Every answer carries `x-keypool-request-id`.
+/// The handler: once the gateway token passed, the request's context begins
+/// here and, unless its answer's body took it over (a 2xx answer, ended when
+/// the body ends), ends here. Every answer it makes carries
+/// `x-keypool-request-id` (not the edge's own: a 503 at the end of the
+/// stop's grace, a body too slow to arrive).
 pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
+    // A request without a live token is charged to no one and leaves no
+    // record: a flood of them must not fill the log (nor its buffer).
+    let token = match app.config.auth {
+        AuthMode::Token => match app.tokens.check(req.headers()) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                crate::metrics::request_refused("token");
+                return e.into_response();
+            }
+        },
+        AuthMode::None => None,
+    };
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
-    let mut slot = Some(Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started)));
+    let mut ctx = Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started));
+    if let Some(token) = token {
+        ctx.set_token(token);
+    }
+    let mut slot = Some(ctx);
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
     let mut response = match handle(&app, parts, body, started, &mut slot).await {
         Ok(response) => response,
@@ -85,10 +103,6 @@ async fn handle(
     started: Instant,
     slot: &mut Option<Box<RequestContext>>,
 ) -> Result<Response, ApiError> {
-    if app.config.auth == AuthMode::Token {
-        let token = app.tokens.check(&parts.headers)?;
-        ctx!(slot, set_token, token);
-    }
     let rest = parts.uri.path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
     let url =
         app.upstream.url_for(&rest, parts.uri.query()).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
@@ -131,7 +145,10 @@ async fn handle(
     loop {
         if app.breaker.is_open() {
             let until = deadline.min(Instant::now() + app.config.pool.max_wait);
-            if !app.breaker.wait_closed(until).await {
+            ctx!(slot, queue);
+            let closed = app.breaker.wait_closed(until).await;
+            ctx!(slot, unqueue);
+            if !closed {
                 return Err(ApiError::UpstreamDown { attempts });
             }
         }
@@ -140,12 +157,12 @@ async fn handle(
             // Again each attempt: a refusal may just have taught the scheduler
             // that the upstream charges more than the first estimate assumed.
             None => {
-                let asked = Instant::now();
+                ctx!(slot, queue);
                 let acquired = app
                     .scheduler
                     .acquire_avoiding(app.demand(shape.as_ref(), price.map(|p| p.price())), &avoid, &exclude)
                     .await;
-                ctx!(slot, waited, asked);
+                ctx!(slot, unqueue);
                 acquired
             }
         };
@@ -257,16 +274,20 @@ async fn handle(
                             app.config.server.forward_account_headers && parts.headers.keys().any(is_account_header);
                         match key_account_mismatch(response, caller_account_sent).await {
                             Ok(response) => {
-                                // Not a 2xx (whose body took the context): the caller's own error.
+                                // Not a 2xx (whose body took the context): the caller's
+                                // own error, or an upstream failure passed through.
                                 if let Some(c) = slot.as_deref_mut() {
                                     let status = response.status();
-                                    let failed = status.is_client_error() || status.is_server_error();
-                                    c.attempt_ended(
-                                        status.as_u16(),
-                                        if failed { error_type::CALLER_ERROR } else { "ok" },
-                                    );
-                                    if failed {
-                                        c.error(error_type::CALLER_ERROR);
+                                    let why = if status.is_server_error() {
+                                        Some(error_type::UPSTREAM_ERROR)
+                                    } else if status.is_client_error() {
+                                        Some(error_type::CALLER_ERROR)
+                                    } else {
+                                        None
+                                    };
+                                    c.attempt_ended(status.as_u16(), why.unwrap_or("ok"));
+                                    if let Some(why) = why {
+                                        c.error(why);
                                     }
                                 }
                                 app.quirks.note_status(response.status(), &url);

@@ -182,6 +182,7 @@ where
         let pace = CallerPace::default();
         req.extensions_mut().insert(pace.clone());
         req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
+        req.extensions_mut().insert(self.pacing.ending.clone());
         let (rate, window) = (self.pacing.min_body_rate, self.pacing.window);
         let req = req.map(|body| MinRate::new(body, rate, window, pace.clone()));
         let ending = self.pacing.ending.clone();
