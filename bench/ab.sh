@@ -7,6 +7,8 @@
 # `CARGO_TARGET_DIR=target cargo build --release --locked -p keypool` there
 # (it shares this tree's dependencies), then compare with ./target/release/keypool.
 # Prints every round and the median and spread of each side's requests/s.
+# A_ENV / B_ENV add settings to one side only, e.g. the request log off:
+#   B_ENV=KEYPOOL_RECORDS__ENABLED=false bash bench/ab.sh BIN BIN
 # All traffic is on loopback; everything started is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,18 +30,18 @@ wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep
 ps=$(port)
 $SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($!)
 export RUST_LOG=warn
-start() { # binary name -> "port token"
+start() { # binary name [env] -> "port token"
   local db="sqlite://$work/$2.db" p
   for i in $(seq 10); do KEYPOOL_DATABASE_URL=$db "$1" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
   local token; token=$(KEYPOOL_DATABASE_URL=$db "$1" tokens create bench 2>/dev/null)
   p=$(port)
-  KEYPOOL_DATABASE_URL=$db "$1" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>&1 &
+  env ${3:-} KEYPOOL_DATABASE_URL=$db "$1" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>&1 &
   echo $! > "$work/$2.pid"
   wait_up "http://127.0.0.1:$p/healthz"
   echo "$p $token"
 }
-read -r pa ta < <(start "$A" a)
-read -r pb tb < <(start "$B" b)
+read -r pa ta < <(start "$A" a "${A_ENV:-}")
+read -r pb tb < <(start "$B" b "${B_ENV:-}")
 BODY='{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 rps() { oha --no-tui --output-format json -z "$DURATION" -c 64 -m POST -H "Authorization: Bearer $2" \
   -H 'Content-Type: application/json' -d "$BODY" "http://127.0.0.1:$1/v1/chat/completions" |

@@ -282,23 +282,28 @@ async fn a_nul_character_from_the_caller_does_not_stop_the_log(db: Scratch) {
 }
 
 /// A record the database cannot store (here a NUL in text, which only
-/// PostgreSQL refuses) is dropped and counted; the rest of its batch is written.
+/// PostgreSQL refuses) is dropped and counted; the rest of its batch is
+/// written, whether the batch goes in one part or (PostgreSQL, 2,000
+/// records or more) in parts side by side.
 async fn a_record_the_database_refuses_does_not_hold_up_the_rest(db: Scratch) {
-    let config = keypool::records::RecordsConfig { batch: 10, ..Default::default() };
-    let (recorder, writer) = keypool::records::spawn(db.store.clone(), config);
-    for i in 0..10 {
-        let request_id = if i == 4 { "bad\0id".to_owned() } else { format!("req_{i}") };
-        recorder.record(RequestRecord {
-            request_id,
-            method: "POST".into(),
-            path: "/v1/x".into(),
-            ..Default::default()
-        });
+    for (n, bad) in [(10u64, 4u64), (3_000, 2_500)] {
+        let config = keypool::records::RecordsConfig { batch: n as usize, ..Default::default() };
+        let before = db.store.count_requests().await.unwrap();
+        let (recorder, writer) = keypool::records::spawn(db.store.clone(), config);
+        for i in 0..n {
+            let request_id = if i == bad { "bad\0id".to_owned() } else { format!("req_{i}") };
+            recorder.record(RequestRecord {
+                request_id,
+                method: "POST".into(),
+                path: "/v1/x".into(),
+                ..Default::default()
+            });
+        }
+        writer.stop(tokio::time::Instant::now() + Duration::from_secs(20), Default::default()).await;
+        let refused = u64::from(db.store.backend() == Backend::Postgres);
+        assert_eq!((recorder.written(), recorder.dropped()), (n - refused, refused), "batch of {n}");
+        assert_eq!(db.store.count_requests().await.unwrap() - before, n - refused);
     }
-    writer.stop(tokio::time::Instant::now() + Duration::from_secs(10), Default::default()).await;
-    let refused = u64::from(db.store.backend() == Backend::Postgres);
-    assert_eq!((recorder.written(), recorder.dropped()), (10 - refused, refused));
-    assert_eq!(db.store.count_requests().await.unwrap(), 10 - refused);
 }
 
 enum Lock {

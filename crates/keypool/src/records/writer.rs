@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::RequestRecord;
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 /// How records are buffered and batched (`[records]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct RecordsConfig {
 
 impl Default for RecordsConfig {
     fn default() -> RecordsConfig {
-        RecordsConfig { buffer: 100_000, batch: 1_000, flush_interval: Duration::from_millis(200) }
+        RecordsConfig { buffer: 100_000, batch: 10_000, flush_interval: Duration::from_millis(200) }
     }
 }
 
@@ -202,6 +202,11 @@ struct Writer {
     stop: Arc<Stop>,
 }
 
+/// Parts a PostgreSQL batch is written in at once, each at least
+/// [`MIN_PART`] records (docs/benchmarks.md has what it gains).
+const PARALLEL_PARTS: usize = 2;
+const MIN_PART: usize = 1_000;
+
 /// First pause after a failed write; it doubles up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
@@ -259,17 +264,44 @@ impl Writer {
     /// rest: after such a failure the batch is written record by record,
     /// and each refused one is dropped, counted and logged.
     async fn attempt(&self, batch: &mut Vec<RequestRecord>) -> Result<(), StoreError> {
-        match self.store.insert_requests(batch).await {
-            Ok(()) => {
-                self.counts.written(batch.len());
-                batch.clear();
-                return Ok(());
-            }
-            Err(e) if !e.is_permanent() => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "the database refused a batch of request records; writing them one by one")
+        // PostgreSQL takes a large batch in parts on several connections at
+        // once (its index upkeep is the bottleneck, one core per
+        // connection); SQLite has one writer at a time.
+        let parts = match self.store.backend() {
+            Backend::Postgres if batch.len() >= 2 * MIN_PART => PARALLEL_PARTS,
+            _ => 1,
+        };
+        let size = batch.len().div_ceil(parts).max(1);
+        let results = futures_util::future::join_all(batch.chunks(size).map(|c| self.store.insert_requests(c))).await;
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(()) => self.counts.written(batch.len().min((i + 1) * size) - i * size),
+                Err(e) => {
+                    failed.push(i);
+                    // A refusal of the data says more than a lost connection.
+                    if error.as_ref().is_none_or(|e: &StoreError| !e.is_permanent()) {
+                        error = Some(e);
+                    }
+                }
             }
         }
+        let Some(e) = error else {
+            batch.clear();
+            return Ok(());
+        };
+        // Each part is its own transaction: only the failed ones are kept.
+        let mut at = 0;
+        batch.retain(|_| {
+            let keep = failed.contains(&(at / size));
+            at += 1;
+            keep
+        });
+        if !e.is_permanent() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "the database refused a batch of request records; writing them one by one");
         let mut done = 0;
         let result = loop {
             let Some(record) = batch.get(done) else { break Ok(()) };

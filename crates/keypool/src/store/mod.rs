@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, UsageDelta};
@@ -237,9 +237,15 @@ impl Store {
         }
         // WAL lets the CLI write while a server reads; the busy timeout makes a
         // concurrent writer wait instead of failing with SQLITE_BUSY.
+        // In WAL mode, `synchronous = NORMAL` syncs at checkpoints only: a
+        // commit survives the process crashing (it is in the WAL), though
+        // not the machine losing power, and the request log's batches are
+        // not each held up by an fsync.
         let options = options
             .create_if_missing(create == Create::IfMissing)
             .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .pragma("cache_size", "-32768")
             .busy_timeout(Duration::from_secs(10));
         owner_only::prepare(url, options.get_filename());
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| failed(&e))?;

@@ -11,14 +11,28 @@ use crate::records::{Attempt, RequestRecord};
 
 /// Columns bound per record in an insert.
 const COLUMNS: usize = 26;
-/// Records per INSERT statement: under SQLite's 32,766 and PostgreSQL's
-/// 65,535 bound parameters.
+/// Records per SQLite INSERT statement: under its 32,766 bound parameters.
 const PER_STATEMENT: usize = 32_766 / COLUMNS;
 
 const INSERT: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
     method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
     cost_micros, cancelled, upstream_request_id) ";
+
+/// The PostgreSQL insert: one array per column, in [`INSERT`]'s order.
+const UNNEST: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
+    method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
+    duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
+    cost_micros, cancelled, upstream_request_id)
+ SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::boolean[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[],
+    $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[],
+    $22::bigint[], $23::boolean[], $24::bigint[], $25::boolean[], $26::text[])";
+
+/// A record's attempts as the `attempt_log` column keeps them (JSON).
+fn attempt_log(r: &RequestRecord) -> String {
+    serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into())
+}
 
 impl RequestRecord {
     fn from_row(row: &impl Columns) -> Result<RequestRecord, StoreError> {
@@ -61,44 +75,83 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            for chunk in records.chunks(PER_STATEMENT) {
-                let mut insert = QueryBuilder::new(INSERT);
-                insert.push_values(chunk, |mut row, r| {
-                    let log = serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into());
-                    row.push_bind(r.request_id.as_str())
-                        .push_bind(r.started_at)
-                        .push_bind(r.token_id)
-                        .push_bind(r.client_addr.as_deref())
-                        .push_bind(r.user_agent.as_deref())
-                        .push_bind(r.end_user.as_deref())
-                        .push_bind(r.method.as_str())
-                        .push_bind(r.path.as_str())
-                        .push_bind(r.model.as_deref())
-                        .push_bind(r.stream)
-                        .push_bind(i64::from(r.status))
-                        .push_bind(r.error_type.as_deref())
-                        .push_bind(r.key_id)
-                        .push_bind(i64_of(r.attempts.len() as u64))
-                        .push_bind(log)
-                        .push_bind(i64_of(r.queue_wait_us))
-                        .push_bind(r.ttfb_us.map(i64_of))
-                        .push_bind(i64_of(r.duration_us))
-                        .push_bind(r.prompt_tokens.map(i64_of))
-                        .push_bind(r.completion_tokens.map(i64_of))
-                        .push_bind(r.cached_tokens.map(i64_of))
-                        .push_bind(r.reasoning_tokens.map(i64_of))
-                        .push_bind(r.usage_estimated)
-                        .push_bind(r.cost_micros.map(i64_of))
-                        .push_bind(r.cancelled)
-                        .push_bind(r.upstream_request_id.as_deref());
-                });
-                insert.build().execute(&mut *tx).await?;
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for chunk in records.chunks(PER_STATEMENT) {
+                    let mut insert = QueryBuilder::new(INSERT);
+                    insert.push_values(chunk, |mut row, r| {
+                        row.push_bind(r.request_id.as_str())
+                            .push_bind(r.started_at)
+                            .push_bind(r.token_id)
+                            .push_bind(r.client_addr.as_deref())
+                            .push_bind(r.user_agent.as_deref())
+                            .push_bind(r.end_user.as_deref())
+                            .push_bind(r.method.as_str())
+                            .push_bind(r.path.as_str())
+                            .push_bind(r.model.as_deref())
+                            .push_bind(r.stream)
+                            .push_bind(i64::from(r.status))
+                            .push_bind(r.error_type.as_deref())
+                            .push_bind(r.key_id)
+                            .push_bind(i64_of(r.attempts.len() as u64))
+                            .push_bind(attempt_log(r))
+                            .push_bind(i64_of(r.queue_wait_us))
+                            .push_bind(r.ttfb_us.map(i64_of))
+                            .push_bind(i64_of(r.duration_us))
+                            .push_bind(r.prompt_tokens.map(i64_of))
+                            .push_bind(r.completion_tokens.map(i64_of))
+                            .push_bind(r.cached_tokens.map(i64_of))
+                            .push_bind(r.reasoning_tokens.map(i64_of))
+                            .push_bind(r.usage_estimated)
+                            .push_bind(r.cost_micros.map(i64_of))
+                            .push_bind(r.cancelled)
+                            .push_bind(r.upstream_request_id.as_deref());
+                    });
+                    insert.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
-            Ok(())
-        })
+            // One statement for any batch: each column bound as one array
+            // and unnested, so PostgreSQL parses and plans it once per
+            // connection, whatever the batch size.
+            Db::Postgres(pool) => {
+                let text = |f: fn(&RequestRecord) -> Option<&str>| records.iter().map(f).collect::<Vec<_>>();
+                let int = |f: fn(&RequestRecord) -> Option<i64>| records.iter().map(f).collect::<Vec<_>>();
+                let flag = |f: fn(&RequestRecord) -> bool| records.iter().map(f).collect::<Vec<_>>();
+                let log: Vec<String> = records.iter().map(attempt_log).collect();
+                sqlx::query(UNNEST)
+                    .bind(text(|r| Some(r.request_id.as_str())))
+                    .bind(int(|r| Some(r.started_at)))
+                    .bind(int(|r| r.token_id))
+                    .bind(text(|r| r.client_addr.as_deref()))
+                    .bind(text(|r| r.user_agent.as_deref()))
+                    .bind(text(|r| r.end_user.as_deref()))
+                    .bind(text(|r| Some(r.method.as_str())))
+                    .bind(text(|r| Some(r.path.as_str())))
+                    .bind(text(|r| r.model.as_deref()))
+                    .bind(flag(|r| r.stream))
+                    .bind(int(|r| Some(i64::from(r.status))))
+                    .bind(text(|r| r.error_type.as_deref()))
+                    .bind(int(|r| r.key_id))
+                    .bind(int(|r| Some(i64_of(r.attempts.len() as u64))))
+                    .bind(log)
+                    .bind(int(|r| Some(i64_of(r.queue_wait_us))))
+                    .bind(int(|r| r.ttfb_us.map(i64_of)))
+                    .bind(int(|r| Some(i64_of(r.duration_us))))
+                    .bind(int(|r| r.prompt_tokens.map(i64_of)))
+                    .bind(int(|r| r.completion_tokens.map(i64_of)))
+                    .bind(int(|r| r.cached_tokens.map(i64_of)))
+                    .bind(int(|r| r.reasoning_tokens.map(i64_of)))
+                    .bind(flag(|r| r.usage_estimated))
+                    .bind(int(|r| r.cost_micros.map(i64_of)))
+                    .bind(flag(|r| r.cancelled))
+                    .bind(text(|r| r.upstream_request_id.as_deref()))
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// How many requests the log holds.
