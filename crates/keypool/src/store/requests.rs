@@ -3,16 +3,29 @@
 
 use std::borrow::Cow;
 
-use sqlx::QueryBuilder;
-
 use super::row::{i64_of, u64_of, Columns};
 use super::{on_pool, Db, Store, StoreError};
 use crate::records::{Attempt, RequestRecord};
 
 /// Columns bound per record in an insert.
 const COLUMNS: usize = 26;
-/// Records per SQLite INSERT statement: under its 32,766 bound parameters.
-const PER_STATEMENT: usize = 32_766 / COLUMNS;
+
+/// SQLite's inserts: a few fixed sizes of multi-row VALUES, largest first,
+/// down to one row, so any batch is written with statements that are
+/// prepared once per connection. (One text per batch size had SQLite parse
+/// a statement of thousands of parameters for nearly every batch: 75k
+/// instructions a record under callgrind, docs/benchmarks.md.)
+fn sqlite_inserts() -> &'static [(usize, String)] {
+    static INSERTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    INSERTS.get_or_init(|| {
+        let row = format!("({})", vec!["?"; COLUMNS].join(", "));
+        // 256 rows × 26 columns: well under SQLite's 32,766 parameters.
+        [256, 16, 1]
+            .into_iter()
+            .map(|rows| (rows, format!("{INSERT}VALUES {}", vec![row.as_str(); rows].join(", "))))
+            .collect()
+    })
+}
 
 const INSERT: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
     method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
@@ -78,37 +91,43 @@ impl Store {
         match &self.db {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                for chunk in records.chunks(PER_STATEMENT) {
-                    let mut insert = QueryBuilder::new(INSERT);
-                    insert.push_values(chunk, |mut row, r| {
-                        row.push_bind(r.request_id.as_str())
-                            .push_bind(r.started_at)
-                            .push_bind(r.token_id)
-                            .push_bind(r.client_addr.as_deref())
-                            .push_bind(r.user_agent.as_deref())
-                            .push_bind(r.end_user.as_deref())
-                            .push_bind(r.method.as_str())
-                            .push_bind(r.path.as_str())
-                            .push_bind(r.model.as_deref())
-                            .push_bind(r.stream)
-                            .push_bind(i64::from(r.status))
-                            .push_bind(r.error_type.as_deref())
-                            .push_bind(r.key_id)
-                            .push_bind(i64_of(r.attempts.len() as u64))
-                            .push_bind(attempt_log(r))
-                            .push_bind(i64_of(r.queue_wait_us))
-                            .push_bind(r.ttfb_us.map(i64_of))
-                            .push_bind(i64_of(r.duration_us))
-                            .push_bind(r.prompt_tokens.map(i64_of))
-                            .push_bind(r.completion_tokens.map(i64_of))
-                            .push_bind(r.cached_tokens.map(i64_of))
-                            .push_bind(r.reasoning_tokens.map(i64_of))
-                            .push_bind(r.usage_estimated)
-                            .push_bind(r.cost_micros.map(i64_of))
-                            .push_bind(r.cancelled)
-                            .push_bind(r.upstream_request_id.as_deref());
-                    });
-                    insert.build().execute(&mut *tx).await?;
+                let mut rest = records;
+                for (rows, sql) in sqlite_inserts() {
+                    while rest.len() >= *rows {
+                        let (chunk, tail) = rest.split_at(*rows);
+                        let mut insert = sqlx::query(sql.as_str());
+                        for r in chunk {
+                            insert = insert
+                                .bind(r.request_id.as_str())
+                                .bind(r.started_at)
+                                .bind(r.token_id)
+                                .bind(r.client_addr.as_deref())
+                                .bind(r.user_agent.as_deref())
+                                .bind(r.end_user.as_deref())
+                                .bind(r.method.as_str())
+                                .bind(r.path.as_str())
+                                .bind(r.model.as_deref())
+                                .bind(r.stream)
+                                .bind(i64::from(r.status))
+                                .bind(r.error_type.as_deref())
+                                .bind(r.key_id)
+                                .bind(i64_of(r.attempts.len() as u64))
+                                .bind(attempt_log(r))
+                                .bind(i64_of(r.queue_wait_us))
+                                .bind(r.ttfb_us.map(i64_of))
+                                .bind(i64_of(r.duration_us))
+                                .bind(r.prompt_tokens.map(i64_of))
+                                .bind(r.completion_tokens.map(i64_of))
+                                .bind(r.cached_tokens.map(i64_of))
+                                .bind(r.reasoning_tokens.map(i64_of))
+                                .bind(r.usage_estimated)
+                                .bind(r.cost_micros.map(i64_of))
+                                .bind(r.cancelled)
+                                .bind(r.upstream_request_id.as_deref());
+                        }
+                        insert.execute(&mut *tx).await?;
+                        rest = tail;
+                    }
                 }
                 tx.commit().await?;
             }
