@@ -24,6 +24,7 @@ both!(
     records_wait_while_the_database_is_locked_and_overflow_is_counted,
     a_nul_character_from_the_caller_does_not_stop_the_log,
     a_record_the_database_refuses_does_not_hold_up_the_rest,
+    the_cli_shows_one_request_and_tails_the_newest,
 );
 
 struct Gateway {
@@ -303,6 +304,102 @@ async fn a_record_the_database_refuses_does_not_hold_up_the_rest(db: Scratch) {
         let refused = u64::from(db.store.backend() == Backend::Postgres);
         assert_eq!((recorder.written(), recorder.dropped()), (n - refused, refused), "batch of {n}");
         assert_eq!(db.store.count_requests().await.unwrap() - before, n - refused);
+    }
+}
+
+/// `keypool requests show ID` and `keypool requests tail` on the log a
+/// gateway wrote.
+async fn the_cli_shows_one_request_and_tails_the_newest(db: Scratch) {
+    let gw =
+        Gateway::start(&db, SimConfig { accept_any_key: true, ..SimConfig::default() }, &["sk-cli-0123456789"], |_| {})
+            .await;
+    // Following from now: each request appears as it is written.
+    let mut follow = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
+            .args(["requests", "tail", "-f", "-n", "0"])
+            .env("KEYPOOL_DATABASE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let followed = {
+        use std::io::BufRead;
+        let out = follow.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = gw.chat(chat_body(false)).header("X-Client-Request-Id", format!("cli-{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned());
+        r.bytes().await.unwrap();
+    }
+    // Polled, not blocked on: the gateway's writer runs on this thread.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        match followed.try_recv() {
+            Ok(line) => lines.push(line),
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "tail -f printed only {lines:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.contains(&format!(" cli-{i} 200 ")), "{line}");
+    }
+    drop(follow);
+    gw.gateway.shutdown().await.unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
+            .args(args)
+            .env("KEYPOOL_DATABASE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, shown, err) = cli(&["requests", "show", "cli-1"]);
+    assert!(ok, "{err}");
+    assert!(shown.contains("cli-1") && shown.contains("gpt-4o-mini") && shown.contains("attempts (1)"), "{shown}");
+    assert!(shown.contains("→ 200 ok"), "{shown}");
+    let (ok, json, _) = cli(&["requests", "show", "cli-1", "--json"]);
+    assert!(ok);
+    let record: RequestRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!((record.request_id.as_str(), record.status), ("cli-1", 200));
+    let (ok, tail, _) = cli(&["requests", "tail", "-n", "2"]);
+    assert!(ok);
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 2, "{tail}");
+    assert!(
+        lines[0].contains(" cli-1 200 POST /v1/chat/completions") && lines[1].contains(" cli-2 "),
+        "oldest first: {tail}"
+    );
+    let (ok, _, err) = cli(&["requests", "show", "no-such-id"]);
+    assert!(!ok && err.contains("no request with id"), "{err}");
+    assert_eq!(ids, ["cli-0", "cli-1", "cli-2"]);
+}
+
+/// A child process killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -6,6 +6,7 @@ mod keys;
 mod keytest;
 mod list;
 mod paste;
+mod requests;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Manage gateway tokens (what callers use as their api_key).
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// Read the request log: the newest requests, or one with its attempts.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -86,6 +90,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
     let creates = match command {
         Command::Keys(cmd) => keys::creates_database(cmd),
         Command::Tokens(cmd) => tokens::creates_database(cmd),
+        Command::Requests(_) => false,
         Command::Config(ConfigCommand::Check) => {
             eprintln!("database: {}", database_path(&config.database_url));
             return check::run(config).await;
@@ -108,6 +113,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
     let done = match command {
         Command::Keys(cmd) => keys::run(cmd, &store, config).await,
         Command::Tokens(cmd) => tokens::run(cmd, &store).await,
+        Command::Requests(cmd) => requests::run(cmd, &store).await,
         _ => Ok(()),
     };
     store.close().await;

@@ -183,12 +183,29 @@ impl Store {
 
     /// The newest `limit` records, newest first.
     pub async fn recent_requests(&self, limit: u32) -> Result<Vec<RequestRecord>, StoreError> {
+        Ok(self.recent_requests_with_ids(limit).await?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The newest `limit` records with their row ids, newest first.
+    pub async fn recent_requests_with_ids(&self, limit: u32) -> Result<Vec<(i64, RequestRecord)>, StoreError> {
         on_pool!(self, |pool| {
             let rows = sqlx::query("SELECT * FROM requests ORDER BY id DESC LIMIT $1")
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(RequestRecord::from_row).collect()
+            rows.iter().map(|row| Ok((row.col("id")?, RequestRecord::from_row(row)?))).collect()
+        })
+    }
+
+    /// Records written after the row `after` (a row id), oldest first, at most `limit`.
+    pub async fn requests_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, RequestRecord)>, StoreError> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT * FROM requests WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|row| Ok((row.col("id")?, RequestRecord::from_row(row)?))).collect()
         })
     }
 
