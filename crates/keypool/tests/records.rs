@@ -452,7 +452,6 @@ mod stop {
 /// exits 0, and the log holds exactly one record per request, as many as
 /// the simulator served, each under the id its caller was given.
 async fn a_stop_with_500_requests_in_flight_answers_and_records_each_once(db: Scratch) {
-    use std::io::BufRead;
     const IN_FLIGHT: usize = 500;
     let sim = Simulator::start(SimConfig {
         accept_any_key: true,
@@ -461,12 +460,66 @@ async fn a_stop_with_500_requests_in_flight_answers_and_records_each_once(db: Sc
     })
     .await
     .unwrap();
-    db.store.add_key(&NewKey { secret: "sk-stop-0123456789".into(), ..NewKey::default() }).await.unwrap();
+    let (mut child, addr, token) = serve_binary(&db, &sim).await;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let sent = client.post(&url).bearer_auth(&token).json(&chat_body(false)).send();
+            tokio::spawn(async move {
+                let r = sent.await.unwrap();
+                let id = r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
+                (r.status().as_u16(), id, r.bytes().await.is_ok())
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sim.stats().total_requests < IN_FLIGHT as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "in flight: {}", sim.stats().total_requests);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let mut ids = std::collections::HashSet::new();
+    for r in requests {
+        let (status, id, read) = r.await.unwrap();
+        assert_eq!((status, read), (200, true), "every request in flight is answered");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), IN_FLIGHT, "each request has its own id");
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.0.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(exited.expect("the server exits after a stop").success());
+    // Everything was written before the process exited: nothing to wait for.
+    assert_eq!(db.store.count_requests().await.unwrap(), sim.stats().total_requests);
+    let recorded = db.store.recent_requests(10_000).await.unwrap();
+    assert_eq!(recorded.len(), IN_FLIGHT);
+    assert!(recorded.iter().all(|r| r.status == 200 && ids.contains(&r.request_id)), "one record per request");
+}
+
+/// The built binary serving `db` (holding one key and one token) over
+/// `sim`: the process, its address and the token. Each request holds a
+/// descriptor for the caller, the gateway and the upstream side, so the
+/// server's open-file limit is raised (the test's own is the machine's,
+/// 20,000 here).
+async fn serve_binary(db: &Scratch, sim: &Simulator) -> (KillOnDrop, String, String) {
+    use std::io::BufRead;
+    db.store.add_key(&NewKey { secret: "sk-served-0123456789".into(), ..NewKey::default() }).await.unwrap();
     let token = generate_token();
     db.store.create_token("t", &hash_token(&token), "kp-t").await.unwrap();
-    // Each request holds a descriptor for the caller, the gateway and the
-    // upstream side: raise the limit for the server (the test's own is the
-    // machine's, 20,000 here, far above the 2,000 it needs).
     let mut child = std::process::Command::new("sh")
         .args([
             "-c",
@@ -493,54 +546,77 @@ async fn a_stop_with_500_requests_in_flight_answers_and_records_each_once(db: Sc
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the server printed its address");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the server printed its address");
+    (KillOnDrop(child), addr, token)
+}
+
+// ---- A crash under load ------------------------------------------------------------
+
+mod crash {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_kill_under_load_keeps_every_record_answered_over_a_second_before() {
+        a_kill_under_load_keeps_every_record_answered_over_a_second_before(Scratch::sqlite().await).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_kill_under_load_keeps_every_record_answered_over_a_second_before() {
+        a_kill_under_load_keeps_every_record_answered_over_a_second_before(Scratch::postgres().await).await
+    }
+}
+
+/// SIGKILL while 8 callers keep sending: every request answered more than
+/// 1 s before the kill is in the log (records are written within
+/// `records.flush_interval`, 200 ms; a commit survives the process).
+async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: Scratch) {
+    let sim = Simulator::start(SimConfig { accept_any_key: true, ..SimConfig::default() }).await.unwrap();
+    let (mut child, addr, token) = serve_binary(&db, &sim).await;
     let url = format!("http://{addr}/v1/chat/completions");
-    let requests: Vec<_> = (0..IN_FLIGHT)
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, std::time::Instant)>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let callers: Vec<_> = (0..8)
         .map(|_| {
-            let sent = client.post(&url).bearer_auth(&token).json(&chat_body(false)).send();
+            let (url, token, answered, stop) = (url.clone(), token.clone(), answered.clone(), stop.clone());
             tokio::spawn(async move {
-                let r = sent.await.unwrap();
-                let id = r.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
-                (r.status().as_u16(), id, r.bytes().await.is_ok())
+                let client = reqwest::Client::new();
+                while !stop.is_cancelled() {
+                    let Ok(r) = client.post(&url).bearer_auth(&token).json(&chat_body(false)).send().await else {
+                        break;
+                    };
+                    let id = r.headers().get("x-keypool-request-id").map(|v| v.to_str().unwrap().to_owned());
+                    if let (Some(id), true, Ok(_)) = (id, r.status() == 200, r.bytes().await) {
+                        answered.lock().unwrap().push((id, std::time::Instant::now()));
+                    }
+                }
             })
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while sim.stats().total_requests < IN_FLIGHT as u64 {
-        assert!(tokio::time::Instant::now() < deadline, "in flight: {}", sim.stats().total_requests);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_at = std::time::Instant::now();
+    child.0.kill().unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(!status.success(), "killed, not stopped: {status}");
+    stop.cancel();
+    for c in callers {
+        c.await.unwrap();
     }
-    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(term.success());
-    let mut ids = std::collections::HashSet::new();
-    for r in requests {
-        let (status, id, read) = r.await.unwrap();
-        assert_eq!((status, read), (200, true), "every request in flight is answered");
-        ids.insert(id);
-    }
-    assert_eq!(ids.len(), IN_FLIGHT, "each request has its own id");
-    let exited = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
-    assert!(exited.expect("the server exits after a stop").success());
-    // Everything was written before the process exited: nothing to wait for.
-    assert_eq!(db.store.count_requests().await.unwrap(), sim.stats().total_requests);
-    let recorded = db.store.recent_requests(10_000).await.unwrap();
-    assert_eq!(recorded.len(), IN_FLIGHT);
-    assert!(recorded.iter().all(|r| r.status == 200 && ids.contains(&r.request_id)), "one record per request");
+    let before: Vec<String> = answered
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, at)| *at + Duration::from_secs(1) < killed_at)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(before.len() >= 50, "a load ran before the kill: {}", before.len());
+    let kept: std::collections::HashSet<String> =
+        db.store.recent_requests(1_000_000).await.unwrap().into_iter().map(|r| r.request_id).collect();
+    let missing: Vec<&String> = before.iter().filter(|id| !kept.contains(*id)).collect();
+    let first: Vec<&&String> = missing.iter().take(5).collect();
+    assert!(missing.is_empty(), "{} of {} records lost, first {first:?}", missing.len(), before.len());
 }
 
 // ---- PostgreSQL out of reach ------------------------------------------------------
