@@ -177,6 +177,12 @@ async fn every_request_ends_in_one_record_of_what_it_did(db: Scratch) {
 
     gw.gateway.shutdown().await.unwrap();
     assert_eq!(db.store.count_requests().await.unwrap(), 3, "nothing written twice");
+    // The token's totals count its requests, from the same records.
+    let t = db.store.list_tokens().await.unwrap().remove(0).usage;
+    assert_eq!((t.requests, t.successes, t.failures), (3, 2, 1), "{t:?}");
+    let prompt: u64 = got.iter().filter_map(|r| r.prompt_tokens).sum();
+    assert!(prompt > 0 && t.prompt_tokens == prompt, "{t:?}");
+    assert!(t.last_used_at.is_some_and(|s| s * 1000 <= got[2].started_at), "{t:?}");
     // No key or gateway token in any record.
     let all = serde_json::to_string(&db.store.recent_requests(10).await.unwrap()).unwrap();
     assert!(!all.contains("sk-one") && !all.contains(&gw.token) && !all.contains("kp-wrong"), "{all}");
@@ -615,6 +621,9 @@ async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: 
     let kept: std::collections::HashSet<String> =
         db.store.recent_requests(1_000_000).await.unwrap().into_iter().map(|r| r.request_id).collect();
     let missing: Vec<&String> = before.iter().filter(|id| !kept.contains(*id)).collect();
+    // The token's totals were written with the records: they agree after the crash.
+    let t = db.store.list_tokens().await.unwrap().remove(0).usage;
+    assert_eq!(t.requests, kept.len() as u64, "totals match the records");
     let first: Vec<&&String> = missing.iter().take(5).collect();
     assert!(missing.is_empty(), "{} of {} records lost, first {first:?}", missing.len(), before.len());
 }

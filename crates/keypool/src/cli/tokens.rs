@@ -40,10 +40,24 @@ pub async fn run(cmd: &TokensCommand, store: &Store) -> anyhow::Result<()> {
         }
         TokensCommand::List => {
             let tokens = store.list_tokens().await?;
-            println!("{:>4}  {:<20} {:<10} {:<8}", "ID", "NAME", "PREFIX", "STATUS");
+            println!(
+                "{:>4}  {:<20} {:<10} {:<8} {:>9} {:>8} {:>12} {:>12}",
+                "ID", "NAME", "PREFIX", "STATUS", "REQUESTS", "FAILED", "TOKENS", "SPENT"
+            );
             for t in tokens {
                 let status = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{:>4}  {:<20} {:<10} {:<8}", t.id, t.name, format!("{}…", t.prefix), status);
+                let u = t.usage;
+                println!(
+                    "{:>4}  {:<20} {:<10} {:<8} {:>9} {:>8} {:>12} {:>12}",
+                    t.id,
+                    t.name,
+                    format!("{}…", t.prefix),
+                    status,
+                    u.requests,
+                    u.failures,
+                    u.prompt_tokens.saturating_add(u.completion_tokens),
+                    format!("${:.4}", u.spent_micros as f64 / 1e6)
+                );
             }
         }
         TokensCommand::Revoke { id } => {

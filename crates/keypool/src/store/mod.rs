@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
-pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, UsageDelta};
+pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, TokenUsage, UsageDelta};
 pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
 
 /// Errors from the store. The store is the gateway's own part, so every
@@ -443,9 +443,7 @@ impl Store {
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         on_pool!(self, |pool| {
-            let rows = sqlx::query("SELECT id, name, hash, prefix, created_at, revoked_at FROM tokens ORDER BY id")
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query("SELECT * FROM tokens ORDER BY id").fetch_all(pool).await?;
             rows.iter().map(TokenRecord::from_row).collect()
         })
     }

@@ -148,6 +148,23 @@ pub struct TokenRecord {
     pub prefix: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// What the request log counted for this token (see [`TokenUsage`]).
+    pub usage: TokenUsage,
+}
+
+/// A gateway token's totals, from its requests' records: requests (with a
+/// live token), those answered 2xx in full, those that failed (the caller
+/// leaving is neither), tokens, spend in micro-USD, and the last request's
+/// Unix second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub spent_micros: u64,
+    pub last_used_at: Option<i64>,
 }
 
 impl TokenRecord {
@@ -159,6 +176,15 @@ impl TokenRecord {
             prefix: row.col("prefix")?,
             created_at: row.col("created_at")?,
             revoked_at: row.col("revoked_at")?,
+            usage: TokenUsage {
+                requests: u64_of(row.col("requests")?),
+                successes: u64_of(row.col("successes")?),
+                failures: u64_of(row.col("failures")?),
+                prompt_tokens: u64_of(row.col("prompt_tokens")?),
+                completion_tokens: u64_of(row.col("completion_tokens")?),
+                spent_micros: u64_of(row.col("spent_micros")?),
+                last_used_at: row.col("last_used_at")?,
+            },
         })
     }
 }

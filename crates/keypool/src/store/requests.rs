@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use super::row::{i64_of, u64_of, Columns};
-use super::{on_pool, Db, Store, StoreError};
+use super::{on_pool, Db, Store, StoreError, TokenUsage};
 use crate::records::{Attempt, RequestRecord};
 
 /// Columns bound per record in an insert.
@@ -41,6 +41,56 @@ const UNNEST: &str = "INSERT INTO requests (request_id, started_at, token_id, cl
     $8::text[], $9::text[], $10::boolean[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[],
     $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[],
     $22::bigint[], $23::boolean[], $24::bigint[], $25::boolean[], $26::text[])";
+
+/// What a batch adds to each gateway token's totals, by token id (in id
+/// order, so two writers sharing a PostgreSQL database lock rows in the
+/// same order). A request succeeded when it was answered 2xx in full; a
+/// caller leaving counts as neither a success nor a failure.
+fn token_totals(records: &[RequestRecord]) -> std::collections::BTreeMap<i64, TokenUsage> {
+    let mut totals = std::collections::BTreeMap::<i64, TokenUsage>::new();
+    for r in records {
+        let Some(id) = r.token_id else { continue };
+        let t = totals.entry(id).or_default();
+        t.requests += 1;
+        if (200..300).contains(&r.status) && r.error_type.is_none() {
+            t.successes += 1;
+        } else if !r.cancelled {
+            t.failures += 1;
+        }
+        t.prompt_tokens = t.prompt_tokens.saturating_add(r.prompt_tokens.unwrap_or(0));
+        t.completion_tokens = t.completion_tokens.saturating_add(r.completion_tokens.unwrap_or(0));
+        t.spent_micros = t.spent_micros.saturating_add(r.cost_micros.unwrap_or(0));
+        let second = r.started_at.div_euclid(1000);
+        t.last_used_at = Some(t.last_used_at.map_or(second, |s| s.max(second)));
+    }
+    totals
+}
+
+/// Adds `d` to token `id`'s totals (a token deleted meanwhile is skipped).
+fn add_token_usage<DB: sqlx::Database>(
+    id: i64,
+    d: &TokenUsage,
+) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments<'static>>
+where
+    i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(
+        "UPDATE tokens SET requests = requests + $1, successes = successes + $2, failures = failures + $3,
+            prompt_tokens = prompt_tokens + $4, completion_tokens = completion_tokens + $5,
+            spent_micros = spent_micros + $6,
+            last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $7 THEN $7 ELSE last_used_at END
+         WHERE id = $8",
+    )
+    .bind(i64_of(d.requests))
+    .bind(i64_of(d.successes))
+    .bind(i64_of(d.failures))
+    .bind(i64_of(d.prompt_tokens))
+    .bind(i64_of(d.completion_tokens))
+    .bind(i64_of(d.spent_micros))
+    .bind(d.last_used_at)
+    .bind(id)
+}
 
 /// A record's attempts as the `attempt_log` column keeps them (JSON).
 fn attempt_log(r: &RequestRecord) -> String {
@@ -129,6 +179,9 @@ impl Store {
                         rest = tail;
                     }
                 }
+                for (id, d) in token_totals(records) {
+                    add_token_usage(id, &d).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
             }
             // One statement for any batch: each column bound as one array
@@ -139,6 +192,7 @@ impl Store {
                 let int = |f: fn(&RequestRecord) -> Option<i64>| records.iter().map(f).collect::<Vec<_>>();
                 let flag = |f: fn(&RequestRecord) -> bool| records.iter().map(f).collect::<Vec<_>>();
                 let log: Vec<String> = records.iter().map(attempt_log).collect();
+                let mut tx = pool.begin().await?;
                 sqlx::query(UNNEST)
                     .bind(text(|r| Some(r.request_id.as_str())))
                     .bind(int(|r| Some(r.started_at)))
@@ -166,8 +220,12 @@ impl Store {
                     .bind(int(|r| r.cost_micros.map(i64_of)))
                     .bind(flag(|r| r.cancelled))
                     .bind(text(|r| r.upstream_request_id.as_deref()))
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?;
+                for (id, d) in token_totals(records) {
+                    add_token_usage(id, &d).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
             }
         }
         Ok(())
