@@ -1,5 +1,6 @@
 //! `keypool requests …`: read the request log.
 
+use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
@@ -30,26 +31,53 @@ pub enum RequestsCommand {
 }
 
 /// How often `tail --follow` looks for new records (the writer adds them
-/// every `records.flush_interval`, 200 ms by default).
+/// every `records.flush_interval`, 200 ms by default), and how many it
+/// reads at a time. It follows row ids: on PostgreSQL, rows of two batch
+/// parts committed out of id order may be passed over (docs: known limits).
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+const FOLLOW_PAGE: u32 = 1000;
 
 pub async fn run(cmd: &RequestsCommand, store: &Store) -> anyhow::Result<()> {
     match cmd {
         RequestsCommand::Tail { lines, follow } => {
             let mut rows = store.recent_requests_with_ids(*lines).await?;
             rows.reverse();
-            let mut last = rows.last().map_or(0, |(id, _)| *id);
+            // Where following starts: the newest row, even when none is printed (-n 0).
+            let mut last = match rows.last() {
+                Some((id, _)) => *id,
+                None => store.recent_requests_with_ids(1).await?.first().map_or(0, |(id, _)| *id),
+            };
+            let mut out = std::io::stdout().lock();
             for (_, r) in &rows {
-                println!("{}", line(r));
+                if writeln!(out, "{}", line(r)).is_err() {
+                    return Ok(()); // the reader went away (`| head`)
+                }
             }
             if !*follow {
                 return Ok(());
             }
+            drop(out);
             loop {
                 tokio::time::sleep(FOLLOW_EVERY).await;
-                for (id, r) in store.requests_after(last, 1000).await? {
-                    println!("{}", line(&r));
-                    last = id;
+                // Everything new, in pages, before the next pause.
+                loop {
+                    let page = match store.requests_after(last, FOLLOW_PAGE).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            eprintln!("could not read the log ({e}); trying again");
+                            break;
+                        }
+                    };
+                    let mut out = std::io::stdout().lock();
+                    for (id, r) in &page {
+                        if writeln!(out, "{}", line(r)).is_err() {
+                            return Ok(());
+                        }
+                        last = *id;
+                    }
+                    if page.len() < FOLLOW_PAGE as usize {
+                        break;
+                    }
                 }
             }
         }

@@ -75,10 +75,20 @@ where
     i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
     Option<i64>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
 {
+    // Each total stops at the largest BIGINT rather than overflowing (an
+    // error on PostgreSQL, a REAL on SQLite): a garbage usage figure from an
+    // upstream must not block the token's records.
     sqlx::query(
-        "UPDATE tokens SET requests = requests + $1, successes = successes + $2, failures = failures + $3,
-            prompt_tokens = prompt_tokens + $4, completion_tokens = completion_tokens + $5,
-            spent_micros = spent_micros + $6,
+        "UPDATE tokens SET
+            requests = CASE WHEN requests > 9223372036854775807 - $1 THEN 9223372036854775807 ELSE requests + $1 END,
+            successes = CASE WHEN successes > 9223372036854775807 - $2 THEN 9223372036854775807 ELSE successes + $2 END,
+            failures = CASE WHEN failures > 9223372036854775807 - $3 THEN 9223372036854775807 ELSE failures + $3 END,
+            prompt_tokens = CASE WHEN prompt_tokens > 9223372036854775807 - $4
+                THEN 9223372036854775807 ELSE prompt_tokens + $4 END,
+            completion_tokens = CASE WHEN completion_tokens > 9223372036854775807 - $5
+                THEN 9223372036854775807 ELSE completion_tokens + $5 END,
+            spent_micros = CASE WHEN spent_micros > 9223372036854775807 - $6
+                THEN 9223372036854775807 ELSE spent_micros + $6 END,
             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $7 THEN $7 ELSE last_used_at END
          WHERE id = $8",
     )
