@@ -33,7 +33,7 @@ pub enum RequestsCommand {
 /// How often `tail --follow` looks for new records (the writer adds them
 /// every `records.flush_interval`, 200 ms by default), and how many it
 /// reads at a time. It follows row ids: on PostgreSQL, rows of two batch
-/// parts committed out of id order may be passed over (docs: known limits).
+/// parts (or two gateways) committed out of id order may be passed over.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 const FOLLOW_PAGE: u32 = 1000;
 
