@@ -33,7 +33,13 @@ fn record(i: u64) -> RequestRecord {
         status: 200,
         error_type: None,
         key_id: Some((i % 1000) as i64),
-        attempts: vec![Attempt { key_id: (i % 1000) as i64, status: 200, reason: "ok".into(), duration_us: 912_345 }],
+        attempts: vec![Attempt {
+            key_id: (i % 1000) as i64,
+            status: 200,
+            reason: "ok".into(),
+            duration_us: 912_345,
+            ..Default::default()
+        }],
         queue_wait_us: 12,
         ttfb_us: Some(350_000),
         duration_us: 1_200_000,
@@ -45,6 +51,7 @@ fn record(i: u64) -> RequestRecord {
         cost_micros: Some(266),
         cancelled: false,
         upstream_request_id: Some(format!("req_up_{i:x}")),
+        ..Default::default()
     }
 }
 
@@ -73,6 +80,7 @@ fn main() {
         if let Some(batch) = std::env::var("BATCH").ok().and_then(|b| b.parse().ok()) {
             config.batch = batch;
         }
+        let batch = config.batch;
         let (recorder, writer) = keypool::records::spawn(store.clone(), config);
         let records: Vec<RequestRecord> = (0..n).map(record).collect();
         let started = Instant::now();
@@ -89,7 +97,7 @@ fn main() {
             took.as_secs_f64(),
             n as f64 / took.as_secs_f64(),
             queued.as_secs_f64() * 1000.0,
-            config.batch
+            batch
         );
         store.close().await;
         if let Some((base, schema)) = schema {

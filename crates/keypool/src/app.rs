@@ -151,12 +151,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
 
     let tokens = Arc::new(TokenSet::default());
-    let (recorder, writer) = if config.records.enabled {
-        let (recorder, writer) = crate::records::spawn(store.clone(), config.records.writer());
-        (recorder, Some(writer))
-    } else {
-        (Recorder::off(), None)
-    };
+    // With `records.enabled` off the writer still runs: it keeps the
+    // totals and statistics, without the log's rows.
+    let (recorder, writer) = crate::records::spawn(store.clone(), config.records.writer(&config.time_zone));
+    let writer = Some(writer);
     let sync_store = store.clone();
     let mut sync = Sync {
         store,
@@ -209,6 +207,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone(), edge)?;
     let sync_stop = CancellationToken::new();
     let sync = tokio::spawn(sync.run(config.sync_interval, sync_stop.clone()));
+    let r = &config.records;
+    let retention = crate::records::retention::Retention {
+        records: r.retention,
+        rollups: r.rollup_retention,
+        minute_rollups: r.minute_rollup_retention,
+    };
+    tokio::spawn(crate::records::retention::run(sync_store.clone(), retention, stop.clone()));
     tokio::spawn(crate::health::probe_keys(
         Arc::clone(&scheduler),
         upstream.clone(),
@@ -238,8 +243,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Keeps the in-memory state and the store in step: usage counted in memory
-/// goes out, operator changes (from the CLI) come in.
+/// Keeps the in-memory state and the store in step: what the scheduler
+/// learned about keys goes out, operator changes (from the CLI) come in.
+/// (Usage totals are the record writer's: they are summed from the request
+/// records, in the same transaction.)
 struct Sync {
     store: Store,
     scheduler: Arc<Scheduler>,
@@ -258,13 +265,11 @@ impl Sync {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            self.flush().await;
             self.save_key_states().await;
             if let Err(e) = self.reload_if_changed().await {
                 tracing::warn!(error = %e, "could not reload keys and tokens; keeping the current ones");
             }
         }
-        self.flush().await;
         self.save_key_states().await;
     }
 
@@ -287,14 +292,6 @@ impl Sync {
         match self.store.save_key_states(&changed).await {
             Ok(()) => self.saved.extend(changed.into_iter().map(|s| (s.key_id, s))),
             Err(e) => tracing::warn!(error = %e, "could not save key state; will retry"),
-        }
-    }
-
-    async fn flush(&self) {
-        let deltas = self.scheduler.take_unflushed();
-        if let Err(e) = self.store.add_usage(&deltas).await {
-            tracing::warn!(error = %e, "could not write usage totals; will retry");
-            self.scheduler.restore_unflushed(&deltas);
         }
     }
 

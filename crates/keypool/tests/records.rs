@@ -649,14 +649,34 @@ async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: 
     let missing: Vec<&String> = before.iter().filter(|id| !kept.contains(*id)).collect();
     // The token's totals were written with the records: they agree after
     // the crash (read again while a commit sent before the kill may still land).
+    // So were the keys' (what a restart reads back), summed from the
+    // records' attempts as the scheduler counted them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let t = db.store.list_tokens().await.unwrap().remove(0).usage;
-        let records = db.store.count_requests().await.unwrap();
-        if t.requests == records {
+        let all = db.store.recent_requests(1_000_000).await.unwrap();
+        let records = all.len() as u64;
+        let sent = |c: &keypool::records::Attempt| c.counted != keypool::records::Counted::NotSent;
+        let attempts: u64 = all.iter().map(|r| r.attempts.iter().filter(|a| sent(a)).count() as u64).sum();
+        let successes: u64 = all
+            .iter()
+            .map(|r| r.attempts.iter().filter(|a| a.counted == keypool::records::Counted::Success).count() as u64)
+            .sum();
+        let spent: u64 = all.iter().map(|r| r.cost_micros.unwrap_or(0)).sum();
+        let keys = db.store.list_keys().await.unwrap();
+        let key_requests: u64 = keys.iter().map(|k| k.requests).sum();
+        let key_successes: u64 = keys.iter().map(|k| k.successes).sum();
+        let key_spent: u64 = keys.iter().map(|k| k.spent_micros).sum();
+        if t.requests == records && key_requests == attempts && key_successes == successes && key_spent == spent {
+            assert!(successes > 0 && spent > 0, "the load was answered and priced");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "totals {} against {records} records", t.requests);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "token totals {} against {records} records; keys {key_requests} requests, {key_successes} \
+             successes, {key_spent} µUSD against {attempts}, {successes}, {spent} in the records",
+            t.requests
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first: Vec<&&String> = missing.iter().take(5).collect();

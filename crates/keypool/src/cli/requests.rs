@@ -204,8 +204,14 @@ mod tests {
             status: 200,
             key_id: Some(3),
             attempts: vec![
-                Attempt { key_id: 2, status: 429, reason: "rate_limited".into(), duration_us: 1_000 },
-                Attempt { key_id: 3, status: 200, reason: "ok".into(), duration_us: 900_000 },
+                Attempt {
+                    key_id: 2,
+                    status: 429,
+                    reason: "rate_limited".into(),
+                    duration_us: 1_000,
+                    ..Default::default()
+                },
+                Attempt { key_id: 3, status: 200, reason: "ok".into(), duration_us: 900_000, ..Default::default() },
             ],
             prompt_tokens: Some(812),
             completion_tokens: Some(240),

@@ -91,13 +91,18 @@ pub struct Config {
     /// The request log: one record per caller request, written in batches
     /// off the request path.
     pub records: RecordsSettings,
+    /// The IANA time zone (`Asia/Shanghai`, `UTC`) where the statistics'
+    /// hours and days begin.
+    pub time_zone: String,
 }
 
 /// The request log (`[records]`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordsSettings {
-    /// Keep one record per caller request in the database.
+    /// Keep one record per caller request in the database. Off, no request
+    /// is recorded, but every request still counts in the key and token
+    /// totals and the statistics (the rollups).
     pub enabled: bool,
     /// Records waiting to be written at most (while the database is slow or
     /// down); past it they are dropped, counted in
@@ -109,19 +114,55 @@ pub struct RecordsSettings {
     /// (when the database keeps up).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Also keep each request's body and its answer's (a streamed answer as
+    /// its assembled text), each cut to `body_max_bytes`.
+    pub bodies: bool,
+    /// The most of each body kept, in bytes (cut at a character boundary).
+    pub body_max_bytes: usize,
+    /// Records older than this are deleted in the background ("0s": kept forever).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Hourly and daily statistics older than this are deleted ("0s": kept forever).
+    #[serde(with = "humantime_serde")]
+    pub rollup_retention: Duration,
+    /// Per-minute statistics older than this are deleted ("0s": kept
+    /// forever); they are many (one row per key per minute) and only the
+    /// last hours' charts read them.
+    #[serde(with = "humantime_serde")]
+    pub minute_rollup_retention: Duration,
 }
+
+/// A day, for the retention defaults.
+const DAY: Duration = Duration::from_secs(86_400);
 
 impl Default for RecordsSettings {
     fn default() -> RecordsSettings {
         let d = crate::records::RecordsConfig::default();
-        RecordsSettings { enabled: true, buffer: d.buffer, batch: d.batch, flush_interval: d.flush_interval }
+        RecordsSettings {
+            enabled: true,
+            buffer: d.buffer,
+            batch: d.batch,
+            flush_interval: d.flush_interval,
+            bodies: false,
+            body_max_bytes: 16 * 1024,
+            retention: 30 * DAY,
+            rollup_retention: 400 * DAY,
+            minute_rollup_retention: 7 * DAY,
+        }
     }
 }
 
 impl RecordsSettings {
-    /// The writer's settings.
-    pub fn writer(&self) -> crate::records::RecordsConfig {
-        crate::records::RecordsConfig { buffer: self.buffer, batch: self.batch, flush_interval: self.flush_interval }
+    /// The writer's settings; `time_zone` was validated at load.
+    pub fn writer(&self, time_zone: &str) -> crate::records::RecordsConfig {
+        let tz = jiff::tz::TimeZone::get(time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+        crate::records::RecordsConfig {
+            log: self.enabled,
+            buckets: std::sync::Arc::new(crate::records::rollup::Buckets::new(tz)),
+            buffer: self.buffer,
+            batch: self.batch,
+            flush_interval: self.flush_interval,
+        }
     }
 }
 
@@ -317,6 +358,7 @@ impl Default for Config {
             ca_file: None,
             stream_usage: true,
             records: RecordsSettings::default(),
+            time_zone: "UTC".into(),
         }
     }
 }
@@ -432,6 +474,18 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid { setting, reason: "must be > 0".into() });
             }
+        }
+        if self.records.bodies && self.records.body_max_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "records.body_max_bytes",
+                reason: "must be > 0 when records.bodies is on".into(),
+            });
+        }
+        if let Err(e) = jiff::tz::TimeZone::get(&self.time_zone) {
+            return Err(ConfigError::Invalid {
+                setting: "time_zone",
+                reason: format!("{e} (expected an IANA name such as UTC or Asia/Shanghai)"),
+            });
         }
         if self.records.flush_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "records.flush_interval", reason: "must be > 0".into() });

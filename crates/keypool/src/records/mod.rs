@@ -3,6 +3,8 @@
 //! a [`RequestRecord`]; the [`Recorder`] hands it to the batched
 //! [`writer`] without waiting, and the writer stores it off the request path.
 
+pub mod retention;
+pub mod rollup;
 mod writer;
 
 pub use writer::{spawn, Recorder, RecordsConfig, WriterHandle};
@@ -10,6 +12,8 @@ pub use writer::{spawn, Recorder, RecordsConfig, WriterHandle};
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::scheduler::Counted;
 
 /// One caller request, as stored in the `requests` table. Times are Unix
 /// milliseconds, durations microseconds, money micro-USD. It names keys and
@@ -58,6 +62,12 @@ pub struct RequestRecord {
     pub cancelled: bool,
     /// The upstream's own `x-request-id`, as its SDKs show it.
     pub upstream_request_id: Option<String>,
+    /// The caller's request body, cut to `records.body_max_bytes`; only
+    /// with `records.bodies` on.
+    pub request_body: Option<String>,
+    /// The answer's body (a streamed one as its assembled text), cut the
+    /// same way; only with `records.bodies` on.
+    pub response_body: Option<String>,
 }
 
 /// One send to the upstream with one key.
@@ -70,6 +80,9 @@ pub struct Attempt {
     pub reason: Cow<'static, str>,
     /// From the send to the answer head (or the failure), µs.
     pub duration_us: u64,
+    /// What it counts for in the key's totals (the scheduler's rule).
+    #[serde(default)]
+    pub counted: Counted,
 }
 
 /// `error_type`s of requests whose failure was not one of keypool's own

@@ -16,12 +16,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::rollup::{rollups, Buckets};
 use super::RequestRecord;
 use crate::store::{Backend, Store, StoreError};
 
 /// How records are buffered and batched (`[records]` in the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RecordsConfig {
+    /// Keep each request's row (the request log); off, the writer still
+    /// adds every request to the key and token totals and the rollups.
+    pub log: bool,
+    /// Where the rollups' hours and days begin (`time_zone`).
+    pub buckets: std::sync::Arc<Buckets>,
     /// Records waiting for the store at most; past it they are dropped and counted.
     pub buffer: usize,
     /// Records written in one transaction at most.
@@ -32,7 +38,13 @@ pub struct RecordsConfig {
 
 impl Default for RecordsConfig {
     fn default() -> RecordsConfig {
-        RecordsConfig { buffer: 100_000, batch: 10_000, flush_interval: Duration::from_millis(200) }
+        RecordsConfig {
+            log: true,
+            buckets: std::sync::Arc::new(Buckets::utc()),
+            buffer: 100_000,
+            batch: 10_000,
+            flush_interval: Duration::from_millis(200),
+        }
     }
 }
 
@@ -272,7 +284,7 @@ impl Writer {
             _ => 1,
         };
         let size = batch.len().div_ceil(parts).max(1);
-        let results = futures_util::future::join_all(batch.chunks(size).map(|c| self.store.insert_requests(c))).await;
+        let results = futures_util::future::join_all(batch.chunks(size).map(|c| self.write_part(c))).await;
         let mut failed = Vec::new();
         let mut error = None;
         for (i, result) in results.into_iter().enumerate() {
@@ -305,7 +317,7 @@ impl Writer {
         let mut done = 0;
         let result = loop {
             let Some(record) = batch.get(done) else { break Ok(()) };
-            match self.store.insert_requests(std::slice::from_ref(record)).await {
+            match self.write_part(std::slice::from_ref(record)).await {
                 Ok(()) => self.counts.written(1),
                 Err(e) if e.is_permanent() => {
                     tracing::warn!(error = %e, request_id = %record.request_id, "the database refused a request record; dropped");
@@ -318,6 +330,12 @@ impl Writer {
         };
         batch.drain(..done);
         result
+    }
+
+    /// One transaction: `records`, and what they add to the totals and rollups.
+    async fn write_part(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
+        let rollups = rollups(records, &self.config.buckets);
+        self.store.write_batch(records, self.config.log, &rollups).await
     }
 
     /// Writes the batch, retrying with a growing pause while the store

@@ -11,7 +11,7 @@ use super::limits::{Dim, RateInfo};
 use super::strategy::{Inputs, Score, Strategy};
 use super::window::Window;
 use super::{DefaultLimits, Demand, Hit, Reset};
-use crate::store::{KeyRecord, UsageDelta};
+use crate::store::KeyRecord;
 
 /// Whether a key can serve at all, apart from its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -85,7 +85,6 @@ pub struct Slot {
     pub failures_total: u64,
     pub rr_seq: u64,
     pub vtime: u64,
-    pub unflushed: UsageDelta,
     pub placement: Placement,
     /// Connect failures in a row (the key's circuit breaker).
     pub connect_failures: u32,
@@ -146,7 +145,6 @@ impl Slot {
             failures_total: r.failures,
             rr_seq: 0,
             vtime: vclock,
-            unflushed: UsageDelta { key_id: r.id, ..UsageDelta::default() },
             placement: Placement::Off,
             connect_failures: 0,
             next_probe: None,

@@ -42,6 +42,43 @@ pub enum Verdict {
     TooLarge { limit: u64 },
 }
 
+/// What one attempt counts for in its key's totals (requests, successes,
+/// failures), as the scheduler decided when the attempt ended; the request
+/// log keeps it with the attempt, and the key's stored totals are summed
+/// from the log (`store::requests`), so they always agree with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counted {
+    /// Never reached the upstream (given back, or resent on the same
+    /// reservation): not a request of the key.
+    NotSent,
+    /// A request of the key, neither a success nor the key's failure (the
+    /// caller's error, the caller leaving, a refusal that names no key).
+    #[default]
+    Neither,
+    Success,
+    /// The key's failure (or the upstream's while using it).
+    Failure,
+}
+
+impl Counted {
+    /// The one rule: how a sent attempt's result counts for its key.
+    pub fn of(verdict: Verdict, success: bool) -> Counted {
+        match verdict {
+            Verdict::Fine if success => Counted::Success,
+            // Neither the caller's own mistakes, a caller leaving, nor a
+            // refusal that names no key count against the key.
+            Verdict::CallerError
+            | Verdict::Cancelled
+            | Verdict::ModelMissing
+            | Verdict::Refused
+            | Verdict::TooLarge { .. }
+            | Verdict::ConnectFailed => Counted::Neither,
+            _ => Counted::Failure,
+        }
+    }
+}
+
 /// Which of a key's limits a 429 was about: OpenAI's `error.type`
 /// (`"tokens"`, `"requests"`) or the message's "(TPM)"/"(RPM)".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,9 +182,16 @@ impl KeyLease {
         self.sent = false;
     }
 
-    pub fn finish(mut self, outcome: Outcome) {
+    /// Records how the attempt ended; returns what it counts for in the
+    /// key's totals, for the request's record.
+    pub fn finish(mut self, outcome: Outcome) -> Counted {
         self.finished = true;
         self.scheduler.finish(&self.grant, self.sent, outcome);
+        if self.sent {
+            Counted::of(outcome.verdict, outcome.success)
+        } else {
+            Counted::NotSent
+        }
     }
 }
 

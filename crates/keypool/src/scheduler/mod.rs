@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{Duration, Instant};
 
-use crate::store::{KeyRecord, UsageDelta};
+use crate::store::KeyRecord;
 pub use census::KeyCounts;
 use index::Index;
 use inner::{retry_after, slot_has_tpm, until_utc_midnight, Inner, Waiter};
 use key::{Health, Placement, Slot};
 use lease::Grant;
-pub use lease::{Hit, KeyLease, Outcome, Reset, Verdict};
+pub use lease::{Counted, Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
@@ -583,36 +583,6 @@ impl Scheduler {
         let mut inner = self.lock();
         inner.dispatch(now, strategy);
         inner.next_wake(now)
-    }
-
-    /// Takes the usage counted since the last call, for the store.
-    pub fn take_unflushed(&self) -> Vec<UsageDelta> {
-        let mut inner = self.lock();
-        let mut out = Vec::new();
-        for slot in inner.keys.values_mut() {
-            if slot.unflushed.requests > 0 {
-                let key_id = slot.unflushed.key_id;
-                out.push(std::mem::replace(&mut slot.unflushed, UsageDelta { key_id, ..UsageDelta::default() }));
-            }
-        }
-        out
-    }
-
-    /// Puts back deltas whose write failed, so no usage is lost.
-    pub fn restore_unflushed(&self, deltas: &[UsageDelta]) {
-        let mut inner = self.lock();
-        for d in deltas {
-            if let Some(slot) = inner.keys.get_mut(&d.key_id) {
-                let u = &mut slot.unflushed;
-                u.requests += d.requests;
-                u.successes += d.successes;
-                u.failures += d.failures;
-                u.prompt_tokens += d.prompt_tokens;
-                u.completion_tokens += d.completion_tokens;
-                u.spent_micros += d.spent_micros;
-                u.last_used_at = u.last_used_at.or(d.last_used_at);
-            }
-        }
     }
 
     /// Every key's live state, for the demo table and (later) the admin API.

@@ -5,7 +5,6 @@ use tokio::time::{Duration, Instant};
 
 use super::key::{Health, Slot};
 use super::{Demand, Outcome, SchedulerConfig, Verdict};
-use crate::store::now_unix;
 
 pub(super) fn transition(slot: &Slot, to: &'static str, reason: &str) {
     tracing::info!(key_id = slot.id, label = slot.label.as_deref().unwrap_or(""), to, reason, "key state changed");
@@ -48,35 +47,15 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     slot.tpm.absorb(tokens.saturating_sub(demand.tokens));
     slot.day_count += 1;
     slot.requests_total += 1;
-    slot.unflushed.requests += 1;
-    match outcome.verdict {
-        Verdict::Fine if outcome.success => {
-            slot.successes_total += 1;
-            slot.unflushed.successes += 1;
-        }
-        // Neither the caller's own mistakes, a caller leaving, nor a refusal
-        // that names no key count against the key.
-        Verdict::CallerError
-        | Verdict::Cancelled
-        | Verdict::ModelMissing
-        | Verdict::Refused
-        | Verdict::TooLarge { .. }
-        | Verdict::ConnectFailed => {}
-        _ => {
-            slot.failures_total += 1;
-            slot.unflushed.failures += 1;
-        }
-    }
-    if let Some(u) = outcome.usage {
-        slot.unflushed.prompt_tokens = slot.unflushed.prompt_tokens.saturating_add(u.prompt_tokens);
-        slot.unflushed.completion_tokens = slot.unflushed.completion_tokens.saturating_add(u.completion_tokens);
+    match super::Counted::of(outcome.verdict, outcome.success) {
+        super::Counted::Success => slot.successes_total += 1,
+        super::Counted::Failure => slot.failures_total += 1,
+        super::Counted::Neither | super::Counted::NotSent => {}
     }
     // Unknown usage on success: the estimate (an upper bound) is what it may have cost.
     let cost = outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 });
     let had_budget = slot.budget_micros.is_some_and(|b| slot.spent_micros < b);
     slot.spent_micros = slot.spent_micros.saturating_add(cost);
-    slot.unflushed.spent_micros = slot.unflushed.spent_micros.saturating_add(cost);
-    slot.unflushed.last_used_at = Some(now_unix());
     if slot.rpd.is_some_and(|l| slot.day_count == l) {
         transition(slot, "cooling", "daily request limit reached; resets at 00:00 UTC");
     }

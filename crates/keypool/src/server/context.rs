@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::auth::TokenId;
 use super::signal::GraceEnd;
-use crate::records::{error_type, Attempt, Recorder, RequestRecord};
+use crate::records::{error_type, Attempt, Counted, Recorder, RequestRecord};
 use crate::store::now_unix_ms;
 
 /// The response header carrying keypool's request id.
@@ -37,7 +37,7 @@ pub struct RequestContext {
     started: Instant,
     record: RequestRecord,
     /// The attempt under way: its key and when it was sent.
-    attempt: Option<(i64, Instant)>,
+    attempt: Option<(i64, Instant, Counted)>,
     /// Waiting for a key (or for the upstream's breaker) since then.
     queued: Option<Instant>,
     /// Ended when the stop's grace has passed: what is cut then was cut by
@@ -112,7 +112,7 @@ impl RequestContext {
     /// An attempt is sent with `key_id`.
     pub fn attempt_sent(&mut self, key_id: i64) {
         self.close_attempt(0, "unfinished");
-        self.attempt = Some((key_id, Instant::now()));
+        self.attempt = Some((key_id, Instant::now(), Counted::default()));
         self.record.key_id = Some(key_id);
     }
 
@@ -122,9 +122,20 @@ impl RequestContext {
     }
 
     fn close_attempt(&mut self, status: u16, reason: &'static str) {
-        if let Some((key_id, sent)) = self.attempt.take() {
+        if let Some((key_id, sent, counted)) = self.attempt.take() {
             let duration_us = micros(Instant::now().saturating_duration_since(sent));
-            self.record.attempts.push(Attempt { key_id, status, reason: reason.into(), duration_us });
+            self.record.attempts.push(Attempt { key_id, status, reason: reason.into(), duration_us, counted });
+        }
+    }
+
+    /// What the attempt counts for in its key's totals, as its lease's end
+    /// said ([`crate::scheduler::KeyLease::finish`]): the attempt under way,
+    /// or the last one when its answer's body ended after it closed.
+    pub fn counted(&mut self, counted: Counted) {
+        match (&mut self.attempt, self.record.attempts.last_mut()) {
+            (Some(open), _) => open.2 = counted,
+            (None, Some(last)) => last.counted = counted,
+            (None, None) => {}
         }
     }
 

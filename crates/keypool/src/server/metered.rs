@@ -124,8 +124,9 @@ impl Metered {
                 (Some(_), None) => Some(0),
                 _ => None,
             };
-            lease.finish(Outcome { success, usage, cost_micros, verdict });
+            let counted = lease.finish(Outcome { success, usage, cost_micros, verdict });
             if let Some(mut ctx) = self.ctx.take() {
+                ctx.counted(counted);
                 // An unpriced model's cost is unknown, not free.
                 ctx.usage(usage, self.price.and(cost_micros));
                 if verdict == Verdict::Cancelled {

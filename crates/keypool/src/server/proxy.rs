@@ -25,7 +25,7 @@ use super::AppState;
 use crate::config::models::ModelPrice;
 use crate::config::AuthMode;
 use crate::records::error_type;
-use crate::scheduler::{KeyLease, NoKey, Outcome, Verdict};
+use crate::scheduler::{Counted, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
     classify, copy_response_headers, is_account_header, rate_info, refuses_stream_options, Answer, OutBody,
@@ -217,17 +217,20 @@ async fn handle(
         let failed = match sent {
             Sending::UploadTooSlow => {
                 lease.give_back();
+                ctx!(slot, counted, Counted::NotSent);
                 return Err(ApiError::BodyRead("the upload did not finish in time".into()));
             }
             Sending::TimedOut => {
                 tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
-                lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
+                let counted = lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
+                ctx!(slot, counted, counted);
                 app.note_upstream_failure();
                 Failed::Network { timed_out: true, why: None }
             }
             Sending::Answered(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
                 lease.give_back();
+                ctx!(slot, counted, Counted::NotSent);
                 inspected.overflow.drain_rest().await;
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
@@ -236,6 +239,7 @@ async fn handle(
             {
                 // The caller's upload was cut off as too slow: its error, not the upstream's.
                 lease.give_back();
+                ctx!(slot, counted, Counted::NotSent);
                 let s = &app.config.server;
                 return Err(ApiError::CallerTooSlow { rate: s.min_body_rate, window: s.min_body_rate_window });
             }
@@ -243,6 +247,7 @@ async fn handle(
                 // The caller's body stopped part-way: the caller's fault alone.
                 tracing::info!(key_id, error = %e, "the caller's upload stopped part-way");
                 lease.give_back();
+                ctx!(slot, counted, Counted::NotSent);
                 return Err(ApiError::BodyRead("the upload stopped part-way".into()));
             }
             Sending::Answered(Err(e)) => {
@@ -255,7 +260,8 @@ async fn handle(
                 } else {
                     Verdict::UpstreamError
                 };
-                lease.finish(Outcome { verdict, ..Outcome::default() });
+                let counted = lease.finish(Outcome { verdict, ..Outcome::default() });
+                ctx!(slot, counted, counted);
                 app.note_upstream_failure();
                 let why = match e {
                     UpstreamError::Connect(why) | UpstreamError::Request(why) => Some(why),
@@ -310,6 +316,8 @@ async fn handle(
                         // The upstream does not know the `stream_options` keypool
                         // added: the caller's own body, unchanged, on the same key.
                         app.quirks.note_refuses_stream_options();
+                        // The same reservation is sent again: one request of the key.
+                        ctx!(slot, counted, Counted::NotSent);
                         ctx!(slot, attempt_ended, 400, "stream_options_refused");
                         strip_usage = false;
                         replay = caller_body.take();
@@ -552,7 +560,9 @@ async fn answer(
         }
         let classified = classify(status, &head.headers, &prefix);
         tracing::debug!(key_id = lease.key_id(), %status, verdict = ?classified.verdict, blame = ?classified.blame(), "upstream refused");
-        lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict: classified.verdict });
+        let counted =
+            lease.finish(Outcome { success: false, usage: None, cost_micros: None, verdict: classified.verdict });
+        ctx!(slot, counted, counted);
         // What was read is what the caller gets, scrubbed: an error body
         // over ERROR_BODY_CAP (64 KiB, far above any real one) is cut there
         // rather than streamed on unread, where a quoted key would pass.

@@ -9,6 +9,7 @@
 mod models;
 mod owner_only;
 mod requests;
+mod rollups;
 mod row;
 mod state;
 
@@ -20,6 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, TokenUsage, UsageDelta};
+pub use rollups::{BucketStats, SubjectStats};
 pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
 
 /// Errors from the store. The store is the gateway's own part, so every
@@ -158,6 +160,37 @@ macro_rules! on_pool {
 }
 use on_pool;
 
+/// Puts the SQLite file in incremental auto-vacuum mode, so space freed by
+/// retention can be given back a step at a time ([`Store::reclaim_space`]).
+/// A new file takes the mode from the connection options; a file made
+/// before it needs one full VACUUM, done here while the file is small, else
+/// left for the operator (a warning says how), since it rewrites the file.
+async fn incremental_vacuum(pool: &SqlitePool, file: &std::path::Path) {
+    const INCREMENTAL: i64 = 2;
+    const VACUUM_AT_START_BELOW: u64 = 256 * 1024 * 1024;
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(pool).await.unwrap_or(INCREMENTAL);
+    if mode == INCREMENTAL {
+        return;
+    }
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size >= VACUUM_AT_START_BELOW {
+        tracing::warn!(
+            file = %file.display(),
+            "the database cannot give space back after retention deletes; to enable it, stop keypool and run: \
+             sqlite3 FILE 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;'"
+        );
+        return;
+    }
+    let Ok(mut conn) = pool.acquire().await else { return };
+    let done = async {
+        sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(&mut *conn).await?;
+        sqlx::query("VACUUM").execute(&mut *conn).await
+    };
+    if let Err(e) = done.await {
+        tracing::warn!(error = %e, "could not switch the database to incremental vacuum");
+    }
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -245,12 +278,33 @@ impl Store {
             .create_if_missing(create == Create::IfMissing)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
             .pragma("cache_size", "-32768")
             .busy_timeout(Duration::from_secs(10));
         owner_only::prepare(url, options.get_filename());
+        let file = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| failed(&e))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| failed(&e))?;
+        if !in_memory {
+            incremental_vacuum(&pool, &file).await;
+        }
         Ok(Store { db: Db::Sqlite(pool) })
+    }
+
+    /// Gives up to `pages` free pages back to the file system (SQLite, in
+    /// incremental auto-vacuum mode); returns whether free pages remain.
+    /// PostgreSQL's autovacuum reuses the space by itself: nothing to do.
+    pub async fn reclaim_space(&self, pages: u32) -> Result<bool, StoreError> {
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                // The pragma returns a row per step: read them all to finish it.
+                sqlx::query(&format!("PRAGMA incremental_vacuum({pages})")).fetch_all(&mut *conn).await?;
+                let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&mut *conn).await?;
+                Ok(free > 0)
+            }
+            Db::Postgres(_) => Ok(false),
+        }
     }
 
     /// The counter the migrations' triggers bump on every operator change.
@@ -385,9 +439,10 @@ impl Store {
         })
     }
 
-    /// Adds usage the server counted in memory to the keys' totals, in one
-    /// transaction, key by key in id order (so two gateways sharing a
-    /// PostgreSQL database cannot deadlock on each other's rows).
+    /// Adds usage to the keys' totals, in one transaction, key by key in id
+    /// order (so two gateways sharing a PostgreSQL database cannot deadlock
+    /// on each other's rows). The record writer adds the same way, with its
+    /// records ([`Store::write_batch`]).
     pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         let mut deltas = deltas.to_vec();
         deltas.sort_by_key(|d| d.key_id);
@@ -397,24 +452,16 @@ impl Store {
             }
             let mut tx = pool.begin().await?;
             for d in &deltas {
-                sqlx::query(
-                    "UPDATE keys SET requests = requests + $1, successes = successes + $2,
-                        failures = failures + $3, prompt_tokens = prompt_tokens + $4,
-                        completion_tokens = completion_tokens + $5,
-                        spent_micros = spent_micros + $6,
-                        last_used_at = COALESCE($7, last_used_at)
-                     WHERE id = $8",
-                )
-                .bind(d.requests as i64)
-                .bind(d.successes as i64)
-                .bind(d.failures as i64)
-                .bind(d.prompt_tokens as i64)
-                .bind(d.completion_tokens as i64)
-                .bind(d.spent_micros as i64)
-                .bind(d.last_used_at)
-                .bind(d.key_id)
-                .execute(&mut *tx)
-                .await?;
+                let usage = TokenUsage {
+                    requests: d.requests,
+                    successes: d.successes,
+                    failures: d.failures,
+                    prompt_tokens: d.prompt_tokens,
+                    completion_tokens: d.completion_tokens,
+                    spent_micros: d.spent_micros,
+                    last_used_at: d.last_used_at,
+                };
+                requests::add_usage_to(requests::Totals::Keys, d.key_id, &usage).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

@@ -5,10 +5,11 @@ use std::borrow::Cow;
 
 use super::row::{i64_of, u64_of, Columns};
 use super::{on_pool, Db, Store, StoreError, TokenUsage};
-use crate::records::{Attempt, RequestRecord};
+use crate::records::rollup::{Rollup, RollupKey};
+use crate::records::{Attempt, Counted, RequestRecord};
 
 /// Columns bound per record in an insert.
-const COLUMNS: usize = 26;
+const COLUMNS: usize = 28;
 
 /// SQLite's inserts: a few fixed sizes of multi-row VALUES, largest first,
 /// down to one row, so any batch is written with statements that are
@@ -30,17 +31,18 @@ fn sqlite_inserts() -> &'static [(usize, String)] {
 const INSERT: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
     method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
-    cost_micros, cancelled, upstream_request_id) ";
+    cost_micros, cancelled, upstream_request_id, request_body, response_body) ";
 
 /// The PostgreSQL insert: one array per column, in [`INSERT`]'s order.
 const UNNEST: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
     method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
-    cost_micros, cancelled, upstream_request_id)
+    cost_micros, cancelled, upstream_request_id, request_body, response_body)
  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::text[], $10::boolean[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[],
     $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[],
-    $22::bigint[], $23::boolean[], $24::bigint[], $25::boolean[], $26::text[])";
+    $22::bigint[], $23::boolean[], $24::bigint[], $25::boolean[], $26::text[],
+    $27::text[], $28::text[])";
 
 /// What a batch adds to each gateway token's totals, by token id (in id
 /// order, so two writers sharing a PostgreSQL database lock rows in the
@@ -66,8 +68,48 @@ fn token_totals(records: &[RequestRecord]) -> std::collections::BTreeMap<i64, To
     totals
 }
 
-/// Adds `d` to token `id`'s totals (a token deleted meanwhile is skipped).
-fn add_token_usage<DB: sqlx::Database>(
+/// What a batch adds to each key's totals, by key id (in id order): every
+/// attempt sent counts as a request of its key, a success or a failure as
+/// the scheduler decided ([`Counted`]); the usage and spend count for the
+/// key that answered (the last attempt sent).
+fn key_totals(records: &[RequestRecord]) -> std::collections::BTreeMap<i64, TokenUsage> {
+    let mut totals = std::collections::BTreeMap::<i64, TokenUsage>::new();
+    for r in records {
+        let second = r.started_at.div_euclid(1000);
+        let last = r.attempts.iter().rposition(|a| a.counted != Counted::NotSent);
+        for (i, a) in r.attempts.iter().enumerate() {
+            if a.counted == Counted::NotSent {
+                continue;
+            }
+            let t = totals.entry(a.key_id).or_default();
+            t.requests += 1;
+            match a.counted {
+                Counted::Success => t.successes += 1,
+                Counted::Failure => t.failures += 1,
+                Counted::Neither | Counted::NotSent => {}
+            }
+            if Some(i) == last {
+                t.prompt_tokens = t.prompt_tokens.saturating_add(r.prompt_tokens.unwrap_or(0));
+                t.completion_tokens = t.completion_tokens.saturating_add(r.completion_tokens.unwrap_or(0));
+                t.spent_micros = t.spent_micros.saturating_add(r.cost_micros.unwrap_or(0));
+            }
+            t.last_used_at = Some(t.last_used_at.map_or(second, |s| s.max(second)));
+        }
+    }
+    totals
+}
+
+/// Whose totals a [`TokenUsage`] adds to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Totals {
+    Keys,
+    Tokens,
+}
+
+/// Adds `d` to the totals of row `id` of the `keys` or `tokens` table (a
+/// row deleted meanwhile is skipped).
+pub(super) fn add_usage_to<DB: sqlx::Database>(
+    table: Totals,
     id: i64,
     d: &TokenUsage,
 ) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments<'static>>
@@ -77,9 +119,10 @@ where
 {
     // Each total stops at the largest BIGINT rather than overflowing (an
     // error on PostgreSQL, a REAL on SQLite): a garbage usage figure from an
-    // upstream must not block the token's records.
-    sqlx::query(
-        "UPDATE tokens SET
+    // upstream must not block the records.
+    macro_rules! sets {
+        () => {
+            " SET
             requests = CASE WHEN requests > 9223372036854775807 - $1 THEN 9223372036854775807 ELSE requests + $1 END,
             successes = CASE WHEN successes > 9223372036854775807 - $2 THEN 9223372036854775807 ELSE successes + $2 END,
             failures = CASE WHEN failures > 9223372036854775807 - $3 THEN 9223372036854775807 ELSE failures + $3 END,
@@ -90,16 +133,22 @@ where
             spent_micros = CASE WHEN spent_micros > 9223372036854775807 - $6
                 THEN 9223372036854775807 ELSE spent_micros + $6 END,
             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $7 THEN $7 ELSE last_used_at END
-         WHERE id = $8",
-    )
-    .bind(i64_of(d.requests))
-    .bind(i64_of(d.successes))
-    .bind(i64_of(d.failures))
-    .bind(i64_of(d.prompt_tokens))
-    .bind(i64_of(d.completion_tokens))
-    .bind(i64_of(d.spent_micros))
-    .bind(d.last_used_at)
-    .bind(id)
+         WHERE id = $8"
+        };
+    }
+    let sql = match table {
+        Totals::Keys => concat!("UPDATE keys", sets!()),
+        Totals::Tokens => concat!("UPDATE tokens", sets!()),
+    };
+    sqlx::query(sql)
+        .bind(i64_of(d.requests))
+        .bind(i64_of(d.successes))
+        .bind(i64_of(d.failures))
+        .bind(i64_of(d.prompt_tokens))
+        .bind(i64_of(d.completion_tokens))
+        .bind(i64_of(d.spent_micros))
+        .bind(d.last_used_at)
+        .bind(id)
 }
 
 /// A record's attempts as the `attempt_log` column keeps them (JSON).
@@ -138,20 +187,40 @@ impl RequestRecord {
             cost_micros: opt(row.col("cost_micros")?),
             cancelled: row.col("cancelled")?,
             upstream_request_id: row.col("upstream_request_id")?,
+            request_body: row.col("request_body")?,
+            response_body: row.col("response_body")?,
         })
     }
 }
 
 impl Store {
-    /// Appends request records in one transaction (the record writer's batches).
+    /// Appends request records in one transaction, with what they add to
+    /// the key and token totals and the rollups (UTC days).
     pub async fn insert_requests(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
+        let rollups = crate::records::rollup::rollups(records, &crate::records::rollup::Buckets::utc());
+        self.write_batch(records, true, &rollups).await
+    }
+
+    /// The record writer's batch, in one transaction: the records (unless
+    /// `log` is off), what they add to each key's and token's totals, and
+    /// `rollups` (summed from the same records by the caller, who knows
+    /// the time zone). All of it or none is written, so the totals and the
+    /// statistics always agree with the log, after a crash too.
+    pub async fn write_batch(
+        &self,
+        records: &[RequestRecord],
+        log: bool,
+        rollups: &std::collections::BTreeMap<RollupKey, Rollup>,
+    ) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
+        let keys = key_totals(records);
+        let tokens = token_totals(records);
         match &self.db {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                let mut rest = records;
+                let mut rest = if log { records } else { &[] };
                 for (rows, sql) in sqlite_inserts() {
                     while rest.len() >= *rows {
                         let (chunk, tail) = rest.split_at(*rows);
@@ -183,15 +252,21 @@ impl Store {
                                 .bind(r.usage_estimated)
                                 .bind(r.cost_micros.map(i64_of))
                                 .bind(r.cancelled)
-                                .bind(r.upstream_request_id.as_deref());
+                                .bind(r.upstream_request_id.as_deref())
+                                .bind(r.request_body.as_deref())
+                                .bind(r.response_body.as_deref());
                         }
                         insert.execute(&mut *tx).await?;
                         rest = tail;
                     }
                 }
-                for (id, d) in token_totals(records) {
-                    add_token_usage(id, &d).execute(&mut *tx).await?;
+                for (id, d) in &keys {
+                    add_usage_to(Totals::Keys, *id, d).execute(&mut *tx).await?;
                 }
+                for (id, d) in &tokens {
+                    add_usage_to(Totals::Tokens, *id, d).execute(&mut *tx).await?;
+                }
+                super::rollups::add_sqlite(&mut tx, rollups).await?;
                 tx.commit().await?;
             }
             // One statement for any batch: each column bound as one array
@@ -201,40 +276,48 @@ impl Store {
                 let text = |f: fn(&RequestRecord) -> Option<&str>| records.iter().map(f).collect::<Vec<_>>();
                 let int = |f: fn(&RequestRecord) -> Option<i64>| records.iter().map(f).collect::<Vec<_>>();
                 let flag = |f: fn(&RequestRecord) -> bool| records.iter().map(f).collect::<Vec<_>>();
-                let log: Vec<String> = records.iter().map(attempt_log).collect();
                 let mut tx = pool.begin().await?;
-                sqlx::query(UNNEST)
-                    .bind(text(|r| Some(r.request_id.as_str())))
-                    .bind(int(|r| Some(r.started_at)))
-                    .bind(int(|r| r.token_id))
-                    .bind(text(|r| r.client_addr.as_deref()))
-                    .bind(text(|r| r.user_agent.as_deref()))
-                    .bind(text(|r| r.end_user.as_deref()))
-                    .bind(text(|r| Some(r.method.as_str())))
-                    .bind(text(|r| Some(r.path.as_str())))
-                    .bind(text(|r| r.model.as_deref()))
-                    .bind(flag(|r| r.stream))
-                    .bind(int(|r| Some(i64::from(r.status))))
-                    .bind(text(|r| r.error_type.as_deref()))
-                    .bind(int(|r| r.key_id))
-                    .bind(int(|r| Some(i64_of(r.attempts.len() as u64))))
-                    .bind(log)
-                    .bind(int(|r| Some(i64_of(r.queue_wait_us))))
-                    .bind(int(|r| r.ttfb_us.map(i64_of)))
-                    .bind(int(|r| Some(i64_of(r.duration_us))))
-                    .bind(int(|r| r.prompt_tokens.map(i64_of)))
-                    .bind(int(|r| r.completion_tokens.map(i64_of)))
-                    .bind(int(|r| r.cached_tokens.map(i64_of)))
-                    .bind(int(|r| r.reasoning_tokens.map(i64_of)))
-                    .bind(flag(|r| r.usage_estimated))
-                    .bind(int(|r| r.cost_micros.map(i64_of)))
-                    .bind(flag(|r| r.cancelled))
-                    .bind(text(|r| r.upstream_request_id.as_deref()))
-                    .execute(&mut *tx)
-                    .await?;
-                for (id, d) in token_totals(records) {
-                    add_token_usage(id, &d).execute(&mut *tx).await?;
+                if log {
+                    let attempt_logs: Vec<String> = records.iter().map(attempt_log).collect();
+                    sqlx::query(UNNEST)
+                        .bind(text(|r| Some(r.request_id.as_str())))
+                        .bind(int(|r| Some(r.started_at)))
+                        .bind(int(|r| r.token_id))
+                        .bind(text(|r| r.client_addr.as_deref()))
+                        .bind(text(|r| r.user_agent.as_deref()))
+                        .bind(text(|r| r.end_user.as_deref()))
+                        .bind(text(|r| Some(r.method.as_str())))
+                        .bind(text(|r| Some(r.path.as_str())))
+                        .bind(text(|r| r.model.as_deref()))
+                        .bind(flag(|r| r.stream))
+                        .bind(int(|r| Some(i64::from(r.status))))
+                        .bind(text(|r| r.error_type.as_deref()))
+                        .bind(int(|r| r.key_id))
+                        .bind(int(|r| Some(i64_of(r.attempts.len() as u64))))
+                        .bind(attempt_logs)
+                        .bind(int(|r| Some(i64_of(r.queue_wait_us))))
+                        .bind(int(|r| r.ttfb_us.map(i64_of)))
+                        .bind(int(|r| Some(i64_of(r.duration_us))))
+                        .bind(int(|r| r.prompt_tokens.map(i64_of)))
+                        .bind(int(|r| r.completion_tokens.map(i64_of)))
+                        .bind(int(|r| r.cached_tokens.map(i64_of)))
+                        .bind(int(|r| r.reasoning_tokens.map(i64_of)))
+                        .bind(flag(|r| r.usage_estimated))
+                        .bind(int(|r| r.cost_micros.map(i64_of)))
+                        .bind(flag(|r| r.cancelled))
+                        .bind(text(|r| r.upstream_request_id.as_deref()))
+                        .bind(text(|r| r.request_body.as_deref()))
+                        .bind(text(|r| r.response_body.as_deref()))
+                        .execute(&mut *tx)
+                        .await?;
                 }
+                for (id, d) in &keys {
+                    add_usage_to(Totals::Keys, *id, d).execute(&mut *tx).await?;
+                }
+                for (id, d) in &tokens {
+                    add_usage_to(Totals::Tokens, *id, d).execute(&mut *tx).await?;
+                }
+                super::rollups::add_postgres(&mut tx, rollups).await?;
                 tx.commit().await?;
             }
         }
@@ -286,6 +369,23 @@ impl Store {
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(RequestRecord::from_row).collect()
+        })
+    }
+
+    /// Deletes up to `limit` of the oldest records that started before
+    /// `before` (Unix ms); returns how many. The oldest first, through the
+    /// `started_at` index, so each call is a short transaction.
+    pub async fn prune_requests(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query(
+                "DELETE FROM requests WHERE id IN
+                   (SELECT id FROM requests WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
+            )
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 }

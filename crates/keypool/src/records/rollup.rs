@@ -1,0 +1,500 @@
+//! Rollups: what a batch of records adds to the per-key, per-token and
+//! per-model statistics, by minute, hour and day. Summed in memory per
+//! batch, then added to the `rollups` table in the batch's transaction
+//! (`store::rollups`), so statistics never scan the request log.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Counted, RequestRecord};
+
+/// Whose statistics a rollup row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Key,
+    Token,
+    Model,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 3] = [Dimension::Key, Dimension::Token, Dimension::Model];
+
+    /// As stored in `rollups.dimension`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Key => "key",
+            Dimension::Token => "token",
+            Dimension::Model => "model",
+        }
+    }
+}
+
+/// How long a rollup row's bucket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Span {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Span {
+    pub const ALL: [Span; 3] = [Span::Minute, Span::Hour, Span::Day];
+
+    /// As stored in `rollups.span`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Span::Minute => "minute",
+            Span::Hour => "hour",
+            Span::Day => "day",
+        }
+    }
+}
+
+/// Upper bounds of the latency histogram's buckets, µs (the last bucket
+/// holds everything slower than 30 s).
+pub const LATENCY_BOUNDS_US: [u64; 9] =
+    [50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000];
+
+/// Failed requests by kind, in the order of the `errors_*` columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller's own request (4xx other than 429).
+    Caller,
+    /// 429: a key's rate limit, or no key with room in time.
+    RateLimited,
+    /// A key refused as invalid or out of balance.
+    Key,
+    /// No answer in time.
+    Timeout,
+    /// The upstream failed (5xx, a broken connection or stream).
+    Upstream,
+    /// keypool's own: no key could serve, or it was stopping.
+    Gateway,
+    /// The caller went away first.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// The kind of a failed request, from its final status and error type;
+    /// `None` for a success.
+    pub fn of_request(r: &RequestRecord) -> Option<ErrorKind> {
+        if r.cancelled {
+            return Some(ErrorKind::Cancelled);
+        }
+        let failed = !(200..300).contains(&r.status) || r.error_type.is_some();
+        if !failed {
+            return None;
+        }
+        let why = r.error_type.as_deref().unwrap_or("");
+        Some(match r.status {
+            429 => ErrorKind::RateLimited,
+            408 | 504 => ErrorKind::Timeout,
+            _ if why.contains("timeout") => ErrorKind::Timeout,
+            _ if why == "invalid_key" || why == "exhausted_key" => ErrorKind::Key,
+            400..=499 => ErrorKind::Caller,
+            // Failed without reaching any upstream: keypool's own answer.
+            _ if r.attempts.is_empty() => ErrorKind::Gateway,
+            _ if why == super::error_type::SHUTTING_DOWN => ErrorKind::Gateway,
+            _ => ErrorKind::Upstream,
+        })
+    }
+
+    /// The kind of one failed attempt, from its reason (see
+    /// `server::attempt`); `None` for one that answered well.
+    fn of_attempt(status: u16, reason: &str, counted: Counted) -> Option<ErrorKind> {
+        match reason {
+            "ok" if counted == Counted::Success => None,
+            "ok" if (200..300).contains(&status) => Some(ErrorKind::Upstream),
+            "rate_limited" => Some(ErrorKind::RateLimited),
+            "timeout" => Some(ErrorKind::Timeout),
+            "invalid_key" | "exhausted_key" => Some(ErrorKind::Key),
+            _ if (400..500).contains(&status) && status != 429 => Some(ErrorKind::Caller),
+            _ => Some(ErrorKind::Upstream),
+        }
+    }
+}
+
+/// One rollup row's figures (all added up; tokens, µs and micro-USD).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Rollup {
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// Failed requests by kind: caller, rate_limited, key, timeout, upstream, gateway, cancelled.
+    pub errors: Errors,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_micros: u64,
+    /// Requests that got an answer head (the count behind `ttfb_us_sum`).
+    pub answered: u64,
+    pub duration_us_sum: u64,
+    pub ttfb_us_sum: u64,
+    pub queue_wait_us_sum: u64,
+    /// Requests by duration: at most 50 ms, 100 ms, 250 ms, 500 ms, 1 s,
+    /// 2.5 s, 5 s, 10 s, 30 s, and slower ([`LATENCY_BOUNDS_US`]).
+    pub latency: [u64; 10],
+}
+
+/// Failed requests by [`ErrorKind`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Errors {
+    pub caller: u64,
+    pub rate_limited: u64,
+    pub key: u64,
+    pub timeout: u64,
+    pub upstream: u64,
+    pub gateway: u64,
+    pub cancelled: u64,
+}
+
+impl Errors {
+    fn count(&mut self, kind: ErrorKind) {
+        let slot = match kind {
+            ErrorKind::Caller => &mut self.caller,
+            ErrorKind::RateLimited => &mut self.rate_limited,
+            ErrorKind::Key => &mut self.key,
+            ErrorKind::Timeout => &mut self.timeout,
+            ErrorKind::Upstream => &mut self.upstream,
+            ErrorKind::Gateway => &mut self.gateway,
+            ErrorKind::Cancelled => &mut self.cancelled,
+        };
+        *slot += 1;
+    }
+
+    /// In the `errors_*` columns' order.
+    pub fn as_array(&self) -> [u64; 7] {
+        [self.caller, self.rate_limited, self.key, self.timeout, self.upstream, self.gateway, self.cancelled]
+    }
+
+    pub fn from_array(a: [u64; 7]) -> Errors {
+        let [caller, rate_limited, key, timeout, upstream, gateway, cancelled] = a;
+        Errors { caller, rate_limited, key, timeout, upstream, gateway, cancelled }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.as_array().iter().sum()
+    }
+}
+
+impl Rollup {
+    /// Adds `other` (saturating: a garbage figure must not wrap).
+    pub fn add(&mut self, o: &Rollup) {
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.requests, o.requests);
+        add(&mut self.successes, o.successes);
+        add(&mut self.failures, o.failures);
+        let mut e = self.errors.as_array();
+        for (a, b) in e.iter_mut().zip(o.errors.as_array()) {
+            add(a, b);
+        }
+        self.errors = Errors::from_array(e);
+        add(&mut self.prompt_tokens, o.prompt_tokens);
+        add(&mut self.completion_tokens, o.completion_tokens);
+        add(&mut self.cached_tokens, o.cached_tokens);
+        add(&mut self.reasoning_tokens, o.reasoning_tokens);
+        add(&mut self.cost_micros, o.cost_micros);
+        add(&mut self.answered, o.answered);
+        add(&mut self.duration_us_sum, o.duration_us_sum);
+        add(&mut self.ttfb_us_sum, o.ttfb_us_sum);
+        add(&mut self.queue_wait_us_sum, o.queue_wait_us_sum);
+        for (a, b) in self.latency.iter_mut().zip(o.latency) {
+            add(a, b);
+        }
+    }
+
+    /// The request's usage, spend and timing.
+    fn answer(&mut self, r: &RequestRecord) {
+        let add = |a: &mut u64, b: Option<u64>| *a = a.saturating_add(b.unwrap_or(0));
+        add(&mut self.prompt_tokens, r.prompt_tokens);
+        add(&mut self.completion_tokens, r.completion_tokens);
+        add(&mut self.cached_tokens, r.cached_tokens);
+        add(&mut self.reasoning_tokens, r.reasoning_tokens);
+        add(&mut self.cost_micros, r.cost_micros);
+        if let Some(t) = r.ttfb_us {
+            self.answered += 1;
+            self.ttfb_us_sum = self.ttfb_us_sum.saturating_add(t);
+        }
+        self.duration_us_sum = self.duration_us_sum.saturating_add(r.duration_us);
+        self.queue_wait_us_sum = self.queue_wait_us_sum.saturating_add(r.queue_wait_us);
+        let at = LATENCY_BOUNDS_US.iter().position(|b| r.duration_us <= *b).unwrap_or(LATENCY_BOUNDS_US.len());
+        self.latency[at] += 1;
+    }
+
+    /// The p-quantile (0.0–1.0) of the duration, as the upper bound of the
+    /// histogram bucket it falls in, µs; `None` with no requests or when it
+    /// falls in the open last bucket.
+    pub fn latency_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return LATENCY_BOUNDS_US.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
+/// A rollup row's identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RollupKey {
+    pub dimension: Dimension,
+    pub span: Span,
+    /// The bucket's start, Unix seconds.
+    pub bucket: i64,
+    /// The key's or token's id, or the model ('' for none).
+    pub subject: String,
+}
+
+/// Where hours and days begin: the configured time zone (`time_zone`).
+#[derive(Debug)]
+pub struct Buckets {
+    tz: jiff::tz::TimeZone,
+    /// The last hour and day looked up, [start, end) in Unix seconds: a
+    /// batch's records nearly all fall in the same ones.
+    hour: Memo,
+    day: Memo,
+}
+
+/// A [start, end) range remembered (a lock no one else ever waits on: the
+/// writer's task alone uses it, but it is shared by reference across awaits).
+type Memo = std::sync::Mutex<(i64, i64)>;
+
+impl Clone for Buckets {
+    fn clone(&self) -> Buckets {
+        Buckets::new(self.tz.clone())
+    }
+}
+
+impl Buckets {
+    pub fn new(tz: jiff::tz::TimeZone) -> Buckets {
+        Buckets { tz, hour: Memo::default(), day: Memo::default() }
+    }
+
+    /// UTC.
+    pub fn utc() -> Buckets {
+        Buckets::new(jiff::tz::TimeZone::UTC)
+    }
+
+    /// The time zone hours and days begin in.
+    pub fn time_zone(&self) -> &jiff::tz::TimeZone {
+        &self.tz
+    }
+
+    /// The start of the `span` bucket holding `second` (Unix seconds).
+    pub fn start(&self, span: Span, second: i64) -> i64 {
+        match span {
+            Span::Minute => second.div_euclid(60) * 60,
+            Span::Hour => self.cached(&self.hour, second, Self::hour_of),
+            Span::Day => self.cached(&self.day, second, Self::day_of),
+        }
+    }
+
+    /// The [start, end) of the hour or day holding `second`: found once
+    /// per hour or day and reused. A time the zone cannot place (out of
+    /// range) falls back to UTC's hour.
+    fn cached(&self, cell: &Memo, second: i64, find: fn(&jiff::Zoned) -> Option<(jiff::Zoned, jiff::Zoned)>) -> i64 {
+        let mut memo = cell.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, end) = *memo;
+        if start <= second && second < end {
+            return start;
+        }
+        let found = jiff::Timestamp::from_second(second).ok().and_then(|t| find(&t.to_zoned(self.tz.clone())));
+        match found {
+            Some((s, e)) => {
+                let range = (s.timestamp().as_second(), e.timestamp().as_second());
+                *memo = range;
+                range.0
+            }
+            None => second.div_euclid(3600) * 3600,
+        }
+    }
+
+    fn day_of(at: &jiff::Zoned) -> Option<(jiff::Zoned, jiff::Zoned)> {
+        let start = at.start_of_day().ok()?;
+        let end = start.tomorrow().ok()?.start_of_day().ok()?;
+        Some((start, end))
+    }
+
+    /// The local wall-clock hour (zones at :30 or :45 offsets start their
+    /// hours there).
+    fn hour_of(at: &jiff::Zoned) -> Option<(jiff::Zoned, jiff::Zoned)> {
+        let start = at.with().minute(0).second(0).subsec_nanosecond(0).build().ok()?;
+        let end = start.checked_add(jiff::SignedDuration::from_hours(1)).ok()?;
+        (start.timestamp() <= at.timestamp() && at.timestamp() < end.timestamp()).then_some((start, end))
+    }
+}
+
+/// What `records` add to each rollup row. Per key, each attempt sent
+/// counts for its key (as the key's totals count it); usage, spend and
+/// latency count for the key that answered (the last attempt).
+pub fn rollups(records: &[RequestRecord], buckets: &Buckets) -> BTreeMap<RollupKey, Rollup> {
+    let mut out = BTreeMap::<RollupKey, Rollup>::new();
+    let at = |dimension: Dimension, second: i64, subject: &str| -> [RollupKey; 3] {
+        Span::ALL.map(|span| RollupKey {
+            dimension,
+            span,
+            bucket: buckets.start(span, second),
+            subject: subject.into(),
+        })
+    };
+    let mut subject = String::new();
+    for r in records {
+        let second = r.started_at.div_euclid(1000);
+        // Per token and per model: the request.
+        let mut whole = Rollup { requests: 1, ..Rollup::default() };
+        match ErrorKind::of_request(r) {
+            None => whole.successes = 1,
+            Some(kind) => {
+                if kind != ErrorKind::Cancelled {
+                    whole.failures = 1;
+                }
+                whole.errors.count(kind);
+            }
+        }
+        whole.answer(r);
+        subject.clear();
+        if let Some(t) = r.token_id {
+            subject.push_str(itoa(t).as_str());
+        }
+        for k in at(Dimension::Token, second, &subject) {
+            out.entry(k).or_default().add(&whole);
+        }
+        for k in at(Dimension::Model, second, r.model.as_deref().unwrap_or("")) {
+            out.entry(k).or_default().add(&whole);
+        }
+        // Per key: each attempt sent.
+        let last = r.attempts.iter().rposition(|a| a.counted != Counted::NotSent);
+        for (i, a) in r.attempts.iter().enumerate() {
+            if a.counted == Counted::NotSent {
+                continue;
+            }
+            let mut one = Rollup { requests: 1, ..Rollup::default() };
+            match a.counted {
+                Counted::Success => one.successes = 1,
+                Counted::Failure => one.failures = 1,
+                Counted::Neither | Counted::NotSent => {}
+            }
+            let kind = if Some(i) == last && r.cancelled {
+                Some(ErrorKind::Cancelled)
+            } else {
+                ErrorKind::of_attempt(a.status, &a.reason, a.counted)
+            };
+            if let Some(kind) = kind {
+                one.errors.count(kind);
+            }
+            if Some(i) == last {
+                one.answer(r);
+            }
+            for k in at(Dimension::Key, second, itoa(a.key_id).as_str()) {
+                out.entry(k).or_default().add(&one);
+            }
+        }
+    }
+    out
+}
+
+fn itoa(n: i64) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::records::Attempt;
+
+    fn record(at_ms: i64, status: u16, attempts: Vec<Attempt>) -> RequestRecord {
+        RequestRecord {
+            started_at: at_ms,
+            status,
+            token_id: Some(7),
+            model: Some("gpt-4o".into()),
+            key_id: attempts.last().map(|a| a.key_id),
+            attempts,
+            duration_us: 120_000,
+            prompt_tokens: Some(10),
+            completion_tokens: Some(5),
+            cost_micros: Some(30),
+            ..RequestRecord::default()
+        }
+    }
+
+    fn attempt(key_id: i64, status: u16, reason: &'static str, counted: Counted) -> Attempt {
+        Attempt { key_id, status, reason: reason.into(), duration_us: 1, counted }
+    }
+
+    #[test]
+    fn a_retried_request_counts_once_per_token_and_model_and_once_per_attempt_per_key() {
+        let r = record(
+            1_700_000_000_123,
+            200,
+            vec![attempt(1, 429, "rate_limited", Counted::Failure), attempt(2, 200, "ok", Counted::Success)],
+        );
+        let b = Buckets::utc();
+        let out = rollups(&[r], &b);
+        assert_eq!(out.len(), 4 * 3, "token, model and two keys, each by minute, hour and day");
+        let get = |d, s: &str| {
+            out[&RollupKey { dimension: d, span: Span::Minute, bucket: 1_700_000_000 / 60 * 60, subject: s.into() }]
+        };
+        let token = get(Dimension::Token, "7");
+        assert_eq!((token.requests, token.successes, token.failures, token.prompt_tokens), (1, 1, 0, 10));
+        assert_eq!(token.latency[2], 1, "120 ms is in the ≤250 ms bucket");
+        let first = get(Dimension::Key, "1");
+        assert_eq!((first.requests, first.failures, first.errors.rate_limited, first.prompt_tokens), (1, 1, 1, 0));
+        let second = get(Dimension::Key, "2");
+        assert_eq!((second.requests, second.successes, second.cost_micros), (1, 1, 30));
+    }
+
+    #[test]
+    fn days_and_hours_begin_in_the_configured_time_zone() {
+        let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        let b = Buckets::new(tz);
+        // 2026-11-30 15:59:59 UTC is 23:59:59 in Shanghai; a second later is the next day there.
+        let before = 1_796_054_399;
+        let day = b.start(Span::Day, before);
+        assert_eq!(day, 1_795_968_000, "2026-11-29 16:00 UTC, Shanghai's midnight");
+        assert_eq!(b.start(Span::Day, before + 1), 1_795_968_000 + 86_400);
+        assert_eq!(b.start(Span::Hour, before), before + 1 - 3600);
+        // India is at +05:30: its hours start at :30 UTC.
+        let india = Buckets::new(jiff::tz::TimeZone::get("Asia/Kolkata").unwrap());
+        assert_eq!(india.start(Span::Hour, before).rem_euclid(3600), 1800);
+        assert_eq!(Buckets::utc().start(Span::Day, before), before + 1 - 16 * 3600);
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let mut cut = record(0, 503, vec![]);
+        cut.error_type = Some("no_key_available".into());
+        assert_eq!(ErrorKind::of_request(&cut), Some(ErrorKind::Gateway));
+        let mut gone = record(0, 200, vec![attempt(1, 200, "ok", Counted::Neither)]);
+        gone.cancelled = true;
+        assert_eq!(ErrorKind::of_request(&gone), Some(ErrorKind::Cancelled));
+        let bad = record(0, 400, vec![attempt(1, 400, "caller_error", Counted::Neither)]);
+        assert_eq!(ErrorKind::of_request(&bad), Some(ErrorKind::Caller));
+        let mut broke = record(0, 200, vec![attempt(1, 200, "ok", Counted::Failure)]);
+        broke.error_type = Some("stream_interrupted".into());
+        assert_eq!(ErrorKind::of_request(&broke), Some(ErrorKind::Upstream));
+        assert_eq!(ErrorKind::of_request(&record(0, 200, vec![])), None);
+    }
+
+    #[test]
+    fn the_latency_quantile_is_its_bucket_bound() {
+        let mut r = Rollup::default();
+        r.latency[0] = 90;
+        r.latency[4] = 10;
+        assert_eq!(r.latency_quantile_us(0.5), Some(50_000));
+        assert_eq!(r.latency_quantile_us(0.99), Some(1_000_000));
+        assert_eq!(Rollup::default().latency_quantile_us(0.5), None);
+    }
+}
