@@ -26,6 +26,7 @@ both!(
     a_record_the_database_refuses_does_not_hold_up_the_rest,
     the_cli_shows_one_request_and_tails_the_newest,
     token_totals_stop_at_the_largest_count_instead_of_overflowing,
+    bodies_are_kept_only_when_asked_cut_and_a_stream_as_its_text,
 );
 
 struct Gateway {
@@ -54,7 +55,11 @@ impl Gateway {
             db.store.add_key(&NewKey { secret: (*k).into(), ..NewKey::default() }).await.unwrap();
         }
         let token = generate_token();
-        let token_id = db.store.create_token("caller", &hash_token(&token), "kp-c").await.unwrap();
+        let token_id = db
+            .store
+            .create_token(&format!("caller-{}", &token[token.len() - 8..]), &hash_token(&token), "kp-c")
+            .await
+            .unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: sim.base_url(),
@@ -79,6 +84,46 @@ fn chat_body(stream: bool) -> serde_json::Value {
         "stream": stream,
         "user": "end-user-7",
     })
+}
+
+async fn bodies_are_kept_only_when_asked_cut_and_a_stream_as_its_text(db: Scratch) {
+    let sim = || SimConfig { accept_any_key: true, ..SimConfig::default() };
+    // Off by default: no body in the record.
+    let gw = Gateway::start(&db, sim(), &["sk-body-0123456789"], |_| {}).await;
+    gw.chat(chat_body(false)).send().await.unwrap().bytes().await.unwrap();
+    let first = records(&db, 1).await.remove(0);
+    assert_eq!((first.request_body, first.response_body), (None, None));
+    gw.gateway.shutdown().await.unwrap();
+
+    let gw = Gateway::start(&db, sim(), &[], |c| {
+        c.records.bodies = true;
+        c.records.body_max_bytes = 2_000;
+    })
+    .await;
+    // A plain answer: both bodies as they went.
+    let plain = gw.chat(chat_body(false)).send().await.unwrap().text().await.unwrap();
+    // A stream: the answer kept as its text, not its events.
+    let events = gw.chat(chat_body(true)).send().await.unwrap().text().await.unwrap();
+    let mut streamed = String::new();
+    for line in events.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            streamed.push_str(t);
+        }
+    }
+    assert!(!streamed.is_empty());
+    // A long prompt: cut to body_max_bytes.
+    let long =
+        serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "é".repeat(3_000)}]});
+    gw.chat(long).send().await.unwrap().bytes().await.unwrap();
+    let got = records(&db, 4).await;
+    let (p, s, l) = (&got[1], &got[2], &got[3]);
+    assert!(p.request_body.as_deref().unwrap().contains("hello there"), "{:?}", p.request_body);
+    assert_eq!(p.response_body.as_deref(), Some(plain.as_str()));
+    assert_eq!(s.response_body.as_deref(), Some(streamed.as_str()));
+    let cut = l.request_body.as_deref().unwrap();
+    assert!(cut.len() <= 2_000 && cut.len() > 1_990, "cut at a character boundary: {} bytes", cut.len());
+    gw.gateway.shutdown().await.unwrap();
 }
 
 /// The records, oldest first, once `n` are in the store.

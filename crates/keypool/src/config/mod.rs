@@ -158,6 +158,7 @@ impl RecordsSettings {
         let tz = jiff::tz::TimeZone::get(time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
         crate::records::RecordsConfig {
             log: self.enabled,
+            bodies: self.bodies.then_some(self.body_max_bytes),
             buckets: std::sync::Arc::new(crate::records::rollup::Buckets::new(tz)),
             buffer: self.buffer,
             batch: self.batch,

@@ -3,6 +3,7 @@
 //! a [`RequestRecord`]; the [`Recorder`] hands it to the batched
 //! [`writer`] without waiting, and the writer stores it off the request path.
 
+pub mod body;
 pub mod retention;
 pub mod rollup;
 mod writer;

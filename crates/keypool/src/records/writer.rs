@@ -26,6 +26,8 @@ pub struct RecordsConfig {
     /// Keep each request's row (the request log); off, the writer still
     /// adds every request to the key and token totals and the rollups.
     pub log: bool,
+    /// Keep request and answer bodies, cut to this many bytes.
+    pub bodies: Option<usize>,
     /// Where the rollups' hours and days begin (`time_zone`).
     pub buckets: std::sync::Arc<Buckets>,
     /// Records waiting for the store at most; past it they are dropped and counted.
@@ -40,6 +42,7 @@ impl Default for RecordsConfig {
     fn default() -> RecordsConfig {
         RecordsConfig {
             log: true,
+            bodies: None,
             buckets: std::sync::Arc::new(Buckets::utc()),
             buffer: 100_000,
             batch: 10_000,
@@ -53,6 +56,8 @@ impl Default for RecordsConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     tx: Option<mpsc::Sender<RequestRecord>>,
+    /// Keep bodies, cut to this many bytes.
+    bodies: Option<usize>,
     counts: Arc<Counts>,
 }
 
@@ -115,6 +120,11 @@ impl Recorder {
             Err(TrySendError::Full(_)) => self.counts.dropped("buffer_full"),
             Err(TrySendError::Closed(_)) => self.counts.dropped("stopped"),
         }
+    }
+
+    /// The most of each body to keep, when records keep bodies.
+    pub fn bodies(&self) -> Option<usize> {
+        self.bodies
     }
 
     /// Records written to the store so far.
@@ -199,11 +209,13 @@ impl Stop {
 /// handle that stops the writer.
 pub fn spawn(store: Store, config: RecordsConfig) -> (Recorder, WriterHandle) {
     let (tx, rx) = mpsc::channel(config.buffer.max(1));
+    let bodies = config.bodies.filter(|_| config.log);
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(Stop::default());
     let writer = Writer { store, config, rx, counts: Arc::clone(&counts), stop: Arc::clone(&stop) };
     let join = tokio::spawn(writer.run());
-    (Recorder { tx: Some(tx), counts: Arc::clone(&counts) }, WriterHandle { stop, join, counts })
+    let recorder = Recorder { tx: Some(tx), bodies, counts: Arc::clone(&counts) };
+    (recorder, WriterHandle { stop, join, counts })
 }
 
 struct Writer {

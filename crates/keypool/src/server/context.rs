@@ -171,6 +171,33 @@ impl RequestContext {
         self.record.cost_micros = cost_micros;
     }
 
+    /// The most of each body kept, when records keep bodies.
+    pub fn bodies(&self) -> Option<usize> {
+        self.recorder.bodies()
+    }
+
+    /// The caller's request body, kept (cut) when records keep bodies.
+    pub fn request_body(&mut self, body: &[u8]) {
+        if let Some(max) = self.bodies() {
+            self.record.request_body = Some(crate::records::body::cut(body, max));
+        }
+    }
+
+    /// An error answer's body (as the caller gets it, quoted or passed on),
+    /// kept (cut) when records keep bodies.
+    pub fn error_body(&mut self, body: &[u8]) {
+        if let Some(max) = self.bodies() {
+            self.record.response_body = Some(crate::records::body::cut(body, max));
+        }
+    }
+
+    /// The answer's body as the caller got it (a stream's text), already cut.
+    pub fn response_body(&mut self, text: String) {
+        if self.bodies().is_some() {
+            self.record.response_body = Some(text);
+        }
+    }
+
     /// The answer broke off after part of it reached the caller.
     pub fn interrupted(&mut self) {
         self.record.error_type = Some(error_type::STREAM_INTERRUPTED.into());

@@ -44,6 +44,8 @@ pub struct Metered {
     expect: Expect,
     /// The request's context, ended with the answer.
     ctx: Option<Box<RequestContext>>,
+    /// The answer's body for the record, when records keep bodies.
+    body: Option<Box<crate::records::body::Assembler>>,
 }
 
 /// What the request leads keypool to expect of its answer.
@@ -83,6 +85,7 @@ impl Metered {
             done: false,
             expect: Expect::default(),
             ctx: None,
+            body: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl Metered {
 
     /// Hands the body the request's context, to end when the body ends.
     pub fn context(mut self, ctx: Box<RequestContext>) -> Metered {
+        self.body = ctx.bodies().map(|max| Box::new(crate::records::body::Assembler::new(self.sse, max)));
         self.ctx = Some(ctx);
         self
     }
@@ -127,6 +131,9 @@ impl Metered {
             let counted = lease.finish(Outcome { success, usage, cost_micros, verdict });
             if let Some(mut ctx) = self.ctx.take() {
                 ctx.counted(counted);
+                if let Some(body) = self.body.take() {
+                    ctx.response_body(body.finish());
+                }
                 // An unpriced model's cost is unknown, not free.
                 ctx.usage(usage, self.price.and(cost_micros));
                 if verdict == Verdict::Cancelled {
@@ -197,6 +204,9 @@ impl Stream for Metered {
                     let next = (Instant::now() + this.idle).min(this.total);
                     this.timer.as_mut().reset(next);
                     this.tap.feed(&chunk);
+                    if let Some(body) = this.body.as_mut() {
+                        body.feed(&chunk);
+                    }
                     let Some(stripper) = this.stripper.as_mut() else {
                         return Poll::Ready(Some(Ok(chunk)));
                     };

@@ -108,6 +108,9 @@ async fn handle(
         app.upstream.url_for(&rest, parts.uri.query()).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
     let exact = app.scheduler.counts_tokens() || !app.config.prices.is_empty();
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
+    if let crate::upstream::OutBody::Bytes(bytes) = &inspected.body {
+        ctx!(slot, request_body, bytes);
+    }
     let shape = inspected.shape;
     let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.prices.model_price_of(&app.config, m));
     let model = shape.as_ref().and_then(|s| s.model.clone());
@@ -567,6 +570,7 @@ async fn answer(
         // over ERROR_BODY_CAP (64 KiB, far above any real one) is cut there
         // rather than streamed on unread, where a quoted key would pass.
         prefix.truncate(ERROR_BODY_CAP);
+        ctx!(slot, error_body, &prefix);
         if classified.retry() {
             return Err(Failed::Status { status, classified, headers, body: Bytes::from(prefix) });
         }
