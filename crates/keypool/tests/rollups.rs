@@ -14,6 +14,18 @@ use keypool::records::{Attempt, Counted, RequestRecord};
 use keypool::store::{Backend, NewKey};
 use std::time::Duration;
 
+/// Runs the keypool binary on the database `url`; (success, stdout, stderr).
+fn keypool(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
+        .args(args)
+        .env("KEYPOOL_DATABASE_URL", url)
+        .env_remove("KEYPOOL_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 both!(
     rollups_add_up_what_the_records_say,
     key_totals_are_summed_from_the_attempts_with_the_records,
@@ -201,4 +213,83 @@ async fn sqlite_size(db: &Scratch) -> Option<u64> {
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     Some(std::fs::metadata(keypool::store::database_path(&db.url)).unwrap().len())
+}
+
+/// `keypool stats` reads the rollups: per key with labels, per model, as
+/// a table or JSON, for the last hour and day.
+#[tokio::test]
+async fn the_stats_command_shows_the_last_hour_and_day() {
+    let db = Scratch::sqlite().await;
+    let id = db
+        .store
+        .add_key(&NewKey {
+            secret: "sk-stats-0123456789abcdef".into(),
+            label: Some("team-a".into()),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let keypool::store::AddOutcome::Added(id) = id else { panic!() };
+    let now = keypool::store::now_unix();
+    let records: Vec<RequestRecord> = (0..3)
+        .map(|i| record(now - 30 - i, 1, "gpt-4o", vec![attempt(id, 200, "ok", Counted::Success)]))
+        // Two days ago: not in the last day.
+        .chain([record(now - 2 * 86_400, 1, "gpt-4o", vec![attempt(id, 200, "ok", Counted::Success)])])
+        .collect();
+    db.store.insert_requests(&records).await.unwrap();
+    let (ok, out, err) = keypool(&db.url, &["stats", "--by", "key", "--last", "24h"]);
+    assert!(ok, "{err}");
+    let row = out.lines().find(|l| l.contains("team-a")).unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[2], "3", "three requests in the last day: {row}");
+    let (ok, out, err) = keypool(&db.url, &["stats", "--by", "model", "--last", "1h", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["subject"], "gpt-4o");
+    assert_eq!(v[0]["requests"], 3);
+    assert_eq!(v[0]["cost_micros"], 150);
+}
+
+/// `keypool db migrate --to postgres://…` copies a SQLite database whole:
+/// keys (with their totals), tokens, the log and the statistics; ids kept,
+/// and new rows continue after them. A target that holds data is refused.
+#[tokio::test]
+async fn db_migrate_copies_a_sqlite_database_into_postgres() {
+    let db = Scratch::sqlite().await;
+    let ids = keys(&db, 3).await;
+    db.store.remove_key(ids[1]).await.unwrap(); // a gap in the ids
+    let token = db.store.create_token("app", "hash-of-app", "kp-app").await.unwrap();
+    let records: Vec<RequestRecord> = (0..2_500)
+        .map(|i| record(DAY0 + i, token, "gpt-4o", vec![attempt(ids[2], 200, "ok", Counted::Success)]))
+        .collect();
+    db.store.insert_requests(&records).await.unwrap();
+    let (to, schema) = Scratch::empty_postgres().await;
+    let (ok, _, err) = keypool(&db.url, &["db", "migrate", "--to", &to]);
+    assert!(ok, "{err}");
+    assert!(err.contains("requests: 2500 row(s) copied"), "{err}");
+    let pg = keypool::store::Store::connect(&to).await.unwrap();
+    // Every field (the secret's Debug is redacted: compared on its own).
+    let keys_of = |keys: Vec<keypool::store::KeyRecord>| {
+        use secrecy::ExposeSecret;
+        keys.iter().map(|k| (format!("{k:?}"), k.secret.expose_secret().to_owned())).collect::<Vec<_>>()
+    };
+    let (a, b) = (db.store.list_keys().await.unwrap(), pg.list_keys().await.unwrap());
+    assert_eq!(keys_of(a), keys_of(b), "keys, settings and totals");
+    let tokens_of = |t: Vec<keypool::store::TokenRecord>| format!("{t:?}");
+    assert_eq!(tokens_of(db.store.list_tokens().await.unwrap()), tokens_of(pg.list_tokens().await.unwrap()));
+    assert_eq!(pg.count_requests().await.unwrap(), 2_500);
+    assert_eq!(db.store.recent_requests(10).await.unwrap(), pg.recent_requests(10).await.unwrap());
+    let stats = |s: keypool::store::Store| async move {
+        s.stats_by_subject(Dimension::Key, Span::Minute, 0, i64::MAX).await.unwrap()
+    };
+    assert_eq!(stats(db.store.clone()).await, stats(pg.clone()).await);
+    // New rows take ids after the copied ones.
+    let added = pg.add_key(&NewKey { secret: "sk-after-0123456789abcdef".into(), ..NewKey::default() }).await.unwrap();
+    assert_eq!(added, keypool::store::AddOutcome::Added(ids[2] + 1));
+    // Again into the same database: refused, nothing changed.
+    let (ok, _, err) = keypool(&db.url, &["db", "migrate", "--to", &to]);
+    assert!(!ok && err.contains("empty database only"), "{err}");
+    assert_eq!(pg.count_requests().await.unwrap(), 2_500);
+    pg.close().await;
+    Scratch::drop_schema(&schema);
 }

@@ -2,11 +2,13 @@
 //! it prints. This is the only place besides the demo that writes to stdout.
 
 mod check;
+mod db;
 mod keys;
 mod keytest;
 mod list;
 mod paste;
 mod requests;
+mod stats;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -43,6 +45,12 @@ pub enum Command {
     /// Read the request log: the newest requests, or one with its attempts.
     #[command(subcommand)]
     Requests(requests::RequestsCommand),
+    /// Requests, errors, tokens, spend and latency per key, token or model,
+    /// over the last hour, day, week or month (from the statistics).
+    Stats(stats::StatsArgs),
+    /// Move the database: copy a SQLite database into PostgreSQL.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -90,7 +98,8 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
     let creates = match command {
         Command::Keys(cmd) => keys::creates_database(cmd),
         Command::Tokens(cmd) => tokens::creates_database(cmd),
-        Command::Requests(_) => false,
+        Command::Requests(_) | Command::Stats(_) => false,
+        Command::Db(cmd) => return db::run(cmd, &config.database_url).await,
         Command::Config(ConfigCommand::Check) => {
             eprintln!("database: {}", database_path(&config.database_url));
             return check::run(config).await;
@@ -114,6 +123,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
         Command::Keys(cmd) => keys::run(cmd, &store, config).await,
         Command::Tokens(cmd) => tokens::run(cmd, &store).await,
         Command::Requests(cmd) => requests::run(cmd, &store).await,
+        Command::Stats(args) => stats::run(args, &store).await,
         _ => Ok(()),
     };
     store.close().await;

@@ -212,6 +212,22 @@ impl Store {
         }
     }
 
+    /// The SQLite pool, for `db migrate`'s copy by column (any table).
+    pub(crate) fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.db {
+            Db::Sqlite(pool) => Some(pool),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL pool, for `db migrate`.
+    pub(crate) fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.db {
+            Db::Postgres(pool) => Some(pool),
+            Db::Sqlite(_) => None,
+        }
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         match self.db {
