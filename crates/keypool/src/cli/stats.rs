@@ -78,7 +78,7 @@ pub async fn run(args: &StatsArgs, store: &Store) -> anyhow::Result<()> {
         let list: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
-                let mut v = serde_json::to_value(&r.figures).unwrap_or_default();
+                let mut v = serde_json::to_value(r.figures).unwrap_or_default();
                 v["subject"] = r.subject.clone().into();
                 if let Some(name) = names.get(&r.subject) {
                     v["name"] = name.clone().into();
