@@ -31,6 +31,7 @@ both!(
     key_totals_are_summed_from_the_attempts_with_the_records,
     a_log_turned_off_still_keeps_totals_and_rollups,
     retention_deletes_old_records_and_rollups_only,
+    the_writer_adds_statistics_within_a_second_and_at_its_stop,
 );
 
 /// 2026-11-30 00:00:00 UTC, in seconds.
@@ -292,4 +293,33 @@ async fn db_migrate_copies_a_sqlite_database_into_postgres() {
     assert_eq!(pg.count_requests().await.unwrap(), 2_500);
     pg.close().await;
     Scratch::drop_schema(&schema);
+}
+
+/// The writer sums statistics in memory and adds them at most every
+/// second: they reach the store within that when traffic stops, and at
+/// once at a stop; the totals go with each batch of records.
+async fn the_writer_adds_statistics_within_a_second_and_at_its_stop(db: Scratch) {
+    let ids = keys(&db, 1).await;
+    let (recorder, writer) = keypool::records::spawn(db.store.clone(), keypool::records::RecordsConfig::default());
+    let one = |s| record(s, 1, "gpt-4o", vec![attempt(ids[0], 200, "ok", Counted::Success)]);
+    let day = |store: keypool::store::Store| async move {
+        let all = store.stats_by_subject(Dimension::Model, Span::Day, 0, i64::MAX).await.unwrap();
+        all.first().map_or(0, |s| s.figures.requests)
+    };
+    for s in 0..3 {
+        recorder.record(one(DAY0 + s));
+    }
+    let started = std::time::Instant::now();
+    while day(db.store.clone()).await < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "statistics never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(150), "summed first, not written per batch: {waited:?}");
+    assert_eq!(db.store.list_keys().await.unwrap()[0].requests, 3);
+    // Recorded just before the stop: written by it.
+    recorder.record(one(DAY0 + 10));
+    writer.stop(tokio::time::Instant::now() + Duration::from_secs(5), Default::default()).await;
+    assert_eq!(day(db.store.clone()).await, 4);
+    assert_eq!(db.store.count_requests().await.unwrap(), 4);
 }

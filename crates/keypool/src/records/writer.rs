@@ -2,6 +2,13 @@
 //! channel and reach the store in batches (every `batch` records or
 //! `flush_interval`, whichever comes first), in one transaction each.
 //!
+//! The statistics (rollups) of the records are summed in memory and added
+//! with a batch at most every [`ROLLUP_EVERY`]: a busy key has one row per
+//! minute, so one upsert then stands for many records (and the parallel
+//! parts of a PostgreSQL batch do not queue on the same rows). They lag the
+//! log by at most that, never lead it; a crash loses at most that much of
+//! them, never any totals (written with their records).
+//!
 //! While the store is slow or down, the writer keeps retrying the batch in
 //! hand and records wait in the channel; only when it is full is a record
 //! dropped, and every drop is counted (`keypool_records_dropped_total`) and
@@ -16,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::rollup::{rollups, Buckets};
+use super::rollup::{rollups, Buckets, Rollup, RollupKey};
 use super::RequestRecord;
 use crate::store::{Backend, Store, StoreError};
 
@@ -212,7 +219,8 @@ pub fn spawn(store: Store, config: RecordsConfig) -> (Recorder, WriterHandle) {
     let bodies = config.bodies.filter(|_| config.log);
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(Stop::default());
-    let writer = Writer { store, config, rx, counts: Arc::clone(&counts), stop: Arc::clone(&stop) };
+    let writer =
+        Writer { store, config, rollups: Default::default(), rx, counts: Arc::clone(&counts), stop: Arc::clone(&stop) };
     let join = tokio::spawn(writer.run());
     let recorder = Recorder { tx: Some(tx), bodies, counts: Arc::clone(&counts) };
     (recorder, WriterHandle { stop, join, counts })
@@ -221,9 +229,64 @@ pub fn spawn(store: Store, config: RecordsConfig) -> (Recorder, WriterHandle) {
 struct Writer {
     store: Store,
     config: RecordsConfig,
+    /// Statistics of records already written, waiting for their turn.
+    rollups: std::sync::Mutex<Pending>,
     rx: mpsc::Receiver<RequestRecord>,
     counts: Arc<Counts>,
     stop: Arc<Stop>,
+}
+
+type Rollups = std::collections::BTreeMap<RollupKey, Rollup>;
+
+/// Statistics are added to the store at most this often.
+pub const ROLLUP_EVERY: Duration = Duration::from_secs(1);
+
+/// Statistics summed in memory since they were last written.
+#[derive(Debug, Default)]
+struct Pending {
+    rows: Rollups,
+    /// When they were last written (or first summed).
+    since: Option<Instant>,
+}
+
+impl Pending {
+    /// Takes the rows when they have waited [`ROLLUP_EVERY`].
+    fn take_if_due(&mut self, now: Instant) -> Option<Rollups> {
+        let since = *self.since.get_or_insert(now);
+        (now >= since + ROLLUP_EVERY).then(|| {
+            self.since = Some(now);
+            std::mem::take(&mut self.rows)
+        })
+    }
+
+    fn take_now(&mut self) -> Option<Rollups> {
+        self.since = Some(Instant::now());
+        (!self.rows.is_empty()).then(|| std::mem::take(&mut self.rows))
+    }
+
+    /// Rows whose write failed come back, added to what was summed meanwhile.
+    fn put_back(&mut self, rows: Rollups) {
+        merge(&mut self.rows, &rows);
+    }
+
+    /// When the rows must be written even if no record comes.
+    fn due(&self) -> Option<Instant> {
+        (!self.rows.is_empty()).then(|| self.since.map_or_else(Instant::now, |s| s + ROLLUP_EVERY))
+    }
+}
+
+fn merge(into: &mut Rollups, rows: &Rollups) {
+    for (k, r) in rows {
+        into.entry(k.clone()).or_default().add(r);
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Parts a PostgreSQL batch is written in at once, each at least
@@ -245,9 +308,18 @@ impl Writer {
         let mut batch: Vec<RequestRecord> = Vec::with_capacity(batch_max.min(1024));
         while !self.stop.token.is_cancelled() {
             if batch.is_empty() {
+                let rollups_due = self.lock_rollups().due();
                 tokio::select! {
                     n = self.rx.recv_many(&mut batch, batch_max) => if n == 0 { break },
                     _ = self.stop.token.cancelled() => break,
+                    // Quiet: the statistics summed so far go out on their own.
+                    _ = sleep_until_some(rollups_due) => {
+                        if let Err(e) = self.write_rollups().await {
+                            crate::metrics::record_write_error();
+                            tracing::warn!(error = %e, "could not write request statistics; retrying");
+                        }
+                        continue;
+                    }
                 }
                 // Wait for a fuller batch, but no longer than the interval.
                 let due = Instant::now() + self.config.flush_interval;
@@ -270,7 +342,7 @@ impl Writer {
                 batch.push(record);
             }
             if batch.is_empty() {
-                return;
+                break;
             }
             if !self.write_until_stopped(&mut batch).await {
                 let left = batch.len() + self.rx.len();
@@ -279,6 +351,15 @@ impl Writer {
                 tracing::error!(records = left, "request records not written before the stop's deadline; lost");
                 return;
             }
+        }
+        // Last, the statistics still summed in memory.
+        while let Err(e) = self.write_rollups().await {
+            crate::metrics::record_write_error();
+            if Instant::now() + DEADLINE_CHECK >= self.deadline() {
+                tracing::error!(error = %e, "request statistics not written before the stop's deadline; lost");
+                return;
+            }
+            tokio::time::sleep(DEADLINE_CHECK).await;
         }
     }
 
@@ -346,8 +427,42 @@ impl Writer {
 
     /// One transaction: `records`, and what they add to the totals and rollups.
     async fn write_part(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
-        let rollups = rollups(records, &self.config.buckets);
-        self.store.write_batch(records, self.config.log, &rollups).await
+        let mine = rollups(records, &self.config.buckets);
+        // Due: this part carries everything summed so far, and its own.
+        let taken = self.lock_rollups().take_if_due(Instant::now());
+        let result = match &taken {
+            Some(earlier) => {
+                let mut all = earlier.clone();
+                merge(&mut all, &mine);
+                self.store.write_batch(records, self.config.log, &all).await
+            }
+            None => self.store.write_batch(records, self.config.log, &Rollups::new()).await,
+        };
+        let mut pending = self.lock_rollups();
+        match (&result, taken) {
+            // Written, or to be written again with these records (whose
+            // statistics are summed again then): only what was taken returns.
+            (Ok(()), Some(_)) => {}
+            (Err(_), Some(earlier)) => pending.put_back(earlier),
+            (Ok(()), None) => merge(&mut pending.rows, &mine),
+            (Err(_), None) => {}
+        }
+        result
+    }
+
+    /// Writes the statistics still summed in memory (at a stop, or when no
+    /// record came for [`ROLLUP_EVERY`]); kept for another try on failure.
+    async fn write_rollups(&self) -> Result<(), StoreError> {
+        let Some(rows) = self.lock_rollups().take_now() else { return Ok(()) };
+        let result = self.store.write_batch(&[], false, &rows).await;
+        if result.is_err() {
+            self.lock_rollups().put_back(rows);
+        }
+        result
+    }
+
+    fn lock_rollups(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.rollups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes the batch, retrying with a growing pause while the store

@@ -212,7 +212,7 @@ impl Store {
         log: bool,
         rollups: &std::collections::BTreeMap<RollupKey, Rollup>,
     ) -> Result<(), StoreError> {
-        if records.is_empty() {
+        if records.is_empty() && rollups.is_empty() {
             return Ok(());
         }
         let keys = key_totals(records);
@@ -277,7 +277,7 @@ impl Store {
                 let int = |f: fn(&RequestRecord) -> Option<i64>| records.iter().map(f).collect::<Vec<_>>();
                 let flag = |f: fn(&RequestRecord) -> bool| records.iter().map(f).collect::<Vec<_>>();
                 let mut tx = pool.begin().await?;
-                if log {
+                if log && !records.is_empty() {
                     let attempt_logs: Vec<String> = records.iter().map(attempt_log).collect();
                     sqlx::query(UNNEST)
                         .bind(text(|r| Some(r.request_id.as_str())))
