@@ -53,7 +53,9 @@ pub enum MasterKeyError {
          64 hex digits (it has {chars} characters); `keypool keys gen-master-key` prints one"
     )]
     Malformed { setting: String, chars: usize },
-    #[error("{old} is set but {new} is not: during a rotation, set {new} to the new master key and {old} to the old one")]
+    #[error(
+        "{old} is set but {new} is not: during a rotation, set {new} to the new master key and {old} to the old one"
+    )]
     OldWithoutNew { old: &'static str, new: &'static str },
 }
 
@@ -112,7 +114,8 @@ impl MasterKey {
     /// URL-safe, padded or not); surrounding whitespace is ignored.
     /// `setting` names where the text came from, for the error.
     pub fn parse(text: &str, setting: &str) -> Result<MasterKey, MasterKeyError> {
-        let malformed = || MasterKeyError::Malformed { setting: setting.to_owned(), chars: text.trim().chars().count() };
+        let malformed =
+            || MasterKeyError::Malformed { setting: setting.to_owned(), chars: text.trim().chars().count() };
         let text = text.trim();
         let bytes: Zeroizing<Vec<u8>> = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
             Zeroizing::new(hex::decode(text).map_err(|_| malformed())?)
