@@ -116,6 +116,12 @@ async fn sealed_keys_leave_no_key_material_in_the_database(db: Scratch) {
     assert_eq!(listed.iter().map(|k| k.secret.expose_secret().to_owned()).collect::<Vec<_>>(), KEYS);
     assert_eq!(listed[1].id, id);
     assert_eq!(found(&db).await, Vec::<&str>::new());
+    // Nor is a gateway token kept, only its hash (and the prefix shown in `tokens list`).
+    let token = generate_token();
+    db.store.create_token("caller", &hash_token(&token), &token[..7]).await.unwrap();
+    let bytes = stored_bytes(&db).await;
+    assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is stored");
+    assert!(bytes.windows(hash_token(&token).len()).any(|w| w == hash_token(&token).as_bytes()), "no hash");
     // The scan does find a key stored in clear (so its silence above means something).
     sqlx_exec(&db.url, "UPDATE keys SET secret = 'sk-crypt-one-3f9a2c7e51d84b6a0e1f', secret_version = 0 WHERE id = 1")
         .await;
