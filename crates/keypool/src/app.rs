@@ -131,7 +131,8 @@ const MIN_LAST_WRITE: Duration = Duration::from_secs(1);
 
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect(&config.database_url).await?.with_keyring(config.keyring.clone());
+    store.protect_keys_at_start().await?;
     let keys: Vec<crate::config::KeyFacts> = store.list_keys().await?.iter().map(Into::into).collect();
     for warning in config.warnings(Some(&keys)) {
         tracing::warn!("{warning}");

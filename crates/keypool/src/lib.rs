@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod crypt;
 pub mod demo;
 pub mod health;
 pub mod memory;

@@ -11,7 +11,7 @@ use crate::config::{Config, KeyFacts};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     print!("{}", config.to_masked_toml()?);
-    let keys = match read_keys(&config.database_url).await {
+    let keys = match read_keys(&config.database_url, config.keyring.clone()).await {
         Ok(keys) => Some(keys),
         Err(why) => {
             eprintln!("note: checks of keys skipped: {why}");
@@ -35,10 +35,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
 /// What the checks need from the stored keys, read without writing anything
 /// (a PostgreSQL database without keypool's tables is left without them).
-async fn read_keys(url: &str) -> Result<Vec<KeyFacts>, String> {
+async fn read_keys(url: &str, keyring: Option<crate::crypt::Keyring>) -> Result<Vec<KeyFacts>, String> {
     if crate::store::Backend::of(url) == Some(crate::store::Backend::Postgres) {
         let shown = crate::store::database_path(url);
-        let store = crate::store::Store::open(url, crate::store::Create::Never).await.map_err(|e| e.to_string())?;
+        let store = crate::store::Store::open(url, crate::store::Create::Never)
+            .await
+            .map_err(|e| e.to_string())?
+            .with_keyring(keyring);
         let keys = store.list_keys().await.map_err(|e| format!("cannot read keys from {shown}: {e}"));
         store.close().await;
         return Ok(keys?

@@ -1,4 +1,5 @@
-//! `keypool keys …`: add, import, list, edit, test, enable, disable, remove.
+//! `keypool keys …`: add, import, list, edit, test, enable, disable, remove,
+//! and the master key that encrypts them at rest (gen-master-key, rotate-master-key).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,7 +8,10 @@ use clap::{Args, Subcommand};
 
 use super::paste::{self, check_key, looks_like_provider_key, Pasted};
 use crate::config::{mask_key, Config};
-use crate::store::{now_unix, AddOutcome, KeyChange, NewKey, Store};
+use secrecy::ExposeSecret;
+
+use crate::crypt::{show_version, Keyring, MasterKey, MASTER_KEY_ENV, MASTER_KEY_OLD_ENV};
+use crate::store::{now_unix, AddOutcome, KeyChange, NewKey, Reseal, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -57,6 +61,22 @@ pub enum KeysCommand {
         /// The key's id, as `keys list` shows it.
         id: i64,
     },
+    /// Print a fresh master key (base64) for KEYPOOL_MASTER_KEY, which encrypts keys at rest.
+    GenMasterKey,
+    /// Re-encrypt every key under a new master key (and encrypt keys stored in clear).
+    RotateMasterKey(RotateArgs),
+}
+
+/// The master keys of a rotation. Prefer the variables: a flag's value is
+/// visible to other users in the process list.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The master key the keys are encrypted with now (not needed for keys stored in clear).
+    #[arg(long, env = "KEYPOOL_MASTER_KEY_OLD", hide_env_values = true)]
+    old: Option<String>,
+    /// The master key to encrypt them with from now on.
+    #[arg(long, env = "KEYPOOL_MASTER_KEY", hide_env_values = true)]
+    new: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -171,7 +191,55 @@ pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::R
             store.remove_key(*id).await?;
             println!("removed key {id}");
         }
+        KeysCommand::GenMasterKey => gen_master_key()?,
+        KeysCommand::RotateMasterKey(args) => rotate_master_key(args, store).await?,
     }
+    Ok(())
+}
+
+/// `keys gen-master-key`: the key on stdout (so `$(…)` takes it alone), the hint on stderr.
+pub fn gen_master_key() -> anyhow::Result<()> {
+    println!("{}", MasterKey::generate().expose_secret());
+    eprintln!(
+        "hint: set {MASTER_KEY_ENV} to this value for `keypool serve` and the keys commands, and keep a copy \
+         apart from the database: without it the keys cannot be read"
+    );
+    Ok(())
+}
+
+/// `keys rotate-master-key`: every key re-encrypted under the new master
+/// key in one transaction, then each one opened with the new key alone.
+async fn rotate_master_key(args: &RotateArgs, store: &Store) -> anyhow::Result<()> {
+    let new = args.new.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no new master key: set {MASTER_KEY_ENV} (or pass --new); `keypool keys gen-master-key` prints one"
+        )
+    })?;
+    let new = MasterKey::parse(new, &format!("{MASTER_KEY_ENV} (--new)"))?;
+    let old = match &args.old {
+        Some(old) => Some(MasterKey::parse(old, &format!("{MASTER_KEY_OLD_ENV} (--old)"))?),
+        None => None,
+    };
+    let keyring = Keyring { current: new.clone(), old };
+    let rotating = store.clone().with_keyring(Some(keyring.clone()));
+    rotating.refuse_foreign_master_keys(&keyring).await?;
+    let done = rotating.reseal(Reseal::All).await?;
+    let opened = store.clone().with_keyring(Some(Keyring::new(new.clone()))).list_keys().await?.len();
+    println!(
+        "re-encrypted {} key(s) under master key version {} ({} were in clear); all {opened} open with it",
+        done.from_clear + done.from_old,
+        show_version(new.version()),
+        done.from_clear
+    );
+    if done.from_clear + done.from_old > 0 && !done.wiped {
+        eprintln!(
+            "warning: the database's WAL could not be truncated (a reader was open); the next checkpoint clears it"
+        );
+    }
+    eprintln!(
+        "restart the servers with {MASTER_KEY_ENV} set to the new key (and {MASTER_KEY_OLD_ENV} unset), then \
+         discard the old key"
+    );
     Ok(())
 }
 

@@ -96,6 +96,7 @@ impl Cli {
 /// only commands that add something create one where none exists.
 pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()> {
     let creates = match command {
+        Command::Keys(keys::KeysCommand::GenMasterKey) => return keys::gen_master_key(),
         Command::Keys(cmd) => keys::creates_database(cmd),
         Command::Tokens(cmd) => tokens::creates_database(cmd),
         Command::Requests(_) | Command::Stats(_) => false,
@@ -110,7 +111,9 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
     // A PostgreSQL database exists before keypool (Create::Never is checked by its tables).
     let existed = crate::store::Backend::of(&config.database_url) == Some(crate::store::Backend::Postgres)
         || std::path::Path::new(&path).exists();
-    let store = Store::open(&config.database_url, if creates { Create::IfMissing } else { Create::Never }).await?;
+    let store = Store::open(&config.database_url, if creates { Create::IfMissing } else { Create::Never })
+        .await?
+        .with_keyring(config.keyring.clone());
     if existed {
         eprintln!("database: {path}");
     } else {

@@ -31,15 +31,17 @@ pub(super) fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config,
             figment = figment.merge(Toml::file(path));
         }
         let skip = ignored.clone();
-        // KEYPOOL_CONFIG names the file itself; it is not a setting.
+        // KEYPOOL_CONFIG names the file itself; it is not a setting. The
+        // master keys are read apart (crate::crypt), never into the figment.
         let env = Env::prefixed("KEYPOOL_")
             .split("__")
-            .ignore(&["config"])
+            .ignore(&["config", "master_key", "master_key_old"])
             .filter(move |k| !skip.iter().any(|s| k.as_str().eq_ignore_ascii_case(s)));
         figment = figment.merge(env).merge(Serialized::globals(overrides));
         let error = match figment.extract::<Config>() {
             Ok(mut config) => {
                 config.env_ignored = notes;
+                config.keyring = crate::crypt::Keyring::from_env()?;
                 config.validate()?;
                 return Ok(config);
             }

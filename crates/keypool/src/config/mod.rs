@@ -94,6 +94,12 @@ pub struct Config {
     /// The IANA time zone (`Asia/Shanghai`, `UTC`) where the statistics'
     /// hours and days begin.
     pub time_zone: String,
+    /// The master keys that encrypt upstream keys at rest, from
+    /// `KEYPOOL_MASTER_KEY` (and `KEYPOOL_MASTER_KEY_OLD` during a
+    /// rotation) only: never from the file, which often sits beside the
+    /// database it would unlock. None: keys are stored in clear.
+    #[serde(skip)]
+    pub keyring: Option<crate::crypt::Keyring>,
 }
 
 /// The request log (`[records]`).
@@ -354,6 +360,7 @@ impl Default for Config {
             models: BTreeMap::new(),
             log: "info".into(),
             env_ignored: Vec::new(),
+            keyring: None,
 
             server: ServerConfig::default(),
             ca_file: None,
@@ -400,6 +407,9 @@ pub enum ConfigError {
     InvalidInFile { file: PathBuf, line: Option<usize>, setting: String, reason: String },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid { setting: &'static str, reason: String },
+    /// `KEYPOOL_MASTER_KEY` (or `_OLD`) is set but unusable; names the variable, never its value.
+    #[error(transparent)]
+    MasterKey(#[from] crate::crypt::MasterKeyError),
 }
 
 impl Config {

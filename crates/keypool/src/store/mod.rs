@@ -11,6 +11,7 @@ mod owner_only;
 mod requests;
 mod rollups;
 mod row;
+mod sealed;
 mod state;
 
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use sqlx::{PgPool, Row, SqlitePool};
 
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, TokenUsage, UsageDelta};
 pub use rollups::{BucketStats, SubjectStats};
+pub use sealed::{Reseal, Resealed};
 pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
 
 /// Errors from the store. The store is the gateway's own part, so every
@@ -48,6 +50,10 @@ pub enum StoreError {
     /// A token name must be unique, so `tokens revoke` and logs are unambiguous.
     #[error("a token named {0:?} already exists (see `keypool tokens list`); choose another name")]
     TokenNameTaken(String),
+    /// A key stored encrypted cannot be read or added to without the right
+    /// master key (the message names `KEYPOOL_MASTER_KEY`).
+    #[error(transparent)]
+    Sealed(#[from] crate::crypt::SealError),
 }
 
 impl StoreError {
@@ -139,6 +145,8 @@ pub enum AddOutcome {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// The master keys that seal and open upstream keys (none: stored in clear).
+    keyring: Option<std::sync::Arc<crate::crypt::Keyring>>,
 }
 
 /// The pool the URL chose.
@@ -267,7 +275,7 @@ impl Store {
             .await
             .map_err(|e| failed(&e))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| failed(&e))?;
-        Ok(Store { db: Db::Postgres(pool) })
+        Ok(Store { db: Db::Postgres(pool), keyring: None })
     }
 
     async fn open_sqlite(url: &str, create: Create) -> Result<Store, StoreError> {
@@ -304,7 +312,7 @@ impl Store {
         if !in_memory {
             incremental_vacuum(&pool, &file).await;
         }
-        Ok(Store { db: Db::Sqlite(pool) })
+        Ok(Store { db: Db::Sqlite(pool), keyring: None })
     }
 
     /// Gives up to `pages` free pages back to the file system (SQLite, in
@@ -331,7 +339,13 @@ impl Store {
         })
     }
 
+    /// Adds a key, sealed when the store holds a master key; without one,
+    /// a store whose keys are sealed refuses ([`crate::crypt::SealError`]).
     pub async fn add_key(&self, key: &NewKey) -> Result<AddOutcome, StoreError> {
+        if let Some(keyring) = &self.keyring {
+            return self.add_sealed_key(keyring, key).await;
+        }
+        self.refuse_if_sealed().await?;
         on_pool!(self, |pool| {
             // Look first: a conflicting INSERT would still consume an id.
             if let Some(id) = self.key_id_of(&key.secret).await? {
@@ -367,22 +381,28 @@ impl Store {
 
     async fn key_id_of(&self, secret: &str) -> Result<Option<i64>, StoreError> {
         on_pool!(self, |pool| {
-            let row = sqlx::query("SELECT id FROM keys WHERE secret = $1").bind(secret).fetch_optional(pool).await?;
+            let row = sqlx::query("SELECT id FROM keys WHERE secret = $1 AND secret_version = 0")
+                .bind(secret)
+                .fetch_optional(pool)
+                .await?;
             row.map(|r| r.try_get(0)).transpose().map_err(StoreError::from)
         })
     }
 
+    /// Every key, opened: a sealed key needs the master key it was sealed
+    /// under ([`crate::crypt::SealError`] names `KEYPOOL_MASTER_KEY`).
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         on_pool!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT id, secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
                         spent_micros, expires_at, enabled, requests, successes, failures,
-                        prompt_tokens, completion_tokens, created_at, last_used_at, organization, project
+                        prompt_tokens, completion_tokens, created_at, last_used_at, organization, project,
+                        secret_version
                  FROM keys ORDER BY id",
             )
             .fetch_all(pool)
             .await?;
-            rows.iter().map(KeyRecord::from_row).collect()
+            rows.iter().map(|row| self.reveal(KeyRecord::from_row(row)?, row.try_get("secret_version")?)).collect()
         })
     }
 
