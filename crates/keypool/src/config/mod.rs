@@ -6,6 +6,7 @@ mod listen;
 mod load;
 mod mask;
 pub mod models;
+mod secret;
 mod server;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use check::{KeyFacts, Warning};
 pub use listen::parse_listen;
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
+pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
 pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -91,6 +93,10 @@ pub struct Config {
     /// The request log: one record per caller request, written in batches
     /// off the request path.
     pub records: RecordsSettings,
+    /// The admin API's bearer token (`KEYPOOL_ADMIN_TOKEN`): at least
+    /// [`ADMIN_TOKEN_MIN_LEN`] characters. Unset: every `/admin/api/` path
+    /// answers 404, the admin API is off.
+    pub admin_token: Option<AdminToken>,
 }
 
 /// The request log (`[records]`).
@@ -317,6 +323,7 @@ impl Default for Config {
             ca_file: None,
             stream_usage: true,
             records: RecordsSettings::default(),
+            admin_token: None,
         }
     }
 }
@@ -454,6 +461,9 @@ impl Config {
                 setting: "prices",
                 reason: format!("price of {model:?} must be a non-negative number of USD per million tokens"),
             });
+        }
+        if let Some(reason) = self.admin_token.as_ref().and_then(AdminToken::weakness) {
+            return Err(ConfigError::Invalid { setting: "admin_token", reason });
         }
         self.validate_models()
     }
