@@ -6,6 +6,8 @@
 //! the URL chose; the migrations live in `migrations/sqlite/` and
 //! `migrations/postgres/`, file by file the same schema.
 
+mod audit;
+mod log_query;
 mod models;
 mod owner_only;
 mod requests;
@@ -19,6 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
+pub use audit::AuditEntry;
+pub use log_query::{LogCursor, LogFilter, LoggedRequest};
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, TokenUsage, UsageDelta};
 pub use state::{now_unix_ms, SavedDim, SavedHealth, SavedKeyState};
 
