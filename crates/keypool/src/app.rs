@@ -158,7 +158,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         (Recorder::off(), None)
     };
     let sync_store = store.clone();
+    let resync = Arc::new(crate::admin::Resync::default());
+    let admin = config.admin_token.clone().map(|token| {
+        crate::admin::router(Arc::new(crate::admin::AdminState {
+            store: store.clone(),
+            scheduler: Arc::clone(&scheduler),
+            token,
+            resync: Arc::clone(&resync),
+            main: tokio::runtime::Handle::current(),
+        }))
+    });
     let mut sync = Sync {
+        resync,
         store,
         scheduler: Arc::clone(&scheduler),
         tokens: Arc::clone(&tokens),
@@ -193,7 +204,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let make_router = || -> anyhow::Result<axum::Router> {
-        Ok(router(Arc::new(AppState {
+        let gateway = router(Arc::new(AppState {
             scheduler: Arc::clone(&scheduler),
             tokens: Arc::clone(&tokens),
             upstream: Upstream::from_config(config)?,
@@ -202,7 +213,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config: config.clone(),
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
-        })))
+        }));
+        // The admin API (when `admin_token` is set) under /admin/api/.
+        Ok(match &admin {
+            Some(admin) => gateway.merge(admin.clone()),
+            None => gateway,
+        })
     };
     let ending = crate::server::GraceEnd::default();
     let edge = Edge { config: config.server.clone(), ending: ending.clone() };
@@ -247,6 +263,8 @@ struct Sync {
     revision: Option<i64>,
     /// Key state as last written, so only changes are written again.
     saved: HashMap<i64, SavedKeyState>,
+    /// Admin changes ask for a reload at once and wait for it.
+    resync: Arc<crate::admin::Resync>,
 }
 
 impl Sync {
@@ -256,6 +274,7 @@ impl Sync {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.resync.asked() => {}
                 _ = stop.cancelled() => break,
             }
             self.flush().await;
@@ -301,6 +320,7 @@ impl Sync {
     async fn reload_if_changed(&mut self) -> Result<(), StoreError> {
         let revision = self.store.revision().await?;
         if self.revision == Some(revision) {
+            self.resync.applied(revision);
             return Ok(());
         }
         let keys = self.store.list_keys().await?;
@@ -314,6 +334,7 @@ impl Sync {
             "loaded keys and tokens"
         );
         self.revision = Some(revision);
+        self.resync.applied(revision);
         Ok(())
     }
 }

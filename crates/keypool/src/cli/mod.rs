@@ -2,12 +2,12 @@
 //! it prints. This is the only place besides the demo that writes to stdout.
 
 mod check;
-mod keys;
+pub(crate) mod keys;
 mod keytest;
-mod list;
-mod paste;
+pub(crate) mod list;
+pub(crate) mod paste;
 mod requests;
-mod tokens;
+pub(crate) mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
