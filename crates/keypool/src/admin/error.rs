@@ -126,9 +126,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
             let named = between_backticks(&reason);
             let param = match (named, path.as_str()) {
                 (Some(field), "." | "") => field.to_owned(),
-                (Some(field), parent) if reason.starts_with("unknown field") || reason.starts_with("missing") => {
-                    format!("{parent}.{field}")
-                }
+                // An unknown field's path already ends with it; a missing
+                // one's is its parent's.
+                (Some(field), path) if path.ends_with(field) => path.to_owned(),
+                (Some(field), parent) if reason.starts_with("missing field") => format!("{parent}.{field}"),
                 (_, "." | "") => return Err(AdminError::BadJson(reason)),
                 (_, path) => path.to_owned(),
             };
