@@ -521,6 +521,9 @@ async fn bad_input_gets_400_naming_the_field() {
     assert_bad(&admin.post("/tokens", json!({"name": "  "})).await, "name");
     assert_bad(&admin.post("/tokens", json!({"name": 7})).await, "name");
     assert_bad(&admin.post("/tokens", json!({})).await, "name");
+    // NUL, which PostgreSQL cannot store, in a body and in a filter.
+    assert_bad(&admin.patch(&k, json!({"label": "a\u{0}b"})).await, "label");
+    assert_bad(&admin.get("/requests?model=a%00b").await, "model");
     // Not JSON at all.
     let (status, body) = answer(admin.req(reqwest::Method::POST, "/keys").body("{not json")).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_json")), "{body}");
@@ -575,5 +578,54 @@ async fn the_served_openapi_document_is_the_committed_one() {
         "docs/admin-openapi.json differs from the served document: run \
          `KEYPOOL_UPDATE_OPENAPI=1 cargo test --locked -p keypool --test admin the_served_openapi` and commit it"
     );
+    admin.gateway.shutdown().await.unwrap();
+}
+
+/// The schemathesis executable scripts/test installs (KP_TEST_SCHEMATHESIS);
+/// None outside it, where the test skips. In CI its absence fails.
+fn schemathesis() -> Option<std::ffi::OsString> {
+    let exe = std::env::var_os("KP_TEST_SCHEMATHESIS");
+    if exe.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "KP_TEST_SCHEMATHESIS is not set: run the suite with scripts/test, which installs schemathesis"
+        );
+        eprintln!("skipped: KP_TEST_SCHEMATHESIS not set (scripts/test sets it)");
+    }
+    exe
+}
+
+/// schemathesis, against the committed document, on a throwaway database
+/// (destructive routes included): no server error, and every answer's
+/// status, content type and body as documented. Derandomized and bounded.
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_or_schema_break() {
+    let Some(exe) = schemathesis() else { return };
+    let db = Scratch::sqlite().await;
+    db.store.add_key(&keypool::store::NewKey { secret: "sk-st-0123456789abcdef".into(), ..Default::default() }).await.unwrap();
+    db.store.insert_requests(&[record(1, 1_000_000), record(2, 1_000_500)]).await.unwrap();
+    let admin = Admin::start(&db).await;
+    let report = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(exe)
+        .arg("run")
+        .arg(committed_path())
+        .args(["--url", &format!("http://{}", admin.gateway.addr())])
+        .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "20", "--generation-deterministic"])
+        .args(["--workers", "1", "--request-timeout", "10", "--no-color"])
+        .arg("--report-dir")
+        .arg(report.path())
+        // Its cache of past failures stays out of the work tree.
+        .current_dir(report.path())
+        .env("SCHEMATHESIS_HOOKS", "")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "schemathesis found problems:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     admin.gateway.shutdown().await.unwrap();
 }

@@ -192,6 +192,9 @@ impl Query {
                 i += 1;
             }
         }
+        if found.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Err(AdminError::field(name, "must not contain a NUL character"));
+        }
         Ok(found)
     }
 

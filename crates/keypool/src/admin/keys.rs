@@ -88,8 +88,9 @@ macro_rules! with_settings {
         #[serde(deny_unknown_fields)]
         pub struct $name {
             $($(#[$fmeta])* pub $extra: $ty,)*
+            /// A name to recognise the key by (no NUL character).
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<String>)]
+            #[schema(value_type = Option<String>, pattern = "^[^\\x00]*$")]
             pub label: Option<Option<String>>,
             /// Requests per minute (≥ 1).
             #[serde(default, deserialize_with = "present")]
@@ -117,15 +118,15 @@ macro_rules! with_settings {
             pub budget_usd: Option<Option<f64>>,
             /// When the key stops working: `YYYY-MM-DD` or an RFC 3339 time, in the future.
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<String>, example = "2030-01-31")]
+            #[schema(value_type = Option<String>, example = "2030-01-31", pattern = "^(\\d{4}-\\d{2}-\\d{2}([Tt ].+)?)?$")]
             pub expires: Option<Option<String>>,
             /// Sent upstream as `OpenAI-Organization` (printable ASCII, no spaces).
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<String>)]
+            #[schema(value_type = Option<String>, pattern = "^[!-~]*$")]
             pub organization: Option<Option<String>>,
             /// Sent upstream as `OpenAI-Project` (printable ASCII, no spaces).
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<String>)]
+            #[schema(value_type = Option<String>, pattern = "^[!-~]*$")]
             pub project: Option<Option<String>>,
         }
 
@@ -154,6 +155,7 @@ with_settings!(
     /// A key to add, with its settings.
     NewKeyBody {
         /// The key: any non-empty printable ASCII without spaces.
+        #[schema(pattern = "^[!-~]+$")]
         key: String,
     }
 );
@@ -221,6 +223,9 @@ impl Settings<'_> {
             Some(_) => Some(None),
             None => None,
         };
+        if matches!(self.label, Some(Some(l)) if l.contains('\0')) {
+            return Err(AdminError::field("label", "must not contain a NUL character"));
+        }
         Ok(KeyChange {
             label: self.label.as_ref().map(|l| l.clone().filter(|s| !s.trim().is_empty())),
             rpm: limit("rpm", self.rpm)?,

@@ -63,7 +63,7 @@ impl From<&TokenRecord> for TokenItem {
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// A unique name: who or what uses the token (1 to 200 characters).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub name: String,
 }
 
