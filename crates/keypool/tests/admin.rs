@@ -106,11 +106,15 @@ fn assert_bad(got: &(StatusCode, Value), param: &str) {
 async fn keys_are_added_listed_edited_switched_reset_and_deleted(db: Scratch) {
     let admin = Admin::start(&db).await;
     let secret = "sk-admin-test-0123456789abcdef";
-    let (status, key) = admin.post("/keys", json!({"key": secret, "label": "first", "rpm": 60, "budget_usd": 2.5})).await;
+    let (status, key) =
+        admin.post("/keys", json!({"key": secret, "label": "first", "rpm": 60, "budget_usd": 2.5})).await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let id = key["id"].as_i64().unwrap();
     assert_eq!(key["key"], "sk-…cdef");
-    assert_eq!((key["label"].as_str(), key["rpm"].as_i64(), key["budget_micros"].as_i64()), (Some("first"), Some(60), Some(2_500_000)));
+    assert_eq!(
+        (key["label"].as_str(), key["rpm"].as_i64(), key["budget_micros"].as_i64()),
+        (Some("first"), Some(60), Some(2_500_000))
+    );
     assert_eq!(key["status"], "active");
     assert_eq!(key["remaining_requests"], 60, "live state from the scheduler: {key}");
     assert!(!key.to_string().contains(secret), "the key's value never comes back");
@@ -128,7 +132,10 @@ async fn keys_are_added_listed_edited_switched_reset_and_deleted(db: Scratch) {
     let (status, edited) =
         admin.patch(&format!("/keys/{id}"), json!({"label": null, "tpm": 1000, "organization": "org-1"})).await;
     assert_eq!(status, StatusCode::OK, "{edited}");
-    assert_eq!((edited["label"].clone(), edited["tpm"].clone(), edited["rpm"].clone()), (Value::Null, json!(1000), json!(60)));
+    assert_eq!(
+        (edited["label"].clone(), edited["tpm"].clone(), edited["rpm"].clone()),
+        (Value::Null, json!(1000), json!(60))
+    );
     assert_eq!(edited["organization"], "org-1");
 
     let (_, off) = admin.post(&format!("/keys/{id}/disable"), json!({})).await;
@@ -202,7 +209,8 @@ async fn a_key_added_through_the_api_serves_at_once(db: Scratch) {
 async fn a_bulk_import_reports_added_duplicate_and_invalid_pieces(db: Scratch) {
     let admin = Admin::start(&db).await;
     let (_, first) = admin.post("/keys", json!({"key": "sk-one-0123456789abcdef"})).await;
-    let text = "# pasted\nsk-one-0123456789abcdef, sk-two-0123456789abcdef\n\"sk-three-0123456789abcdef\"\nbad\u{7f}piece\n";
+    let text =
+        "# pasted\nsk-one-0123456789abcdef, sk-two-0123456789abcdef\n\"sk-three-0123456789abcdef\"\nbad\u{7f}piece\n";
     let (status, done) = admin.post("/keys/import", json!({"text": text, "rpm": 10, "label": "bulk"})).await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["added"].as_array().unwrap().len(), 2, "{done}");
@@ -218,7 +226,10 @@ async fn a_bulk_import_reports_added_duplicate_and_invalid_pieces(db: Scratch) {
 }
 
 async fn tokens_are_created_once_listed_without_values_and_revoked(db: Scratch) {
-    db.store.add_key(&keypool::store::NewKey { secret: "sk-k-0123456789abcdef".into(), ..Default::default() }).await.unwrap();
+    db.store
+        .add_key(&keypool::store::NewKey { secret: "sk-k-0123456789abcdef".into(), ..Default::default() })
+        .await
+        .unwrap();
     let admin = Admin::start(&db).await;
     let (status, created) = admin.post("/tokens", json!({"name": "team-a"})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -565,7 +576,9 @@ async fn the_served_openapi_document_is_the_committed_one() {
     let served = r.text().await.unwrap();
     let doc: Value = serde_json::from_str(&served).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "OpenAPI 3.1");
-    for path in ["/admin/api/keys", "/admin/api/keys/{id}", "/admin/api/tokens", "/admin/api/requests", "/admin/api/audit"] {
+    for path in
+        ["/admin/api/keys", "/admin/api/keys/{id}", "/admin/api/tokens", "/admin/api/requests", "/admin/api/audit"]
+    {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     let path = committed_path();
@@ -602,7 +615,10 @@ fn schemathesis() -> Option<std::ffi::OsString> {
 async fn schemathesis_finds_no_server_error_or_schema_break() {
     let Some(exe) = schemathesis() else { return };
     let db = Scratch::sqlite().await;
-    db.store.add_key(&keypool::store::NewKey { secret: "sk-st-0123456789abcdef".into(), ..Default::default() }).await.unwrap();
+    db.store
+        .add_key(&keypool::store::NewKey { secret: "sk-st-0123456789abcdef".into(), ..Default::default() })
+        .await
+        .unwrap();
     db.store.insert_requests(&[record(1, 1_000_000), record(2, 1_000_500)]).await.unwrap();
     let admin = Admin::start(&db).await;
     let report = tempfile::tempdir().unwrap();
@@ -611,7 +627,10 @@ async fn schemathesis_finds_no_server_error_or_schema_break() {
         .arg(committed_path())
         .args(["--url", &format!("http://{}", admin.gateway.addr())])
         .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", "20", "--generation-deterministic"])
         .args(["--workers", "1", "--request-timeout", "10", "--no-color"])

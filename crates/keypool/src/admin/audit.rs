@@ -71,9 +71,10 @@ pub struct AuditPaging {
 pub async fn list(State(state): State<Arc<AdminState>>, mut q: Query) -> Result<Json<AuditPage>, AdminError> {
     let limit = q.int("limit", 1, 1000)?.unwrap_or(100);
     let before = match q.text("cursor")? {
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            AdminError::field("cursor", "not a cursor this API gave (pass `next_cursor` as it is)")
-        })?),
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| AdminError::field("cursor", "not a cursor this API gave (pass `next_cursor` as it is)"))?,
+        ),
         None => None,
     };
     q.finish()?;

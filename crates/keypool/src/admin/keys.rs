@@ -478,14 +478,22 @@ async fn set_enabled(state: Arc<AdminState>, who: Caller, id: i64, enabled: bool
 /// Put a disabled key back into rotation.
 #[utoipa::path(post, path = "/admin/api/keys/{id}/enable", tag = "keys", params(("id" = i64, Path, description = "The key's id")),
     responses((status = 200, body = KeyItem), super::openapi::BadRequest, super::openapi::Unauthorized, super::openapi::NotFound))]
-pub async fn enable(State(state): State<Arc<AdminState>>, who: Caller, Id(id): Id) -> Result<Json<KeyItem>, AdminError> {
+pub async fn enable(
+    State(state): State<Arc<AdminState>>,
+    who: Caller,
+    Id(id): Id,
+) -> Result<Json<KeyItem>, AdminError> {
     set_enabled(state, who, id, true).await
 }
 
 /// Take a key out of rotation (kept, with its totals).
 #[utoipa::path(post, path = "/admin/api/keys/{id}/disable", tag = "keys", params(("id" = i64, Path, description = "The key's id")),
     responses((status = 200, body = KeyItem), super::openapi::BadRequest, super::openapi::Unauthorized, super::openapi::NotFound))]
-pub async fn disable(State(state): State<Arc<AdminState>>, who: Caller, Id(id): Id) -> Result<Json<KeyItem>, AdminError> {
+pub async fn disable(
+    State(state): State<Arc<AdminState>>,
+    who: Caller,
+    Id(id): Id,
+) -> Result<Json<KeyItem>, AdminError> {
     set_enabled(state, who, id, false).await
 }
 

@@ -345,8 +345,9 @@ pub async fn export(State(state): State<Arc<AdminState>>, mut q: Query) -> Resul
             let (state, filter) = (Arc::clone(&state), filter.clone());
             async move {
                 let cursor = cursor?;
-                let page =
-                    state.run(move |s| async move { Ok(s.store.request_page(&filter, cursor, EXPORT_PAGE).await?) }).await;
+                let page = state
+                    .run(move |s| async move { Ok(s.store.request_page(&filter, cursor, EXPORT_PAGE).await?) })
+                    .await;
                 let rows = match page {
                     Ok(rows) => rows,
                     Err(e) => {

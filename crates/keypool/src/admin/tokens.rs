@@ -85,9 +85,7 @@ async fn item(state: &AdminState, id: i64) -> Result<TokenItem, AdminError> {
 #[utoipa::path(get, path = "/admin/api/tokens", tag = "tokens",
     responses((status = 200, description = "Every token, by id", body = [TokenItem]), super::openapi::Unauthorized))]
 pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<Vec<TokenItem>>, AdminError> {
-    state
-        .run(|s| async move { Ok(Json(s.store.list_tokens().await?.iter().map(TokenItem::from).collect())) })
-        .await
+    state.run(|s| async move { Ok(Json(s.store.list_tokens().await?.iter().map(TokenItem::from).collect())) }).await
 }
 
 /// Create a token: its value is in this answer only.
@@ -122,7 +120,11 @@ pub async fn create(
     params(("id" = i64, Path, description = "The token's id")),
     responses((status = 200, body = TokenItem), super::openapi::BadRequest, super::openapi::Unauthorized,
         super::openapi::NotFound))]
-pub async fn revoke(State(state): State<Arc<AdminState>>, who: Caller, Id(id): Id) -> Result<Json<TokenItem>, AdminError> {
+pub async fn revoke(
+    State(state): State<Arc<AdminState>>,
+    who: Caller,
+    Id(id): Id,
+) -> Result<Json<TokenItem>, AdminError> {
     state
         .run(move |s| async move {
             s.store.revoke_token(id).await?;

@@ -40,9 +40,7 @@ impl AdminToken {
     pub(super) fn weakness(&self) -> Option<String> {
         let token = self.0.expose_secret();
         if token.chars().count() < ADMIN_TOKEN_MIN_LEN {
-            return Some(format!(
-                "must be at least {ADMIN_TOKEN_MIN_LEN} characters (e.g. `openssl rand -hex 24`)"
-            ));
+            return Some(format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters (e.g. `openssl rand -hex 24`)"));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Some("must be printable ASCII without spaces (it is sent as a header)".into());
