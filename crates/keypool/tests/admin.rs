@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 both!(
     keys_are_added_listed_edited_switched_reset_and_deleted,
+    the_key_list_shows_the_schedulers_live_state,
     a_key_added_through_the_api_serves_at_once,
     a_bulk_import_reports_added_duplicate_and_invalid_pieces,
     tokens_are_created_once_listed_without_values_and_revoked,
@@ -39,11 +40,11 @@ impl Admin {
     /// A gateway on `db` with the admin API on; the sync interval is an
     /// hour, so only the admin API's own reload can make a change live.
     async fn start(db: &Scratch) -> Admin {
-        Admin::start_with(&db.url, Some(ADMIN)).await
+        Admin::start_with(&db.url, Some(ADMIN), SimConfig { accept_any_key: true, ..SimConfig::default() }).await
     }
 
-    async fn start_with(url: &str, admin: Option<&str>) -> Admin {
-        let sim = Simulator::start(SimConfig { accept_any_key: true, ..SimConfig::default() }).await.unwrap();
+    async fn start_with(url: &str, admin: Option<&str>, sim: SimConfig) -> Admin {
+        let sim = Simulator::start(sim).await.unwrap();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: sim.base_url(),
@@ -181,6 +182,44 @@ async fn keys_are_added_listed_edited_switched_reset_and_deleted(db: Scratch) {
         assert_eq!(body["error"]["code"], "not_found");
     }
     assert!(admin.get("/keys").await.1.as_array().unwrap().is_empty());
+    admin.gateway.shutdown().await.unwrap();
+}
+
+async fn the_key_list_shows_the_schedulers_live_state(db: Scratch) {
+    let good = "sk-good-0123456789abcdef";
+    let bad = "sk-bad-0123456789abcdef";
+    for k in [good, bad] {
+        db.store
+            .add_key(&keypool::store::NewKey { secret: k.into(), rpm: Some(100), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    let token = generate_token();
+    db.store.create_token("caller", &hash_token(&token), "kp-c").await.unwrap();
+    let sim = SimConfig { keys: vec![keypool_sim::SimKey::new(good)], ..SimConfig::default() };
+    let admin = Admin::start_with(&db.url, Some(ADMIN), sim).await;
+    // The upstream refuses the bad key (401): keypool retries on the good one,
+    // and marks the bad one invalid. Until both were used:
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let keys = loop {
+        assert_eq!(admin.chat(&token).await.status(), StatusCode::OK);
+        let (_, keys) = admin.get("/keys").await;
+        if keys[1]["status"] == "invalid" {
+            break keys;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bad key was never tried: {keys}");
+    };
+    let (good, bad) = (&keys[0], &keys[1]);
+    assert_eq!(bad["last_error"], "invalid_key", "{bad}");
+    assert!(bad["last_error_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    assert!(bad["reason"].as_str().is_some_and(|r| r.contains("401")), "{bad}");
+    assert_eq!(good["status"], "active");
+    assert_eq!(good["last_error"], Value::Null);
+    let used = good["requests"].as_u64().unwrap();
+    assert!(used >= 1);
+    assert_eq!(good["remaining_requests"].as_u64(), Some(100 - used), "{good}");
+    assert!(good["reset_in_secs"].as_f64().is_some_and(|s| s > 0.0 && s <= 60.0), "{good}");
+    assert_eq!((good["inflight"].clone(), good["effective_rpm"].clone()), (json!(0), json!(100)));
     admin.gateway.shutdown().await.unwrap();
 }
 
@@ -478,7 +517,7 @@ async fn a_missing_or_wrong_admin_token_gets_401_on_every_route() {
 #[tokio::test]
 async fn without_an_admin_token_the_admin_api_is_not_there() {
     let db = Scratch::sqlite().await;
-    let admin = Admin::start_with(&db.url, None).await;
+    let admin = Admin::start_with(&db.url, None, SimConfig::default()).await;
     for (method, path) in routes() {
         for auth in [None, Some(ADMIN)] {
             let mut req = admin.client.request(method.clone(), admin.url(path));
@@ -556,6 +595,11 @@ async fn bad_input_gets_400_naming_the_field() {
     assert_bad(&admin.get("/requests/export?format=xml").await, "format");
     assert_bad(&admin.get("/audit?cursor=x").await, "cursor");
     assert_bad(&admin.get("/audit?limit=abc").await, "limit");
+    // A route with the wrong method, and no route at all.
+    let (status, body) = answer(admin.req(reqwest::Method::PUT, "/keys")).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed")));
+    let (status, body) = admin.get("/nothing/here").await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("unknown_url")));
     // Nothing bad was stored.
     assert_eq!(admin.get("/keys").await.1.as_array().unwrap().len(), 1);
     admin.gateway.shutdown().await.unwrap();

@@ -28,6 +28,8 @@ pub enum AdminError {
     NotFound { what: &'static str, id: i64 },
     #[error("Unknown admin path {0}: see /admin/api/openapi.json for the routes.")]
     UnknownPath(String),
+    #[error("{method} is not allowed on {path}: see /admin/api/openapi.json for the routes.")]
+    MethodNotAllowed { method: String, path: String },
     #[error("This key is already in the pool as key {id}.")]
     DuplicateKey { id: i64 },
     #[error("A token named {0:?} already exists; choose another name.")]
@@ -54,6 +56,9 @@ impl AdminError {
             AdminError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
             AdminError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
             AdminError::UnknownPath(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
+            AdminError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed")
+            }
             AdminError::DuplicateKey { .. } => (StatusCode::CONFLICT, "invalid_request_error", "duplicate_key"),
             AdminError::TokenNameTaken(_) => (StatusCode::CONFLICT, "invalid_request_error", "duplicate_name"),
             AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "database_error"),

@@ -295,7 +295,11 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
             let stored = state_of(k, saved.get(&k.id), now);
             let view = live.get(&k.id);
             let status = view.map_or(stored.status, |v| v.status);
-            let reason = if status == stored.status { stored.reason.clone() } else { None };
+            // The live reason when the scheduler has one, else the saved one
+            // when it speaks of the same state.
+            let reason = view
+                .and_then(|v| v.reason.clone())
+                .or_else(|| (status == stored.status).then(|| stored.reason.clone()).flatten());
             KeyItem {
                 id: k.id,
                 key: mask_key(k.secret.expose_secret()),

@@ -160,7 +160,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/requests/{id}", get(requests::one))
         .route("/audit", get(audit::list))
         .fallback(unknown_path)
-        .method_not_allowed_fallback(unknown_path);
+        .method_not_allowed_fallback(wrong_method);
     Router::new()
         .nest("/admin/api", api)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_token))
@@ -169,4 +169,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 async fn unknown_path(uri: axum::http::Uri) -> AdminError {
     AdminError::UnknownPath(uri.path().to_owned())
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> AdminError {
+    AdminError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
 }

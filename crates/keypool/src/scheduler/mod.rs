@@ -663,6 +663,7 @@ impl Scheduler {
                         .cooling_until
                         .filter(|t| *t > now)
                         .map(|t| wall_ms.saturating_add(t.duration_since(now).as_millis() as i64)),
+                    reason: persist::reason_of(s.health),
                     last_error: s.last_error.map(|(word, _)| word),
                     last_error_at_ms: s.last_error.map(|(_, at)| at),
                 }
@@ -720,6 +721,8 @@ pub struct KeyView {
     pub reset_in: Option<Duration>,
     pub spent_micros: u64,
     pub budget_micros: Option<u64>,
+    /// Why an invalid or exhausted key is out, in words.
+    pub reason: Option<String>,
     /// When a cooling key takes requests again (Unix ms); `None` when not cooling.
     pub cooling_until_ms: Option<i64>,
     /// The last answer that went wrong for the key (`rate_limited`,
