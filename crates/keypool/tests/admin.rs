@@ -692,3 +692,55 @@ async fn schemathesis_finds_no_server_error_or_schema_break() {
     assert!(out.status.success(), "schemathesis found problems:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     admin.gateway.shutdown().await.unwrap();
 }
+
+/// `keypool keys list --json` with these variables: (stdout, stderr).
+async fn cli_keys_list(db_url: &str, env: &[(&str, &str)]) -> (String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keypool"))
+        .args(["keys", "list", "--json"])
+        .env("KEYPOOL_DATABASE_URL", db_url)
+        .env_remove("KEYPOOL_ADMIN_TOKEN")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn keys_list_reads_a_running_server_and_falls_back_to_the_store() {
+    let db = Scratch::sqlite().await;
+    let secret = "sk-cli-live-0123456789abcdef";
+    db.store
+        .add_key(&keypool::store::NewKey { secret: secret.into(), rpm: Some(7), ..Default::default() })
+        .await
+        .unwrap();
+    let admin = Admin::start(&db).await;
+    let listen = admin.gateway.addr().to_string();
+
+    // A running server and its admin token: the live list, in the API's shape.
+    let (out, err) = cli_keys_list(&db.url, &[("KEYPOOL_LISTEN", &listen), ("KEYPOOL_ADMIN_TOKEN", ADMIN)]).await;
+    assert!(err.contains("keys: live, from the server at"), "{err}");
+    let keys: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys[0]["remaining_requests"], 7, "{out}");
+    assert!(!out.contains(secret) && !err.contains(ADMIN));
+
+    // A wrong token: the server refuses, the store answers.
+    let (out, err) =
+        cli_keys_list(&db.url, &[("KEYPOOL_LISTEN", &listen), ("KEYPOOL_ADMIN_TOKEN", "wrong-token-0123456789abcdef")])
+            .await;
+    assert!(err.contains("as last saved") && err.contains("401"), "{err}");
+    let keys: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(keys[0].get("remaining_requests").is_none() && keys[0]["rpm"] == 7, "the store's shape: {out}");
+    admin.gateway.shutdown().await.unwrap();
+
+    // No server listening: the store.
+    let (out, err) = cli_keys_list(&db.url, &[("KEYPOOL_LISTEN", &listen), ("KEYPOOL_ADMIN_TOKEN", ADMIN)]).await;
+    assert!(err.contains("as last saved") && err.contains("no server is listening"), "{err}");
+    assert!(out.contains("\"rpm\": 7"));
+    // No admin token: the store, without asking.
+    let (out, err) = cli_keys_list(&db.url, &[("KEYPOOL_LISTEN", &listen)]).await;
+    assert!(!err.contains("keys:"), "{err}");
+    assert!(out.contains("\"rpm\": 7"));
+}

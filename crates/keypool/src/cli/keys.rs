@@ -154,7 +154,11 @@ pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::R
             }
             add_all(store, paste::parse(&String::from_utf8_lossy(&bytes)), opts).await?;
         }
-        KeysCommand::List { json } => super::list::list(store, *json).await?,
+        // Live from the running server when it can be asked, else as last saved.
+        KeysCommand::List { json } => match super::remote::keys(config).await {
+            Some(keys) => super::remote::print_keys(&keys, *json)?,
+            None => super::list::list(store, *json).await?,
+        },
         KeysCommand::Edit { id, opts } => {
             let change = opts.change();
             if change.is_empty() {

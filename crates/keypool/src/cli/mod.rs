@@ -6,6 +6,7 @@ pub(crate) mod keys;
 mod keytest;
 pub(crate) mod list;
 pub(crate) mod paste;
+mod remote;
 mod requests;
 pub(crate) mod tokens;
 

@@ -20,6 +20,12 @@ impl AdminToken {
         AdminToken(SecretString::from(token.into()))
     }
 
+    /// The token itself, to send it as a client (the CLI asking a running
+    /// server); never to print.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
     /// Whether `presented` is this token, in time independent of where they
     /// differ (both are hashed first, so not even the length leaks).
     pub fn matches(&self, presented: &str) -> bool {
