@@ -157,7 +157,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let (recorder, writer) = crate::records::spawn(store.clone(), config.records.writer(&config.time_zone));
     let writer = Some(writer);
     let sync_store = store.clone();
+    let resync = Arc::new(crate::admin::Resync::default());
+    let admin = config.admin_token.clone().map(|token| {
+        crate::admin::router(Arc::new(crate::admin::AdminState {
+            store: store.clone(),
+            scheduler: Arc::clone(&scheduler),
+            token,
+            resync: Arc::clone(&resync),
+            main: tokio::runtime::Handle::current(),
+        }))
+    });
     let mut sync = Sync {
+        resync,
         store,
         scheduler: Arc::clone(&scheduler),
         tokens: Arc::clone(&tokens),
@@ -192,7 +203,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let make_router = || -> anyhow::Result<axum::Router> {
-        Ok(router(Arc::new(AppState {
+        let gateway = router(Arc::new(AppState {
             scheduler: Arc::clone(&scheduler),
             tokens: Arc::clone(&tokens),
             upstream: Upstream::from_config(config)?,
@@ -201,7 +212,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config: config.clone(),
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
-        })))
+        }));
+        // The admin API (when `admin_token` is set) under /admin/api/.
+        Ok(match &admin {
+            Some(admin) => gateway.merge(admin.clone()),
+            None => gateway,
+        })
     };
     let ending = crate::server::GraceEnd::default();
     let edge = Edge { config: config.server.clone(), ending: ending.clone() };
@@ -255,6 +271,8 @@ struct Sync {
     revision: Option<i64>,
     /// Key state as last written, so only changes are written again.
     saved: HashMap<i64, SavedKeyState>,
+    /// Admin changes ask for a reload at once and wait for it.
+    resync: Arc<crate::admin::Resync>,
 }
 
 impl Sync {
@@ -264,6 +282,7 @@ impl Sync {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.resync.asked() => {}
                 _ = stop.cancelled() => break,
             }
             self.save_key_states().await;
@@ -299,6 +318,7 @@ impl Sync {
     async fn reload_if_changed(&mut self) -> Result<(), StoreError> {
         let revision = self.store.revision().await?;
         if self.revision == Some(revision) {
+            self.resync.applied(revision);
             return Ok(());
         }
         let keys = self.store.list_keys().await?;
@@ -312,6 +332,7 @@ impl Sync {
             "loaded keys and tokens"
         );
         self.revision = Some(revision);
+        self.resync.applied(revision);
         Ok(())
     }
 }

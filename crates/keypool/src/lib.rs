@@ -6,6 +6,7 @@
 //! tap that finishes the lease → usage totals reach the [`store`] in the
 //! background ([`app`]'s sync task).
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -114,7 +114,7 @@ pub struct KeyOpts {
 }
 
 /// Text that will be sent as a header value.
-fn parse_header_text(s: &str) -> Result<String, String> {
+pub(crate) fn parse_header_text(s: &str) -> Result<String, String> {
     if s.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(s.to_owned())
     } else {
@@ -125,14 +125,19 @@ fn parse_header_text(s: &str) -> Result<String, String> {
 /// USD to micro-USD.
 fn parse_usd(s: &str) -> Result<u64, String> {
     let usd: f64 = s.trim_start_matches('$').parse().map_err(|_| format!("{s:?} is not an amount in USD"))?;
-    if !(usd.is_finite() && usd >= 0.0) {
+    usd_to_micros(usd)
+}
+
+/// A budget in USD as micro-USD: a finite, non-negative amount.
+pub(crate) fn usd_to_micros(usd: f64) -> Result<u64, String> {
+    if !(usd.is_finite() && usd >= 0.0 && usd * 1e6 < u64::MAX as f64) {
         return Err("budget must be a non-negative amount in USD".into());
     }
     Ok((usd * 1e6).round() as u64)
 }
 
 /// A date or RFC 3339 time to Unix seconds.
-fn parse_expiry(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_expiry(s: &str) -> Result<i64, String> {
     let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
     let t = humantime::parse_rfc3339_weak(&full).map_err(|e| format!("{s:?}: {e} (expected YYYY-MM-DD)"))?;
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| "date before 1970".to_owned())?.as_secs();
@@ -169,7 +174,11 @@ pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::R
             }
             add_all(store, paste::parse(&String::from_utf8_lossy(&bytes)), opts).await?;
         }
-        KeysCommand::List { json } => super::list::list(store, *json).await?,
+        // Live from the running server when it can be asked, else as last saved.
+        KeysCommand::List { json } => match super::remote::keys(config).await {
+            Some(keys) => super::remote::print_keys(&keys, *json)?,
+            None => super::list::list(store, *json).await?,
+        },
         KeysCommand::Edit { id, opts } => {
             let change = opts.change();
             if change.is_empty() {

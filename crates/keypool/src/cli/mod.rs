@@ -3,13 +3,14 @@
 
 mod check;
 mod db;
-mod keys;
+pub(crate) mod keys;
 mod keytest;
-mod list;
-mod paste;
+pub(crate) mod list;
+pub(crate) mod paste;
+mod remote;
 mod requests;
 mod stats;
-mod tokens;
+pub(crate) mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

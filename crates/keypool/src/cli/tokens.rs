@@ -26,14 +26,20 @@ pub fn creates_database(cmd: &TokensCommand) -> bool {
     matches!(cmd, TokensCommand::Create { .. })
 }
 
+/// A new gateway token and the prefix kept in clear to recognise it.
+pub(crate) fn new_token() -> (String, String) {
+    let token = generate_token();
+    let prefix: String = token.chars().take(7).collect();
+    (token, prefix)
+}
+
 pub async fn run(cmd: &TokensCommand, store: &Store) -> anyhow::Result<()> {
     match cmd {
         TokensCommand::Create { name } => {
             if name.trim().is_empty() {
                 anyhow::bail!("a token needs a name (who or what uses it)");
             }
-            let token = generate_token();
-            let prefix: String = token.chars().take(7).collect();
+            let (token, prefix) = new_token();
             let id = store.create_token(name, &hash_token(&token), &prefix).await?;
             println!("{token}");
             eprintln!("created token {id} ({name}); it is shown only this once");

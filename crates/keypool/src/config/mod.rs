@@ -6,6 +6,7 @@ mod listen;
 mod load;
 mod mask;
 pub mod models;
+mod secret;
 mod server;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use check::{KeyFacts, Warning};
 pub use listen::parse_listen;
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
+pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
 pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -100,6 +102,10 @@ pub struct Config {
     /// database it would unlock. None: keys are stored in clear.
     #[serde(skip)]
     pub keyring: Option<crate::crypt::Keyring>,
+    /// The admin API's bearer token (`KEYPOOL_ADMIN_TOKEN`): at least
+    /// [`ADMIN_TOKEN_MIN_LEN`] characters. Unset: every `/admin/api/` path
+    /// answers 404, the admin API is off.
+    pub admin_token: Option<AdminToken>,
 }
 
 /// The request log (`[records]`).
@@ -367,6 +373,7 @@ impl Default for Config {
             stream_usage: true,
             records: RecordsSettings::default(),
             time_zone: "UTC".into(),
+            admin_token: None,
         }
     }
 }
@@ -519,6 +526,9 @@ impl Config {
                 setting: "prices",
                 reason: format!("price of {model:?} must be a non-negative number of USD per million tokens"),
             });
+        }
+        if let Some(reason) = self.admin_token.as_ref().and_then(AdminToken::weakness) {
+            return Err(ConfigError::Invalid { setting: "admin_token", reason });
         }
         self.validate_models()
     }

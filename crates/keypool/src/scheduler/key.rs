@@ -100,6 +100,9 @@ pub struct Slot {
     /// Refused with no key-specific code while another key was served, and
     /// not successful since: refused so again, it is invalid.
     pub suspected: bool,
+    /// The last answer that went wrong for this key: a word for it
+    /// (`rate_limited`, `invalid_key`, …) and when (Unix ms), for operators.
+    pub last_error: Option<(&'static str, i64)>,
 }
 
 /// Converts a stored Unix time to the scheduler's clock.
@@ -152,6 +155,7 @@ impl Slot {
             last_rate: RateInfo::default(),
             on_trial: false,
             suspected: false,
+            last_error: None,
         };
         slot.apply(r, d, now);
         slot

@@ -585,9 +585,29 @@ impl Scheduler {
         inner.next_wake(now)
     }
 
+    /// Zeroes key `id`'s live totals (requests, successes, failures, spend)
+    /// after the store's were reset; usage counted but not yet written
+    /// still reaches the store. False when the key is not loaded.
+    pub fn reset_totals(&self, id: i64) -> bool {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return false };
+        slot.requests_total = 0;
+        slot.successes_total = 0;
+        slot.failures_total = 0;
+        slot.spent_micros = 0;
+        // A key whose budget was spent may serve again.
+        inner.slot_placement(id, now, strategy);
+        inner.dispatch(now, strategy);
+        self.wake_if_waiting(inner);
+        true
+    }
+
     /// Every key's live state, for the demo table and (later) the admin API.
     pub fn snapshot(&self) -> Vec<KeyView> {
         let now = Instant::now();
+        let wall_ms = crate::store::now_unix_ms();
         let mut inner = self.lock();
         let mut views: Vec<KeyView> = inner
             .keys
@@ -609,6 +629,13 @@ impl Scheduler {
                     reset_in: s.window.next_expiry().map(|t| t.saturating_duration_since(now)),
                     spent_micros: s.spent_micros,
                     budget_micros: s.budget_micros,
+                    cooling_until_ms: s
+                        .cooling_until
+                        .filter(|t| *t > now)
+                        .map(|t| wall_ms.saturating_add(t.duration_since(now).as_millis() as i64)),
+                    reason: persist::reason_of(s.health),
+                    last_error: s.last_error.map(|(word, _)| word),
+                    last_error_at_ms: s.last_error.map(|(_, at)| at),
                 }
             })
             .collect();
@@ -664,6 +691,14 @@ pub struct KeyView {
     pub reset_in: Option<Duration>,
     pub spent_micros: u64,
     pub budget_micros: Option<u64>,
+    /// Why an invalid or exhausted key is out, in words.
+    pub reason: Option<String>,
+    /// When a cooling key takes requests again (Unix ms); `None` when not cooling.
+    pub cooling_until_ms: Option<i64>,
+    /// The last answer that went wrong for the key (`rate_limited`,
+    /// `invalid_key`, `insufficient_quota`, `upstream_error`, …), and when (Unix ms).
+    pub last_error: Option<&'static str>,
+    pub last_error_at_ms: Option<i64>,
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ impl Clocks {
 }
 
 /// Why a key that is not active is out, in the operator's words.
-fn reason_of(health: Health) -> Option<String> {
+pub(super) fn reason_of(health: Health) -> Option<String> {
     match health {
         Health::Active => None,
         Health::Invalid => Some("the upstream refused the key (401/403); it is probed now and then".into()),

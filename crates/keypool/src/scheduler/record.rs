@@ -68,6 +68,22 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
     }
 }
 
+/// The operator's word for an answer that went wrong with a key; `None`
+/// for answers that were fine or the caller's own doing.
+fn error_word(verdict: Verdict) -> Option<&'static str> {
+    match verdict {
+        Verdict::Fine | Verdict::CallerError | Verdict::Cancelled => None,
+        Verdict::UpstreamError => Some("upstream_error"),
+        Verdict::ConnectFailed => Some("connect_failed"),
+        Verdict::RateLimited { .. } => Some("rate_limited"),
+        Verdict::Invalid => Some("invalid_key"),
+        Verdict::Exhausted => Some("insufficient_quota"),
+        Verdict::ModelMissing => Some("model_not_found"),
+        Verdict::Refused => Some("refused"),
+        Verdict::TooLarge { .. } => Some("request_too_large"),
+    }
+}
+
 /// What an answer proved about the key: cooling until a reset, invalid, or
 /// exhausted (each with its probe schedule); nothing for answers that were
 /// not the key's.
@@ -75,6 +91,9 @@ pub(super) fn apply_verdict(slot: &mut Slot, verdict: Verdict, now: Instant, con
     // A key on trial (a probe could not judge it) that is refused again goes
     // back to its growing probe interval instead of starting over.
     let was_on_trial = std::mem::take(&mut slot.on_trial);
+    if let Some(word) = error_word(verdict) {
+        slot.last_error = Some((word, crate::store::now_unix_ms()));
+    }
     if was_on_trial && verdict == Verdict::Invalid {
         slot.health = Health::Invalid;
         slot.probe_every = (slot.probe_every * 2).min(Duration::from_secs(3600)).max(config.probe_invalid);

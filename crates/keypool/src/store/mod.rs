@@ -6,6 +6,8 @@
 //! the URL chose; the migrations live in `migrations/sqlite/` and
 //! `migrations/postgres/`, file by file the same schema.
 
+mod audit;
+mod log_query;
 mod models;
 mod owner_only;
 mod requests;
@@ -21,6 +23,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
+pub use audit::AuditEntry;
+pub use log_query::{LogCursor, LogFilter, LoggedRequest};
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, TokenUsage, UsageDelta};
 pub use rollups::{BucketStats, SubjectStats};
 pub use sealed::{Reseal, Resealed};
