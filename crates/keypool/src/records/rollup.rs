@@ -335,22 +335,36 @@ impl Buckets {
     }
 }
 
+/// Whose row: an id, a name borrowed from the record, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who<'a> {
+    Id(i64),
+    Name(&'a str),
+    Nobody,
+}
+
+impl Who<'_> {
+    fn subject(self) -> String {
+        match self {
+            Who::Id(id) => id.to_string(),
+            Who::Name(name) => name.to_owned(),
+            Who::Nobody => String::new(),
+        }
+    }
+}
+
 /// What `records` add to each rollup row. Per key, each attempt sent
 /// counts for its key (as the key's totals count it); usage, spend and
-/// latency count for the key that answered (the last attempt).
+/// latency count for the key that answered (the last attempt sent).
+///
+/// Summed per minute first, with names borrowed from the records, then
+/// spread to the minute's hour and day (a zone's offset is whole minutes,
+/// so a minute lies in one hour): the writer runs this for every batch,
+/// and a row per record per span cost it 8,000 instructions a record.
 pub fn rollups(records: &[RequestRecord], buckets: &Buckets) -> BTreeMap<RollupKey, Rollup> {
-    let mut out = BTreeMap::<RollupKey, Rollup>::new();
-    let at = |dimension: Dimension, second: i64, subject: &str| -> [RollupKey; 3] {
-        Span::ALL.map(|span| RollupKey {
-            dimension,
-            span,
-            bucket: buckets.start(span, second),
-            subject: subject.into(),
-        })
-    };
-    let mut subject = String::new();
+    let mut minutes = rustc_hash::FxHashMap::<(Dimension, Who<'_>, i64), Rollup>::default();
     for r in records {
-        let second = r.started_at.div_euclid(1000);
+        let minute = r.started_at.div_euclid(60_000) * 60;
         // Per token and per model: the request.
         let mut whole = Rollup { requests: 1, ..Rollup::default() };
         match ErrorKind::of_request(r) {
@@ -363,16 +377,10 @@ pub fn rollups(records: &[RequestRecord], buckets: &Buckets) -> BTreeMap<RollupK
             }
         }
         whole.answer(r);
-        subject.clear();
-        if let Some(t) = r.token_id {
-            subject.push_str(itoa(t).as_str());
-        }
-        for k in at(Dimension::Token, second, &subject) {
-            out.entry(k).or_default().add(&whole);
-        }
-        for k in at(Dimension::Model, second, r.model.as_deref().unwrap_or("")) {
-            out.entry(k).or_default().add(&whole);
-        }
+        let token = r.token_id.map_or(Who::Nobody, Who::Id);
+        minutes.entry((Dimension::Token, token, minute)).or_default().add(&whole);
+        let model = r.model.as_deref().map_or(Who::Nobody, Who::Name);
+        minutes.entry((Dimension::Model, model, minute)).or_default().add(&whole);
         // Per key: each attempt sent.
         let last = r.attempts.iter().rposition(|a| a.counted != Counted::NotSent);
         for (i, a) in r.attempts.iter().enumerate() {
@@ -396,16 +404,18 @@ pub fn rollups(records: &[RequestRecord], buckets: &Buckets) -> BTreeMap<RollupK
             if Some(i) == last {
                 one.answer(r);
             }
-            for k in at(Dimension::Key, second, itoa(a.key_id).as_str()) {
-                out.entry(k).or_default().add(&one);
-            }
+            minutes.entry((Dimension::Key, Who::Id(a.key_id), minute)).or_default().add(&one);
+        }
+    }
+    let mut out = BTreeMap::<RollupKey, Rollup>::new();
+    for ((dimension, who, minute), figures) in minutes {
+        let subject = who.subject();
+        for span in Span::ALL {
+            let key = RollupKey { dimension, span, bucket: buckets.start(span, minute), subject: subject.clone() };
+            out.entry(key).or_default().add(&figures);
         }
     }
     out
-}
-
-fn itoa(n: i64) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]
