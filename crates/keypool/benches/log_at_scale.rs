@@ -52,7 +52,13 @@ fn record(i: u64, n: u64, rng: &mut rand::rngs::StdRng) -> RequestRecord {
         status,
         error_type: error.map(Into::into),
         key_id: Some(key),
-        attempts: vec![Attempt { key_id: key, status, reason: error.unwrap_or("ok").into(), duration_us: 900_000, counted }],
+        attempts: vec![Attempt {
+            key_id: key,
+            status,
+            reason: error.unwrap_or("ok").into(),
+            duration_us: 900_000,
+            counted,
+        }],
         queue_wait_us: 12,
         ttfb_us: Some(350_000),
         duration_us: rng.random_range(100_000..3_000_000),
@@ -66,7 +72,10 @@ fn record(i: u64, n: u64, rng: &mut rand::rngs::StdRng) -> RequestRecord {
 
 async fn build(store: &Store, n: u64) {
     for k in 1..=KEYS {
-        store.add_key(&NewKey { secret: format!("sk-bench-{k:06}-0123456789abcdef"), ..NewKey::default() }).await.unwrap();
+        store
+            .add_key(&NewKey { secret: format!("sk-bench-{k:06}-0123456789abcdef"), ..NewKey::default() })
+            .await
+            .unwrap();
     }
     for t in 1..=TOKENS {
         store.create_token(&format!("token-{t}"), &format!("hash-{t}"), "kp-b").await.unwrap();
@@ -167,10 +176,21 @@ fn main() {
         .await;
         for (what, dimension) in [("key", Dimension::Key), ("token", Dimension::Token), ("model", Dimension::Model)] {
             let store = store.clone();
-            time(&format!("stats for a day, per {what} (hourly rollups)"), move |rng| {
+            time(&format!("stats for the last 24 h, per {what} (hourly rollups)"), move |rng| {
                 let (from, to) = day(rng);
                 let store = store.clone();
                 async move { store.stats_by_subject(dimension, Span::Hour, from / 1000, to / 1000).await.unwrap().len() }
+            })
+            .await;
+        }
+        // The zone's (Asia/Shanghai, UTC+8) calendar day: one daily rollup row a subject.
+        for (what, dimension) in [("key", Dimension::Key), ("token", Dimension::Token), ("model", Dimension::Model)] {
+            let store = store.clone();
+            time(&format!("stats for a calendar day, per {what} (daily rollups)"), move |rng| {
+                let (from, to) = day(rng);
+                let (from, to) = (from / 1000 - 8 * 3600, to / 1000 - 8 * 3600);
+                let store = store.clone();
+                async move { store.stats_by_subject(dimension, Span::Day, from, to).await.unwrap().len() }
             })
             .await;
         }

@@ -1,6 +1,7 @@
 -- Statistics kept beside the request log, so reading them never scans it:
 -- one row per (dimension, span, bucket, subject), added to by the record
--- writer in the same transaction as the records it counts.
+-- writer, which sums them in memory and adds them at most every second
+-- (they lag the log by that much, never lead it).
 --   dimension: key, token or model
 --   span:      minute, hour or day
 --   bucket:    the span's start, Unix seconds; hours and days begin at the

@@ -32,6 +32,8 @@ pub enum DbCommand {
 
 /// Rows sent in one INSERT (PostgreSQL takes at most 65,535 parameters).
 const PARAMETERS: usize = 60_000;
+/// Tables other tables refer to by foreign key: copied before the rest.
+const PARENTS: [&str; 2] = ["keys", "tokens"];
 /// Tables never copied: the migrations' own bookkeeping is the target's.
 const SKIPPED: [&str; 1] = ["_sqlx_migrations"];
 
@@ -76,9 +78,12 @@ async fn copy_all(from: &SqlitePool, into: &PgPool) -> anyhow::Result<BTreeMap<S
     )
     .fetch_all(from)
     .await?;
+    // Tables others refer to first (key_state names keys by a foreign key).
+    let mut tables: Vec<String> = tables.into_iter().filter(|t| !SKIPPED.contains(&t.as_str())).collect();
+    tables.sort_by_key(|t| (!PARENTS.contains(&t.as_str()), t.clone()));
     let mut tx = into.begin().await?;
     let mut copied = BTreeMap::new();
-    for table in tables.iter().filter(|t| !SKIPPED.contains(&t.as_str())) {
+    for table in &tables {
         let target = target_columns(&mut tx, table).await?;
         if target.is_empty() {
             eprintln!("{table}: not in the PostgreSQL database's tables; skipped");

@@ -141,9 +141,8 @@ fn line(label: &str, f: &Rollup) -> String {
 /// Labels of keys and names of tokens, by id as the rollups name them.
 async fn names(store: &Store, dimension: Dimension) -> anyhow::Result<std::collections::HashMap<String, String>> {
     Ok(match dimension {
-        Dimension::Key => {
-            store.list_keys().await?.into_iter().filter_map(|k| Some((k.id.to_string(), k.label?))).collect()
-        }
+        // Labels only: no key is opened (sealed keys need no master key here).
+        Dimension::Key => store.key_labels().await?.into_iter().map(|(id, label)| (id.to_string(), label)).collect(),
         Dimension::Token => store.list_tokens().await?.into_iter().map(|t| (t.id.to_string(), t.name)).collect(),
         Dimension::Model => Default::default(),
     })

@@ -27,6 +27,8 @@ const EVERY: Duration = Duration::from_secs(600);
 const FIRST: Duration = Duration::from_secs(60);
 /// Free pages given back per incremental vacuum step (SQLite, 4 KiB pages).
 const VACUUM_PAGES: u32 = 2_000;
+/// Vacuum steps in one pass at most (8 GB of 4 KiB pages).
+const MAX_VACUUM_STEPS: u32 = 1_000;
 
 /// Runs until `stop`: prunes every [`EVERY`].
 pub async fn run(store: Store, retention: Retention, stop: CancellationToken) {
@@ -100,8 +102,12 @@ pub async fn prune(
         }
     }
     if gone.any() {
-        // A step at a time, so the writer is not locked out for a whole vacuum.
-        while store.reclaim_space(VACUUM_PAGES).await? && !stop.is_cancelled() {
+        // A step at a time, so the writer is not locked out for a whole
+        // vacuum; bounded, so a pass always ends (the rest waits for the next).
+        for _ in 0..MAX_VACUUM_STEPS {
+            if !store.reclaim_space(VACUUM_PAGES).await? || stop.is_cancelled() {
+                break;
+            }
             tokio::time::sleep(BREATHE).await;
         }
     }

@@ -79,6 +79,26 @@ impl Counted {
     }
 }
 
+/// What a finished attempt was charged to its key: how it counts, and
+/// the spend (micro-USD) added to the key's total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charged {
+    pub counted: Counted,
+    pub cost_micros: u64,
+}
+
+impl Charged {
+    /// An attempt that never reached the upstream.
+    pub const NOT_SENT: Charged = Charged { counted: Counted::NotSent, cost_micros: 0 };
+}
+
+/// The spend an attempt adds to its key: its priced usage, or on a success
+/// whose usage is unknown the estimate (an upper bound of what it may have
+/// cost); nothing for a failure without usage.
+pub(super) fn charged_cost(outcome: &Outcome, demand: super::Demand) -> u64 {
+    outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 })
+}
+
 /// Which of a key's limits a 429 was about: OpenAI's `error.type`
 /// (`"tokens"`, `"requests"`) or the message's "(TPM)"/"(RPM)".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,13 +204,16 @@ impl KeyLease {
 
     /// Records how the attempt ended; returns what it counts for in the
     /// key's totals, for the request's record.
-    pub fn finish(mut self, outcome: Outcome) -> Counted {
+    pub fn finish(mut self, outcome: Outcome) -> Charged {
         self.finished = true;
         self.scheduler.finish(&self.grant, self.sent, outcome);
         if self.sent {
-            Counted::of(outcome.verdict, outcome.success)
+            Charged {
+                counted: Counted::of(outcome.verdict, outcome.success),
+                cost_micros: charged_cost(&outcome, self.grant.demand),
+            }
         } else {
-            Counted::NotSent
+            Charged::NOT_SENT
         }
     }
 }

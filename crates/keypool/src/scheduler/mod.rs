@@ -33,7 +33,7 @@ use index::Index;
 use inner::{retry_after, slot_has_tpm, until_utc_midnight, Inner, Waiter};
 use key::{Health, Placement, Slot};
 use lease::Grant;
-pub use lease::{Counted, Hit, KeyLease, Outcome, Reset, Verdict};
+pub use lease::{Charged, Counted, Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;

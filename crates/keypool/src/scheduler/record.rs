@@ -53,7 +53,7 @@ pub(super) fn record_sent(slot: &mut Slot, demand: Demand, outcome: &Outcome, no
         super::Counted::Neither | super::Counted::NotSent => {}
     }
     // Unknown usage on success: the estimate (an upper bound) is what it may have cost.
-    let cost = outcome.cost_micros.unwrap_or(if outcome.success { demand.cost_micros } else { 0 });
+    let cost = super::lease::charged_cost(outcome, demand);
     let had_budget = slot.budget_micros.is_some_and(|b| slot.spent_micros < b);
     slot.spent_micros = slot.spent_micros.saturating_add(cost);
     if slot.rpd.is_some_and(|l| slot.day_count == l) {

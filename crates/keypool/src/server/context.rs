@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::auth::TokenId;
 use super::signal::GraceEnd;
 use crate::records::{error_type, Attempt, Counted, Recorder, RequestRecord};
+use crate::scheduler::Charged;
 use crate::store::now_unix_ms;
 
 /// The response header carrying keypool's request id.
@@ -131,11 +132,18 @@ impl RequestContext {
     /// What the attempt counts for in its key's totals, as its lease's end
     /// said ([`crate::scheduler::KeyLease::finish`]): the attempt under way,
     /// or the last one when its answer's body ended after it closed.
-    pub fn counted(&mut self, counted: Counted) {
+    /// A charge to the key that answered also becomes the request's cost
+    /// when the answer priced none (a success without usage is charged its
+    /// estimate), so the key's stored spend, summed from the records, is
+    /// what the scheduler counted.
+    pub fn counted(&mut self, charged: Charged) {
         match (&mut self.attempt, self.record.attempts.last_mut()) {
-            (Some(open), _) => open.2 = counted,
-            (None, Some(last)) => last.counted = counted,
+            (Some(open), _) => open.2 = charged.counted,
+            (None, Some(last)) => last.counted = charged.counted,
             (None, None) => {}
+        }
+        if charged.cost_micros > 0 && self.record.cost_micros.is_none() {
+            self.record.cost_micros = Some(charged.cost_micros);
         }
     }
 

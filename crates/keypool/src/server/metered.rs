@@ -130,12 +130,12 @@ impl Metered {
             };
             let counted = lease.finish(Outcome { success, usage, cost_micros, verdict });
             if let Some(mut ctx) = self.ctx.take() {
-                ctx.counted(counted);
                 if let Some(body) = self.body.take() {
                     ctx.response_body(body.finish());
                 }
                 // An unpriced model's cost is unknown, not free.
                 ctx.usage(usage, self.price.and(cost_micros));
+                ctx.counted(counted);
                 if verdict == Verdict::Cancelled {
                     ctx.cancelled();
                 } else if !success {

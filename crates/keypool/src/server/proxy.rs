@@ -25,7 +25,7 @@ use super::AppState;
 use crate::config::models::ModelPrice;
 use crate::config::AuthMode;
 use crate::records::error_type;
-use crate::scheduler::{Counted, KeyLease, NoKey, Outcome, Verdict};
+use crate::scheduler::{Charged, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
     classify, copy_response_headers, is_account_header, rate_info, refuses_stream_options, Answer, OutBody,
@@ -220,7 +220,7 @@ async fn handle(
         let failed = match sent {
             Sending::UploadTooSlow => {
                 lease.give_back();
-                ctx!(slot, counted, Counted::NotSent);
+                ctx!(slot, counted, Charged::NOT_SENT);
                 return Err(ApiError::BodyRead("the upload did not finish in time".into()));
             }
             Sending::TimedOut => {
@@ -233,7 +233,7 @@ async fn handle(
             Sending::Answered(Err(_)) if inspected.overflow.happened() => {
                 // The upload never completed, so the upstream did not count it.
                 lease.give_back();
-                ctx!(slot, counted, Counted::NotSent);
+                ctx!(slot, counted, Charged::NOT_SENT);
                 inspected.overflow.drain_rest().await;
                 return Err(ApiError::BodyTooLarge { limit: app.config.max_body_bytes });
             }
@@ -242,7 +242,7 @@ async fn handle(
             {
                 // The caller's upload was cut off as too slow: its error, not the upstream's.
                 lease.give_back();
-                ctx!(slot, counted, Counted::NotSent);
+                ctx!(slot, counted, Charged::NOT_SENT);
                 let s = &app.config.server;
                 return Err(ApiError::CallerTooSlow { rate: s.min_body_rate, window: s.min_body_rate_window });
             }
@@ -250,7 +250,7 @@ async fn handle(
                 // The caller's body stopped part-way: the caller's fault alone.
                 tracing::info!(key_id, error = %e, "the caller's upload stopped part-way");
                 lease.give_back();
-                ctx!(slot, counted, Counted::NotSent);
+                ctx!(slot, counted, Charged::NOT_SENT);
                 return Err(ApiError::BodyRead("the upload stopped part-way".into()));
             }
             Sending::Answered(Err(e)) => {
@@ -320,7 +320,7 @@ async fn handle(
                         // added: the caller's own body, unchanged, on the same key.
                         app.quirks.note_refuses_stream_options();
                         // The same reservation is sent again: one request of the key.
-                        ctx!(slot, counted, Counted::NotSent);
+                        ctx!(slot, counted, Charged::NOT_SENT);
                         ctx!(slot, attempt_ended, 400, "stream_options_refused");
                         strip_usage = false;
                         replay = caller_body.take();

@@ -320,16 +320,24 @@ impl Store {
     }
 
     /// Gives up to `pages` free pages back to the file system (SQLite, in
-    /// incremental auto-vacuum mode); returns whether free pages remain.
-    /// PostgreSQL's autovacuum reuses the space by itself: nothing to do.
+    /// incremental auto-vacuum mode); returns whether another step would
+    /// give more. A file not in that mode (one made before it, too large to
+    /// switch at start) keeps its free pages for reuse: nothing to do, as
+    /// for PostgreSQL, whose autovacuum reuses the space by itself.
     pub async fn reclaim_space(&self, pages: u32) -> Result<bool, StoreError> {
+        const INCREMENTAL: i64 = 2;
         match &self.db {
             Db::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
+                let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(&mut *conn).await?;
+                if mode != INCREMENTAL {
+                    return Ok(false);
+                }
+                let before: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&mut *conn).await?;
                 // The pragma returns a row per step: read them all to finish it.
                 sqlx::query(&format!("PRAGMA incremental_vacuum({pages})")).fetch_all(&mut *conn).await?;
-                let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&mut *conn).await?;
-                Ok(free > 0)
+                let after: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&mut *conn).await?;
+                Ok(after > 0 && after < before)
             }
             Db::Postgres(_) => Ok(false),
         }

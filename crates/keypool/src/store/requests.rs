@@ -254,9 +254,9 @@ impl Store {
 
     /// The record writer's batch, in one transaction: the records (unless
     /// `log` is off), what they add to each key's and token's totals, and
-    /// `rollups` (summed from the same records by the caller, who knows
-    /// the time zone). All of it or none is written, so the totals and the
-    /// statistics always agree with the log, after a crash too.
+    /// `rollups` (statistics the caller summed, from these records or
+    /// earlier ones). All of it or none is written, so the totals always
+    /// agree with the log, after a crash too.
     pub async fn write_batch(
         &self,
         records: &[RequestRecord],

@@ -238,6 +238,16 @@ fn sum_expr(backend_pg: bool) -> String {
 }
 
 impl Store {
+    /// Each key's id and label (keys without one left out), without
+    /// reading any key's secret.
+    pub async fn key_labels(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        on_pool!(self, |pool| {
+            let rows =
+                sqlx::query("SELECT id, label FROM keys WHERE label IS NOT NULL ORDER BY id").fetch_all(pool).await?;
+            rows.iter().map(|r| Ok((r.col("id")?, r.col("label")?))).collect()
+        })
+    }
+
     /// Per subject of `dimension`, the figures of the `span` buckets that
     /// start in [`from`, `to`) (Unix seconds), largest request count first.
     /// Reads the rollups only (an index range on their primary key).
