@@ -29,7 +29,10 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// Whether another session of this database (or a prepared transaction or
 /// replication slot on it) holds a snapshot that may see the row versions
 /// transaction `$1` replaced: its xmin is not after `$1`. Comparing ages
-/// is wraparound-safe; `age` of a null xid is null and counts as no.
+/// is wraparound-safe; `age` of a null xid is null and counts as no. (A
+/// logical slot's `catalog_xmin` holds back only the catalogs; lazy
+/// autovacuum workers are counted though PostgreSQL ignores them, which
+/// at worst waits longer.)
 const OLDER_SNAPSHOTS: &str = "SELECT
       EXISTS (SELECT 1 FROM pg_stat_activity
               WHERE datname = current_database() AND pid <> pg_backend_pid()
@@ -37,8 +40,7 @@ const OLDER_SNAPSHOTS: &str = "SELECT
    OR EXISTS (SELECT 1 FROM pg_prepared_xacts
               WHERE database = current_database() AND age(transaction) >= age($1::xid))
    OR EXISTS (SELECT 1 FROM pg_replication_slots
-              WHERE (database IS NULL OR database = current_database())
-                AND (age(xmin) >= age($1::xid) OR age(catalog_xmin) >= age($1::xid)))";
+              WHERE (database IS NULL OR database = current_database()) AND age(xmin) >= age($1::xid))";
 
 /// What [`Store::reseal`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
