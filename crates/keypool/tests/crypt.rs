@@ -157,6 +157,63 @@ async fn clear_keys_are_sealed_and_wiped_when_a_master_key_arrives(db: Scratch) 
     assert!(err.to_string().contains("KEYPOOL_MASTER_KEY"), "{err}");
 }
 
+/// The cause of a flaky wipe: `VACUUM FULL` copies every row version a
+/// snapshot still open anywhere in the database may see, so a transaction
+/// of another session (another schema, here another test's) that began
+/// before the re-sealing committed kept the clear rows in the new file.
+/// `reseal` waits for such snapshots to end; here one is held open until
+/// reseal is seen waiting, and only then released.
+#[tokio::test]
+async fn postgres_reseal_waits_for_an_older_snapshot_before_wiping() {
+    let db = Scratch::postgres().await;
+    for k in KEYS {
+        db.store.add_key(&new_key(k)).await.unwrap();
+    }
+    // Another session of the database, in another schema, with a snapshot
+    // taken before the keys are re-sealed.
+    let mut other = sqlx::PgConnection::connect(&common::scratch::postgres_url()).await.unwrap();
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").execute(&mut other).await.unwrap();
+    let store = db.store.clone().with_keyring(Some(Keyring::new(master(1))));
+    // Both in this task (the store's futures are not provably Send).
+    let finished = std::cell::Cell::new(false);
+    let resealing = async {
+        let done = store.reseal(Reseal::Clear).await;
+        finished.set(true);
+        done
+    };
+    // The old snapshot is released only once reseal is seen waiting for it
+    // (a session of the database whose last query reads pg_prepared_xacts,
+    // as reseal's wait does); a reseal that ends first ran VACUUM FULL
+    // while the snapshot was open, which copies the clear rows.
+    let watching = async {
+        let mut look = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                   AND pid <> pg_backend_pid() AND query LIKE '%FROM pg_prepared_xacts%')",
+            )
+            .fetch_one(&mut look)
+            .await
+            .unwrap();
+            if waiting {
+                break;
+            }
+            assert!(!finished.get(), "reseal did not wait for the older snapshot");
+            assert!(Instant::now() < deadline, "reseal was never seen waiting");
+            tokio::task::yield_now().await;
+        }
+        let _ = look.close().await;
+        assert!(!finished.get(), "reseal did not wait for the older snapshot");
+        sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    };
+    let (done, ()) = tokio::join!(resealing, watching);
+    let done = done.unwrap();
+    assert_eq!((done.from_clear, done.wiped), (3, true));
+    assert_eq!(found(&db).await, Vec::<&str>::new(), "the clear keys are wiped after");
+    let _ = other.close().await;
+}
+
 async fn sqlx_exec(url: &str, sql: &str) {
     if url.starts_with("sqlite:") {
         let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();

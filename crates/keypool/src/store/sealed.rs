@@ -4,6 +4,7 @@
 //! rotation), then wiping the old text from the database's files.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, Row};
@@ -20,6 +21,27 @@ pub enum Reseal {
     All,
 }
 
+/// How long [`Store::reseal`] waits on PostgreSQL for the transactions that
+/// could still see the old row versions to end before `VACUUM FULL` (which
+/// copies every row version an open snapshot of the database may see).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether another session of this database (or a prepared transaction or
+/// replication slot on it) holds a snapshot that may see the row versions
+/// transaction `$1` replaced: its xmin is not after `$1`. Comparing ages
+/// is wraparound-safe; `age` of a null xid is null and counts as no. (A
+/// logical slot's `catalog_xmin` holds back only the catalogs; lazy
+/// autovacuum workers are counted though PostgreSQL ignores them, which
+/// at worst waits longer.)
+const OLDER_SNAPSHOTS: &str = "SELECT
+      EXISTS (SELECT 1 FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND (age(backend_xmin) >= age($1::xid) OR age(backend_xid) >= age($1::xid)))
+   OR EXISTS (SELECT 1 FROM pg_prepared_xacts
+              WHERE database = current_database() AND age(transaction) >= age($1::xid))
+   OR EXISTS (SELECT 1 FROM pg_replication_slots
+              WHERE (database IS NULL OR database = current_database()) AND age(xmin) >= age($1::xid))";
+
 /// What [`Store::reseal`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resealed {
@@ -28,8 +50,10 @@ pub struct Resealed {
     /// Keys that were sealed under another master key (the old one).
     pub from_old: usize,
     /// Whether the files were rewritten so the old text is gone: false when
-    /// nothing changed, or (SQLite) when a reader kept the WAL from being
-    /// truncated.
+    /// nothing changed, or when another session kept it: (SQLite) a reader
+    /// kept the WAL from being truncated; (PostgreSQL) a transaction that
+    /// could still see the old rows was open for longer than 30 s, so
+    /// `VACUUM FULL` had to copy them.
     pub wiped: bool,
 }
 
@@ -164,8 +188,10 @@ impl Store {
     /// transaction (a key whose master key is not held fails it, changing
     /// nothing), then wipes the old text from the files: SQLite rewrites
     /// with `secure_delete` on, then `VACUUM` and a `wal_checkpoint(TRUNCATE)`;
-    /// PostgreSQL runs `VACUUM FULL keys` after the commit (its WAL,
-    /// replicas and backups keep what they hold: see docs/keys-at-rest.md).
+    /// PostgreSQL waits (up to 30 s) until no other transaction of the
+    /// database can still see the old row versions, then runs `VACUUM FULL
+    /// keys` (its WAL, replicas and backups keep what they hold: see
+    /// docs/keys-at-rest.md).
     /// Without a master key, does nothing.
     pub async fn reseal(&self, which: Reseal) -> Result<Resealed, StoreError> {
         let Some(keyring) = self.keyring.clone() else { return Ok(Resealed::default()) };
@@ -208,6 +234,13 @@ impl Store {
                     done.from_old += 1;
                 }
             }
+            // This transaction's id: the row versions it replaced stay
+            // visible to every snapshot taken before it committed.
+            let xid: Option<String> = if sqlite || done.from_clear + done.from_old == 0 {
+                None
+            } else {
+                Some(sqlx::query_scalar("SELECT xid(pg_current_xact_id())::text").fetch_one(&mut *tx).await?)
+            };
             tx.commit().await?;
             if done.from_clear + done.from_old == 0 {
                 if sqlite {
@@ -224,8 +257,29 @@ impl Store {
                 sqlx::raw_sql("PRAGMA secure_delete = OFF").execute(&mut *conn).await?;
                 done.wiped = busy == 0;
             } else {
+                // VACUUM FULL copies the row versions an open snapshot may
+                // still see (any session of the database, whatever its
+                // schema): the old text would be written to the new file.
+                // So first wait until every snapshot older than the commit
+                // has ended. PostgreSQL offers no way to wait on them from
+                // SQL, hence the polling, bounded by SNAPSHOT_WAIT.
+                let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+                let mut pause = Duration::from_millis(10);
+                let mut clear = false;
+                loop {
+                    let older: bool = sqlx::query_scalar(OLDER_SNAPSHOTS).bind(&xid).fetch_one(&mut *conn).await?;
+                    if !older {
+                        clear = true;
+                        break;
+                    }
+                    if tokio::time::Instant::now() + pause > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
                 sqlx::raw_sql("VACUUM FULL keys").execute(&mut *conn).await?;
-                done.wiped = true;
+                done.wiped = clear;
             }
             Ok(done)
         })
@@ -252,7 +306,11 @@ impl Store {
             );
         }
         if done.from_clear > 0 && !done.wiped {
-            tracing::warn!("the database's WAL could not be truncated (a reader was open); it may still hold keys in clear until its next checkpoint");
+            tracing::warn!(
+                "another session of the database kept the clear text from being wiped (SQLite: a reader kept \
+                 the WAL from being truncated, until its next checkpoint; PostgreSQL: a transaction open for \
+                 over 30 s could still see the old rows, until the next VACUUM FULL of the keys table)"
+            );
         }
         Ok(())
     }
