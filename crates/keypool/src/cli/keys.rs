@@ -241,9 +241,16 @@ async fn rotate_master_key(args: &RotateArgs, store: &Store) -> anyhow::Result<(
         done.from_clear
     );
     if done.from_clear + done.from_old > 0 && !done.wiped {
-        eprintln!(
-            "warning: the database's WAL could not be truncated (a reader was open); the next checkpoint clears it"
-        );
+        let why = match store.backend() {
+            crate::store::Backend::Sqlite => {
+                "the database's WAL could not be truncated (a reader was open); the next checkpoint clears it"
+            }
+            crate::store::Backend::Postgres => {
+                "a transaction open for over 30 s could still see the old rows, so the rewritten table may hold \
+                 them; run VACUUM FULL keys once it has ended"
+            }
+        };
+        eprintln!("warning: {why}");
     }
     eprintln!(
         "restart the servers with {MASTER_KEY_ENV} set to the new key (and {MASTER_KEY_OLD_ENV} unset), then \
