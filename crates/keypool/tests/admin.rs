@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::scratch::{both, Scratch};
 use keypool::app::Running;
 use keypool::config::{AdminToken, Config};
-use keypool::records::{Attempt, RequestRecord};
+use keypool::records::{Attempt, Counted, RequestRecord};
 use keypool::server::{generate_token, hash_token};
 use keypool_sim::{SimConfig, Simulator};
 use reqwest::StatusCode;
@@ -26,6 +26,8 @@ both!(
     one_request_comes_with_its_attempts,
     the_request_log_exports_as_csv_and_json_lines,
     every_change_is_in_the_audit_log_without_secrets,
+    stats_sum_the_rollups_per_subject_with_names_and_derived_figures,
+    stats_series_gives_the_buckets_oldest_first,
 );
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -468,6 +470,178 @@ async fn every_change_is_in_the_audit_log_without_secrets(db: Scratch) {
     admin.gateway.shutdown().await.unwrap();
 }
 
+/// 2023-11-15 00:00:00 UTC, in seconds: far enough back that the
+/// defaults' last day never holds these records.
+const DAY0: i64 = 1_700_006_400;
+
+fn stat_record(
+    second: i64,
+    token: Option<i64>,
+    model: &str,
+    duration_ms: u64,
+    attempts: Vec<Attempt>,
+) -> RequestRecord {
+    let ok = attempts.last().is_some_and(|a| a.counted == Counted::Success);
+    RequestRecord {
+        request_id: format!("req-{second}-{model}"),
+        started_at: second * 1000,
+        token_id: token,
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        model: Some(model.into()),
+        status: if ok { 200 } else { 502 },
+        error_type: (!ok).then(|| "server_error".into()),
+        key_id: attempts.last().map(|a| a.key_id),
+        attempts,
+        duration_us: duration_ms * 1000,
+        ttfb_us: Some(100_000),
+        queue_wait_us: 2_000,
+        prompt_tokens: Some(100),
+        completion_tokens: Some(20),
+        cost_micros: Some(50),
+        ..RequestRecord::default()
+    }
+}
+
+fn sent(key_id: i64, status: u16, reason: &'static str, counted: Counted) -> Attempt {
+    Attempt { key_id, status, reason: reason.into(), duration_us: 1_000, counted }
+}
+
+/// Two keys (the first labelled "main"), a token "team", and four requests:
+/// two in the first minutes of DAY0 (the second retried from key b to key
+/// a after a 429), one an hour later without a token on key b (2 s), and a
+/// failure on key b the next day. Returns (a, b, token).
+async fn stat_records(db: &Scratch) -> (i64, i64, i64) {
+    let mut ids = Vec::new();
+    for (secret, label) in [("sk-stats-a-0123456789abcdef", Some("main")), ("sk-stats-b-0123456789abcdef", None)] {
+        let key = keypool::store::NewKey { secret: secret.into(), label: label.map(Into::into), ..Default::default() };
+        match db.store.add_key(&key).await.unwrap() {
+            keypool::store::AddOutcome::Added(id) => ids.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (a, b) = (ids[0], ids[1]);
+    let t = db.store.create_token("team", &hash_token(&generate_token()), "kp-t").await.unwrap();
+    let records = [
+        stat_record(DAY0 + 10, Some(t), "gpt-4o", 300, vec![sent(a, 200, "ok", Counted::Success)]),
+        stat_record(
+            DAY0 + 70,
+            Some(t),
+            "gpt-4o",
+            300,
+            vec![sent(b, 429, "rate_limited", Counted::Failure), sent(a, 200, "ok", Counted::Success)],
+        ),
+        stat_record(DAY0 + 3_700, None, "gpt-4o-mini", 2_000, vec![sent(b, 200, "ok", Counted::Success)]),
+        stat_record(DAY0 + 86_405, Some(t), "gpt-4o", 300, vec![sent(b, 500, "server_error", Counted::Failure)]),
+    ];
+    db.store.insert_requests(&records).await.unwrap();
+    (a, b, t)
+}
+
+async fn stats_sum_the_rollups_per_subject_with_names_and_derived_figures(db: Scratch) {
+    let (a, b, t) = stat_records(&db).await;
+    let admin = Admin::start(&db).await;
+    let two_days = format!("from={DAY0}&to={}", DAY0 + 2 * 86_400);
+    let (status, keys) = admin.get(&format!("/stats?by=key&span=hour&{two_days}")).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!((keys["by"].clone(), keys["span"].clone()), (json!("key"), json!("hour")));
+    assert_eq!((keys["from"].as_i64(), keys["to"].as_i64()), (Some(DAY0), Some(DAY0 + 2 * 86_400)));
+    assert_eq!(keys["latency_bounds_ms"], json!([50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]));
+    let rows = keys["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{keys}");
+    // Largest request count first: key b was sent three times (a 429, a
+    // success, a failure), key a twice.
+    let (kb, ka) = (&rows[0], &rows[1]);
+    assert_eq!((kb["subject"].clone(), kb["name"].clone()), (json!(b.to_string()), Value::Null));
+    assert_eq!((ka["subject"].clone(), ka["name"].clone()), (json!(a.to_string()), json!("main")));
+    assert_eq!(
+        (kb["requests"].clone(), kb["successes"].clone(), kb["failures"].clone()),
+        (json!(3), json!(1), json!(2))
+    );
+    assert_eq!((kb["errors"]["rate_limited"].clone(), kb["errors"]["upstream"].clone()), (json!(1), json!(1)));
+    assert_eq!(kb["success_rate"].as_f64().unwrap(), 1.0 / 3.0);
+    // Latency counts for the key that answered: b answered the 2 s and a 300 ms request.
+    assert_eq!(kb["latency_histogram"], json!([0, 0, 0, 1, 0, 1, 0, 0, 0, 0]));
+    assert_eq!((kb["p50_ms"].clone(), kb["p99_ms"].clone()), (json!(500), json!(2500)));
+    assert_eq!((ka["requests"].clone(), ka["success_rate"].clone()), (json!(2), json!(1.0)));
+    assert_eq!((ka["prompt_tokens"].clone(), ka["cost_micros"].clone()), (json!(200), json!(100)));
+    assert_eq!((ka["avg_latency_ms"].clone(), ka["avg_ttfb_ms"].clone()), (json!(300.0), json!(100.0)));
+    assert_eq!((ka["avg_queue_wait_ms"].clone(), ka["p95_ms"].clone()), (json!(2.0), json!(500)));
+    assert_eq!((ka["duration_us_sum"].clone(), ka["answered"].clone()), (json!(600_000), json!(2)));
+    assert_eq!((keys["total"]["requests"].clone(), keys["total"]["failures"].clone()), (json!(5), json!(2)));
+
+    // Per token, by day, the first day: the team's two and one without a token.
+    let (_, tokens) = admin.get(&format!("/stats?by=token&span=day&from={DAY0}&to={}", DAY0 + 86_400)).await;
+    let rows = tokens["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{tokens}");
+    assert_eq!((rows[0]["subject"].clone(), rows[0]["name"].clone()), (json!(t.to_string()), json!("team")));
+    assert_eq!((rows[0]["requests"].clone(), rows[1]["subject"].clone()), (json!(2), json!("")));
+    assert_eq!(tokens["total"]["requests"], 3);
+
+    // Per model, by minute, the first hour only: the buckets starting in it.
+    let (_, models) = admin.get(&format!("/stats?by=model&span=minute&from={DAY0}&to={}", DAY0 + 3_600)).await;
+    let rows = models["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{models}");
+    assert_eq!((rows[0]["subject"].clone(), rows[0]["requests"].clone()), (json!("gpt-4o"), json!(2)));
+    assert_eq!(rows[0]["name"], Value::Null);
+
+    // Defaults: per key, by hour, the last day up to now (nothing recorded then).
+    let (status, now) = admin.get("/stats").await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_eq!((now["by"].clone(), now["span"].clone()), (json!("key"), json!("hour")));
+    let to = now["to"].as_i64().unwrap();
+    assert_eq!(to - now["from"].as_i64().unwrap(), 86_400);
+    assert!((to - keypool::store::now_unix() - 1).abs() <= 5, "to defaults to now: {now}");
+    assert_eq!(now["data"], json!([]));
+    assert_eq!((now["total"]["requests"].clone(), now["total"]["success_rate"].clone()), (json!(0), Value::Null));
+    assert_eq!(now["total"]["p50_ms"], Value::Null);
+    let (_, minute) = admin.get("/stats?span=minute").await;
+    assert_eq!(minute["to"].as_i64().unwrap() - minute["from"].as_i64().unwrap(), 3_600);
+    let (_, day) = admin.get("/stats?span=day&to=1000000000").await;
+    assert_eq!((day["from"].as_i64(), day["to"].as_i64()), (Some(1_000_000_000 - 30 * 86_400), Some(1_000_000_000)));
+    admin.gateway.shutdown().await.unwrap();
+}
+
+async fn stats_series_gives_the_buckets_oldest_first(db: Scratch) {
+    let (a, b, t) = stat_records(&db).await;
+    let admin = Admin::start(&db).await;
+    let pairs = |v: &Value| -> Vec<(i64, u64)> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["bucket"].as_i64().unwrap(), r["requests"].as_u64().unwrap()))
+            .collect()
+    };
+    // Every token summed, by minute, the first day: three minutes with requests.
+    let (status, all) =
+        admin.get(&format!("/stats/series?by=token&span=minute&from={DAY0}&to={}", DAY0 + 86_400)).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(pairs(&all), vec![(DAY0, 1), (DAY0 + 60, 1), (DAY0 + 3_660, 1)]);
+    assert_eq!((all["subject"].clone(), all["name"].clone()), (Value::Null, Value::Null));
+    assert_eq!(all["total"]["requests"], 3);
+    // One key, by day, two days.
+    let two_days = format!("from={DAY0}&to={}", DAY0 + 2 * 86_400);
+    let (_, kb) = admin.get(&format!("/stats/series?by=key&span=day&subject={b}&{two_days}")).await;
+    assert_eq!(pairs(&kb), vec![(DAY0, 2), (DAY0 + 86_400, 1)]);
+    assert_eq!((kb["subject"].clone(), kb["data"][1]["errors"]["upstream"].clone()), (json!(b.to_string()), json!(1)));
+    let (_, ka) = admin.get(&format!("/stats/series?by=key&span=hour&subject={a}&{two_days}")).await;
+    assert_eq!(pairs(&ka), vec![(DAY0, 2)]);
+    assert_eq!((ka["name"].clone(), ka["data"][0]["avg_latency_ms"].clone()), (json!("main"), json!(300.0)));
+    // A token, and the requests without one ("").
+    let (_, team) = admin.get(&format!("/stats/series?by=token&span=day&subject={t}&{two_days}")).await;
+    assert_eq!((pairs(&team), team["name"].clone()), (vec![(DAY0, 2), (DAY0 + 86_400, 1)], json!("team")));
+    let (_, none) = admin.get(&format!("/stats/series?by=token&span=hour&subject=&{two_days}")).await;
+    assert_eq!(pairs(&none), vec![(DAY0 + 3_600, 1)]);
+    // A model; and one never seen: no buckets.
+    let (_, mini) = admin.get(&format!("/stats/series?by=model&span=hour&subject=gpt-4o-mini&{two_days}")).await;
+    assert_eq!(pairs(&mini), vec![(DAY0 + 3_600, 1)]);
+    assert_eq!(mini["data"][0]["p50_ms"], 2500);
+    let (_, unseen) = admin.get(&format!("/stats/series?by=model&subject=o9&{two_days}")).await;
+    assert_eq!((unseen["data"].clone(), unseen["span"].clone()), (json!([]), json!("hour")));
+    admin.gateway.shutdown().await.unwrap();
+}
+
 /// Every route, for the token checks.
 fn routes() -> Vec<(reqwest::Method, &'static str)> {
     use reqwest::Method as M;
@@ -489,6 +663,8 @@ fn routes() -> Vec<(reqwest::Method, &'static str)> {
         (M::GET, "/requests/1"),
         (M::GET, "/requests/export?format=csv"),
         (M::GET, "/audit"),
+        (M::GET, "/stats"),
+        (M::GET, "/stats/series?by=model&subject=gpt-4o"),
         (M::GET, "/no-such-route"),
     ]
 }
@@ -595,6 +771,23 @@ async fn bad_input_gets_400_naming_the_field() {
     assert_bad(&admin.get("/requests/export?format=xml").await, "format");
     assert_bad(&admin.get("/audit?cursor=x").await, "cursor");
     assert_bad(&admin.get("/audit?limit=abc").await, "limit");
+    assert_bad(&admin.get("/stats?by=user").await, "by");
+    assert_bad(&admin.get("/stats?span=week").await, "span");
+    assert_bad(&admin.get("/stats?from=yesterday").await, "from");
+    assert_bad(&admin.get("/stats?from=-1").await, "from");
+    assert_bad(&admin.get("/stats?to=1.5").await, "to");
+    assert_bad(&admin.get("/stats?from=2000&to=1000").await, "to");
+    assert_bad(&admin.get("/stats?from=99999999999").await, "from");
+    // A minute span over more than 2 days, an hour span over more than 92.
+    assert_bad(&admin.get("/stats?span=minute&from=0&to=172801").await, "from");
+    assert!(admin.get("/stats?span=minute&from=0&to=172800").await.0.is_success());
+    assert_bad(&admin.get("/stats/series?span=hour&from=0&to=8000000").await, "from");
+    assert!(admin.get("/stats?span=day&from=0&to=8000000000").await.0.is_success());
+    assert_bad(&admin.get("/stats?subject=1").await, "subject");
+    assert_bad(&admin.get("/stats/series?by=key&subject=main").await, "subject");
+    assert_bad(&admin.get("/stats/series?by=token&subject=x").await, "subject");
+    assert_bad(&admin.get("/stats/series?by=model&subject=a%00b").await, "subject");
+    assert_bad(&admin.get("/stats/series?span=hour&span=day").await, "span");
     // A route with the wrong method, and no route at all.
     let (status, body) = answer(admin.req(reqwest::Method::PUT, "/keys")).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed")));
@@ -620,9 +813,15 @@ async fn the_served_openapi_document_is_the_committed_one() {
     let served = r.text().await.unwrap();
     let doc: Value = serde_json::from_str(&served).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "OpenAPI 3.1");
-    for path in
-        ["/admin/api/keys", "/admin/api/keys/{id}", "/admin/api/tokens", "/admin/api/requests", "/admin/api/audit"]
-    {
+    for path in [
+        "/admin/api/keys",
+        "/admin/api/keys/{id}",
+        "/admin/api/tokens",
+        "/admin/api/requests",
+        "/admin/api/audit",
+        "/admin/api/stats",
+        "/admin/api/stats/series",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     let path = committed_path();
@@ -664,6 +863,7 @@ async fn schemathesis_finds_no_server_error_or_schema_break() {
         .await
         .unwrap();
     db.store.insert_requests(&[record(1, 1_000_000), record(2, 1_000_500)]).await.unwrap();
+    stat_records(&db).await;
     let admin = Admin::start(&db).await;
     let report = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(exe)

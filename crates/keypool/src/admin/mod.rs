@@ -1,7 +1,8 @@
 //! The admin REST API under `/admin/api/`: keys with their live state,
-//! gateway tokens, the request log and its export, and the audit log of
-//! admin changes; JSON, behind `Authorization: Bearer <admin_token>`, and
-//! described by an OpenAPI 3.1 document generated from these handlers
+//! gateway tokens, the request log and its export, statistics per key,
+//! token and model from the rollups, and the audit log of admin changes;
+//! JSON, behind `Authorization: Bearer <admin_token>`, and described by an
+//! OpenAPI 3.1 document generated from these handlers
 //! (`/admin/api/openapi.json`, committed as `docs/admin-openapi.json`).
 //!
 //! Off (every `/admin/api/` path 404) unless `admin_token` is set.
@@ -19,6 +20,7 @@ mod error;
 mod keys;
 mod openapi;
 mod requests;
+mod stats;
 mod tokens;
 
 use std::future::Future;
@@ -142,8 +144,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 /// token (the OpenAPI document too: with no token the surface is not even
 /// listed; the same document is committed in docs/ for tools).
 ///
-/// Stats (per key, token, model and time bucket) will be mounted here under
-/// `/stats/…` once the rollups they read exist (store/rollups.rs).
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi::serve))
@@ -158,6 +158,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/requests", get(requests::list))
         .route("/requests/export", get(requests::export))
         .route("/requests/{id}", get(requests::one))
+        .route("/stats", get(stats::by_subject))
+        .route("/stats/series", get(stats::series))
         .route("/audit", get(audit::list))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{audit, keys, requests, tokens};
+use super::{audit, keys, requests, stats, tokens};
 
 /// OpenAI's error shape, as every admin error is sent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,13 +70,14 @@ impl Modify for AdminBearer {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "keypool admin API", description = "Keys, gateway tokens, the request log and the audit log of a keypool gateway."),
+    info(title = "keypool admin API", description = "Keys, gateway tokens, the request log, statistics and the audit log of a keypool gateway."),
     paths(
         serve,
         keys::list, keys::add, keys::import, keys::one, keys::edit, keys::remove,
         keys::enable, keys::disable, keys::reset,
         tokens::list, tokens::create, tokens::revoke,
         requests::list, requests::one, requests::export,
+        stats::by_subject, stats::series,
         audit::list,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -86,6 +87,7 @@ impl Modify for AdminBearer {
         (name = "keys", description = "Upstream keys and their live state"),
         (name = "tokens", description = "Gateway tokens"),
         (name = "requests", description = "The request log"),
+        (name = "stats", description = "Requests, errors, tokens, spend and latency per key, token and model, from the rollups"),
         (name = "audit", description = "Changes made through this API"),
         (name = "meta", description = "This document"),
     )
