@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::Query;
 use super::{AdminError, AdminState};
 use crate::records::rollup::{Dimension, Rollup, Span, LATENCY_BOUNDS_US};
-use crate::store::{now_unix, StoreError};
+use crate::store::now_unix;
 
 const MAX_SECONDS: i64 = 9_000_000_000_000;
 const MINUTE_MAX_RANGE: i64 = 2 * 86_400;
@@ -304,17 +304,10 @@ fn bounds_ms() -> Vec<u64> {
 }
 
 /// Labels of keys and names of tokens, by id as the rollups name them.
-/// Keys sealed under a master key this server lacks go without labels.
 async fn names(state: &AdminState, by: By) -> Result<HashMap<String, String>, AdminError> {
     Ok(match by {
-        By::Key => match state.store.list_keys().await {
-            Ok(keys) => keys.into_iter().filter_map(|k| Some((k.id.to_string(), k.label?))).collect(),
-            Err(StoreError::Sealed(e)) => {
-                tracing::warn!(error = %e, "key labels left out of the statistics");
-                HashMap::new()
-            }
-            Err(e) => return Err(e.into()),
-        },
+        // Labels only: no key is opened.
+        By::Key => state.store.key_labels().await?.into_iter().map(|(id, label)| (id.to_string(), label)).collect(),
         By::Token => state.store.list_tokens().await?.into_iter().map(|t| (t.id.to_string(), t.name)).collect(),
         By::Model => HashMap::new(),
     })
