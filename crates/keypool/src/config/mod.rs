@@ -144,6 +144,10 @@ pub struct RecordsSettings {
     pub minute_rollup_retention: Duration,
 }
 
+/// The most memory the records' bodies may take while they wait for the
+/// database (`records.buffer` × 2 × `records.body_max_bytes`).
+const BODIES_IN_BUFFER_MAX: u128 = 1 << 30;
+
 /// A day, for the retention defaults.
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -497,6 +501,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 setting: "records.body_max_bytes",
                 reason: "must be > 0 when records.bodies is on".into(),
+            });
+        }
+        // Records wait in the buffer while the database is down: with
+        // bodies, each may hold two of body_max_bytes.
+        let r = &self.records;
+        let worst = (r.buffer as u128) * 2 * (r.body_max_bytes as u128);
+        if r.bodies && worst > BODIES_IN_BUFFER_MAX {
+            let fits = (BODIES_IN_BUFFER_MAX / (2 * r.body_max_bytes.max(1) as u128)).max(1);
+            return Err(ConfigError::Invalid {
+                setting: "records.buffer",
+                reason: format!(
+                    "with records.bodies on, {} records of two {}-byte bodies could hold {} MiB while the database \
+                     is down (at most {} MiB): set records.buffer to {fits} or less, or lower records.body_max_bytes",
+                    r.buffer,
+                    r.body_max_bytes,
+                    worst >> 20,
+                    BODIES_IN_BUFFER_MAX >> 20
+                ),
             });
         }
         if let Err(e) = jiff::tz::TimeZone::get(&self.time_zone) {

@@ -83,3 +83,17 @@ fn prices_match_the_longest_prefix_then_default() {
 mod load;
 #[path = "tests_models.rs"]
 mod models;
+
+#[test]
+fn bodies_that_could_fill_memory_while_the_database_is_down_are_refused() {
+    let mut c = Config::default();
+    c.records.bodies = true;
+    // 100,000 records × two 16 KiB bodies: 3.1 GiB.
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("records.buffer") && e.contains("32768 or less"), "{e}");
+    c.records.buffer = 32_768;
+    assert!(c.validate().is_ok());
+    c.records.bodies = false;
+    c.records.buffer = 100_000;
+    assert!(c.validate().is_ok(), "bodies off: the buffer holds no body");
+}

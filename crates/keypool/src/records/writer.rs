@@ -9,6 +9,12 @@
 //! log by at most that, never lead it; a crash loses at most that much of
 //! them, never any totals (written with their records).
 //!
+//! A record dropped (the buffer full, the database refusing it, the stop's
+//! deadline passed) takes its request's share of the key and token totals
+//! with it: the totals are what the log holds. The live scheduler counted
+//! it all the same (budgets hold until a restart); the drop is counted in
+//! `keypool_records_dropped_total` and logged.
+//!
 //! While the store is slow or down, the writer keeps retrying the batch in
 //! hand and records wait in the channel; only when it is full is a record
 //! dropped, and every drop is counted (`keypool_records_dropped_total`) and
