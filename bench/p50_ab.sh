@@ -59,8 +59,13 @@ for p in $pa $pb; do oha --no-tui -z 2s -c 8 -m POST -H "content-type: applicati
   -H "Authorization: Bearer $([ $p = $pa ] && echo $ta || echo $tb)" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null; done
 : > "$work/rounds.txt"
 for r in $(seq "$ROUNDS"); do
-  d=$(p50 "$direct" sk-direct); a=$(p50 "http://127.0.0.1:$pa/v1/chat/completions" "$ta")
-  b=$(p50 "http://127.0.0.1:$pb/v1/chat/completions" "$tb")
+  # A and B take turns going first, so neither always follows the direct run.
+  d=$(p50 "$direct" sk-direct)
+  if [ $((r % 2)) = 1 ]; then
+    a=$(p50 "http://127.0.0.1:$pa/v1/chat/completions" "$ta"); b=$(p50 "http://127.0.0.1:$pb/v1/chat/completions" "$tb")
+  else
+    b=$(p50 "http://127.0.0.1:$pb/v1/chat/completions" "$tb"); a=$(p50 "http://127.0.0.1:$pa/v1/chat/completions" "$ta")
+  fi
   echo "$d $a $b" >> "$work/rounds.txt"
   python3 -c "d,a,b=$d,$a,$b; print('round $r: direct p50 %.0f µs; added p50 A %.0f µs, B %.0f µs' % (d*1e3,(a-d)*1e3,(b-d)*1e3))"
 done
