@@ -1,12 +1,14 @@
 //! Typed configuration: built-in defaults, then the TOML file, then `KEYPOOL_*`
 //! environment variables, then command-line flags; validated once at start.
 
+mod alerts;
 mod check;
 mod listen;
 mod load;
 mod mask;
 pub mod models;
 mod secret;
+mod headers;
 mod server;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ pub use listen::parse_listen;
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
+pub use alerts::{AlertEvent, AlertsConfig, WebhookConfig, WebhookFormat, WebhookUrl};
+pub use headers::HeadersConfig;
 pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -106,6 +110,12 @@ pub struct Config {
     /// [`ADMIN_TOKEN_MIN_LEN`] characters. Unset: every `/admin/api/` path
     /// answers 404, the admin API is off.
     pub admin_token: Option<AdminToken>,
+    /// What answers tell callers in their headers (`[headers]`).
+    #[serde(default)]
+    pub headers: HeadersConfig,
+    /// Webhooks told when keys fail or the pool cannot serve (`[alerts]`).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// The request log (`[records]`).
@@ -378,6 +388,8 @@ impl Default for Config {
             records: RecordsSettings::default(),
             time_zone: "UTC".into(),
             admin_token: None,
+            headers: HeadersConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }

@@ -30,6 +30,22 @@ const CLIENT_REQUEST_ID_MAX: usize = 512;
 /// Longest user agent, `user` field or upstream request id kept in a record.
 const TEXT_MAX: usize = 512;
 
+/// A request's facts as its answer's head reports them (all in µs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadFacts {
+    /// The key of the last attempt; `None` when no attempt was sent.
+    pub key_id: Option<i64>,
+    /// Attempts sent upstream.
+    pub attempts: u32,
+    /// Time waited for a key with room (or for the upstream's breaker).
+    pub queue_us: u64,
+    /// The attempts' durations summed, each from its send to its answer's
+    /// head (or its failure).
+    pub upstream_us: u64,
+    /// From the request's arrival to now.
+    pub elapsed_us: u64,
+}
+
 /// One request's facts, ended once (see the module's comment). Boxed by its
 /// owner so that the futures carrying it stay small.
 #[derive(Debug)]
@@ -80,6 +96,33 @@ impl RequestContext {
     /// The request id as a response header value.
     pub fn request_id_header(&self) -> Option<HeaderValue> {
         HeaderValue::from_str(&self.record.request_id).ok()
+    }
+
+    /// What the answer's head tells the caller about this request so far
+    /// (read when the head is made: for a stream, before its body).
+    pub fn head_facts(&self) -> HeadFacts {
+        let mut upstream_us: u64 = self.record.attempts.iter().map(|a| a.duration_us).sum();
+        let mut attempts = self.record.attempts.len() as u32;
+        if let Some((_, sent, _)) = &self.attempt {
+            upstream_us = upstream_us.saturating_add(micros(Instant::now().saturating_duration_since(*sent)));
+            attempts += 1;
+        }
+        let mut queue_us = self.record.queue_wait_us;
+        if let Some(since) = self.queued {
+            queue_us = queue_us.saturating_add(micros(Instant::now().saturating_duration_since(since)));
+        }
+        HeadFacts {
+            key_id: self.record.key_id,
+            attempts,
+            queue_us,
+            upstream_us,
+            elapsed_us: micros(Instant::now().saturating_duration_since(self.started)),
+        }
+    }
+
+    /// The model the caller asked for, once inspection read it.
+    pub fn model(&self) -> Option<&str> {
+        self.record.model.as_deref()
     }
 
     pub fn set_token(&mut self, token: TokenId) {

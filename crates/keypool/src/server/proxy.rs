@@ -1,5 +1,8 @@
 //! The pass-through handler for everything under `/v1/`: inspect, lease a
 //! key, send, and retry on another key while nothing has reached the caller.
+//! Every answer's head says what the request did ([`headers`]).
+
+mod headers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +91,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     if let Some(ctx) = slot.take() {
+        // Not a 2xx (whose head was stamped when its body took the context).
+        stamp(&app, response.headers_mut(), &ctx);
         ctx.end_as(response.status().as_u16());
     }
     if let Some(id) = id {
@@ -601,9 +606,24 @@ async fn answer(
     if let Some(mut c) = slot.take() {
         c.attempt_ended(status.as_u16(), "ok");
         c.status(status.as_u16());
+        stamp(app, &mut headers, &c);
         metered = metered.context(c);
     }
     Ok(respond(status, headers, Body::from_stream(metered)))
+}
+
+/// Adds what the request did to its answer's head (see [`headers`]).
+fn stamp(app: &AppState, out: &mut HeaderMap, ctx: &RequestContext) {
+    let settings = &app.config.headers;
+    let pool = (!settings.upstream_ratelimit).then(|| {
+        let view = app.scheduler.pool_rates();
+        // Keys set aside for the model cannot serve it: not the caller's room.
+        match ctx.model().map(|m| app.scheduler.set_aside_keys(m)) {
+            Some(aside) if !aside.is_empty() => Arc::new(view.without(&aside)),
+            _ => view,
+        }
+    });
+    headers::decorate(out, settings, &ctx.head_facts(), pool.as_deref());
 }
 
 fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
