@@ -237,6 +237,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.health.clone(),
         stop.clone(),
     ));
+    crate::alerts::spawn(Arc::clone(&scheduler), &config.alerts, stop.clone());
     tokio::spawn(crate::health::probe_upstream(
         breaker,
         Arc::clone(&scheduler),

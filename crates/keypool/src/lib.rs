@@ -7,6 +7,7 @@
 //! background ([`app`]'s sync task).
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;
