@@ -112,8 +112,11 @@ async fn a_key_turning_invalid_is_told_once_per_interval_and_an_empty_pool_too()
     app.sim.set_key_state(KEY_B, KeyState::Invalid);
     until_status(&app, b, "invalid").await;
     let all = alerts(&got, 5).await;
-    let texts: Vec<String> =
-        all.iter().filter(|(p, _)| p == "feishu").map(|(_, v)| v["content"]["text"].as_str().unwrap().to_owned()).collect();
+    let texts: Vec<String> = all
+        .iter()
+        .filter(|(p, _)| p == "feishu")
+        .map(|(_, v)| v["content"]["text"].as_str().unwrap().to_owned())
+        .collect();
     assert!(texts.iter().any(|t| t.contains(&format!("key #{b}"))), "{texts:?}");
     assert!(texts.iter().any(|t| t.contains("no key can serve")), "{texts:?}");
     // The generic hook asked for key_invalid only.

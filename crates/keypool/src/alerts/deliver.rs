@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::Alert;
-use crate::config::{AlertEvent, WebhookFormat};
 use crate::config::WebhookUrl;
+use crate::config::{AlertEvent, WebhookFormat};
 
 /// The alert in one line of words, for the chat formats.
 pub fn text(a: &Alert) -> String {
@@ -75,7 +75,9 @@ impl Send {
             }
             match self.client.post(self.url.url().clone()).json(&self.body).send().await {
                 Ok(r) if r.status().is_success() => return,
-                Ok(r) => tracing::warn!(webhook = %host, status = %r.status(), attempt, "alert webhook refused the alert"),
+                Ok(r) => {
+                    tracing::warn!(webhook = %host, status = %r.status(), attempt, "alert webhook refused the alert")
+                }
                 // Without the URL: it may carry the webhook's secret.
                 Err(e) => tracing::warn!(webhook = %host, error = %e.without_url(), attempt, "alert webhook failed"),
             }

@@ -185,6 +185,8 @@ mod tests {
         assert_eq!(c.budget_thresholds, vec![0.5, 1.0]);
         assert!(c.webhooks[0].wants(AlertEvent::KeyInvalid) && !c.webhooks[0].wants(AlertEvent::NoUsableKey));
         assert!(toml::from_str::<AlertsConfig>("budget_thresholds = [0.0]").is_err());
-        assert!(toml::from_str::<AlertsConfig>("[[webhooks]]\nurl = \"https://h.example\"\nformat = \"teams\"").is_err());
+        assert!(
+            toml::from_str::<AlertsConfig>("[[webhooks]]\nurl = \"https://h.example\"\nformat = \"teams\"").is_err()
+        );
     }
 }

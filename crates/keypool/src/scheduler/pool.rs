@@ -77,7 +77,11 @@ impl PoolRates {
 /// view cannot tell the second longest).
 fn subtract(total: Option<PoolLimit>, share: Option<PoolLimit>) -> Option<PoolLimit> {
     let (Some(t), Some(s)) = (total, share) else { return total };
-    Some(PoolLimit { limit: t.limit.saturating_sub(s.limit), remaining: t.remaining.saturating_sub(s.remaining), reset: t.reset })
+    Some(PoolLimit {
+        limit: t.limit.saturating_sub(s.limit),
+        remaining: t.remaining.saturating_sub(s.remaining),
+        reset: t.reset,
+    })
 }
 
 fn add(total: &mut Option<PoolLimit>, share: Option<PoolLimit>) {
