@@ -71,12 +71,10 @@ pub fn decorate(headers: &mut HeaderMap, settings: &HeadersConfig, facts: &HeadF
     let Some(pool) = pool else { return };
     for (names, dim) in RATELIMIT.iter().zip([pool.requests, pool.tokens]) {
         if let Some(PoolLimit { limit, remaining, reset }) = dim {
-            let reset = keypool_sim::format_go_duration(ceil_millis(reset));
-            let values = [limit.to_string(), remaining.to_string(), reset];
-            for (name, value) in names.iter().zip(values) {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    headers.insert(HeaderName::from_static(name), v);
-                }
+            headers.insert(HeaderName::from_static(names[0]), HeaderValue::from(limit));
+            headers.insert(HeaderName::from_static(names[1]), HeaderValue::from(remaining));
+            if let Ok(v) = HeaderValue::from_str(&keypool_sim::format_go_duration(ceil_millis(reset))) {
+                headers.insert(HeaderName::from_static(names[2]), v);
             }
         }
     }
