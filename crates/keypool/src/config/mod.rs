@@ -5,6 +5,7 @@ mod check;
 mod listen;
 mod load;
 mod mask;
+mod metrics;
 pub mod models;
 mod secret;
 mod server;
@@ -106,6 +107,11 @@ pub struct Config {
     /// [`ADMIN_TOKEN_MIN_LEN`] characters. Unset: every `/admin/api/` path
     /// answers 404, the admin API is off.
     pub admin_token: Option<AdminToken>,
+    /// A second address serving only `/metrics` (Prometheus), without auth,
+    /// e.g. `127.0.0.1:9090`. Unset: `/metrics` is served only on `listen`,
+    /// behind the admin token (see docs/metrics.md).
+    #[serde(default, deserialize_with = "metrics::deserialize_listen", skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The request log (`[records]`).
@@ -378,6 +384,7 @@ impl Default for Config {
             records: RecordsSettings::default(),
             time_zone: "UTC".into(),
             admin_token: None,
+            metrics_listen: None,
         }
     }
 }
