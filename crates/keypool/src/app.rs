@@ -22,6 +22,8 @@ use crate::upstream::{Breaker, Quirks, Upstream};
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
     addr: SocketAddr,
+    /// Where `/metrics` is served without auth (`metrics_listen`), once bound.
+    metrics_addr: Option<SocketAddr>,
     scheduler: Arc<Scheduler>,
     stop: CancellationToken,
     /// Ended (`GraceEnd::end`) when the stop's grace has passed: open answers are ended.
@@ -44,6 +46,11 @@ pub struct Running {
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound `metrics_listen` address (its port chosen when 0 was asked).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Base URL callers use, e.g. `http://127.0.0.1:8080/v1`.
@@ -219,6 +226,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             None => gateway,
         })
     };
+    let metrics_addr = match config.metrics_listen {
+        Some(at) => Some(serve_metrics(at, Arc::clone(&scheduler), recorder.clone(), stop.clone()).await?),
+        None => None,
+    };
     let ending = crate::server::GraceEnd::default();
     let edge = Edge { config: config.server.clone(), ending: ending.clone() };
     let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone(), edge)?;
@@ -247,6 +258,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     Ok(Running {
         addr,
+        metrics_addr,
         scheduler,
         stop,
         ending,
@@ -259,6 +271,36 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         recorder,
         store: sync_store,
     })
+}
+
+/// Serves `/metrics` without auth on `at` (`metrics_listen`) until `stop`;
+/// any other path is 404. Returns the bound address.
+async fn serve_metrics(
+    at: SocketAddr,
+    scheduler: Arc<Scheduler>,
+    recorder: Recorder,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(at)
+        .await
+        .with_context(|| format!("could not listen on {at} (the `metrics_listen` setting)"))?;
+    let addr = listener.local_addr()?;
+    let scrape = crate::metrics::Scrape { scheduler, recorder };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let scrape = scrape.clone();
+            async move { crate::metrics::scrape(&scrape, None, &headers) }
+        }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics listener (metrics_listen) stopped");
+        }
+    });
+    tracing::info!("metrics on http://{addr}/metrics (metrics_listen, no auth)");
+    Ok(addr)
 }
 
 /// Keeps the in-memory state and the store in step: what the scheduler

@@ -61,6 +61,9 @@ fn init_tracing(default: &str) {
 
 async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
     tracing::info!("database: {}", keypool::store::database_path(&config.database_url));
+    // The one Prometheus recorder of this process; library users and
+    // in-process tests run without one (the metrics macros are no-ops).
+    keypool::metrics::install(config)?;
     let running = keypool::app::start(config).await?;
     tracing::info!(
         "keypool listening on http://{} (upstream {}, auth {:?})",

@@ -6,6 +6,7 @@ mod check;
 mod listen;
 mod load;
 mod mask;
+mod metrics;
 pub mod models;
 mod secret;
 mod headers;
@@ -116,6 +117,11 @@ pub struct Config {
     /// Webhooks told when keys fail or the pool cannot serve (`[alerts]`).
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// A second address serving only `/metrics` (Prometheus), without auth,
+    /// e.g. `127.0.0.1:9090`. Unset: `/metrics` is served only on `listen`,
+    /// behind the admin token (see docs/metrics.md).
+    #[serde(default, deserialize_with = "metrics::deserialize_listen", skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The request log (`[records]`).
@@ -390,6 +396,7 @@ impl Default for Config {
             admin_token: None,
             headers: HeadersConfig::default(),
             alerts: AlertsConfig::default(),
+            metrics_listen: None,
         }
     }
 }

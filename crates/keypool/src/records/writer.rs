@@ -135,6 +135,12 @@ impl Recorder {
         }
     }
 
+    /// Records handed over and not yet taken by the writer (its queue's
+    /// length; `keypool_records_waiting`).
+    pub fn waiting(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.max_capacity().saturating_sub(tx.capacity()))
+    }
+
     /// The most of each body to keep, when records keep bodies.
     pub fn bodies(&self) -> Option<usize> {
         self.bodies

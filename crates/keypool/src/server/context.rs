@@ -296,6 +296,7 @@ impl RequestContext {
         self.unqueue();
         self.close_attempt(0, "cancelled");
         self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
+        crate::metrics::request_ended(&self.record);
         if self.recorder.is_on() {
             self.recorder.record(std::mem::take(&mut self.record));
         }

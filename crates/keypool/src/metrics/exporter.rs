@@ -1,0 +1,122 @@
+//! The Prometheus exporter: installed once per process by `keypool serve`,
+//! rendered by our own routes (`/metrics` behind the admin token, and on
+//! `metrics_listen` without auth), with the scrape-time gauges appended.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::labels::ModelLabels;
+use super::{BUILD_INFO, QUEUE_WAIT, REQUEST_DURATION, TTFB};
+use crate::config::{AdminToken, Config};
+use crate::records::Recorder;
+use crate::scheduler::Scheduler;
+
+/// The installed recorder's handle and the model labels of its config.
+#[derive(Debug)]
+pub struct Installed {
+    handle: PrometheusHandle,
+    pub(super) labels: ModelLabels,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Upper bounds of the request duration and first-byte buckets, seconds
+/// (an answer may take up to `timeouts.first_byte`, 11 min by default).
+const DURATION_BUCKETS: [f64; 16] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 660.0];
+/// Upper bounds of the queue-wait buckets, seconds (`pool.max_wait` is 30 s by default).
+const QUEUE_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the exporter could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("could not build the Prometheus exporter: {0}")]
+    Build(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("another metrics recorder is already installed in this process")]
+    Taken,
+}
+
+/// Installs the Prometheus recorder as the process's global one (the
+/// `metrics` facade has one), with `config`'s model labels, and starts
+/// its upkeep on the current tokio runtime. At most once per process: a
+/// later call keeps the first one and returns `Ok`.
+pub fn install(config: &Config) -> Result<(), InstallError> {
+    if INSTALLED.get().is_some() {
+        return Ok(());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(TTFB.into()), &DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), &QUEUE_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| InstallError::Taken)?;
+    if INSTALLED.set(Installed { handle: handle.clone(), labels: ModelLabels::new(config) }).is_err() {
+        return Ok(());
+    }
+    super::describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Counters without labels show 0 before their first event.
+    for name in [super::UPSTREAM_429, super::CANCELLED, super::RECORDS_WRITTEN, super::RECORD_WRITE_ERRORS] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::counter!(super::RECORDS_DROPPED, "reason" => "buffer_full").absolute(0);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            handle.run_upkeep();
+        }
+    });
+    Ok(())
+}
+
+/// The installed exporter; `None` until [`install`] (metrics off).
+pub fn installed() -> Option<&'static Installed> {
+    INSTALLED.get()
+}
+
+/// What a scrape reads besides the recorder: the scheduler's keys and queue,
+/// and the record writer's backlog.
+#[derive(Clone)]
+pub struct Scrape {
+    pub scheduler: Arc<Scheduler>,
+    pub recorder: Recorder,
+}
+
+/// The Prometheus text of every metric: the recorder's, then the gauges
+/// read now (queue depth, records waiting, per key). `None` when no exporter
+/// is installed.
+pub fn render(scrape: &Scrape) -> Option<String> {
+    let installed = installed()?;
+    let mut out = installed.handle.render();
+    super::keys::write_gauges(&mut out, &scrape.scheduler, &scrape.recorder);
+    Some(out)
+}
+
+/// Answers a `/metrics` request. With `token` (the main listener), the
+/// caller must send it as `Authorization: Bearer …` (401 otherwise, as the
+/// admin API); 404 when metrics are off.
+pub fn scrape(scrape: &Scrape, token: Option<&AdminToken>, headers: &HeaderMap) -> Response {
+    if let Some(token) = token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        match presented {
+            None | Some("") => return crate::admin::AdminError::MissingToken.into_response(),
+            Some(t) if !token.matches(t) => return crate::admin::AdminError::InvalidToken.into_response(),
+            Some(_) => {}
+        }
+    }
+    match render(scrape) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are off in this process\n").into_response(),
+    }
+}
