@@ -203,15 +203,19 @@ async fn spend_per_day(store: &Store, tz: &jiff::tz::TimeZone, now_ms: i64) -> R
     let days = last_days(tz, now_ms);
     let Some(&(from, _)) = days.first() else { return Ok(Vec::new()) };
     let rows = store.stats_by_bucket(Dimension::Model, Span::Day, None, from, now_ms.div_euclid(1000) + 1).await?;
+    // Each row goes to the day holding its bucket's start (rows written
+    // under another time_zone start at other hours).
+    let ends: Vec<i64> = days.iter().skip(1).map(|(start, _)| *start).chain([i64::MAX]).collect();
     Ok(days
         .into_iter()
-        .map(|(start, day)| {
-            let row = rows.iter().find(|r| r.bucket == start);
-            DaySpend {
-                day,
-                cost_micros: row.map_or(0, |r| r.figures.cost_micros),
-                requests: row.map_or(0, |r| r.figures.requests),
+        .zip(ends)
+        .map(|((start, day), end)| {
+            let mut spend = DaySpend { day, cost_micros: 0, requests: 0 };
+            for r in rows.iter().filter(|r| start <= r.bucket && r.bucket < end) {
+                spend.cost_micros = spend.cost_micros.saturating_add(r.figures.cost_micros);
+                spend.requests = spend.requests.saturating_add(r.figures.requests);
             }
+            spend
         })
         .collect())
 }
