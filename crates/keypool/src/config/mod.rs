@@ -28,6 +28,7 @@ pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
 pub use alerts::{AlertEvent, AlertsConfig, WebhookConfig, WebhookFormat, WebhookUrl};
 pub use headers::HeadersConfig;
+pub use secret::{generate_admin_token, AdminToken, ADMIN_TOKEN_MIN_LEN, ADMIN_TOKEN_PREFIX};
 pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.

@@ -15,6 +15,7 @@ mod index;
 mod inner;
 mod key;
 mod lease;
+mod overview;
 mod limits;
 mod persist;
 mod pool;
@@ -37,6 +38,7 @@ use lease::Grant;
 pub use lease::{Charged, Counted, Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
 pub use pool::{PoolLimit, PoolRates};
+pub use overview::{Capacity, PoolFigures, WindowResets};
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
 
