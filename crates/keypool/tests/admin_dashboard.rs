@@ -24,6 +24,7 @@ use sha2::Digest;
 both!(
     the_overview_counts_requests_errors_capacity_and_spend,
     the_upstream_shows_its_breaker_and_its_test_reports_the_answer,
+    the_store_keeps_one_admin_token_digest,
 );
 
 const ADMIN: &str = "admin-token-dashboard-0123456789";
@@ -294,6 +295,21 @@ async fn the_upstream_shows_its_breaker_and_its_test_reports_the_answer(db: Scra
     let (status, unknown) = dash.post("/upstreams/elsewhere/test").await;
     assert_eq!((status, unknown["error"]["param"].clone()), (StatusCode::NOT_FOUND, json!("name")), "{unknown}");
     dash.gateway.shutdown().await.unwrap();
+}
+
+async fn the_store_keeps_one_admin_token_digest(db: Scratch) {
+    let (first, second) =
+        (AdminToken::new("kpa_first-0123456789abcdef"), AdminToken::new("kpa_second-0123456789abcdef"));
+    assert_eq!(db.store.admin_token_hash().await.unwrap(), None);
+    assert!(db.store.add_admin_token_hash(&first.sha256_hex()).await.unwrap(), "stored when none is");
+    assert!(!db.store.add_admin_token_hash(&second.sha256_hex()).await.unwrap(), "never over one");
+    assert_eq!(db.store.admin_token_hash().await.unwrap(), Some(first.sha256_hex()));
+    db.store.set_admin_token_hash(&second.sha256_hex()).await.unwrap();
+    let stored = db.store.admin_token_hash().await.unwrap().unwrap();
+    assert_eq!(stored, second.sha256_hex());
+    let known = AdminToken::from_sha256_hex(&stored).unwrap();
+    assert!(known.matches("kpa_second-0123456789abcdef") && !known.matches("kpa_first-0123456789abcdef"));
+    assert_eq!(known.expose(), None, "a stored token is known by its digest only");
 }
 
 #[tokio::test]
