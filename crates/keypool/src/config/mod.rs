@@ -4,6 +4,7 @@
 mod check;
 mod listen;
 mod load;
+mod logging;
 mod mask;
 pub mod models;
 mod secret;
@@ -20,6 +21,7 @@ use crate::scheduler::Strategy;
 
 pub use check::{KeyFacts, Warning};
 pub use listen::parse_listen;
+pub use logging::{Cidr, LogFormat, TelemetryConfig};
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
@@ -106,6 +108,8 @@ pub struct Config {
     /// [`ADMIN_TOKEN_MIN_LEN`] characters. Unset: every `/admin/api/` path
     /// answers 404, the admin API is off.
     pub admin_token: Option<AdminToken>,
+    /// keypool's own log format, trusted proxies, and trace export (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// The request log (`[records]`).
@@ -378,6 +382,7 @@ impl Default for Config {
             records: RecordsSettings::default(),
             time_zone: "UTC".into(),
             admin_token: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -552,6 +557,7 @@ impl Config {
         if let Some(reason) = self.admin_token.as_ref().and_then(AdminToken::weakness) {
             return Err(ConfigError::Invalid { setting: "admin_token", reason });
         }
+        self.telemetry.validate()?;
         self.validate_models()
     }
 
@@ -561,6 +567,7 @@ impl Config {
         shown.database_url = mask_url_password(&shown.database_url);
         shown.upstream = mask_url_password(&shown.upstream);
         shown.proxy = shown.proxy.as_deref().map(mask_url_password);
+        shown.telemetry.otlp_endpoint = shown.telemetry.otlp_endpoint.as_deref().map(mask_url_password);
         toml::to_string(&shown)
     }
 }
