@@ -169,6 +169,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_the_defaults_and_settings_load_from_toml() {
+        use crate::config::{Config, Overrides};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../keypool.example.toml");
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.telemetry, TelemetryConfig::default());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(
+            &file,
+            "[telemetry]\nlog_format = \"json\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             otlp_endpoint = \"http://127.0.0.1:4318\"\n",
+        )
+        .unwrap();
+        let t = Config::load(Some(&file), &Overrides::default()).unwrap().telemetry;
+        assert_eq!(t.log_format, LogFormat::Json);
+        assert_eq!(t.trusted_proxies.iter().map(|c| String::from(*c)).collect::<Vec<_>>(), ["10.0.0.0/8", "::1/128"]);
+        assert_eq!(t.traces_url().unwrap(), "http://127.0.0.1:4318/v1/traces");
+        std::fs::write(&file, "[telemetry]\ntrusted_proxies = [\"proxy.local\"]\n").unwrap();
+        let e = Config::load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("trusted_proxies") && e.contains("proxy.local"), "{e}");
+    }
+
+    #[test]
     fn impossible_values_name_their_setting() {
         let t = TelemetryConfig { otlp_endpoint: Some("grpc://x:4317".into()), ..TelemetryConfig::default() };
         assert!(t.validate().unwrap_err().to_string().contains("telemetry.otlp_endpoint"));

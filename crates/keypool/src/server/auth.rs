@@ -185,7 +185,7 @@ pub fn limit_refusal_log(lines: u32, interval: Duration) {
 
 /// Logs (at warn, target `keypool::auth`) that a request's gateway token
 /// was refused, naming its caller ([`super::client::real_client`]) and
-/// why (`error`'s code: missing or invalid), never the token; within
+/// why (`missing_token` or `invalid_token`), never the token; within
 /// [`limit_refusal_log`]'s bound.
 pub fn log_refusal(error: &ApiError, client: Option<IpAddr>) {
     if !tracing::enabled!(target: "keypool::auth", tracing::Level::WARN) {
@@ -203,7 +203,8 @@ pub fn log_refusal(error: &ApiError, client: Option<IpAddr>) {
     }
     if log {
         let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-        tracing::warn!(target: "keypool::auth", client = %client, reason = error.code(), "gateway token refused");
+        let reason = if matches!(error, ApiError::MissingToken) { "missing_token" } else { "invalid_token" };
+        tracing::warn!(target: "keypool::auth", client = %client, reason, "gateway token refused");
     }
 }
 

@@ -81,8 +81,8 @@ impl Traces {
         }
     }
 
-    /// Sends the spans still batched (waiting at most the exporter's
-    /// timeout) and stops exporting.
+    /// Sends the spans still batched (waiting 2 s at most: a collector out
+    /// of reach must not hold up the stop) and stops exporting.
     pub async fn shutdown(self) {
         #[cfg(feature = "otlp")]
         if let Some(provider) = self.provider {

@@ -29,6 +29,8 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Longest one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the last export may hold up the process's stop.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) fn start(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProvider>> {
     let Some(url) = config.traces_url() else { return Ok(None) };
@@ -52,9 +54,9 @@ pub(super) fn start(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracer
 }
 
 pub(super) async fn shutdown(provider: SdkTracerProvider) {
-    // Blocks until the batch thread has exported: not on a runtime worker,
-    // which the export itself runs on.
-    let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    // Blocks until the batch thread has exported (or gave up): not on a
+    // runtime worker, which the export itself runs on.
+    let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)).await;
     match done {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the last request traces could not be exported"),
