@@ -21,5 +21,6 @@ pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod upstream;

@@ -30,6 +30,10 @@ pub struct Cli {
     /// Database URL (default sqlite://keypool.db). Env: KEYPOOL_DATABASE_URL.
     #[arg(long, global = true)]
     pub database_url: Option<String>,
+    /// Log format: `text` (human-readable) or `json` (one object per line).
+    /// Wins over the `telemetry.log_format` setting.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -5,6 +5,7 @@ mod alerts;
 mod check;
 mod listen;
 mod load;
+mod logging;
 mod mask;
 mod metrics;
 pub mod models;
@@ -23,6 +24,7 @@ use crate::scheduler::Strategy;
 
 pub use check::{KeyFacts, Warning};
 pub use listen::parse_listen;
+pub use logging::{Cidr, LogFormat, TelemetryConfig};
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
@@ -124,6 +126,8 @@ pub struct Config {
     /// behind the admin token (see docs/metrics.md).
     #[serde(default, deserialize_with = "metrics::deserialize_listen", skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// keypool's own log format, trusted proxies, and trace export (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// The request log (`[records]`).
@@ -399,6 +403,7 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             alerts: AlertsConfig::default(),
             metrics_listen: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -573,6 +578,7 @@ impl Config {
         if let Some(reason) = self.admin_token.as_ref().and_then(AdminToken::weakness) {
             return Err(ConfigError::Invalid { setting: "admin_token", reason });
         }
+        self.telemetry.validate()?;
         self.validate_models()
     }
 
@@ -582,6 +588,7 @@ impl Config {
         shown.database_url = mask_url_password(&shown.database_url);
         shown.upstream = mask_url_password(&shown.upstream);
         shown.proxy = shown.proxy.as_deref().map(mask_url_password);
+        shown.telemetry.otlp_endpoint = shown.telemetry.otlp_endpoint.as_deref().map(mask_url_password);
         toml::to_string(&shown)
     }
 }

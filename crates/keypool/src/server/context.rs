@@ -8,7 +8,7 @@
 //! (the caller went away, the server stopped), when it is dropped. Its end
 //! produces the request's record.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::{request::Parts, HeaderMap, HeaderValue};
@@ -64,8 +64,9 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// A context for the request whose head is `parts`, sent from `client`.
-    pub fn begin(recorder: Recorder, parts: &Parts, client: Option<SocketAddr>, started: Instant) -> RequestContext {
+    /// A context for the request whose head is `parts`, sent from `client`
+    /// (the caller's address, as [`super::client::real_client`] finds it).
+    pub fn begin(recorder: Recorder, parts: &Parts, client: Option<IpAddr>, started: Instant) -> RequestContext {
         let headers = &parts.headers;
         let request_id = client_request_id(headers).map_or_else(new_request_id, str::to_owned);
         let grace = parts.extensions.get::<GraceEnd>().cloned();
@@ -75,7 +76,7 @@ impl RequestContext {
             record: RequestRecord {
                 request_id,
                 started_at: now_unix_ms(),
-                client_addr: client.map(|a| a.ip().to_string()),
+                client_addr: client.map(|ip| ip.to_string()),
                 user_agent: text_header(headers, axum::http::header::USER_AGENT.as_str()),
                 method: parts.method.as_str().to_owned(),
                 path: text(parts.uri.path()),
@@ -297,6 +298,8 @@ impl RequestContext {
         self.close_attempt(0, "cancelled");
         self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
         crate::metrics::request_ended(&self.record);
+        log_request(&self.record);
+        crate::telemetry::request_span(&self.record);
         if self.recorder.is_on() {
             self.recorder.record(std::mem::take(&mut self.record));
         }
@@ -314,6 +317,31 @@ impl Drop for RequestContext {
             self.finish();
         }
     }
+}
+
+/// The request's one line at info (target `keypool::request`): its ids,
+/// model, status, attempts, latency and tokens; never a body or a secret.
+fn log_request(r: &RequestRecord) {
+    tracing::info!(
+        target: "keypool::request",
+        request_id = %r.request_id,
+        method = %r.method,
+        path = %r.path,
+        client = r.client_addr.as_deref(),
+        token_id = r.token_id,
+        key_id = r.key_id,
+        model = r.model.as_deref(),
+        stream = r.stream,
+        status = r.status,
+        attempts = r.attempts.len(),
+        latency_ms = r.duration_us as f64 / 1000.0,
+        ttfb_ms = r.ttfb_us.map(|us| us as f64 / 1000.0),
+        queue_ms = r.queue_wait_us as f64 / 1000.0,
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
+        error = r.error_type.as_deref(),
+        "request"
+    );
 }
 
 fn micros(d: std::time::Duration) -> u64 {

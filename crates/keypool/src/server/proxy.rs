@@ -60,6 +60,8 @@ macro_rules! ctx {
 /// stop's grace, a body too slow to arrive).
 pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = super::client::real_client(peer, req.headers(), &app.config.telemetry.trusted_proxies);
     // A request without a live token is charged to no one and leaves no
     // record: a flood of them must not fill the log (nor its buffer).
     let token = match app.config.auth {
@@ -67,12 +69,12 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
             Ok(token) => Some(token),
             Err(e) => {
                 crate::metrics::request_refused("token");
+                super::auth::log_refusal(&e, client);
                 return e.into_response();
             }
         },
         AuthMode::None => None,
     };
-    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
     let mut ctx = Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started));
     if let Some(token) = token {
