@@ -22,6 +22,7 @@ mod openapi;
 mod requests;
 mod stats;
 mod tokens;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -166,6 +167,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .nest("/admin/api", api)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_token))
+        .merge(web::router())
         .with_state(state)
 }
 
