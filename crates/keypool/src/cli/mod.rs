@@ -1,10 +1,11 @@
 //! The command line: what each subcommand takes, and (in its submodules) how
 //! it prints. This is the only place besides the demo that writes to stdout.
 
+mod admin;
 mod check;
 mod db;
 pub(crate) mod keys;
-mod keytest;
+pub(crate) mod keytest;
 pub(crate) mod list;
 pub(crate) mod paste;
 mod remote;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the admin token (the admin API's and the dashboard's).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// See keypool balance a burst of traffic over rate-limited keys, with no real key.
     Demo(crate::demo::DemoArgs),
 }
@@ -101,6 +105,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
         Command::Keys(cmd) => keys::creates_database(cmd),
         Command::Tokens(cmd) => tokens::creates_database(cmd),
         Command::Requests(_) | Command::Stats(_) => false,
+        Command::Admin(_) => true,
         Command::Db(cmd) => return db::run(cmd, &config.database_url).await,
         Command::Config(ConfigCommand::Check) => {
             eprintln!("database: {}", database_path(&config.database_url));
@@ -128,6 +133,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
         Command::Tokens(cmd) => tokens::run(cmd, &store).await,
         Command::Requests(cmd) => requests::run(cmd, &store).await,
         Command::Stats(args) => stats::run(args, &store).await,
+        Command::Admin(cmd) => admin::run(cmd, &store, config).await,
         _ => Ok(()),
     };
     store.close().await;

@@ -22,7 +22,7 @@ pub use check::{KeyFacts, Warning};
 pub use listen::parse_listen;
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
-pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
+pub use secret::{generate_admin_token, AdminToken, ADMIN_TOKEN_MIN_LEN, ADMIN_TOKEN_PREFIX};
 pub use server::ServerConfig;
 
 /// Where the config file is looked for when `--config` is not given.

@@ -15,6 +15,7 @@ mod index;
 mod inner;
 mod key;
 mod lease;
+mod overview;
 mod limits;
 mod persist;
 mod record;
@@ -35,6 +36,7 @@ use key::{Health, Placement, Slot};
 use lease::Grant;
 pub use lease::{Charged, Counted, Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
+pub use overview::{Capacity, PoolFigures, WindowResets};
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
 
