@@ -639,7 +639,7 @@ function overviewPage(root) {
 
     const days = ov.spend_per_day || [];
     spend.replaceChildren(h('h2', { text: t('ov.spend') }),
-      barChart({ title: t('ov.spend'), format: fmtUsd, items: days.map((d) => ({ label: d.day.slice(5), value: d.cost_micros, title: `${d.day}: ${fmtUsd(d.cost_micros)}` })) }));
+      barChart({ title: t('ov.spend'), format: (v) => '$' + parseFloat((v / 1e6).toPrecision(3)), items: days.map((d) => ({ label: d.day.slice(5), value: d.cost_micros, title: `${d.day}: ${fmtUsd(d.cost_micros)}` })) }));
   }
 
   function renderSeries(series) {

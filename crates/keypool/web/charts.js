@@ -33,8 +33,8 @@ export function compact(n) {
  * with one value (or null) per x; `label(x)`: an x tick's text.
  */
 export function lineChart({ xs, lines, label, title, empty }) {
-  const W = 640, H = 200, L = 44, R = 8, T = 10, B = 24;
-  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': title });
+  const W = 640, H = 220, L = 52, R = 10, T = 12, B = 28;
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart lines', role: 'img', 'aria-label': title });
   const all = lines.flatMap((l) => l.values.filter((v) => v !== null && v !== undefined));
   const top = niceMax(Math.max(0, ...all));
   const n = xs.length;
@@ -73,14 +73,14 @@ export function lineChart({ xs, lines, label, title, empty }) {
 
 /** Bars, one per item: [{label, value, title}]. */
 export function barChart({ items, format, title }) {
-  const W = 640, H = 160, L = 44, R = 8, T = 10, B = 24;
-  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': title });
+  const W = 1000, H = 180, L = 8, R = 8, T = 40, B = 26;
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart bars', role: 'img', 'aria-label': title });
   const top = niceMax(Math.max(0, ...items.map((i) => i.value)));
   const y = (v) => T + (H - T - B) * (1 - v / top);
   for (let g = 0; g <= 2; g++) {
     const v = (top * g) / 2;
     svg.append(el('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }));
-    svg.append(el('text', { x: L - 4, y: y(v) + 4, 'text-anchor': 'end', class: 'tick' }, format(v)));
+    if (g > 0) svg.append(el('text', { x: L, y: y(v) - 5, 'text-anchor': 'start', class: 'tick' }, format(v)));
   }
   const slot = (W - L - R) / Math.max(1, items.length);
   items.forEach((it, i) => {
@@ -88,7 +88,8 @@ export function barChart({ items, format, title }) {
     const r = el('rect', { x: L + i * slot + slot * 0.15, y: y(0) - h, width: slot * 0.7, height: h, class: 'bar' });
     r.append(el('title', {}, it.title));
     svg.append(r);
-    if (i === 0 || i === items.length - 1 || i % 7 === 0) {
+    const last = items.length - 1;
+    if (i === 0 || (i === last && last % 7 > 3) || (i % 7 === 0 && last - i > 3) || (i === last && last % 7 === 0)) {
       svg.append(el('text', { x: L + i * slot + slot / 2, y: H - 6, 'text-anchor': 'middle', class: 'tick' }, it.label));
     }
   });
