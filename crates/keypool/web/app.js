@@ -31,31 +31,38 @@ function h(tag, attrs, ...children) {
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
+const ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+/** `v` as text safe inside HTML and a quoted attribute. */
+const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => ESCAPES[c]);
+
 // ---------- formatting ----------
 
 const fmtCache = new Map();
 function formatter(opts) {
-  const k = getLang() + '|' + (app.tz || '') + '|' + JSON.stringify(opts);
-  let f = fmtCache.get(k);
+  let byOpts = fmtCache.get(opts);
+  if (!byOpts) { byOpts = new Map(); fmtCache.set(opts, byOpts); }
+  const k = getLang() + '|' + (app.tz || '');
+  let f = byOpts.get(k);
   if (!f) {
     try {
       f = new Intl.DateTimeFormat(locale(), { ...opts, timeZone: app.tz || undefined, hourCycle: 'h23' });
     } catch {
       f = new Intl.DateTimeFormat(locale(), { ...opts, hourCycle: 'h23' });
     }
-    fmtCache.set(k, f);
+    byOpts.set(k, f);
   }
   return f;
 }
 
 /** A Unix time (ms; seconds when small enough to be seconds) in the configured zone. */
+const DAY_MONTH = { month: '2-digit', day: '2-digit' };
+const HOUR_MINUTE = { hour: '2-digit', minute: '2-digit' };
+const TIME_SHORT = { hour: '2-digit', minute: '2-digit', second: '2-digit' };
+const TIME_LONG = { month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' };
 function fmtTime(at, short) {
   if (at === null || at === undefined) return t('never');
   const ms = at < 1e11 ? at * 1000 : at;
-  const opts = short
-    ? { hour: '2-digit', minute: '2-digit', second: '2-digit' }
-    : { month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' };
-  return formatter(opts).format(new Date(ms));
+  return formatter(short ? TIME_SHORT : TIME_LONG).format(new Date(ms));
 }
 
 function fmtUsd(micros) {
@@ -72,9 +79,12 @@ function fmtMs(ms) {
 
 const fmtUs = (us) => (us === null || us === undefined ? t('none') : fmtMs(us / 1000));
 
+let numFormat = null;
 function fmtNum(n) {
   if (n === null || n === undefined) return t('none');
-  return new Intl.NumberFormat(locale()).format(n);
+  // Built once per language: an Intl constructor costs more than a row.
+  if (!numFormat || numFormat.resolvedOptions().locale !== locale()) numFormat = new Intl.NumberFormat(locale());
+  return numFormat.format(n);
 }
 
 /** A countdown's text: `1m 05s`, `42s`. */
@@ -129,6 +139,7 @@ const app = {
   page: null,
   route: null,
   busy: false,
+  meta: Promise.resolve(false), // the overview's first read (zone, clock)
 };
 
 /** Reads the overview once for the zone and the server's clock; false when the endpoint is absent. */
@@ -174,13 +185,28 @@ function signOut(message) {
   showSignIn(message);
 }
 
-async function signIn(token) {
-  try {
-    await readMeta(token);
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return showSignIn(t('signin.wrong'));
-    if (e instanceof ApiError && e.status === 404) return showSignIn(t('signin.off'));
-    return showSignIn(t('signin.unreachable', { why: e.message }));
+function signInFailed(e, wrong) {
+  if (e instanceof ApiError && e.status === 401) return showSignIn(wrong);
+  if (e instanceof ApiError && e.status === 404) return showSignIn(t('signin.off'));
+  return showSignIn(t('signin.unreachable', { why: e.message }));
+}
+
+/**
+ * Signs in with `token`. A typed token is checked before any page shows; a
+ * token from this tab's session is trusted while its check runs beside the
+ * page's first load (a 401 from either signs out), so the first render
+ * waits for one round trip, not two.
+ */
+async function signIn(token, stored) {
+  app.meta = readMeta(token);
+  if (stored) {
+    app.meta.catch((e) => { signOut(); signInFailed(e, t('signin.expired')); });
+  } else {
+    try {
+      await app.meta;
+    } catch (e) {
+      return signInFailed(e, t('signin.wrong'));
+    }
   }
   app.token = token;
   sessionStorage.setItem(TOKEN_KEY, token);
@@ -413,6 +439,13 @@ function keysPage(root) {
     return list;
   }
 
+  // Rows are built as escaped HTML and parsed in one go (a thousand rows
+  // through the DOM API took most of the first render); their buttons are
+  // handled by one listener on the table body.
+  const labels = Object.fromEntries(columns.map(([col, label]) => [col, esc(t(label))]));
+  const td = (col, inner) => `<td data-label="${labels[col]}" data-col="${col}"><div>${inner}</div></td>`;
+  const button = (action, text, cls = '') => `<button type="button" class="small ${cls}" data-testid="key-${action}" data-action="${action}">${esc(text)}</button>`;
+
   function row(k) {
     const id = k.id;
     const inflight = k.in_flight ?? k.inflight ?? 0;
@@ -420,53 +453,71 @@ function keysPage(root) {
     const budget = k.budget_micros ?? k.budget ?? null;
     const rpm = k.effective_rpm ?? k.rpm ?? null;
     const tpm = k.effective_tpm ?? k.tpm ?? null;
+    const now = Date.now();
     const deadline = resetDeadline(k, view.fetchedAt);
     const coolingUntil = k.cooling_until_ms ?? k.cooling_until ?? null;
-    const cell = (col, ...c) => h('td', { 'data-label': t(columns.find((x) => x[0] === col)[1]), 'data-col': col }, h('div', {}, ...c));
-    const remaining = [];
+    let remaining = '';
     if (k.remaining_requests !== null && k.remaining_requests !== undefined) {
-      remaining.push(h('div', {}, `${fmtNum(k.remaining_requests)}${rpm ? ' / ' + fmtNum(rpm) : ''} ${t('keys.req')}`));
+      remaining += `<div>${fmtNum(k.remaining_requests)}${rpm ? ' / ' + fmtNum(rpm) : ''} ${esc(t('keys.req'))}</div>`;
     }
     if (k.remaining_tokens !== null && k.remaining_tokens !== undefined) {
-      remaining.push(h('div', {}, `${compact(k.remaining_tokens)}${tpm ? ' / ' + compact(tpm) : ''} ${t('keys.tok')}`));
+      remaining += `<div>${compact(k.remaining_tokens)}${tpm ? ' / ' + compact(tpm) : ''} ${esc(t('keys.tok'))}</div>`;
     }
+    const selected = view.selected.has(id);
     const enabled = k.enabled && k.status !== 'disabled';
-    return h('tr', { 'data-testid': 'key-row', 'data-key-id': id, 'data-status': k.status, class: view.selected.has(id) ? 'selected' : '' },
-      h('td', { class: 'sel' }, h('input', { type: 'checkbox', 'data-testid': 'key-select', 'aria-label': keyName(k), checked: view.selected.has(id),
-        onchange: (e) => { e.target.checked ? view.selected.add(id) : view.selected.delete(id); render(); } })),
-      cell('label', h('span', { 'data-testid': 'key-label', text: k.label || `#${id}` })),
-      cell('key', h('code', { 'data-testid': 'key-masked', text: k.key })),
-      cell('status', h('span', { class: `badge status-${k.status}`, 'data-testid': 'key-status', text: t('status.' + k.status) }),
-        coolingUntil && k.status === 'cooling' ? h('span', { class: 'muted small' }, ' ', h('span', { 'data-deadline': coolingUntil - app.skew, text: fmtLeft(coolingUntil - app.skew - Date.now()) })) : null,
-        k.reason ? h('div', { class: 'muted small reason', 'data-testid': 'key-reason', text: k.reason }) : null),
-      cell('remaining', h('div', { 'data-testid': 'key-remaining' }, remaining.length ? remaining : t('unlimited'))),
-      cell('reset', deadline === null ? h('span', { 'data-testid': 'key-reset', class: 'muted', text: t('none') })
-        : h('span', { 'data-testid': 'key-reset', 'data-deadline': deadline, text: fmtLeft(deadline - Date.now()) })),
-      cell('inflight', h('span', { 'data-testid': 'key-inflight', text: fmtNum(inflight) })),
-      cell('requests', h('span', { 'data-testid': 'key-requests', text: `${fmtNum(k.requests)} / ${fmtNum(k.successes)} / ${fmtNum(k.failures)}` })),
-      cell('spend', h('div', { 'data-testid': 'key-spend', text: `${fmtUsd(spent)}${budget !== null ? ' / ' + fmtUsd(budget) : ''}` }),
-        budget !== null ? h('progress', { max: Math.max(budget, 1), value: Math.min(spent, budget), class: spent >= budget ? 'over' : '' }) : null),
-      cell('last_error', k.last_error ? h('span', { class: 'err-text', title: k.last_error_at_ms ? fmtTime(k.last_error_at_ms) : '', text: k.last_error }) : h('span', { class: 'muted', text: t('none') })),
-      cell('last_used', h('span', { class: 'nowrap', text: fmtTime(k.last_used_at) })),
-      h('td', { class: 'actions' },
-        h('button', { type: 'button', class: 'small', 'data-testid': 'key-edit', text: t('keys.edit'), onclick: () => editKey(k) }),
-        enabled
-          ? h('button', { type: 'button', class: 'small', 'data-testid': 'key-disable', text: t('keys.disable'), onclick: () => bulkAct('disable', [k]) })
-          : h('button', { type: 'button', class: 'small', 'data-testid': 'key-enable', text: t('keys.enable'), onclick: () => act(() => api('POST', `/keys/${id}/enable`)) }),
-        ['cooling', 'exhausted', 'invalid'].includes(k.status)
-          ? h('button', { type: 'button', class: 'small', 'data-testid': 'key-reset-state', text: t('keys.reset'), onclick: async () => {
-            if (await confirmAction(t('keys.confirm_reset', { name: keyName(k) }), t('keys.reset'))) act(() => api('POST', `/keys/${id}/reset`));
-          } }) : null,
-        h('button', { type: 'button', class: 'small danger', 'data-testid': 'key-delete', text: t('keys.delete'), onclick: () => bulkAct('delete', [k]) })));
+    const cooling = coolingUntil && k.status === 'cooling'
+      ? ` <span class="muted small"><span data-deadline="${coolingUntil - app.skew}">${fmtLeft(coolingUntil - app.skew - now)}</span></span>` : '';
+    const status = `<span class="badge status-${esc(k.status)}" data-testid="key-status">${esc(t('status.' + k.status))}</span>${cooling}`
+      + (k.reason ? `<div class="muted small reason" data-testid="key-reason">${esc(k.reason)}</div>` : '');
+    const spend = `<div data-testid="key-spend">${fmtUsd(spent)}${budget !== null ? ' / ' + fmtUsd(budget) : ''}</div>`
+      + (budget !== null ? `<progress max="${Math.max(budget, 1)}" value="${Math.min(spent, budget)}"${spent >= budget ? ' class="over"' : ''}></progress>` : '');
+    return `<tr data-testid="key-row" data-key-id="${id}" data-status="${esc(k.status)}"${selected ? ' class="selected"' : ''}>`
+      + `<td class="sel"><input type="checkbox" data-testid="key-select" aria-label="${esc(keyName(k))}"${selected ? ' checked' : ''}></td>`
+      + td('label', `<span data-testid="key-label">${esc(k.label || `#${id}`)}</span>`)
+      + td('key', `<code data-testid="key-masked">${esc(k.key)}</code>`)
+      + td('status', status)
+      + td('remaining', `<div data-testid="key-remaining">${remaining || esc(t('unlimited'))}</div>`)
+      + td('reset', deadline === null ? `<span data-testid="key-reset" class="muted">${esc(t('none'))}</span>`
+        : `<span data-testid="key-reset" data-deadline="${deadline}">${fmtLeft(deadline - now)}</span>`)
+      + td('inflight', `<span data-testid="key-inflight">${fmtNum(inflight)}</span>`)
+      + td('requests', `<span data-testid="key-requests">${fmtNum(k.requests)} / ${fmtNum(k.successes)} / ${fmtNum(k.failures)}</span>`)
+      + td('spend', spend)
+      + td('last_error', k.last_error
+        ? `<span class="err-text" title="${k.last_error_at_ms ? esc(fmtTime(k.last_error_at_ms)) : ''}">${esc(k.last_error)}</span>`
+        : `<span class="muted">${esc(t('none'))}</span>`)
+      + td('last_used', `<span class="nowrap">${esc(fmtTime(k.last_used_at_ms ?? k.last_used_at))}</span>`)
+      + '<td class="actions">' + button('edit', t('keys.edit'))
+      + (enabled ? button('disable', t('keys.disable')) : button('enable', t('keys.enable')))
+      + (['cooling', 'exhausted', 'invalid'].includes(k.status) ? button('reset-state', t('keys.reset')) : '')
+      + button('delete', t('keys.delete'), 'danger') + '</td></tr>';
   }
+
+  tbody.addEventListener('change', (e) => {
+    const box = e.target.closest('[data-testid=key-select]');
+    const id = Number(box?.closest('tr')?.dataset.keyId);
+    if (!box || !id) return;
+    if (box.checked) view.selected.add(id); else view.selected.delete(id);
+    render();
+  });
+  tbody.addEventListener('click', async (e) => {
+    const b = e.target.closest('button[data-action]');
+    const k = b && view.keys.find((x) => x.id === Number(b.closest('tr').dataset.keyId));
+    if (!k) return;
+    switch (b.dataset.action) {
+      case 'edit': return editKey(k);
+      case 'disable': return bulkAct('disable', [k]);
+      case 'enable': return act(() => api('POST', `/keys/${k.id}/enable`));
+      case 'delete': return bulkAct('delete', [k]);
+      case 'reset-state':
+        if (await confirmAction(t('keys.confirm_reset', { name: keyName(k) }), t('keys.reset'))) act(() => api('POST', `/keys/${k.id}/reset`));
+    }
+  });
 
   function render() {
     const list = visible();
     const known = new Set(view.keys.map((k) => k.id));
     for (const id of [...view.selected]) if (!known.has(id)) view.selected.delete(id);
-    const frag = document.createDocumentFragment();
-    for (const k of list) frag.append(row(k));
-    tbody.replaceChildren(frag);
+    tbody.innerHTML = list.map(row).join('');
     $('[data-testid=keys-count]', root).textContent = `${list.length} / ${view.keys.length}`;
     empty.hidden = list.length > 0;
     empty.textContent = view.keys.length ? t('keys.none_match') : t('keys.empty');
@@ -563,6 +614,7 @@ function keysPage(root) {
   return {
     async refresh() {
       const keys = await api('GET', '/keys');
+      await app.meta.catch(() => {});
       view.keys = Array.isArray(keys) ? keys : keys?.data || [];
       view.fetchedAt = Date.now();
       render();
@@ -659,7 +711,7 @@ function overviewPage(root) {
       if (f.requests) { p50[i] = f.p50_ms; p99[i] = f.p99_ms; }
     }
     const label = (x) => (range === 'week'
-      ? formatter({ month: '2-digit', day: '2-digit' }) : formatter({ hour: '2-digit', minute: '2-digit' })).format(new Date(x * 1000));
+      ? formatter(DAY_MONTH) : formatter(HOUR_MINUTE)).format(new Date(x * 1000));
     const empt = t('ov.chart.empty');
     const box = (title, legend, svg) => h('div', { class: 'panel chart-box' }, h('h3', {}, title, ' ', legend), svg);
     const key = (cls, text) => h('span', { class: 'legend ' + cls, text });
@@ -927,7 +979,7 @@ function start() {
     if (token) signIn(token);
   });
   window.addEventListener('hashchange', route);
-  if (app.token) signIn(app.token); else showSignIn();
+  if (app.token) signIn(app.token, true); else showSignIn();
 }
 
 start();
