@@ -84,7 +84,11 @@ fn browser() -> Option<String> {
 #[tokio::test]
 async fn an_operator_runs_the_pool_from_the_dashboard_in_chromium() {
     let Some(chromium) = browser() else { return };
-    let keys = ["sk-dash-alpha-0000000000000000001111", "sk-dash-bravo-0000000000000000002222", "sk-dash-charlie-00000000000000003333"];
+    let keys = [
+        "sk-dash-alpha-0000000000000000001111",
+        "sk-dash-bravo-0000000000000000002222",
+        "sk-dash-charlie-00000000000000003333",
+    ];
     let app = start(vec![
         SimKey::new(keys[0]).rpm(30).tpm(40_000),
         SimKey::new(keys[1]).rpm(20),

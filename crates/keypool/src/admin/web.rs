@@ -57,7 +57,9 @@ async fn index() -> Response {
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, content_type, body)) => with_headers(StatusCode::OK, content_type, body, "no-cache"),
-        None => with_headers(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "no such dashboard file\n", "no-store"),
+        None => {
+            with_headers(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "no such dashboard file\n", "no-store")
+        }
     }
 }
 
