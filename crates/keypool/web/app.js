@@ -302,6 +302,7 @@ function dialog({ title, message, fields = [], ok, danger, submit, cancel = true
       cancelBtn.onclick = null;
       d.onclose = null;
       if (d.open) d.close();
+      body.replaceChildren(); // a token shown once leaves the page with its dialog
       resolve(v);
     };
     form.onsubmit = async (ev) => {
@@ -334,12 +335,15 @@ const confirmAction = (message, ok) => dialog({ title: t('confirm.title'), messa
 let toastTimer;
 function toast(text, bad) {
   let el = $('#toast');
-  if (!el) { el = h('div', { id: 'toast', class: 'toast', role: 'status', 'data-testid': 'toast' }); document.body.append(el); }
+  if (!el) {
+    el = h('div', { id: 'toast', class: 'toast', role: 'status', 'data-testid': 'toast', onclick: () => { el.hidden = true; } });
+    document.body.append(el);
+  }
   el.textContent = text;
   el.classList.toggle('bad', !!bad);
   el.hidden = false;
   clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => { el.hidden = true; }, 6000);
+  toastTimer = setTimeout(() => { el.hidden = true; }, 5000);
 }
 
 /** Runs `work`, reporting a failure in a toast; refreshes after. */

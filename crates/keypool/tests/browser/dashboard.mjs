@@ -2,6 +2,9 @@
 // playwright-core, for tests/dashboard.rs. Fails (exit 1) at the first
 // expectation that does not hold.
 //
+// Key rows use content-visibility, so their text is read with textContent
+// (innerText is empty for a row not yet laid out).
+//
 // Environment:
 //   KP_URL          the gateway's base URL (http://127.0.0.1:PORT)
 //   KP_ADMIN        the admin token
@@ -66,7 +69,7 @@ try {
   await tid('dialog-ok').click();
   await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 3);
   assert.match(await tid('toast').innerText(), /3 added/);
-  for (const masked of await tid('key-masked').allInnerTexts()) assert.match(masked, /…/);
+  for (const masked of await tid('key-masked').allTextContents()) assert.match(masked, /…/);
   await noFullKey('keys page after import');
 
   step('creates a gateway token on the Tokens page; its secret is shown once');
@@ -79,13 +82,13 @@ try {
   assert.ok(gatewayToken.length > 20, 'a token secret is shown');
   await tid('dialog-ok').click();
   await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=token-row]')].some((r) => r.innerText.includes('browser-test')));
-  assert.ok(!(await page.evaluate(() => document.body.innerText)).includes(gatewayToken), 'the secret is gone once closed');
+  assert.ok(!(await page.content()).includes(gatewayToken), 'the secret leaves the page once its dialog closes');
 
   step('traffic through the gateway shows in the counters and the countdown, without a reload');
   await tid('nav-keys').click();
-  await tid('keys-table').waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 3);
   await page.evaluate(() => { window.__noReload = true; });
-  const before = await tid('key-requests').allInnerTexts();
+  const before = await tid('key-requests').allTextContents();
   assert.deepEqual(before, ['0 / 0 / 0', '0 / 0 / 0', '0 / 0 / 0']);
   for (let i = 0; i < 6; i++) {
     const r = await fetch(`${base}/v1/chat/completions`, {
@@ -97,13 +100,13 @@ try {
     await r.arrayBuffer();
   }
   await page.waitForFunction(() => {
-    const sum = [...document.querySelectorAll('[data-testid=key-requests]')].reduce((n, e) => n + Number(e.innerText.split(' / ')[0]), 0);
+    const sum = [...document.querySelectorAll('[data-testid=key-requests]')].reduce((n, e) => n + Number(e.textContent.split(' / ')[0]), 0);
     return sum >= 6;
   }, null, { timeout: 8000 });
   await page.waitForFunction(() => document.querySelector('[data-testid=key-reset][data-deadline]'), null, { timeout: 8000 });
-  const tick1 = await page.locator('[data-testid=key-reset][data-deadline]').first().innerText();
+  const tick1 = await page.locator('[data-testid=key-reset][data-deadline]').first().textContent();
   await page.waitForTimeout(2100);
-  const tick2 = await page.locator('[data-testid=key-reset][data-deadline]').first().innerText();
+  const tick2 = await page.locator('[data-testid=key-reset][data-deadline]').first().textContent();
   assert.notEqual(tick1, tick2, `the countdown ticks (${tick1} then ${tick2})`);
   assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was not reloaded');
   await noFullKey('keys page after traffic');
@@ -115,7 +118,7 @@ try {
   await first.getByTestId('key-disable').click();
   await tid('dialog-ok').click();
   await page.waitForFunction((id) => document.querySelector(`[data-testid=key-row][data-key-id="${id}"]`)?.dataset.status === 'disabled', firstId);
-  assert.equal(await page.locator(`[data-key-id="${firstId}"] [data-testid=key-status]`).innerText(), 'disabled');
+  assert.equal(await page.locator(`[data-key-id="${firstId}"] [data-testid=key-status]`).textContent(), 'disabled');
 
   step('filters the keys by status');
   await tid('keys-status-filter').selectOption('disabled');
@@ -159,7 +162,7 @@ try {
   await tid('lang').selectOption('zh');
   await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === '密钥');
   assert.equal(await page.locator('#page h1').innerText(), '密钥');
-  assert.equal(await page.locator(`[data-key-id="${firstId}"] [data-testid=key-status]`).innerText(), '已停用');
+  await page.waitForFunction((id) => document.querySelector(`[data-key-id="${id}"] [data-testid=key-status]`)?.textContent === '已停用', firstId);
   await shoot('keys-zh');
   await tid('lang').selectOption('en');
   await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === 'Keys');
