@@ -24,6 +24,7 @@ use sha2::Digest;
 both!(
     the_overview_counts_requests_errors_capacity_and_spend,
     the_upstream_shows_its_breaker_and_its_test_reports_the_answer,
+    the_store_keeps_one_admin_token_digest,
 );
 
 const ADMIN: &str = "admin-token-dashboard-0123456789";
@@ -296,6 +297,21 @@ async fn the_upstream_shows_its_breaker_and_its_test_reports_the_answer(db: Scra
     dash.gateway.shutdown().await.unwrap();
 }
 
+async fn the_store_keeps_one_admin_token_digest(db: Scratch) {
+    let (first, second) =
+        (AdminToken::new("kpa_first-0123456789abcdef"), AdminToken::new("kpa_second-0123456789abcdef"));
+    assert_eq!(db.store.admin_token_hash().await.unwrap(), None);
+    assert!(db.store.add_admin_token_hash(&first.sha256_hex()).await.unwrap(), "stored when none is");
+    assert!(!db.store.add_admin_token_hash(&second.sha256_hex()).await.unwrap(), "never over one");
+    assert_eq!(db.store.admin_token_hash().await.unwrap(), Some(first.sha256_hex()));
+    db.store.set_admin_token_hash(&second.sha256_hex()).await.unwrap();
+    let stored = db.store.admin_token_hash().await.unwrap().unwrap();
+    assert_eq!(stored, second.sha256_hex());
+    let known = AdminToken::from_sha256_hex(&stored).unwrap();
+    assert!(known.matches("kpa_second-0123456789abcdef") && !known.matches("kpa_first-0123456789abcdef"));
+    assert_eq!(known.expose(), None, "a stored token is known by its digest only");
+}
+
 #[tokio::test]
 async fn a_configured_admin_token_wins_over_the_stored_one() {
     let db = Scratch::sqlite().await;
@@ -425,4 +441,55 @@ async fn the_first_serve_prints_a_token_once_and_stores_only_its_hash() {
     assert!(admin_tokens_in(&printed).is_empty(), "{printed}");
     assert!(printed.contains("keypool admin token"), "says how to set a new one: {printed}");
     store.close().await;
+}
+
+/// The overview, upstreams and key list with 1,000,000 requests logged over
+/// 30 days (SQLite): each answers well within the dashboard's 1 s first
+/// render, since they read the rollups, never the log. About a minute to set
+/// up, so run by hand: `cargo test --locked -p keypool --test
+/// admin_dashboard -- --ignored million` (figures in docs/benchmarks.md;
+/// `KP_BENCH_RECORDS` sets another count).
+#[tokio::test]
+#[ignore]
+async fn the_dashboard_routes_stay_fast_with_a_million_logged_requests() {
+    let total: i64 = std::env::var("KP_BENCH_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let db = Scratch::sqlite().await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        keys.push(add_key(&db, &format!("sk-bench-{i:02}-0123456789abcdef"), Some(60), Some(100_000)).await);
+    }
+    let zone = keypool::records::rollup::Buckets::new(jiff::tz::TimeZone::get(ZONE).unwrap());
+    let now = now_unix_ms();
+    let span_ms = 30 * 86_400_000i64;
+    let started = std::time::Instant::now();
+    let batch = 5_000;
+    for first in (0..total).step_by(batch) {
+        let records: Vec<RequestRecord> = (first..(first + batch as i64).min(total))
+            .map(|i| {
+                let at = now - span_ms + span_ms * i / total;
+                let key = keys[(i % keys.len() as i64) as usize];
+                let (status, error) = if i % 50 == 0 { (502, Some("server_error")) } else { (200, None) };
+                record(&format!("req-{i}"), at, key, status, error, 30)
+            })
+            .collect();
+        db.store.write_batch(&records, true, &keypool::records::rollup::rollups(&records, &zone)).await.unwrap();
+    }
+    eprintln!("{total} records written in {:.1?}", started.elapsed());
+    let dash = Dash::start(&db, |_| {}).await;
+    for path in ["/overview", "/upstreams", "/keys"] {
+        let mut worst = Duration::ZERO;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let (status, body) = dash.get(path).await;
+            worst = worst.max(t.elapsed());
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        eprintln!("GET /admin/api{path}: slowest of 5 {worst:.1?}");
+        assert!(worst < Duration::from_millis(250), "{path} took {worst:?}");
+    }
+    let (_, overview) = dash.get("/overview").await;
+    let spent: u64 =
+        overview["spend_per_day"].as_array().unwrap().iter().map(|d| d["requests"].as_u64().unwrap()).sum();
+    assert!(spent >= total as u64 * 29 / 30, "the days hold the requests: {spent}");
+    dash.gateway.shutdown().await.unwrap();
 }

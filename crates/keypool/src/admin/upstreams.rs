@@ -72,10 +72,7 @@ pub struct UpstreamTest {
 /// upstream error or failed connection any key saw.
 fn last_error(state: &AdminState) -> (Option<String>, Option<i64>) {
     if state.breaker.is_open() {
-        return (
-            Some("the upstream is failing for every key: requests are held while it is probed".into()),
-            Some(now_unix_ms()),
-        );
+        return (Some("the upstream is failing for every key: requests are held while it is probed".into()), None);
     }
     state
         .scheduler
