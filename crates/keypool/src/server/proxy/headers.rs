@@ -18,19 +18,31 @@ use crate::config::HeadersConfig;
 use crate::scheduler::{PoolLimit, PoolRates};
 use crate::server::context::HeadFacts;
 
-pub const KEY_HEADER: &str = "x-keypool-key";
-pub const ATTEMPTS_HEADER: &str = "x-keypool-attempts";
-pub const QUEUE_MS_HEADER: &str = "x-keypool-queue-ms";
+// Names made once, at compile time: a name given as text is parsed again
+// on every insert.
+pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-keypool-key");
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-keypool-attempts");
+pub const QUEUE_MS_HEADER: HeaderName = HeaderName::from_static("x-keypool-queue-ms");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// The six `x-ratelimit-*` headers, requests then tokens: limit, remaining, reset.
-const RATELIMIT: [[&str; 3]; 2] = [
-    ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
-    ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"],
+const RATELIMIT: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
 ];
 
-/// µs as milliseconds with three decimals: `12408` → `12.408`.
-fn ms(us: u64) -> String {
-    format!("{}.{:03}", us / 1000, us % 1000)
+/// Writes µs as milliseconds with three decimals: `12408` → `12.408`.
+fn write_ms(out: &mut String, us: u64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
 /// The `Server-Timing` value. `keypool` is the time keypool itself spent
@@ -41,40 +53,54 @@ fn ms(us: u64) -> String {
 /// between retries and reading an upstream error's body.
 pub fn server_timing(f: &HeadFacts) -> String {
     let own = f.elapsed_us.saturating_sub(f.queue_us).saturating_sub(f.upstream_us);
-    format!("keypool;dur={}, queue;dur={}, upstream;dur={}", ms(own), ms(f.queue_us), ms(f.upstream_us))
+    let mut out = String::with_capacity(64);
+    out.push_str("keypool;dur=");
+    write_ms(&mut out, own);
+    out.push_str(", queue;dur=");
+    write_ms(&mut out, f.queue_us);
+    out.push_str(", upstream;dur=");
+    write_ms(&mut out, f.upstream_us);
+    out
 }
 
 /// Adds keypool's headers to an answer's `headers`: the facts of the
 /// request, and (unless the upstream's are kept) the pool's rate limits
 /// from `pool` in place of any upstream `x-ratelimit-*`.
 pub fn decorate(headers: &mut HeaderMap, settings: &HeadersConfig, facts: &HeadFacts, pool: Option<&PoolRates>) {
+    headers.reserve(10);
     if settings.key_id {
         if let Some(id) = facts.key_id {
             headers.insert(KEY_HEADER, HeaderValue::from(id));
         }
     }
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(facts.attempts));
-    if let Ok(v) = HeaderValue::from_str(&ms(facts.queue_us)) {
+    let mut queue = String::with_capacity(16);
+    write_ms(&mut queue, facts.queue_us);
+    if let Ok(v) = HeaderValue::try_from(queue) {
         headers.insert(QUEUE_MS_HEADER, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&server_timing(facts)) {
-        headers.append(axum::http::header::HeaderName::from_static("server-timing"), v);
+    if let Ok(v) = HeaderValue::try_from(server_timing(facts)) {
+        headers.append(SERVER_TIMING, v);
     }
     if settings.upstream_ratelimit {
         return;
     }
-    for names in RATELIMIT {
-        for name in names {
-            headers.remove(name);
-        }
-    }
-    let Some(pool) = pool else { return };
-    for (names, dim) in RATELIMIT.iter().zip([pool.requests, pool.tokens]) {
-        if let Some(PoolLimit { limit, remaining, reset }) = dim {
-            headers.insert(HeaderName::from_static(names[0]), HeaderValue::from(limit));
-            headers.insert(HeaderName::from_static(names[1]), HeaderValue::from(remaining));
-            if let Ok(v) = HeaderValue::from_str(&keypool_sim::format_go_duration(ceil_millis(reset))) {
-                headers.insert(HeaderName::from_static(names[2]), v);
+    let dims = pool.map_or([None, None], |p| [p.requests, p.tokens]);
+    for ([limit_name, remaining_name, reset_name], dim) in RATELIMIT.into_iter().zip(dims) {
+        match dim {
+            // Inserting replaces the upstream's value.
+            Some(PoolLimit { limit, remaining, reset }) => {
+                headers.insert(limit_name, HeaderValue::from(limit));
+                headers.insert(remaining_name, HeaderValue::from(remaining));
+                match HeaderValue::try_from(keypool_sim::format_go_duration(ceil_millis(reset))) {
+                    Ok(v) => headers.insert(reset_name, v),
+                    Err(_) => headers.remove(reset_name),
+                };
+            }
+            None => {
+                for name in [limit_name, remaining_name, reset_name] {
+                    headers.remove(name);
+                }
             }
         }
     }
