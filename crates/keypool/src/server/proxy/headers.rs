@@ -12,6 +12,9 @@
 //!   [`crate::scheduler::PoolRates`]); the upstream's are kept with
 //!   `headers.upstream_ratelimit = true`.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::HeadersConfig;
@@ -66,7 +69,7 @@ pub fn server_timing(f: &HeadFacts) -> String {
 /// Adds keypool's headers to an answer's `headers`: the facts of the
 /// request, and (unless the upstream's are kept) the pool's rate limits
 /// from `pool` in place of any upstream `x-ratelimit-*`.
-pub fn decorate(headers: &mut HeaderMap, settings: &HeadersConfig, facts: &HeadFacts, pool: Option<&PoolRates>) {
+pub fn decorate(headers: &mut HeaderMap, settings: &HeadersConfig, facts: &HeadFacts, pool: Option<&Arc<PoolRates>>) {
     headers.reserve(10);
     if settings.key_id {
         if let Some(id) = facts.key_id {
@@ -85,25 +88,46 @@ pub fn decorate(headers: &mut HeaderMap, settings: &HeadersConfig, facts: &HeadF
     if settings.upstream_ratelimit {
         return;
     }
-    let dims = pool.map_or([None, None], |p| [p.requests, p.tokens]);
-    for ([limit_name, remaining_name, reset_name], dim) in RATELIMIT.into_iter().zip(dims) {
-        match dim {
-            // Inserting replaces the upstream's value.
-            Some(PoolLimit { limit, remaining, reset }) => {
-                headers.insert(limit_name, HeaderValue::from(limit));
-                headers.insert(remaining_name, HeaderValue::from(remaining));
-                match HeaderValue::try_from(keypool_sim::format_go_duration(ceil_millis(reset))) {
-                    Ok(v) => headers.insert(reset_name, v),
-                    Err(_) => headers.remove(reset_name),
-                };
-            }
-            None => {
-                for name in [limit_name, remaining_name, reset_name] {
-                    headers.remove(name);
-                }
-            }
+    let values = pool.map(formatted).unwrap_or_default();
+    for (names, values) in RATELIMIT.into_iter().zip(values) {
+        for (name, value) in names.into_iter().zip(values) {
+            match value {
+                // Inserting replaces the upstream's value.
+                Some(v) => headers.insert(name, v),
+                None => headers.remove(name),
+            };
         }
     }
+}
+
+/// A dimension's three values (limit, remaining, reset); `None` where not known.
+type Values = [Option<HeaderValue>; 3];
+
+thread_local! {
+    /// The last pool view this worker read, with its values formatted: a
+    /// view serves many requests, so each is formatted once (a value's
+    /// clone shares its bytes).
+    static FORMATTED: RefCell<Option<(Arc<PoolRates>, [Values; 2])>> = const { RefCell::new(None) };
+}
+
+/// The `x-ratelimit-*` values of `pool`, requests then tokens.
+fn formatted(pool: &Arc<PoolRates>) -> [Values; 2] {
+    FORMATTED.with_borrow_mut(|cached| {
+        if let Some((view, values)) = cached.as_ref() {
+            if Arc::ptr_eq(view, pool) {
+                return values.clone();
+            }
+        }
+        let values = [format(pool.requests), format(pool.tokens)];
+        *cached = Some((Arc::clone(pool), values.clone()));
+        values
+    })
+}
+
+fn format(dim: Option<PoolLimit>) -> Values {
+    let Some(PoolLimit { limit, remaining, reset }) = dim else { return Values::default() };
+    let reset = HeaderValue::try_from(keypool_sim::format_go_duration(ceil_millis(reset))).ok();
+    [Some(HeaderValue::from(limit)), Some(HeaderValue::from(remaining)), reset]
 }
 
 /// Rounds up to whole ms, as OpenAI writes resets: a caller that waits for
@@ -126,7 +150,7 @@ mod tests {
         h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("7"));
         let settings = HeadersConfig { key_id: false, upstream_ratelimit: false };
         let requests = PoolLimit { limit: 60, remaining: 50, reset: std::time::Duration::from_micros(1_500_001) };
-        let pool = PoolRates::totals(Some(requests), None);
+        let pool = Arc::new(PoolRates::totals(Some(requests), None));
         decorate(&mut h, &settings, &f, Some(&pool));
         assert!(h.get(KEY_HEADER).is_none());
         assert_eq!(h[ATTEMPTS_HEADER], "2");
@@ -134,5 +158,11 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining-requests"], "50");
         assert_eq!(h["x-ratelimit-reset-requests"], "1.501s");
         assert!(h.get("x-ratelimit-limit-tokens").is_none(), "no key has a known token limit");
+        // A new view is formatted anew; the same one again gives the same values.
+        let later = PoolLimit { remaining: 49, ..requests };
+        decorate(&mut h, &settings, &f, Some(&Arc::new(PoolRates::totals(Some(later), None))));
+        assert_eq!(h["x-ratelimit-remaining-requests"], "49");
+        decorate(&mut h, &settings, &f, Some(&pool));
+        assert_eq!(h["x-ratelimit-remaining-requests"], "50");
     }
 }
