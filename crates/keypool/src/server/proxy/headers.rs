@@ -42,10 +42,22 @@ const RATELIMIT: [[HeaderName; 3]; 2] = [
     ],
 ];
 
-/// Writes µs as milliseconds with three decimals: `12408` → `12.408`.
+/// Writes µs as milliseconds with three decimals: `12408` → `12.408`
+/// (by hand: the formatting machinery cost more than the rest of a header).
 fn write_ms(out: &mut String, us: u64) {
-    use std::fmt::Write;
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    let mut digits = [0u8; 24];
+    let mut at = digits.len();
+    let mut n = us;
+    // At least four digits, so there is a whole part before the point.
+    while n > 0 || digits.len() - at < 4 {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let (whole, frac) = digits[at..].split_at(digits.len() - at - 3);
+    out.extend(whole.iter().map(|&d| char::from(d)));
+    out.push('.');
+    out.extend(frac.iter().map(|&d| char::from(d)));
 }
 
 /// The `Server-Timing` value. `keypool` is the time keypool itself spent
@@ -141,6 +153,18 @@ fn ceil_millis(d: std::time::Duration) -> std::time::Duration {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn microseconds_are_written_as_ms_with_three_decimals() {
+        for (us, text) in [(0, "0.000"), (5, "0.005"), (999, "0.999"), (1000, "1.000"), (12_408, "12.408")] {
+            let mut out = String::new();
+            write_ms(&mut out, us);
+            assert_eq!(out, text);
+        }
+        let mut out = String::new();
+        write_ms(&mut out, u64::MAX);
+        assert_eq!(out, format!("{}.{:03}", u64::MAX / 1000, u64::MAX % 1000));
+    }
 
     #[test]
     fn timing_is_in_ms_with_microsecond_decimals() {
