@@ -3,7 +3,7 @@
 # differences (docs/benchmarks.md). Runs `keypool serve` with one worker under
 # valgrind's callgrind over the in-repo simulator, sends 200 chat requests at
 # concurrency 4 to warm up, then counts only the next N (default 3,000).
-# Usage: bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# Usage: [KEYS=10] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
 # (default binary: this tree's release build). Prints instructions/request and
 # leaves the profile in $OUT (default /tmp/keypool.cg) for callgrind_annotate.
 # Needs valgrind (Debian: apt-get install valgrind). Loopback only.
@@ -42,7 +42,8 @@ PY
 ps=$(port)
 $SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($!)
 export KEYPOOL_DATABASE_URL="sqlite://$work/k.db"
-for i in $(seq 10); do "$BIN" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
+# KEYS keys in the pool (default 10), as one import.
+for i in $(seq "${KEYS:-10}"); do echo "sk-bench-key-$i-0123456789abcdef"; done | "$BIN" keys import - >/dev/null 2>&1
 token=$("$BIN" tokens create bench 2>/dev/null)
 p=$(port)
 rm -f "$OUT" "$OUT".*

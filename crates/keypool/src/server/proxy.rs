@@ -625,7 +625,7 @@ fn stamp(app: &AppState, out: &mut HeaderMap, ctx: &RequestContext) {
             _ => view,
         }
     });
-    headers::decorate(out, settings, &ctx.head_facts(), pool.as_deref());
+    headers::decorate(out, settings, &ctx.head_facts(), pool.as_ref());
 }
 
 fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
