@@ -333,22 +333,10 @@ async fn a_model_one_key_lacks_sets_aside_only_that_key_for_that_model() {
     assert_eq!(statuses(&app2), ["active", "active"]);
 }
 
-/// An IMF-fixdate `secs` from now.
+/// An IMF-fixdate `secs` from now, with its true weekday (a fixed one was
+/// refused by httpdate on every other day of the week).
 fn http_date_in(secs: u64) -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + secs;
-    let (days, rem) = (t / 86_400, t % 86_400);
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let name = months[(m - 1) as usize];
-    format!("Mon, {d:02} {name} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
+    httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs))
 }
 
 #[tokio::test]
