@@ -165,15 +165,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let writer = Some(writer);
     let sync_store = store.clone();
     let resync = Arc::new(crate::admin::Resync::default());
-    let admin = config.admin_token.clone().map(|token| {
-        crate::admin::router(Arc::new(crate::admin::AdminState {
-            store: store.clone(),
-            scheduler: Arc::clone(&scheduler),
-            token,
-            resync: Arc::clone(&resync),
-            main: tokio::runtime::Handle::current(),
-        }))
-    });
+    let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
+    // The admin API is always on: with no `admin_token` setting, behind the
+    // token stored in the database (generated now if there is none).
+    let admin_token = crate::admin::token::at_start(config.admin_token.clone(), &store).await?;
+    let admin = crate::admin::router(Arc::new(crate::admin::AdminState {
+        store: store.clone(),
+        scheduler: Arc::clone(&scheduler),
+        token: Arc::clone(&admin_token.live),
+        resync: Arc::clone(&resync),
+        main: tokio::runtime::Handle::current(),
+        breaker: Arc::clone(&breaker),
+        config: Arc::new(config.clone()),
+    }));
     let mut sync = Sync {
         resync,
         store,
@@ -200,12 +204,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         );
     }
     let upstream = Upstream::from_config(config)?;
-    let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
     let quirks = Arc::new(Quirks::default());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {} (the `listen` setting)", config.listen))?;
     let addr = listener.local_addr()?;
+    announce_admin_token(&admin_token, config, addr);
     let stop = CancellationToken::new();
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
@@ -220,11 +224,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
         }));
-        // The admin API (when `admin_token` is set) under /admin/api/.
-        Ok(match &admin {
-            Some(admin) => gateway.merge(admin.clone()),
-            None => gateway,
-        })
+        // The admin API under /admin/api/.
+        Ok(gateway.merge(admin.clone()))
     };
     let metrics_addr = match config.metrics_listen {
         Some(at) => Some(serve_metrics(at, Arc::clone(&scheduler), recorder.clone(), stop.clone()).await?),
@@ -241,6 +242,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         rollups: r.rollup_retention,
         minute_rollups: r.minute_rollup_retention,
     };
+    tokio::spawn(crate::admin::token::follow(
+        Arc::clone(&admin_token.live),
+        sync_store.clone(),
+        config.sync_interval,
+        stop.clone(),
+    ));
     tokio::spawn(crate::records::retention::run(sync_store.clone(), retention, stop.clone()));
     tokio::spawn(crate::health::probe_keys(
         Arc::clone(&scheduler),
@@ -248,6 +255,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.health.clone(),
         stop.clone(),
     ));
+    crate::alerts::spawn(Arc::clone(&scheduler), &config.alerts, stop.clone());
     tokio::spawn(crate::health::probe_upstream(
         breaker,
         Arc::clone(&scheduler),
@@ -300,6 +308,30 @@ async fn serve_metrics(
     });
     tracing::info!("metrics on http://{addr}/metrics (metrics_listen, no auth)");
     Ok(addr)
+}
+
+/// Shows a token generated at this start once, on stderr (never in the
+/// log), with the dashboard's address; else says which token is in force.
+fn announce_admin_token(token: &crate::admin::token::StartToken, config: &Config, addr: SocketAddr) {
+    let mut shown = addr;
+    if shown.ip().is_unspecified() {
+        shown.set_ip(if shown.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    match &token.generated {
+        Some(secret) => eprintln!(
+            "\nadmin token (shown only this once; only its hash is stored): {secret}\n\
+             dashboard: http://{shown}/admin (sign in with the admin token)\n\
+             lost it? `keypool admin token` sets a new one; this server takes it within {:?}\n",
+            config.sync_interval
+        ),
+        None if token.live.is_configured() => {
+            tracing::info!("admin API and dashboard at http://{shown}/admin (admin token: the `admin_token` setting)")
+        }
+        None => tracing::info!(
+            "admin API and dashboard at http://{shown}/admin, with the admin token printed at the first start \
+             (`keypool admin token` sets a new one)"
+        ),
+    }
 }
 
 /// Keeps the in-memory state and the store in step: what the scheduler

@@ -7,6 +7,7 @@
 //! background ([`app`]'s sync task).
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -20,5 +21,6 @@ pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod upstream;

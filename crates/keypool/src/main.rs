@@ -11,7 +11,6 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keypool::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
 
 // Requests are served on worker threads of their own (server::workers); this
 // runtime only accepts connections and runs the background tasks.
@@ -43,20 +42,16 @@ fn message(e: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Demo(args) = &cli.command {
-        init_tracing("warn");
+        let _log = keypool::telemetry::init_log("warn", cli.log_format.unwrap_or_default())?;
         return keypool::demo::run(args).await;
     }
     let config = cli.load_config()?;
-    init_tracing(&config.log);
+    // Kept until `run` returns: dropping it writes the lines still buffered.
+    let _log = keypool::telemetry::init_log(&config.log, cli.log_format.unwrap_or(config.telemetry.log_format))?;
     match &cli.command {
         Command::Serve(_) => serve(&config).await,
         other => keypool::cli::run_admin(other, &config).await,
     }
-}
-
-fn init_tracing(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
@@ -64,6 +59,9 @@ async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
     // The one Prometheus recorder of this process; library users and
     // in-process tests run without one (the metrics macros are no-ops).
     keypool::metrics::install(config)?;
+    let telemetry = &config.telemetry;
+    keypool::server::limit_refusal_log(telemetry.auth_failure_log_lines, telemetry.auth_failure_log_interval);
+    let traces = keypool::telemetry::Traces::start(telemetry)?;
     let running = keypool::app::start(config).await?;
     tracing::info!(
         "keypool listening on http://{} (upstream {}, auth {:?})",
@@ -71,5 +69,7 @@ async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
         keypool::config::mask_url_password(&config.upstream),
         config.auth
     );
-    keypool::shutdown::serve_until_signalled(running).await
+    let served = keypool::shutdown::serve_until_signalled(running).await;
+    traces.shutdown().await;
+    served
 }

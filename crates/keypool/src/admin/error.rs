@@ -14,9 +14,9 @@ use crate::store::StoreError;
 /// status: the caller (401, 400, 404, 409) or the gateway (500, 503).
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("Missing admin token. Send `Authorization: Bearer <admin token>` (the `admin_token` setting, KEYPOOL_ADMIN_TOKEN).")]
+    #[error("Missing admin token. Send `Authorization: Bearer <admin token>`: the `admin_token` setting (KEYPOOL_ADMIN_TOKEN), else the one `keypool serve` printed at its first start (`keypool admin token` sets a new one).")]
     MissingToken,
-    #[error("Invalid admin token. Send the `admin_token` setting (KEYPOOL_ADMIN_TOKEN) as `Authorization: Bearer …`.")]
+    #[error("Invalid admin token. Send the `admin_token` setting (KEYPOOL_ADMIN_TOKEN), else the one `keypool serve` printed at its first start, as `Authorization: Bearer …` (`keypool admin token` sets a new one).")]
     InvalidToken,
     /// A value the caller sent is wrong; `param` names the field.
     #[error("Invalid value for '{param}': {reason}")]
@@ -26,6 +26,8 @@ pub enum AdminError {
     BadJson(String),
     #[error("No {what} with id {id}.")]
     NotFound { what: &'static str, id: i64 },
+    #[error("No upstream named {0:?}: see /admin/api/upstreams.")]
+    UnknownUpstream(String),
     #[error("Unknown admin path {0}: see /admin/api/openapi.json for the routes.")]
     UnknownPath(String),
     #[error("{method} is not allowed on {path}: see /admin/api/openapi.json for the routes.")]
@@ -55,6 +57,7 @@ impl AdminError {
             AdminError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value"),
             AdminError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
             AdminError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+            AdminError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
             AdminError::UnknownPath(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
             AdminError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed")
@@ -72,6 +75,7 @@ impl AdminError {
             AdminError::TokenNameTaken(_) => Some("name"),
             AdminError::DuplicateKey { .. } => Some("key"),
             AdminError::NotFound { .. } => Some("id"),
+            AdminError::UnknownUpstream(_) => Some("name"),
             _ => None,
         }
     }

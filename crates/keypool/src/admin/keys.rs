@@ -41,8 +41,16 @@ pub struct KeyItem {
     pub remaining_tokens: Option<u64>,
     /// Seconds until the oldest request of the current minute stops counting.
     pub reset_in_secs: Option<f64>,
+    /// When every request counted against the key's request limit now has
+    /// stopped counting (Unix ms; the window has freed); null when none counts.
+    pub reset_requests_at_ms: Option<i64>,
+    /// When every token counted against the key's token limit now has
+    /// stopped counting (Unix ms); null when none counts.
+    pub reset_tokens_at_ms: Option<i64>,
     /// Requests on this key right now.
     pub inflight: u64,
+    /// The same as `inflight` (the dashboard's name).
+    pub in_flight: u64,
     /// The last answer that went wrong for the key (`rate_limited`, `invalid_key`, …).
     pub last_error: Option<String>,
     /// When that was (Unix ms).
@@ -76,6 +84,8 @@ pub struct KeyItem {
     pub created_at: i64,
     /// Unix seconds.
     pub last_used_at: Option<i64>,
+    /// The same in Unix ms.
+    pub last_used_at_ms: Option<i64>,
 }
 
 /// Declares a request body with a key's settings (absent: unchanged, or
@@ -288,12 +298,15 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
         state.store.load_key_states().await?.into_iter().map(|s| (s.key_id, s)).collect();
     let live: HashMap<i64, crate::scheduler::KeyView> =
         state.scheduler.snapshot().into_iter().map(|v| (v.id, v)).collect();
+    let resets: HashMap<i64, crate::scheduler::WindowResets> =
+        state.scheduler.window_resets().into_iter().map(|r| (r.key_id, r)).collect();
     let now = now_unix_ms();
     Ok(keys
         .iter()
         .map(|k| {
             let stored = state_of(k, saved.get(&k.id), now);
             let view = live.get(&k.id);
+            let reset = resets.get(&k.id);
             let status = view.map_or(stored.status, |v| v.status);
             // The live reason when the scheduler has one, else the saved one
             // when it speaks of the same state.
@@ -311,7 +324,10 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
                 remaining_requests: view.and_then(|v| v.remaining_requests),
                 remaining_tokens: view.and_then(|v| v.remaining_tokens),
                 reset_in_secs: view.and_then(|v| v.reset_in).map(|d| d.as_secs_f64()),
+                reset_requests_at_ms: reset.and_then(|r| r.requests_at_ms),
+                reset_tokens_at_ms: reset.and_then(|r| r.tokens_at_ms),
                 inflight: view.map_or(0, |v| v.inflight),
+                in_flight: view.map_or(0, |v| v.inflight),
                 last_error: view.and_then(|v| v.last_error).map(str::to_owned),
                 last_error_at_ms: view.and_then(|v| v.last_error_at_ms),
                 rpm: k.rpm,
@@ -334,6 +350,7 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
                 completion_tokens: k.completion_tokens,
                 created_at: k.created_at,
                 last_used_at: k.last_used_at,
+                last_used_at_ms: k.last_used_at.map(|s| s.saturating_mul(1000)),
             }
         })
         .collect())

@@ -5,7 +5,11 @@
 //! OpenAPI 3.1 document generated from these handlers
 //! (`/admin/api/openapi.json`, committed as `docs/admin-openapi.json`).
 //!
-//! Off (every `/admin/api/` path 404) unless `admin_token` is set.
+//! Always on. The token is the `admin_token` setting when set; else the
+//! one stored (as a SHA-256 digest) in the database: the first
+//! `keypool serve` generates and prints it, `keypool admin token` sets a
+//! new one, and running servers take it up within a sync interval
+//! ([`token`]).
 //!
 //! Runtimes: the gateway serves connections on current-thread worker
 //! runtimes while the store's pool lives on the main runtime. A pooled
@@ -19,9 +23,12 @@ mod auth;
 mod error;
 mod keys;
 mod openapi;
+mod overview;
 mod requests;
 mod stats;
+pub mod token;
 mod tokens;
+mod upstreams;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,9 +42,11 @@ use tokio::sync::{watch, Notify};
 pub use error::AdminError;
 pub use openapi::document;
 
-use crate::config::AdminToken;
+use crate::config::Config;
 use crate::scheduler::Scheduler;
 use crate::store::{AuditEntry, Store};
+use crate::upstream::Breaker;
+pub use token::LiveToken;
 
 /// Asks the sync task (app.rs) to reload keys and tokens now, and tells
 /// which store revision it has applied, so an admin change is live when
@@ -73,13 +82,24 @@ const RESYNC_WAIT: Duration = Duration::from_secs(5);
 pub struct AdminState {
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
-    pub token: AdminToken,
+    /// The admin token in force (configured, or stored and reread).
+    pub token: Arc<LiveToken>,
     pub resync: Arc<Resync>,
     /// The main runtime, where store work runs (see the module doc).
     pub main: tokio::runtime::Handle,
+    /// The upstream's breaker: open while it fails for every key.
+    pub breaker: Arc<Breaker>,
+    /// The settings the overview and upstream routes read (`time_zone`,
+    /// `upstream`, `proxy`, `timeouts`, `health.probe_model`).
+    pub config: Arc<Config>,
 }
 
 impl AdminState {
+    /// The configured time zone (validated at load; UTC if it cannot be found).
+    fn time_zone(&self) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get(&self.config.time_zone).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
     /// Runs `work` on the main runtime and waits for it.
     async fn run<T, Fut>(self: &Arc<Self>, work: impl FnOnce(Arc<AdminState>) -> Fut) -> Result<T, AdminError>
     where
@@ -147,6 +167,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi::serve))
+        .route("/overview", get(overview::overview))
+        .route("/upstreams", get(upstreams::list))
+        .route("/upstreams/{name}/test", post(upstreams::test))
         .route("/keys", get(keys::list).post(keys::add))
         .route("/keys/import", post(keys::import))
         .route("/keys/{id}", get(keys::one).patch(keys::edit).delete(keys::remove))

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{audit, keys, requests, stats, tokens};
+use super::{audit, keys, overview, requests, stats, tokens, upstreams};
 
 /// OpenAI's error shape, as every admin error is sent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,7 +61,7 @@ impl Modify for AdminBearer {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The `admin_token` setting (KEYPOOL_ADMIN_TOKEN)"))
+                    .description(Some("The `admin_token` setting (KEYPOOL_ADMIN_TOKEN), else the token `keypool serve` printed at its first start or `keypool admin token` set"))
                     .build(),
             ),
         );
@@ -73,6 +73,8 @@ impl Modify for AdminBearer {
     info(title = "keypool admin API", description = "Keys, gateway tokens, the request log, statistics and the audit log of a keypool gateway."),
     paths(
         serve,
+        overview::overview,
+        upstreams::list, upstreams::test,
         keys::list, keys::add, keys::import, keys::one, keys::edit, keys::remove,
         keys::enable, keys::disable, keys::reset,
         tokens::list, tokens::create, tokens::revoke,
@@ -84,6 +86,8 @@ impl Modify for AdminBearer {
     modifiers(&AdminBearer),
     security(("admin_token" = [])),
     tags(
+        (name = "overview", description = "The dashboard's first screen: keys by state, load, capacity, the last minutes and spend per day"),
+        (name = "upstreams", description = "The upstream: health, last hour, and a test request"),
         (name = "keys", description = "Upstream keys and their live state"),
         (name = "tokens", description = "Gateway tokens"),
         (name = "requests", description = "The request log"),

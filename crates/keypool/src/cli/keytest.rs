@@ -30,11 +30,11 @@ pub struct TestArgs {
 }
 
 /// What one key's test found.
-struct Report {
-    status: Option<u16>,
+pub(crate) struct Report {
+    pub status: Option<u16>,
     /// The upstream's error `code` (or `type`) and `message`, with the key masked.
-    error: Option<(String, String)>,
-    latency: Duration,
+    pub error: Option<(String, String)>,
+    pub latency: Duration,
 }
 
 pub async fn run(args: &TestArgs, store: &Store, config: &Config) -> anyhow::Result<()> {
@@ -56,7 +56,7 @@ pub async fn run(args: &TestArgs, store: &Store, config: &Config) -> anyhow::Res
     eprintln!("testing {} key(s) with {what} against {}", keys.len(), crate::config::mask_url_password(base));
     let mut failed = 0;
     for key in &keys {
-        let report = test_one(&upstream, key, args).await;
+        let report = test_one(&upstream, key, args.model.as_deref(), args.timeout).await;
         let name = format!(
             "key {} ({}{})",
             key.id,
@@ -80,12 +80,14 @@ pub async fn run(args: &TestArgs, store: &Store, config: &Config) -> anyhow::Res
     Ok(())
 }
 
-async fn test_one(upstream: &Upstream, key: &KeyRecord, args: &TestArgs) -> Report {
+/// Sends `key` the cheapest request (`GET /models`, or a one-token chat on
+/// `model`) and reports the upstream's answer; waits at most `timeout`.
+pub(crate) async fn test_one(upstream: &Upstream, key: &KeyRecord, model: Option<&str>, timeout: Duration) -> Report {
     let started = Instant::now();
     let secret = key.secret.expose_secret();
     let scrub = |text: &str| text.replace(secret, &mask_key(secret));
     let failed = |error: (String, String)| Report { status: None, error: Some(error), latency: started.elapsed() };
-    let (method, path, body) = match &args.model {
+    let (method, path, body) = match model {
         None => (Method::GET, "models", Bytes::new()),
         Some(model) => {
             let body = serde_json::json!({
@@ -109,8 +111,8 @@ async fn test_one(upstream: &Upstream, key: &KeyRecord, args: &TestArgs) -> Repo
         let body = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         Ok::<_, crate::upstream::UpstreamError>((status, body))
     };
-    match tokio::time::timeout(args.timeout, asked).await {
-        Err(_) => failed(("timeout".into(), format!("no answer within {:?}", args.timeout))),
+    match tokio::time::timeout(timeout, asked).await {
+        Err(_) => failed(("timeout".into(), format!("no answer within {timeout:?}"))),
         Ok(Err(e)) => failed(("unreachable".into(), scrub(&e.to_string()))),
         Ok(Ok((status, body))) => {
             let latency = started.elapsed();

@@ -1,10 +1,11 @@
 //! The command line: what each subcommand takes, and (in its submodules) how
 //! it prints. This is the only place besides the demo that writes to stdout.
 
+mod admin;
 mod check;
 mod db;
 pub(crate) mod keys;
-mod keytest;
+pub(crate) mod keytest;
 pub(crate) mod list;
 pub(crate) mod paste;
 mod remote;
@@ -29,6 +30,10 @@ pub struct Cli {
     /// Database URL (default sqlite://keypool.db). Env: KEYPOOL_DATABASE_URL.
     #[arg(long, global = true)]
     pub database_url: Option<String>,
+    /// Log format: `text` (human-readable) or `json` (one object per line).
+    /// Wins over the `telemetry.log_format` setting.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +60,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the admin token (the admin API's and the dashboard's).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// See keypool balance a burst of traffic over rate-limited keys, with no real key.
     Demo(crate::demo::DemoArgs),
 }
@@ -101,6 +109,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
         Command::Keys(cmd) => keys::creates_database(cmd),
         Command::Tokens(cmd) => tokens::creates_database(cmd),
         Command::Requests(_) | Command::Stats(_) => false,
+        Command::Admin(_) => true,
         Command::Db(cmd) => return db::run(cmd, &config.database_url).await,
         Command::Config(ConfigCommand::Check) => {
             eprintln!("database: {}", database_path(&config.database_url));
@@ -128,6 +137,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
         Command::Tokens(cmd) => tokens::run(cmd, &store).await,
         Command::Requests(cmd) => requests::run(cmd, &store).await,
         Command::Stats(args) => stats::run(args, &store).await,
+        Command::Admin(cmd) => admin::run(cmd, &store, config).await,
         _ => Ok(()),
     };
     store.close().await;

@@ -24,10 +24,10 @@ fn base_url(config: &Config) -> String {
 /// Every key as the running server sees it, or `None` (said on stderr)
 /// when no admin token is configured or the server does not answer.
 pub async fn keys(config: &Config) -> Option<Vec<Value>> {
-    let token = config.admin_token.as_ref()?;
+    let token = config.admin_token.as_ref()?.expose()?;
     let url = format!("{}/keys", base_url(config));
     let client = reqwest::Client::builder().timeout(ASK_TIMEOUT).no_proxy().build().ok()?;
-    let answer = client.get(&url).bearer_auth(token.expose()).send().await;
+    let answer = client.get(&url).bearer_auth(token).send().await;
     let why = match answer {
         Ok(r) if r.status().is_success() => match r.json::<Vec<Value>>().await {
             Ok(keys) => {

@@ -15,8 +15,10 @@ mod index;
 mod inner;
 mod key;
 mod lease;
+mod overview;
 mod limits;
 mod persist;
+mod pool;
 mod record;
 mod strategy;
 mod window;
@@ -35,6 +37,8 @@ use key::{Health, Placement, Slot};
 use lease::Grant;
 pub use lease::{Charged, Counted, Hit, KeyLease, Outcome, Reset, Verdict};
 pub use limits::RateInfo;
+pub use pool::{PoolLimit, PoolRates};
+pub use overview::{Capacity, PoolFigures, WindowResets};
 use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
 
@@ -149,6 +153,8 @@ pub struct Scheduler {
     charge_max: std::sync::atomic::AtomicBool,
     /// Key × model pairs set aside until an instant (the key cannot use that model).
     model_aside: Mutex<HashMap<(i64, String), Instant>>,
+    /// The pool's limits as callers see them, computed at most every 200 ms.
+    pool: pool::PoolCache,
 }
 
 /// How long a key stays set aside for a model it could not use: projects
@@ -200,6 +206,7 @@ impl Scheduler {
             charge_scale: std::sync::atomic::AtomicU64::new(charge::UNIT),
             charge_max: std::sync::atomic::AtomicBool::new(false),
             model_aside: Mutex::new(HashMap::new()),
+            pool: pool::PoolCache::default(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(refill_timer(Arc::downgrade(&scheduler), Arc::clone(&scheduler.wake)));

@@ -7,7 +7,14 @@ use super::key::{Health, Slot};
 use super::{Demand, Outcome, SchedulerConfig, Verdict};
 
 pub(super) fn transition(slot: &Slot, to: &'static str, reason: &str) {
-    tracing::info!(key_id = slot.id, label = slot.label.as_deref().unwrap_or(""), to, reason, "key state changed");
+    tracing::info!(
+        target: "keypool::key",
+        key_id = slot.id,
+        label = slot.label.as_deref().unwrap_or(""),
+        state = to,
+        reason,
+        "key state changed"
+    );
     crate::metrics::key_transition(slot.id, to);
 }
 

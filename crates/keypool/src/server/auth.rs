@@ -1,7 +1,11 @@
 //! Gateway tokens: who may use the pool. Only SHA-256 hashes are held, and,
-//! for tokens already seen, a keyed 128-bit MAC of each.
+//! for tokens already seen, a keyed 128-bit MAC of each. Refused tokens are
+//! logged at warn with the caller's address, at most so many per interval.
 
-use std::sync::RwLock;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{OnceLock, RwLock};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
 use rustc_hash::FxHashMap;
@@ -115,6 +119,95 @@ impl TokenSet {
     }
 }
 
+/// Warnings about refused gateway tokens: at most `lines` per `interval`,
+/// so a flood of wrong tokens cannot fill the disk. The refusals past that
+/// are counted, and their number is logged with the first refusal of a
+/// later interval. Process-wide, like the log itself.
+#[derive(Debug)]
+struct RefusalLimiter {
+    lines: AtomicU32,
+    interval_ms: AtomicU64,
+    /// The interval under way: milliseconds since [`clock_ms`]'s start ÷ `interval_ms`.
+    window: AtomicU64,
+    /// Refusals seen in this interval.
+    seen: AtomicU64,
+    /// Refusals not logged and not yet said.
+    unsaid: AtomicU64,
+}
+
+impl RefusalLimiter {
+    const fn new(lines: u32, interval_ms: u64) -> RefusalLimiter {
+        RefusalLimiter {
+            lines: AtomicU32::new(lines),
+            interval_ms: AtomicU64::new(interval_ms),
+            window: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            unsaid: AtomicU64::new(0),
+        }
+    }
+
+    /// A refusal at `now_ms`: whether to log it, and how many earlier ones
+    /// went unlogged (to say first; 0 when none or already said).
+    fn admit(&self, now_ms: u64) -> (bool, u64) {
+        let window = now_ms / self.interval_ms.load(Ordering::Relaxed).max(1);
+        let current = self.window.load(Ordering::Acquire);
+        let mut unsaid = 0;
+        if window > current
+            && self.window.compare_exchange(current, window, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            self.seen.store(0, Ordering::Relaxed);
+            unsaid = self.unsaid.swap(0, Ordering::AcqRel);
+        }
+        if self.seen.fetch_add(1, Ordering::Relaxed) < u64::from(self.lines.load(Ordering::Relaxed)) {
+            (true, unsaid)
+        } else {
+            self.unsaid.fetch_add(1, Ordering::AcqRel);
+            (false, unsaid)
+        }
+    }
+}
+
+static REFUSALS: RefusalLimiter = RefusalLimiter::new(10, 60_000);
+
+/// Milliseconds since the first call (a monotonic clock).
+fn clock_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sets how many refused tokens are logged per interval
+/// (`telemetry.auth_failure_log_lines` per `telemetry.auth_failure_log_interval`).
+pub fn limit_refusal_log(lines: u32, interval: Duration) {
+    REFUSALS.lines.store(lines, Ordering::Relaxed);
+    let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+    REFUSALS.interval_ms.store(ms, Ordering::Relaxed);
+}
+
+/// Logs (at warn, target `keypool::auth`) that a request's gateway token
+/// was refused, naming its caller ([`super::client::real_client`]) and
+/// why (`missing_token` or `invalid_token`), never the token; within
+/// [`limit_refusal_log`]'s bound.
+pub fn log_refusal(error: &ApiError, client: Option<IpAddr>) {
+    if !tracing::enabled!(target: "keypool::auth", tracing::Level::WARN) {
+        return;
+    }
+    let (log, unsaid) = REFUSALS.admit(clock_ms());
+    let interval = Duration::from_millis(REFUSALS.interval_ms.load(Ordering::Relaxed));
+    if unsaid > 0 {
+        tracing::warn!(
+            target: "keypool::auth",
+            suppressed = unsaid,
+            interval = %humantime::format_duration(interval),
+            "gateway tokens refused and not logged (more than telemetry.auth_failure_log_lines per interval)"
+        );
+    }
+    if log {
+        let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        let reason = if matches!(error, ApiError::MissingToken) { "missing_token" } else { "invalid_token" };
+        tracing::warn!(target: "keypool::auth", client = %client, reason, "gateway token refused");
+    }
+}
+
 /// The credentials of a `Bearer` Authorization value. The scheme is
 /// case-insensitive and may be followed by any run of spaces or tabs (RFC 9110
 /// §11.1, §11.4).
@@ -181,6 +274,22 @@ mod tests {
             assert!(matches!(set.check(&h), Err(ApiError::InvalidToken)));
         }
         assert!(set.live.read().unwrap().seen.is_empty());
+    }
+
+    #[test]
+    fn refusals_are_logged_up_to_the_bound_and_the_rest_counted_later() {
+        let limiter = RefusalLimiter::new(3, 1000);
+        let first: Vec<(bool, u64)> = (0..10).map(|i| limiter.admit(100 + i)).collect();
+        assert_eq!(first.iter().filter(|(log, _)| *log).count(), 3);
+        assert!(first.iter().all(|(_, unsaid)| *unsaid == 0), "nothing to say within the interval");
+        // The next interval says the 7 left out, then logs again.
+        assert_eq!(limiter.admit(1500), (true, 7));
+        assert_eq!(limiter.admit(1501), (true, 0));
+        assert_eq!(limiter.admit(1502), (true, 0));
+        assert_eq!(limiter.admit(1503), (false, 0));
+        // Several intervals later: the one left out is said once.
+        assert_eq!(limiter.admit(9000), (true, 1));
+        assert_eq!(limiter.admit(9001), (true, 0));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! (the caller went away, the server stopped), when it is dropped. Its end
 //! produces the request's record.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::{request::Parts, HeaderMap, HeaderValue};
@@ -30,6 +30,22 @@ const CLIENT_REQUEST_ID_MAX: usize = 512;
 /// Longest user agent, `user` field or upstream request id kept in a record.
 const TEXT_MAX: usize = 512;
 
+/// A request's facts as its answer's head reports them (all in µs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadFacts {
+    /// The key of the last attempt; `None` when no attempt was sent.
+    pub key_id: Option<i64>,
+    /// Attempts sent upstream.
+    pub attempts: u32,
+    /// Time waited for a key with room (or for the upstream's breaker).
+    pub queue_us: u64,
+    /// The attempts' durations summed, each from its send to its answer's
+    /// head (or its failure).
+    pub upstream_us: u64,
+    /// From the request's arrival to now.
+    pub elapsed_us: u64,
+}
+
 /// One request's facts, ended once (see the module's comment). Boxed by its
 /// owner so that the futures carrying it stay small.
 #[derive(Debug)]
@@ -48,8 +64,9 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// A context for the request whose head is `parts`, sent from `client`.
-    pub fn begin(recorder: Recorder, parts: &Parts, client: Option<SocketAddr>, started: Instant) -> RequestContext {
+    /// A context for the request whose head is `parts`, sent from `client`
+    /// (the caller's address, as [`super::client::real_client`] finds it).
+    pub fn begin(recorder: Recorder, parts: &Parts, client: Option<IpAddr>, started: Instant) -> RequestContext {
         let headers = &parts.headers;
         let request_id = client_request_id(headers).map_or_else(new_request_id, str::to_owned);
         let grace = parts.extensions.get::<GraceEnd>().cloned();
@@ -59,7 +76,7 @@ impl RequestContext {
             record: RequestRecord {
                 request_id,
                 started_at: now_unix_ms(),
-                client_addr: client.map(|a| a.ip().to_string()),
+                client_addr: client.map(|ip| ip.to_string()),
                 user_agent: text_header(headers, axum::http::header::USER_AGENT.as_str()),
                 method: parts.method.as_str().to_owned(),
                 path: text(parts.uri.path()),
@@ -80,6 +97,33 @@ impl RequestContext {
     /// The request id as a response header value.
     pub fn request_id_header(&self) -> Option<HeaderValue> {
         HeaderValue::from_str(&self.record.request_id).ok()
+    }
+
+    /// What the answer's head tells the caller about this request so far
+    /// (read when the head is made: for a stream, before its body).
+    pub fn head_facts(&self) -> HeadFacts {
+        let mut upstream_us: u64 = self.record.attempts.iter().map(|a| a.duration_us).sum();
+        let mut attempts = self.record.attempts.len() as u32;
+        if let Some((_, sent, _)) = &self.attempt {
+            upstream_us = upstream_us.saturating_add(micros(Instant::now().saturating_duration_since(*sent)));
+            attempts += 1;
+        }
+        let mut queue_us = self.record.queue_wait_us;
+        if let Some(since) = self.queued {
+            queue_us = queue_us.saturating_add(micros(Instant::now().saturating_duration_since(since)));
+        }
+        HeadFacts {
+            key_id: self.record.key_id,
+            attempts,
+            queue_us,
+            upstream_us,
+            elapsed_us: micros(Instant::now().saturating_duration_since(self.started)),
+        }
+    }
+
+    /// The model the caller asked for, once inspection read it.
+    pub fn model(&self) -> Option<&str> {
+        self.record.model.as_deref()
     }
 
     pub fn set_token(&mut self, token: TokenId) {
@@ -254,6 +298,8 @@ impl RequestContext {
         self.close_attempt(0, "cancelled");
         self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
         crate::metrics::request_ended(&self.record);
+        log_request(&self.record);
+        crate::telemetry::request_span(&self.record);
         if self.recorder.is_on() {
             self.recorder.record(std::mem::take(&mut self.record));
         }
@@ -271,6 +317,31 @@ impl Drop for RequestContext {
             self.finish();
         }
     }
+}
+
+/// The request's one line at info (target `keypool::request`): its ids,
+/// model, status, attempts, latency and tokens; never a body or a secret.
+fn log_request(r: &RequestRecord) {
+    tracing::info!(
+        target: "keypool::request",
+        request_id = %r.request_id,
+        method = %r.method,
+        path = %r.path,
+        client = r.client_addr.as_deref(),
+        token_id = r.token_id,
+        key_id = r.key_id,
+        model = r.model.as_deref(),
+        stream = r.stream,
+        status = r.status,
+        attempts = r.attempts.len(),
+        latency_ms = r.duration_us as f64 / 1000.0,
+        ttfb_ms = r.ttfb_us.map(|us| us as f64 / 1000.0),
+        queue_ms = r.queue_wait_us as f64 / 1000.0,
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
+        error = r.error_type.as_deref(),
+        "request"
+    );
 }
 
 fn micros(d: std::time::Duration) -> u64 {

@@ -211,6 +211,17 @@ impl ApiError {
     }
 }
 
+/// Copies what an answer said about its request (`x-keypool-*`,
+/// `Server-Timing`) onto the error answer that replaces it at the edge, so
+/// an error keypool makes there still carries the request's id and timing.
+pub fn carry_request_headers(from: &axum::http::HeaderMap, to: &mut axum::http::HeaderMap) {
+    for (name, value) in from {
+        if name.as_str().starts_with("x-keypool-") || name.as_str() == "server-timing" {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.status_type_code();

@@ -1,5 +1,8 @@
 //! The pass-through handler for everything under `/v1/`: inspect, lease a
 //! key, send, and retry on another key while nothing has reached the caller.
+//! Every answer's head says what the request did ([`headers`]).
+
+mod headers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +60,8 @@ macro_rules! ctx {
 /// stop's grace, a body too slow to arrive).
 pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = super::client::real_client(peer, req.headers(), &app.config.telemetry.trusted_proxies);
     // A request without a live token is charged to no one and leaves no
     // record: a flood of them must not fill the log (nor its buffer).
     let token = match app.config.auth {
@@ -64,12 +69,12 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
             Ok(token) => Some(token),
             Err(e) => {
                 crate::metrics::request_refused("token");
+                super::auth::log_refusal(&e, client);
                 return e.into_response();
             }
         },
         AuthMode::None => None,
     };
-    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
     let mut ctx = Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started));
     if let Some(token) = token {
@@ -88,6 +93,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     if let Some(ctx) = slot.take() {
+        // Not a 2xx (whose head was stamped when its body took the context).
+        stamp(&app, response.headers_mut(), &ctx);
         ctx.end_as(response.status().as_u16());
     }
     if let Some(id) = id {
@@ -601,9 +608,24 @@ async fn answer(
     if let Some(mut c) = slot.take() {
         c.attempt_ended(status.as_u16(), "ok");
         c.status(status.as_u16());
+        stamp(app, &mut headers, &c);
         metered = metered.context(c);
     }
     Ok(respond(status, headers, Body::from_stream(metered)))
+}
+
+/// Adds what the request did to its answer's head (see [`headers`]).
+fn stamp(app: &AppState, out: &mut HeaderMap, ctx: &RequestContext) {
+    let settings = &app.config.headers;
+    let pool = (!settings.upstream_ratelimit).then(|| {
+        let view = app.scheduler.pool_rates();
+        // Keys set aside for the model cannot serve it: not the caller's room.
+        match ctx.model().map(|m| app.scheduler.set_aside_keys(m)) {
+            Some(aside) if !aside.is_empty() => Arc::new(view.without(&aside)),
+            _ => view,
+        }
+    });
+    headers::decorate(out, settings, &ctx.head_facts(), pool.as_deref());
 }
 
 fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {

@@ -194,7 +194,9 @@ where
                 // A body cut off as too slow is the caller's error, whatever
                 // the handler made of the failure it saw.
                 Some(Ok(r)) if pace.too_slow() && !r.status().is_success() => {
-                    ApiError::CallerTooSlow { rate, window }.into_response()
+                    let mut e = ApiError::CallerTooSlow { rate, window }.into_response();
+                    super::error::carry_request_headers(r.headers(), e.headers_mut());
+                    e
                 }
                 Some(Ok(r)) => r,
                 Some(Err(never)) => match never {},

@@ -6,6 +6,7 @@
 //! the URL chose; the migrations live in `migrations/sqlite/` and
 //! `migrations/postgres/`, file by file the same schema.
 
+mod admin_token;
 mod audit;
 mod log_query;
 mod models;

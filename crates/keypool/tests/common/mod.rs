@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod scratch;
+pub mod serve;
 
 use keypool::app::Running;
 use keypool::config::Config;

@@ -1,0 +1,86 @@
+//! How often alerts go out: the same event about the same key at most once
+//! per `min_interval`, and at most `max_per_minute` in all, the rest counted
+//! and the count told in the next one sent.
+
+use std::collections::HashMap;
+
+use tokio::time::{Duration, Instant};
+
+use super::Alert;
+use crate::config::AlertEvent;
+
+/// The rate limiter (one per alerts task; on the tokio clock).
+#[derive(Debug)]
+pub struct Limiter {
+    min_interval: Duration,
+    per_minute: u32,
+    /// When each (event, key, threshold in thousandths) was last sent.
+    last: HashMap<(AlertEvent, Option<i64>, u32), Instant>,
+    minute_began: Option<Instant>,
+    this_minute: u32,
+    suppressed: u64,
+}
+
+impl Limiter {
+    pub fn new(min_interval: Duration, per_minute: u32) -> Limiter {
+        Limiter { min_interval, per_minute, last: HashMap::new(), minute_began: None, this_minute: 0, suppressed: 0 }
+    }
+
+    /// Whether `alert` goes out at `now`; when it does, it carries the count
+    /// of alerts the per-minute cap held back since the last one sent. A
+    /// repeat within `min_interval` is dropped silently (it was told). The
+    /// two budget thresholds of one key are separate events.
+    pub fn admit(&mut self, alert: &mut Alert, now: Instant) -> bool {
+        let threshold = alert.threshold.map_or(0, |t| (t * 1000.0).round() as u32);
+        let key = (alert.event, alert.key_id, threshold);
+        if self.last.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < self.min_interval) {
+            return false;
+        }
+        if self.minute_began.is_none_or(|b| now.saturating_duration_since(b) >= Duration::from_secs(60)) {
+            self.minute_began = Some(now);
+            self.this_minute = 0;
+        }
+        if self.this_minute >= self.per_minute {
+            self.suppressed += 1;
+            return false;
+        }
+        self.this_minute += 1;
+        alert.suppressed = std::mem::take(&mut self.suppressed);
+        self.last.insert(key, now);
+        self.last.retain(|_, at| now.saturating_duration_since(*at) < self.min_interval);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(key: i64) -> Alert {
+        Alert {
+            event: AlertEvent::KeyInvalid,
+            key_id: Some(key),
+            label: None,
+            state: Some("invalid"),
+            reason: None,
+            threshold: None,
+            time_ms: 0,
+            suppressed: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeats_wait_min_interval_and_the_cap_counts_what_it_holds() {
+        let mut l = Limiter::new(Duration::from_secs(300), 2);
+        let t0 = Instant::now();
+        assert!(l.admit(&mut alert(1), t0));
+        assert!(!l.admit(&mut alert(1), t0 + Duration::from_secs(299)), "same key within min_interval");
+        assert!(l.admit(&mut alert(2), t0));
+        assert!(!l.admit(&mut alert(3), t0), "third this minute");
+        assert!(!l.admit(&mut alert(4), t0));
+        let mut next = alert(5);
+        assert!(l.admit(&mut next, t0 + Duration::from_secs(60)));
+        assert_eq!(next.suppressed, 2);
+        assert!(l.admit(&mut alert(1), t0 + Duration::from_secs(300)), "after min_interval");
+    }
+}

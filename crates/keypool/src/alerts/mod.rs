@@ -1,0 +1,64 @@
+//! Alerts: webhooks told when a key turns invalid or exhausted, a key's
+//! spend passes a share of its budget, or no key can serve (and when keys
+//! can again), rate limited. Off the request path: a background task looks
+//! at the scheduler's key views every `alerts.check_interval`, compares each
+//! key's state with the last look, and POSTs what changed ([`deliver`]).
+//! Never the key itself: an alert names a key by its id and label.
+
+mod deliver;
+mod limit;
+mod watch;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AlertsConfig;
+use crate::scheduler::Scheduler;
+pub use deliver::{body, text};
+pub use limit::Limiter;
+pub use watch::{Alert, Watch};
+
+/// Starts the alerts task when a webhook is configured; it ends at `stop`.
+pub fn spawn(scheduler: Arc<Scheduler>, config: &AlertsConfig, stop: CancellationToken) {
+    if config.webhooks.is_empty() {
+        return;
+    }
+    tokio::spawn(run(scheduler, config.clone(), stop));
+}
+
+async fn run(scheduler: Arc<Scheduler>, config: AlertsConfig, stop: CancellationToken) {
+    let client = match reqwest::Client::builder().timeout(config.timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "alerts are off: the webhook client could not be built");
+            return;
+        }
+    };
+    let mut watch = Watch::new(config.budget_thresholds.clone());
+    let mut limiter = Limiter::new(config.min_interval, config.max_per_minute);
+    let mut tick = tokio::time::interval(config.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let views = scheduler.snapshot();
+        for mut alert in watch.look(&views, crate::store::now_unix_ms()) {
+            if !limiter.admit(&mut alert, tokio::time::Instant::now()) {
+                continue;
+            }
+            tracing::info!(event = alert.event.as_str(), key_id = alert.key_id, "alert");
+            for hook in config.webhooks.iter().filter(|h| h.wants(alert.event)) {
+                let send = deliver::Send {
+                    client: client.clone(),
+                    url: hook.url.clone(),
+                    body: body(hook.format, &alert),
+                    retries: config.retries,
+                };
+                tokio::spawn(send.run());
+            }
+        }
+    }
+}
