@@ -29,6 +29,7 @@ mod stats;
 pub mod token;
 mod tokens;
 mod upstreams;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -189,6 +190,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .nest("/admin/api", api)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_token))
+        .merge(web::router())
         .with_state(state)
 }
 

@@ -1,0 +1,208 @@
+// Drives keypool's dashboard in Debian's chromium (headless) through
+// playwright-core, for tests/dashboard.rs. Fails (exit 1) at the first
+// expectation that does not hold.
+//
+// Key rows use content-visibility, so their text is read with textContent
+// (innerText is empty for a row not yet laid out).
+//
+// Environment:
+//   KP_URL          the gateway's base URL (http://127.0.0.1:PORT)
+//   KP_ADMIN        the admin token
+//   KP_KEYS         the three upstream keys to paste, comma-separated
+//   KP_CHROMIUM     the browser (default /usr/bin/chromium)
+//   KP_SCREENSHOTS  where to save screenshots (default: none saved)
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const base = process.env.KP_URL;
+const admin = process.env.KP_ADMIN;
+const keys = (process.env.KP_KEYS || '').split(',').filter(Boolean);
+const shots = process.env.KP_SCREENSHOTS;
+assert.ok(base && admin && keys.length === 3, 'KP_URL, KP_ADMIN and three KP_KEYS are needed');
+if (shots) mkdirSync(shots, { recursive: true });
+
+const step = (s) => console.log(`- ${s}`);
+const browser = await chromium.launch({
+  executablePath: process.env.KP_CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+const problems = [];
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 }, locale: 'en-GB', colorScheme: 'light' });
+  const page = await context.newPage();
+  page.setDefaultTimeout(10_000);
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('status of 401')) problems.push(`console: ${m.text()}`); });
+  const tid = (id) => page.getByTestId(id);
+
+  /** Fails when any full key is in the page's text or markup. */
+  async function noFullKey(where) {
+    const text = await page.evaluate(() => document.documentElement.innerText + '\n' + document.documentElement.outerHTML);
+    for (const k of keys) assert.ok(!text.includes(k), `a full key is in the page (${where})`);
+  }
+
+  step('the sign-in page loads without the token; a wrong token is refused with a message');
+  await page.goto(`${base}/admin`);
+  await tid('token-input').fill('wrong-token-0123456789abcdef');
+  await tid('signin-submit').click();
+  await assert.doesNotReject(tid('signin-error').waitFor({ state: 'visible' }));
+  assert.match(await tid('signin-error').innerText(), /not accepted/);
+  assert.ok(await tid('nav-keys').isHidden(), 'the pages stay hidden after a wrong token');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('kp.token')), null);
+
+  step('signs in with the admin token (kept in sessionStorage, not in the URL)');
+  await tid('token-input').fill(admin);
+  await tid('signin-submit').click();
+  await tid('keys-table').waitFor();
+  assert.ok(!page.url().includes(admin), 'the token is not in the URL');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('kp.token')), admin);
+  assert.equal(await page.evaluate(() => localStorage.getItem('kp.token')), null);
+
+  step('pastes three keys in bulk import and sees them listed, masked');
+  await tid('key-import').click();
+  await tid('field-text').fill(`${keys[0]}\n${keys[1]}, ${keys[2]}\n# a comment\n`);
+  await tid('field-label').fill('pasted');
+  await tid('dialog-ok').click();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 3);
+  assert.match(await tid('toast').innerText(), /3 added/);
+  for (const masked of await tid('key-masked').allTextContents()) assert.match(masked, /…/);
+  await noFullKey('keys page after import');
+
+  step('creates a gateway token on the Tokens page; its secret is shown once');
+  await tid('nav-tokens').click();
+  await tid('token-create').click();
+  await tid('field-name').fill('browser-test');
+  await tid('dialog-ok').click();
+  await tid('token-secret').waitFor();
+  const gatewayToken = (await tid('token-secret').innerText()).trim();
+  assert.ok(gatewayToken.length > 20, 'a token secret is shown');
+  await tid('dialog-ok').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=token-row]')].some((r) => r.innerText.includes('browser-test')));
+  assert.ok(!(await page.content()).includes(gatewayToken), 'the secret leaves the page once its dialog closes');
+
+  step('traffic through the gateway shows in the counters and the countdown, without a reload');
+  await tid('nav-keys').click();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 3);
+  await page.evaluate(() => { window.__noReload = true; });
+  const before = await tid('key-requests').allTextContents();
+  assert.deepEqual(before, ['0 / 0 / 0', '0 / 0 / 0', '0 / 0 / 0']);
+  for (let i = 0; i < 6; i++) {
+    const r = await fetch(`${base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${gatewayToken}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: `hello ${i}` }] }),
+    });
+    assert.equal(r.status, 200, `request ${i} through the gateway`);
+    await r.arrayBuffer();
+  }
+  await page.waitForFunction(() => {
+    const sum = [...document.querySelectorAll('[data-testid=key-requests]')].reduce((n, e) => n + Number(e.textContent.split(' / ')[0]), 0);
+    return sum >= 6;
+  }, null, { timeout: 8000 });
+  await page.waitForFunction(() => document.querySelector('[data-testid=key-reset][data-deadline]'), null, { timeout: 8000 });
+  const tick1 = await page.locator('[data-testid=key-reset][data-deadline]').first().textContent();
+  await page.waitForTimeout(2100);
+  const tick2 = await page.locator('[data-testid=key-reset][data-deadline]').first().textContent();
+  assert.notEqual(tick1, tick2, `the countdown ticks (${tick1} then ${tick2})`);
+  assert.equal(await page.evaluate(() => window.__noReload), true, 'the page was not reloaded');
+  await noFullKey('keys page after traffic');
+  await shoot('keys');
+
+  step('disables a key and sees its status change');
+  const first = page.locator('[data-testid=key-row]').first();
+  const firstId = await first.getAttribute('data-key-id');
+  await first.getByTestId('key-disable').click();
+  await tid('dialog-ok').click();
+  await page.waitForFunction((id) => document.querySelector(`[data-testid=key-row][data-key-id="${id}"]`)?.dataset.status === 'disabled', firstId);
+  assert.equal(await page.locator(`[data-key-id="${firstId}"] [data-testid=key-status]`).textContent(), 'disabled');
+
+  step('filters the keys by status');
+  await tid('keys-status-filter').selectOption('disabled');
+  assert.equal(await page.locator('[data-testid=key-row]').count(), 1);
+  await tid('keys-status-filter').selectOption('');
+  assert.equal(await page.locator('[data-testid=key-row]').count(), 3);
+
+  step('opens a request and sees its attempts');
+  await tid('nav-requests').click();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=request-row]').length >= 6);
+  await page.locator('[data-testid=request-row]').first().click();
+  await tid('request-detail').waitFor();
+  assert.ok(await page.locator('[data-testid=attempt-row]').count() >= 1, 'the detail lists the attempts');
+  assert.match(await page.locator('[data-testid=attempt-row]').first().innerText(), /ok/);
+  await noFullKey('requests page');
+  await shoot('requests');
+
+  step('the overview shows the traffic');
+  await tid('nav-overview').click();
+  await tid('ov-charts').locator('svg').first().waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=ov-charts] path.line').length > 0);
+  await noFullKey('overview');
+  await shoot('overview');
+
+  step('the tokens and upstream pages render');
+  await tid('nav-tokens').click();
+  await tid('token-row').first().waitFor();
+  await shoot('tokens');
+  await tid('nav-upstreams').click();
+  await tid('upstreams-table').waitFor();
+  await page.waitForTimeout(500);
+  if (await tid('upstream-test').count()) {
+    await tid('upstream-test').first().click();
+    await page.waitForFunction(() => /OK|Failed/.test(document.querySelector('[data-testid=upstream-test-result]')?.innerText || ''));
+  }
+  await shoot('upstreams');
+
+  step('switches to 中文 and back');
+  await tid('nav-keys').click();
+  await tid('keys-table').waitFor();
+  await tid('lang').selectOption('zh');
+  await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === '密钥');
+  assert.equal(await page.locator('#page h1').innerText(), '密钥');
+  await page.waitForFunction((id) => document.querySelector(`[data-key-id="${id}"] [data-testid=key-status]`)?.textContent === '已停用', firstId);
+  await shoot('keys-zh');
+  await tid('lang').selectOption('en');
+  await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === 'Keys');
+  assert.equal(await page.evaluate(() => localStorage.getItem('kp.lang')), 'en');
+
+  step('the theme toggle switches to dark');
+  await tid('theme').click(); // auto -> light
+  await tid('theme').click(); // light -> dark
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.equal(bg, 'rgb(15, 18, 22)', 'the dark background');
+  await tid('theme').click(); // back to auto
+  await noFullKey('end');
+
+  // Every page in dark (prefers-color-scheme) and on a 390 px phone.
+  if (shots) {
+    for (const [suffix, opts] of [['dark', { colorScheme: 'dark', viewport: { width: 1360, height: 900 } }],
+      ['phone', { colorScheme: 'light', viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true }]]) {
+      const ctx = await browser.newContext({ ...opts, locale: 'en-GB' });
+      const p = await ctx.newPage();
+      await p.goto(`${base}/admin`);
+      await p.getByTestId('token-input').fill(admin);
+      await p.getByTestId('signin-submit').click();
+      for (const name of ['keys', 'overview', 'requests', 'tokens', 'upstreams']) {
+        await p.goto(`${base}/admin#/${name}`);
+        await p.waitForFunction((n) => document.getElementById('page')?.dataset.route === n && document.getElementById('status').innerText.length > 0, name);
+        await p.waitForTimeout(300);
+        const width = await p.evaluate(() => document.documentElement.scrollWidth);
+        if (suffix === 'phone') assert.ok(width <= 390, `${name} fits 390 px (scroll width ${width})`);
+        await p.screenshot({ path: `${shots}/${name}-${suffix}.png`, fullPage: true });
+      }
+      await ctx.close();
+    }
+  }
+
+  async function shoot(name) {
+    if (shots) await page.screenshot({ path: `${shots}/${name}-light.png`, fullPage: true });
+  }
+} finally {
+  await browser.close();
+}
+assert.deepEqual(problems, [], 'no script error or failed load in the page');
+console.log('dashboard: all steps passed');
