@@ -58,14 +58,7 @@ fn scrape_10k_keys(c: &mut Criterion) {
     // route `metrics_listen` serves).
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    let served = scrape.clone();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move |headers: axum::http::HeaderMap| {
-            let served = served.clone();
-            async move { keypool::metrics::scrape(&served, None, &headers) }
-        }),
-    );
+    let app = keypool::metrics::router(scrape.clone(), None);
     rt.spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
     c.bench_function("metrics/http_get/10000_keys", |b| {
