@@ -211,10 +211,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     announce_admin_token(&admin_token, config, addr);
     let stop = CancellationToken::new();
-    // Each worker has its own upstream client, so pooled upstream connections
-    // stay on the thread that uses them.
+    // /metrics: on the main listener behind the admin API's token.
     let scrape = crate::metrics::Scrape { scheduler: Arc::clone(&scheduler), recorder: recorder.clone() };
     let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&admin_token.live)));
+    // Each worker has its own upstream client, so pooled upstream connections
+    // stay on the thread that uses them.
     let make_router = || -> anyhow::Result<axum::Router> {
         let gateway = router(Arc::new(AppState {
             scheduler: Arc::clone(&scheduler),
