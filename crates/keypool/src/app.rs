@@ -211,6 +211,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     announce_admin_token(&admin_token, config, addr);
     let stop = CancellationToken::new();
+    // /metrics: on the main listener behind the admin API's token.
+    let scrape = crate::metrics::Scrape { scheduler: Arc::clone(&scheduler), recorder: recorder.clone() };
+    let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&admin_token.live)));
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let make_router = || -> anyhow::Result<axum::Router> {
@@ -224,11 +227,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
         }));
-        // The admin API under /admin/api/.
-        Ok(gateway.merge(admin.clone()))
+        // The admin API under /admin/api/, and /metrics behind its token.
+        Ok(gateway.merge(admin.clone()).merge(metrics.clone()))
     };
     let metrics_addr = match config.metrics_listen {
-        Some(at) => Some(serve_metrics(at, Arc::clone(&scheduler), recorder.clone(), stop.clone()).await?),
+        Some(at) => Some(serve_metrics(at, scrape, stop.clone()).await?),
         None => None,
     };
     let ending = crate::server::GraceEnd::default();
@@ -284,22 +287,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// any other path is 404. Returns the bound address.
 async fn serve_metrics(
     at: SocketAddr,
-    scheduler: Arc<Scheduler>,
-    recorder: Recorder,
+    scrape: crate::metrics::Scrape,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(at)
         .await
         .with_context(|| format!("could not listen on {at} (the `metrics_listen` setting)"))?;
     let addr = listener.local_addr()?;
-    let scrape = crate::metrics::Scrape { scheduler, recorder };
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move |headers: axum::http::HeaderMap| {
-            let scrape = scrape.clone();
-            async move { crate::metrics::scrape(&scrape, None, &headers) }
-        }),
-    );
+    let app = crate::metrics::router(scrape, None);
     tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         if let Err(e) = served {

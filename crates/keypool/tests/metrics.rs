@@ -28,6 +28,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    /// The admin token the first start generated (none when one is configured).
+    generated_token: Option<String>,
 }
 
 impl Drop for Server {
@@ -38,7 +40,8 @@ impl Drop for Server {
 }
 
 /// Starts `keypool serve` on port 0 over `upstream` and `db`, with `env`;
-/// returns once it printed its address (and the metrics listener's, when asked).
+/// returns once it printed its address (and the metrics listener's, when
+/// asked, and the generated admin token, when none is configured).
 fn serve(upstream: &str, db: &str, env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
@@ -54,6 +57,7 @@ fn serve(upstream: &str, db: &str, env: &[(&str, &str)]) -> Server {
         cmd.env(k, v);
     }
     let wants_metrics = env.iter().any(|(k, _)| *k == "KEYPOOL_METRICS_LISTEN");
+    let wants_token = !env.iter().any(|(k, _)| *k == "KEYPOOL_ADMIN_TOKEN");
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -64,21 +68,24 @@ fn serve(upstream: &str, db: &str, env: &[(&str, &str)]) -> Server {
                 rest.split(['/', ' ']).next()?.parse::<SocketAddr>().ok()
             };
             if let Some(a) = addr_after("metrics on http://") {
-                let _ = tx.send(("metrics", a));
+                let _ = tx.send(("metrics", a.to_string()));
             } else if let Some(a) = addr_after("listening on http://") {
-                let _ = tx.send(("main", a));
+                let _ = tx.send(("main", a.to_string()));
+            } else if let Some(secret) = line.split("only its hash is stored): ").nth(1) {
+                let _ = tx.send(("token", secret.trim().to_owned()));
             }
         }
     });
-    let (mut addr, mut metrics_addr) = (None, None);
-    while addr.is_none() || (wants_metrics && metrics_addr.is_none()) {
-        let (which, a) = rx.recv_timeout(Duration::from_secs(30)).expect("the server printed its addresses");
+    let (mut addr, mut metrics_addr, mut generated_token) = (None, None, None);
+    while addr.is_none() || (wants_metrics && metrics_addr.is_none()) || (wants_token && generated_token.is_none()) {
+        let (which, text) = rx.recv_timeout(Duration::from_secs(30)).expect("the server printed its addresses");
         match which {
-            "main" => addr = Some(a),
-            _ => metrics_addr = Some(a),
+            "main" => addr = Some(text.parse().unwrap()),
+            "metrics" => metrics_addr = Some(text.parse().unwrap()),
+            _ => generated_token = Some(text),
         }
     }
-    Server { child, addr: addr.unwrap(), metrics_addr }
+    Server { child, addr: addr.unwrap(), metrics_addr, generated_token }
 }
 
 /// One sample: metric name, labels, value.
@@ -361,14 +368,19 @@ async fn metrics_count_what_was_sent_on_both_routes_and_the_dashboard_uses_only_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_admin_token_metrics_are_not_on_the_main_listener() {
+async fn without_a_configured_admin_token_metrics_take_the_generated_one() {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("m.db").display());
     Store::connect(&db).await.unwrap().close().await;
     let server = serve(&sim.base_url(), &db, &[]);
+    let generated = server.generated_token.clone().unwrap();
     let client = reqwest::Client::new();
-    let resp = get_metrics(&client, format!("http://{}/metrics", server.addr), Some(ADMIN)).await;
-    assert_eq!(resp.status(), 404);
-    assert!(server.metrics_addr.is_none());
+    let url = format!("http://{}/metrics", server.addr);
+    assert_eq!(get_metrics(&client, url.clone(), None).await.status(), 401);
+    assert_eq!(get_metrics(&client, url.clone(), Some(ADMIN)).await.status(), 401);
+    let resp = get_metrics(&client, url, Some(&generated)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("keypool_build_info{"));
+    assert!(server.metrics_addr.is_none(), "no metrics_listen, no second listener");
 }

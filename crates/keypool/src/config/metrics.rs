@@ -1,6 +1,6 @@
 //! The Prometheus endpoint's own listener (`metrics_listen`).
 //!
-//! `/metrics` is always served on the main listener behind the admin token;
+//! `/metrics` is always served on the main listener behind the admin API's token;
 //! `metrics_listen` adds a second address that serves only `/metrics`,
 //! without auth, for a scraper on a private network.
 

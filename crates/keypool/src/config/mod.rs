@@ -27,7 +27,6 @@ pub use listen::parse_listen;
 pub use logging::{Cidr, LogFormat, TelemetryConfig};
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
-pub use secret::{AdminToken, ADMIN_TOKEN_MIN_LEN};
 pub use alerts::{AlertEvent, AlertsConfig, WebhookConfig, WebhookFormat, WebhookUrl};
 pub use headers::HeadersConfig;
 pub use secret::{generate_admin_token, AdminToken, ADMIN_TOKEN_MIN_LEN, ADMIN_TOKEN_PREFIX};
@@ -123,7 +122,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// A second address serving only `/metrics` (Prometheus), without auth,
     /// e.g. `127.0.0.1:9090`. Unset: `/metrics` is served only on `listen`,
-    /// behind the admin token (see docs/metrics.md).
+    /// behind the admin API's token (see docs/metrics.md).
     #[serde(default, deserialize_with = "metrics::deserialize_listen", skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     /// keypool's own log format, trusted proxies, and trace export (`[telemetry]`).

@@ -1,6 +1,7 @@
 //! The Prometheus exporter: installed once per process by `keypool serve`,
-//! rendered by our own routes (`/metrics` behind the admin token, and on
-//! `metrics_listen` without auth), with the scrape-time gauges appended.
+//! rendered by our own route ([`router`]: `/metrics` behind the admin token
+//! on the main listener, and without auth on `metrics_listen`), with the
+//! scrape-time gauges appended.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::labels::ModelLabels;
 use super::{BUILD_INFO, QUEUE_WAIT, REQUEST_DURATION, TTFB};
-use crate::config::{AdminToken, Config};
+use crate::admin::LiveToken;
+use crate::config::Config;
 use crate::records::Recorder;
 use crate::scheduler::Scheduler;
 
@@ -99,10 +101,23 @@ pub fn render(scrape: &Scrape) -> Option<String> {
     Some(out)
 }
 
-/// Answers a `/metrics` request. With `token` (the main listener), the
-/// caller must send it as `Authorization: Bearer …` (401 otherwise, as the
-/// admin API); 404 when metrics are off.
-pub fn scrape(scrape: &Scrape, token: Option<&AdminToken>, headers: &HeaderMap) -> Response {
+/// The `/metrics` route. With `token` (the main listener: the admin API's
+/// token in force), callers must send it as `Authorization: Bearer …`, as
+/// for the admin API (401 otherwise); without (`metrics_listen`), anyone
+/// who reaches the address may read it.
+pub fn router(scrape: Scrape, token: Option<Arc<LiveToken>>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: HeaderMap| {
+            let (scrape, token) = (scrape.clone(), token.clone());
+            async move { answer(&scrape, token.as_deref(), &headers) }
+        }),
+    )
+}
+
+/// Answers a `/metrics` request (see [`router`]); 404 when metrics are off
+/// in this process (no exporter installed).
+pub fn answer(scrape: &Scrape, token: Option<&LiveToken>, headers: &HeaderMap) -> Response {
     if let Some(token) = token {
         let presented = headers
             .get(header::AUTHORIZATION)

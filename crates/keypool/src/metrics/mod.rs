@@ -14,7 +14,7 @@ mod keys;
 pub mod labels;
 mod request;
 
-pub use exporter::{install, installed, render, scrape, InstallError, Scrape};
+pub use exporter::{answer, install, installed, render, router, InstallError, Scrape};
 pub use request::request_ended;
 
 /// Key state changes, labelled by key id and the state entered.

@@ -58,7 +58,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/{*rest}", any(proxy::proxy))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
@@ -96,20 +95,6 @@ async fn readyz(State(app): State<Arc<AppState>>) -> (axum::http::StatusCode, Js
         "upstream_down": upstream_down,
     });
     (status, Json(body))
-}
-
-/// Prometheus metrics behind the admin token (see [`crate::metrics`]); 404
-/// when no admin token is configured or metrics are off (not `serve`).
-async fn metrics(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    match (&app.config.admin_token, crate::metrics::installed()) {
-        (Some(token), Some(_)) => crate::metrics::scrape(
-            &crate::metrics::Scrape { scheduler: Arc::clone(&app.scheduler), recorder: app.recorder.clone() },
-            Some(token),
-            &headers,
-        ),
-        _ => ApiError::UnknownPath("/metrics".to_owned()).into_response(),
-    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
