@@ -9,6 +9,10 @@
 # Prints every round and the median and spread of each side's requests/s.
 # A_ENV / B_ENV add settings to one side only, e.g. the request log off:
 #   B_ENV=KEYPOOL_RECORDS__ENABLED=false bash bench/ab.sh BIN BIN
+# Each gateway's log goes to a file (as in production), not to /dev/null.
+# The telemetry comparison of issue 15 (metrics and the per-request log line
+# on, against no recorder and log level warn) is:
+#   A_ENV="KEYPOOL_METRICS=false RUST_LOG=warn" B_ENV=RUST_LOG=info bash bench/ab.sh BIN BIN
 # All traffic is on loopback; everything started is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +39,7 @@ start() { # binary name [env] -> "port token"
   for i in $(seq 10); do KEYPOOL_DATABASE_URL=$db "$1" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
   local token; token=$(KEYPOOL_DATABASE_URL=$db "$1" tokens create bench 2>/dev/null)
   p=$(port)
-  env ${3:-} KEYPOOL_DATABASE_URL=$db "$1" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>&1 &
+  env ${3:-} KEYPOOL_DATABASE_URL=$db "$1" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >"$work/$2.log" 2>&1 &
   echo $! > "$work/$2.pid"
   wait_up "http://127.0.0.1:$p/healthz"
   echo "$p $token"

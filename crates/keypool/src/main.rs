@@ -57,8 +57,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
     tracing::info!("database: {}", keypool::store::database_path(&config.database_url));
     // The one Prometheus recorder of this process; library users and
-    // in-process tests run without one (the metrics macros are no-ops).
-    keypool::metrics::install(config)?;
+    // in-process tests run without one (the metrics macros are no-ops), and
+    // so does a server with `metrics = false`.
+    if config.metrics {
+        keypool::metrics::install(config)?;
+    }
     let telemetry = &config.telemetry;
     keypool::server::limit_refusal_log(telemetry.auth_failure_log_lines, telemetry.auth_failure_log_interval);
     let traces = keypool::telemetry::Traces::start(telemetry)?;

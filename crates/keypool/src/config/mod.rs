@@ -125,6 +125,10 @@ pub struct Config {
     /// behind the admin API's token (see docs/metrics.md).
     #[serde(default, deserialize_with = "metrics::deserialize_listen", skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether `serve` collects Prometheus metrics (default on). Off, no
+    /// recorder is installed, the request path records nothing for them, and
+    /// `/metrics` answers 404 on both listeners.
+    pub metrics: bool,
     /// keypool's own log format, trusted proxies, and trace export (`[telemetry]`).
     pub telemetry: TelemetryConfig,
 }
@@ -402,6 +406,7 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             alerts: AlertsConfig::default(),
             metrics_listen: None,
+            metrics: true,
             telemetry: TelemetryConfig::default(),
         }
     }
