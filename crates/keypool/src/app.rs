@@ -41,6 +41,7 @@ pub struct Running {
     writer: Option<WriterHandle>,
     recorder: Recorder,
     store: Store,
+    alert_looks: crate::alerts::Looks,
 }
 
 impl Running {
@@ -65,6 +66,11 @@ impl Running {
     /// Where requests' records go (its counts show what was written and dropped).
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    /// The alerts task's count of finished looks ([`crate::alerts::Looks`]).
+    pub fn alert_looks(&self) -> crate::alerts::Looks {
+        self.alert_looks.clone()
     }
 
     /// How long a stop lets requests in flight finish (`server.shutdown_grace`).
@@ -258,7 +264,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.health.clone(),
         stop.clone(),
     ));
-    crate::alerts::spawn(Arc::clone(&scheduler), &config.alerts, stop.clone());
+    let alert_looks = crate::alerts::spawn(Arc::clone(&scheduler), &config.alerts, stop.clone());
     tokio::spawn(crate::health::probe_upstream(
         breaker,
         Arc::clone(&scheduler),
@@ -280,6 +286,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         writer,
         recorder,
         store: sync_store,
+        alert_looks,
     })
 }
 

@@ -84,7 +84,7 @@ async fn a_key_turning_invalid_is_told_once_per_interval_and_an_empty_pool_too()
     let ids: Vec<i64> = app.gateway.scheduler().snapshot().iter().map(|v| v.id).collect();
     let (a, b) = (ids[0], ids[1]);
     // Let the task take its first look while both keys serve.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    looked_again(&app).await;
 
     app.sim.set_key_state(KEY_A, KeyState::Invalid);
     until_status(&app, a, "invalid").await;
@@ -102,9 +102,13 @@ async fn a_key_turning_invalid_is_told_once_per_interval_and_an_empty_pool_too()
     // Back (a probe says it is good), and invalid again within min_interval: not sent again.
     app.gateway.scheduler().probe_result(a, Probed::Healthy);
     until_status(&app, a, "active").await;
-    // Long enough for the task to see it active.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The task has seen it active (so the next turn is a transition it reports
+    // to the limiter, and a broken limiter would send it)...
+    looked_again(&app).await;
     until_status(&app, a, "invalid").await;
+    // ... and has seen it invalid again; a webhook POST it started would
+    // reach the loopback receiver well within the pause.
+    looked_again(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(got_now(&got).len(), 2, "the second transition is held back: {:?}", got_now(&got));
 
@@ -125,6 +129,14 @@ async fn a_key_turning_invalid_is_told_once_per_interval_and_an_empty_pool_too()
     let everything = serde_json::to_string(&all).unwrap();
     assert!(!everything.contains(KEY_A) && !everything.contains(KEY_B), "never the key itself");
     app.gateway.shutdown().await.unwrap();
+}
+
+/// Waits until the alerts task has finished a look that began after now.
+async fn looked_again(app: &TestApp) {
+    let mut looks = app.gateway.alert_looks();
+    let start = *looks.borrow_and_update();
+    let seen = tokio::time::timeout(Duration::from_secs(10), looks.wait_for(|n| *n >= start + 2)).await;
+    assert!(matches!(seen, Ok(Ok(_))), "the alerts task stopped looking");
 }
 
 fn got_now(got: &Got) -> Vec<(String, Value)> {

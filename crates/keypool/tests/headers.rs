@@ -149,7 +149,9 @@ async fn plain_and_streamed_answers_say_what_the_request_did() {
     // Each key's TPM is learned from the upstream's headers: 1M a key.
     assert_eq!(h(&headers, "x-ratelimit-limit-tokens"), "2000000");
     let reset = keypool::upstream::parse_go_duration(h(&headers, "x-ratelimit-reset-requests")).unwrap();
-    assert!(reset > Duration::from_secs(59) && reset <= Duration::from_secs(60), "{reset:?}");
+    // The request just sent leaves the rolling minute last: about 60 s (a
+    // slow machine may take a few seconds between its admission and here).
+    assert!(reset > Duration::from_secs(50) && reset <= Duration::from_secs(60), "{reset:?}");
     check_against_record(&app, &headers).await;
 
     // A stream: the same at its head, before its body.

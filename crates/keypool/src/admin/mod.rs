@@ -47,6 +47,7 @@ use crate::config::Config;
 use crate::scheduler::Scheduler;
 use crate::store::{AuditEntry, Store};
 use crate::upstream::Breaker;
+pub use auth::check as check_token;
 pub use token::LiveToken;
 
 /// Asks the sync task (app.rs) to reload keys and tokens now, and tells

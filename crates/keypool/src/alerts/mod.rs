@@ -19,15 +19,26 @@ pub use deliver::{body, text};
 pub use limit::Limiter;
 pub use watch::{Alert, Watch};
 
+/// How many looks at the key views the alerts task has finished (its alerts
+/// handed to their webhooks); stays 0 when no webhook is configured. For
+/// tests and diagnostics: a state seen by a look finished after the change.
+pub type Looks = tokio::sync::watch::Receiver<u64>;
+
 /// Starts the alerts task when a webhook is configured; it ends at `stop`.
-pub fn spawn(scheduler: Arc<Scheduler>, config: &AlertsConfig, stop: CancellationToken) {
-    if config.webhooks.is_empty() {
-        return;
+pub fn spawn(scheduler: Arc<Scheduler>, config: &AlertsConfig, stop: CancellationToken) -> Looks {
+    let (looked, looks) = tokio::sync::watch::channel(0);
+    if !config.webhooks.is_empty() {
+        tokio::spawn(run(scheduler, config.clone(), stop, looked));
     }
-    tokio::spawn(run(scheduler, config.clone(), stop));
+    looks
 }
 
-async fn run(scheduler: Arc<Scheduler>, config: AlertsConfig, stop: CancellationToken) {
+async fn run(
+    scheduler: Arc<Scheduler>,
+    config: AlertsConfig,
+    stop: CancellationToken,
+    looked: tokio::sync::watch::Sender<u64>,
+) {
     let client = match reqwest::Client::builder().timeout(config.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -60,5 +71,6 @@ async fn run(scheduler: Arc<Scheduler>, config: AlertsConfig, stop: Cancellation
                 tokio::spawn(send.run());
             }
         }
+        looked.send_modify(|n| *n += 1);
     }
 }

@@ -110,26 +110,27 @@ pub fn router(scrape: Scrape, token: Option<Arc<LiveToken>>) -> axum::Router {
         "/metrics",
         axum::routing::get(move |headers: HeaderMap| {
             let (scrape, token) = (scrape.clone(), token.clone());
-            async move { answer(&scrape, token.as_deref(), &headers) }
+            async move {
+                if let Some(token) = token.as_deref() {
+                    if let Err(e) = crate::admin::check_token(token, &headers) {
+                        return e.into_response();
+                    }
+                }
+                // Rendering 10,000 keys takes ~10 ms (docs/benchmarks.md):
+                // off the worker's thread, so the connections it serves
+                // (streams too) do not wait for a scrape.
+                match tokio::task::spawn_blocking(move || answer(&scrape)).await {
+                    Ok(response) => response,
+                    Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the metrics render failed\n").into_response(),
+                }
+            }
         }),
     )
 }
 
-/// Answers a `/metrics` request (see [`router`]); 404 when metrics are off
-/// in this process (no exporter installed).
-pub fn answer(scrape: &Scrape, token: Option<&LiveToken>, headers: &HeaderMap) -> Response {
-    if let Some(token) = token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
-        match presented {
-            None | Some("") => return crate::admin::AdminError::MissingToken.into_response(),
-            Some(t) if !token.matches(t) => return crate::admin::AdminError::InvalidToken.into_response(),
-            Some(_) => {}
-        }
-    }
+/// The `/metrics` answer once the caller may read it (see [`router`]); 404
+/// when metrics are off in this process (no exporter installed).
+pub fn answer(scrape: &Scrape) -> Response {
     match render(scrape) {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are off in this process\n").into_response(),

@@ -211,7 +211,11 @@ pub fn log_refusal(error: &ApiError, client: Option<IpAddr>) {
 /// The credentials of a `Bearer` Authorization value. The scheme is
 /// case-insensitive and may be followed by any run of spaces or tabs (RFC 9110
 /// §11.1, §11.4).
-fn bearer_token(value: &str) -> Option<&str> {
+/// The token of an `Authorization: Bearer <token>` value: the scheme is
+/// matched case-insensitively and spaces or tabs around it are dropped, as
+/// RFC 9110 §11.1 allows; `None` for another scheme or an empty token. The
+/// one parser for gateway, admin and `/metrics` tokens.
+pub fn bearer_token(value: &str) -> Option<&str> {
     let value = value.trim_matches([' ', '\t']);
     let (scheme, rest) = value.split_once([' ', '\t'])?;
     let token = rest.trim_matches([' ', '\t']);
