@@ -49,8 +49,20 @@ pub(super) fn start(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracer
     if TRACER.set(tracer).is_err() {
         anyhow::bail!("telemetry: traces were already started in this process");
     }
-    tracing::info!(endpoint = %crate::config::mask_url_password(&url), "exporting request traces over OTLP/HTTP");
+    tracing::info!(endpoint = %shown(&url), "exporting request traces over OTLP/HTTP");
     Ok(Some(provider))
+}
+
+/// The endpoint as logged: scheme, host, port and path, without a user,
+/// password, query or fragment (any of which may carry a collector's token).
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}{}", u.scheme(), u.host_str().unwrap_or_default(), u.path())
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 pub(super) async fn shutdown(provider: SdkTracerProvider) {
@@ -140,5 +152,18 @@ impl HttpClient for RuntimeClient {
             Ok::<_, HttpError>(response.body(body)?)
         });
         sent.await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn the_logged_endpoint_keeps_no_secret() {
+        let url = "https://user:pw@otel.example.com:4318/v1/traces?api-key=s3cret#x";
+        assert_eq!(shown(url), "https://otel.example.com:4318/v1/traces");
+        assert_eq!(shown("http://127.0.0.1:4318/v1/traces"), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(shown("not a url"), "(not a URL)");
     }
 }
