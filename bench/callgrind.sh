@@ -6,6 +6,8 @@
 # Usage: [KEYS=10] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
 # (default binary: this tree's release build). Prints instructions/request and
 # leaves the profile in $OUT (default /tmp/keypool.cg) for callgrind_annotate.
+# RUST_LOG (default warn) and KEYPOOL_* settings pass through, e.g. the
+# telemetry off: KEYPOOL_METRICS=false; on: RUST_LOG=info.
 # Needs valgrind (Debian: apt-get install valgrind). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +49,7 @@ for i in $(seq "${KEYS:-10}"); do echo "sk-bench-key-$i-0123456789abcdef"; done 
 token=$("$BIN" tokens create bench 2>/dev/null)
 p=$(port)
 rm -f "$OUT" "$OUT".*
-KEYPOOL_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
+KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
   "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>"$work/vg.log" & vg=$!; pids+=($vg)
 wait_up "http://127.0.0.1:$p/healthz"
 load "$p" "$token" 200
