@@ -24,10 +24,8 @@ pub async fn require_token(State(state): State<Arc<AdminState>>, req: Request, n
 /// [`AdminError::MissingToken`] without a bearer token,
 /// [`AdminError::InvalidToken`] with another one.
 pub fn check(token: &LiveToken, headers: &HeaderMap) -> Result<(), AdminError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::server::bearer_token);
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::server::bearer_token);
     match presented {
         None => Err(AdminError::MissingToken),
         Some(t) if !token.matches(t) => Err(AdminError::InvalidToken),

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod check;
+mod headers;
 mod listen;
 mod load;
 mod logging;
@@ -10,7 +11,6 @@ mod mask;
 mod metrics;
 pub mod models;
 mod secret;
-mod headers;
 mod server;
 
 use std::collections::BTreeMap;
@@ -22,13 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::scheduler::Strategy;
 
+pub use alerts::{AlertEvent, AlertsConfig, WebhookConfig, WebhookFormat, WebhookUrl};
 pub use check::{KeyFacts, Warning};
+pub use headers::HeadersConfig;
 pub use listen::parse_listen;
 pub use logging::{Cidr, LogFormat, TelemetryConfig};
 pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
-pub use alerts::{AlertEvent, AlertsConfig, WebhookConfig, WebhookFormat, WebhookUrl};
-pub use headers::HeadersConfig;
 pub use secret::{generate_admin_token, AdminToken, ADMIN_TOKEN_MIN_LEN, ADMIN_TOKEN_PREFIX};
 pub use server::ServerConfig;
 

@@ -25,7 +25,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 
-pub use auth::{bearer_token, generate_token, hash_token, limit_refusal_log, log_refusal, TokenId, TokenSet, TOKEN_PREFIX};
+pub use auth::{
+    bearer_token, generate_token, hash_token, limit_refusal_log, log_refusal, TokenId, TokenSet, TOKEN_PREFIX,
+};
 pub use context::{RequestContext, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
 pub use error::{ApiError, Fault};
 pub use pace::CallerPace;
