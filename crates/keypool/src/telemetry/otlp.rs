@@ -53,6 +53,30 @@ pub(super) fn start(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracer
     Ok(Some(provider))
 }
 
+/// The path as a span name takes it, a route template of bounded
+/// cardinality (OpenTelemetry's HTTP conventions name a server span
+/// `{method} {http.route}`): a segment that is not a plain resource word
+/// (lowercase letters and `_`, at most 24) is an object's id or a model's
+/// name and becomes `{id}`, so `/v1/files/file-abc123/content` is
+/// `/v1/files/{id}/content`; past 6 segments the rest is `/…`. The raw path
+/// stays in the `url.path` attribute.
+fn route(path: &str) -> String {
+    let mut out = String::with_capacity(path.len().min(64));
+    for (i, segment) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        if i == 6 {
+            out.push_str("/…");
+            break;
+        }
+        out.push('/');
+        let word = segment.len() <= 24 && segment.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        out.push_str(if word || i == 0 && segment == "v1" { segment } else { "{id}" });
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 /// The endpoint as logged: scheme, host, port and path, without a user,
 /// password, query or fragment (any of which may carry a collector's token).
 fn shown(url: &str) -> String {
@@ -80,10 +104,12 @@ pub(super) fn request_span(r: &RequestRecord) {
     let Some(tracer) = TRACER.get() else { return };
     let end = SystemTime::now();
     let start = end.checked_sub(Duration::from_micros(r.duration_us)).unwrap_or(end);
+    let route = route(&r.path);
     let mut attributes = vec![
         KeyValue::new("keypool.request_id", r.request_id.clone()),
         KeyValue::new("http.request.method", r.method.clone()),
         KeyValue::new("url.path", r.path.clone()),
+        KeyValue::new("http.route", route.clone()),
         KeyValue::new("http.response.status_code", i64::from(r.status)),
         KeyValue::new("keypool.attempts", r.attempts.len() as i64),
         KeyValue::new("keypool.stream", r.stream),
@@ -104,7 +130,7 @@ pub(super) fn request_span(r: &RequestRecord) {
     add("error.type", r.error_type.as_ref().map(|e| e.to_string().into()));
     add("gen_ai.response.id", r.upstream_request_id.clone().map(Into::into));
     let mut span = tracer
-        .span_builder(format!("{} {}", r.method, r.path))
+        .span_builder(format!("{} {route}", r.method))
         .with_kind(SpanKind::Server)
         .with_start_time(start)
         .with_attributes(attributes)
@@ -158,6 +184,18 @@ impl HttpClient for RuntimeClient {
 #[cfg(test)]
 mod tests {
     use super::shown;
+
+    #[test]
+    fn span_names_are_route_templates() {
+        use super::route;
+        assert_eq!(route("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(route("/v1/files/file-abc123/content"), "/v1/files/{id}/content");
+        assert_eq!(route("/v1/models/gpt-4o"), "/v1/models/{id}");
+        assert_eq!(route("/v1/vector_stores/vs_9x/files"), "/v1/vector_stores/{id}/files");
+        assert_eq!(route("/v1/a/b/c/d/e/f/g"), "/v1/a/b/c/d/e/…");
+        assert_eq!(route("/v1/Files"), "/v1/{id}");
+        assert_eq!(route(""), "/");
+    }
 
     #[test]
     fn the_logged_endpoint_keeps_no_secret() {
