@@ -90,15 +90,16 @@ impl Scheduler {
         for s in inner.keys.values_mut() {
             in_flight = in_flight.saturating_add(s.inflight);
             s.window.prune(now);
-            if !s.usable(now) || s.budget_micros.is_some_and(|b| s.spent_micros >= b) {
+            // The same keys and figures as the `x-ratelimit-*` headers' view
+            // (pool.rs), so the dashboard and the headers agree.
+            if !s.counts_in_pool(now) {
                 continue;
             }
-            let rpm = s.rpm.limit();
-            let tpm = s.tpm.limit();
-            cap.requests_limit = add(cap.requests_limit, rpm);
-            cap.requests_remaining = add(cap.requests_remaining, rpm.map(|l| l.saturating_sub(s.used_requests(now))));
-            cap.tokens_limit = add(cap.tokens_limit, tpm);
-            cap.tokens_remaining = add(cap.tokens_remaining, tpm.map(|l| l.saturating_sub(s.used_tokens(now))));
+            let share = s.share(now);
+            cap.requests_limit = add(cap.requests_limit, share.requests.map(|p| p.limit));
+            cap.requests_remaining = add(cap.requests_remaining, share.requests.map(|p| p.remaining));
+            cap.tokens_limit = add(cap.tokens_limit, share.tokens.map(|p| p.limit));
+            cap.tokens_remaining = add(cap.tokens_remaining, share.tokens.map(|p| p.remaining));
         }
         let known = cap.requests_limit.is_some() || cap.tokens_limit.is_some();
         PoolFigures { in_flight, queue_depth, capacity: known.then_some(cap) }

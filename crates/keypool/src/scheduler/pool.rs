@@ -31,10 +31,10 @@ pub struct PoolLimit {
 
 /// One key's share of the pool view.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct KeyShare {
+pub(super) struct KeyShare {
     id: i64,
-    requests: Option<PoolLimit>,
-    tokens: Option<PoolLimit>,
+    pub(super) requests: Option<PoolLimit>,
+    pub(super) tokens: Option<PoolLimit>,
 }
 
 /// The pool's limits at one instant.
@@ -99,8 +99,14 @@ pub(super) struct PoolCache {
 }
 
 impl Slot {
+    /// Whether this key counts in the pool's sums (the headers' view and the
+    /// overview's capacity alike): it can serve now or after a wait.
+    pub(super) fn counts_in_pool(&self, now: Instant) -> bool {
+        matches!(self.status(now), "active" | "cooling")
+    }
+
     /// This key's requests and tokens left (window pruned by the caller).
-    fn share(&self, now: Instant) -> KeyShare {
+    pub(super) fn share(&self, now: Instant) -> KeyShare {
         let last_sent = self.window.last_expiry().map(|t| t.saturating_duration_since(now));
         let cooling = self.cooling_until.map(|t| t.saturating_duration_since(now));
         let requests = self.rpm.limit().map(|limit| {
@@ -151,7 +157,7 @@ impl Scheduler {
         let mut inner = self.lock();
         let mut out = PoolRates { shares: Vec::with_capacity(inner.keys.len()), ..PoolRates::default() };
         for slot in inner.keys.values_mut() {
-            if !matches!(slot.status(now), "active" | "cooling") {
+            if !slot.counts_in_pool(now) {
                 continue;
             }
             slot.window.prune(now);
@@ -172,6 +178,26 @@ mod tests {
     use super::*;
     use crate::scheduler::tests::record;
     use crate::scheduler::{Demand, Outcome, SchedulerConfig, Verdict};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overviews_capacity_is_the_headers_view() {
+        let s = Scheduler::new(SchedulerConfig::default());
+        s.sync_keys(&[record(1, Some(10), Some(1000), 0), record(2, Some(20), None, 0), record(3, Some(5), None, 0)]);
+        let demand = Demand { tokens: 100, ..Demand::default() };
+        for _ in 0..4 {
+            let mut lease = s.try_lease(demand).unwrap();
+            lease.mark_sent();
+            lease.finish(Outcome { success: true, ..Outcome::default() });
+        }
+        s.judge(3, Verdict::Invalid);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let view = s.pool_rates();
+        let cap = s.pool_figures().capacity.unwrap();
+        let (r, t) = (view.requests.unwrap(), view.tokens.unwrap());
+        assert_eq!((cap.requests_limit, cap.requests_remaining), (Some(r.limit), Some(r.remaining)));
+        assert_eq!((cap.tokens_limit, cap.tokens_remaining), (Some(t.limit), Some(t.remaining)));
+        assert_eq!(cap.requests_limit, Some(30), "the invalid key is in neither");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_view_sums_the_keys_that_can_serve_as_the_snapshot_reports_them() {
