@@ -28,17 +28,7 @@ async fn chat(served: &Served, stream: bool) -> (u16, String) {
     if stream {
         body["stream"] = Value::Bool(true);
     }
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/completions", served.base))
-        .bearer_auth(&served.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let id = resp.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
-    let status = resp.status().as_u16();
-    resp.bytes().await.unwrap();
-    (status, id)
+    served.chat(&body).await
 }
 
 fn assert_no_secret(served: &Served) {

@@ -80,16 +80,7 @@ async fn a_collector_gets_one_span_per_request_named_by_its_request_id() {
         "messages": [{"role": "user", "content": "two"}]}),
         serde_json::json!({"model": 5}),
     ] {
-        let resp = http
-            .post(format!("{}/chat/completions", served.base))
-            .bearer_auth(&served.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let id = resp.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
-        let status = resp.status().as_u16();
-        resp.bytes().await.unwrap();
+        let (status, id) = served.chat(&body).await;
         sent.push((id, status));
     }
     // A refused token starts no request: no span.

@@ -179,17 +179,24 @@ mod tests {
     use crate::scheduler::tests::record;
     use crate::scheduler::{Demand, Outcome, SchedulerConfig, Verdict};
 
-    #[tokio::test(start_paused = true)]
-    async fn the_overviews_capacity_is_the_headers_view() {
+    /// Keys 1 (10 RPM, 1,000 TPM), 2 (20 RPM) and 3 (5 RPM); `requests`
+    /// sent and finished, then key 3 judged invalid.
+    fn three_keys_one_invalid(requests: usize) -> Arc<Scheduler> {
         let s = Scheduler::new(SchedulerConfig::default());
         s.sync_keys(&[record(1, Some(10), Some(1000), 0), record(2, Some(20), None, 0), record(3, Some(5), None, 0)]);
         let demand = Demand { tokens: 100, ..Demand::default() };
-        for _ in 0..4 {
+        for _ in 0..requests {
             let mut lease = s.try_lease(demand).unwrap();
             lease.mark_sent();
             lease.finish(Outcome { success: true, ..Outcome::default() });
         }
         s.judge(3, Verdict::Invalid);
+        s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overviews_capacity_is_the_headers_view() {
+        let s = three_keys_one_invalid(4);
         tokio::time::advance(Duration::from_secs(5)).await;
         let view = s.pool_rates();
         let cap = s.pool_figures().capacity.unwrap();
@@ -201,15 +208,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_view_sums_the_keys_that_can_serve_as_the_snapshot_reports_them() {
-        let s = Scheduler::new(SchedulerConfig::default());
-        s.sync_keys(&[record(1, Some(10), Some(1000), 0), record(2, Some(20), None, 0), record(3, Some(5), None, 0)]);
-        let demand = Demand { tokens: 100, ..Demand::default() };
-        for _ in 0..3 {
-            let mut lease = s.try_lease(demand).unwrap();
-            lease.mark_sent();
-            lease.finish(Outcome { success: true, ..Outcome::default() });
-        }
-        s.judge(3, Verdict::Invalid);
+        let s = three_keys_one_invalid(3);
         tokio::time::advance(Duration::from_secs(10)).await;
         let view = s.pool_rates();
         let snap = s.snapshot();
@@ -225,7 +224,7 @@ mod tests {
         let r2 = view.without(&[2]).requests.unwrap();
         assert_eq!((r2.limit, r2.remaining), (10, remaining - snap[1].remaining_requests.unwrap()));
         // Served from the cache within REFRESH, computed again after it.
-        let lease = s.try_lease(demand).unwrap();
+        let lease = s.try_lease(Demand { tokens: 100, ..Demand::default() }).unwrap();
         assert!(Arc::ptr_eq(&view, &s.pool_rates()));
         tokio::time::advance(REFRESH).await;
         assert_eq!(s.pool_rates().requests.unwrap().remaining, 27, "the request in flight counts");

@@ -73,6 +73,22 @@ impl Served {
     }
 
     /// Every line written so far.
+    /// POSTs `body` to `/v1/chat/completions` with the gateway token and
+    /// reads the whole answer; returns its status and `x-keypool-request-id`.
+    pub async fn chat(&self, body: &serde_json::Value) -> (u16, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/chat/completions", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["x-keypool-request-id"].to_str().unwrap().to_owned();
+        let status = resp.status().as_u16();
+        resp.bytes().await.unwrap();
+        (status, id)
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
