@@ -21,6 +21,10 @@ pub struct SimConfig {
     pub keys: Vec<SimKey>,
     /// Treat unknown keys as valid and unlimited, so load benchmarks need no key list.
     pub accept_any_key: bool,
+    /// The models this upstream serves; others are answered 404
+    /// `model_not_found` (as OpenAI does for a model a project cannot use).
+    /// Empty: every model is served and `/models` lists a fixed set.
+    pub models: Vec<String>,
     /// Delay before the answer's headers (models upstream think time).
     pub latency: Duration,
     /// Number of content chunks in a stream; 0 means 5.
@@ -60,6 +64,7 @@ impl Default for SimConfig {
             path_prefix: String::new(),
             keys: Vec::new(),
             accept_any_key: false,
+            models: Vec::new(),
             latency: Duration::ZERO,
             stream_chunks: 0,
             chunk_interval: Duration::ZERO,

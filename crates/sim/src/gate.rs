@@ -95,6 +95,18 @@ impl Shared {
         let Some(key) = k else {
             return Err(errors::invalid_key(None));
         };
+        // "" and "echo": routes that name no model.
+        if !(model.is_empty() || model == "echo" || self.models.is_empty() || self.models.iter().any(|m| m == model)) {
+            self.bump(k, |s| s.model_not_found += 1);
+            let msg = format!("The model `{model}` does not exist or you do not have access to it.");
+            return Err(errors::error_response(
+                axum::http::StatusCode::NOT_FOUND,
+                &msg,
+                "invalid_request_error",
+                None,
+                Some("model_not_found"),
+            ));
+        }
         let verdict = {
             let mut keys = lock(&self.keys);
             match keys.get_mut(key) {

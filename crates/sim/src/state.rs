@@ -29,6 +29,8 @@ pub struct Shared {
     /// Normalised prefix: starts with `/`, no trailing `/`; empty means "at the root".
     pub prefix: String,
     pub accept_any_key: bool,
+    /// The models served (empty: all).
+    pub models: Vec<String>,
     pub stream_chunks: usize,
     pub chunk_interval: Duration,
     pub send_rate_limit_headers: bool,
@@ -67,6 +69,7 @@ impl Shared {
         Shared {
             prefix: normalize_prefix(&cfg.path_prefix),
             accept_any_key: cfg.accept_any_key,
+            models: cfg.models.clone(),
             stream_chunks: if cfg.stream_chunks == 0 { 5 } else { cfg.stream_chunks },
             chunk_interval: cfg.chunk_interval,
             send_rate_limit_headers: cfg.send_rate_limit_headers,

@@ -24,6 +24,9 @@ pub struct KeyStats {
     /// 401 sent.
     pub unauthorized: u64,
     pub insufficient_quota: u64,
+    /// 404 `model_not_found` sent (a model outside `SimConfig::models`).
+    #[serde(default)]
+    pub model_not_found: u64,
     /// Injected 500s (and injected mid-stream errors).
     pub server_errors: u64,
     pub resets: u64,

@@ -79,11 +79,15 @@ pub async fn models(
     ConnectInfo(conn): ConnectInfo<ConnKill>,
     headers: HeaderMap,
 ) -> Response {
-    let adm = match sh.gate(&headers, &conn, "gpt-4o-mini", 0).await {
+    let adm = match sh.gate(&headers, &conn, "", 0).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    let data: Vec<Value> = MODELS.iter().map(|m| model_json(m)).collect();
+    let data: Vec<Value> = if sh.models.is_empty() {
+        MODELS.iter().map(|m| model_json(m)).collect()
+    } else {
+        sh.models.iter().map(|m| model_json(m)).collect()
+    };
     sh.respond(&adm, axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
@@ -97,7 +101,7 @@ pub async fn model(
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    let resp = if MODELS.contains(&id.as_str()) {
+    let resp = if MODELS.contains(&id.as_str()) || sh.models.contains(&id) {
         axum::Json(model_json(&id)).into_response()
     } else {
         let msg = format!("The model '{id}' does not exist or you do not have access to it.");
