@@ -45,9 +45,8 @@ impl Config {
     /// about budgets and prices. `None` skips the checks that need the keys.
     pub fn warnings(&self, keys: Option<&[KeyFacts]>) -> Vec<Warning> {
         let mut out: Vec<Warning> = self.env_ignored.iter().map(|n| warn("environment", n.clone())).collect();
-        if let Some(w) = self.upstream_warning() {
-            out.push(w);
-        }
+        out.extend(self.upstream_warnings());
+        out.extend(self.alias_warnings().into_iter().map(|m| warn("model_aliases", m)));
         if self.auth == AuthMode::None && !self.listen.ip().is_loopback() {
             out.push(warn(
                 "auth",
@@ -91,21 +90,28 @@ impl Config {
     /// An upstream URL without a path (`http://host:port`): OpenAI-compatible
     /// APIs live under a version prefix, and keypool appends `chat/completions`
     /// and the like to this URL as it is.
-    fn upstream_warning(&self) -> Option<Warning> {
-        let url = reqwest::Url::parse(&self.upstream).ok()?;
-        if !url.path().trim_matches('/').is_empty() {
-            return None;
+    /// Base URLs without a version path (requests would miss `/v1`).
+    fn upstream_warnings(&self) -> Vec<Warning> {
+        let mut out = Vec::new();
+        for u in self.upstream_list() {
+            let Ok(url) = reqwest::Url::parse(&u.base_url) else { continue };
+            if !url.path().trim_matches('/').is_empty() {
+                continue;
+            }
+            let shown = super::mask_url_password(&u.base_url);
+            let setting =
+                if self.upstreams.is_empty() { "upstream".to_owned() } else { format!("upstreams.{}", u.name) };
+            out.push(warn(
+                &setting,
+                format!(
+                    "{shown} has no version path, so requests go to {}/chat/completions; OpenAI and most compatible \
+                     servers expect {}/v1 (set it if they answer 404)",
+                    shown.trim_end_matches('/'),
+                    shown.trim_end_matches('/')
+                ),
+            ));
         }
-        let shown = super::mask_url_password(&self.upstream);
-        Some(warn(
-            "upstream",
-            format!(
-                "{shown} has no version path, so requests go to {}/chat/completions; OpenAI and most compatible \
-                 servers expect {}/v1 (set it if they answer 404)",
-                shown.trim_end_matches('/'),
-                shown.trim_end_matches('/')
-            ),
-        ))
+        out
     }
 
     fn budget_warnings(&self, keys: &[KeyFacts]) -> Vec<Warning> {

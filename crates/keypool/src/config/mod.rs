@@ -12,6 +12,7 @@ mod metrics;
 pub mod models;
 mod secret;
 mod server;
+mod upstreams;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,9 @@ pub use mask::{mask_key, mask_url_password};
 pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 pub use secret::{generate_admin_token, AdminToken, ADMIN_TOKEN_MIN_LEN, ADMIN_TOKEN_PREFIX};
 pub use server::ServerConfig;
+pub use upstreams::{
+    AliasTarget, AliasTargets, HeaderSecret, UpstreamConfig, UpstreamKind, UpstreamLimits, LEGACY_UPSTREAM_NAME,
+};
 
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "keypool.toml";
@@ -131,6 +135,14 @@ pub struct Config {
     pub metrics: bool,
     /// keypool's own log format, trusted proxies, and trace export (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// The APIs keys belong to (`[[upstreams]]`), the default first; empty:
+    /// the single `upstream` setting above (see [`upstreams`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Model names that stand for other models, on named upstreams
+    /// (`[model_aliases]`); an alias wins over an upstream's own name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_aliases: BTreeMap<String, AliasTargets>,
 }
 
 /// The request log (`[records]`).
@@ -408,6 +420,8 @@ impl Default for Config {
             metrics_listen: None,
             metrics: true,
             telemetry: TelemetryConfig::default(),
+            upstreams: Vec::new(),
+            model_aliases: BTreeMap::new(),
         }
     }
 }
@@ -583,6 +597,7 @@ impl Config {
             return Err(ConfigError::Invalid { setting: "admin_token", reason });
         }
         self.telemetry.validate()?;
+        self.validate_upstreams()?;
         self.validate_models()
     }
 
@@ -592,6 +607,13 @@ impl Config {
         shown.database_url = mask_url_password(&shown.database_url);
         shown.upstream = mask_url_password(&shown.upstream);
         shown.proxy = shown.proxy.as_deref().map(mask_url_password);
+        for u in &mut shown.upstreams {
+            u.base_url = mask_url_password(&u.base_url);
+            u.proxy = u.proxy.as_deref().map(mask_url_password);
+            for value in u.headers.values_mut() {
+                *value = HeaderSecret("***".into());
+            }
+        }
         shown.telemetry.otlp_endpoint = shown.telemetry.otlp_endpoint.as_deref().map(mask_url_password);
         toml::to_string(&shown)
     }

@@ -311,9 +311,17 @@ impl Config {
     /// model): each field from the most specific `[models]` pattern that sets
     /// it, else the global `[timeouts]`.
     pub fn timeouts_for(&self, model: Option<&str>) -> TimeoutsConfig {
+        self.timeouts_via(None, model)
+    }
+
+    /// [`Config::timeouts_for`] on an upstream with its own `timeouts`: each
+    /// field from the model's pattern, else the upstream's, else the global
+    /// one (per-model over per-upstream over global).
+    pub fn timeouts_via(&self, upstream: Option<&TimeoutsOverride>, model: Option<&str>) -> TimeoutsConfig {
         let global = &self.timeouts;
-        let Some(model) = model else { return global.clone() };
         let field = |get: fn(&TimeoutsOverride) -> Option<Duration>, fallback: Duration| {
+            let fallback = upstream.and_then(get).unwrap_or(fallback);
+            let Some(model) = model else { return fallback };
             let mut best = Best::default();
             for (pattern, m) in &self.models {
                 if let Some(d) = get(&m.timeouts) {
@@ -333,14 +341,21 @@ impl Config {
     /// `retry.deadline` for a request for `model`, overridden per model by
     /// `[models."…"] timeouts.deadline` under the same rule.
     pub fn deadline_for(&self, model: Option<&str>) -> Duration {
-        let Some(model) = model else { return self.retry.deadline };
+        self.deadline_via(None, model)
+    }
+
+    /// [`Config::deadline_for`] with an upstream's own `timeouts.deadline`
+    /// between the model's and the global one.
+    pub fn deadline_via(&self, upstream: Option<&TimeoutsOverride>, model: Option<&str>) -> Duration {
+        let fallback = upstream.and_then(|t| t.deadline).unwrap_or(self.retry.deadline);
+        let Some(model) = model else { return fallback };
         let mut best = Best::default();
         for (pattern, m) in &self.models {
             if let Some(d) = m.timeouts.deadline {
                 best.offer(model, 0, pattern, d);
             }
         }
-        best.into_value().unwrap_or(self.retry.deadline)
+        best.into_value().unwrap_or(fallback)
     }
 }
 

@@ -1,0 +1,402 @@
+//! `[[upstreams]]` and `[model_aliases]`: the APIs keys belong to, which
+//! models each serves, and names that stand for other models.
+//!
+//! Without `[[upstreams]]`, the single `upstream` setting (with `proxy`,
+//! `ca_file` and `stream_usage`) is one upstream named `default` that serves
+//! every model, so a config written before upstreams existed works unchanged.
+//! The first upstream listed is the default one: keys added without
+//! `--upstream` belong to it, and requests naming no model go to it.
+//!
+//! Settings that an upstream may override follow one order everywhere:
+//! per-model (`[models]`) over per-upstream over global.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::models::{glob_match, TimeoutsOverride};
+use super::{Config, ConfigError};
+
+/// The name the single legacy `upstream` setting gets as an upstream.
+pub const LEGACY_UPSTREAM_NAME: &str = "default";
+
+/// Which wire protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// OpenAI itself (or a relay in front of it).
+    #[default]
+    Openai,
+    /// Any API on OpenAI's wire: DeepSeek, Moonshot, DashScope's compatible
+    /// mode, SiliconFlow, OpenRouter, vLLM, Ollama. Nothing is assumed
+    /// beyond the wire format.
+    OpenaiCompatible,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Openai => "openai",
+            UpstreamKind::OpenaiCompatible => "openai_compatible",
+        }
+    }
+}
+
+/// A header value sent upstream that may be a secret (a relay's token):
+/// never shown by `Debug`, masked by `config show`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct HeaderSecret(pub String);
+
+impl std::fmt::Debug for HeaderSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Limits for this upstream's keys that carry none of their own; each unset
+/// one falls back to the global `[limits]`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u32>,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Unique; letters, digits, `-`, `_` and `.` (it appears in URLs and on
+    /// the command line). Keys belong to one upstream by this name.
+    pub name: String,
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// For `openai_compatible`: which provider it is (`deepseek`,
+    /// `moonshot`, `dashscope`, `siliconflow`, `openrouter`, `vllm`,
+    /// `ollama`, …); shown beside the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Base URL including the version prefix; a relay's own path prefix works
+    /// (`https://relay.example.com/proxy/v1`).
+    pub base_url: String,
+    /// Exact model names and globs (`*`, `?`) this upstream serves.
+    #[serde(default = "every_model")]
+    pub models: Vec<String>,
+    /// Higher is tried first; default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Share among upstreams of equal priority (smooth weighted
+    /// round-robin); default 1, at least 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Outbound proxy (`http://`, `https://`, `socks5://`, `socks5h://`);
+    /// unset: the global `proxy`, else `HTTPS_PROXY`/`NO_PROXY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Extra headers sent with every request (a relay's token); values are
+    /// masked wherever the config is shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HeaderSecret>,
+    /// Whether it accepts `stream_options.include_usage`; unset: the global
+    /// `stream_usage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_usage: Option<bool>,
+    /// A PEM file of extra CAs to trust; unset: the global `ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Limits for its keys that carry none of their own, over `[limits]`.
+    #[serde(default)]
+    pub limits: UpstreamLimits,
+    /// Timeouts over the global `[timeouts]` (a model's own win over these).
+    #[serde(default)]
+    pub timeouts: TimeoutsOverride,
+}
+
+fn every_model() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl UpstreamConfig {
+    /// Whether one of its patterns matches `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|p| glob_match(p, model))
+    }
+}
+
+/// Where an alias sends a request: an upstream (any that serves `model`
+/// when unset) and the model name written into the body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AliasTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    pub model: String,
+}
+
+/// One target, or several tried in order (as LiteLLM's model groups).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum AliasTargets {
+    One(AliasTarget),
+    Many(Vec<AliasTarget>),
+}
+
+impl AliasTargets {
+    pub fn targets(&self) -> &[AliasTarget] {
+        match self {
+            AliasTargets::One(t) => std::slice::from_ref(t),
+            AliasTargets::Many(ts) => ts,
+        }
+    }
+}
+
+fn invalid(reason: String) -> ConfigError {
+    ConfigError::Invalid { setting: "upstreams", reason }
+}
+
+impl Config {
+    /// The upstreams in force, the default first: `[[upstreams]]`, or the
+    /// legacy single `upstream` as one named [`LEGACY_UPSTREAM_NAME`].
+    pub fn upstream_list(&self) -> Vec<UpstreamConfig> {
+        if !self.upstreams.is_empty() {
+            return self.upstreams.clone();
+        }
+        vec![UpstreamConfig {
+            name: LEGACY_UPSTREAM_NAME.into(),
+            kind: UpstreamKind::Openai,
+            provider: None,
+            base_url: self.upstream.clone(),
+            models: every_model(),
+            priority: 0,
+            weight: 1,
+            proxy: None,
+            headers: BTreeMap::new(),
+            stream_usage: None,
+            ca_file: None,
+            limits: UpstreamLimits::default(),
+            timeouts: TimeoutsOverride::default(),
+        }]
+    }
+
+    /// The default upstream's name (the first listed).
+    pub fn default_upstream(&self) -> String {
+        self.upstreams.first().map_or_else(|| LEGACY_UPSTREAM_NAME.to_owned(), |u| u.name.clone())
+    }
+
+    /// Checks `[[upstreams]]` and `[model_aliases]`, naming the entry at fault.
+    pub(super) fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        if !self.upstreams.is_empty() && self.upstream != Config::default().upstream {
+            return Err(invalid(
+                "set either the single `upstream` or `[[upstreams]]`, not both (move its URL into an \
+                 [[upstreams]] entry's base_url)"
+                    .into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for u in &self.upstreams {
+            let name = &u.name;
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(invalid(format!("name {name:?} must be letters, digits, `-`, `_` or `.`, and not empty")));
+            }
+            if !names.insert(name.as_str()) {
+                return Err(invalid(format!("the name {name:?} is used twice")));
+            }
+            check_base_url(&u.base_url).map_err(|why| invalid(format!("{name}: base_url {why}")))?;
+            if let Some(proxy) = &u.proxy {
+                reqwest::Proxy::all(proxy).map_err(|e| invalid(format!("{name}: proxy: {e}")))?;
+            }
+            if u.weight == 0 {
+                return Err(invalid(format!("{name}: weight must be at least 1")));
+            }
+            if u.models.is_empty() || u.models.iter().any(String::is_empty) {
+                return Err(invalid(format!("{name}: models must list at least one non-empty name or glob")));
+            }
+            for (header, value) in &u.headers {
+                let ok_name = http::HeaderName::try_from(header.as_str()).is_ok();
+                let ok_value = http::HeaderValue::try_from(value.0.as_str()).is_ok();
+                if !ok_name || !ok_value {
+                    return Err(invalid(format!("{name}: header {header:?} is not a valid HTTP header")));
+                }
+                if header.eq_ignore_ascii_case("authorization") || header.eq_ignore_ascii_case("host") {
+                    return Err(invalid(format!("{name}: header {header:?} is set by keypool itself")));
+                }
+            }
+            if let Some((setting, _)) = u.timeouts.set_values().find(|(_, d)| d.is_zero()) {
+                return Err(invalid(format!("{name}: timeouts.{setting} must be > 0")));
+            }
+            let l = &u.limits;
+            if [l.rpm, l.tpm, l.rpd, l.max_inflight].contains(&Some(0)) {
+                return Err(invalid(format!("{name}: limits must be > 0 when set")));
+            }
+        }
+        let listed = self.upstream_list();
+        for (alias, targets) in &self.model_aliases {
+            let setting = "model_aliases";
+            if alias.is_empty() {
+                return Err(ConfigError::Invalid { setting, reason: "an alias must not be empty".into() });
+            }
+            if targets.targets().is_empty() {
+                return Err(ConfigError::Invalid { setting, reason: format!("{alias:?} has no target") });
+            }
+            for t in targets.targets() {
+                if t.model.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        setting,
+                        reason: format!("{alias:?}: a target's model is empty"),
+                    });
+                }
+                if let Some(up) = &t.upstream {
+                    let Some(u) = listed.iter().find(|u| &u.name == up) else {
+                        return Err(ConfigError::Invalid {
+                            setting,
+                            reason: format!("{alias:?} names the upstream {up:?}, which is not configured"),
+                        });
+                    };
+                    if !u.serves(&t.model) {
+                        return Err(ConfigError::Invalid {
+                            setting,
+                            reason: format!("{alias:?}: the upstream {up:?} does not serve {:?} (its models)", t.model),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Aliases that hide a model an upstream names exactly: the alias wins.
+    pub(super) fn alias_warnings(&self) -> Vec<String> {
+        let listed = self.upstream_list();
+        self.model_aliases
+            .keys()
+            .filter_map(|alias| {
+                let hidden: Vec<&str> =
+                    listed.iter().filter(|u| u.models.iter().any(|m| m == alias)).map(|u| u.name.as_str()).collect();
+                (!hidden.is_empty()).then(|| {
+                    format!(
+                        "the alias {alias:?} is also a model of upstream {}: requests for it follow the alias",
+                        hidden.join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why `url` cannot be an upstream's base URL, if it cannot.
+pub(super) fn check_base_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{e} (expected e.g. https://api.openai.com/v1)"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if parsed.query().is_some() {
+        return Err("must not carry a query string".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(toml).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_legacy_setting_is_one_upstream_serving_every_model() {
+        let config = parse(r#"upstream = "https://relay.example.com/p/v1""#).unwrap();
+        let list = config.upstream_list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, "default");
+        assert_eq!(list[0].base_url, "https://relay.example.com/p/v1");
+        assert!(list[0].serves("anything"));
+        assert_eq!(config.default_upstream(), "default");
+    }
+
+    #[test]
+    fn upstreams_parse_with_defaults_and_the_first_is_the_default() {
+        let config = parse(
+            r#"
+            [[upstreams]]
+            name = "openai"
+            base_url = "https://api.openai.com/v1"
+            models = ["gpt-4o*"]
+            priority = 10
+            [[upstreams]]
+            name = "deepseek"
+            kind = "openai_compatible"
+            provider = "deepseek"
+            base_url = "https://api.deepseek.com/v1"
+            headers = { "X-Relay-Token" = "secret-value" }
+            [model_aliases]
+            "gpt-4o-cheap" = { upstream = "deepseek", model = "deepseek-chat" }
+            "smart" = [{ upstream = "openai", model = "gpt-4o" }, { model = "deepseek-chat" }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.default_upstream(), "openai");
+        let ds = &config.upstreams[1];
+        assert_eq!((ds.weight, ds.priority, ds.models.clone()), (1, 0, vec!["*".to_owned()]));
+        assert!(!format!("{config:?}").contains("secret-value"), "header values never print");
+        assert_eq!(config.model_aliases["smart"].targets().len(), 2);
+    }
+
+    #[test]
+    fn mistakes_are_refused_naming_the_entry() {
+        let cases = [
+            (
+                "upstream = \"https://x.example/v1\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"",
+                "not both",
+            ),
+            ("[[upstreams]]\nname = \"a b\"\nbase_url = \"https://a.example/v1\"", "letters"),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"https://b.example/v1\"",
+                "used twice",
+            ),
+            ("[[upstreams]]\nname = \"a\"\nbase_url = \"ftp://a.example/v1\"", "a: base_url"),
+            ("[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\nweight = 0", "weight"),
+            ("[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\nmodels = []", "models"),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\nheaders = { Authorization = \"x\" }",
+                "set by keypool",
+            ),
+            ("[model_aliases]\n\"x\" = { upstream = \"nope\", model = \"y\" }", "not configured"),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\nmodels = [\"gpt-*\"]\n[model_aliases]\n\"x\" = { upstream = \"a\", model = \"claude\" }",
+                "does not serve",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = parse(toml).expect_err(toml);
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_alias_hiding_a_model_warns() {
+        let config = parse(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\nmodels = [\"gpt-4o\", \"ds\"]\n\
+             [model_aliases]\n\"gpt-4o\" = { upstream = \"a\", model = \"ds\" }",
+        )
+        .unwrap();
+        let warnings = config.alias_warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("\"gpt-4o\""), "{warnings:?}");
+    }
+}
