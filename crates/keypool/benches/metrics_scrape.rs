@@ -50,7 +50,8 @@ fn scrape_10k_keys(c: &mut Criterion) {
             keypool::metrics::request_ended(&record);
         }
     }
-    let scrape = Scrape { scheduler: Arc::clone(&scheduler), recorder: Recorder::off() };
+    let pools = keypool::routing::Pools::single(&keypool::config::Config::default(), Arc::clone(&scheduler));
+    let scrape = Scrape { pools: Arc::new(pools), recorder: Recorder::off() };
     let text = keypool::metrics::render(&scrape).expect("installed");
     eprintln!("/metrics with {KEYS} keys: {} lines, {} bytes", text.lines().count(), text.len());
     c.bench_function("metrics/render/10000_keys", |b| b.iter(|| black_box(keypool::metrics::render(&scrape))));

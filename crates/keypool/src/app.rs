@@ -14,17 +14,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::records::{Recorder, WriterHandle};
-use crate::scheduler::{DefaultLimits, Scheduler, SchedulerConfig};
+use crate::routing::Pools;
 use crate::server::{router, worker_count, AppState, Edge, TokenSet};
 use crate::store::{SavedKeyState, Store, StoreError};
-use crate::upstream::{Breaker, Quirks, Upstream};
+use crate::upstream::Upstream;
 
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
     addr: SocketAddr,
     /// Where `/metrics` is served without auth (`metrics_listen`), once bound.
     metrics_addr: Option<SocketAddr>,
-    scheduler: Arc<Scheduler>,
+    pools: Arc<Pools>,
     stop: CancellationToken,
     /// Ended (`GraceEnd::end`) when the stop's grace has passed: open answers are ended.
     ending: crate::server::GraceEnd,
@@ -59,8 +59,9 @@ impl Running {
         format!("http://{}/v1", self.addr)
     }
 
-    pub fn scheduler(&self) -> &Arc<Scheduler> {
-        &self.scheduler
+    /// Every upstream's key pool (the live key state).
+    pub fn scheduler(&self) -> &Arc<Pools> {
+        &self.pools
     }
 
     /// Where requests' records go (its counts show what was written and dropped).
@@ -150,19 +151,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for warning in config.warnings(Some(&keys)) {
         tracing::warn!("{warning}");
     }
-    let scheduler = Scheduler::new(SchedulerConfig {
-        defaults: DefaultLimits {
-            rpm: config.limits.rpm,
-            tpm: config.limits.tpm,
-            rpd: config.limits.rpd,
-            max_inflight: config.limits.max_inflight,
-        },
-        strategy: config.pool.strategy,
-        max_wait: config.pool.max_wait,
-        max_queue: config.pool.max_queue,
-        probe_invalid: config.health.probe_invalid,
-        probe_exhausted: config.health.probe_exhausted,
-    });
+    let pools = Arc::new(Pools::from_config(config));
 
     let tokens = Arc::new(TokenSet::default());
     // With `records.enabled` off the writer still runs: it keeps the
@@ -171,23 +160,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let writer = Some(writer);
     let sync_store = store.clone();
     let resync = Arc::new(crate::admin::Resync::default());
-    let breaker = Arc::new(Breaker::new(config.health.upstream_failures));
     // The admin API is always on: with no `admin_token` setting, behind the
     // token stored in the database (generated now if there is none).
     let admin_token = crate::admin::token::at_start(config.admin_token.clone(), &store).await?;
     let admin = crate::admin::router(Arc::new(crate::admin::AdminState {
         store: store.clone(),
-        scheduler: Arc::clone(&scheduler),
+        pools: Arc::clone(&pools),
         token: Arc::clone(&admin_token.live),
         resync: Arc::clone(&resync),
         main: tokio::runtime::Handle::current(),
-        breaker: Arc::clone(&breaker),
         config: Arc::new(config.clone()),
     }));
     let mut sync = Sync {
         resync,
         store,
-        scheduler: Arc::clone(&scheduler),
+        pools: Arc::clone(&pools),
         tokens: Arc::clone(&tokens),
         revision: None,
         saved: HashMap::new(),
@@ -196,10 +183,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     sync.restore_key_states().await?;
     // Build the tokenizer off the request path when it will be needed (a
     // key learning a TPM limit later starts the build on first use).
-    if scheduler.counts_tokens() || !config.prices.is_empty() {
+    if pools.counts_tokens() || !config.prices.is_empty() {
         crate::tokens::start_building();
     }
-    let counts = scheduler.census();
+    let counts = pools.census();
     if counts.total() > 0 && counts.usable() == 0 {
         tracing::warn!("no key can serve yet: {}", counts.describe());
     } else if counts.total() == 0 {
@@ -209,8 +196,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config.sync_interval
         );
     }
-    let upstream = Upstream::from_config(config)?;
-    let quirks = Arc::new(Quirks::default());
+    // Every upstream's client is built once here, so a bad proxy or CA file stops the start.
+    let probe_clients: Vec<Upstream> =
+        config.upstream_list().iter().map(|u| Upstream::for_upstream(u, config)).collect::<Result<_, _>>()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {} (the `listen` setting)", config.listen))?;
@@ -218,17 +206,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     announce_admin_token(&admin_token, config, addr);
     let stop = CancellationToken::new();
     // /metrics: on the main listener behind the admin API's token.
-    let scrape = crate::metrics::Scrape { scheduler: Arc::clone(&scheduler), recorder: recorder.clone() };
+    let scrape = crate::metrics::Scrape { pools: Arc::clone(&pools), recorder: recorder.clone() };
     let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&admin_token.live)));
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let make_router = || -> anyhow::Result<axum::Router> {
+        let clients =
+            config.upstream_list().iter().map(|u| Upstream::for_upstream(u, config)).collect::<Result<_, _>>()?;
         let gateway = router(Arc::new(AppState {
-            scheduler: Arc::clone(&scheduler),
+            pools: Arc::clone(&pools),
             tokens: Arc::clone(&tokens),
-            upstream: Upstream::from_config(config)?,
-            breaker: Arc::clone(&breaker),
-            quirks: Arc::clone(&quirks),
+            clients,
             config: config.clone(),
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
@@ -258,24 +246,27 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         stop.clone(),
     ));
     tokio::spawn(crate::records::retention::run(sync_store.clone(), retention, stop.clone()));
-    tokio::spawn(crate::health::probe_keys(
-        Arc::clone(&scheduler),
-        upstream.clone(),
-        config.health.clone(),
-        stop.clone(),
-    ));
-    let alert_looks = crate::alerts::spawn(Arc::clone(&scheduler), &config.alerts, stop.clone());
-    tokio::spawn(crate::health::probe_upstream(
-        breaker,
-        Arc::clone(&scheduler),
-        upstream,
-        config.health.upstream_probe,
-        stop.clone(),
-    ));
+    // Each upstream's keys are probed, and the upstream itself, with its own client.
+    for (pool, client) in pools.all().iter().zip(probe_clients) {
+        tokio::spawn(crate::health::probe_keys(
+            Arc::clone(&pool.scheduler),
+            client.clone(),
+            config.health.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(crate::health::probe_upstream(
+            Arc::clone(&pool.breaker),
+            Arc::clone(&pool.scheduler),
+            client,
+            config.health.upstream_probe,
+            stop.clone(),
+        ));
+    }
+    let alert_looks = crate::alerts::spawn(Arc::clone(&pools), &config.alerts, stop.clone());
     Ok(Running {
         addr,
         metrics_addr,
-        scheduler,
+        pools,
         stop,
         ending,
         hurry: CancellationToken::new(),
@@ -342,7 +333,7 @@ fn announce_admin_token(token: &crate::admin::token::StartToken, config: &Config
 /// records, in the same transaction.)
 struct Sync {
     store: Store,
-    scheduler: Arc<Scheduler>,
+    pools: Arc<Pools>,
     tokens: Arc<TokenSet>,
     revision: Option<i64>,
     /// Key state as last written, so only changes are written again.
@@ -372,7 +363,7 @@ impl Sync {
     /// Takes back what an earlier run learned about the keys (before serving).
     async fn restore_key_states(&mut self) -> Result<(), StoreError> {
         let states = self.store.load_key_states().await?;
-        let held_back = self.scheduler.restore_state(&states);
+        let held_back = self.pools.restore_state(&states);
         if held_back > 0 {
             tracing::info!(keys = held_back, "keys invalid, exhausted or cooling before the restart stay so");
         }
@@ -384,7 +375,7 @@ impl Sync {
     /// learned limits, last minute's use), off the request path.
     async fn save_key_states(&mut self) {
         let changed: Vec<SavedKeyState> =
-            self.scheduler.export_state().into_iter().filter(|s| self.saved.get(&s.key_id) != Some(s)).collect();
+            self.pools.export_state().into_iter().filter(|s| self.saved.get(&s.key_id) != Some(s)).collect();
         match self.store.save_key_states(&changed).await {
             Ok(()) => self.saved.extend(changed.into_iter().map(|s| (s.key_id, s))),
             Err(e) => tracing::warn!(error = %e, "could not save key state; will retry"),
@@ -399,7 +390,14 @@ impl Sync {
         }
         let keys = self.store.list_keys().await?;
         let tokens = self.store.list_tokens().await?;
-        self.scheduler.sync_keys(&keys);
+        for (id, upstream) in self.pools.sync_keys(&keys) {
+            tracing::warn!(
+                key_id = id,
+                upstream,
+                "the key belongs to an upstream that is not configured; it serves nowhere until that upstream \
+                 is configured again or the key is moved (`keypool keys edit ID --upstream NAME`)"
+            );
+        }
         self.tokens.replace(tokens.iter().filter(|t| t.revoked_at.is_none()).map(|t| (t.hash.as_str(), t.id)));
         tracing::info!(
             keys = keys.len(),

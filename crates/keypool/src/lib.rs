@@ -1,7 +1,8 @@
 //! keypool: an OpenAI-compatible gateway over a pool of upstream API keys.
 //!
 //! Data flows one way: [`server`] (listener, gateway-token auth, request
-//! inspection) → [`scheduler`] (choose a key and reserve its budget) →
+//! inspection) → [`routing`] (which upstreams serve the model, in which
+//! order) → [`scheduler`] (choose a key and reserve its budget) →
 //! [`upstream`] (send with the key) → the answer streams back through a usage
 //! tap that finishes the lease → usage totals reach the [`store`] in the
 //! background ([`app`]'s sync task).
@@ -17,6 +18,7 @@ pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod records;
+pub mod routing;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;

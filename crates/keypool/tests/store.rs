@@ -133,6 +133,7 @@ async fn every_field_of_a_key_survives_the_round_trip(db: Scratch) {
         expires_at: Some(1_900_000_000),
         organization: Some("org-1".into()),
         project: Some("proj_1".into()),
+        upstream: Some("relay".into()),
     };
     let AddOutcome::Added(id) = store.add_key(&new).await.unwrap() else { panic!() };
     let k = &store.list_keys().await.unwrap()[0];
@@ -145,8 +146,18 @@ async fn every_field_of_a_key_survives_the_round_trip(db: Scratch) {
     );
     assert_eq!((k.organization.as_deref(), k.project.as_deref()), (Some("org-1"), Some("proj_1")));
     assert!(k.enabled && k.created_at > 0 && k.last_used_at.is_none());
+    assert_eq!(k.upstream.as_deref(), Some("relay"));
     store.set_key_enabled(id, false).await.unwrap();
     assert!(!store.list_keys().await.unwrap()[0].enabled);
+    // Moved to another upstream, then back to the default (none named); a
+    // move is a change the running servers pick up.
+    let before = store.revision().await.unwrap();
+    let moved = keypool::store::KeyChange { upstream: Some(Some("direct".into())), ..Default::default() };
+    store.edit_key(id, &moved).await.unwrap();
+    assert_eq!(store.list_keys().await.unwrap()[0].upstream.as_deref(), Some("direct"));
+    assert!(store.revision().await.unwrap() > before);
+    store.edit_key(id, &keypool::store::KeyChange { upstream: Some(None), ..Default::default() }).await.unwrap();
+    assert_eq!(store.list_keys().await.unwrap()[0].upstream, None);
 }
 
 async fn usage_adds_up_across_flushes(db: Scratch) {

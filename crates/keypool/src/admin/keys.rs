@@ -75,6 +75,10 @@ pub struct KeyItem {
     pub expires_at: Option<i64>,
     pub organization: Option<String>,
     pub project: Option<String>,
+    /// The upstream the key belongs to (its name; the default one when it names none).
+    pub upstream: String,
+    /// Whether that upstream is configured: a key whose upstream is gone serves nowhere.
+    pub upstream_configured: bool,
     pub requests: u64,
     pub successes: u64,
     pub failures: u64,
@@ -138,12 +142,19 @@ macro_rules! with_settings {
             #[serde(default, deserialize_with = "present")]
             #[schema(value_type = Option<String>, pattern = "^[!-~]*$")]
             pub project: Option<Option<String>>,
+            /// The upstream the key belongs to (a configured name); `null`
+            /// or empty: the default upstream.
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<String>)]
+            pub upstream: Option<Option<String>>,
         }
 
         impl $name {
             /// The settings part, checked as the CLI checks them.
-            pub fn change(&self) -> Result<KeyChange, AdminError> {
+            pub fn change(&self, config: &crate::config::Config) -> Result<KeyChange, AdminError> {
                 Settings {
+                    upstream: &self.upstream,
+                    config,
                     label: &self.label,
                     rpm: self.rpm,
                     tpm: self.tpm,
@@ -196,6 +207,9 @@ struct Settings<'a> {
     expires: &'a Option<Option<String>>,
     organization: &'a Option<Option<String>>,
     project: &'a Option<Option<String>>,
+    upstream: &'a Option<Option<String>>,
+    /// Names the configured upstreams.
+    config: &'a crate::config::Config,
 }
 
 /// A field that is present (`null` included) is `Some`.
@@ -236,6 +250,17 @@ impl Settings<'_> {
         if matches!(self.label, Some(Some(l)) if l.contains('\0')) {
             return Err(AdminError::field("label", "must not contain a NUL character"));
         }
+        let upstream = self.upstream.as_ref().map(|u| u.clone().filter(|s| !s.is_empty()));
+        if let Some(Some(name)) = &upstream {
+            let listed = self.config.upstream_list();
+            if !listed.iter().any(|u| &u.name == name) {
+                let names: Vec<&str> = listed.iter().map(|u| u.name.as_str()).collect();
+                return Err(AdminError::field(
+                    "upstream",
+                    format!("{name:?} is not a configured upstream (configured: {})", names.join(", ")),
+                ));
+            }
+        }
         Ok(KeyChange {
             label: self.label.as_ref().map(|l| l.clone().filter(|s| !s.trim().is_empty())),
             rpm: limit("rpm", self.rpm)?,
@@ -247,6 +272,7 @@ impl Settings<'_> {
             expires_at: expires,
             organization: header("organization", self.organization)?,
             project: header("project", self.project)?,
+            upstream,
         })
     }
 }
@@ -265,6 +291,7 @@ fn new_key(secret: String, change: &KeyChange) -> NewKey {
         expires_at: change.expires_at.flatten(),
         organization: change.organization.clone().flatten(),
         project: change.project.clone().flatten(),
+        upstream: change.upstream.clone().flatten(),
     }
 }
 
@@ -287,6 +314,7 @@ fn changed_fields(change: &KeyChange) -> serde_json::Value {
     put("expires_at", change.expires_at.map(|v| serde_json::json!(v)));
     put("organization", change.organization.as_ref().map(|v| serde_json::json!(v)));
     put("project", change.project.as_ref().map(|v| serde_json::json!(v)));
+    put("upstream", change.upstream.as_ref().map(|v| serde_json::json!(v)));
     serde_json::Value::Object(out)
 }
 
@@ -296,10 +324,9 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
     let keys = state.store.list_keys().await?;
     let saved: HashMap<i64, SavedKeyState> =
         state.store.load_key_states().await?.into_iter().map(|s| (s.key_id, s)).collect();
-    let live: HashMap<i64, crate::scheduler::KeyView> =
-        state.scheduler.snapshot().into_iter().map(|v| (v.id, v)).collect();
+    let live: HashMap<i64, crate::scheduler::KeyView> = state.pools.snapshot().into_iter().map(|v| (v.id, v)).collect();
     let resets: HashMap<i64, crate::scheduler::WindowResets> =
-        state.scheduler.window_resets().into_iter().map(|r| (r.key_id, r)).collect();
+        state.pools.window_resets().into_iter().map(|r| (r.key_id, r)).collect();
     let now = now_unix_ms();
     Ok(keys
         .iter()
@@ -343,6 +370,8 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
                 expires_at: k.expires_at,
                 organization: k.organization.clone(),
                 project: k.project.clone(),
+                upstream: k.upstream.clone().unwrap_or_else(|| state.config.default_upstream()),
+                upstream_configured: k.upstream.as_deref().is_none_or(|u| state.pools.by_name(u).is_some()),
                 requests: view.map_or(k.requests, |v| v.requests.max(k.requests)),
                 successes: view.map_or(k.successes, |v| v.successes.max(k.successes)),
                 failures: view.map_or(k.failures, |v| v.failures.max(k.failures)),
@@ -384,7 +413,7 @@ pub async fn add(
     Body(body): Body<NewKeyBody>,
 ) -> Result<(StatusCode, Json<KeyItem>), AdminError> {
     check_key(&body.key).map_err(|why| AdminError::field("key", why))?;
-    let change = body.change()?;
+    let change = body.change(&state.config)?;
     state
         .run(move |s| async move {
             let id = match s.store.add_key(&new_key(body.key, &change)).await? {
@@ -427,7 +456,7 @@ pub async fn import(
     who: Caller,
     Body(body): Body<ImportBody>,
 ) -> Result<Json<ImportResult>, AdminError> {
-    let change = body.change()?;
+    let change = body.change(&state.config)?;
     let pasted = paste::parse(&body.text);
     state
         .run(move |s| async move {
@@ -470,7 +499,7 @@ pub async fn edit(
     Id(id): Id,
     Body(body): Body<KeySettings>,
 ) -> Result<Json<KeyItem>, AdminError> {
-    let change = body.change()?;
+    let change = body.change(&state.config)?;
     state
         .run(move |s| async move {
             if !change.is_empty() {
@@ -525,7 +554,7 @@ pub async fn reset(State(state): State<Arc<AdminState>>, who: Caller, Id(id): Id
     state
         .run(move |s| async move {
             s.store.reset_key_totals(id).await?;
-            s.scheduler.reset_totals(id);
+            s.pools.reset_totals(id);
             s.audit(&who, "keys.reset", Some(id), serde_json::json!({})).await?;
             Ok(Json(item(&s, id).await?))
         })

@@ -44,9 +44,8 @@ pub use error::AdminError;
 pub use openapi::document;
 
 use crate::config::Config;
-use crate::scheduler::Scheduler;
+use crate::routing::Pools;
 use crate::store::{AuditEntry, Store};
-use crate::upstream::Breaker;
 pub use auth::check as check_token;
 pub use token::LiveToken;
 
@@ -83,14 +82,13 @@ const RESYNC_WAIT: Duration = Duration::from_secs(5);
 /// What the admin handlers share.
 pub struct AdminState {
     pub store: Store,
-    pub scheduler: Arc<Scheduler>,
+    /// Every upstream's key pool and breaker.
+    pub pools: Arc<Pools>,
     /// The admin token in force (configured, or stored and reread).
     pub token: Arc<LiveToken>,
     pub resync: Arc<Resync>,
     /// The main runtime, where store work runs (see the module doc).
     pub main: tokio::runtime::Handle,
-    /// The upstream's breaker: open while it fails for every key.
-    pub breaker: Arc<Breaker>,
     /// The settings the overview and upstream routes read (`time_zone`,
     /// `upstream`, `proxy`, `timeouts`, `health.probe_model`).
     pub config: Arc<Config>,

@@ -226,8 +226,8 @@ async fn spend_per_day(store: &Store, tz: &jiff::tz::TimeZone, now_ms: i64) -> R
     responses((status = 200, body = Overview), super::openapi::Unauthorized))]
 pub async fn overview(State(state): State<Arc<AdminState>>) -> Result<Json<Overview>, AdminError> {
     let now = now_unix_ms();
-    let counts = state.scheduler.census();
-    let pool = state.scheduler.pool_figures();
+    let counts = state.pools.census();
+    let pool = state.pools.pool_figures();
     let (recent, spend) = state
         .run(move |s| async move {
             let tz = s.time_zone();

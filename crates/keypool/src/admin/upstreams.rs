@@ -1,8 +1,9 @@
-//! `/admin/api/upstreams`: the upstream keypool sends requests to (one,
-//! named `default`), whether it is answering (its breaker), its latest
-//! failure and its last hour from the minute rollups; and a test button
-//! that sends it one minimal request with one usable key, as
-//! `keypool keys test` does.
+//! `/admin/api/upstreams`: the upstreams keypool sends requests to
+//! (`[[upstreams]]`, or the single `upstream` named `default`), each with
+//! its models and routing, whether it is answering (its breaker), its keys
+//! by state, its latest failure and its last hour from the minute rollups;
+//! and a test button that sends one of them one minimal request with one
+//! of its usable keys, as `keypool keys test` does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,25 +13,42 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::overview::{error_counts, summed};
+use super::overview::error_counts;
 use super::stats::ErrorCounts;
 use super::{AdminError, AdminState};
 use crate::config::mask_url_password;
 use crate::records::rollup::{Dimension, Span};
+use crate::routing::Pool;
 use crate::store::now_unix_ms;
 
-/// The name of the one upstream.
-pub const DEFAULT_UPSTREAM: &str = "default";
 /// Longest the test waits for the upstream's answer.
 const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An upstream and how it is doing.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UpstreamItem {
-    /// `default` (the `upstream` setting).
+    /// Its name (`default` for the single `upstream` setting).
     pub name: String,
+    /// `openai` or `openai_compatible`.
+    pub kind: String,
+    /// The provider named in its settings, if any (`deepseek`, …).
+    pub provider: Option<String>,
     /// Its base URL, a password in it masked (`***`).
     pub base_url: String,
+    /// The model names and globs it serves.
+    pub models: Vec<String>,
+    /// Higher is tried first.
+    pub priority: i32,
+    /// Its share among upstreams of equal priority.
+    pub weight: u32,
+    /// Whether it is the default upstream (requests without a model; keys
+    /// added without `--upstream`).
+    pub default: bool,
+    /// Whether requests go through an outbound proxy.
+    pub proxied: bool,
+    /// Its keys by state.
+    #[schema(value_type = Object)]
+    pub keys: crate::scheduler::KeyCounts,
     /// False while its breaker is open (failing for every key; requests
     /// are held while it is probed).
     pub answering: bool,
@@ -68,14 +86,13 @@ pub struct UpstreamTest {
     pub request: String,
 }
 
-/// The upstream's latest failure: its breaker open, else the newest
-/// upstream error or failed connection any key saw.
-fn last_error(state: &AdminState) -> (Option<String>, Option<i64>) {
-    if state.breaker.is_open() {
+/// An upstream's latest failure: its breaker open, else the newest
+/// upstream error or failed connection any of its keys saw.
+fn last_error(pool: &Pool) -> (Option<String>, Option<i64>) {
+    if pool.breaker.is_open() {
         return (Some("the upstream is failing for every key: requests are held while it is probed".into()), None);
     }
-    state
-        .scheduler
+    pool.scheduler
         .snapshot()
         .into_iter()
         .filter_map(|v| match (v.last_error, v.last_error_at_ms) {
@@ -89,44 +106,67 @@ fn last_error(state: &AdminState) -> (Option<String>, Option<i64>) {
         })
 }
 
-/// The upstream with its health and its last hour.
+/// Every upstream with its health and its last hour.
 #[utoipa::path(get, path = "/admin/api/upstreams", tag = "upstreams",
     responses((status = 200, body = UpstreamList), super::openapi::Unauthorized))]
 pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<UpstreamList>, AdminError> {
     let now = now_unix_ms().div_euclid(1000);
     let from = now.div_euclid(60) * 60 - 59 * 60;
-    let hour = state
-        .run(move |s| async move { Ok(summed(&s.store, Dimension::Key, Span::Minute, from, now + 1).await?) })
+    let by_key = state
+        .run(move |s| async move { Ok(s.store.stats_by_subject(Dimension::Key, Span::Minute, from, now + 1).await?) })
         .await?;
-    let (last_error, last_error_at_ms) = last_error(&state);
-    Ok(Json(UpstreamList {
-        data: vec![UpstreamItem {
-            name: DEFAULT_UPSTREAM.into(),
-            base_url: mask_url_password(&state.config.upstream),
-            answering: !state.breaker.is_open(),
-            last_error,
-            last_error_at_ms,
-            requests_last_hour: hour.requests,
-            errors_last_hour: error_counts(&hour.errors),
-        }],
-    }))
+    let proxy_in_env = crate::upstream::proxy_configured_in_env();
+    let data = state
+        .pools
+        .all()
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| {
+            let u = &pool.upstream;
+            let mut hour = crate::records::rollup::Rollup::default();
+            for row in &by_key {
+                if row.subject.parse::<i64>().is_ok_and(|id| pool.scheduler.has_key(id)) {
+                    hour.add(&row.figures);
+                }
+            }
+            let (last_error, last_error_at_ms) = last_error(pool);
+            UpstreamItem {
+                name: u.name.clone(),
+                kind: u.kind.as_str().to_owned(),
+                provider: u.provider.clone(),
+                base_url: mask_url_password(&u.base_url),
+                models: u.models.clone(),
+                priority: u.priority,
+                weight: u.weight,
+                default: i == 0,
+                proxied: u.proxy.is_some() || state.config.proxy.is_some() || proxy_in_env,
+                keys: pool.scheduler.census(),
+                answering: !pool.breaker.is_open(),
+                last_error,
+                last_error_at_ms,
+                requests_last_hour: hour.requests,
+                errors_last_hour: error_counts(&hour.errors),
+            }
+        })
+        .collect();
+    Ok(Json(UpstreamList { data }))
 }
 
 /// Sends the upstream one minimal request (`GET /models`, or a one-token
 /// chat on `health.probe_model`) with one usable key and reports its
 /// answer. A test the upstream fails is still a 200 (`ok` false).
 #[utoipa::path(post, path = "/admin/api/upstreams/{name}/test", tag = "upstreams",
-    params(("name" = String, Path, description = "The upstream's name (`default`)")),
+    params(("name" = String, Path, description = "The upstream's name")),
     responses((status = 200, body = UpstreamTest), super::openapi::Unauthorized, super::openapi::NotFound))]
 pub async fn test(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<Json<UpstreamTest>, AdminError> {
-    if name != DEFAULT_UPSTREAM {
+    let Some((index, pool)) = state.pools.by_name(&name) else {
         return Err(AdminError::UnknownUpstream(name));
-    }
-    // Active keys first, then cooling ones (a probe costs no quota with `GET /models`).
-    let mut usable: Vec<(i64, &'static str)> = state
+    };
+    // Its active keys first, then cooling ones (a probe costs no quota with `GET /models`).
+    let mut usable: Vec<(i64, &'static str)> = pool
         .scheduler
         .snapshot()
         .into_iter()
@@ -149,7 +189,11 @@ pub async fn test(
                     request,
                 }));
             };
-            let upstream = crate::upstream::Upstream::from_config(&s.config)
+            let upstream = s
+                .pools
+                .get(index)
+                .map(|p| crate::upstream::Upstream::for_upstream(&p.upstream, &s.config))
+                .ok_or(AdminError::Internal("the upstream is gone"))?
                 .map_err(|_| AdminError::Internal("the upstream client could not be built"))?;
             let report = crate::cli::keytest::test_one(&upstream, key, model.as_deref(), TEST_TIMEOUT).await;
             let ok = report.error.is_none() && report.status.is_some_and(|s| (200..300).contains(&s));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AlertsConfig;
-use crate::scheduler::Scheduler;
+use crate::routing::Pools;
 pub use deliver::{body, text};
 pub use limit::Limiter;
 pub use watch::{Alert, Watch};
@@ -25,7 +25,7 @@ pub use watch::{Alert, Watch};
 pub type Looks = tokio::sync::watch::Receiver<u64>;
 
 /// Starts the alerts task when a webhook is configured; it ends at `stop`.
-pub fn spawn(scheduler: Arc<Scheduler>, config: &AlertsConfig, stop: CancellationToken) -> Looks {
+pub fn spawn(scheduler: Arc<Pools>, config: &AlertsConfig, stop: CancellationToken) -> Looks {
     let (looked, looks) = tokio::sync::watch::channel(0);
     if !config.webhooks.is_empty() {
         tokio::spawn(run(scheduler, config.clone(), stop, looked));
@@ -34,7 +34,7 @@ pub fn spawn(scheduler: Arc<Scheduler>, config: &AlertsConfig, stop: Cancellatio
 }
 
 async fn run(
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<Pools>,
     config: AlertsConfig,
     stop: CancellationToken,
     looked: tokio::sync::watch::Sender<u64>,

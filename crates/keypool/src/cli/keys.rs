@@ -111,6 +111,26 @@ pub struct KeyOpts {
     /// Sent upstream as `OpenAI-Project` with this key.
     #[arg(long, value_parser = parse_header_text)]
     project: Option<String>,
+    /// The upstream (an `[[upstreams]]` name) the key belongs to; without it, the default
+    /// upstream (the first configured). `keys edit --upstream ""` moves a key back to the default.
+    #[arg(long)]
+    upstream: Option<String>,
+}
+
+impl KeyOpts {
+    /// Refuses an upstream name the config does not define, listing those it does.
+    fn check_upstream(&self, config: &Config) -> anyhow::Result<()> {
+        let Some(name) = self.upstream.as_deref().filter(|n| !n.is_empty()) else { return Ok(()) };
+        let listed = config.upstream_list();
+        if !listed.iter().any(|u| u.name == name) {
+            let names: Vec<&str> = listed.iter().map(|u| u.name.as_str()).collect();
+            anyhow::bail!(
+                "--upstream {name:?} is not configured (configured: {}); add an [[upstreams]] entry named so first",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Text that will be sent as a header value.
@@ -156,6 +176,7 @@ pub fn creates_database(cmd: &KeysCommand) -> bool {
 pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Add { keys, opts } => {
+            opts.check_upstream(config)?;
             let mut pasted = Pasted::default();
             for k in keys {
                 match check_key(k) {
@@ -166,6 +187,7 @@ pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::R
             add_all(store, pasted, opts).await?;
         }
         KeysCommand::Import { file, opts } => {
+            opts.check_upstream(config)?;
             let mut bytes = Vec::new();
             if file.as_os_str() == "-" {
                 std::io::stdin().read_to_end(&mut bytes)?;
@@ -180,6 +202,7 @@ pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::R
             None => super::list::list(store, *json).await?,
         },
         KeysCommand::Edit { id, opts } => {
+            opts.check_upstream(config)?;
             let change = opts.change();
             if change.is_empty() {
                 anyhow::bail!("nothing to change: give at least one option (see `keypool keys edit --help`)");
@@ -274,6 +297,7 @@ impl KeyOpts {
             expires_at: self.expires.map(Some),
             organization: text(&self.organization),
             project: text(&self.project),
+            upstream: text(&self.upstream),
         }
     }
 }
@@ -308,6 +332,7 @@ async fn add_all(store: &Store, pasted: Pasted, opts: &KeyOpts) -> anyhow::Resul
             expires_at: opts.expires,
             organization: opts.organization.clone().filter(|s| !s.is_empty()),
             project: opts.project.clone().filter(|s| !s.is_empty()),
+            upstream: opts.upstream.clone().filter(|s| !s.is_empty()),
         };
         match store.add_key(&new).await? {
             AddOutcome::Added(id) => {

@@ -15,7 +15,6 @@ use super::{BUILD_INFO, QUEUE_WAIT, REQUEST_DURATION, TTFB};
 use crate::admin::LiveToken;
 use crate::config::Config;
 use crate::records::Recorder;
-use crate::scheduler::Scheduler;
 
 /// The installed recorder's handle and the model labels of its config.
 #[derive(Debug)]
@@ -87,7 +86,7 @@ pub fn installed() -> Option<&'static Installed> {
 /// and the record writer's backlog.
 #[derive(Clone)]
 pub struct Scrape {
-    pub scheduler: Arc<Scheduler>,
+    pub pools: Arc<crate::routing::Pools>,
     pub recorder: Recorder,
 }
 
@@ -97,7 +96,7 @@ pub struct Scrape {
 pub fn render(scrape: &Scrape) -> Option<String> {
     let installed = installed()?;
     let mut out = installed.handle.render();
-    super::keys::write_gauges(&mut out, &scrape.scheduler, &scrape.recorder);
+    super::keys::write_gauges(&mut out, &scrape.pools, &scrape.recorder);
     Some(out)
 }
 

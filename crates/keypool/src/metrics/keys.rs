@@ -10,10 +10,10 @@ use super::{
     QUEUE_DEPTH, RECORDS_WAITING,
 };
 use crate::records::Recorder;
-use crate::scheduler::Scheduler;
+use crate::routing::Pools;
 
 /// Appends the scrape-time gauges, each family with its `# HELP` and `# TYPE`.
-pub fn write_gauges(out: &mut String, scheduler: &Scheduler, recorder: &Recorder) {
+pub fn write_gauges(out: &mut String, scheduler: &Pools, recorder: &Recorder) {
     family(out, QUEUE_DEPTH, "Requests waiting for a key with room now.");
     let _ = writeln!(out, "{QUEUE_DEPTH} {}", scheduler.queue_len());
     family(out, RECORDS_WAITING, "Request records handed to the writer and not yet taken by it.");

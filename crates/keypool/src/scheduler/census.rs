@@ -27,6 +27,21 @@ impl KeyCounts {
         self.active + self.cooling + self.invalid + self.exhausted + self.expired + self.spent + self.disabled
     }
 
+    /// Adds `other`'s counts (another upstream's keys) to these.
+    pub fn merge(&mut self, other: &KeyCounts) {
+        self.active += other.active;
+        self.cooling += other.cooling;
+        self.invalid += other.invalid;
+        self.exhausted += other.exhausted;
+        self.expired += other.expired;
+        self.spent += other.spent;
+        self.disabled += other.disabled;
+        self.cooling_for = match (self.cooling_for, other.cooling_for) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Keys that can serve now or after a wait (active or cooling).
     pub fn usable(&self) -> usize {
         self.active + self.cooling

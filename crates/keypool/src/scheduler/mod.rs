@@ -341,6 +341,16 @@ impl Scheduler {
         aside.iter().filter(|((_, m), t)| m == model && **t > now).map(|((id, _), _)| *id).collect()
     }
 
+    /// Whether key `id` is loaded here.
+    pub fn has_key(&self, id: i64) -> bool {
+        self.lock().keys.contains_key(&id)
+    }
+
+    /// Ids of the keys loaded here.
+    pub fn key_ids(&self) -> Vec<i64> {
+        self.lock().keys.keys().copied().collect()
+    }
+
     /// Number of keys that can serve at all.
     pub fn usable_keys(&self) -> usize {
         let now = Instant::now();
@@ -364,6 +374,37 @@ impl Scheduler {
                 drop(inner);
                 return Ok(KeyLease::new(Arc::clone(self), grant));
             }
+        }
+        inner.feasible(now, demand)?;
+        let retry_after = retry_after(&inner, now, demand);
+        Err(NoKey::Busy { waited: Duration::ZERO, retry_after })
+    }
+
+    /// [`Scheduler::acquire_avoiding`] without the wait: a key with room now
+    /// (by the same rules for `avoid` and `exclude`), else `Busy` (or why no
+    /// key ever could). For choosing among upstreams before waiting on any.
+    pub fn try_lease_avoiding(
+        self: &Arc<Self>,
+        demand: Demand,
+        avoid: &[i64],
+        exclude: &[i64],
+    ) -> Result<KeyLease, NoKey> {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        inner.refresh(now, strategy);
+        inner.dispatch(now, strategy);
+        let exclude = if inner.usable_outside(now, exclude) { exclude } else { &[][..] };
+        let picked = if exclude.is_empty() {
+            inner.pick_avoiding(now, demand, avoid)
+        } else {
+            inner
+                .pick_where(now, demand, |id| !exclude.contains(&id) && !avoid.contains(&id))
+                .or_else(|| inner.pick_where(now, demand, |id| !exclude.contains(&id)))
+        };
+        if let Some(grant) = picked.and_then(|id| inner.reserve(id, demand, now, strategy)) {
+            drop(inner);
+            return Ok(KeyLease::new(Arc::clone(self), grant));
         }
         inner.feasible(now, demand)?;
         let retry_after = retry_after(&inner, now, demand);

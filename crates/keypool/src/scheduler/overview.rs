@@ -34,6 +34,23 @@ pub struct Capacity {
     pub tokens_remaining: Option<u64>,
 }
 
+impl PoolFigures {
+    /// Adds another upstream's figures to these.
+    pub fn merge(&mut self, other: &PoolFigures) {
+        self.in_flight = self.in_flight.saturating_add(other.in_flight);
+        self.queue_depth = self.queue_depth.saturating_add(other.queue_depth);
+        self.capacity = match (self.capacity, other.capacity) {
+            (Some(a), Some(b)) => Some(Capacity {
+                requests_limit: add(a.requests_limit, b.requests_limit),
+                requests_remaining: add(a.requests_remaining, b.requests_remaining),
+                tokens_limit: add(a.tokens_limit, b.tokens_limit),
+                tokens_remaining: add(a.tokens_remaining, b.tokens_remaining),
+            }),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// When a key's current window has freed entirely, as a wall-clock time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WindowResets {

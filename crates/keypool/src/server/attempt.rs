@@ -63,6 +63,12 @@ impl Failed {
         }
     }
 
+    /// Whether the upstream itself failed (no connection, no answer in
+    /// time, a 5xx): another upstream should be tried first.
+    pub(super) fn upstream_failing(&self) -> bool {
+        self.needs_backoff()
+    }
+
     /// Whether only another key can change the answer (retrying the same key is pointless).
     pub(super) fn needs_other_key(&self) -> bool {
         match self {

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use crate::scheduler::charge::{self, Rule};
-use crate::scheduler::Demand;
+use crate::scheduler::{Demand, Scheduler};
 use crate::tokens::PromptShape;
 
 impl AppState {
@@ -14,12 +14,17 @@ impl AppState {
     /// learned of this upstream's charge; and the cost at the model's
     /// configured price. Only the tokenizer's sure count and the completion
     /// budget are certain: the rest may delay a request, never refuse it.
-    pub fn demand(&self, shape: Option<&PromptShape>, price: Option<crate::config::Price>) -> Demand {
+    pub fn demand(
+        &self,
+        scheduler: &Scheduler,
+        shape: Option<&PromptShape>,
+        price: Option<crate::config::Price>,
+    ) -> Demand {
         let Some(shape) = shape else { return Demand::default() };
         let completion = shape.completion_budget(self.config.limits.default_max_tokens);
         let cost_micros = price.map_or(0, |p| micros(shape.prompt_tokens, completion, p));
         let prompt = shape.prompt_charge();
-        let (estimate, overlap, sure) = match self.scheduler.charge_rule() {
+        let (estimate, overlap, sure) = match scheduler.charge_rule() {
             Rule::Sum => (
                 prompt.saturating_add(completion),
                 prompt.min(completion),
@@ -27,7 +32,7 @@ impl AppState {
             ),
             Rule::Max => (prompt.max(completion), 0, shape.sure_tokens.max(completion)),
         };
-        let scale = self.scheduler.charge_scale();
+        let scale = scheduler.charge_scale();
         let tokens = charge::scaled(estimate, scale).max(estimate);
         let overlap = charge::scaled(overlap, scale).min(tokens);
         let sure = sure.min(tokens);

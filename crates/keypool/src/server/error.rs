@@ -48,6 +48,9 @@ pub enum ApiError {
     AllKeysBusy { waited: Duration, retry_after: Duration },
     #[error("Every upstream key's budget is spent.")]
     BudgetSpent,
+    /// No configured upstream's `models` matches the model asked for.
+    #[error("The model `{0}` does not exist or is not served here: no upstream of this gateway lists it.")]
+    ModelNotServed(String),
     #[error("Unknown path {0}: keypool serves the OpenAI API under /v1/.")]
     UnknownPath(String),
     #[error("Invalid path {0}: dot segments may not leave /v1/.")]
@@ -101,6 +104,14 @@ impl From<NoKey> for ApiError {
     }
 }
 
+impl From<crate::routing::RouteError> for ApiError {
+    fn from(e: crate::routing::RouteError) -> ApiError {
+        match e {
+            crate::routing::RouteError::NoUpstream(model) => ApiError::ModelNotServed(model),
+        }
+    }
+}
+
 impl ApiError {
     pub fn fault(&self) -> Fault {
         match self {
@@ -113,6 +124,7 @@ impl ApiError {
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_)
             | ApiError::BadPath(_)
+            | ApiError::ModelNotServed(_)
             | ApiError::CallerTooSlow { .. }
             | ApiError::LargerThanEveryKey { .. } => Fault::Caller,
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } | ApiError::UpstreamRefused { .. } => {
@@ -159,6 +171,7 @@ impl ApiError {
             }
             ApiError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_path"),
             ApiError::UnknownPath(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url"),
+            ApiError::ModelNotServed(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
             ApiError::NoKeys => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_keys_available"),
             ApiError::NoUsableKey { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_usable_keys"),
             ApiError::UpstreamRefused { status, .. } => (*status, "upstream_error", "upstream_refused"),
@@ -197,6 +210,7 @@ impl ApiError {
         let (_, kind, code) = self.status_type_code();
         let param = match self {
             ApiError::InvalidParameter { param, .. } => Some(*param),
+            ApiError::ModelNotServed(_) => Some("model"),
             _ => None,
         };
         serde_json::json!({

@@ -223,6 +223,14 @@ pub fn with_include_usage(body: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
+/// The body with its `model` replaced by `model` (an alias's target).
+/// None when the body is not a JSON object.
+pub fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.as_object_mut()?.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -10,6 +10,7 @@ mod context;
 mod error;
 mod inspect;
 mod metered;
+mod models;
 mod pace;
 mod proxy;
 mod service;
@@ -35,22 +36,29 @@ pub use signal::GraceEnd;
 pub use workers::{serve, worker_count, Edge};
 
 use crate::config::Config;
-use crate::scheduler::Scheduler;
-use crate::upstream::{Breaker, Quirks, Upstream};
+use crate::routing::Pools;
+use crate::upstream::Upstream;
 
 /// What request handlers share. Built once at start.
 pub struct AppState {
-    pub scheduler: Arc<Scheduler>,
+    /// Every upstream's keys, breaker and quirks (shared by every worker).
+    pub pools: Arc<Pools>,
     pub tokens: Arc<TokenSet>,
-    pub upstream: Upstream,
-    pub breaker: Arc<Breaker>,
-    /// What the upstream is known to refuse (shared by every worker).
-    pub quirks: Arc<Quirks>,
+    /// This worker's client for each upstream, in the order of `pools`.
+    pub clients: Vec<Upstream>,
     pub config: Config,
     /// Model prices already resolved (this worker's; see `PriceCache`).
     pub prices: crate::config::models::PriceCache,
     /// Where each request's record goes when it ends.
     pub recorder: crate::records::Recorder,
+}
+
+impl AppState {
+    /// This worker's client for the upstream at `index` (the default's if
+    /// there is none: `clients` is built from the same list as `pools`).
+    pub fn client(&self, index: usize) -> &Upstream {
+        &self.clients[index.min(self.clients.len().saturating_sub(1))]
+    }
 }
 
 /// The router. Layers, outermost first: none yet beyond axum's own; the body
@@ -69,7 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Liveness: 200 while the process serves, with keys counted by state
 /// (`keys` is the number that can serve, now or after a cool-down).
 async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let counts = app.scheduler.census();
+    let counts = app.pools.census();
     Json(serde_json::json!({ "status": "ok", "keys": counts.usable(), "states": counts }))
 }
 
@@ -77,8 +85,9 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
 /// exhausted, disabled, expired or over budget) or the upstream is down, so
 /// a monitor or load balancer that reads only the status notices.
 async fn readyz(State(app): State<Arc<AppState>>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    let counts = app.scheduler.census();
-    let upstream_down = app.breaker.is_open();
+    let counts = app.pools.census();
+    // Down when every upstream is failing for every key.
+    let upstream_down = app.pools.all().iter().all(|p| p.breaker.is_open());
     let ready = counts.usable() > 0 && !upstream_down;
     let status = if ready { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
     let reason = if counts.total() == 0 {

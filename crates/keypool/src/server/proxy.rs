@@ -21,13 +21,14 @@ use tokio::time::Instant;
 use super::attempt::{full_jitter, key_account_mismatch, scrub, Failed};
 use super::context::{RequestContext, REQUEST_ID_HEADER};
 use super::error::ApiError;
-use super::inspect::{inspect, with_include_usage};
+use super::inspect::{inspect, with_include_usage, with_model};
 use super::metered::{Expect, Metered};
 use super::upload::{watch_upload, Sent};
 use super::AppState;
 use crate::config::models::ModelPrice;
 use crate::config::AuthMode;
 use crate::records::error_type;
+use crate::routing::{Candidate, Plan, Pool};
 use crate::scheduler::{Charged, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
@@ -82,7 +83,9 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     }
     let mut slot = Some(ctx);
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
-    let mut response = match handle(&app, parts, body, started, &mut slot).await {
+    // The upstream the request went to last (the default one before any).
+    let mut pool = 0;
+    let mut response = match handle(&app, parts, body, started, &mut slot, &mut pool).await {
         Ok(response) => response,
         Err(e) => {
             if let Some(c) = slot.as_deref_mut() {
@@ -94,7 +97,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     };
     if let Some(ctx) = slot.take() {
         // Not a 2xx (whose head was stamped when its body took the context).
-        stamp(&app, response.headers_mut(), &ctx);
+        stamp(&app, pool, response.headers_mut(), &ctx);
         ctx.end_as(response.status().as_u16());
     }
     if let Some(id) = id {
@@ -109,17 +112,23 @@ async fn handle(
     body: Body,
     started: Instant,
     slot: &mut Option<Box<RequestContext>>,
+    pool_used: &mut usize,
 ) -> Result<Response, ApiError> {
     let rest = parts.uri.path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
-    let url =
-        app.upstream.url_for(&rest, parts.uri.query()).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
-    let exact = app.scheduler.counts_tokens() || !app.config.prices.is_empty();
+    let query = parts.uri.query();
+    // Every upstream's base applies the same rule for dot segments; the
+    // default's tells before the body is read.
+    app.client(0).url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
+    if parts.method == http::Method::GET && rest.trim_end_matches('/') == "models" && super::models::answered_here(app)
+    {
+        return Ok(super::models::list(app).await);
+    }
+    let exact = app.pools.counts_tokens() || !app.config.prices.is_empty();
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     if let crate::upstream::OutBody::Bytes(bytes) = &inspected.body {
         ctx!(slot, request_body, bytes);
     }
     let shape = inspected.shape;
-    let price = shape.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| app.prices.model_price_of(&app.config, m));
     let model = shape.as_ref().and_then(|s| s.model.clone());
     ctx!(
         slot,
@@ -128,57 +137,52 @@ async fn handle(
         shape.as_ref().is_some_and(|s| s.stream),
         shape.as_ref().and_then(|s| s.user.as_deref())
     );
+    let plan = app.pools.plan(model.as_deref())?;
+    let route = Route { plan: &plan, single: plan.single().cloned(), caller_model: model.as_deref() };
+    let first = route.single.clone().or_else(|| plan.candidates().next().cloned());
+    let first_pool = first.as_ref().and_then(|c| app.pools.get(c.pool)).unwrap_or_else(|| app.pools.default_pool());
+    *pool_used = first.as_ref().map_or(0, |c| c.pool);
     let expect = Expect {
         protocol: keypool_sse::StreamProtocol::for_path(&rest),
         prompt_tokens: shape.as_ref().map_or(0, |s| s.prompt_tokens),
     };
-    let Outgoing { mut body, mut replay, mut caller_body, mut strip_usage, upload } =
-        outgoing(app, inspected.body, shape.as_ref(), &rest);
+    let Outgoing { mut body, replay, edited, upload } = outgoing(inspected.body, shape.as_ref(), &rest);
     let policy = &app.config.retry;
-    // Per-model timeouts and deadline, by the one glob rule (config::models).
-    let timeouts = &app.config.timeouts_for(model.as_deref());
-    let deadline = started + app.config.deadline_for(model.as_deref());
+    // The whole request's deadline: the model's, else the first upstream's, else the global one.
+    let deadline = started + app.config.deadline_via(Some(&first_pool.upstream.timeouts), model.as_deref());
     // Keys known not to serve this model are tried last.
-    let aside: Vec<i64> = model.as_deref().map(|m| app.scheduler.set_aside_keys(m)).unwrap_or_default();
+    let aside: Vec<i64> = route.set_aside_keys(app);
     let mut avoid = aside.clone();
     // Keys only another key can improve on (after such a failure, with the
     // set-aside ones): never tried again while another key can serve at all.
     let mut exclude: Vec<i64> = Vec::new();
+    // Upstreams that failed this request (failing, or without the model):
+    // the next group serves while another can.
+    let mut skip: Vec<usize> = route.all_set_aside(app);
     let mut tried: Vec<i64> = Vec::new();
     // Keys refused in words that may be theirs: on trial if another key is served.
-    let mut refused: Vec<i64> = Vec::new();
+    let mut refused: Vec<(usize, i64)> = Vec::new();
     let mut attempts = 0u32;
     let mut timeouts_retried = 0u32;
     let mut last: Option<Failed> = None;
     // A lease kept for the next attempt (the same key sent the caller's own body).
-    let mut held: Option<KeyLease> = None;
+    let mut held: Option<(Candidate, KeyLease)> = None;
     loop {
-        if app.breaker.is_open() {
-            let until = deadline.min(Instant::now() + app.config.pool.max_wait);
-            ctx!(slot, queue);
-            let closed = app.breaker.wait_closed(until).await;
-            ctx!(slot, unqueue);
-            if !closed {
-                return Err(ApiError::UpstreamDown { attempts });
-            }
-        }
         let acquired = match held.take() {
-            Some(lease) => Ok(lease),
+            Some(held) => Ok(held),
             // Again each attempt: a refusal may just have taught the scheduler
             // that the upstream charges more than the first estimate assumed.
             None => {
                 ctx!(slot, queue);
-                let acquired = app
-                    .scheduler
-                    .acquire_avoiding(app.demand(shape.as_ref(), price.map(|p| p.price())), &avoid, &exclude)
-                    .await;
+                let acquired = route.choose(app, shape.as_ref(), &avoid, &exclude, &skip, deadline).await;
                 ctx!(slot, unqueue);
                 acquired
             }
         };
-        let mut lease = match acquired {
-            Ok(lease) => lease,
-            Err(e) => {
+        let (candidate, mut lease) = match acquired {
+            Ok(chosen) => chosen,
+            Err(Unserved::Down) => return Err(ApiError::UpstreamDown { attempts }),
+            Err(Unserved::NoKey(e)) => {
                 crate::metrics::request_refused(match e {
                     NoKey::Busy { .. } => "busy",
                     NoKey::BudgetSpent => "budget",
@@ -197,19 +201,40 @@ async fn handle(
                 });
             }
         };
+        let Some(pool) = app.pools.get(candidate.pool) else {
+            return Err(ApiError::Internal("a plan named an upstream that does not exist"));
+        };
+        *pool_used = candidate.pool;
+        let client = app.client(candidate.pool);
+        let served_model = candidate.model.as_deref().or(model.as_deref());
+        let price = served_model.and_then(|m| app.prices.model_price_of(&app.config, m));
+        let timeouts = &app.config.timeouts_via(Some(&pool.upstream.timeouts), served_model);
+        let url = client.url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
         attempts += 1;
         let key_id = lease.key_id();
         if !tried.contains(&key_id) {
             tried.push(key_id);
         }
+        // This upstream's body: with `stream_options` added when it takes
+        // them, and an alias's model written in.
+        let strip_usage = edited.is_some() && pool.stream_usage && !pool.quirks.refuses_stream_options();
         let out = match (&replay, body.take()) {
-            (Some(bytes), _) => OutBody::Bytes(bytes.clone()),
+            (Some(caller), _) => {
+                let bytes = match (&edited, strip_usage) {
+                    (Some(edited), true) => edited.clone(),
+                    _ => caller.clone(),
+                };
+                match candidate.model.as_deref() {
+                    Some(m) => OutBody::Bytes(with_model(&bytes, m).unwrap_or(bytes)),
+                    None => OutBody::Bytes(bytes),
+                }
+            }
             (None, Some(b)) => b,
             (None, None) => return Err(ApiError::Internal("a streamed body cannot be sent twice")),
         };
         lease.mark_sent();
         ctx!(slot, attempt_sent, key_id);
-        let sending = app.upstream.send(
+        let sending = client.send(
             parts.method.clone(),
             url.clone(),
             &parts.headers,
@@ -231,10 +256,15 @@ async fn handle(
                 return Err(ApiError::BodyRead("the upload did not finish in time".into()));
             }
             Sending::TimedOut => {
-                tracing::warn!(key_id, attempt = attempts, "no answer within the first-byte timeout");
+                tracing::warn!(
+                    key_id,
+                    attempt = attempts,
+                    upstream = pool.name(),
+                    "no answer within the first-byte timeout"
+                );
                 let counted = lease.finish(Outcome { verdict: Verdict::UpstreamError, ..Outcome::default() });
                 ctx!(slot, counted, counted);
-                app.note_upstream_failure();
+                note_upstream_failure(pool);
                 Failed::Network { timed_out: true, why: None }
             }
             Sending::Answered(Err(_)) if inspected.overflow.happened() => {
@@ -261,7 +291,7 @@ async fn handle(
                 return Err(ApiError::BodyRead("the upload stopped part-way".into()));
             }
             Sending::Answered(Err(e)) => {
-                tracing::warn!(key_id, attempt = attempts, error = %e, "upstream request failed");
+                tracing::warn!(key_id, attempt = attempts, upstream = pool.name(), error = %e, "upstream request failed");
                 // A connection that fails (name, TLS, refused) is the
                 // upstream's or the network's, never the key's: it is not
                 // counted as the key's failure.
@@ -272,7 +302,7 @@ async fn handle(
                 };
                 let counted = lease.finish(Outcome { verdict, ..Outcome::default() });
                 ctx!(slot, counted, counted);
-                app.note_upstream_failure();
+                note_upstream_failure(pool);
                 let why = match e {
                     UpstreamError::Connect(why) | UpstreamError::Request(why) => Some(why),
                     _ => None,
@@ -283,7 +313,7 @@ async fn handle(
                 ctx!(slot, answered, upstream.headers());
                 let reading =
                     Reading { idle: timeouts.idle, end: started + timeouts.total, expect, price, strip_usage };
-                match answer(app, slot, upstream, lease, reading).await {
+                match answer(app, pool, slot, upstream, lease, reading).await {
                     Ok(response) => {
                         // Only the caller's own account headers make a mismatch the caller's.
                         let caller_account_sent =
@@ -306,32 +336,33 @@ async fn handle(
                                         c.error(why);
                                     }
                                 }
-                                app.quirks.note_status(response.status(), &url);
+                                pool.quirks.note_status(response.status(), &url);
                                 if response.status().is_success() {
                                     // Another key was served where these were refused: the
                                     // refusals may be theirs, so they go on trial.
-                                    for id in refused.drain(..) {
-                                        app.scheduler.suspect(id);
+                                    for (at, id) in refused.drain(..) {
+                                        if let Some(p) = app.pools.get(at) {
+                                            p.scheduler.suspect(id);
+                                        }
                                     }
                                 }
                                 return Ok(response);
                             }
                             Err(failed) => {
-                                app.scheduler.judge(key_id, Verdict::Invalid);
+                                pool.scheduler.judge(key_id, Verdict::Invalid);
                                 failed
                             }
                         }
                     }
                     Err(Failed::StreamOptions(lease)) => {
                         // The upstream does not know the `stream_options` keypool
-                        // added: the caller's own body, unchanged, on the same key.
-                        app.quirks.note_refuses_stream_options();
+                        // added: the caller's own body, unchanged, on the same key
+                        // (the quirk noted makes the next attempt send it).
+                        pool.quirks.note_refuses_stream_options();
                         // The same reservation is sent again: one request of the key.
                         ctx!(slot, counted, Charged::NOT_SENT);
                         ctx!(slot, attempt_ended, 400, "stream_options_refused");
-                        strip_usage = false;
-                        replay = caller_body.take();
-                        held = Some(lease);
+                        held = Some((candidate, lease));
                         continue;
                     }
                     Err(failed) => failed,
@@ -359,13 +390,21 @@ async fn handle(
             }
             match classified.verdict {
                 Verdict::ModelMissing => {
-                    if let Some(m) = model.as_deref() {
-                        app.scheduler.set_aside_for_model(key_id, m);
+                    if let Some(m) = served_model {
+                        pool.scheduler.set_aside_for_model(key_id, m);
+                    }
+                    // The upstream says the model does not exist: the next group serves.
+                    if !skip.contains(&candidate.pool) {
+                        skip.push(candidate.pool);
                     }
                 }
-                Verdict::Refused if classified.maybe_key => refused.push(key_id),
+                Verdict::Refused if classified.maybe_key => refused.push((candidate.pool, key_id)),
                 _ => {}
             }
+        }
+        if failed.upstream_failing() && !skip.contains(&candidate.pool) {
+            // Failing (5xx, no connection, no answer in time): another upstream first.
+            skip.push(candidate.pool);
         }
         let timed_out = matches!(failed, Failed::Network { timed_out: true, .. });
         if timed_out {
@@ -375,7 +414,7 @@ async fn handle(
         // A refusal only another key can change, when every key that can serve has been tried.
         // (A key's own failure takes it out of the pool: the next lease says what is left.)
         let no_other_key =
-            failed.needs_other_key() && !failed.blames_key() && tried.len() >= app.scheduler.usable_keys().max(1);
+            failed.needs_other_key() && !failed.blames_key() && tried.len() >= route.usable_keys(app).max(1);
         let generation_may_run_on = timed_out && timeouts_retried > policy.first_byte_retries;
         if attempts > policy.max_retries || replay.is_none() || out_of_time || no_other_key || generation_may_run_on {
             ctx!(slot, error, failed.reason());
@@ -400,52 +439,196 @@ async fn handle(
     }
 }
 
+/// One upstream's wait for a key.
+type Waiting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Candidate, KeyLease), NoKey>> + Send + 'a>>;
+
+/// Why no upstream gave a key.
+enum Unserved {
+    NoKey(NoKey),
+    /// Every upstream the request may use is failing, past `max_wait`.
+    Down,
+}
+
+/// Where one request may go: its plan, and what choosing needs.
+struct Route<'a> {
+    plan: &'a Plan,
+    /// The plan's only candidate, when it has one (no choosing).
+    single: Option<Candidate>,
+    caller_model: Option<&'a str>,
+}
+
+impl Route<'_> {
+    /// Keys of the plan's upstreams set aside for the model each serves.
+    fn set_aside_keys(&self, app: &AppState) -> Vec<i64> {
+        let Some(model) = self.caller_model else { return Vec::new() };
+        let mut out = Vec::new();
+        for c in self.plan.candidates() {
+            if let Some(pool) = app.pools.get(c.pool) {
+                out.extend(pool.scheduler.set_aside_keys(c.model.as_deref().unwrap_or(model)));
+            }
+        }
+        out
+    }
+
+    /// Upstreams (of a plan with several) whose every usable key is set
+    /// aside for the model: they said it does not exist, so others go first.
+    fn all_set_aside(&self, app: &AppState) -> Vec<usize> {
+        let (Some(model), None) = (self.caller_model, &self.single) else { return Vec::new() };
+        let mut out = Vec::new();
+        for c in self.plan.candidates() {
+            let Some(pool) = app.pools.get(c.pool) else { continue };
+            let aside = pool.scheduler.set_aside_keys(c.model.as_deref().unwrap_or(model)).len();
+            if aside > 0 && aside >= pool.scheduler.usable_keys() && !out.contains(&c.pool) {
+                out.push(c.pool);
+            }
+        }
+        out
+    }
+
+    /// The price of the model `c` serves (an alias's target, else the caller's).
+    fn price_of(&self, app: &AppState, c: &Candidate) -> Option<crate::config::Price> {
+        let model = c.model.as_deref().or(self.caller_model)?;
+        app.prices.price_of(&app.config, model)
+    }
+
+    /// Keys that can serve at all on the plan's upstreams.
+    fn usable_keys(&self, app: &AppState) -> usize {
+        match &self.single {
+            Some(c) => app.pools.get(c.pool).map_or(0, |p| p.scheduler.usable_keys()),
+            None => self.plan.pools().iter().filter_map(|&i| app.pools.get(i)).map(|p| p.scheduler.usable_keys()).sum(),
+        }
+    }
+
+    /// A key for the next attempt: on the first upstream in the plan's
+    /// order with room now (upstreams in `skip` and failing ones last),
+    /// else the first of them to free one within `max_wait`. An upstream
+    /// whose breaker is open is waited for only when every one is.
+    #[allow(clippy::too_many_arguments)]
+    async fn choose(
+        &self,
+        app: &AppState,
+        shape: Option<&PromptShape>,
+        avoid: &[i64],
+        exclude: &[i64],
+        skip: &[usize],
+        deadline: Instant,
+    ) -> Result<(Candidate, KeyLease), Unserved> {
+        if let Some(c) = &self.single {
+            let Some(pool) = app.pools.get(c.pool) else { return Err(Unserved::NoKey(NoKey::NoKeys)) };
+            wait_for_breaker(app, pool, deadline).await?;
+            let demand = app.demand(&pool.scheduler, shape, self.price_of(app, c));
+            return match pool.scheduler.acquire_avoiding(demand, avoid, exclude).await {
+                Ok(lease) => Ok((c.clone(), lease)),
+                Err(e) => Err(Unserved::NoKey(e)),
+            };
+        }
+        let mut order = self.plan.order();
+        // Upstreams that failed this request, then failing ones, go last (stable).
+        order.sort_by_key(|c| {
+            let failing = app.pools.get(c.pool).is_none_or(|p| p.breaker.is_open());
+            (skip.contains(&c.pool), failing)
+        });
+        let any_open = order.iter().any(|c| answering(app, c));
+        if !any_open {
+            // Every upstream is failing: wait for the first one's breaker, as with one.
+            let c = order.first().cloned().ok_or(Unserved::NoKey(NoKey::NoKeys))?;
+            if let Some(pool) = app.pools.get(c.pool) {
+                wait_for_breaker(app, pool, deadline).await?;
+            }
+        }
+        let mut waitable: Vec<(Candidate, crate::scheduler::Demand)> = Vec::new();
+        let mut refusals: Vec<NoKey> = Vec::new();
+        for c in order.iter().filter(|c| !any_open || answering(app, c)) {
+            let Some(pool) = app.pools.get(c.pool) else { continue };
+            let demand = app.demand(&pool.scheduler, shape, self.price_of(app, c));
+            match pool.scheduler.try_lease_avoiding(demand, avoid, exclude) {
+                Ok(lease) => return Ok((c.clone(), lease)),
+                Err(NoKey::Busy { .. }) => waitable.push((c.clone(), demand)),
+                Err(e) => refusals.push(e),
+            }
+        }
+        if waitable.is_empty() {
+            return Err(Unserved::NoKey(merge_refusals(app, &order, refusals)));
+        }
+        // No upstream has room now: wait on each that may free one; the first wins
+        // (the others' places in line are given up, any key granted meanwhile back).
+        let mut waits: Vec<Waiting<'_>> = Vec::with_capacity(waitable.len());
+        for (c, demand) in waitable {
+            let Some(pool) = app.pools.get(c.pool) else { continue };
+            let scheduler = Arc::clone(&pool.scheduler);
+            waits.push(Box::pin(async move {
+                scheduler.acquire_avoiding(demand, avoid, exclude).await.map(|lease| (c, lease))
+            }));
+        }
+        futures_util::future::select_ok(waits).await.map(|(won, _)| won).map_err(Unserved::NoKey)
+    }
+}
+
+/// Whether `c`'s upstream is answering (its breaker closed).
+fn answering(app: &AppState, c: &Candidate) -> bool {
+    app.pools.get(c.pool).is_some_and(|p| !p.breaker.is_open())
+}
+
+/// Why no upstream can serve, from each one's refusal: keys counted over
+/// all of them when some exist, else the first refusal.
+fn merge_refusals(app: &AppState, order: &[Candidate], refusals: Vec<NoKey>) -> NoKey {
+    if refusals.iter().any(|e| matches!(e, NoKey::Unusable(_))) {
+        let mut counts = crate::scheduler::KeyCounts::default();
+        let mut seen = Vec::new();
+        for c in order {
+            if !seen.contains(&c.pool) {
+                seen.push(c.pool);
+                if let Some(p) = app.pools.get(c.pool) {
+                    counts.merge(&p.scheduler.census());
+                }
+            }
+        }
+        return NoKey::Unusable(counts);
+    }
+    refusals.into_iter().find(|e| !matches!(e, NoKey::NoKeys)).unwrap_or(NoKey::NoKeys)
+}
+
+/// While `pool`'s breaker is open, waits for it to close, at most
+/// `max_wait` and never past `deadline`.
+async fn wait_for_breaker(app: &AppState, pool: &Pool, deadline: Instant) -> Result<(), Unserved> {
+    if !pool.breaker.is_open() {
+        return Ok(());
+    }
+    let until = deadline.min(Instant::now() + app.config.pool.max_wait);
+    if pool.breaker.wait_closed(until).await {
+        Ok(())
+    } else {
+        Err(Unserved::Down)
+    }
+}
+
 /// What goes upstream, and what is kept to send it again.
 struct Outgoing {
-    /// The first attempt's body.
+    /// The first attempt's body when it streams (an upload, sent once).
     body: Option<OutBody>,
-    /// A body held in memory, sent again on a retry (an upload streams once).
+    /// The caller's body held in memory, sent again on a retry.
     replay: Option<Bytes>,
-    /// The caller's body before keypool added `stream_options`.
-    caller_body: Option<Bytes>,
-    /// keypool asked for the stream's usage: hide it from the caller.
-    strip_usage: bool,
+    /// The caller's body with `stream_options.include_usage` added, for
+    /// upstreams that take it: keypool then hides the usage from the caller.
+    edited: Option<Bytes>,
     /// An upload's progress, watched so its slowness is never blamed on the upstream.
     upload: Option<tokio::sync::watch::Receiver<Sent>>,
 }
 
 /// Prepares the body: a stream whose caller did not ask for usage asks for
-/// it anyway (keypool needs it to account tokens and spend; it is hidden
-/// from the caller), unless turned off or the upstream is known to refuse
-/// the field; an upload is watched.
-fn outgoing(app: &AppState, body: OutBody, shape: Option<&PromptShape>, rest: &str) -> Outgoing {
+/// it anyway where the upstream takes it (keypool needs it to account
+/// tokens and spend; it is hidden from the caller); an upload is watched.
+fn outgoing(body: OutBody, shape: Option<&PromptShape>, rest: &str) -> Outgoing {
     match body {
         OutBody::Stream(s) => {
             let (watched, rx) = watch_upload(s);
-            Outgoing {
-                body: Some(OutBody::Stream(watched)),
-                replay: None,
-                caller_body: None,
-                strip_usage: false,
-                upload: Some(rx),
-            }
+            Outgoing { body: Some(OutBody::Stream(watched)), replay: None, edited: None, upload: Some(rx) }
         }
         OutBody::Bytes(bytes) => {
-            let inject = app.config.stream_usage && !app.quirks.refuses_stream_options();
             let wants = shape.is_some_and(|s| s.stream && s.include_usage != Some(true)) && reports_stream_usage(rest);
-            let edited = if inject && wants { with_include_usage(&bytes) } else { None };
-            let strip_usage = edited.is_some();
-            let (sent, caller_body) = match edited {
-                Some(edited) => (edited, Some(bytes)),
-                None => (bytes, None),
-            };
-            Outgoing {
-                body: Some(OutBody::Bytes(sent.clone())),
-                replay: Some(sent),
-                caller_body,
-                strip_usage,
-                upload: None,
-            }
+            let edited = if wants { with_include_usage(&bytes) } else { None };
+            Outgoing { body: None, replay: Some(bytes), edited, upload: None }
         }
     }
 }
@@ -513,6 +696,7 @@ struct Reading {
 /// unchanged, or report a failure the policy retries.
 async fn answer(
     app: &AppState,
+    pool: &Pool,
     slot: &mut Option<Box<RequestContext>>,
     upstream: Answer,
     lease: KeyLease,
@@ -525,9 +709,9 @@ async fn answer(
     let mut headers = HeaderMap::with_capacity(upstream.headers().len());
     copy_response_headers(upstream.headers(), &mut headers);
     if status.is_server_error() {
-        app.note_upstream_failure();
+        note_upstream_failure(pool);
     } else {
-        app.breaker.success();
+        pool.breaker.success();
     }
     let content_type = upstream.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
 
@@ -608,24 +792,26 @@ async fn answer(
     if let Some(mut c) = slot.take() {
         c.attempt_ended(status.as_u16(), "ok");
         c.status(status.as_u16());
-        stamp(app, &mut headers, &c);
+        stamp(app, app.pools.index_of(pool), &mut headers, &c);
         metered = metered.context(c);
     }
     Ok(respond(status, headers, Body::from_stream(metered)))
 }
 
-/// Adds what the request did to its answer's head (see [`headers`]).
-fn stamp(app: &AppState, out: &mut HeaderMap, ctx: &RequestContext) {
+/// Adds what the request did to its answer's head (see [`headers`]): the
+/// rate limits are those of the upstream at `pool` (the one that answered).
+fn stamp(app: &AppState, pool: usize, out: &mut HeaderMap, ctx: &RequestContext) {
     let settings = &app.config.headers;
-    let pool = (!settings.upstream_ratelimit).then(|| {
-        let view = app.scheduler.pool_rates();
+    let scheduler = &app.pools.get(pool).unwrap_or_else(|| app.pools.default_pool()).scheduler;
+    let view = (!settings.upstream_ratelimit).then(|| {
+        let view = scheduler.pool_rates();
         // Keys set aside for the model cannot serve it: not the caller's room.
-        match ctx.model().map(|m| app.scheduler.set_aside_keys(m)) {
+        match ctx.model().map(|m| scheduler.set_aside_keys(m)) {
             Some(aside) if !aside.is_empty() => Arc::new(view.without(&aside)),
             _ => view,
         }
     });
-    headers::decorate(out, settings, &ctx.head_facts(), pool.as_ref());
+    headers::decorate(out, settings, &ctx.head_facts(), view.as_ref());
 }
 
 fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
@@ -635,12 +821,10 @@ fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     response
 }
 
-impl AppState {
-    /// Counts a failure of the upstream's kind; if it opens the breaker, what
-    /// keys suffered is forgiven (it was not theirs).
-    fn note_upstream_failure(&self) {
-        if self.breaker.failure() {
-            self.scheduler.forgive_connect_failures();
-        }
+/// Counts a failure of the upstream's kind; if it opens the breaker, what
+/// keys suffered is forgiven (it was not theirs).
+fn note_upstream_failure(pool: &Pool) {
+    if pool.breaker.failure() {
+        pool.scheduler.forgive_connect_failures();
     }
 }

@@ -366,8 +366,8 @@ impl Store {
             }
             let inserted = sqlx::query(
                 "INSERT INTO keys (secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
-                                   expires_at, organization, project, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                   expires_at, organization, project, created_at, upstream)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                  ON CONFLICT (secret) DO NOTHING RETURNING id",
             )
             .bind(&key.secret)
@@ -382,6 +382,7 @@ impl Store {
             .bind(&key.organization)
             .bind(&key.project)
             .bind(now_unix())
+            .bind(&key.upstream)
             .fetch_optional(pool)
             .await?;
             match inserted {
@@ -410,7 +411,7 @@ impl Store {
                 "SELECT id, secret, label, rpm, tpm, rpd, max_inflight, weight, budget_micros,
                         spent_micros, expires_at, enabled, requests, successes, failures,
                         prompt_tokens, completion_tokens, created_at, last_used_at, organization, project,
-                        secret_version
+                        upstream, secret_version
                  FROM keys ORDER BY id",
             )
             .fetch_all(pool)
@@ -445,8 +446,9 @@ impl Store {
                     budget_micros = CASE WHEN $13 THEN $14 ELSE budget_micros END,
                     expires_at = CASE WHEN $15 THEN $16 ELSE expires_at END,
                     organization = CASE WHEN $17 THEN $18 ELSE organization END,
-                    project = CASE WHEN $19 THEN $20 ELSE project END
-                 WHERE id = $21",
+                    project = CASE WHEN $19 THEN $20 ELSE project END,
+                    upstream = CASE WHEN $21 THEN $22 ELSE upstream END
+                 WHERE id = $23",
             )
             .bind(change.label.is_some())
             .bind(change.label.clone().flatten())
@@ -468,6 +470,8 @@ impl Store {
             .bind(change.organization.clone().flatten())
             .bind(change.project.is_some())
             .bind(change.project.clone().flatten())
+            .bind(change.upstream.is_some())
+            .bind(change.upstream.clone().flatten())
             .bind(id)
             .execute(pool)
             .await?;

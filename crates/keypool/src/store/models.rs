@@ -26,6 +26,8 @@ pub struct NewKey {
     pub organization: Option<String>,
     /// Sent upstream as `OpenAI-Project` with this key.
     pub project: Option<String>,
+    /// The upstream (by name) the key belongs to; None: the default one.
+    pub upstream: Option<String>,
 }
 
 /// Settings `keys edit` changes: `None` leaves one as it is, `Some(None)` clears it.
@@ -41,6 +43,8 @@ pub struct KeyChange {
     pub expires_at: Option<Option<i64>>,
     pub organization: Option<Option<String>>,
     pub project: Option<Option<String>>,
+    /// `Some(None)`: back to the default upstream.
+    pub upstream: Option<Option<String>>,
 }
 
 impl KeyChange {
@@ -76,6 +80,8 @@ pub struct KeyRecord {
     pub organization: Option<String>,
     /// Sent upstream as `OpenAI-Project` with this key.
     pub project: Option<String>,
+    /// The upstream (by name) the key belongs to; None: the default one.
+    pub upstream: Option<String>,
 }
 
 fn opt_u32(v: Option<i64>) -> Option<u32> {
@@ -108,6 +114,7 @@ impl KeyRecord {
             last_used_at: None,
             organization: None,
             project: None,
+            upstream: None,
         }
     }
 
@@ -135,6 +142,7 @@ impl KeyRecord {
             last_used_at: row.col("last_used_at")?,
             organization: row.col("organization")?,
             project: row.col("project")?,
+            upstream: row.col("upstream")?,
         })
     }
 }

@@ -148,8 +148,8 @@ impl Store {
             let mut tx = pool.begin().await?;
             let row = sqlx::query(
                 "INSERT INTO keys (secret, secret_version, fingerprint, label, rpm, tpm, rpd, max_inflight, weight,
-                                   budget_micros, expires_at, organization, project, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                   budget_micros, expires_at, organization, project, created_at, upstream)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT DO NOTHING RETURNING id",
             )
             .bind(format!("pending:{fingerprint}"))
@@ -166,6 +166,7 @@ impl Store {
             .bind(&key.organization)
             .bind(&key.project)
             .bind(now_unix())
+            .bind(&key.upstream)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else {

@@ -88,6 +88,8 @@ pub struct Upstream {
     base: Url,
     /// Whether the caller's `OpenAI-Organization`/`OpenAI-Project` go upstream.
     forward_account_headers: bool,
+    /// The upstream's own extra headers (`headers`), sent with every request.
+    extra: HeaderMap,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -144,19 +146,36 @@ impl Upstream {
             }
             Transport::Proxied(builder.build().map_err(|e| UpstreamError::Client(e.to_string()))?)
         };
-        Ok(Upstream { transport, base, forward_account_headers: false })
+        Ok(Upstream { transport, base, forward_account_headers: false, extra: HeaderMap::new() })
     }
 
-    /// The client `config` describes: its upstream, proxy, connect timeout,
-    /// extra trusted CAs (`ca_file`) and which caller headers go upstream.
+    /// The client for `config`'s default upstream (see [`Upstream::for_upstream`]).
     pub fn from_config(config: &crate::config::Config) -> Result<Upstream, UpstreamError> {
-        let mut upstream = Upstream::build(
-            &config.upstream,
-            config.proxy.as_deref(),
-            config.timeouts.connect,
-            config.ca_file.as_deref(),
-        )?;
+        let first = config.upstream_list().into_iter().next();
+        let first = first.ok_or_else(|| UpstreamError::Client("no upstream is configured".into()))?;
+        Upstream::for_upstream(&first, config)
+    }
+
+    /// The client for one upstream: its base URL, proxy (else the global
+    /// `proxy`), extra trusted CAs (else the global `ca_file`), extra
+    /// headers, the connect timeout (its own, else the global one), and
+    /// which caller headers go upstream.
+    pub fn for_upstream(
+        u: &crate::config::UpstreamConfig,
+        config: &crate::config::Config,
+    ) -> Result<Upstream, UpstreamError> {
+        let proxy = u.proxy.as_deref().or(config.proxy.as_deref());
+        let ca_file = u.ca_file.as_deref().or(config.ca_file.as_deref());
+        let connect = config.timeouts.connect;
+        let mut upstream = Upstream::build(&u.base_url, proxy, connect, ca_file)?;
         upstream.forward_account_headers = config.server.forward_account_headers;
+        for (name, value) in &u.headers {
+            let name = http::HeaderName::try_from(name.as_str()).map_err(|e| UpstreamError::Client(e.to_string()))?;
+            let mut value =
+                HeaderValue::try_from(value.0.as_str()).map_err(|e| UpstreamError::Client(e.to_string()))?;
+            value.set_sensitive(true);
+            upstream.extra.insert(name, value);
+        }
         Ok(upstream)
     }
 
@@ -213,6 +232,9 @@ impl Upstream {
             if !headers::is_dropped_request_header(name, &listed, self.forward_account_headers) {
                 headers.append(name.clone(), value.clone());
             }
+        }
+        for (name, value) in &self.extra {
+            headers.insert(name.clone(), value.clone());
         }
         headers.insert(http::header::AUTHORIZATION, bearer(key).ok_or(UpstreamError::UnusableKey(key_id))?);
         account.apply(&mut headers);
@@ -330,6 +352,12 @@ fn has_dot_segment(path: &str) -> bool {
             let plain = segment.to_ascii_lowercase().replace("%2e", ".");
             plain == "." || plain == ".."
         })
+}
+
+/// Whether `HTTPS_PROXY` or the like is set in keypool's environment (then
+/// upstreams without a `proxy` of their own go through it).
+pub fn proxy_configured_in_env() -> bool {
+    proxy_in_env(|name| std::env::var_os(name))
 }
 
 /// Whether the environment names an outbound proxy (as curl and reqwest read it).

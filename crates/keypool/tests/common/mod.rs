@@ -1,6 +1,7 @@
 //! Test support: a simulator and a gateway on port 0 with a fresh database.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proxies;
 pub mod scratch;
 pub mod serve;
 

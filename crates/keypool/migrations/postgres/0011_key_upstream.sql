@@ -1,0 +1,10 @@
+-- The upstream (an `[[upstreams]]` name) a key belongs to; NULL: the
+-- default upstream (the first configured, or the single `upstream`), which
+-- is what every key added before upstreams existed belongs to.
+ALTER TABLE keys ADD COLUMN upstream TEXT;
+
+DROP TRIGGER keys_update ON keys;
+CREATE TRIGGER keys_update
+AFTER UPDATE OF secret, label, rpm, tpm, enabled, rpd, max_inflight, weight, budget_micros, expires_at,
+                organization, project, upstream ON keys
+    FOR EACH ROW EXECUTE FUNCTION bump_revision();
