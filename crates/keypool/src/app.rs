@@ -17,7 +17,6 @@ use crate::records::{Recorder, WriterHandle};
 use crate::routing::Pools;
 use crate::server::{router, worker_count, AppState, Edge, TokenSet};
 use crate::store::{SavedKeyState, Store, StoreError};
-use crate::upstream::Upstream;
 
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
@@ -145,13 +144,20 @@ const MIN_LAST_WRITE: Duration = Duration::from_secs(1);
 
 /// Opens the store, loads keys and tokens, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    start_with(config, None).await
+}
+
+/// [`start`], then keeps the upstreams in step with `source` (the config
+/// file, watched, and `SIGHUP`; see [`crate::reload`]) when given.
+pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) -> anyhow::Result<Running> {
     let store = Store::connect(&config.database_url).await?.with_keyring(config.keyring.clone());
     store.protect_keys_at_start().await?;
     let keys: Vec<crate::config::KeyFacts> = store.list_keys().await?.iter().map(Into::into).collect();
     for warning in config.warnings(Some(&keys)) {
         tracing::warn!("{warning}");
     }
-    let pools = Arc::new(Pools::from_config(config));
+    let stop = CancellationToken::new();
+    let pools = Arc::new(Pools::new(config, &stop));
 
     let tokens = Arc::new(TokenSet::default());
     // With `records.enabled` off the writer still runs: it keeps the
@@ -197,26 +203,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         );
     }
     // Every upstream's client is built once here, so a bad proxy or CA file stops the start.
-    let probe_clients: Vec<Upstream> =
-        config.upstream_list().iter().map(|u| Upstream::for_upstream(u, config)).collect::<Result<_, _>>()?;
+    let probe_clients = crate::server::Clients::build(&pools.load(), config)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {} (the `listen` setting)", config.listen))?;
     let addr = listener.local_addr()?;
     announce_admin_token(&admin_token, config, addr);
-    let stop = CancellationToken::new();
     // /metrics: on the main listener behind the admin API's token.
     let scrape = crate::metrics::Scrape { pools: Arc::clone(&pools), recorder: recorder.clone() };
     let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&admin_token.live)));
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let make_router = || -> anyhow::Result<axum::Router> {
-        let clients =
-            config.upstream_list().iter().map(|u| Upstream::for_upstream(u, config)).collect::<Result<_, _>>()?;
+        let clients = crate::server::Clients::build(&pools.load(), config)?;
         let gateway = router(Arc::new(AppState {
             pools: Arc::clone(&pools),
             tokens: Arc::clone(&tokens),
-            clients,
+            clients: std::sync::Mutex::new(Arc::new(clients)),
             config: config.clone(),
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
@@ -247,19 +250,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     tokio::spawn(crate::records::retention::run(sync_store.clone(), retention, stop.clone()));
     // Each upstream's keys are probed, and the upstream itself, with its own client.
-    for (pool, client) in pools.all().iter().zip(probe_clients) {
-        tokio::spawn(crate::health::probe_keys(
-            Arc::clone(&pool.scheduler),
-            client.clone(),
-            config.health.clone(),
+    for (pool, client) in pools.load().all().iter().zip(probe_clients.into_list()) {
+        crate::reload::spawn_probes(pool, client, config);
+    }
+    if let Some(source) = source {
+        let asked = Arc::new(tokio::sync::Notify::new());
+        #[cfg(unix)]
+        tokio::spawn(hangups(Arc::clone(&asked), stop.clone()));
+        tokio::spawn(crate::reload::watch(
+            source,
+            config.clone(),
+            Arc::clone(&pools),
+            sync_store.clone(),
             stop.clone(),
-        ));
-        tokio::spawn(crate::health::probe_upstream(
-            Arc::clone(&pool.breaker),
-            Arc::clone(&pool.scheduler),
-            client,
-            config.health.upstream_probe,
-            stop.clone(),
+            asked,
         ));
     }
     let alert_looks = crate::alerts::spawn(Arc::clone(&pools), &config.alerts, stop.clone());
@@ -279,6 +283,27 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         store: sync_store,
         alert_looks,
     })
+}
+
+/// Asks for a reload on each `SIGHUP` until `stop`.
+#[cfg(unix)]
+async fn hangups(asked: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP cannot be caught here: reloads follow the config file only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => match got {
+                Some(()) => {
+                    tracing::info!("SIGHUP: reading the configuration again");
+                    asked.notify_one();
+                }
+                None => return,
+            },
+        }
+    }
 }
 
 /// Serves `/metrics` without auth on `at` (`metrics_listen`) until `stop`;

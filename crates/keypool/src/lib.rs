@@ -18,6 +18,7 @@ pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod records;
+pub mod reload;
 pub mod routing;
 pub mod scheduler;
 pub mod server;

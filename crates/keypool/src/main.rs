@@ -49,12 +49,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Kept until `run` returns: dropping it writes the lines still buffered.
     let _log = keypool::telemetry::init_log(&config.log, cli.log_format.unwrap_or(config.telemetry.log_format))?;
     match &cli.command {
-        Command::Serve(_) => serve(&config).await,
+        Command::Serve(_) => {
+            // The file named, else the default one (watched even before it exists).
+            let file = cli.config.clone().unwrap_or_else(|| keypool::config::DEFAULT_CONFIG_FILE.into());
+            let cli = std::sync::Arc::new(cli);
+            let load = std::sync::Arc::new(move || cli.load_config());
+            serve(&config, keypool::reload::Source { file: Some(file), load }).await
+        }
         other => keypool::cli::run_admin(other, &config).await,
     }
 }
 
-async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
+async fn serve(config: &keypool::config::Config, source: keypool::reload::Source) -> anyhow::Result<()> {
     tracing::info!("database: {}", keypool::store::database_path(&config.database_url));
     // The one Prometheus recorder of this process; library users and
     // in-process tests run without one (the metrics macros are no-ops), and
@@ -65,7 +71,7 @@ async fn serve(config: &keypool::config::Config) -> anyhow::Result<()> {
     let telemetry = &config.telemetry;
     keypool::server::limit_refusal_log(telemetry.auth_failure_log_lines, telemetry.auth_failure_log_interval);
     let traces = keypool::telemetry::Traces::start(telemetry)?;
-    let running = keypool::app::start(config).await?;
+    let running = keypool::app::start_with(config, Some(source)).await?;
     tracing::info!(
         "keypool listening on http://{} (upstream {}, auth {:?})",
         running.addr(),

@@ -328,6 +328,7 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
     let resets: HashMap<i64, crate::scheduler::WindowResets> =
         state.pools.window_resets().into_iter().map(|r| (r.key_id, r)).collect();
     let now = now_unix_ms();
+    let set = state.pools.load();
     Ok(keys
         .iter()
         .map(|k| {
@@ -371,7 +372,7 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
                 organization: k.organization.clone(),
                 project: k.project.clone(),
                 upstream: k.upstream.clone().unwrap_or_else(|| state.config.default_upstream()),
-                upstream_configured: k.upstream.as_deref().is_none_or(|u| state.pools.by_name(u).is_some()),
+                upstream_configured: k.upstream.as_deref().is_none_or(|u| set.by_name(u).is_some()),
                 requests: view.map_or(k.requests, |v| v.requests.max(k.requests)),
                 successes: view.map_or(k.successes, |v| v.successes.max(k.successes)),
                 failures: view.map_or(k.failures, |v| v.failures.max(k.failures)),

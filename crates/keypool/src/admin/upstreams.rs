@@ -116,8 +116,8 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<UpstreamL
         .run(move |s| async move { Ok(s.store.stats_by_subject(Dimension::Key, Span::Minute, from, now + 1).await?) })
         .await?;
     let proxy_in_env = crate::upstream::proxy_configured_in_env();
-    let data = state
-        .pools
+    let set = state.pools.load();
+    let data = set
         .all()
         .iter()
         .enumerate()
@@ -162,9 +162,11 @@ pub async fn test(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<Json<UpstreamTest>, AdminError> {
-    let Some((index, pool)) = state.pools.by_name(&name) else {
+    let set = state.pools.load();
+    let Some((_, pool)) = set.by_name(&name) else {
         return Err(AdminError::UnknownUpstream(name));
     };
+    let upstream = pool.upstream.clone();
     // Its active keys first, then cooling ones (a probe costs no quota with `GET /models`).
     let mut usable: Vec<(i64, &'static str)> = pool
         .scheduler
@@ -189,11 +191,7 @@ pub async fn test(
                     request,
                 }));
             };
-            let upstream = s
-                .pools
-                .get(index)
-                .map(|p| crate::upstream::Upstream::for_upstream(&p.upstream, &s.config))
-                .ok_or(AdminError::Internal("the upstream is gone"))?
+            let upstream = crate::upstream::Upstream::for_upstream(&upstream, &s.config)
                 .map_err(|_| AdminError::Internal("the upstream client could not be built"))?;
             let report = crate::cli::keytest::test_one(&upstream, key, model.as_deref(), TEST_TIMEOUT).await;
             let ok = report.error.is_none() && report.status.is_some_and(|s| (200..300).contains(&s));

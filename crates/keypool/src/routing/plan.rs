@@ -130,7 +130,7 @@ impl Planner {
         Planner { aliases: aliases.clone(), default, cache: RwLock::new(HashMap::new()) }
     }
 
-    pub(super) fn plan(&self, pools: &[Pool], model: Option<&str>) -> Result<Arc<Plan>, RouteError> {
+    pub(super) fn plan(&self, pools: &[Arc<Pool>], model: Option<&str>) -> Result<Arc<Plan>, RouteError> {
         let Some(model) = model else { return Ok(Arc::clone(&self.default)) };
         if let Some(plan) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(model) {
             return Ok(Arc::clone(plan));
@@ -153,7 +153,7 @@ impl Planner {
         self.cache.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn build(&self, pools: &[Pool], model: &str) -> Result<Plan, RouteError> {
+    fn build(&self, pools: &[Arc<Pool>], model: &str) -> Result<Plan, RouteError> {
         let mut tiers = Vec::new();
         let mut seen: Vec<Candidate> = Vec::new();
         match self.aliases.get(model) {
@@ -183,7 +183,7 @@ impl Planner {
 }
 
 /// Pools whose globs match `model`, in config order.
-fn serving(pools: &[Pool], model: &str) -> Vec<usize> {
+fn serving(pools: &[Arc<Pool>], model: &str) -> Vec<usize> {
     pools.iter().enumerate().filter(|(_, p)| p.upstream.serves(model)).map(|(i, _)| i).collect()
 }
 
@@ -192,7 +192,7 @@ fn serving(pools: &[Pool], model: &str) -> Vec<usize> {
 fn push_tiers(
     tiers: &mut Vec<Tier>,
     seen: &mut Vec<Candidate>,
-    pools: &[Pool],
+    pools: &[Arc<Pool>],
     members: &[usize],
     model: Option<Arc<str>>,
 ) {

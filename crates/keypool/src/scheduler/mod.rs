@@ -43,7 +43,7 @@ use record::{apply_verdict, record_sent, transition};
 pub use strategy::Strategy;
 
 /// Limits that apply to keys which carry none of their own.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DefaultLimits {
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,

@@ -36,7 +36,7 @@ pub use signal::GraceEnd;
 pub use workers::{serve, worker_count, Edge};
 
 use crate::config::Config;
-use crate::routing::Pools;
+use crate::routing::{PoolSet, Pools};
 use crate::upstream::Upstream;
 
 /// What request handlers share. Built once at start.
@@ -44,8 +44,9 @@ pub struct AppState {
     /// Every upstream's keys, breaker and quirks (shared by every worker).
     pub pools: Arc<Pools>,
     pub tokens: Arc<TokenSet>,
-    /// This worker's client for each upstream, in the order of `pools`.
-    pub clients: Vec<Upstream>,
+    /// This worker's client for each upstream of the set in force, built
+    /// again when a reload puts a new set in force.
+    pub clients: std::sync::Mutex<Arc<Clients>>,
     pub config: Config,
     /// Model prices already resolved (this worker's; see `PriceCache`).
     pub prices: crate::config::models::PriceCache,
@@ -53,11 +54,47 @@ pub struct AppState {
     pub recorder: crate::records::Recorder,
 }
 
+/// A worker's clients for one set of upstreams, in the set's order: each
+/// worker has its own, so pooled upstream connections stay on its thread.
+pub struct Clients {
+    generation: u64,
+    list: Vec<Upstream>,
+}
+
+impl Clients {
+    /// A client for each upstream of `set` ([`Upstream::for_upstream`]).
+    pub fn build(set: &PoolSet, config: &Config) -> Result<Clients, crate::upstream::UpstreamError> {
+        let list = set.all().iter().map(|p| Upstream::for_upstream(&p.upstream, config)).collect::<Result<_, _>>()?;
+        Ok(Clients { generation: set.generation(), list })
+    }
+
+    /// The clients, in the set's order.
+    pub fn into_list(self) -> Vec<Upstream> {
+        self.list
+    }
+
+    /// The client for the upstream at `index` (the default's when out of
+    /// range: both come from the same set).
+    pub fn get(&self, index: usize) -> &Upstream {
+        &self.list[index.min(self.list.len().saturating_sub(1))]
+    }
+}
+
 impl AppState {
-    /// This worker's client for the upstream at `index` (the default's if
-    /// there is none: `clients` is built from the same list as `pools`).
-    pub fn client(&self, index: usize) -> &Upstream {
-        &self.clients[index.min(self.clients.len().saturating_sub(1))]
+    /// This worker's clients for `set`: built once per set (at the first
+    /// request after a reload).
+    pub fn clients_for(&self, set: &PoolSet) -> Result<Arc<Clients>, ApiError> {
+        let mut held = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if held.generation != set.generation() {
+            match Clients::build(set, &self.config) {
+                Ok(built) => *held = Arc::new(built),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not build the upstream clients of the new configuration");
+                    return Err(ApiError::Internal("the upstream clients could not be built"));
+                }
+            }
+        }
+        Ok(Arc::clone(&held))
     }
 }
 
@@ -87,7 +124,7 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
 async fn readyz(State(app): State<Arc<AppState>>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
     let counts = app.pools.census();
     // Down when every upstream is failing for every key.
-    let upstream_down = app.pools.all().iter().all(|p| p.breaker.is_open());
+    let upstream_down = app.pools.load().all().iter().all(|p| p.breaker.is_open());
     let ready = counts.usable() > 0 && !upstream_down;
     let status = if ready { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
     let reason = if counts.total() == 0 {

@@ -15,10 +15,10 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::AppState;
-use crate::routing::Pool;
+use super::{AppState, Clients};
+use crate::routing::{Pool, PoolSet};
 use crate::scheduler::{Demand, Outcome, Verdict};
-use crate::upstream::OutBody;
+use crate::upstream::{OutBody, Upstream};
 
 /// How long an upstream's own list is kept before it is fetched again.
 pub const MODELS_TTL: Duration = Duration::from_secs(600);
@@ -26,22 +26,22 @@ pub const MODELS_TTL: Duration = Duration::from_secs(600);
 const LIST_CAP: usize = 8 << 20;
 
 /// Whether `GET /v1/models` is answered by keypool rather than passed on.
-pub fn answered_here(app: &AppState) -> bool {
-    app.pools.all().len() > 1 || !app.config.model_aliases.is_empty()
+pub fn answered_here(app: &AppState, set: &PoolSet) -> bool {
+    set.all().len() > 1 || !app.config.model_aliases.is_empty()
 }
 
 /// The union list, as OpenAI shapes it: `{"object":"list","data":[…]}`.
-pub async fn list(app: &AppState) -> Response {
-    let mut own = Vec::with_capacity(app.pools.all().len());
-    for (index, pool) in app.pools.all().iter().enumerate() {
-        own.push(own_list(app, index, pool).await);
+pub async fn list(app: &AppState, set: &PoolSet, clients: &Clients) -> Response {
+    let mut own = Vec::with_capacity(set.all().len());
+    for (index, pool) in set.all().iter().enumerate() {
+        own.push(own_list(app, clients.get(index), pool).await);
     }
-    axum::Json(union(app, &own)).into_response()
+    axum::Json(union(app, set, &own)).into_response()
 }
 
 /// Aliases first, then each upstream's own entries its globs let through
 /// and the exact names its `models` gives; the first of a name is kept.
-fn union(app: &AppState, own: &[Arc<Vec<Value>>]) -> Value {
+fn union(app: &AppState, set: &PoolSet, own: &[Arc<Vec<Value>>]) -> Value {
     let mut data: Vec<Value> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut push = |item: Value| {
@@ -53,7 +53,7 @@ fn union(app: &AppState, own: &[Arc<Vec<Value>>]) -> Value {
     for alias in app.config.model_aliases.keys() {
         push(entry(alias, "keypool"));
     }
-    for (pool, own) in app.pools.all().iter().zip(own) {
+    for (pool, own) in set.all().iter().zip(own) {
         for item in own.iter() {
             if item.get("id").and_then(Value::as_str).is_some_and(|id| pool.upstream.serves(id)) {
                 push(item.clone());
@@ -73,11 +73,11 @@ fn entry(id: &str, owner: &str) -> Value {
 
 /// The upstream's own list: cached, else fetched now with one of its keys
 /// that has room (empty when none has, or the upstream cannot tell).
-async fn own_list(app: &AppState, index: usize, pool: &Pool) -> Arc<Vec<Value>> {
+async fn own_list(app: &AppState, client: &Upstream, pool: &Pool) -> Arc<Vec<Value>> {
     if let Some(list) = pool.cached_models(MODELS_TTL) {
         return list;
     }
-    let fetched = fetch(app, index, pool).await;
+    let fetched = fetch(app, client, pool).await;
     match fetched {
         Some(list) => pool.cache_models(list),
         // Not cached: the next request asks again.
@@ -85,9 +85,8 @@ async fn own_list(app: &AppState, index: usize, pool: &Pool) -> Arc<Vec<Value>> 
     }
 }
 
-async fn fetch(app: &AppState, index: usize, pool: &Pool) -> Option<Vec<Value>> {
+async fn fetch(app: &AppState, client: &Upstream, pool: &Pool) -> Option<Vec<Value>> {
     let lease = pool.scheduler.try_lease(Demand::default()).ok()?;
-    let client = app.client(index);
     let url = client.url_for("models", None)?;
     let mut lease = lease;
     lease.mark_sent();

@@ -28,7 +28,7 @@ use super::AppState;
 use crate::config::models::ModelPrice;
 use crate::config::AuthMode;
 use crate::records::error_type;
-use crate::routing::{Candidate, Plan, Pool};
+use crate::routing::{Candidate, Plan, Pool, PoolSet};
 use crate::scheduler::{Charged, KeyLease, NoKey, Outcome, Verdict};
 use crate::tokens::PromptShape;
 use crate::upstream::{
@@ -83,8 +83,8 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     }
     let mut slot = Some(ctx);
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
-    // The upstream the request went to last (the default one before any).
-    let mut pool = 0;
+    // The upstream the request went to last (none before any).
+    let mut pool: Option<Arc<Pool>> = None;
     let mut response = match handle(&app, parts, body, started, &mut slot, &mut pool).await {
         Ok(response) => response,
         Err(e) => {
@@ -97,7 +97,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     };
     if let Some(ctx) = slot.take() {
         // Not a 2xx (whose head was stamped when its body took the context).
-        stamp(&app, pool, response.headers_mut(), &ctx);
+        stamp(&app, pool.as_deref(), response.headers_mut(), &ctx);
         ctx.end_as(response.status().as_u16());
     }
     if let Some(id) = id {
@@ -112,18 +112,23 @@ async fn handle(
     body: Body,
     started: Instant,
     slot: &mut Option<Box<RequestContext>>,
-    pool_used: &mut usize,
+    pool_used: &mut Option<Arc<Pool>>,
 ) -> Result<Response, ApiError> {
+    // The upstreams as configured now: a reload changes them for later requests only.
+    let set = app.pools.load();
+    let clients = app.clients_for(&set)?;
     let rest = parts.uri.path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
     let query = parts.uri.query();
     // Every upstream's base applies the same rule for dot segments; the
     // default's tells before the body is read.
-    app.client(0).url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
-    if parts.method == http::Method::GET && rest.trim_end_matches('/') == "models" && super::models::answered_here(app)
+    clients.get(0).url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
+    if parts.method == http::Method::GET
+        && rest.trim_end_matches('/') == "models"
+        && super::models::answered_here(app, &set)
     {
-        return Ok(super::models::list(app).await);
+        return Ok(super::models::list(app, &set, &clients).await);
     }
-    let exact = app.pools.counts_tokens() || !app.config.prices.is_empty();
+    let exact = set.all().iter().any(|p| p.scheduler.counts_tokens()) || !app.config.prices.is_empty();
     let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
     if let crate::upstream::OutBody::Bytes(bytes) = &inspected.body {
         ctx!(slot, request_body, bytes);
@@ -137,11 +142,11 @@ async fn handle(
         shape.as_ref().is_some_and(|s| s.stream),
         shape.as_ref().and_then(|s| s.user.as_deref())
     );
-    let plan = app.pools.plan(model.as_deref())?;
-    let route = Route { plan: &plan, single: plan.single().cloned(), caller_model: model.as_deref() };
+    let plan = set.plan(model.as_deref())?;
+    let route = Route { set: &set, plan: &plan, single: plan.single().cloned(), caller_model: model.as_deref() };
     let first = route.single.clone().or_else(|| plan.candidates().next().cloned());
-    let first_pool = first.as_ref().and_then(|c| app.pools.get(c.pool)).unwrap_or_else(|| app.pools.default_pool());
-    *pool_used = first.as_ref().map_or(0, |c| c.pool);
+    let first_pool = first.as_ref().and_then(|c| set.all().get(c.pool)).unwrap_or_else(|| &set.all()[0]);
+    *pool_used = Some(Arc::clone(first_pool));
     let expect = Expect {
         protocol: keypool_sse::StreamProtocol::for_path(&rest),
         prompt_tokens: shape.as_ref().map_or(0, |s| s.prompt_tokens),
@@ -151,14 +156,14 @@ async fn handle(
     // The whole request's deadline: the model's, else the first upstream's, else the global one.
     let deadline = started + app.config.deadline_via(Some(&first_pool.upstream.timeouts), model.as_deref());
     // Keys known not to serve this model are tried last.
-    let aside: Vec<i64> = route.set_aside_keys(app);
+    let aside: Vec<i64> = route.set_aside_keys();
     let mut avoid = aside.clone();
     // Keys only another key can improve on (after such a failure, with the
     // set-aside ones): never tried again while another key can serve at all.
     let mut exclude: Vec<i64> = Vec::new();
     // Upstreams that failed this request (failing, or without the model):
     // the next group serves while another can.
-    let mut skip: Vec<usize> = route.all_set_aside(app);
+    let mut skip: Vec<usize> = route.all_set_aside();
     let mut tried: Vec<i64> = Vec::new();
     // Keys refused in words that may be theirs: on trial if another key is served.
     let mut refused: Vec<(usize, i64)> = Vec::new();
@@ -201,11 +206,12 @@ async fn handle(
                 });
             }
         };
-        let Some(pool) = app.pools.get(candidate.pool) else {
+        let Some(pool_arc) = set.all().get(candidate.pool) else {
             return Err(ApiError::Internal("a plan named an upstream that does not exist"));
         };
-        *pool_used = candidate.pool;
-        let client = app.client(candidate.pool);
+        *pool_used = Some(Arc::clone(pool_arc));
+        let pool: &Pool = pool_arc;
+        let client = clients.get(candidate.pool);
         let served_model = candidate.model.as_deref().or(model.as_deref());
         let price = served_model.and_then(|m| app.prices.model_price_of(&app.config, m));
         let timeouts = &app.config.timeouts_via(Some(&pool.upstream.timeouts), served_model);
@@ -341,7 +347,7 @@ async fn handle(
                                     // Another key was served where these were refused: the
                                     // refusals may be theirs, so they go on trial.
                                     for (at, id) in refused.drain(..) {
-                                        if let Some(p) = app.pools.get(at) {
+                                        if let Some(p) = set.get(at) {
                                             p.scheduler.suspect(id);
                                         }
                                     }
@@ -414,7 +420,7 @@ async fn handle(
         // A refusal only another key can change, when every key that can serve has been tried.
         // (A key's own failure takes it out of the pool: the next lease says what is left.)
         let no_other_key =
-            failed.needs_other_key() && !failed.blames_key() && tried.len() >= route.usable_keys(app).max(1);
+            failed.needs_other_key() && !failed.blames_key() && tried.len() >= route.usable_keys().max(1);
         let generation_may_run_on = timed_out && timeouts_retried > policy.first_byte_retries;
         if attempts > policy.max_retries || replay.is_none() || out_of_time || no_other_key || generation_may_run_on {
             ctx!(slot, error, failed.reason());
@@ -452,6 +458,8 @@ enum Unserved {
 
 /// Where one request may go: its plan, and what choosing needs.
 struct Route<'a> {
+    /// The upstreams the request uses, as configured when it began.
+    set: &'a PoolSet,
     plan: &'a Plan,
     /// The plan's only candidate, when it has one (no choosing).
     single: Option<Candidate>,
@@ -460,11 +468,11 @@ struct Route<'a> {
 
 impl Route<'_> {
     /// Keys of the plan's upstreams set aside for the model each serves.
-    fn set_aside_keys(&self, app: &AppState) -> Vec<i64> {
+    fn set_aside_keys(&self) -> Vec<i64> {
         let Some(model) = self.caller_model else { return Vec::new() };
         let mut out = Vec::new();
         for c in self.plan.candidates() {
-            if let Some(pool) = app.pools.get(c.pool) {
+            if let Some(pool) = self.set.get(c.pool) {
                 out.extend(pool.scheduler.set_aside_keys(c.model.as_deref().unwrap_or(model)));
             }
         }
@@ -473,11 +481,11 @@ impl Route<'_> {
 
     /// Upstreams (of a plan with several) whose every usable key is set
     /// aside for the model: they said it does not exist, so others go first.
-    fn all_set_aside(&self, app: &AppState) -> Vec<usize> {
+    fn all_set_aside(&self) -> Vec<usize> {
         let (Some(model), None) = (self.caller_model, &self.single) else { return Vec::new() };
         let mut out = Vec::new();
         for c in self.plan.candidates() {
-            let Some(pool) = app.pools.get(c.pool) else { continue };
+            let Some(pool) = self.set.get(c.pool) else { continue };
             let aside = pool.scheduler.set_aside_keys(c.model.as_deref().unwrap_or(model)).len();
             if aside > 0 && aside >= pool.scheduler.usable_keys() && !out.contains(&c.pool) {
                 out.push(c.pool);
@@ -493,10 +501,10 @@ impl Route<'_> {
     }
 
     /// Keys that can serve at all on the plan's upstreams.
-    fn usable_keys(&self, app: &AppState) -> usize {
+    fn usable_keys(&self) -> usize {
         match &self.single {
-            Some(c) => app.pools.get(c.pool).map_or(0, |p| p.scheduler.usable_keys()),
-            None => self.plan.pools().iter().filter_map(|&i| app.pools.get(i)).map(|p| p.scheduler.usable_keys()).sum(),
+            Some(c) => self.set.get(c.pool).map_or(0, |p| p.scheduler.usable_keys()),
+            None => self.plan.pools().iter().filter_map(|&i| self.set.get(i)).map(|p| p.scheduler.usable_keys()).sum(),
         }
     }
 
@@ -515,7 +523,7 @@ impl Route<'_> {
         deadline: Instant,
     ) -> Result<(Candidate, KeyLease), Unserved> {
         if let Some(c) = &self.single {
-            let Some(pool) = app.pools.get(c.pool) else { return Err(Unserved::NoKey(NoKey::NoKeys)) };
+            let Some(pool) = self.set.get(c.pool) else { return Err(Unserved::NoKey(NoKey::NoKeys)) };
             wait_for_breaker(app, pool, deadline).await?;
             let demand = app.demand(&pool.scheduler, shape, self.price_of(app, c));
             return match pool.scheduler.acquire_avoiding(demand, avoid, exclude).await {
@@ -526,21 +534,21 @@ impl Route<'_> {
         let mut order = self.plan.order();
         // Upstreams that failed this request, then failing ones, go last (stable).
         order.sort_by_key(|c| {
-            let failing = app.pools.get(c.pool).is_none_or(|p| p.breaker.is_open());
+            let failing = self.set.get(c.pool).is_none_or(|p| p.breaker.is_open());
             (skip.contains(&c.pool), failing)
         });
-        let any_open = order.iter().any(|c| answering(app, c));
+        let any_open = order.iter().any(|c| answering(self.set, c));
         if !any_open {
             // Every upstream is failing: wait for the first one's breaker, as with one.
             let c = order.first().cloned().ok_or(Unserved::NoKey(NoKey::NoKeys))?;
-            if let Some(pool) = app.pools.get(c.pool) {
+            if let Some(pool) = self.set.get(c.pool) {
                 wait_for_breaker(app, pool, deadline).await?;
             }
         }
         let mut waitable: Vec<(Candidate, crate::scheduler::Demand)> = Vec::new();
         let mut refusals: Vec<NoKey> = Vec::new();
-        for c in order.iter().filter(|c| !any_open || answering(app, c)) {
-            let Some(pool) = app.pools.get(c.pool) else { continue };
+        for c in order.iter().filter(|c| !any_open || answering(self.set, c)) {
+            let Some(pool) = self.set.get(c.pool) else { continue };
             let demand = app.demand(&pool.scheduler, shape, self.price_of(app, c));
             match pool.scheduler.try_lease_avoiding(demand, avoid, exclude) {
                 Ok(lease) => return Ok((c.clone(), lease)),
@@ -549,13 +557,13 @@ impl Route<'_> {
             }
         }
         if waitable.is_empty() {
-            return Err(Unserved::NoKey(merge_refusals(app, &order, refusals)));
+            return Err(Unserved::NoKey(merge_refusals(self.set, &order, refusals)));
         }
         // No upstream has room now: wait on each that may free one; the first wins
         // (the others' places in line are given up, any key granted meanwhile back).
         let mut waits: Vec<Waiting<'_>> = Vec::with_capacity(waitable.len());
         for (c, demand) in waitable {
-            let Some(pool) = app.pools.get(c.pool) else { continue };
+            let Some(pool) = self.set.get(c.pool) else { continue };
             let scheduler = Arc::clone(&pool.scheduler);
             waits.push(Box::pin(async move {
                 scheduler.acquire_avoiding(demand, avoid, exclude).await.map(|lease| (c, lease))
@@ -566,20 +574,20 @@ impl Route<'_> {
 }
 
 /// Whether `c`'s upstream is answering (its breaker closed).
-fn answering(app: &AppState, c: &Candidate) -> bool {
-    app.pools.get(c.pool).is_some_and(|p| !p.breaker.is_open())
+fn answering(set: &PoolSet, c: &Candidate) -> bool {
+    set.get(c.pool).is_some_and(|p| !p.breaker.is_open())
 }
 
 /// Why no upstream can serve, from each one's refusal: keys counted over
 /// all of them when some exist, else the first refusal.
-fn merge_refusals(app: &AppState, order: &[Candidate], refusals: Vec<NoKey>) -> NoKey {
+fn merge_refusals(set: &PoolSet, order: &[Candidate], refusals: Vec<NoKey>) -> NoKey {
     if refusals.iter().any(|e| matches!(e, NoKey::Unusable(_))) {
         let mut counts = crate::scheduler::KeyCounts::default();
         let mut seen = Vec::new();
         for c in order {
             if !seen.contains(&c.pool) {
                 seen.push(c.pool);
-                if let Some(p) = app.pools.get(c.pool) {
+                if let Some(p) = set.get(c.pool) {
                     counts.merge(&p.scheduler.census());
                 }
             }
@@ -792,17 +800,26 @@ async fn answer(
     if let Some(mut c) = slot.take() {
         c.attempt_ended(status.as_u16(), "ok");
         c.status(status.as_u16());
-        stamp(app, app.pools.index_of(pool), &mut headers, &c);
+        stamp(app, Some(pool), &mut headers, &c);
         metered = metered.context(c);
     }
     Ok(respond(status, headers, Body::from_stream(metered)))
 }
 
 /// Adds what the request did to its answer's head (see [`headers`]): the
-/// rate limits are those of the upstream at `pool` (the one that answered).
-fn stamp(app: &AppState, pool: usize, out: &mut HeaderMap, ctx: &RequestContext) {
+/// rate limits are those of `pool` (the upstream that answered, else the
+/// first the request could use; none: the default upstream's).
+fn stamp(app: &AppState, pool: Option<&Pool>, out: &mut HeaderMap, ctx: &RequestContext) {
     let settings = &app.config.headers;
-    let scheduler = &app.pools.get(pool).unwrap_or_else(|| app.pools.default_pool()).scheduler;
+    let set;
+    let pool = match pool {
+        Some(p) => p,
+        None => {
+            set = app.pools.load();
+            set.default_pool()
+        }
+    };
+    let scheduler = &pool.scheduler;
     let view = (!settings.upstream_ratelimit).then(|| {
         let view = scheduler.pool_rates();
         // Keys set aside for the model cannot serve it: not the caller's room.

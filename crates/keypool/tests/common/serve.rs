@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_keypool");
 /// A running `keypool serve`, killed when dropped.
 pub struct Served {
     child: Child,
+    /// The config file it was started with (rewrite it to test reloads).
+    pub file: std::path::PathBuf,
     /// `http://127.0.0.1:PORT/v1`.
     pub base: String,
     pub token: String,
@@ -28,11 +30,21 @@ impl Served {
     /// order) and one gateway token, the file `config` (TOML) and extra
     /// `args`; `RUST_LOG` and `NO_COLOR` are cleared. Waits until it listens.
     pub async fn start(upstream: &str, keys: &[&str], config: &str, args: &[&str]) -> Served {
+        let keys: Vec<keypool::store::NewKey> = keys.iter().map(|k| super::key(k, None)).collect();
+        let mut all = vec!["--upstream", upstream];
+        all.extend_from_slice(args);
+        Served::start_keys(&keys, config, &all).await
+    }
+
+    /// Starts `keypool serve` with `keys` as given (their upstreams
+    /// included), one gateway token, the file `config` and `args` (no
+    /// `--upstream`: the file says where to send requests).
+    pub async fn start_keys(keys: &[keypool::store::NewKey], config: &str, args: &[&str]) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("k.db").display());
         let store = Store::connect(&db).await.unwrap();
         for k in keys {
-            store.add_key(&super::key(k, None)).await.unwrap();
+            store.add_key(k).await.unwrap();
         }
         let token = generate_token();
         store.create_token("test", &hash_token(&token), "kp-test").await.unwrap();
@@ -41,7 +53,7 @@ impl Served {
         std::fs::write(&file, config).unwrap();
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream, "--config"])
+            .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(&file)
             .args(args)
             .env("KEYPOOL_DATABASE_URL", &db)
@@ -49,6 +61,12 @@ impl Served {
             .env_remove("RUST_LOG")
             .env_remove("NO_COLOR")
             .env_remove("KEYPOOL_CONFIG")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -64,12 +82,32 @@ impl Served {
                 }
             }
         });
-        let mut served = Served { child, base: String::new(), token, db, lines, _dir: dir };
+        let mut served = Served { child, file, base: String::new(), token, db, lines, _dir: dir };
         let line =
             served.wait_for_line("the server says where it listens", |l| l.contains("listening on http://")).await;
         let addr = line.split("listening on http://").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
         served.base = format!("http://{addr}/v1");
         served
+    }
+
+    /// Runs `keypool ARGS` (the CLI) on this server's database and config
+    /// file; returns whether it succeeded and its stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.file)
+            .env("KEYPOOL_DATABASE_URL", &self.db)
+            .env_remove("RUST_LOG")
+            .env_remove("KEYPOOL_CONFIG")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Every line written so far.
