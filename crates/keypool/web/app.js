@@ -888,17 +888,92 @@ function tokensPage(root) {
 
 // ---------- Upstreams ----------
 
-function upstreamsPage(root) {
-  const tbody = h('tbody', { 'data-testid': 'upstreams-body' });
-  const note = h('p', { class: 'muted', hidden: true });
-  const results = new Map();
-  root.append(h('div', { class: 'head' }, h('h1', { text: t('up.title') })),
-    h('div', { class: 'table-wrap' }, h('table', { 'data-testid': 'upstreams-table' },
-      h('thead', {}, h('tr', {}, ['name', 'url', 'answering', 'requests', 'errors', 'last_error'].map((c) => h('th', { text: t('up.col.' + c) })), h('th', {}))), tbody)), note);
+/** An upstream's kind in words (`openai`, `openai_compatible`; another as it came). */
+const kindText = (kind) => (kind === 'openai' || kind === 'openai_compatible' ? t('up.kind.' + kind) : kind);
 
-  async function test(name, cell, button) {
-    button.disabled = true;
-    cell.textContent = t('up.testing');
+/** An upstream's keys by state, the empty states left out: `3 active · 1 cooling`. */
+function keyCensus(counts) {
+  return STATUSES.filter((s) => counts?.[s] > 0)
+    .map((s) => t('up.keys_state', { n: fmtNum(counts[s]), state: t('status.' + s) })).join(' · ');
+}
+
+/** The models an upstream serves, compact: the first few names and globs, then `+N more`. */
+function modelChips(models) {
+  const list = models || [];
+  if (list.length === 1 && list[0] === '*') return h('span', { class: 'muted', title: '*', text: t('up.models_all') });
+  const SHOWN = 8;
+  return h('span', { class: 'chips', title: list.join(', ') },
+    list.slice(0, SHOWN).map((m) => h('code', { class: 'chip', text: m })),
+    list.length > SHOWN ? h('span', { class: 'muted small', text: t('up.models_more', { n: list.length - SHOWN }) }) : null);
+}
+
+/**
+ * One card per upstream, in the API's (the config's) order. A card is kept
+ * across polls and only its contents change, so a Test button keeps its
+ * focus and its result while the page refreshes.
+ */
+function upstreamsPage(root) {
+  const list = h('div', { class: 'upstreams', 'data-testid': 'upstreams-list' });
+  const count = h('span', { class: 'muted', 'data-testid': 'upstreams-count' });
+  const note = h('p', { class: 'muted', hidden: true, 'data-testid': 'upstreams-note' });
+  const cards = new Map(); // name -> its card's parts
+  const results = new Map(); // name -> { testing } or { text, ok }
+  root.append(h('div', { class: 'head' }, h('h1', { text: t('up.title') }), count), note, list);
+
+  function card(name) {
+    let c = cards.get(name);
+    if (c) return c;
+    c = {
+      badges: h('span', { class: 'up-badges' }),
+      button: h('button', { type: 'button', class: 'small', 'data-testid': 'upstream-test', text: t('up.test'), onclick: () => test(name) }),
+      result: h('div', { class: 'up-result', 'data-testid': 'upstream-test-result', role: 'status' }),
+      fields: h('dl', { class: 'fields up-fields' }),
+    };
+    c.el = h('section', { class: 'panel up-card', 'data-testid': 'upstream-card', 'data-upstream': name },
+      h('div', { class: 'up-head' }, h('h2', { 'data-testid': 'upstream-name', text: name }), c.badges,
+        h('div', { class: 'spacer' }), c.button),
+      c.fields, c.result);
+    cards.set(name, c);
+    return c;
+  }
+
+  function fill(c, u) {
+    c.el.dataset.answering = String(!!u.answering);
+    const answering = h('span', { class: `badge ${u.answering ? 'status-active' : 'status-invalid'}`, 'data-testid': 'upstream-answering',
+      title: u.answering ? null : t('up.no_title'), text: t(u.answering ? 'up.yes' : 'up.no') });
+    if (u.default) c.badges.replaceChildren(h('span', { class: 'badge status-default', 'data-testid': 'upstream-default', title: t('up.default_title'), text: t('up.default') }), answering);
+    else c.badges.replaceChildren(answering);
+    const errs = u.errors_last_hour || {};
+    const failed = ERROR_KINDS.filter((k) => k !== 'cancelled').reduce((n, k) => n + (errs[k] || 0), 0);
+    const byKind = ERROR_KINDS.filter((k) => errs[k]).map((k) => `${t('err.' + k)} ${fmtNum(errs[k])}`).join(' · ');
+    const keys = u.keys || {};
+    const census = keyCensus(keys);
+    const dl = c.fields;
+    dl.replaceChildren();
+    const put = (label, testid, ...value) => dl.append(h('dt', { text: t(label) }), h('dd', { 'data-testid': testid }, ...value));
+    put('up.field.kind', 'upstream-kind', kindText(u.kind), u.provider ? ` · ${u.provider}` : '');
+    put('up.field.url', 'upstream-url', h('code', { text: u.base_url }));
+    put('up.field.models', 'upstream-models', modelChips(u.models));
+    put('up.field.routing', 'upstream-routing', h('span', { title: t('up.routing_title'), text: t('up.routing', { priority: u.priority, weight: u.weight }) }));
+    put('up.field.proxy', 'upstream-proxy', t(u.proxied ? 'up.proxied' : 'up.direct'));
+    put('up.field.keys', 'upstream-keys', h('span', { class: keys.active ? '' : 'warn-text', text: census || t('up.keys_none') }));
+    put('up.field.hour', 'upstream-hour', t('up.hour', { requests: fmtNum(u.requests_last_hour ?? 0), failed: fmtNum(failed) }),
+      byKind ? h('div', { class: 'muted small', text: byKind }) : null);
+    put('up.field.last_error', 'upstream-last-error', u.last_error
+      ? [h('span', { class: 'err-text', text: u.last_error }), u.last_error_at_ms ? h('span', { class: 'muted small', text: ` · ${fmtTime(u.last_error_at_ms)}` }) : null]
+      : h('span', { class: 'muted', text: t('none') }));
+  }
+
+  function showResult(c, name) {
+    const r = results.get(name);
+    c.button.disabled = !!r?.testing;
+    c.result.textContent = r ? (r.testing ? t('up.testing') : r.text) : '';
+    c.result.className = 'up-result' + (r && !r.testing ? (r.ok ? ' ok-text' : ' err-text') : ' muted');
+  }
+
+  async function test(name) {
+    results.set(name, { testing: true });
+    if (cards.has(name)) showResult(cards.get(name), name);
     let text, ok;
     try {
       const r = await api('POST', `/upstreams/${encodeURIComponent(name)}/test`);
@@ -909,36 +984,33 @@ function upstreamsPage(root) {
       text = t('up.result_fail', { message: e.message });
     }
     results.set(name, { text, ok });
-    cell.textContent = text;
-    cell.className = ok ? 'ok-text' : 'err-text';
-    button.disabled = false;
+    if (cards.has(name)) showResult(cards.get(name), name);
   }
 
   return {
     async refresh() {
-      let list;
+      let data;
       try {
-        list = (await api('GET', '/upstreams')).data;
+        data = (await api('GET', '/upstreams')).data || [];
       } catch (e) {
         if (e.status !== 404) throw e;
-        note.hidden = false; note.textContent = t('up.unavailable'); tbody.replaceChildren(); return;
+        note.hidden = false; note.textContent = t('up.unavailable');
+        list.replaceChildren(); cards.clear(); count.textContent = '';
+        return;
       }
-      note.hidden = list.length > 0;
+      note.hidden = data.length > 0;
       note.textContent = t('up.empty');
-      tbody.replaceChildren(...list.map((u) => {
-        const errs = u.errors_last_hour || {};
-        const errText = ERROR_KINDS.filter((k) => errs[k]).map((k) => `${t('err.' + k)} ${errs[k]}`).join(' · ') || '0';
-        const prev = results.get(u.name);
-        const result = h('div', { class: prev ? (prev.ok ? 'ok-text' : 'err-text') : '', 'data-testid': 'upstream-test-result', text: prev?.text || '' });
-        const button = h('button', { type: 'button', class: 'small', 'data-testid': 'upstream-test', text: t('up.test') });
-        button.addEventListener('click', () => test(u.name, result, button));
-        return h('tr', { 'data-testid': 'upstream-row', 'data-upstream': u.name },
-          h('td', { text: u.name }), h('td', {}, h('code', { text: u.base_url })),
-          h('td', {}, h('span', { class: `badge ${u.answering ? 'status-active' : 'status-invalid'}`, 'data-testid': 'upstream-answering', text: t(u.answering ? 'up.yes' : 'up.no') })),
-          h('td', { text: fmtNum(u.requests_last_hour) }), h('td', { text: errText }),
-          h('td', { class: 'err-text', text: u.last_error || '' }),
-          h('td', {}, button, result));
-      }));
+      count.textContent = fmtNum(data.length);
+      const names = new Set(data.map((u) => u.name));
+      for (const name of [...cards.keys()]) if (!names.has(name)) cards.delete(name);
+      const els = data.map((u) => {
+        const c = card(u.name);
+        fill(c, u);
+        showResult(c, u.name);
+        return c.el;
+      });
+      // Moving a card out and back in would blur its focused button.
+      if (els.length !== list.children.length || els.some((e, i) => list.children[i] !== e)) list.replaceChildren(...els);
     },
   };
 }

@@ -148,7 +148,7 @@ try {
   await tid('token-row').first().waitFor();
   await shoot('tokens');
   await tid('nav-upstreams').click();
-  await tid('upstreams-table').waitFor();
+  await tid('upstream-card').first().waitFor();
   await page.waitForTimeout(500);
   if (await tid('upstream-test').count()) {
     await tid('upstream-test').first().click();
