@@ -359,6 +359,9 @@ async function act(work) {
 // ---------- Keys ----------
 
 const STATUSES = ['active', 'cooling', 'exhausted', 'invalid', 'disabled', 'expired', 'spent'];
+const UPSTREAM_FILTER_KEY = 'kp.keys.upstream';
+/** How often the Keys page rereads the upstreams' names for its filter, ms. */
+const UPSTREAM_NAMES_MS = 30000;
 
 function keyName(k) {
   return k.label ? `${k.label} (${k.key})` : `#${k.id} ${k.key}`;
@@ -373,10 +376,15 @@ function resetDeadline(k, fetchedAt) {
 }
 
 function keysPage(root) {
-  const view = { keys: [], fetchedAt: 0, selected: new Set(), sort: { by: 'id', dir: 1 }, filter: '', status: '' };
+  const view = {
+    keys: [], fetchedAt: 0, selected: new Set(), sort: { by: 'id', dir: 1 }, filter: '', status: '',
+    // The upstream filter (remembered), and the configured upstreams' names (null until read, or on an older server).
+    upstream: localStorage.getItem(UPSTREAM_FILTER_KEY) || '', upstreams: null, upstreamsAt: 0, upstreamOptions: '',
+  };
   const columns = [
     ['label', 'keys.col.label', (k) => (k.label || '').toLowerCase()],
     ['key', 'keys.col.key', null],
+    ['upstream', 'keys.col.upstream', (k) => k.upstream ?? ''],
     ['status', 'keys.col.status', (k) => k.status],
     ['remaining', 'keys.col.remaining', (k) => k.remaining_requests ?? Infinity],
     ['reset', 'keys.col.reset', null],
@@ -415,6 +423,11 @@ function keysPage(root) {
   const statusSelect = h('select', { 'data-testid': 'keys-status-filter', 'aria-label': t('keys.status_filter'), onchange: (e) => { view.status = e.target.value; render(); } },
     h('option', { value: '', text: `${t('keys.status_filter')}: ${t('all')}` }),
     STATUSES.map((s) => h('option', { value: s, text: t('status.' + s) })));
+  const upstreamSelect = h('select', { 'data-testid': 'keys-upstream-filter', 'aria-label': t('keys.upstream_filter'), hidden: true, onchange: (e) => {
+    view.upstream = e.target.value;
+    if (view.upstream) localStorage.setItem(UPSTREAM_FILTER_KEY, view.upstream); else localStorage.removeItem(UPSTREAM_FILTER_KEY);
+    render();
+  } });
   root.append(
     h('div', { class: 'head' },
       h('h1', { text: t('keys.title') }),
@@ -425,7 +438,7 @@ function keysPage(root) {
     h('div', { class: 'toolbar' },
       h('input', { type: 'search', 'data-testid': 'keys-filter', placeholder: t('keys.filter'), 'aria-label': t('keys.filter'),
         oninput: (e) => { view.filter = e.target.value.trim().toLowerCase(); render(); } }),
-      statusSelect, bulk),
+      upstreamSelect, statusSelect, bulk),
     h('div', { class: 'table-wrap' }, h('table', { class: 'keys', 'data-testid': 'keys-table' }, h('thead', {}, headRow), tbody)),
     empty,
   );
@@ -433,6 +446,7 @@ function keysPage(root) {
   function visible() {
     const f = view.filter;
     let list = view.keys.filter((k) => (!view.status || k.status === view.status)
+      && (!view.upstream || k.upstream === view.upstream)
       && (!f || (k.label || '').toLowerCase().includes(f) || k.key.toLowerCase().includes(f) || String(k.id) === f));
     const col = columns.find((c) => c[0] === view.sort.by);
     const get = col?.[2] || ((k) => k.id);
@@ -475,10 +489,18 @@ function keysPage(root) {
       + (k.reason ? `<div class="muted small reason" data-testid="key-reason">${esc(k.reason)}</div>` : '');
     const spend = `<div data-testid="key-spend">${fmtUsd(spent)}${budget !== null ? ' / ' + fmtUsd(budget) : ''}</div>`
       + (budget !== null ? `<progress max="${Math.max(budget, 1)}" value="${Math.min(spent, budget)}"${spent >= budget ? ' class="over"' : ''}></progress>` : '');
-    return `<tr data-testid="key-row" data-key-id="${id}" data-status="${esc(k.status)}"${selected ? ' class="selected"' : ''}>`
+    // A key whose upstream is not configured any more serves nowhere: said on the cell, not only in a tooltip (phones have none).
+    const upstream = k.upstream === undefined || k.upstream === null
+      ? `<span data-testid="key-upstream" class="muted">${esc(t('none'))}</span>`
+      : k.upstream_configured === false
+        ? `<span data-testid="key-upstream" data-configured="false" class="upstream-missing" title="${esc(t('keys.upstream_missing', { name: k.upstream }))}">${esc(k.upstream)}</span>`
+          + `<div class="small warn-text">${esc(t('keys.upstream_nowhere'))}</div>`
+        : `<span data-testid="key-upstream">${esc(k.upstream)}</span>`;
+    return `<tr data-testid="key-row" data-key-id="${id}" data-status="${esc(k.status)}" data-upstream="${esc(k.upstream ?? '')}"${selected ? ' class="selected"' : ''}>`
       + `<td class="sel"><input type="checkbox" data-testid="key-select" aria-label="${esc(keyName(k))}"${selected ? ' checked' : ''}></td>`
       + td('label', `<span data-testid="key-label">${esc(k.label || `#${id}`)}</span>`)
       + td('key', `<code data-testid="key-masked">${esc(k.key)}</code>`)
+      + td('upstream', upstream)
       + td('status', status)
       + td('remaining', `<div data-testid="key-remaining">${remaining || esc(t('unlimited'))}</div>`)
       + td('reset', deadline === null ? `<span data-testid="key-reset" class="muted">${esc(t('none'))}</span>`
@@ -517,7 +539,35 @@ function keysPage(root) {
     }
   });
 
+  /**
+   * The upstream filter's choices: "All upstreams", the configured ones in
+   * the config's order, then any that keys name but that is not configured
+   * any more. Hidden while there is nothing to choose between. A remembered
+   * choice that names no upstream any more falls back to all.
+   */
+  function renderUpstreamOptions() {
+    const configured = view.upstreams
+      || [...new Set(view.keys.filter((k) => k.upstream && k.upstream_configured !== false).map((k) => k.upstream))];
+    const known = new Set(configured);
+    const gone = [...new Set(view.keys.filter((k) => k.upstream && !known.has(k.upstream)).map((k) => k.upstream))].sort();
+    if (view.upstream && view.upstreams && view.fetchedAt && !known.has(view.upstream) && !gone.includes(view.upstream)) {
+      view.upstream = '';
+      localStorage.removeItem(UPSTREAM_FILTER_KEY);
+    }
+    const signature = JSON.stringify([configured, gone, view.upstream]);
+    if (signature === view.upstreamOptions) return;
+    view.upstreamOptions = signature;
+    const choices = [...configured.map((n) => [n, n]), ...gone.map((n) => [n, t('keys.upstream_gone', { name: n })])];
+    // A remembered choice shows before the names arrive.
+    if (view.upstream && !choices.some(([n]) => n === view.upstream)) choices.push([view.upstream, view.upstream]);
+    upstreamSelect.replaceChildren(h('option', { value: '', text: t('keys.all_upstreams') }),
+      ...choices.map(([value, text]) => h('option', { value, text })));
+    upstreamSelect.value = view.upstream;
+    upstreamSelect.hidden = choices.length < 2 && !view.upstream;
+  }
+
   function render() {
+    renderUpstreamOptions();
     const list = visible();
     const known = new Set(view.keys.map((k) => k.id));
     for (const id of [...view.selected]) if (!known.has(id)) view.selected.delete(id);
@@ -617,7 +667,13 @@ function keysPage(root) {
 
   return {
     async refresh() {
-      const keys = await api('GET', '/keys');
+      const now = Date.now();
+      const names = now - view.upstreamsAt >= UPSTREAM_NAMES_MS;
+      const [keys, upstreams] = await Promise.all([api('GET', '/keys'), names ? api('GET', '/upstreams').catch(() => null) : null]);
+      if (names) {
+        view.upstreamsAt = now;
+        if (upstreams?.data) view.upstreams = upstreams.data.map((u) => u.name);
+      }
       await app.meta.catch(() => {});
       view.keys = Array.isArray(keys) ? keys : keys?.data || [];
       view.fetchedAt = Date.now();
