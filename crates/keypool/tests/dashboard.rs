@@ -1,17 +1,21 @@
 //! The web dashboard at `/admin`: its page and assets with their security
 //! headers, and (acceptance) a headless chromium driven through it by
 //! tests/browser/dashboard.mjs: sign-in (a wrong token first), bulk import,
-//! live counters and countdowns under traffic, disabling a key, a request's
-//! attempts, 中文 and back, no full key anywhere, and screenshots of every
-//! page in light, dark and at 390 px under target/screenshots/.
+//! live counters and countdowns under traffic, disabling a key, the keys'
+//! upstreams and the filter by upstream, a request's attempts, the
+//! Upstreams page with two upstreams and their keys, 中文 and back, no full
+//! key anywhere, and screenshots of every page in light, dark and at 390 px
+//! under target/screenshots/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::path::PathBuf;
 
-use keypool::config::AdminToken;
+use keypool::config::{AdminToken, Config, UpstreamConfig};
+use keypool::store::NewKey;
 use keypool_sim::{SimConfig, SimKey};
+use serde_json::json;
 
 const ADMIN: &str = "dashboard-admin-token-0123456789";
 
@@ -24,6 +28,31 @@ async fn start(keys: Vec<SimKey>) -> common::TestApp {
     common::spawn(sim, vec![], |c| {
         c.admin_token = Some(AdminToken::new(ADMIN));
         c.time_zone = "Asia/Shanghai".into();
+    })
+    .await
+}
+
+/// A gateway with two upstreams, both on the one simulator: `openai` (the
+/// default: the keys the page imports go there) for the gpt models, and
+/// `deepseek` for its own. `seeded` keys are in the store before it starts.
+async fn start_two(keys: Vec<SimKey>, seeded: Vec<NewKey>) -> common::TestApp {
+    let sim = SimConfig { keys, latency: std::time::Duration::from_millis(20), ..SimConfig::default() };
+    common::spawn(sim, seeded, |c| {
+        c.admin_token = Some(AdminToken::new(ADMIN));
+        c.time_zone = "Asia/Shanghai".into();
+        // `[[upstreams]]` replaces the single `upstream` setting.
+        let url = std::mem::replace(&mut c.upstream, Config::default().upstream);
+        let upstream = |fields: serde_json::Value| -> UpstreamConfig {
+            serde_json::from_value(fields).expect("a valid upstream entry")
+        };
+        c.upstreams = vec![
+            upstream(json!({"name": "openai", "base_url": url, "models": ["gpt-4o*", "o3"]})),
+            upstream(json!({
+                "name": "deepseek", "kind": "openai_compatible", "provider": "deepseek",
+                "base_url": url, "models": ["deepseek-chat", "deepseek-reasoner"], "weight": 2,
+            })),
+        ];
+        c.validate().expect("the test's config is valid");
     })
     .await
 }
@@ -89,11 +118,31 @@ async fn an_operator_runs_the_pool_from_the_dashboard_in_chromium() {
         "sk-dash-bravo-0000000000000000002222",
         "sk-dash-charlie-00000000000000003333",
     ];
-    let app = start(vec![
-        SimKey::new(keys[0]).rpm(30).tpm(40_000),
-        SimKey::new(keys[1]).rpm(20),
-        SimKey::new(keys[2]).rpm(10),
-    ])
+    // In the store from the start: one key on the second upstream, and one
+    // naming an upstream that is not configured (it serves nowhere).
+    let seeded = ["sk-dash-delta-000000000000000004444", "sk-dash-echo-0000000000000000005555"];
+    let app = start_two(
+        vec![
+            SimKey::new(keys[0]).rpm(30).tpm(40_000),
+            SimKey::new(keys[1]).rpm(20),
+            SimKey::new(keys[2]).rpm(10),
+            SimKey::new(seeded[0]).rpm(10),
+        ],
+        vec![
+            NewKey {
+                secret: seeded[0].into(),
+                label: Some("seeded".into()),
+                upstream: Some("deepseek".into()),
+                ..NewKey::default()
+            },
+            NewKey {
+                secret: seeded[1].into(),
+                label: Some("orphan".into()),
+                upstream: Some("retired".into()),
+                ..NewKey::default()
+            },
+        ],
+    )
     .await;
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let shots = here.join("../../target/screenshots");
@@ -103,6 +152,7 @@ async fn an_operator_runs_the_pool_from_the_dashboard_in_chromium() {
         .env("KP_URL", format!("http://{}", app.gateway.addr()))
         .env("KP_ADMIN", ADMIN)
         .env("KP_KEYS", keys.join(","))
+        .env("KP_SEEDED", seeded.join(","))
         .env("KP_CHROMIUM", &chromium)
         .env("KP_SCREENSHOTS", &shots)
         .kill_on_drop(true)

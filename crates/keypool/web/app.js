@@ -359,6 +359,9 @@ async function act(work) {
 // ---------- Keys ----------
 
 const STATUSES = ['active', 'cooling', 'exhausted', 'invalid', 'disabled', 'expired', 'spent'];
+const UPSTREAM_FILTER_KEY = 'kp.keys.upstream';
+/** How often the Keys page rereads the upstreams' names for its filter, ms. */
+const UPSTREAM_NAMES_MS = 30000;
 
 function keyName(k) {
   return k.label ? `${k.label} (${k.key})` : `#${k.id} ${k.key}`;
@@ -373,10 +376,15 @@ function resetDeadline(k, fetchedAt) {
 }
 
 function keysPage(root) {
-  const view = { keys: [], fetchedAt: 0, selected: new Set(), sort: { by: 'id', dir: 1 }, filter: '', status: '' };
+  const view = {
+    keys: [], fetchedAt: 0, selected: new Set(), sort: { by: 'id', dir: 1 }, filter: '', status: '',
+    // The upstream filter (remembered), and the configured upstreams' names (null until read, or on an older server).
+    upstream: localStorage.getItem(UPSTREAM_FILTER_KEY) || '', upstreams: null, upstreamsAt: 0, upstreamOptions: '',
+  };
   const columns = [
     ['label', 'keys.col.label', (k) => (k.label || '').toLowerCase()],
     ['key', 'keys.col.key', null],
+    ['upstream', 'keys.col.upstream', (k) => k.upstream ?? ''],
     ['status', 'keys.col.status', (k) => k.status],
     ['remaining', 'keys.col.remaining', (k) => k.remaining_requests ?? Infinity],
     ['reset', 'keys.col.reset', null],
@@ -415,6 +423,11 @@ function keysPage(root) {
   const statusSelect = h('select', { 'data-testid': 'keys-status-filter', 'aria-label': t('keys.status_filter'), onchange: (e) => { view.status = e.target.value; render(); } },
     h('option', { value: '', text: `${t('keys.status_filter')}: ${t('all')}` }),
     STATUSES.map((s) => h('option', { value: s, text: t('status.' + s) })));
+  const upstreamSelect = h('select', { 'data-testid': 'keys-upstream-filter', 'aria-label': t('keys.upstream_filter'), hidden: true, onchange: (e) => {
+    view.upstream = e.target.value;
+    if (view.upstream) localStorage.setItem(UPSTREAM_FILTER_KEY, view.upstream); else localStorage.removeItem(UPSTREAM_FILTER_KEY);
+    render();
+  } });
   root.append(
     h('div', { class: 'head' },
       h('h1', { text: t('keys.title') }),
@@ -425,7 +438,7 @@ function keysPage(root) {
     h('div', { class: 'toolbar' },
       h('input', { type: 'search', 'data-testid': 'keys-filter', placeholder: t('keys.filter'), 'aria-label': t('keys.filter'),
         oninput: (e) => { view.filter = e.target.value.trim().toLowerCase(); render(); } }),
-      statusSelect, bulk),
+      upstreamSelect, statusSelect, bulk),
     h('div', { class: 'table-wrap' }, h('table', { class: 'keys', 'data-testid': 'keys-table' }, h('thead', {}, headRow), tbody)),
     empty,
   );
@@ -433,6 +446,7 @@ function keysPage(root) {
   function visible() {
     const f = view.filter;
     let list = view.keys.filter((k) => (!view.status || k.status === view.status)
+      && (!view.upstream || k.upstream === view.upstream)
       && (!f || (k.label || '').toLowerCase().includes(f) || k.key.toLowerCase().includes(f) || String(k.id) === f));
     const col = columns.find((c) => c[0] === view.sort.by);
     const get = col?.[2] || ((k) => k.id);
@@ -475,10 +489,18 @@ function keysPage(root) {
       + (k.reason ? `<div class="muted small reason" data-testid="key-reason">${esc(k.reason)}</div>` : '');
     const spend = `<div data-testid="key-spend">${fmtUsd(spent)}${budget !== null ? ' / ' + fmtUsd(budget) : ''}</div>`
       + (budget !== null ? `<progress max="${Math.max(budget, 1)}" value="${Math.min(spent, budget)}"${spent >= budget ? ' class="over"' : ''}></progress>` : '');
-    return `<tr data-testid="key-row" data-key-id="${id}" data-status="${esc(k.status)}"${selected ? ' class="selected"' : ''}>`
+    // A key whose upstream is not configured any more serves nowhere: said on the cell, not only in a tooltip (phones have none).
+    const upstream = k.upstream === undefined || k.upstream === null
+      ? `<span data-testid="key-upstream" class="muted">${esc(t('none'))}</span>`
+      : k.upstream_configured === false
+        ? `<span data-testid="key-upstream" data-configured="false" class="upstream-missing" title="${esc(t('keys.upstream_missing', { name: k.upstream }))}">${esc(k.upstream)}</span>`
+          + `<div class="small warn-text">${esc(t('keys.upstream_nowhere'))}</div>`
+        : `<span data-testid="key-upstream">${esc(k.upstream)}</span>`;
+    return `<tr data-testid="key-row" data-key-id="${id}" data-status="${esc(k.status)}" data-upstream="${esc(k.upstream ?? '')}"${selected ? ' class="selected"' : ''}>`
       + `<td class="sel"><input type="checkbox" data-testid="key-select" aria-label="${esc(keyName(k))}"${selected ? ' checked' : ''}></td>`
       + td('label', `<span data-testid="key-label">${esc(k.label || `#${id}`)}</span>`)
       + td('key', `<code data-testid="key-masked">${esc(k.key)}</code>`)
+      + td('upstream', upstream)
       + td('status', status)
       + td('remaining', `<div data-testid="key-remaining">${remaining || esc(t('unlimited'))}</div>`)
       + td('reset', deadline === null ? `<span data-testid="key-reset" class="muted">${esc(t('none'))}</span>`
@@ -517,7 +539,35 @@ function keysPage(root) {
     }
   });
 
+  /**
+   * The upstream filter's choices: "All upstreams", the configured ones in
+   * the config's order, then any that keys name but that is not configured
+   * any more. Hidden while there is nothing to choose between. A remembered
+   * choice that names no upstream any more falls back to all.
+   */
+  function renderUpstreamOptions() {
+    const configured = view.upstreams
+      || [...new Set(view.keys.filter((k) => k.upstream && k.upstream_configured !== false).map((k) => k.upstream))];
+    const known = new Set(configured);
+    const gone = [...new Set(view.keys.filter((k) => k.upstream && !known.has(k.upstream)).map((k) => k.upstream))].sort();
+    if (view.upstream && view.upstreams && view.fetchedAt && !known.has(view.upstream) && !gone.includes(view.upstream)) {
+      view.upstream = '';
+      localStorage.removeItem(UPSTREAM_FILTER_KEY);
+    }
+    const signature = JSON.stringify([configured, gone, view.upstream]);
+    if (signature === view.upstreamOptions) return;
+    view.upstreamOptions = signature;
+    const choices = [...configured.map((n) => [n, n]), ...gone.map((n) => [n, t('keys.upstream_gone', { name: n })])];
+    // A remembered choice shows before the names arrive.
+    if (view.upstream && !choices.some(([n]) => n === view.upstream)) choices.push([view.upstream, view.upstream]);
+    upstreamSelect.replaceChildren(h('option', { value: '', text: t('keys.all_upstreams') }),
+      ...choices.map(([value, text]) => h('option', { value, text })));
+    upstreamSelect.value = view.upstream;
+    upstreamSelect.hidden = choices.length < 2 && !view.upstream;
+  }
+
   function render() {
+    renderUpstreamOptions();
     const list = visible();
     const known = new Set(view.keys.map((k) => k.id));
     for (const id of [...view.selected]) if (!known.has(id)) view.selected.delete(id);
@@ -617,7 +667,13 @@ function keysPage(root) {
 
   return {
     async refresh() {
-      const keys = await api('GET', '/keys');
+      const now = Date.now();
+      const names = now - view.upstreamsAt >= UPSTREAM_NAMES_MS;
+      const [keys, upstreams] = await Promise.all([api('GET', '/keys'), names ? api('GET', '/upstreams').catch(() => null) : null]);
+      if (names) {
+        view.upstreamsAt = now;
+        if (upstreams?.data) view.upstreams = upstreams.data.map((u) => u.name);
+      }
       await app.meta.catch(() => {});
       view.keys = Array.isArray(keys) ? keys : keys?.data || [];
       view.fetchedAt = Date.now();
@@ -888,17 +944,92 @@ function tokensPage(root) {
 
 // ---------- Upstreams ----------
 
-function upstreamsPage(root) {
-  const tbody = h('tbody', { 'data-testid': 'upstreams-body' });
-  const note = h('p', { class: 'muted', hidden: true });
-  const results = new Map();
-  root.append(h('div', { class: 'head' }, h('h1', { text: t('up.title') })),
-    h('div', { class: 'table-wrap' }, h('table', { 'data-testid': 'upstreams-table' },
-      h('thead', {}, h('tr', {}, ['name', 'url', 'answering', 'requests', 'errors', 'last_error'].map((c) => h('th', { text: t('up.col.' + c) })), h('th', {}))), tbody)), note);
+/** An upstream's kind in words (`openai`, `openai_compatible`; another as it came). */
+const kindText = (kind) => (kind === 'openai' || kind === 'openai_compatible' ? t('up.kind.' + kind) : kind);
 
-  async function test(name, cell, button) {
-    button.disabled = true;
-    cell.textContent = t('up.testing');
+/** An upstream's keys by state, the empty states left out: `3 active · 1 cooling`. */
+function keyCensus(counts) {
+  return STATUSES.filter((s) => counts?.[s] > 0)
+    .map((s) => t('up.keys_state', { n: fmtNum(counts[s]), state: t('status.' + s) })).join(' · ');
+}
+
+/** The models an upstream serves, compact: the first few names and globs, then `+N more`. */
+function modelChips(models) {
+  const list = models || [];
+  if (list.length === 1 && list[0] === '*') return h('span', { class: 'muted', title: '*', text: t('up.models_all') });
+  const SHOWN = 8;
+  return h('span', { class: 'chips', title: list.join(', ') },
+    list.slice(0, SHOWN).map((m) => h('code', { class: 'chip', text: m })),
+    list.length > SHOWN ? h('span', { class: 'muted small', text: t('up.models_more', { n: list.length - SHOWN }) }) : null);
+}
+
+/**
+ * One card per upstream, in the API's (the config's) order. A card is kept
+ * across polls and only its contents change, so a Test button keeps its
+ * focus and its result while the page refreshes.
+ */
+function upstreamsPage(root) {
+  const list = h('div', { class: 'upstreams', 'data-testid': 'upstreams-list' });
+  const count = h('span', { class: 'muted', 'data-testid': 'upstreams-count' });
+  const note = h('p', { class: 'muted', hidden: true, 'data-testid': 'upstreams-note' });
+  const cards = new Map(); // name -> its card's parts
+  const results = new Map(); // name -> { testing } or { text, ok }
+  root.append(h('div', { class: 'head' }, h('h1', { text: t('up.title') }), count), note, list);
+
+  function card(name) {
+    let c = cards.get(name);
+    if (c) return c;
+    c = {
+      badges: h('span', { class: 'up-badges' }),
+      button: h('button', { type: 'button', class: 'small', 'data-testid': 'upstream-test', text: t('up.test'), onclick: () => test(name) }),
+      result: h('div', { class: 'up-result', 'data-testid': 'upstream-test-result', role: 'status' }),
+      fields: h('dl', { class: 'fields up-fields' }),
+    };
+    c.el = h('section', { class: 'panel up-card', 'data-testid': 'upstream-card', 'data-upstream': name },
+      h('div', { class: 'up-head' }, h('h2', { 'data-testid': 'upstream-name', text: name }), c.badges,
+        h('div', { class: 'spacer' }), c.button),
+      c.fields, c.result);
+    cards.set(name, c);
+    return c;
+  }
+
+  function fill(c, u) {
+    c.el.dataset.answering = String(!!u.answering);
+    const answering = h('span', { class: `badge ${u.answering ? 'status-active' : 'status-invalid'}`, 'data-testid': 'upstream-answering',
+      title: u.answering ? null : t('up.no_title'), text: t(u.answering ? 'up.yes' : 'up.no') });
+    if (u.default) c.badges.replaceChildren(h('span', { class: 'badge status-default', 'data-testid': 'upstream-default', title: t('up.default_title'), text: t('up.default') }), answering);
+    else c.badges.replaceChildren(answering);
+    const errs = u.errors_last_hour || {};
+    const failed = ERROR_KINDS.filter((k) => k !== 'cancelled').reduce((n, k) => n + (errs[k] || 0), 0);
+    const byKind = ERROR_KINDS.filter((k) => errs[k]).map((k) => `${t('err.' + k)} ${fmtNum(errs[k])}`).join(' · ');
+    const keys = u.keys || {};
+    const census = keyCensus(keys);
+    const dl = c.fields;
+    dl.replaceChildren();
+    const put = (label, testid, ...value) => dl.append(h('dt', { text: t(label) }), h('dd', { 'data-testid': testid }, ...value));
+    put('up.field.kind', 'upstream-kind', kindText(u.kind), u.provider ? ` · ${u.provider}` : '');
+    put('up.field.url', 'upstream-url', h('code', { text: u.base_url }));
+    put('up.field.models', 'upstream-models', modelChips(u.models));
+    put('up.field.routing', 'upstream-routing', h('span', { title: t('up.routing_title'), text: t('up.routing', { priority: u.priority, weight: u.weight }) }));
+    put('up.field.proxy', 'upstream-proxy', t(u.proxied ? 'up.proxied' : 'up.direct'));
+    put('up.field.keys', 'upstream-keys', h('span', { class: keys.active ? '' : 'warn-text', text: census || t('up.keys_none') }));
+    put('up.field.hour', 'upstream-hour', t('up.hour', { requests: fmtNum(u.requests_last_hour ?? 0), failed: fmtNum(failed) }),
+      byKind ? h('div', { class: 'muted small', text: byKind }) : null);
+    put('up.field.last_error', 'upstream-last-error', u.last_error
+      ? [h('span', { class: 'err-text', text: u.last_error }), u.last_error_at_ms ? h('span', { class: 'muted small', text: ` · ${fmtTime(u.last_error_at_ms)}` }) : null]
+      : h('span', { class: 'muted', text: t('none') }));
+  }
+
+  function showResult(c, name) {
+    const r = results.get(name);
+    c.button.disabled = !!r?.testing;
+    c.result.textContent = r ? (r.testing ? t('up.testing') : r.text) : '';
+    c.result.className = 'up-result' + (r && !r.testing ? (r.ok ? ' ok-text' : ' err-text') : ' muted');
+  }
+
+  async function test(name) {
+    results.set(name, { testing: true });
+    if (cards.has(name)) showResult(cards.get(name), name);
     let text, ok;
     try {
       const r = await api('POST', `/upstreams/${encodeURIComponent(name)}/test`);
@@ -909,36 +1040,33 @@ function upstreamsPage(root) {
       text = t('up.result_fail', { message: e.message });
     }
     results.set(name, { text, ok });
-    cell.textContent = text;
-    cell.className = ok ? 'ok-text' : 'err-text';
-    button.disabled = false;
+    if (cards.has(name)) showResult(cards.get(name), name);
   }
 
   return {
     async refresh() {
-      let list;
+      let data;
       try {
-        list = (await api('GET', '/upstreams')).data;
+        data = (await api('GET', '/upstreams')).data || [];
       } catch (e) {
         if (e.status !== 404) throw e;
-        note.hidden = false; note.textContent = t('up.unavailable'); tbody.replaceChildren(); return;
+        note.hidden = false; note.textContent = t('up.unavailable');
+        list.replaceChildren(); cards.clear(); count.textContent = '';
+        return;
       }
-      note.hidden = list.length > 0;
+      note.hidden = data.length > 0;
       note.textContent = t('up.empty');
-      tbody.replaceChildren(...list.map((u) => {
-        const errs = u.errors_last_hour || {};
-        const errText = ERROR_KINDS.filter((k) => errs[k]).map((k) => `${t('err.' + k)} ${errs[k]}`).join(' · ') || '0';
-        const prev = results.get(u.name);
-        const result = h('div', { class: prev ? (prev.ok ? 'ok-text' : 'err-text') : '', 'data-testid': 'upstream-test-result', text: prev?.text || '' });
-        const button = h('button', { type: 'button', class: 'small', 'data-testid': 'upstream-test', text: t('up.test') });
-        button.addEventListener('click', () => test(u.name, result, button));
-        return h('tr', { 'data-testid': 'upstream-row', 'data-upstream': u.name },
-          h('td', { text: u.name }), h('td', {}, h('code', { text: u.base_url })),
-          h('td', {}, h('span', { class: `badge ${u.answering ? 'status-active' : 'status-invalid'}`, 'data-testid': 'upstream-answering', text: t(u.answering ? 'up.yes' : 'up.no') })),
-          h('td', { text: fmtNum(u.requests_last_hour) }), h('td', { text: errText }),
-          h('td', { class: 'err-text', text: u.last_error || '' }),
-          h('td', {}, button, result));
-      }));
+      count.textContent = fmtNum(data.length);
+      const names = new Set(data.map((u) => u.name));
+      for (const name of [...cards.keys()]) if (!names.has(name)) cards.delete(name);
+      const els = data.map((u) => {
+        const c = card(u.name);
+        fill(c, u);
+        showResult(c, u.name);
+        return c.el;
+      });
+      // Moving a card out and back in would blur its focused button.
+      if (els.length !== list.children.length || els.some((e, i) => list.children[i] !== e)) list.replaceChildren(...els);
     },
   };
 }

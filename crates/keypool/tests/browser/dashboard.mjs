@@ -9,6 +9,9 @@
 //   KP_URL          the gateway's base URL (http://127.0.0.1:PORT)
 //   KP_ADMIN        the admin token
 //   KP_KEYS         the three upstream keys to paste, comma-separated
+//   KP_SEEDED       the two keys already in the store, comma-separated: one
+//                   on the upstream `deepseek`, one on `retired` (not
+//                   configured); pasted keys go to the default, `openai`
 //   KP_CHROMIUM     the browser (default /usr/bin/chromium)
 //   KP_SCREENSHOTS  where to save screenshots (default: none saved)
 
@@ -19,8 +22,9 @@ import { chromium } from 'playwright-core';
 const base = process.env.KP_URL;
 const admin = process.env.KP_ADMIN;
 const keys = (process.env.KP_KEYS || '').split(',').filter(Boolean);
+const seeded = (process.env.KP_SEEDED || '').split(',').filter(Boolean);
 const shots = process.env.KP_SCREENSHOTS;
-assert.ok(base && admin && keys.length === 3, 'KP_URL, KP_ADMIN and three KP_KEYS are needed');
+assert.ok(base && admin && keys.length === 3 && seeded.length === 2, 'KP_URL, KP_ADMIN, three KP_KEYS and two KP_SEEDED are needed');
 if (shots) mkdirSync(shots, { recursive: true });
 
 const step = (s) => console.log(`- ${s}`);
@@ -42,7 +46,7 @@ try {
   /** Fails when any full key is in the page's text or markup. */
   async function noFullKey(where) {
     const text = await page.evaluate(() => document.documentElement.innerText + '\n' + document.documentElement.outerHTML);
-    for (const k of keys) assert.ok(!text.includes(k), `a full key is in the page (${where})`);
+    for (const k of [...keys, ...seeded]) assert.ok(!text.includes(k), `a full key is in the page (${where})`);
   }
 
   step('the sign-in page loads without the token; a wrong token is refused with a message');
@@ -58,16 +62,17 @@ try {
   await tid('token-input').fill(admin);
   await tid('signin-submit').click();
   await tid('keys-table').waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 2);
   assert.ok(!page.url().includes(admin), 'the token is not in the URL');
   assert.equal(await page.evaluate(() => sessionStorage.getItem('kp.token')), admin);
   assert.equal(await page.evaluate(() => localStorage.getItem('kp.token')), null);
 
-  step('pastes three keys in bulk import and sees them listed, masked');
+  step('pastes three keys in bulk import and sees them listed, masked, with the two seeded ones');
   await tid('key-import').click();
   await tid('field-text').fill(`${keys[0]}\n${keys[1]}, ${keys[2]}\n# a comment\n`);
   await tid('field-label').fill('pasted');
   await tid('dialog-ok').click();
-  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 3);
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 5);
   assert.match(await tid('toast').innerText(), /3 added/);
   for (const masked of await tid('key-masked').allTextContents()) assert.match(masked, /…/);
   await noFullKey('keys page after import');
@@ -86,10 +91,10 @@ try {
 
   step('traffic through the gateway shows in the counters and the countdown, without a reload');
   await tid('nav-keys').click();
-  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 3);
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=key-row]').length === 5);
   await page.evaluate(() => { window.__noReload = true; });
   const before = await tid('key-requests').allTextContents();
-  assert.deepEqual(before, ['0 / 0 / 0', '0 / 0 / 0', '0 / 0 / 0']);
+  assert.deepEqual(before, ['0 / 0 / 0', '0 / 0 / 0', '0 / 0 / 0', '0 / 0 / 0', '0 / 0 / 0']);
   for (let i = 0; i < 6; i++) {
     const r = await fetch(`${base}/v1/chat/completions`, {
       method: 'POST',
@@ -113,7 +118,7 @@ try {
   await shoot('keys');
 
   step('disables a key and sees its status change');
-  const first = page.locator('[data-testid=key-row]').first();
+  const first = page.locator('[data-testid=key-row][data-upstream=openai]').first();
   const firstId = await first.getAttribute('data-key-id');
   await first.getByTestId('key-disable').click();
   await tid('dialog-ok').click();
@@ -124,7 +129,41 @@ try {
   await tid('keys-status-filter').selectOption('disabled');
   assert.equal(await page.locator('[data-testid=key-row]').count(), 1);
   await tid('keys-status-filter').selectOption('');
-  assert.equal(await page.locator('[data-testid=key-row]').count(), 3);
+  assert.equal(await page.locator('[data-testid=key-row]').count(), 5);
+
+  step("shows each key's upstream, warns of one not configured, and filters by upstream (remembered)");
+  assert.equal(await page.locator('table.keys th[data-col=upstream]').innerText(), 'Upstream');
+  assert.deepEqual(await tid('key-upstream').allTextContents(), ['deepseek', 'retired', 'openai', 'openai', 'openai']);
+  const orphan = page.locator('[data-testid=key-upstream][data-configured=false]');
+  assert.equal(await orphan.count(), 1);
+  assert.match(await orphan.getAttribute('title'), /retired is not configured: this key serves nowhere until that upstream is configured again/);
+  assert.equal(await orphan.evaluate((e) => getComputedStyle(e).color), 'rgb(161, 98, 7)', 'the warning colour');
+  assert.equal(await page.locator('[data-testid=key-row][data-upstream=openai] [data-configured=false]').count(), 0);
+  const filter = tid('keys-upstream-filter');
+  assert.ok(await filter.isVisible(), 'the upstream filter shows with more than one upstream');
+  assert.deepEqual(await filter.locator('option').evaluateAll((os) => os.map((o) => [o.value, o.textContent])),
+    [['', 'All upstreams'], ['openai', 'openai'], ['deepseek', 'deepseek'], ['retired', 'retired (not configured)']]);
+  const shown = () => page.locator('[data-testid=key-row]').evaluateAll((rs) => rs.map((r) => r.dataset.upstream));
+  await filter.selectOption('deepseek');
+  assert.deepEqual(await shown(), ['deepseek']);
+  assert.equal(await tid('keys-count').innerText(), '1 / 5');
+  await filter.selectOption('retired');
+  assert.deepEqual(await shown(), ['retired']);
+  await filter.selectOption('openai');
+  assert.deepEqual(await shown(), ['openai', 'openai', 'openai']);
+  assert.equal(await page.evaluate(() => localStorage.getItem('kp.keys.upstream')), 'openai');
+  await tid('keys-status-filter').selectOption('disabled');
+  assert.deepEqual(await shown(), ['openai'], 'the two filters combine');
+  await tid('keys-status-filter').selectOption('');
+  await tid('nav-tokens').click();
+  await tid('tokens-table').waitFor();
+  await tid('nav-keys').click();
+  await page.waitForFunction(() => document.querySelector('[data-testid=keys-upstream-filter]')?.value === 'openai'
+    && document.querySelectorAll('[data-testid=key-row]').length === 3);
+  assert.deepEqual(await shown(), ['openai', 'openai', 'openai'], 'the choice is remembered');
+  await filter.selectOption('');
+  assert.equal(await page.locator('[data-testid=key-row]').count(), 5);
+  assert.equal(await page.evaluate(() => localStorage.getItem('kp.keys.upstream')), null);
 
   step('opens a request and sees its attempts');
   await tid('nav-requests').click();
@@ -143,17 +182,45 @@ try {
   await noFullKey('overview');
   await shoot('overview');
 
-  step('the tokens and upstream pages render');
+  step('the tokens page renders');
   await tid('nav-tokens').click();
   await tid('token-row').first().waitFor();
   await shoot('tokens');
+
+  step('the Upstreams page lists both upstreams in config order, with their keys by state, and tests each');
   await tid('nav-upstreams').click();
-  await tid('upstreams-table').waitFor();
-  await page.waitForTimeout(500);
-  if (await tid('upstream-test').count()) {
-    await tid('upstream-test').first().click();
-    await page.waitForFunction(() => /OK|Failed/.test(document.querySelector('[data-testid=upstream-test-result]')?.innerText || ''));
+  await tid('upstream-card').first().waitFor();
+  const card = (name) => page.locator(`[data-testid=upstream-card][data-upstream="${name}"]`);
+  assert.deepEqual(await tid('upstream-name').allInnerTexts(), ['openai', 'deepseek']);
+  assert.equal(await tid('upstreams-count').innerText(), '2');
+  assert.equal(await card('openai').getByTestId('upstream-default').innerText(), 'default');
+  assert.equal(await card('deepseek').getByTestId('upstream-default').count(), 0, 'only the first is the default');
+  assert.equal(await card('openai').getByTestId('upstream-kind').innerText(), 'OpenAI');
+  assert.equal(await card('deepseek').getByTestId('upstream-kind').innerText(), 'OpenAI-compatible · deepseek');
+  assert.deepEqual(await card('openai').locator('[data-testid=upstream-models] code').allInnerTexts(), ['gpt-4o*', 'o3']);
+  assert.equal(await card('deepseek').getByTestId('upstream-routing').innerText(), 'priority 0 · weight 2');
+  assert.match(await card('openai').getByTestId('upstream-url').innerText(), /^http:\/\/127\.0\.0\.1:\d+/);
+  assert.equal(await card('openai').getByTestId('upstream-proxy').innerText(), 'direct');
+  for (const name of ['openai', 'deepseek']) assert.equal(await card(name).getByTestId('upstream-answering').innerText(), 'answering');
+  // The imported keys (one disabled) are on the default; the orphan is on neither.
+  const census = await card('openai').getByTestId('upstream-keys').innerText();
+  assert.match(census, /^(\d+ (active|cooling|exhausted) · )*1 disabled$/, census);
+  assert.equal(census.match(/\d+/g).reduce((n, d) => n + Number(d), 0), 3, census);
+  assert.equal(await card('deepseek').getByTestId('upstream-keys').innerText(), '1 active');
+  await page.waitForFunction(() => Number(document.querySelector('[data-upstream=openai] [data-testid=upstream-hour]')?.innerText.split(' ')[0]) >= 6,
+    null, { timeout: 8000 });
+  assert.match(await card('openai').getByTestId('upstream-hour').innerText(), / · 0 failed/);
+  assert.match(await card('deepseek').getByTestId('upstream-hour').innerText(), /^0 requests · 0 failed/);
+  for (const name of ['openai', 'deepseek']) {
+    await card(name).getByTestId('upstream-test').click();
+    await page.waitForFunction((n) => /^OK: 200 /.test(document.querySelector(`[data-upstream="${n}"] [data-testid=upstream-test-result]`)?.innerText || ''), name);
   }
+  // The deepseek test used its own key (the seeded one, id 1).
+  assert.match(await card('deepseek').getByTestId('upstream-test-result').innerText(), /with key 1$/);
+  const polled = await tid('live-status').innerText();
+  await page.waitForFunction((s) => document.getElementById('status').innerText !== s, polled, { timeout: 5000 });
+  assert.match(await card('openai').getByTestId('upstream-test-result').innerText(), /^OK: 200 /, 'a result outlives the next poll');
+  await noFullKey('upstreams page');
   await shoot('upstreams');
 
   step('switches to 中文 and back');
@@ -163,7 +230,18 @@ try {
   await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === '密钥');
   assert.equal(await page.locator('#page h1').innerText(), '密钥');
   await page.waitForFunction((id) => document.querySelector(`[data-key-id="${id}"] [data-testid=key-status]`)?.textContent === '已停用', firstId);
+  assert.equal(await page.locator('table.keys th[data-col=upstream]').innerText(), '上游');
+  assert.equal(await tid('keys-upstream-filter').locator('option').first().textContent(), '全部上游');
   await shoot('keys-zh');
+  await tid('nav-upstreams').click();
+  await tid('upstream-card').first().waitFor();
+  assert.equal(await page.locator('#page h1').innerText(), '上游');
+  assert.equal(await card('openai').getByTestId('upstream-default').innerText(), '默认');
+  assert.match(await card('deepseek').getByTestId('upstream-routing').innerText(), /^优先级 0 · 权重 2$/);
+  assert.equal(await card('deepseek').getByTestId('upstream-keys').innerText(), '可用 1');
+  await shoot('upstreams-zh');
+  await tid('nav-keys').click();
+  await tid('keys-table').waitFor();
   await tid('lang').selectOption('en');
   await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === 'Keys');
   assert.equal(await page.evaluate(() => localStorage.getItem('kp.lang')), 'en');
