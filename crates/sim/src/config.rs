@@ -21,6 +21,9 @@ pub struct SimConfig {
     pub keys: Vec<SimKey>,
     /// Treat unknown keys as valid and unlimited, so load benchmarks need no key list.
     pub accept_any_key: bool,
+    /// USD per million prompt and completion tokens, charged to keys with a
+    /// balance.
+    pub price: (f64, f64),
     /// The models this upstream serves; others are answered 404
     /// `model_not_found` (as OpenAI does for a model a project cannot use).
     /// Empty: every model is served and `/models` lists a fixed set.
@@ -65,6 +68,7 @@ impl Default for SimConfig {
             keys: Vec::new(),
             accept_any_key: false,
             models: Vec::new(),
+            price: (1.0, 2.0),
             latency: Duration::ZERO,
             stream_chunks: 0,
             chunk_interval: Duration::ZERO,
@@ -90,12 +94,30 @@ pub struct SimKey {
     pub mode: LimitMode,
     #[serde(default)]
     pub state: KeyState,
+    /// Credit left, in micro-USD, as OpenRouter tells it (`GET /key`); each
+    /// answer's tokens are charged at `SimConfig::price`, and a key at zero
+    /// gets OpenRouter's 402. `None`: no balance (an unlimited key).
+    #[serde(default)]
+    pub balance_micros: Option<u64>,
 }
 
 impl SimKey {
     /// An active key with no limits.
     pub fn new(key: impl Into<String>) -> Self {
-        SimKey { key: key.into(), rpm: None, tpm: None, mode: LimitMode::default(), state: KeyState::default() }
+        SimKey {
+            key: key.into(),
+            rpm: None,
+            tpm: None,
+            mode: LimitMode::default(),
+            state: KeyState::default(),
+            balance_micros: None,
+        }
+    }
+
+    /// With `micros` of credit left (see [`SimKey::balance_micros`]).
+    pub fn balance(mut self, micros: u64) -> Self {
+        self.balance_micros = Some(micros);
+        self
     }
     pub fn rpm(mut self, n: u32) -> Self {
         self.rpm = Some(n);

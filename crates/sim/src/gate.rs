@@ -36,8 +36,31 @@ fn roll(rate: f64) -> bool {
 }
 
 impl Shared {
+    /// Changes `key`'s counters; tokens it adds are charged to its balance.
     pub fn bump(&self, key: Option<&str>, f: impl FnOnce(&mut KeyStats)) {
-        lock(&self.stats).bump(key, f);
+        let (prompt, completion) = {
+            let mut stats = lock(&self.stats);
+            let before = key.and_then(|k| stats.keys.get(k)).map_or((0, 0), |s| (s.prompt_tokens, s.completion_tokens));
+            stats.bump(key, f);
+            let after = key.and_then(|k| stats.keys.get(k)).map_or((0, 0), |s| (s.prompt_tokens, s.completion_tokens));
+            (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1))
+        };
+        if prompt + completion > 0 {
+            if let Some(k) = key {
+                let cost = (prompt as f64 * self.price.0 + completion as f64 * self.price.1).round() as i64;
+                if let Some(balance) = lock(&self.keys).get_mut(k).and_then(|e| e.balance.as_mut()) {
+                    *balance -= cost;
+                }
+            }
+        }
+    }
+
+    /// `key`'s credit as OpenRouter's `GET /key` tells it; None when the key
+    /// is unknown or has no balance.
+    pub fn balance_of(&self, key: &str) -> Option<(u64, i64)> {
+        let keys = lock(&self.keys);
+        let e = keys.get(key)?;
+        Some((e.limit?, e.balance?))
     }
 
     /// Runs the pipeline; `Err` is the final answer (already carrying headers).
@@ -105,6 +128,18 @@ impl Shared {
                 "invalid_request_error",
                 None,
                 Some("model_not_found"),
+            ));
+        }
+        let broke = lock(&self.keys).get(key).and_then(|e| e.balance).is_some_and(|b| b <= 0);
+        if broke {
+            self.bump(k, |s| s.insufficient_quota += 1);
+            // OpenRouter's words and status for a key out of credit.
+            return Err(errors::error_response(
+                axum::http::StatusCode::PAYMENT_REQUIRED,
+                "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+                "invalid_request_error",
+                None,
+                Some("insufficient_credits"),
             ));
         }
         let verdict = {

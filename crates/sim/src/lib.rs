@@ -80,6 +80,12 @@ impl Simulator {
     }
 
     /// Adds or replaces a key (a replaced key starts with a full budget).
+    /// `key`'s credit left in micro-USD (below zero by the last answer's
+    /// cost at most); None when it has no balance.
+    pub fn balance(&self, key: &str) -> Option<i64> {
+        self.shared.balance_of(key).map(|(_, left)| left)
+    }
+
     pub fn add_key(&self, key: SimKey) {
         self.shared.add_key(&key);
     }

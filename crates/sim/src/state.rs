@@ -17,11 +17,20 @@ use crate::stats::Stats;
 pub struct KeyEntry {
     pub state: KeyState,
     pub limiter: Limiter,
+    /// Credit left (micro-USD, may go below zero by the last answer's cost).
+    pub balance: Option<i64>,
+    /// The credit the key started with (OpenRouter's `limit`).
+    pub limit: Option<u64>,
 }
 
 impl KeyEntry {
     pub fn new(k: &SimKey) -> Self {
-        KeyEntry { state: k.state, limiter: Limiter::new(k.rpm, k.tpm, k.mode, Instant::now()) }
+        KeyEntry {
+            state: k.state,
+            limiter: Limiter::new(k.rpm, k.tpm, k.mode, Instant::now()),
+            balance: k.balance_micros.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            limit: k.balance_micros,
+        }
     }
 }
 
@@ -31,6 +40,8 @@ pub struct Shared {
     pub accept_any_key: bool,
     /// The models served (empty: all).
     pub models: Vec<String>,
+    /// USD per million prompt and completion tokens (for balances).
+    pub price: (f64, f64),
     pub stream_chunks: usize,
     pub chunk_interval: Duration,
     pub send_rate_limit_headers: bool,
@@ -41,6 +52,9 @@ pub struct Shared {
     pub faults: Mutex<Faults>,
     pub keys: Mutex<HashMap<String, KeyEntry>>,
     pub stats: Mutex<Stats>,
+    /// Files and stored responses by id, with the key that created them:
+    /// as on OpenAI, only that key (its project) can reach them.
+    pub objects: Mutex<HashMap<String, String>>,
     next_id: AtomicU64,
 }
 
@@ -70,6 +84,7 @@ impl Shared {
             prefix: normalize_prefix(&cfg.path_prefix),
             accept_any_key: cfg.accept_any_key,
             models: cfg.models.clone(),
+            price: cfg.price,
             stream_chunks: if cfg.stream_chunks == 0 { 5 } else { cfg.stream_chunks },
             chunk_interval: cfg.chunk_interval,
             send_rate_limit_headers: cfg.send_rate_limit_headers,
@@ -79,6 +94,7 @@ impl Shared {
             faults: Mutex::new(cfg.faults.clone()),
             keys: Mutex::new(keys),
             stats: Mutex::new(Stats::default()),
+            objects: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }

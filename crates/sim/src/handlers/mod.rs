@@ -2,6 +2,7 @@
 //! `/_sim`, and an OpenAI-shaped 404 for everything else.
 
 pub mod chat;
+mod files;
 mod other;
 mod responses;
 
@@ -29,6 +30,10 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/models", get(other::models))
         .route("/models/{id}", get(other::model))
         .route("/audio/speech", post(other::speech))
+        .route("/key", get(files::key_balance))
+        .route("/files", post(files::upload))
+        .route("/files/{id}", get(files::retrieve))
+        .route("/files/{id}/content", get(files::content))
         .route("/echo", any(other::echo))
         .route("/echo/{*rest}", any(other::echo));
     let control: Router<Arc<Shared>> = Router::new()

@@ -49,7 +49,24 @@ pub async fn responses(
     if body.get("input").is_none_or(Value::is_null) {
         return sh.respond(&adm, errors::missing_param("input"));
     }
+    // Stored responses belong to the key (project) that created them.
+    if let Some(previous) = body.get("previous_response_id").and_then(Value::as_str) {
+        if !super::files::owned_by(&sh, previous, adm.key.as_deref()) {
+            let msg = format!("Previous response with id '{previous}' not found.");
+            let resp = errors::error_response(
+                StatusCode::NOT_FOUND,
+                &msg,
+                "invalid_request_error",
+                Some("previous_response_id"),
+                Some("previous_response_not_found"),
+            );
+            return sh.respond(&adm, resp);
+        }
+    }
     let suffix = adm.request_id.trim_start_matches("req_").to_owned();
+    if let Some(key) = &adm.key {
+        crate::state::lock(&sh.objects).insert(format!("resp_{suffix}"), key.clone());
+    }
     let reply = Reply {
         id: format!("resp_{suffix}"),
         item_id: format!("msg_{suffix}"),
