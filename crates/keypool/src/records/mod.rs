@@ -69,6 +69,11 @@ pub struct RequestRecord {
     /// The answer's body (a streamed one as its assembled text), cut the
     /// same way; only with `records.bodies` on.
     pub response_body: Option<String>,
+    /// The id of the object the request created (a file, a batch, a stored
+    /// response), kept in the store's `objects` with the key that served
+    /// it (`routing::affinity`); not part of the log's row.
+    #[serde(skip)]
+    pub created_object: Option<String>,
 }
 
 /// One send to the upstream with one key.

@@ -250,6 +250,11 @@ impl RequestContext {
         }
     }
 
+    /// The request created the object `id` (see `routing::affinity`).
+    pub fn created_object(&mut self, id: String) {
+        self.record.created_object = Some(id);
+    }
+
     /// The answer broke off after part of it reached the caller.
     pub fn interrupted(&mut self) {
         self.record.error_type = Some(error_type::STREAM_INTERRUPTED.into());

@@ -46,6 +46,22 @@ pub struct Metered {
     ctx: Option<Box<RequestContext>>,
     /// The answer's body for the record, when records keep bodies.
     body: Option<Box<crate::records::body::Assembler>>,
+    /// The answer's first bytes, when the request creates an object whose
+    /// id must be remembered with its key (`routing::affinity`).
+    objects: Option<Box<ObjectTap>>,
+}
+
+/// Keeps an answer's first [`ObjectTap::HEAD`] bytes to read the created
+/// object's id from.
+struct ObjectTap {
+    head: Vec<u8>,
+    affinity: std::sync::Arc<crate::routing::Affinity>,
+}
+
+impl ObjectTap {
+    /// Enough for any create answer's `id` (it comes first, or in the
+    /// stream's first event).
+    const HEAD: usize = 16 * 1024;
 }
 
 /// What the request leads keypool to expect of its answer.
@@ -86,7 +102,14 @@ impl Metered {
             expect: Expect::default(),
             ctx: None,
             body: None,
+            objects: None,
         }
+    }
+
+    /// Remembers the id of the object this answer creates with its key.
+    pub fn objects(mut self, affinity: std::sync::Arc<crate::routing::Affinity>) -> Metered {
+        self.objects = Some(Box::new(ObjectTap { head: Vec::new(), affinity }));
+        self
     }
 
     /// Sets what the answer should look like (the default expects any
@@ -112,7 +135,14 @@ impl Metered {
     }
 
     fn finish(&mut self, success: bool, verdict: Verdict) {
+        let created = self.objects.take().filter(|_| success).and_then(|tap| {
+            let id = crate::routing::affinity::created_id(&tap.head, self.sse)?;
+            Some((id, tap.affinity))
+        });
         if let Some(lease) = self.lease.take() {
+            if let Some((id, affinity)) = &created {
+                affinity.remember(id, lease.key_id());
+            }
             // No usage reported (an upstream that refused `stream_options`):
             // estimated from the streamed text rather than lost.
             let usage = self.tap.finish().usage_or_estimate(self.expect.prompt_tokens);
@@ -132,6 +162,9 @@ impl Metered {
             if let Some(mut ctx) = self.ctx.take() {
                 if let Some(body) = self.body.take() {
                     ctx.response_body(body.finish());
+                }
+                if let Some((id, _)) = created {
+                    ctx.created_object(id);
                 }
                 // An unpriced model's cost is unknown, not free.
                 ctx.usage(usage, self.price.and(cost_micros));
@@ -206,6 +239,10 @@ impl Stream for Metered {
                     this.tap.feed(&chunk);
                     if let Some(body) = this.body.as_mut() {
                         body.feed(&chunk);
+                    }
+                    if let Some(tap) = this.objects.as_mut() {
+                        let room = ObjectTap::HEAD.saturating_sub(tap.head.len());
+                        tap.head.extend_from_slice(&chunk[..room.min(chunk.len())]);
                     }
                     let Some(stripper) = this.stripper.as_mut() else {
                         return Poll::Ready(Some(Ok(chunk)));

@@ -28,6 +28,17 @@ fn sqlite_inserts() -> &'static [(usize, String)] {
     })
 }
 
+/// One created object and its key; nothing when the key was deleted in
+/// the meantime (the row would name no key), or the id is known already.
+const INSERT_OBJECT: &str = "INSERT INTO objects (id, key_id, created_at)
+     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM keys WHERE id = $2)
+     ON CONFLICT (id) DO NOTHING";
+
+/// The objects `records` created: id, key, when (Unix ms).
+fn created_objects(records: &[RequestRecord]) -> impl Iterator<Item = (&str, i64, i64)> {
+    records.iter().filter_map(|r| Some((r.created_object.as_deref()?, r.key_id?, r.started_at)))
+}
+
 const INSERT: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
     method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
@@ -240,6 +251,7 @@ impl RequestRecord {
             upstream_request_id: row.col("upstream_request_id")?,
             request_body: row.col("request_body")?,
             response_body: row.col("response_body")?,
+            created_object: None,
         })
     }
 }
@@ -318,6 +330,9 @@ impl Store {
                     add_usage_to(Totals::Tokens, *id, d).execute(&mut *tx).await?;
                 }
                 super::rollups::add_sqlite(&mut tx, rollups).await?;
+                for (id, key_id, at) in created_objects(records) {
+                    sqlx::query(INSERT_OBJECT).bind(id).bind(key_id).bind(at).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
             }
             // One statement for any batch: each column bound as one array
@@ -365,10 +380,21 @@ impl Store {
                 add_usage_postgres(&mut tx, Totals::Keys, &keys).await?;
                 add_usage_postgres(&mut tx, Totals::Tokens, &tokens).await?;
                 super::rollups::add_postgres(&mut tx, rollups).await?;
+                for (id, key_id, at) in created_objects(records) {
+                    sqlx::query(INSERT_OBJECT).bind(id).bind(key_id).bind(at).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
             }
         }
         Ok(())
+    }
+
+    /// The key that created object `id` (`routing::affinity`), if known.
+    pub async fn object_key(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT key_id FROM objects WHERE id = $1").bind(id).fetch_optional(pool).await?;
+            Ok(row.map(|r| r.col::<i64>("key_id")).transpose()?)
+        })
     }
 
     /// How many requests the log holds.

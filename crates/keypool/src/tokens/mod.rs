@@ -182,6 +182,10 @@ pub struct PromptShape {
     pub input_only: bool,
     /// `user`: the caller's id for its own end user (OpenAI's field).
     pub user: Option<String>,
+    /// An object the request names in its body (`previous_response_id`,
+    /// `input_file_id`, `training_file`, `file_id`): it goes to the key
+    /// that created it (`routing::affinity`).
+    pub refers_to: Option<String>,
 }
 
 /// Characters per token in OpenAI's admission estimate of a prompt ("about

@@ -66,6 +66,16 @@ struct Probe {
     /// OpenAI's end-user id, kept in the request's record.
     #[serde(default)]
     user: Lenient<String>,
+    /// Objects an earlier request created, which only the key that created
+    /// them can reach (see `routing::affinity`).
+    #[serde(default)]
+    previous_response_id: Lenient<String>,
+    #[serde(default)]
+    input_file_id: Lenient<String>,
+    #[serde(default)]
+    training_file: Lenient<String>,
+    #[serde(default)]
+    file_id: Lenient<String>,
 }
 
 /// A field read only if it has the expected shape. keypool is no stricter
@@ -484,6 +494,12 @@ pub fn shape_of(
         include_usage: probe.stream_options.get().and_then(|o| o.include_usage.get()),
         input_only: input_only(endpoint),
         user: probe.user.get(),
+        refers_to: probe
+            .previous_response_id
+            .get()
+            .or_else(|| probe.input_file_id.get())
+            .or_else(|| probe.training_file.get())
+            .or_else(|| probe.file_id.get()),
     })
 }
 
