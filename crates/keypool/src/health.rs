@@ -60,3 +60,36 @@ pub async fn probe_upstream(
         }
     }
 }
+
+/// Reads each enabled key's balance from the provider every `every` (its
+/// first read at once), and gives it to the scheduler: `balance_even`
+/// spends by it, and a key at zero gets no request. A read that fails
+/// leaves the last one in force.
+pub async fn read_balances(
+    scheduler: Arc<Scheduler>,
+    upstream: Upstream,
+    api: &'static dyn crate::upstream::providers::BalanceApi,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for (id, secret, account) in scheduler.enabled_keys() {
+            if stop.is_cancelled() {
+                return;
+            }
+            match upstream.balance(api, id, &secret, &account, Duration::from_secs(10)).await {
+                Some(balance) => {
+                    tracing::debug!(key_id = id, micros = balance.micros, "read the key's balance");
+                    scheduler.set_balance(id, balance.micros);
+                }
+                None => tracing::debug!(key_id = id, "the provider did not tell the key's balance"),
+            }
+        }
+    }
+}

@@ -71,6 +71,11 @@ pub struct KeyItem {
     pub budget_micros: Option<u64>,
     /// Spent so far, micro-USD.
     pub spent_micros: u64,
+    /// Credit left as the provider last told it (micro-USD; providers with
+    /// a balance API only, see docs/upstreams.md); null when not read.
+    pub balance_micros: Option<u64>,
+    /// When that was read (Unix ms).
+    pub balance_read_at_ms: Option<i64>,
     /// When the key stops being used (Unix seconds).
     pub expires_at: Option<i64>,
     pub organization: Option<String>,
@@ -151,10 +156,10 @@ macro_rules! with_settings {
 
         impl $name {
             /// The settings part, checked as the CLI checks them.
-            pub fn change(&self, config: &crate::config::Config) -> Result<KeyChange, AdminError> {
+            pub fn change(&self, upstreams: &[String]) -> Result<KeyChange, AdminError> {
                 Settings {
                     upstream: &self.upstream,
-                    config,
+                    upstreams,
                     label: &self.label,
                     rpm: self.rpm,
                     tpm: self.tpm,
@@ -208,8 +213,8 @@ struct Settings<'a> {
     organization: &'a Option<Option<String>>,
     project: &'a Option<Option<String>>,
     upstream: &'a Option<Option<String>>,
-    /// Names the configured upstreams.
-    config: &'a crate::config::Config,
+    /// The names of the upstreams in force.
+    upstreams: &'a [String],
 }
 
 /// A field that is present (`null` included) is `Some`.
@@ -252,12 +257,10 @@ impl Settings<'_> {
         }
         let upstream = self.upstream.as_ref().map(|u| u.clone().filter(|s| !s.is_empty()));
         if let Some(Some(name)) = &upstream {
-            let listed = self.config.upstream_list();
-            if !listed.iter().any(|u| &u.name == name) {
-                let names: Vec<&str> = listed.iter().map(|u| u.name.as_str()).collect();
+            if !self.upstreams.contains(name) {
                 return Err(AdminError::field(
                     "upstream",
-                    format!("{name:?} is not a configured upstream (configured: {})", names.join(", ")),
+                    format!("{name:?} is not a configured upstream (configured: {})", self.upstreams.join(", ")),
                 ));
             }
         }
@@ -368,10 +371,12 @@ async fn items(state: &AdminState) -> Result<Vec<KeyItem>, AdminError> {
                 budget_micros: k.budget_micros,
                 // The live figure includes spend not yet written.
                 spent_micros: view.map_or(k.spent_micros, |v| v.spent_micros.max(k.spent_micros)),
+                balance_micros: view.and_then(|v| v.balance_micros),
+                balance_read_at_ms: view.and_then(|v| v.balance_read_at_ms),
                 expires_at: k.expires_at,
                 organization: k.organization.clone(),
                 project: k.project.clone(),
-                upstream: k.upstream.clone().unwrap_or_else(|| state.config.default_upstream()),
+                upstream: k.upstream.clone().unwrap_or_else(|| set.default_pool().name().to_owned()),
                 upstream_configured: k.upstream.as_deref().is_none_or(|u| set.by_name(u).is_some()),
                 requests: view.map_or(k.requests, |v| v.requests.max(k.requests)),
                 successes: view.map_or(k.successes, |v| v.successes.max(k.successes)),
@@ -414,7 +419,7 @@ pub async fn add(
     Body(body): Body<NewKeyBody>,
 ) -> Result<(StatusCode, Json<KeyItem>), AdminError> {
     check_key(&body.key).map_err(|why| AdminError::field("key", why))?;
-    let change = body.change(&state.config)?;
+    let change = body.change(&state.upstream_names())?;
     state
         .run(move |s| async move {
             let id = match s.store.add_key(&new_key(body.key, &change)).await? {
@@ -457,7 +462,7 @@ pub async fn import(
     who: Caller,
     Body(body): Body<ImportBody>,
 ) -> Result<Json<ImportResult>, AdminError> {
-    let change = body.change(&state.config)?;
+    let change = body.change(&state.upstream_names())?;
     let pasted = paste::parse(&body.text);
     state
         .run(move |s| async move {
@@ -500,7 +505,7 @@ pub async fn edit(
     Id(id): Id,
     Body(body): Body<KeySettings>,
 ) -> Result<Json<KeyItem>, AdminError> {
-    let change = body.change(&state.config)?;
+    let change = body.change(&state.upstream_names())?;
     state
         .run(move |s| async move {
             if !change.is_empty() {

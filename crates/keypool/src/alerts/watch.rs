@@ -136,6 +136,8 @@ mod tests {
             reset_in: None,
             spent_micros: spent,
             budget_micros: budget,
+            balance_micros: None,
+            balance_read_at_ms: None,
             reason: None,
             cooling_until_ms: None,
             last_error: None,

@@ -55,7 +55,8 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
 }
 
-pub async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
+/// Keys as last saved; a key naming no upstream belongs to `default_upstream`.
+pub async fn list(store: &Store, json: bool, default_upstream: &str) -> anyhow::Result<()> {
     let keys = store.list_keys().await?;
     let saved: HashMap<i64, SavedKeyState> =
         store.load_key_states().await?.into_iter().map(|s| (s.key_id, s)).collect();
@@ -69,6 +70,7 @@ pub async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
                 let learned = |d: fn(&SavedKeyState) -> Option<u64>| s.and_then(d);
                 serde_json::json!({
                     "id": k.id, "key": mask_key(k.secret.expose_secret()), "label": k.label,
+                    "upstream": k.upstream.as_deref().unwrap_or(default_upstream),
                     "status": st.status, "reason": st.reason, "until": st.until_ms.map(rfc3339),
                     "rpm": k.rpm, "tpm": k.tpm, "requests": k.requests, "successes": k.successes,
                     "failures": k.failures, "prompt_tokens": k.prompt_tokens,
@@ -89,8 +91,8 @@ pub async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}  WHY/UNTIL",
-        "ID", "KEY", "LABEL", "STATUS", "RPM", "TPM", "REQUESTS", "SUCCESS", "FAILED", "SPENT/BUDGET USD"
+        "{:>4}  {:<12} {:<16} {:<12} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}  WHY/UNTIL",
+        "ID", "KEY", "LABEL", "UPSTREAM", "STATUS", "RPM", "TPM", "REQUESTS", "SUCCESS", "FAILED", "SPENT/BUDGET USD"
     );
     for k in &keys {
         let limit = |v: Option<u32>| v.map_or("-".to_owned(), |n| n.to_string());
@@ -101,10 +103,11 @@ pub async fn list(store: &Store, json: bool) -> anyhow::Result<()> {
             _ => String::new(),
         };
         println!(
-            "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}  {}",
+            "{:>4}  {:<12} {:<16} {:<12} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>17}  {}",
             k.id,
             mask_key(k.secret.expose_secret()),
             k.label.as_deref().unwrap_or("-"),
+            k.upstream.as_deref().unwrap_or(default_upstream),
             st.status,
             limit(k.rpm),
             limit(k.tpm),

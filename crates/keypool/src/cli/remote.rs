@@ -56,8 +56,20 @@ pub fn print_keys(keys: &[Value], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>9} {:>17}  WHY/UNTIL",
-        "ID", "KEY", "LABEL", "STATUS", "RPM", "TPM", "REQUESTS", "SUCCESS", "FAILED", "LEFT/MIN", "SPENT/BUDGET USD"
+        "{:>4}  {:<12} {:<16} {:<12} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>9} {:>17} {:>10}  WHY/UNTIL",
+        "ID",
+        "KEY",
+        "LABEL",
+        "UPSTREAM",
+        "STATUS",
+        "RPM",
+        "TPM",
+        "REQUESTS",
+        "SUCCESS",
+        "FAILED",
+        "LEFT/MIN",
+        "SPENT/BUDGET USD",
+        "BALANCE"
     );
     let text = |v: &Value| v.as_str().map_or("-".to_owned(), str::to_owned);
     let num = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
@@ -68,10 +80,11 @@ pub fn print_keys(keys: &[Value], json: bool) -> anyhow::Result<()> {
             None => k["reason"].as_str().or(k["last_error"].as_str()).unwrap_or("").to_owned(),
         };
         println!(
-            "{:>4}  {:<12} {:<16} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>9} {:>17}  {}",
+            "{:>4}  {:<12} {:<16} {:<12} {:<9} {:>6} {:>8} {:>9} {:>8} {:>7} {:>9} {:>17} {:>10}  {}",
             num(&k["id"]),
             text(&k["key"]),
             text(&k["label"]),
+            text(&k["upstream"]),
             text(&k["status"]),
             num(&k["effective_rpm"]),
             num(&k["effective_tpm"]),
@@ -84,6 +97,7 @@ pub fn print_keys(keys: &[Value], json: bool) -> anyhow::Result<()> {
                 usd(&k["spent_micros"]).unwrap_or(0.0),
                 usd(&k["budget_micros"]).map_or("-".to_owned(), |b| format!("{b:.2}"))
             ),
+            usd(&k["balance_micros"]).map_or("-".to_owned(), |b| format!("{b:.4}")),
             why
         );
     }

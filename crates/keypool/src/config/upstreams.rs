@@ -118,7 +118,15 @@ pub struct UpstreamConfig {
     /// Timeouts over the global `[timeouts]` (a model's own win over these).
     #[serde(default)]
     pub timeouts: TimeoutsOverride,
+    /// How often each key's balance is read, for providers that tell it
+    /// (`openrouter`, `deepseek`, `moonshot`, `siliconflow`; see
+    /// `upstream::providers`); default 5 minutes.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub balance_interval: Option<std::time::Duration>,
 }
+
+/// How often balances are read when `balance_interval` is not set.
+pub const BALANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn every_model() -> Vec<String> {
     vec!["*".into()]
@@ -187,6 +195,7 @@ impl Config {
             ca_file: None,
             limits: UpstreamLimits::default(),
             timeouts: TimeoutsOverride::default(),
+            balance_interval: None,
         }]
     }
 
@@ -236,6 +245,9 @@ impl Config {
             if let Some((setting, _)) = u.timeouts.set_values().find(|(_, d)| d.is_zero()) {
                 return Err(invalid(format!("{name}: timeouts.{setting} must be > 0")));
             }
+            if u.balance_interval.is_some_and(|d| d < std::time::Duration::from_secs(1)) {
+                return Err(invalid(format!("{name}: balance_interval must be at least 1s")));
+            }
             let l = &u.limits;
             if [l.rpm, l.tpm, l.rpd, l.max_inflight].contains(&Some(0)) {
                 return Err(invalid(format!("{name}: limits must be > 0 when set")));
@@ -276,22 +288,38 @@ impl Config {
         Ok(())
     }
 
-    /// Aliases that hide a model an upstream names exactly: the alias wins.
+    /// Aliases that hide a model an upstream names exactly (the alias wins),
+    /// and providers keypool knows nothing particular of (a typo turns
+    /// balance reads off).
     pub(super) fn alias_warnings(&self) -> Vec<String> {
         let listed = self.upstream_list();
-        self.model_aliases
-            .keys()
-            .filter_map(|alias| {
-                let hidden: Vec<&str> =
-                    listed.iter().filter(|u| u.models.iter().any(|m| m == alias)).map(|u| u.name.as_str()).collect();
-                (!hidden.is_empty()).then(|| {
+        let mut out: Vec<String> = listed
+            .iter()
+            .filter_map(|u| {
+                let p = u.provider.as_deref()?;
+                let known = crate::upstream::providers::KNOWN.contains(&p)
+                    || ["openai", "azure", "dashscope", "vllm", "ollama", "zhipu", "groq", "together", "xai"]
+                        .contains(&p);
+                (!known).then(|| {
                     format!(
-                        "the alias {alias:?} is also a model of upstream {}: requests for it follow the alias",
-                        hidden.join(", ")
+                        "upstream {}: provider {p:?} is not one keypool knows (known: {}); no balance is read for it",
+                        u.name,
+                        crate::upstream::providers::KNOWN.join(", ")
                     )
                 })
             })
-            .collect()
+            .collect();
+        out.extend(self.model_aliases.keys().filter_map(|alias| {
+            let hidden: Vec<&str> =
+                listed.iter().filter(|u| u.models.iter().any(|m| m == alias)).map(|u| u.name.as_str()).collect();
+            (!hidden.is_empty()).then(|| {
+                format!(
+                    "the alias {alias:?} is also a model of upstream {}: requests for it follow the alias",
+                    hidden.join(", ")
+                )
+            })
+        }));
+        out
     }
 }
 

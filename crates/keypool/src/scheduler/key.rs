@@ -65,7 +65,16 @@ pub struct Slot {
     pub rpd: Option<u64>,
     pub max_inflight: Option<u64>,
     pub weight: u64,
+    /// The budget in force: the smaller of the operator's (`--budget`) and
+    /// the one the provider's balance gives ([`Slot::set_balance`]).
     pub budget_micros: Option<u64>,
+    /// The operator's budget, as stored.
+    pub configured_budget: Option<u64>,
+    /// The provider's last balance reading (micro-USD) and when (Unix ms).
+    pub balance: Option<(u64, i64)>,
+    /// Spent (as tracked) when the balance was read plus that balance: the
+    /// budget the provider's money allows.
+    pub balance_budget: Option<u64>,
     pub announce: Announce,
     /// Leased and not finished; they count against every limit.
     pub inflight: u64,
@@ -134,6 +143,9 @@ impl Slot {
             max_inflight: None,
             weight: 1,
             budget_micros: None,
+            configured_budget: None,
+            balance: None,
+            balance_budget: None,
             announce: Announce::Unknown,
             inflight: 0,
             reserved_tokens: 0,
@@ -172,7 +184,8 @@ impl Slot {
         self.rpd = r.rpd.or(d.rpd).map(u64::from);
         self.max_inflight = r.max_inflight.or(d.max_inflight).map(u64::from);
         self.weight = u64::from(r.weight.unwrap_or(1).max(1));
-        self.budget_micros = r.budget_micros;
+        self.configured_budget = r.budget_micros;
+        self.budget_micros = smaller(self.configured_budget, self.balance_budget);
         self.expires_unix = r.expires_at;
         self.expires_at = r.expires_at.map(|u| instant_of_unix(u, now));
     }
@@ -248,9 +261,10 @@ impl Slot {
         self.announce == Announce::Unknown && self.rpm.limit().is_none() && self.tpm.limit().is_none()
     }
 
-    /// Whether the budget could ever pay for `cost` (ignoring reservations, which may come back).
+    /// Whether the budget could ever pay for `cost` (ignoring reservations,
+    /// which may come back). A spent budget pays for nothing, whatever the cost.
     pub fn affordable(&self, cost: u64) -> bool {
-        self.budget_micros.is_none_or(|b| self.spent_micros.saturating_add(cost) <= b)
+        self.budget_micros.is_none_or(|b| self.spent_micros < b && self.spent_micros.saturating_add(cost) <= b)
     }
 
     /// Whether the per-minute token limit could ever admit `demand`: only
@@ -290,8 +304,11 @@ impl Slot {
         if self.rpd.is_some_and(|l| self.day_count + self.inflight >= l) {
             return false;
         }
+        // A spent budget serves nothing, not even a request with no known
+        // cost (an unpriced model): a balance at zero means the provider refuses.
         self.budget_micros.is_none_or(|b| {
-            self.spent_micros.saturating_add(self.reserved_micros).saturating_add(demand.cost_micros) <= b
+            self.spent_micros < b
+                && self.spent_micros.saturating_add(self.reserved_micros).saturating_add(demand.cost_micros) <= b
         })
     }
 
@@ -419,6 +436,15 @@ impl Slot {
         self.tpm.empty_until(until, own_t);
     }
 
+    /// Takes the provider's balance reading (`micros` left, read at
+    /// `at_ms`): from now on the key may spend what it spent so far plus
+    /// that, and `balance_even` orders it by that share.
+    pub fn set_balance(&mut self, micros: u64, at_ms: i64) {
+        self.balance = Some((micros, at_ms));
+        self.balance_budget = Some(self.spent_micros.saturating_add(micros));
+        self.budget_micros = smaller(self.configured_budget, self.balance_budget);
+    }
+
     /// A lowercase word for the key's state, as operators see it.
     pub fn status(&self, now: Instant) -> &'static str {
         if !self.enabled {
@@ -436,5 +462,13 @@ impl Slot {
         } else {
             "active"
         }
+    }
+}
+
+/// The smaller of two optional limits (either alone when the other is unset).
+fn smaller(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

@@ -542,6 +542,19 @@ impl Scheduler {
             .collect()
     }
 
+    /// Every enabled key with what it is sent with (for balance reads).
+    pub fn enabled_keys(&self) -> Vec<(i64, Arc<secrecy::SecretString>, Arc<crate::upstream::Account>)> {
+        let inner = self.lock();
+        let mut keys: Vec<_> = inner
+            .keys
+            .values()
+            .filter(|s| s.enabled)
+            .map(|s| (s.id, Arc::clone(&s.secret), Arc::clone(&s.account)))
+            .collect();
+        keys.sort_by_key(|k| k.0);
+        keys
+    }
+
     /// When the next probe is due, if any key needs one.
     pub fn next_probe_at(&self) -> Option<Instant> {
         let inner = self.lock();
@@ -633,6 +646,25 @@ impl Scheduler {
         inner.next_wake(now)
     }
 
+    /// Takes the provider's balance for key `id` (micro-USD left, see
+    /// `upstream::providers`); a key at zero gets no request from now on.
+    /// False when the key is not loaded here.
+    pub fn set_balance(&self, id: i64, micros: u64) -> bool {
+        let now = Instant::now();
+        let strategy = self.config.strategy;
+        let mut inner = self.lock();
+        let Some(slot) = inner.keys.get_mut(&id) else { return false };
+        let had_money = slot.budget_micros.is_none_or(|b| slot.spent_micros < b);
+        slot.set_balance(micros, crate::store::now_unix_ms());
+        if had_money && slot.budget_micros.is_some_and(|b| slot.spent_micros >= b) {
+            transition(slot, "spent", "the provider says its balance is used up");
+        }
+        inner.slot_placement(id, now, strategy);
+        inner.dispatch(now, strategy);
+        self.wake_if_waiting(inner);
+        true
+    }
+
     /// Zeroes key `id`'s live totals (requests, successes, failures, spend)
     /// after the store's were reset; usage counted but not yet written
     /// still reaches the store. False when the key is not loaded.
@@ -677,6 +709,8 @@ impl Scheduler {
                     reset_in: s.window.next_expiry().map(|t| t.saturating_duration_since(now)),
                     spent_micros: s.spent_micros,
                     budget_micros: s.budget_micros,
+                    balance_micros: s.balance.map(|(m, _)| m),
+                    balance_read_at_ms: s.balance.map(|(_, at)| at),
                     cooling_until_ms: s
                         .cooling_until
                         .filter(|t| *t > now)
@@ -738,7 +772,11 @@ pub struct KeyView {
     /// Until the oldest request of the current minute stops counting.
     pub reset_in: Option<Duration>,
     pub spent_micros: u64,
+    /// The budget in force (the operator's, or the provider's balance's when smaller).
     pub budget_micros: Option<u64>,
+    /// The provider's last balance reading, micro-USD, and when (Unix ms).
+    pub balance_micros: Option<u64>,
+    pub balance_read_at_ms: Option<i64>,
     /// Why an invalid or exhausted key is out, in words.
     pub reason: Option<String>,
     /// When a cooling key takes requests again (Unix ms); `None` when not cooling.

@@ -538,3 +538,23 @@ async fn probes_prove_exhaustion_and_an_unreachable_upstream_proves_nothing() {
     let Err(NoKey::Unusable(c)) = s.try_lease(one()) else { panic!("no key can serve") };
     assert!(c.describe().contains("1 invalid") && c.describe().contains("1 exhausted"), "{}", c.describe());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_balance_at_zero_serves_nothing_not_even_an_unpriced_request() {
+    let s = sched(Strategy::BalanceEven, Duration::ZERO);
+    s.sync_keys(&[record(1, None, None, 0), record(2, None, None, 0)]);
+    assert!(s.set_balance(1, 0));
+    assert!(s.set_balance(2, 5_000));
+    for _ in 0..5 {
+        // cost_micros 0: a model without a price.
+        let lease = sent(s.try_lease(one()).unwrap());
+        assert_eq!(lease.key_id(), 2, "the key with money serves");
+        lease.finish(ok());
+    }
+    assert_eq!(s.snapshot()[0].status, "spent");
+    assert_eq!(s.snapshot()[0].balance_micros, Some(0));
+    // Money again (a top-up, read later): it serves again.
+    assert!(s.set_balance(1, 1_000_000));
+    assert_eq!(s.snapshot()[0].status, "active");
+    assert!(!s.set_balance(9, 1), "an unknown key");
+}
