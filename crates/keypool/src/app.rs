@@ -177,9 +177,11 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
         main: tokio::runtime::Handle::current(),
         config: Arc::new(config.clone()),
     }));
+    let keys_lock: crate::reload::KeysLock = Arc::default();
     let mut sync = Sync {
         resync,
         store,
+        keys_lock: Arc::clone(&keys_lock),
         pools: Arc::clone(&pools),
         tokens: Arc::clone(&tokens),
         revision: None,
@@ -214,6 +216,8 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
     let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&admin_token.live)));
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
+    let affinity =
+        Arc::new(crate::routing::Affinity::new(Some(sync_store.clone()), Some(tokio::runtime::Handle::current())));
     let make_router = || -> anyhow::Result<axum::Router> {
         let clients = crate::server::Clients::build(&pools.load(), config)?;
         let gateway = router(Arc::new(AppState {
@@ -223,6 +227,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
             config: config.clone(),
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
+            affinity: Arc::clone(&affinity),
         }));
         // The admin API under /admin/api/, and /metrics behind its token.
         Ok(gateway.merge(admin.clone()).merge(metrics.clone()))
@@ -262,6 +267,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
             config.clone(),
             Arc::clone(&pools),
             sync_store.clone(),
+            keys_lock,
             stop.clone(),
             asked,
         ));
@@ -358,6 +364,8 @@ fn announce_admin_token(token: &crate::admin::token::StartToken, config: &Config
 /// records, in the same transaction.)
 struct Sync {
     store: Store,
+    /// Shared with the config reload (see [`crate::reload::KeysLock`]).
+    keys_lock: crate::reload::KeysLock,
     pools: Arc<Pools>,
     tokens: Arc<TokenSet>,
     revision: Option<i64>,
@@ -413,9 +421,12 @@ impl Sync {
             self.resync.applied(revision);
             return Ok(());
         }
+        let guard = self.keys_lock.lock().await;
         let keys = self.store.list_keys().await?;
         let tokens = self.store.list_tokens().await?;
-        for (id, upstream) in self.pools.sync_keys(&keys) {
+        let orphans = self.pools.sync_keys(&keys);
+        drop(guard);
+        for (id, upstream) in orphans {
             tracing::warn!(
                 key_id = id,
                 upstream,

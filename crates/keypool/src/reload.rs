@@ -60,6 +60,16 @@ pub fn spawn_probes(pool: &Pool, client: Upstream, config: &Config) {
         config.health.clone(),
         stop.clone(),
     ));
+    if let Some(api) = crate::upstream::providers::of(pool.upstream.provider.as_deref()) {
+        let every = pool.upstream.balance_interval.unwrap_or(crate::config::BALANCE_INTERVAL);
+        tokio::spawn(crate::health::read_balances(
+            Arc::clone(&pool.scheduler),
+            client.clone(),
+            api,
+            every,
+            stop.clone(),
+        ));
+    }
     tokio::spawn(crate::health::probe_upstream(
         Arc::clone(&pool.breaker),
         Arc::clone(&pool.scheduler),
@@ -76,10 +86,24 @@ pub async fn watch(
     mut current: Config,
     pools: Arc<Pools>,
     store: Store,
+    keys_lock: KeysLock,
     stop: CancellationToken,
     asked: Arc<Notify>,
 ) {
-    let mut seen = source.file.as_deref().and_then(|f| std::fs::read(f).ok());
+    let read = |file: &Option<PathBuf>| {
+        let file = file.clone();
+        async move {
+            match file {
+                Some(f) => tokio::fs::read(&f).await.ok(),
+                None => None,
+            }
+        }
+    };
+    let mut seen = read(&source.file).await;
+    // A change is applied once the file reads the same on two looks in a
+    // row: a look between an editor's truncate and its write sees an empty
+    // or partial file, which must not be put in force.
+    let mut pending: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -88,13 +112,33 @@ pub async fn watch(
             _ = tick.tick() => false,
             _ = asked.notified() => true,
         };
-        let now = source.file.as_deref().and_then(|f| std::fs::read(f).ok());
-        if !forced && now == seen {
-            continue;
+        let now = read(&source.file).await;
+        if !forced {
+            let Some(bytes) = now.filter(|b| !b.is_empty()) else {
+                // Gone or empty: no change until it is back (a swap under way).
+                if seen.is_some() && pending.is_none() {
+                    tracing::debug!("the config file is missing or empty; waiting for it");
+                }
+                continue;
+            };
+            if Some(&bytes) == seen.as_ref() {
+                pending = None;
+                continue;
+            }
+            if pending.as_ref() != Some(&bytes) {
+                pending = Some(bytes);
+                continue;
+            }
+            seen = pending.take();
+        } else {
+            seen = now;
+            pending = None;
         }
-        seen = now;
         let loaded = (source.load)();
-        match apply(loaded, &current, &pools, &store, &stop).await {
+        let guard = keys_lock.lock().await;
+        let applied = apply(loaded, &current, &pools, &store, &stop).await;
+        drop(guard);
+        match applied {
             Ok((new, changes)) => {
                 for setting in needs_restart(&current, &new) {
                     tracing::warn!(setting, "changed in the config file: it applies after a restart");
@@ -119,6 +163,11 @@ pub async fn watch(
     }
 }
 
+/// Held while keys are read from the store and given to the pools, by the
+/// reload and by the key sync alike: otherwise one could give the pools an
+/// older key list after the other gave a newer one.
+pub type KeysLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Puts `loaded` in force if it is valid: a new set of pools (keeping what
 /// each unchanged upstream learned), its clients built once to prove they
 /// can be, the keys given to their upstreams, probes started for new and
@@ -132,6 +181,14 @@ pub async fn apply(
 ) -> Result<(Config, Changes), ReloadError> {
     let new = loaded?;
     new.validate()?;
+    if !current.upstreams.is_empty() && new.upstreams.is_empty() && new.upstream == Config::default().upstream {
+        return Err(ReloadError::Config(ConfigError::Invalid {
+            setting: "upstreams",
+            reason: "the new file configures no upstream (neither [[upstreams]] nor `upstream`): keys would go to \
+                     the built-in default"
+                .into(),
+        }));
+    }
     // Settings read only at start keep their running values; the upstreams
     // are built from the new file with the running globals they fall back on.
     let mut effective = current.clone();
@@ -144,13 +201,34 @@ pub async fn apply(
     effective.validate()?;
     let old = pools.load();
     let (set, changes) = PoolSet::build(&effective, Some(&old), stop);
+    if changes.is_empty() && effective.model_aliases == current.model_aliases {
+        // Nothing for the pools: the set in force (and every worker's clients) stays.
+        return Ok((effective, changes));
+    }
     let clients = Clients::build(&set, &effective)?;
     let keys = store.list_keys().await?;
     let orphans = set.sync_keys(&keys);
+    // Keys new to a pool get what an earlier run learned of them.
+    let saved = store.load_key_states().await?;
+    for pool in set.all() {
+        if !old.all().iter().any(|p| Arc::ptr_eq(&p.scheduler, &pool.scheduler)) {
+            pool.scheduler.restore_state(&saved);
+        }
+    }
     for (pool, client) in set.all().iter().zip(clients.into_list()) {
         if !old.all().iter().any(|p| Arc::ptr_eq(p, pool)) {
             spawn_probes(pool, client, &effective);
         }
+    }
+    let (was, now) = (old.default_pool().name().to_owned(), set.default_pool().name().to_owned());
+    if was != now {
+        let moved = keys.iter().filter(|k| k.upstream.is_none()).count();
+        tracing::warn!(
+            from = was,
+            to = now,
+            keys = moved,
+            "the default upstream changed: keys added without --upstream now go to the first [[upstreams]] entry"
+        );
     }
     pools.replace(set);
     for (id, upstream) in orphans {

@@ -51,7 +51,7 @@ async fn chat(caller: &Caller, model: &str) -> u16 {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_added_to_the_file_serves_under_load_and_a_broken_file_is_refused() {
     let a = Simulator::start(SimConfig { keys: vec![SimKey::new("sk-reload-aaaaaaaaaaaa")], ..SimConfig::default() })
         .await
@@ -89,7 +89,9 @@ async fn an_upstream_added_to_the_file_serves_under_load_and_a_broken_file_is_re
     // The second upstream goes into the file, then a key onto it.
     let started = Instant::now();
     std::fs::write(&served.file, two_upstreams(&a.base_url(), &b.base_url())).unwrap();
-    let (ok, err) = served.cli(&["keys", "add", "sk-reload-bbbbbbbbbbbb", "--upstream", "b"]);
+    // The CLI runs off the test's runtime, so the load goes on meanwhile.
+    let (ok, err) =
+        tokio::task::block_in_place(|| served.cli(&["keys", "add", "sk-reload-bbbbbbbbbbbb", "--upstream", "b"]));
     assert!(ok, "keys add --upstream b: {err}");
     let deadline = started + Duration::from_secs(15);
     loop {
@@ -116,12 +118,34 @@ async fn an_upstream_added_to_the_file_serves_under_load_and_a_broken_file_is_re
     }
     assert_eq!(chat(&caller, "deepseek-chat").await, 200);
 
-    // SIGHUP reads the file again at once.
+    // The good file again: taken at the next looks.
+    let read_again = |s: &Served| s.lines().iter().filter(|l| l.contains("configuration read again")).count();
     std::fs::write(&served.file, two_upstreams(&a.base_url(), &b.base_url())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_again(&served) < 1 {
+        assert!(Instant::now() < deadline, "the restored file was not read:\n{}", served.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGHUP reads the file at once, though it did not change (so only the signal can).
+    let before = read_again(&served);
     let hup = std::process::Command::new("kill").args(["-HUP", &served.pid().to_string()]).status().unwrap();
     assert!(hup.success());
     served.wait_for_line("SIGHUP is taken", |l| l.contains("SIGHUP: reading the configuration again")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_again(&served) <= before {
+        assert!(Instant::now() < deadline, "SIGHUP did not read the file:\n{}", served.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(chat(&caller, "deepseek-chat").await, 200);
+
+    // The second upstream leaves the file: its key is kept but serves nowhere.
+    std::fs::write(&served.file, one_upstream(&a.base_url())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat(&caller, "deepseek-chat").await != 404 {
+        assert!(Instant::now() < deadline, "the removed upstream still serves");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    served.wait_for_line("the orphaned key is named", |l| l.contains("serves nowhere")).await;
 
     stop.store(true, Ordering::Relaxed);
     for task in load {

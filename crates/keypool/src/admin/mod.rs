@@ -95,6 +95,11 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// The names of the upstreams in force (a reload may have changed them).
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.pools.load().all().iter().map(|p| p.name().to_owned()).collect()
+    }
+
     /// The configured time zone (validated at load; UTC if it cannot be found).
     fn time_zone(&self) -> jiff::tz::TimeZone {
         jiff::tz::TimeZone::get(&self.config.time_zone).unwrap_or(jiff::tz::TimeZone::UTC)

@@ -139,7 +139,7 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<UpstreamL
                 priority: u.priority,
                 weight: u.weight,
                 default: i == 0,
-                proxied: u.proxy.is_some() || state.config.proxy.is_some() || proxy_in_env,
+                proxied: u.proxy.is_some() || proxy_in_env,
                 keys: pool.scheduler.census(),
                 answering: !pool.breaker.is_open(),
                 last_error,
@@ -191,7 +191,7 @@ pub async fn test(
                     request,
                 }));
             };
-            let upstream = crate::upstream::Upstream::for_upstream(&upstream, &s.config)
+            let upstream = crate::upstream::Upstream::for_pool(&upstream, &s.config)
                 .map_err(|_| AdminError::Internal("the upstream client could not be built"))?;
             let report = crate::cli::keytest::test_one(&upstream, key, model.as_deref(), TEST_TIMEOUT).await;
             let ok = report.error.is_none() && report.status.is_some_and(|s| (200..300).contains(&s));

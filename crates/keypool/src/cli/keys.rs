@@ -199,7 +199,7 @@ pub async fn run(cmd: &KeysCommand, store: &Store, config: &Config) -> anyhow::R
         // Live from the running server when it can be asked, else as last saved.
         KeysCommand::List { json } => match super::remote::keys(config).await {
             Some(keys) => super::remote::print_keys(&keys, *json)?,
-            None => super::list::list(store, *json).await?,
+            None => super::list::list(store, *json, &config.default_upstream()).await?,
         },
         KeysCommand::Edit { id, opts } => {
             opts.check_upstream(config)?;

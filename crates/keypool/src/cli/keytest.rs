@@ -21,7 +21,8 @@ pub struct TestArgs {
     /// Test with a one-token chat completion on this model instead of `GET /models`.
     #[arg(long)]
     pub model: Option<String>,
-    /// Upstream base URL to test against (default: the configured one). Env: KEYPOOL_UPSTREAM.
+    /// Upstream base URL to test every key against (default: each key's own
+    /// upstream, as configured, with its proxy, CA file and headers).
     #[arg(long)]
     pub upstream: Option<String>,
     /// Longest to wait for each key's answer.
@@ -50,15 +51,46 @@ pub async fn run(args: &TestArgs, store: &Store, config: &Config) -> anyhow::Res
     if keys.is_empty() {
         anyhow::bail!("no enabled keys to test: add one with `keypool keys add`");
     }
-    let base = args.upstream.as_deref().unwrap_or(&config.upstream);
-    let upstream = Upstream::new(base, config.proxy.as_deref(), config.timeouts.connect)?;
     let what = args.model.as_deref().map_or("GET /models".to_owned(), |m| format!("a one-token chat on {m}"));
-    eprintln!("testing {} key(s) with {what} against {}", keys.len(), crate::config::mask_url_password(base));
+    // Each key against its own upstream (or every key against --upstream).
+    let listed = config.upstream_list();
+    let mut clients: Vec<(String, Upstream)> = Vec::new();
+    let mut client_for = |key: &KeyRecord| -> anyhow::Result<(String, Upstream)> {
+        let name = key.upstream.clone().unwrap_or_else(|| config.default_upstream());
+        if let Some((_, c)) = clients.iter().find(|(n, _)| *n == name) {
+            return Ok((name, c.clone()));
+        }
+        let client = match args.upstream.as_deref() {
+            Some(base) => Upstream::new(base, config.proxy.as_deref(), config.timeouts.connect)?,
+            None => {
+                let Some(u) = listed.iter().find(|u| u.name == name) else {
+                    anyhow::bail!("key {} belongs to the upstream {name:?}, which is not configured", key.id);
+                };
+                Upstream::for_upstream(u, config)?
+            }
+        };
+        clients.push((name.clone(), client.clone()));
+        Ok((name, client))
+    };
+    match args.upstream.as_deref() {
+        Some(base) => {
+            eprintln!("testing {} key(s) with {what} against {}", keys.len(), crate::config::mask_url_password(base))
+        }
+        None => eprintln!("testing {} key(s) with {what}, each against its upstream", keys.len()),
+    }
     let mut failed = 0;
     for key in &keys {
+        let (upstream_name, upstream) = match client_for(key) {
+            Ok(found) => found,
+            Err(e) => {
+                failed += 1;
+                println!("key {}: FAILED, {e}", key.id);
+                continue;
+            }
+        };
         let report = test_one(&upstream, key, args.model.as_deref(), args.timeout).await;
         let name = format!(
-            "key {} ({}{})",
+            "key {} ({}{}) on {upstream_name}",
             key.id,
             mask_key(key.secret.expose_secret()),
             key.label.as_deref().map(|l| format!(", {l}")).unwrap_or_default()

@@ -38,8 +38,9 @@ pub const RETRIES: &str = "keypool_retries_total";
 /// Requests whose caller went away before the answer was complete.
 pub const CANCELLED: &str = "keypool_requests_cancelled_total";
 
-pub fn upstream_breaker(open: bool) {
-    metrics::gauge!(UPSTREAM_DOWN).set(if open { 1.0 } else { 0.0 });
+/// `upstream` is a configured name (bounded: the config's `[[upstreams]]`).
+pub fn upstream_breaker(upstream: &str, open: bool) {
+    metrics::gauge!(UPSTREAM_DOWN, "upstream" => upstream.to_owned()).set(if open { 1.0 } else { 0.0 });
 }
 
 pub fn retry(reason: &'static str) {
@@ -125,7 +126,7 @@ fn describe() {
         REQUESTS_REFUSED,
         "Requests refused before any upstream attempt, by reason (busy, budget, no_key, token)."
     );
-    describe_gauge!(UPSTREAM_DOWN, "1 while the upstream's breaker is open (it failed for every key).");
+    describe_gauge!(UPSTREAM_DOWN, "1 while an upstream's breaker is open (it failed for every key); by upstream.");
     describe_counter!(RETRIES, "Attempts that failed and were retried, by reason.");
     describe_counter!(CANCELLED, "Requests whose caller went away before the answer was complete.");
     describe_counter!(TIMEOUT_RESENDS, "Generations sent again after a first-byte timeout.");

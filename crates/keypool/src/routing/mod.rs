@@ -10,6 +10,7 @@
 //! The server asks [`Pools::plan`] for the order and leases from each pool's
 //! scheduler; waiting, when no upstream has room, is on all of them at once.
 
+pub mod affinity;
 mod plan;
 
 use std::sync::{Arc, Mutex};
@@ -25,12 +26,14 @@ use crate::scheduler::{
 use crate::store::{KeyRecord, SavedKeyState};
 use crate::upstream::{Breaker, Quirks};
 
+pub use affinity::Affinity;
 pub use plan::{Candidate, Plan, RouteError};
 
 /// One upstream's shared state: what every worker's request to it uses.
 pub struct Pool {
     /// The upstream's settings (name, models, priority, weight, …).
     pub upstream: UpstreamConfig,
+    /// Its keys' live state: limits, reservations, the wait queue.
     pub scheduler: Arc<Scheduler>,
     /// Opens when the upstream fails for every key.
     pub breaker: Arc<Breaker>,
@@ -57,11 +60,22 @@ impl Pool {
     /// A pool for `upstream` over `state` (a scheduler, breaker and quirks,
     /// new or kept from the upstream's earlier pool); its probes stop with `stop`.
     fn new(upstream: UpstreamConfig, config: &Config, state: Option<&Pool>, stop: &CancellationToken) -> Pool {
+        // Where requests go and how: a change to it makes a new breaker and
+        // quirks (what was learned of the old address says nothing of the new).
+        let same_transport = |p: &Pool| {
+            let (a, b) = (&p.upstream, &upstream);
+            a.base_url == b.base_url && a.proxy == b.proxy && a.ca_file == b.ca_file && a.headers == b.headers
+        };
         let (scheduler, breaker, quirks) = match state {
-            Some(p) => (Arc::clone(&p.scheduler), Arc::clone(&p.breaker), Arc::clone(&p.quirks)),
+            Some(p) if same_transport(p) => (Arc::clone(&p.scheduler), Arc::clone(&p.breaker), Arc::clone(&p.quirks)),
+            Some(p) => (
+                Arc::clone(&p.scheduler),
+                Arc::new(Breaker::new(config.health.upstream_failures, &upstream.name)),
+                Arc::new(Quirks::default()),
+            ),
             None => (
                 Scheduler::new(scheduler_config(&upstream, config)),
-                Arc::new(Breaker::new(config.health.upstream_failures)),
+                Arc::new(Breaker::new(config.health.upstream_failures, &upstream.name)),
                 Arc::new(Quirks::default()),
             ),
         };
@@ -192,7 +206,15 @@ impl PoolSet {
             }
         }
         let generation = previous.map_or(0, |p| p.generation + 1);
-        (PoolSet { generation, pools, plans: plan::Planner::new(&config.model_aliases) }, changes)
+        {
+            let plans = plan::Planner::new(&pools, &config.model_aliases);
+            (PoolSet { generation, pools, plans }, changes)
+        }
+    }
+
+    /// The model aliases in force with this set, by name.
+    pub fn aliases(&self) -> impl Iterator<Item = &String> {
+        self.plans.aliases().keys()
     }
 
     pub fn generation(&self) -> u64 {
@@ -216,11 +238,6 @@ impl PoolSet {
     /// The pool named `name`, with its index.
     pub fn by_name(&self, name: &str) -> Option<(usize, &Arc<Pool>)> {
         self.pools.iter().enumerate().find(|(_, p)| p.name() == name)
-    }
-
-    /// The index of `pool` among [`PoolSet::all`] (0 if it is not one of them).
-    pub fn index_of(&self, pool: &Pool) -> usize {
-        self.pools.iter().position(|p| std::ptr::eq(&**p, pool)).unwrap_or(0)
     }
 
     /// Where a request for `model` may go, in order (see the module docs);
@@ -287,8 +304,8 @@ impl Pools {
         let upstream = upstream.unwrap_or_else(|| Config::default().upstream_list().remove(0));
         let mut pool = Pool::new(upstream, config, None, &stop);
         pool.scheduler = scheduler;
-        let set =
-            PoolSet { generation: 0, pools: vec![Arc::new(pool)], plans: plan::Planner::new(&Default::default()) };
+        let pools = vec![Arc::new(pool)];
+        let set = PoolSet { generation: 0, plans: plan::Planner::new(&pools, &Default::default()), pools };
         Pools { current: ArcSwap::from_pointee(set) }
     }
 

@@ -121,16 +121,25 @@ pub(super) struct Planner {
     aliases: BTreeMap<String, AliasTargets>,
     /// Requests without a model: the default upstream.
     default: Arc<Plan>,
+    /// One upstream serving every model (`*`) and no aliases (a config
+    /// from before upstreams existed): every request's plan, with no look-up.
+    everything: Option<Arc<Plan>>,
     cache: RwLock<HashMap<Box<str>, Arc<Plan>>>,
 }
 
 impl Planner {
-    pub(super) fn new(aliases: &BTreeMap<String, AliasTargets>) -> Planner {
+    pub(super) fn new(pools: &[Arc<Pool>], aliases: &BTreeMap<String, AliasTargets>) -> Planner {
         let default = Arc::new(Plan { tiers: vec![Tier::new(vec![(Candidate { pool: 0, model: None }, 1)])] });
-        Planner { aliases: aliases.clone(), default, cache: RwLock::new(HashMap::new()) }
+        let one_for_all =
+            matches!(pools, [only] if only.upstream.models.iter().any(|m| m == "*")) && aliases.is_empty();
+        let everything = one_for_all.then(|| Arc::clone(&default));
+        Planner { aliases: aliases.clone(), default, everything, cache: RwLock::new(HashMap::new()) }
     }
 
     pub(super) fn plan(&self, pools: &[Arc<Pool>], model: Option<&str>) -> Result<Arc<Plan>, RouteError> {
+        if let Some(plan) = &self.everything {
+            return Ok(Arc::clone(plan));
+        }
         let Some(model) = model else { return Ok(Arc::clone(&self.default)) };
         if let Some(plan) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(model) {
             return Ok(Arc::clone(plan));
@@ -145,6 +154,11 @@ impl Planner {
             }
         }
         Ok(plan)
+    }
+
+    /// The aliases, by name.
+    pub(super) fn aliases(&self) -> &BTreeMap<String, AliasTargets> {
+        &self.aliases
     }
 
     /// Plans held in the cache.

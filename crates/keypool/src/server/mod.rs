@@ -52,6 +52,8 @@ pub struct AppState {
     pub prices: crate::config::models::PriceCache,
     /// Where each request's record goes when it ends.
     pub recorder: crate::records::Recorder,
+    /// Which key created each file, batch and stored response.
+    pub affinity: Arc<crate::routing::Affinity>,
 }
 
 /// A worker's clients for one set of upstreams, in the set's order: each
@@ -64,7 +66,7 @@ pub struct Clients {
 impl Clients {
     /// A client for each upstream of `set` ([`Upstream::for_upstream`]).
     pub fn build(set: &PoolSet, config: &Config) -> Result<Clients, crate::upstream::UpstreamError> {
-        let list = set.all().iter().map(|p| Upstream::for_upstream(&p.upstream, config)).collect::<Result<_, _>>()?;
+        let list = set.all().iter().map(|p| Upstream::for_pool(&p.upstream, config)).collect::<Result<_, _>>()?;
         Ok(Clients { generation: set.generation(), list })
     }
 
@@ -84,17 +86,21 @@ impl AppState {
     /// This worker's clients for `set`: built once per set (at the first
     /// request after a reload).
     pub fn clients_for(&self, set: &PoolSet) -> Result<Arc<Clients>, ApiError> {
-        let mut held = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if held.generation != set.generation() {
-            match Clients::build(set, &self.config) {
-                Ok(built) => *held = Arc::new(built),
-                Err(e) => {
-                    tracing::error!(error = %e, "could not build the upstream clients of the new configuration");
-                    return Err(ApiError::Internal("the upstream clients could not be built"));
-                }
-            }
+        let held = Arc::clone(&self.clients.lock().unwrap_or_else(|p| p.into_inner()));
+        if held.generation == set.generation() {
+            return Ok(held);
         }
-        Ok(Arc::clone(&held))
+        // Built outside the lock; kept only when it is for a newer set (a
+        // request still on an older set gets clients of its own).
+        let built = Arc::new(Clients::build(set, &self.config).map_err(|e| {
+            tracing::error!(error = %e, "could not build the upstream clients of the new configuration");
+            ApiError::Internal("the upstream clients could not be built")
+        })?);
+        let mut slot = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.generation < built.generation {
+            *slot = Arc::clone(&built);
+        }
+        Ok(built)
     }
 }
 

@@ -26,8 +26,8 @@ pub const MODELS_TTL: Duration = Duration::from_secs(600);
 const LIST_CAP: usize = 8 << 20;
 
 /// Whether `GET /v1/models` is answered by keypool rather than passed on.
-pub fn answered_here(app: &AppState, set: &PoolSet) -> bool {
-    set.all().len() > 1 || !app.config.model_aliases.is_empty()
+pub fn answered_here(set: &PoolSet) -> bool {
+    set.all().len() > 1 || set.aliases().next().is_some()
 }
 
 /// The union list, as OpenAI shapes it: `{"object":"list","data":[…]}`.
@@ -36,12 +36,12 @@ pub async fn list(app: &AppState, set: &PoolSet, clients: &Clients) -> Response 
     for (index, pool) in set.all().iter().enumerate() {
         own.push(own_list(app, clients.get(index), pool).await);
     }
-    axum::Json(union(app, set, &own)).into_response()
+    axum::Json(union(set, &own)).into_response()
 }
 
 /// Aliases first, then each upstream's own entries its globs let through
 /// and the exact names its `models` gives; the first of a name is kept.
-fn union(app: &AppState, set: &PoolSet, own: &[Arc<Vec<Value>>]) -> Value {
+fn union(set: &PoolSet, own: &[Arc<Vec<Value>>]) -> Value {
     let mut data: Vec<Value> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut push = |item: Value| {
@@ -50,7 +50,7 @@ fn union(app: &AppState, set: &PoolSet, own: &[Arc<Vec<Value>>]) -> Value {
             data.push(item);
         }
     };
-    for alias in app.config.model_aliases.keys() {
+    for alias in set.aliases() {
         push(entry(alias, "keypool"));
     }
     for (pool, own) in set.all().iter().zip(own) {

@@ -122,9 +122,7 @@ async fn handle(
     // Every upstream's base applies the same rule for dot segments; the
     // default's tells before the body is read.
     clients.get(0).url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
-    if parts.method == http::Method::GET
-        && rest.trim_end_matches('/') == "models"
-        && super::models::answered_here(app, &set)
+    if parts.method == http::Method::GET && rest.trim_end_matches('/') == "models" && super::models::answered_here(&set)
     {
         return Ok(super::models::list(app, &set, &clients).await);
     }
@@ -143,7 +141,20 @@ async fn handle(
         shape.as_ref().and_then(|s| s.user.as_deref())
     );
     let plan = set.plan(model.as_deref())?;
-    let route = Route { set: &set, plan: &plan, single: plan.single().cloned(), caller_model: model.as_deref() };
+    // An object an earlier request created lives on the key that created it.
+    let named = crate::routing::affinity::named_in_path(&rest)
+        .map(str::to_owned)
+        .or_else(|| shape.as_ref().and_then(|s| s.refers_to.clone()));
+    let pinned = match &named {
+        Some(id) => pinned_key(app, &set, &plan, id, model.as_deref()).await,
+        None => None,
+    };
+    let single = match &pinned {
+        Some((candidate, _)) => Some(candidate.clone()),
+        None => plan.single().cloned(),
+    };
+    let route = Route { set: &set, plan: &plan, single, caller_model: model.as_deref() };
+    let creates = crate::routing::affinity::creates_objects(&parts.method, &rest);
     let first = route.single.clone().or_else(|| plan.candidates().next().cloned());
     let first_pool = first.as_ref().and_then(|c| set.all().get(c.pool)).unwrap_or_else(|| &set.all()[0]);
     *pool_used = Some(Arc::clone(first_pool));
@@ -160,7 +171,14 @@ async fn handle(
     let mut avoid = aside.clone();
     // Keys only another key can improve on (after such a failure, with the
     // set-aside ones): never tried again while another key can serve at all.
-    let mut exclude: Vec<i64> = Vec::new();
+    // Pinned to its object's key: every other key of that upstream.
+    let mut exclude: Vec<i64> = match &pinned {
+        Some((c, _)) => set.get(c.pool).map(|p| p.scheduler.key_ids()).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if let Some((_, key)) = &pinned {
+        exclude.retain(|id| id != key);
+    }
     // Upstreams that failed this request (failing, or without the model):
     // the next group serves while another can.
     let mut skip: Vec<usize> = route.all_set_aside();
@@ -318,7 +336,7 @@ async fn handle(
             Sending::Answered(Ok(upstream)) => {
                 ctx!(slot, answered, upstream.headers());
                 let reading =
-                    Reading { idle: timeouts.idle, end: started + timeouts.total, expect, price, strip_usage };
+                    Reading { idle: timeouts.idle, end: started + timeouts.total, expect, price, strip_usage, creates };
                 match answer(app, pool, slot, upstream, lease, reading).await {
                     Ok(response) => {
                         // Only the caller's own account headers make a mismatch the caller's.
@@ -445,6 +463,28 @@ async fn handle(
     }
 }
 
+/// The key that created object `id`, with the candidate of its upstream
+/// (the plan's, for an alias's model; else the upstream as it is), when
+/// keypool saw the object created and the key still serves here.
+async fn pinned_key(
+    app: &AppState,
+    set: &PoolSet,
+    plan: &Plan,
+    id: &str,
+    model: Option<&str>,
+) -> Option<(Candidate, i64)> {
+    let key = app.affinity.owner(id).await?;
+    let pool = set.all().iter().position(|p| p.scheduler.has_key(key))?;
+    let candidate = match plan.candidates().find(|c| c.pool == pool) {
+        Some(c) => c.clone(),
+        // A model the object's upstream does not serve: the plan decides.
+        None if model.is_some() => return None,
+        None => Candidate { pool, model: None },
+    };
+    tracing::debug!(object = id, key_id = key, "the object's key serves the request");
+    Some((candidate, key))
+}
+
 /// One upstream's wait for a key.
 type Waiting<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Candidate, KeyLease), NoKey>> + Send + 'a>>;
@@ -568,6 +608,9 @@ impl Route<'_> {
             waits.push(Box::pin(async move {
                 scheduler.acquire_avoiding(demand, avoid, exclude).await.map(|lease| (c, lease))
             }));
+        }
+        if waits.is_empty() {
+            return Err(Unserved::NoKey(NoKey::NoKeys));
         }
         futures_util::future::select_ok(waits).await.map(|(won, _)| won).map_err(Unserved::NoKey)
     }
@@ -698,6 +741,8 @@ struct Reading {
     expect: Expect,
     price: Option<ModelPrice>,
     strip_usage: bool,
+    /// The request creates an object whose id is remembered with its key.
+    creates: bool,
 }
 
 /// An answer arrived: stream it to the caller, pass a caller's error through
@@ -710,7 +755,7 @@ async fn answer(
     lease: KeyLease,
     reading: Reading,
 ) -> Result<Response, Failed> {
-    let Reading { idle, end, expect, price, strip_usage } = reading;
+    let Reading { idle, end, expect, price, strip_usage, creates } = reading;
     let status = upstream.status();
     lease.observe(&rate_info(upstream.headers()), status.is_success());
     tracing::debug!(key_id = lease.key_id(), %status, "upstream answered");
@@ -796,6 +841,9 @@ async fn answer(
         end,
     )
     .expect(expect);
+    if creates {
+        metered = metered.objects(Arc::clone(&app.affinity));
+    }
     // The body ends the request now: when it ends, or when the caller leaves.
     if let Some(mut c) = slot.take() {
         c.attempt_ended(status.as_u16(), "ok");

@@ -11,6 +11,8 @@ use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct Breaker {
+    /// The upstream's name, for the log and the metric's label.
+    upstream: String,
     threshold: u32,
     failures: Mutex<u32>,
     /// true while open; waiters watch it close.
@@ -18,8 +20,15 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(threshold: u32) -> Breaker {
-        Breaker { threshold: threshold.max(1), failures: Mutex::new(0), open: watch::Sender::new(false) }
+    /// A closed breaker for the upstream named `upstream`, opening after
+    /// `threshold` failures in a row.
+    pub fn new(threshold: u32, upstream: &str) -> Breaker {
+        Breaker {
+            upstream: upstream.to_owned(),
+            threshold: threshold.max(1),
+            failures: Mutex::new(0),
+            open: watch::Sender::new(false),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, u32> {
@@ -42,10 +51,11 @@ impl Breaker {
         if *failures >= self.threshold && !self.is_open() {
             self.open.send_replace(true);
             tracing::warn!(
+                upstream = self.upstream,
                 failures = *failures,
                 "the upstream is failing for every key: holding requests while it is probed"
             );
-            crate::metrics::upstream_breaker(true);
+            crate::metrics::upstream_breaker(&self.upstream, true);
             return true;
         }
         false
@@ -55,8 +65,8 @@ impl Breaker {
     pub fn close(&self) {
         *self.lock() = 0;
         if self.open.send_replace(false) {
-            tracing::info!("the upstream answers again: traffic resumes");
-            crate::metrics::upstream_breaker(false);
+            tracing::info!(upstream = self.upstream, "the upstream answers again: traffic resumes");
+            crate::metrics::upstream_breaker(&self.upstream, false);
         }
     }
 
@@ -81,7 +91,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_failures_in_a_row_and_releases_waiters_on_close() {
-        let b = std::sync::Arc::new(Breaker::new(3));
+        let b = std::sync::Arc::new(Breaker::new(3, "default"));
         assert!(!b.failure() && !b.failure());
         b.success();
         assert!(!b.failure() && !b.failure());

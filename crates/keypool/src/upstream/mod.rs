@@ -7,6 +7,7 @@ mod classify;
 mod comeback;
 mod headers;
 mod probe;
+pub mod providers;
 mod quirks;
 mod tls;
 mod wording;
@@ -158,8 +159,8 @@ impl Upstream {
 
     /// The client for one upstream: its base URL, proxy (else the global
     /// `proxy`), extra trusted CAs (else the global `ca_file`), extra
-    /// headers, the connect timeout (its own, else the global one), and
-    /// which caller headers go upstream.
+    /// headers, the global connect timeout, and which caller headers go
+    /// upstream.
     pub fn for_upstream(
         u: &crate::config::UpstreamConfig,
         config: &crate::config::Config,
@@ -177,6 +178,17 @@ impl Upstream {
             upstream.extra.insert(name, value);
         }
         Ok(upstream)
+    }
+
+    /// The client for an upstream whose `proxy` and `ca_file` are already
+    /// resolved (a pool's, see `routing::PoolSet::build`): unset means none,
+    /// with no fall-back to the global settings (a reload may have removed them).
+    pub fn for_pool(
+        u: &crate::config::UpstreamConfig,
+        config: &crate::config::Config,
+    ) -> Result<Upstream, UpstreamError> {
+        let resolved = crate::config::Config { proxy: None, ca_file: None, ..config.clone() };
+        Upstream::for_upstream(u, &resolved)
     }
 
     /// The upstream URL for a caller's path below `/v1/` and its raw query;
@@ -201,6 +213,50 @@ impl Upstream {
             url.push_str(q);
         }
         Uri::try_from(url).ok()
+    }
+
+    /// Key `id`'s balance as the provider tells it (`api`), within
+    /// `timeout`; None when it cannot be read.
+    pub async fn balance(
+        &self,
+        api: &dyn providers::BalanceApi,
+        id: i64,
+        key: &SecretString,
+        account: &Account,
+        timeout: Duration,
+    ) -> Option<providers::Balance> {
+        // Relative to the base; `..` (a provider that keeps it at its root)
+        // only from a version path (`/v1/`), never out of a relay's prefix.
+        if api.path().starts_with("../") && !self.base_is_version() {
+            return None;
+        }
+        let url = self.base.join(api.path()).ok()?;
+        let url = Uri::try_from(url.as_str()).ok()?;
+        let none = HeaderMap::new();
+        let asked = self.send(Method::GET, url, &none, id, key, account, OutBody::Bytes(Bytes::new()));
+        let until = tokio::time::Instant::now() + timeout;
+        let answer = tokio::time::timeout_at(until, asked).await.ok()?.ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let mut body = answer.into_body();
+        let mut bytes = Vec::new();
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, body.frame()).await {
+            if let Ok(chunk) = frame.into_data() {
+                bytes.extend_from_slice(&chunk);
+            }
+            if bytes.len() > 256 * 1024 {
+                return None;
+            }
+        }
+        api.parse(&bytes)
+    }
+
+    /// Whether the base URL is a host's root plus a version (`/v1/`), with no
+    /// relay prefix before it.
+    fn base_is_version(&self) -> bool {
+        let segments: Vec<&str> = self.base.path().split('/').filter(|s| !s.is_empty()).collect();
+        matches!(segments.as_slice(), [v] if v.len() >= 2 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit()))
     }
 
     /// Whether the upstream answers at all: any HTTP answer to an
@@ -233,9 +289,6 @@ impl Upstream {
                 headers.append(name.clone(), value.clone());
             }
         }
-        for (name, value) in &self.extra {
-            headers.insert(name.clone(), value.clone());
-        }
         headers.insert(http::header::AUTHORIZATION, bearer(key).ok_or(UpstreamError::UnusableKey(key_id))?);
         account.apply(&mut headers);
         if !headers.contains_key(http::header::ACCEPT) {
@@ -251,13 +304,19 @@ impl Upstream {
         self.request(method, url, headers, body).await
     }
 
+    /// Sends one request as it is, plus the upstream's own `headers` (a
+    /// relay's token), which every request to it carries: calls, probes,
+    /// reachability checks and balance reads alike.
     async fn request(
         &self,
         method: Method,
         url: Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: OutBody,
     ) -> Result<Answer, UpstreamError> {
+        for (name, value) in &self.extra {
+            headers.insert(name.clone(), value.clone());
+        }
         match &self.transport {
             Transport::Direct(client) => {
                 let body = match body {
