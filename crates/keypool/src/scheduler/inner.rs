@@ -114,6 +114,28 @@ impl Inner {
         self.keys.values().any(|s| !exclude.contains(&s.id) && s.usable(now))
     }
 
+    /// The key to lease now for a retry: one in neither `avoid` nor
+    /// `exclude` when one has room, else one in `avoid`; never one in
+    /// `exclude` while a key outside it can serve at all. Returns the key
+    /// and the `exclude` in force (empty when no key outside it can serve).
+    #[inline]
+    pub(super) fn pick_now<'e>(
+        &mut self,
+        now: Instant,
+        demand: Demand,
+        avoid: &[i64],
+        exclude: &'e [i64],
+    ) -> (Option<i64>, &'e [i64]) {
+        let exclude = if self.usable_outside(now, exclude) { exclude } else { &[][..] };
+        let picked = if exclude.is_empty() {
+            self.pick_avoiding(now, demand, avoid)
+        } else {
+            self.pick_where(now, demand, |id| !exclude.contains(&id) && !avoid.contains(&id))
+                .or_else(|| self.pick_where(now, demand, |id| !exclude.contains(&id)))
+        };
+        (picked, exclude)
+    }
+
     /// The first ready key, in strategy order, that passes `allow` and has
     /// room. A ready key's window may hold entries that expired since it was
     /// placed: they are pruned as the key is looked at, so stale entries never

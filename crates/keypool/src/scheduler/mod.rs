@@ -394,14 +394,7 @@ impl Scheduler {
         let mut inner = self.lock();
         inner.refresh(now, strategy);
         inner.dispatch(now, strategy);
-        let exclude = if inner.usable_outside(now, exclude) { exclude } else { &[][..] };
-        let picked = if exclude.is_empty() {
-            inner.pick_avoiding(now, demand, avoid)
-        } else {
-            inner
-                .pick_where(now, demand, |id| !exclude.contains(&id) && !avoid.contains(&id))
-                .or_else(|| inner.pick_where(now, demand, |id| !exclude.contains(&id)))
-        };
+        let (picked, _) = inner.pick_now(now, demand, avoid, exclude);
         if let Some(grant) = picked.and_then(|id| inner.reserve(id, demand, now, strategy)) {
             drop(inner);
             return Ok(KeyLease::new(Arc::clone(self), grant));
@@ -434,14 +427,7 @@ impl Scheduler {
             let mut inner = self.lock();
             inner.refresh(started, strategy);
             inner.dispatch(started, strategy);
-            let exclude = if inner.usable_outside(started, exclude) { exclude } else { &[][..] };
-            let picked = if exclude.is_empty() {
-                inner.pick_avoiding(started, demand, avoid)
-            } else {
-                inner
-                    .pick_where(started, demand, |id| !exclude.contains(&id) && !avoid.contains(&id))
-                    .or_else(|| inner.pick_where(started, demand, |id| !exclude.contains(&id)))
-            };
+            let (picked, exclude) = inner.pick_now(started, demand, avoid, exclude);
             if let Some(id) = picked {
                 if let Some(grant) = inner.reserve(id, demand, started, strategy) {
                     drop(inner);
