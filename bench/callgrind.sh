@@ -11,11 +11,12 @@
 # Needs valgrind (Debian: apt-get install valgrind). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${1:-./target/release/keypool} N=${2:-3000} OUT=${OUT:-/tmp/keypool.cg}
+T=${CARGO_TARGET_DIR:-./target}
+BIN=${1:-$T/release/keypool} N=${2:-3000} OUT=${OUT:-/tmp/keypool.cg}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 [ -n "${1:-}" ] || cargo build --release --locked -p keypool >&2
 cargo build --release --locked -p keypool-sim >&2
-SIM=./target/release/keypool-sim
+SIM=${SIM:-$T/release/keypool-sim}
 work=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

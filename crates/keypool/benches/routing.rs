@@ -18,18 +18,26 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use keypool::config::{Config, UpstreamConfig};
 use keypool::routing::Pools;
 
-/// 10 upstreams × 10 globs: families of names, two upstreams per family
-/// at equal priority (so weighted choosing runs), the rest behind them.
+/// 10 upstreams × 10 globs: families of names, the two upstreams of a pair
+/// at equal priority with the same globs (so weighted choosing runs), and
+/// the last one also a catch-all (`*`) behind every other.
 fn config() -> Config {
     let families = ["gpt-4o", "gpt-4.1", "o3", "o4", "deepseek", "qwen", "moonshot", "glm", "llama", "mistral"];
     let upstreams = (0..10)
         .map(|u| {
-            let models: Vec<String> = (0..10).map(|g| format!("{}-{}*", families[(u + g) % 10], g)).collect();
+            let pair = u / 2;
+            let mut models: Vec<String> = (0..10).map(|g| format!("{}-{}*", families[(pair * 2 + g) % 10], g)).collect();
+            let priority = if u == 9 {
+                models[9] = "*".into();
+                -1
+            } else {
+                pair as i32
+            };
             let fields = serde_json::json!({
                 "name": format!("up{u}"),
                 "base_url": format!("http://127.0.0.1:{}/v1", 9000 + u),
                 "models": models,
-                "priority": (u / 2) as i32,
+                "priority": priority,
                 "weight": 1 + u as u32 % 3,
             });
             serde_json::from_value::<UpstreamConfig>(fields).unwrap()
@@ -44,7 +52,7 @@ fn routing(c: &mut Criterion) {
     let config = config();
     let handle = Pools::from_config(&config);
     let pools = handle.load();
-    let models = ["gpt-4o-0-mini", "deepseek-4-chat", "qwen-5-72b", "mistral-9-large"];
+    let models = ["gpt-4o-0-mini", "deepseek-4-chat", "qwen-5-72b", "unlisted-model"];
     for model in models {
         let plan = pools.plan(Some(model)).unwrap();
         eprintln!("{model}: {} candidates", plan.candidates().count());
