@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 A=$1 B=$2 ROUNDS=${3:-10} DURATION=${4:-10s}
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --locked -p keypool-sim >&2
-SIM=./target/release/keypool-sim
+SIM=${SIM:-${CARGO_TARGET_DIR:-./target}/release/keypool-sim}
 work=$(mktemp -d)
 pids=()
 # start() runs in a subshell (its output is read), so the servers it starts

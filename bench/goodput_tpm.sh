@@ -14,6 +14,6 @@ echo "| simulator | charge | limits | offered | succeeded | upstream 429s (per k
 echo "|---|---|---|---|---|---|---|---|"
 for sim in window bucket; do
   for limits in configured learned; do
-    ./target/release/examples/goodput_tpm --sim "$sim" --limits "$limits" "$@"
+    "${CARGO_TARGET_DIR:-./target}"/release/examples/goodput_tpm --sim "$sim" --limits "$limits" "$@"
   done
 done
