@@ -26,7 +26,8 @@ fn config() -> Config {
     let upstreams = (0..10)
         .map(|u| {
             let pair = u / 2;
-            let mut models: Vec<String> = (0..10).map(|g| format!("{}-{}*", families[(pair * 2 + g) % 10], g)).collect();
+            let mut models: Vec<String> =
+                (0..10).map(|g| format!("{}-{}*", families[(pair * 2 + g) % 10], g)).collect();
             let priority = if u == 9 {
                 models[9] = "*".into();
                 -1
