@@ -97,7 +97,8 @@ fn ideal_last_answer(offered: &[(f64, f64)], mode: LimitMode, per_s: f64) -> f64
     let capacity = per_s * 60.0;
     let mut last = 0.0f64;
     match mode {
-        LimitMode::RollingWindow => {
+        // Azure counts tokens over a rolling minute too.
+        LimitMode::RollingWindow | LimitMode::Azure => {
             let mut admitted = std::collections::VecDeque::new();
             let mut used = 0.0;
             for &(at, charge) in offered {

@@ -43,6 +43,12 @@ pub struct SimConfig {
     pub faults: Faults,
     /// How streams end (the Responses API's terminal event, `[DONE]` or not).
     pub stream_ends: StreamEnds,
+    /// Azure OpenAI's shape: the key only in `api-key`; routes at
+    /// `/openai/deployments/{deployment}/…` and `/openai/…` (both needing
+    /// an `api-version` query) and `/openai/v1/…`; every key counted as
+    /// [`LimitMode::Azure`]; only `x-ratelimit-remaining-*` headers; 429s
+    /// in Azure's words with `retry-after` and `retry-after-ms`.
+    pub azure: bool,
 }
 
 /// How the admission charge combines the prompt estimate and the completion
@@ -76,6 +82,7 @@ impl Default for SimConfig {
             charge: ChargeRule::default(),
             faults: Faults::default(),
             stream_ends: StreamEnds::default(),
+            azure: false,
         }
     }
 }
@@ -147,6 +154,11 @@ pub enum LimitMode {
     /// Count of what was admitted in the last 60 s; some providers behave like this, and it
     /// makes bursts after a cool-down behave differently, which a gateway must survive.
     RollingWindow,
+    /// As Azure OpenAI counts a deployment: requests over 10 s spans, at
+    /// most the RPM's share of one (RPM ÷ 6, at least one), tokens over a
+    /// rolling 60 s; its quota guide says the rate is evaluated "over a
+    /// small period of time, typically 1 or 10 seconds".
+    Azure,
 }
 
 /// Account state of a key.

@@ -44,6 +44,12 @@ pub fn invalid_key(key: Option<&str>) -> Response {
     error_response(StatusCode::UNAUTHORIZED, &message, "invalid_request_error", None, Some("invalid_api_key"))
 }
 
+/// Azure OpenAI's 401 for a wrong or missing `api-key`.
+pub fn azure_denied() -> Response {
+    let message = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
+    (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"code": "401", "message": message}}))).into_response()
+}
+
 pub fn insufficient_quota() -> Response {
     error_response(
         StatusCode::TOO_MANY_REQUESTS,

@@ -3,7 +3,7 @@
 //! one place makes that order (which tests depend on) easy to check.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use crate::config::KeyState;
@@ -71,7 +71,12 @@ impl Shared {
         model: &str,
         cost: u64,
     ) -> Result<Admitted, Response> {
-        let key = presented_key(headers);
+        // Azure takes its key only in `api-key` (a bearer token there is Entra ID's).
+        let key = if self.azure {
+            headers.get("api-key").and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+        } else {
+            presented_key(headers)
+        };
         let k = key.as_deref();
         {
             let mut stats = lock(&self.stats);
@@ -116,7 +121,7 @@ impl Shared {
             return Err(errors::server_error());
         }
         let Some(key) = k else {
-            return Err(errors::invalid_key(None));
+            return Err(if self.azure { errors::azure_denied() } else { errors::invalid_key(None) });
         };
         // "" and "echo": routes that name no model.
         if !(model.is_empty() || model == "echo" || self.models.is_empty() || self.models.iter().any(|m| m == model)) {
@@ -155,7 +160,7 @@ impl Shared {
             Ok(()) => Ok(()),
             Err(None) => {
                 self.bump(k, |s| s.unauthorized += 1);
-                Err(errors::invalid_key(Some(key)))
+                Err(if self.azure { errors::azure_denied() } else { errors::invalid_key(Some(key)) })
             }
             Err(Some(None)) => {
                 self.bump(k, |s| s.insufficient_quota += 1);
@@ -163,7 +168,7 @@ impl Shared {
             }
             Err(Some(Some(refusal))) => {
                 self.bump(k, |s| s.rate_limited += 1);
-                Err(rate_limited(model, &refusal))
+                Err(if self.azure { azure_rate_limited(&refusal) } else { rate_limited(model, &refusal) })
             }
         }
     }
@@ -187,6 +192,16 @@ impl Shared {
         };
         for (suffix, dim) in [("requests", snap.requests), ("tokens", snap.tokens)] {
             let Some(d) = dim else { continue };
+            if self.azure {
+                // Azure tells only what is left (of the 10 s span for requests).
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::try_from(format!("x-ratelimit-remaining-{suffix}")),
+                    HeaderValue::from_str(&d.remaining.to_string()),
+                ) {
+                    h.insert(n, v);
+                }
+                continue;
+            }
             let reset = format_go_duration(ceil_millis(d.reset));
             for (name, value) in
                 [("limit", d.limit.to_string()), ("remaining", d.remaining.to_string()), ("reset", reset)]
@@ -208,6 +223,29 @@ impl Shared {
         }
         self.decorate(adm, resp)
     }
+}
+
+/// Azure OpenAI's 429: its code is the status as a string, its message says
+/// which rate ("call" or "token") and when to retry, and it sends both
+/// `retry-after` (seconds) and `retry-after-ms`.
+fn azure_rate_limited(r: &Refusal) -> Response {
+    let what = match r.dimension {
+        Dimension::Requests => "call",
+        Dimension::Tokens => "token",
+    };
+    let secs = r.retry_after.as_millis().div_ceil(1000).max(1);
+    let message = format!(
+        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded {what} rate limit of your current OpenAI S0 pricing tier. Please retry after {secs} seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit."
+    );
+    let body = serde_json::json!({"error": {"code": "429", "message": message}});
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    let ms = r.retry_after.as_millis().max(1);
+    for (name, value) in [("retry-after", secs.to_string()), ("retry-after-ms", ms.to_string())] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
 }
 
 /// 429 `rate_limit_exceeded` with OpenAI's message and a `retry-after` in whole seconds.

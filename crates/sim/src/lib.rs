@@ -64,8 +64,12 @@ impl Simulator {
         self.addr
     }
 
-    /// e.g. `http://127.0.0.1:PORT/v1`.
+    /// e.g. `http://127.0.0.1:PORT/v1`; in Azure mode the resource's root
+    /// (`http://127.0.0.1:PORT`, its v1 API under `/openai/v1`).
     pub fn base_url(&self) -> String {
+        if self.shared.azure {
+            return format!("http://{}", self.addr);
+        }
         format!("http://{}{}", self.addr, self.shared.prefix)
     }
 

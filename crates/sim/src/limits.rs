@@ -93,6 +93,24 @@ enum Kind {
     Window {
         entries: VecDeque<(Instant, u64)>,
     },
+    /// The same entries, requests counted over [`AZURE_SPAN`] only.
+    Azure {
+        entries: VecDeque<(Instant, u64)>,
+    },
+}
+
+/// The span Azure mode counts requests over.
+const AZURE_SPAN: Duration = Duration::from_secs(10);
+
+/// Requests per [`AZURE_SPAN`] for an RPM: its share, at least one.
+fn azure_share(rpm: u32) -> u64 {
+    (u64::from(rpm) * AZURE_SPAN.as_secs() / 60).max(1)
+}
+
+/// Admitted within the span before `now`: (how many, when the oldest of them was).
+fn in_span(entries: &VecDeque<(Instant, u64)>, now: Instant) -> (u64, Option<Instant>) {
+    let recent = entries.iter().rev().take_while(|(t, _)| *t + AZURE_SPAN > now);
+    recent.fold((0, None), |(n, _), (t, _)| (n + 1, Some(*t)))
 }
 
 /// The limiter of one key.
@@ -110,6 +128,7 @@ impl Limiter {
                 Kind::Bucket { requests: rpm.map(|l| Bucket::new(l, now)), tokens: tpm.map(|l| Bucket::new(l, now)) }
             }
             LimitMode::RollingWindow => Kind::Window { entries: VecDeque::new() },
+            LimitMode::Azure => Kind::Azure { entries: VecDeque::new() },
         };
         Limiter { rpm, tpm, kind }
     }
@@ -181,6 +200,38 @@ impl Limiter {
                 entries.push_back((now, cost));
                 Ok(())
             }
+            Kind::Azure { entries } => {
+                prune(entries, now);
+                if let Some(limit) = rpm.map(azure_share) {
+                    let (count, oldest) = in_span(entries, now);
+                    if count >= limit {
+                        let retry_after =
+                            oldest.map_or(AZURE_SPAN, |t| (t + AZURE_SPAN).saturating_duration_since(now));
+                        return Err(Refusal {
+                            dimension: Dimension::Requests,
+                            limit,
+                            used: count,
+                            requested: 1,
+                            retry_after,
+                        });
+                    }
+                }
+                let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
+                if let Some(limit) = tpm.map(u64::from) {
+                    if used_tokens + cost > limit {
+                        let retry_after = window_token_wait(entries, now, used_tokens + cost - limit, cost > limit);
+                        return Err(Refusal {
+                            dimension: Dimension::Tokens,
+                            limit,
+                            used: used_tokens,
+                            requested: cost,
+                            retry_after,
+                        });
+                    }
+                }
+                entries.push_back((now, cost));
+                Ok(())
+            }
         }
     }
 
@@ -212,6 +263,24 @@ impl Limiter {
                         limit: l.into(),
                         remaining: u64::from(l).saturating_sub(used_tokens),
                         reset,
+                    }),
+                }
+            }
+            Kind::Azure { entries } => {
+                prune(entries, now);
+                let (count, oldest) = in_span(entries, now);
+                let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
+                let token_reset = entries.front().map(|(t, _)| leaves_at(*t, now)).unwrap_or(Duration::ZERO);
+                Snapshot {
+                    requests: rpm.map(|l| DimState {
+                        limit: azure_share(l),
+                        remaining: azure_share(l).saturating_sub(count),
+                        reset: oldest.map_or(Duration::ZERO, |t| (t + AZURE_SPAN).saturating_duration_since(now)),
+                    }),
+                    tokens: tpm.map(|l| DimState {
+                        limit: l.into(),
+                        remaining: u64::from(l).saturating_sub(used_tokens),
+                        reset: token_reset,
                     }),
                 }
             }
@@ -312,5 +381,32 @@ mod tests {
         );
         assert!(l.try_admit(start + Duration::from_secs(60), 300).is_ok());
         assert!(!Limiter::new(None, None, LimitMode::RollingWindow, start).has_limits());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn azure_counts_requests_over_ten_seconds() {
+        let start = Instant::now();
+        // 30 RPM: 5 per 10 s, not 30 at once.
+        let mut l = Limiter::new(Some(30), Some(10_000), LimitMode::Azure, start);
+        for i in 0..5 {
+            assert!(l.try_admit(start + Duration::from_secs(i), 100).is_ok());
+        }
+        let r = l.try_admit(start + Duration::from_secs(5), 100).err();
+        assert_eq!(
+            r.map(|r| (r.dimension, r.limit, r.retry_after)),
+            Some((Dimension::Requests, 5, Duration::from_secs(5)))
+        );
+        let snap = l.snapshot(start + Duration::from_secs(5));
+        assert_eq!(snap.requests.map(|s| s.remaining), Some(0));
+        assert_eq!(snap.tokens.map(|s| s.remaining), Some(9_500));
+        // The first leaves the span at 10 s; its tokens stay for the minute.
+        assert!(l.try_admit(start + Duration::from_secs(10), 100).is_ok());
+        let r = l.try_admit(start + Duration::from_secs(15), 9_500).err();
+        assert_eq!(r.map(|r| r.dimension), Some(Dimension::Tokens));
+        // 6 RPM is one per 10 s.
+        let mut one = Limiter::new(Some(6), None, LimitMode::Azure, start);
+        assert!(one.try_admit(start, 1).is_ok());
+        assert!(one.try_admit(start + Duration::from_secs(9), 1).is_err());
+        assert!(one.try_admit(start + Duration::from_secs(10), 1).is_ok());
     }
 }

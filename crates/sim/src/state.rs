@@ -24,10 +24,11 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    pub fn new(k: &SimKey) -> Self {
+    pub fn new(k: &SimKey, azure: bool) -> Self {
+        let mode = if azure { crate::config::LimitMode::Azure } else { k.mode };
         KeyEntry {
             state: k.state,
-            limiter: Limiter::new(k.rpm, k.tpm, k.mode, Instant::now()),
+            limiter: Limiter::new(k.rpm, k.tpm, mode, Instant::now()),
             balance: k.balance_micros.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             limit: k.balance_micros,
         }
@@ -48,6 +49,8 @@ pub struct Shared {
     /// How requests are charged against TPM.
     pub charge: crate::config::ChargeRule,
     pub stream_ends: StreamEnds,
+    /// Azure OpenAI's shape (see `SimConfig::azure`).
+    pub azure: bool,
     pub latency: Mutex<Duration>,
     pub faults: Mutex<Faults>,
     pub keys: Mutex<HashMap<String, KeyEntry>>,
@@ -79,7 +82,7 @@ pub fn normalize_prefix(p: &str) -> String {
 
 impl Shared {
     pub fn new(cfg: &SimConfig) -> Self {
-        let keys = cfg.keys.iter().map(|k| (k.key.clone(), KeyEntry::new(k))).collect();
+        let keys = cfg.keys.iter().map(|k| (k.key.clone(), KeyEntry::new(k, cfg.azure))).collect();
         Shared {
             prefix: normalize_prefix(&cfg.path_prefix),
             accept_any_key: cfg.accept_any_key,
@@ -90,6 +93,7 @@ impl Shared {
             send_rate_limit_headers: cfg.send_rate_limit_headers,
             charge: cfg.charge,
             stream_ends: cfg.stream_ends.clone(),
+            azure: cfg.azure,
             latency: Mutex::new(cfg.latency),
             faults: Mutex::new(cfg.faults.clone()),
             keys: Mutex::new(keys),
@@ -101,7 +105,7 @@ impl Shared {
 
     /// Replaces a key, limiter included: a re-added key starts with a full budget.
     pub fn add_key(&self, k: &SimKey) {
-        lock(&self.keys).insert(k.key.clone(), KeyEntry::new(k));
+        lock(&self.keys).insert(k.key.clone(), KeyEntry::new(k, self.azure));
     }
 
     /// Changes only the account state, keeping the limiter; an unknown key is added without
@@ -111,7 +115,7 @@ impl Shared {
         match keys.get_mut(key) {
             Some(e) => e.state = state,
             None => {
-                keys.insert(key.to_string(), KeyEntry::new(&SimKey::new(key).state(state)));
+                keys.insert(key.to_string(), KeyEntry::new(&SimKey::new(key).state(state), self.azure));
             }
         }
     }

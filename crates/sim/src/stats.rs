@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct Stats {
     pub keys: BTreeMap<String, KeyStats>,
     pub total_requests: u64,
+    /// Azure mode: requests by the deployment named in their path.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, u64>,
 }
 
 /// Counters for one presented key.

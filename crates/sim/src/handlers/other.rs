@@ -133,6 +133,45 @@ pub async fn speech(
     sh.respond(&adm, resp)
 }
 
+/// `POST /audio/transcriptions` and `/audio/translations`: a multipart
+/// form whose `model` field is checked like a JSON body's model; answers
+/// `{"text": …}` naming the model heard and the form's size.
+pub async fn transcription(
+    State(sh): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnKill>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let model = form_field(&raw, "model").unwrap_or_default();
+    let adm = match sh.gate(&headers, &conn, &model, 1).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if model.is_empty() {
+        let resp = errors::error_response(
+            StatusCode::BAD_REQUEST,
+            "you must provide a model parameter",
+            "invalid_request_error",
+            Some("model"),
+            None,
+        );
+        return sh.respond(&adm, resp);
+    }
+    let text = format!("heard by {model}: {} bytes", raw.len());
+    sh.respond(&adm, axum::Json(serde_json::json!({"text": text})).into_response())
+}
+
+/// A plain field of a multipart form, found by its `name="…"` header (the
+/// simulator's forms come from tests; no general parser is needed).
+fn form_field(raw: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let at = text.find(&format!("name=\"{name}\"\r\n"))?;
+    let rest = &text[at..];
+    let start = rest.find("\r\n\r\n")? + 4;
+    let end = rest[start..].find("\r\n")?;
+    Some(rest[start..start + end].trim().to_owned())
+}
+
 /// Reflects what arrived, so gateway tests can check path joining, query pass-through and
 /// header filtering. The body is only counted, chunk by chunk, so huge uploads cost no memory.
 pub async fn echo(
