@@ -37,7 +37,10 @@ struct Args {
     /// Upstream answer latency.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     latency: Duration,
-    /// How the simulator counts: `window` (rolling 60 s) or `bucket` (token bucket).
+    /// How the simulator counts: `window` (rolling 60 s), `bucket` (token
+    /// bucket), or `azure` (Azure OpenAI's shape: deployment paths, `api-key`,
+    /// only `remaining` headers, requests counted over 10 s spans; keypool
+    /// gets a `kind = "azure"` upstream).
     #[arg(long, default_value = "window")]
     sim: String,
     /// `configured`: keys carry --rpm in keypool; `learned`: keypool learns limits from headers only.
@@ -51,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
     let mode = match args.sim.as_str() {
         "window" => LimitMode::RollingWindow,
         "bucket" => LimitMode::TokenBucket,
-        other => anyhow::bail!("--sim must be window or bucket, not {other}"),
+        "azure" => LimitMode::Azure,
+        other => anyhow::bail!("--sim must be window, bucket or azure, not {other}"),
     };
     let configured = match args.limits.as_str() {
         "configured" => true,
@@ -63,12 +67,13 @@ async fn main() -> anyhow::Result<()> {
     let sim = Simulator::start(SimConfig {
         keys: secrets.iter().map(|k| SimKey::new(k.clone()).rpm(args.rpm).mode(mode)).collect(),
         latency: args.latency,
+        azure: mode == LimitMode::Azure,
         ..SimConfig::default()
     })
     .await?;
     let dir = std::env::temp_dir().join(format!("keypool-goodput-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         upstream: sim.base_url(),
         database_url: format!("sqlite://{}", dir.join("k.db").display()),
@@ -76,6 +81,13 @@ async fn main() -> anyhow::Result<()> {
         log: "warn".into(),
         ..Config::default()
     };
+    if mode == LimitMode::Azure {
+        config.upstream = Config::default().upstream;
+        config.upstreams = vec![serde_json::from_value(serde_json::json!({
+            "name": "azure", "kind": "azure", "base_url": sim.base_url(), "api_version": "2024-10-21",
+            "deployments": {"gpt-4o-mini": "bench-mini"},
+        }))?];
+    }
     let store = Store::connect(&config.database_url).await?;
     for s in &secrets {
         let rpm = configured.then_some(args.rpm);
@@ -119,13 +131,14 @@ async fn main() -> anyhow::Result<()> {
     let last = results.iter().map(|(_, t)| *t).max().unwrap_or_default();
     let stats = sim.stats();
     let upstream_429: u64 = stats.keys.values().map(|k| k.rate_limited).sum();
+    let most_429 = stats.keys.values().map(|k| k.rate_limited).max().unwrap_or(0);
     let served: Vec<u64> = secrets.iter().map(|s| sim.key_stats(s).ok).collect();
     let (max, min) = (served.iter().max().copied().unwrap_or(0), served.iter().min().copied().unwrap_or(0));
     let capacity_per_s = f64::from(args.keys * args.rpm) / 60.0;
     let ideal = total as f64 / capacity_per_s;
     let goodput = ok as f64 / last.as_secs_f64();
     println!(
-        "| {} | {} | {total} | {ok} ({:.1}%) | {upstream_429} | {max}/{min} = {:.2} | {:.1} s | {:.1} s ({:.2}×) | {:.2}/s ({:.0}% of {:.1}/s) |",
+        "| {} | {} | {total} | {ok} ({:.1}%) | {upstream_429} (≤ {most_429}/key) | {max}/{min} = {:.2} | {:.1} s | {:.1} s ({:.2}×) | {:.2}/s ({:.0}% of {:.1}/s) |",
         args.sim,
         args.limits,
         100.0 * ok as f64 / total as f64,
@@ -141,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     for (s, _) in results.iter() {
         *statuses.entry(*s).or_default() += 1;
     }
-    eprintln!("statuses {statuses:?}; served per key {served:?}");
+    eprintln!("statuses {statuses:?}; served per key {served:?}; by deployment {:?}", stats.deployments);
     gateway.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -469,3 +469,57 @@ async fn keys_of_an_upstream_that_is_not_configured_serve_nowhere() {
         app.client.get(format!("http://{}/healthz", app.gateway.addr())).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["keys"], 1);
 }
+
+/// A multipart form with `fields` in order (a file part is named `file`).
+fn form(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(b"--kp-test-boundary\r\n");
+        let disposition = if *name == "file" {
+            "Content-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+                .to_owned()
+        } else {
+            format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+        };
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--kp-test-boundary--\r\n");
+    ("multipart/form-data; boundary=kp-test-boundary".into(), body)
+}
+
+#[tokio::test]
+async fn a_multipart_upload_is_routed_by_its_model_field() {
+    let app = spawn_two(
+        sim_keys(&[("sk-a-aaaaaaaaaaaaaaaa", None)]),
+        SimConfig { models: vec!["whisper-1".into()], ..sim_keys(&[("sk-b-bbbbbbbbbbbbbbbb", None)]) },
+        vec![key_on("sk-a-aaaaaaaaaaaaaaaa", None, None), key_on("sk-b-bbbbbbbbbbbbbbbb", Some("speech"), None)],
+        |c, a, b| {
+            c.upstreams = vec![
+                upstream(serde_json::json!({"name": "openai", "base_url": a, "models": ["gpt-*"]})),
+                upstream(serde_json::json!({"name": "speech", "base_url": b, "models": ["whisper-*"]})),
+            ];
+        },
+    )
+    .await;
+    let audio = vec![0x5a_u8; 200 * 1024];
+    // The model before the file (the Python SDK's order) and after it.
+    let forms =
+        [form(&[("model", b"whisper-1"), ("file", &audio)]), form(&[("file", &audio), ("model", b"whisper-1")])];
+    for (i, (content_type, body)) in forms.into_iter().enumerate() {
+        let size = body.len();
+        let resp =
+            app.post("audio/transcriptions").header("content-type", content_type).body(body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "form {i}");
+        let text: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(text["text"], format!("heard by whisper-1: {size} bytes"), "the form arrived whole");
+        assert_eq!(app.b.key_stats("sk-b-bbbbbbbbbbbbbbbb").ok, i as u64 + 1, "form {i} went to the speech upstream");
+    }
+    assert_eq!(app.a.key_stats("sk-a-aaaaaaaaaaaaaaaa").requests, 0);
+    // A model no upstream serves is the caller's 404, as for JSON bodies.
+    let (content_type, body) = form(&[("model", b"tts-9"), ("file", b"x")]);
+    let resp = app.post("audio/transcriptions").header("content-type", content_type).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(common::error_code(resp).await, "model_not_found");
+}

@@ -29,7 +29,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct UpstreamItem {
     /// Its name (`default` for the single `upstream` setting).
     pub name: String,
-    /// `openai` or `openai_compatible`.
+    /// `openai`, `openai_compatible` or `azure`.
     pub kind: String,
     /// The provider named in its settings, if any (`deepseek`, …).
     pub provider: Option<String>,

@@ -123,13 +123,13 @@ pub(crate) async fn test_one(upstream: &Upstream, key: &KeyRecord, model: Option
         None => (Method::GET, "models", Bytes::new()),
         Some(model) => {
             let body = serde_json::json!({
-                "model": model, "max_tokens": 1,
+                "model": upstream.body_model(model).unwrap_or(model), "max_tokens": 1,
                 "messages": [{"role": "user", "content": "hi"}],
             });
             (Method::POST, "chat/completions", Bytes::from(body.to_string()))
         }
     };
-    let Some(url) = upstream.url_for(path, None) else {
+    let Some(url) = upstream.url_to(path, None, model) else {
         return failed(("bad_url".into(), "the upstream URL cannot take this path".into()));
     };
     let mut headers = HeaderMap::new();

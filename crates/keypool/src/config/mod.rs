@@ -33,8 +33,8 @@ pub use models::{ModelConfig, ModelPrice, TimeoutsOverride};
 pub use secret::{generate_admin_token, AdminToken, ADMIN_TOKEN_MIN_LEN, ADMIN_TOKEN_PREFIX};
 pub use server::ServerConfig;
 pub use upstreams::{
-    AliasTarget, AliasTargets, HeaderSecret, UpstreamConfig, UpstreamKind, UpstreamLimits, BALANCE_INTERVAL,
-    LEGACY_UPSTREAM_NAME,
+    deployment_for, AliasTarget, AliasTargets, HeaderSecret, UpstreamConfig, UpstreamKind, UpstreamLimits,
+    BALANCE_INTERVAL, LEGACY_UPSTREAM_NAME,
 };
 
 /// Where the config file is looked for when `--config` is not given.

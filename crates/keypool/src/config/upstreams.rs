@@ -28,6 +28,13 @@ pub enum UpstreamKind {
     /// OpenAI itself (or a relay in front of it).
     #[default]
     Openai,
+    /// Azure OpenAI: the key goes in `api-key`; with `api_version`, calls
+    /// go to deployment paths (`/openai/deployments/{deployment}/…?api-version=…`),
+    /// without it to the v1 API under `base_url` (`…/openai/v1/`) with the
+    /// deployment as the body's model. Requests are counted over 10 s
+    /// spans, and a key with only a TPM gets 6 RPM per 1,000 TPM, as Azure
+    /// counts them (its quota guide).
+    Azure,
     /// Any API on OpenAI's wire: DeepSeek, Moonshot, DashScope's compatible
     /// mode, SiliconFlow, OpenRouter, vLLM, Ollama. Nothing is assumed
     /// beyond the wire format.
@@ -39,6 +46,7 @@ impl UpstreamKind {
         match self {
             UpstreamKind::Openai => "openai",
             UpstreamKind::OpenaiCompatible => "openai_compatible",
+            UpstreamKind::Azure => "azure",
         }
     }
 }
@@ -123,6 +131,14 @@ pub struct UpstreamConfig {
     /// `upstream::providers`); default 5 minutes.
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub balance_interval: Option<std::time::Duration>,
+    /// For `azure`: the `api-version` query of deployment paths
+    /// (`2024-10-21`); unset: the v1 API, whose `base_url` ends in `/openai/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// For `azure`: model name or glob → deployment name (the most specific
+    /// pattern wins); a model matching none is its own deployment name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, String>,
 }
 
 /// How often balances are read when `balance_interval` is not set.
@@ -141,6 +157,22 @@ impl UpstreamConfig {
     pub fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|p| glob_match(p, model))
     }
+
+    /// For `azure`: the deployment serving `model` (the most specific
+    /// `deployments` pattern matching it, else the model's own name).
+    pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
+        deployment_for(&self.deployments, model)
+    }
+}
+
+/// The deployment `deployments` (model name or glob → deployment) gives
+/// `model`: the most specific pattern matching it, else the model's own name.
+pub fn deployment_for<'a>(deployments: &'a BTreeMap<String, String>, model: &'a str) -> &'a str {
+    let mut best = super::models::Best::default();
+    for (pattern, deployment) in deployments {
+        best.offer(model, 0, pattern, deployment.as_str());
+    }
+    best.into_value().unwrap_or(model)
 }
 
 /// Where an alias sends a request: an upstream (any that serves `model`
@@ -196,6 +228,8 @@ impl Config {
             limits: UpstreamLimits::default(),
             timeouts: TimeoutsOverride::default(),
             balance_interval: None,
+            api_version: None,
+            deployments: BTreeMap::new(),
         }]
     }
 
@@ -247,6 +281,24 @@ impl Config {
             }
             if u.balance_interval.is_some_and(|d| d < std::time::Duration::from_secs(1)) {
                 return Err(invalid(format!("{name}: balance_interval must be at least 1s")));
+            }
+            if u.kind != UpstreamKind::Azure && (u.api_version.is_some() || !u.deployments.is_empty()) {
+                return Err(invalid(format!("{name}: api_version and deployments are for kind = \"azure\" only")));
+            }
+            if let Some(v) = &u.api_version {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+                    return Err(invalid(format!("{name}: api_version {v:?} must look like 2024-10-21")));
+                }
+            }
+            if let Some((model, d)) = u.deployments.iter().find(|(m, d)| {
+                m.is_empty() || d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            }) {
+                return Err(invalid(format!(
+                    "{name}: deployments: {model:?} = {d:?}: a deployment name is letters, digits, `-`, `_` or `.`"
+                )));
+            }
+            if u.kind == UpstreamKind::Azure && u.headers.keys().any(|h| h.eq_ignore_ascii_case("api-key")) {
+                return Err(invalid(format!("{name}: header \"api-key\" is set by keypool itself (the key)")));
             }
             let l = &u.limits;
             if [l.rpm, l.tpm, l.rpd, l.max_inflight].contains(&Some(0)) {
@@ -405,6 +457,22 @@ mod tests {
                 "set by keypool",
             ),
             ("[model_aliases]\n\"x\" = { upstream = \"nope\", model = \"y\" }", "not configured"),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\napi_version = \"2024-10-21\"",
+                "kind = \"azure\" only",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nkind = \"azure\"\nbase_url = \"https://a.example\"\ndeployments = { \"gpt-4o\" = \"x/../y\" }",
+                "a deployment name",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nkind = \"azure\"\nbase_url = \"https://a.example\"\napi_version = \"2024&x=1\"",
+                "api_version",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nkind = \"azure\"\nbase_url = \"https://a.example\"\nheaders = { \"API-Key\" = \"x\" }",
+                "set by keypool",
+            ),
             (
                 "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a.example/v1\"\nmodels = [\"gpt-*\"]\n[model_aliases]\n\"x\" = { upstream = \"a\", model = \"claude\" }",
                 "does not serve",

@@ -115,15 +115,25 @@ impl Pool {
     }
 }
 
+/// The spans Azure OpenAI counts requests over: "typically 1 or 10
+/// seconds" (its quota guide, "Understanding rate limits"). Both are kept
+/// (the 10 s one is what its `x-ratelimit-remaining-requests` tells); a
+/// refusal with room in both lowers the 10 s share (`scheduler::period`).
+const AZURE_REQUEST_SPANS: &[std::time::Duration] =
+    &[std::time::Duration::from_secs(10), std::time::Duration::from_secs(1)];
+
 /// The scheduler settings for `upstream`'s keys: its limits over the global ones.
 fn scheduler_config(upstream: &UpstreamConfig, config: &Config) -> SchedulerConfig {
     let l = &upstream.limits;
+    let azure = upstream.kind == crate::config::UpstreamKind::Azure;
     SchedulerConfig {
         defaults: DefaultLimits {
             rpm: l.rpm.or(config.limits.rpm),
             tpm: l.tpm.or(config.limits.tpm),
             rpd: l.rpd.or(config.limits.rpd),
             max_inflight: l.max_inflight.or(config.limits.max_inflight),
+            requests_per: if azure { AZURE_REQUEST_SPANS } else { &[] },
+            rpm_per_thousand_tpm: azure.then_some(6),
         },
         strategy: config.pool.strategy,
         max_wait: config.pool.max_wait,

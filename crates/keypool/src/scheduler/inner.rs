@@ -164,6 +164,9 @@ impl Inner {
             ..demand
         };
         slot.inflight += 1;
+        if let Some(spans) = slot.spans.as_mut() {
+            spans.reserved();
+        }
         slot.reserved_tokens = slot.reserved_tokens.saturating_add(demand.tokens);
         slot.reserved_overlap = slot.reserved_overlap.saturating_add(demand.overlap);
         slot.reserved_micros = slot.reserved_micros.saturating_add(demand.cost_micros);
@@ -178,6 +181,9 @@ impl Inner {
     pub(super) fn unreserve(&mut self, grant: &Grant, now: Instant, strategy: Strategy) {
         if let Some(slot) = self.keys.get_mut(&grant.key_id) {
             slot.release(grant.demand);
+            if let Some(spans) = slot.spans.as_mut() {
+                spans.answered(now, false);
+            }
         }
         self.slot_placement(grant.key_id, now, strategy);
     }

@@ -8,6 +8,7 @@ use tokio::time::{Duration, Instant};
 use super::bucket::Bucket;
 use super::charge::Seen;
 use super::limits::{Dim, RateInfo};
+use super::period::Spans;
 use super::strategy::{Inputs, Score, Strategy};
 use super::window::Window;
 use super::{DefaultLimits, Demand, Hit, Reset};
@@ -61,6 +62,9 @@ pub struct Slot {
     pub expires_at: Option<Instant>,
     pub expires_unix: Option<i64>,
     pub rpm: Dim,
+    /// Spans shorter than a minute the requests are also counted over
+    /// (Azure); None for upstreams that count per minute only.
+    pub spans: Option<Spans>,
     pub tpm: Dim,
     pub rpd: Option<u64>,
     pub max_inflight: Option<u64>,
@@ -138,6 +142,7 @@ impl Slot {
             expires_at: None,
             expires_unix: None,
             rpm: Dim::default(),
+            spans: None,
             tpm: Dim::default(),
             rpd: None,
             max_inflight: None,
@@ -179,8 +184,18 @@ impl Slot {
         self.secret = Arc::new(r.secret.clone());
         self.account = Arc::new(crate::upstream::Account::new(r.organization.as_deref(), r.project.as_deref()));
         self.enabled = r.enabled;
-        self.rpm.configured = r.rpm.or(d.rpm).map(u64::from);
         self.tpm.configured = r.tpm.or(d.tpm).map(u64::from);
+        // An RPM derived from the TPM where the upstream derives it so (Azure).
+        let derived = d
+            .rpm_per_thousand_tpm
+            .zip(self.tpm.configured)
+            .map(|(per, tpm)| (tpm.saturating_mul(u64::from(per)) / 1000).max(1));
+        self.rpm.configured = r.rpm.or(d.rpm).map(u64::from).or(derived);
+        if d.requests_per.is_empty() {
+            self.spans = None;
+        } else if !self.spans.as_ref().is_some_and(|s| s.are(d.requests_per)) {
+            self.spans = Some(Spans::new(d.requests_per));
+        }
         self.rpd = r.rpd.or(d.rpd).map(u64::from);
         self.max_inflight = r.max_inflight.or(d.max_inflight).map(u64::from);
         self.weight = u64::from(r.weight.unwrap_or(1).max(1));
@@ -298,6 +313,11 @@ impl Slot {
         if self.rpm.limit().is_some_and(|l| self.used_requests(now) + 1 > l) {
             return false;
         }
+        if let (Some(spans), Some(rpm)) = (&self.spans, self.rpm.limit()) {
+            if !spans.has_room(rpm, now) {
+                return false;
+            }
+        }
         if self.tpm.limit().is_some_and(|l| self.used_tokens(now).saturating_add(self.need(demand)) > l) {
             return false;
         }
@@ -338,6 +358,9 @@ impl Slot {
         }
         if self.rpm.limit().is_some() {
             at = at.max(self.rpm.room_at(&self.window, |_| 1, self.used_requests(now), 1, now)?);
+        }
+        if let (Some(spans), Some(rpm)) = (&self.spans, self.rpm.limit()) {
+            at = at.max(spans.room_at(rpm, now)?);
         }
         if let Some(limit) = self.refilling() {
             at = at.max(self.tokens_refilled(now, limit, demand)?);
@@ -382,7 +405,8 @@ impl Slot {
 
     /// Takes in an answer's rate-limit headers; returns how the upstream's
     /// token count compared with keypool's own, when the answer said.
-    pub fn observe(&mut self, info: &RateInfo, success: bool, now: Instant) -> Option<Seen> {
+    /// `certain` is what the answered request certainly needed (tokens).
+    pub fn observe(&mut self, info: &RateInfo, success: bool, certain: u64, now: Instant) -> Option<Seen> {
         if info.is_empty() {
             if success && self.announce == Announce::Unknown {
                 self.announce = Announce::None;
@@ -399,7 +423,27 @@ impl Slot {
             self.bucket.observe(limit, remaining, reset, now, window_resets);
         }
         let (own_r, own_t) = (self.own_requests(), self.own_tokens(now));
-        self.rpm.observe(info.limit_requests, info.remaining_requests, info.reset_requests, own_r, now);
+        match &self.spans {
+            // Headers about the span, not the minute: Azure sends only
+            // `remaining`. A served answer to the only request counted
+            // tells the limit: what is left plus this one (tokens: plus
+            // what it certainly took). Each such answer tells it again.
+            Some(spans) => {
+                let alone = success && spans.alone(now) && self.inflight == 1 && self.window.requests() == 0;
+                let per_span = info.limit_requests.or(info.remaining_requests.filter(|_| alone).map(|r| r + 1));
+                if let Some(rpm) = per_span.and_then(|n| spans.rpm_of(n)).filter(|_| self.rpm.configured.is_none()) {
+                    self.rpm.learned = Some(rpm);
+                }
+                if alone && info.limit_tokens.is_none() {
+                    if let Some(remaining) = info.remaining_tokens {
+                        self.tpm.learned = Some(remaining.saturating_add(certain));
+                    }
+                }
+            }
+            None => {
+                self.rpm.observe(info.limit_requests, info.remaining_requests, info.reset_requests, own_r, now);
+            }
+        }
         let (upstream, ours) =
             self.tpm.observe(info.limit_tokens, info.remaining_tokens, info.reset_tokens, own_t, now)?;
         let settled = self.bucket.trusted() || self.bucket.shown_window();
@@ -427,6 +471,14 @@ impl Slot {
             // The refused request is the window's newest entry (just recorded).
             let seen = self.own_tokens(now).saturating_sub(self.window.newest().unwrap_or(0));
             self.tpm.lower(seen, now);
+        }
+        let about_requests = match reset.hit {
+            Hit::Requests => true,
+            Hit::Tokens => false,
+            Hit::Unknown => !about_tokens && self.last_rate.remaining_requests == Some(0),
+        };
+        if let (true, Some(spans), Some(rpm)) = (about_requests, self.spans.as_mut(), self.rpm.limit()) {
+            spans.refused(rpm, now);
         }
         let rest = reset.after.min(Duration::from_secs(86_400));
         let until = now.checked_add(rest).unwrap_or(now);

@@ -166,11 +166,13 @@ pub struct KeyLease {
     grant: Grant,
     sent: bool,
     finished: bool,
+    /// The answer's headers came back (counted once, when they did).
+    headed: std::sync::atomic::AtomicBool,
 }
 
 impl KeyLease {
     pub(super) fn new(scheduler: Arc<Scheduler>, grant: Grant) -> KeyLease {
-        KeyLease { scheduler, grant, sent: false, finished: false }
+        KeyLease { scheduler, grant, sent: false, finished: false, headed: std::sync::atomic::AtomicBool::new(false) }
     }
 
     pub fn key_id(&self) -> i64 {
@@ -193,7 +195,12 @@ impl KeyLease {
 
     /// Takes in the answer's rate-limit headers as soon as they arrive.
     pub fn observe(&self, info: &RateInfo, success: bool) {
-        self.scheduler.observe(self.grant.key_id, info, success);
+        let first = !self.headed.swap(true, std::sync::atomic::Ordering::Relaxed);
+        self.scheduler.observe(self.grant.key_id, info, success, first, self.grant.demand.floor());
+    }
+
+    fn headed(&self) -> bool {
+        self.headed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Gives the reservation back as if the request had never been sent
@@ -206,7 +213,7 @@ impl KeyLease {
     /// key's totals, for the request's record.
     pub fn finish(mut self, outcome: Outcome) -> Charged {
         self.finished = true;
-        self.scheduler.finish(&self.grant, self.sent, outcome);
+        self.scheduler.finish(&self.grant, self.sent, self.headed(), outcome);
         if self.sent {
             Charged {
                 counted: Counted::of(outcome.verdict, outcome.success),
@@ -224,7 +231,7 @@ impl Drop for KeyLease {
             // Dropped unfinished after sending: the caller went away (or the
             // handler was cancelled) before the answer was complete.
             let outcome = Outcome { verdict: Verdict::Cancelled, ..Outcome::default() };
-            self.scheduler.finish(&self.grant, self.sent, outcome);
+            self.scheduler.finish(&self.grant, self.sent, self.headed(), outcome);
         }
     }
 }

@@ -17,6 +17,7 @@ mod key;
 mod lease;
 mod limits;
 mod overview;
+mod period;
 mod persist;
 mod pool;
 mod record;
@@ -49,6 +50,14 @@ pub struct DefaultLimits {
     pub tpm: Option<u32>,
     pub rpd: Option<u32>,
     pub max_inflight: Option<u32>,
+    /// Spans shorter than a minute the upstream counts a key's requests
+    /// over (Azure: 10 s and 1 s), the one its `x-ratelimit-*-requests`
+    /// headers speak of first; in each the key may send its RPM's share of
+    /// the span, at least one (see `period`). Empty: per minute only.
+    pub requests_per: &'static [Duration],
+    /// RPM per 1,000 TPM for a key that has a TPM but no RPM of its own
+    /// (Azure derives a deployment's RPM so: 6 per 1,000 TPM).
+    pub rpm_per_thousand_tpm: Option<u32>,
 }
 
 /// How the pool is scheduled.
@@ -465,13 +474,17 @@ impl Scheduler {
         }
     }
 
-    /// Takes in an answer's rate-limit headers for key `id`.
-    pub fn observe(&self, id: i64, info: &RateInfo, success: bool) {
+    /// Takes in an answer's rate-limit headers for key `id`; `first`: the
+    /// first headers of this request, which needed `certain` tokens.
+    fn observe(&self, id: i64, info: &RateInfo, success: bool, first: bool, certain: u64) {
         let now = Instant::now();
         let strategy = self.config.strategy;
         let mut inner = self.lock();
         let Some(slot) = inner.keys.get_mut(&id) else { return };
-        let seen = slot.observe(info, success, now);
+        let seen = slot.observe(info, success, certain, now);
+        if let Some(spans) = slot.spans.as_mut().filter(|_| first) {
+            spans.answered(now, true);
+        }
         // A refusal's headers say the budget is empty, which its own
         // handling (cooling, a lowered limit) already takes in.
         if let (true, Some(seen), Some(limit)) = (success, seen, slot.tpm.base()) {
@@ -489,12 +502,16 @@ impl Scheduler {
     }
 
     /// Gives a lease's reservation back and records what it used.
-    fn finish(&self, grant: &Grant, sent: bool, outcome: Outcome) {
+    fn finish(&self, grant: &Grant, sent: bool, headed: bool, outcome: Outcome) {
         let now = Instant::now();
         let strategy = self.config.strategy;
         let mut inner = self.lock();
         if let Some(slot) = inner.keys.get_mut(&grant.key_id) {
             slot.release(grant.demand);
+            // Ended without headers: counted from now (it may have arrived just before).
+            if let Some(spans) = slot.spans.as_mut().filter(|_| !headed) {
+                spans.answered(now, sent);
+            }
             if sent {
                 record_sent(slot, grant.demand, &outcome, now, &self.config);
             }

@@ -558,3 +558,84 @@ async fn a_balance_at_zero_serves_nothing_not_even_an_unpriced_request() {
     assert_eq!(s.snapshot()[0].status, "active");
     assert!(!s.set_balance(9, 1), "an unknown key");
 }
+
+/// A scheduler for an upstream that counts requests over 10 s and 1 s
+/// spans and derives RPM from TPM, as routing sets one up for Azure.
+fn azure_like(max_wait: Duration) -> Arc<Scheduler> {
+    const SPANS: &[Duration] = &[Duration::from_secs(10), Duration::from_secs(1)];
+    Scheduler::new(SchedulerConfig {
+        defaults: DefaultLimits { requests_per: SPANS, rpm_per_thousand_tpm: Some(6), ..DefaultLimits::default() },
+        max_wait,
+        ..SchedulerConfig::default()
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_counted_over_short_spans_are_paced_within_them() {
+    // 5,000 TPM is 30 RPM by Azure's rule: 5 per 10 s, and 1 per second.
+    let s = azure_like(Duration::ZERO);
+    s.sync_keys(&[record(1, None, Some(5_000), 0)]);
+    let start = Instant::now();
+    let mut sent_at = Vec::new();
+    while sent_at.len() < 10 {
+        match s.try_lease(one()) {
+            Ok(lease) => {
+                sent(lease).finish(ok());
+                sent_at.push(Instant::now() - start);
+            }
+            Err(_) => tokio::time::advance(Duration::from_millis(100)).await,
+        }
+    }
+    let secs: Vec<u64> = sent_at.iter().map(|d| d.as_secs()).collect();
+    // One a second up to five, then nothing until the first leaves its 10 s span.
+    assert_eq!(secs, vec![0, 1, 2, 3, 4, 10, 11, 12, 13, 14]);
+    let view = &s.snapshot()[0];
+    assert_eq!((view.rpm, view.tpm), (Some(30), Some(5_000)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_span_limit_told_only_by_remaining_is_learned_from_the_first_answer() {
+    let s = azure_like(Duration::ZERO);
+    s.sync_keys(&[record(1, None, None, 0)]);
+    let first = sent(s.try_lease(one()).unwrap());
+    // Azure tells only what is left of the span: 4 after this one.
+    first
+        .observe(&RateInfo { remaining_requests: Some(4), remaining_tokens: Some(9_999), ..RateInfo::default() }, true);
+    first.finish(ok());
+    let view = &s.snapshot()[0];
+    assert_eq!(view.rpm, Some(30), "5 per 10 s is 30 RPM");
+    assert_eq!(view.tpm, Some(10_000), "left plus what this one reserved");
+    // A later answer, with others counted, changes neither.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let a = sent(s.try_lease(one()).unwrap());
+    a.observe(&RateInfo { remaining_requests: Some(3), ..RateInfo::default() }, true);
+    a.finish(ok());
+    assert_eq!(s.snapshot()[0].rpm, Some(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_within_the_span_lowers_what_it_allows() {
+    let s = azure_like(Duration::ZERO);
+    s.sync_keys(&[record(1, Some(60), None, 0)]);
+    // 60 RPM: 10 per 10 s, 1 per second. At 0 s and 1 s served; at 2 s
+    // refused for a second: the upstream allows fewer per span than assumed.
+    for i in 0..3 {
+        let lease = sent(s.try_lease(one()).unwrap());
+        if i < 2 {
+            lease.finish(ok());
+        } else {
+            let reset = Reset::new(Duration::from_secs(1), Hit::Requests);
+            lease.finish(Outcome { verdict: Verdict::RateLimited { reset }, ..Outcome::default() });
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // The 10 s span now allows 5 (half the share at most comes off; what
+    // was counted before, 2, is less), where it allowed 10.
+    for _ in 0..2 {
+        sent(s.try_lease(one()).unwrap()).finish(ok());
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert!(s.try_lease(one()).is_err(), "at 5 s, five in the span: lowered to five");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(s.try_lease(one()).is_ok(), "at 10 s the first left the span");
+}

@@ -22,6 +22,9 @@ pub struct Inspected {
     pub shape: Option<PromptShape>,
     /// Set when a streamed body went over the limit part-way (no Content-Length).
     pub overflow: Arc<Overflow>,
+    /// The `model` field of a multipart form, when it was looked for and
+    /// found in the form's first bytes (see `form`).
+    pub form_model: Option<String>,
 }
 
 /// A streamed body that went over the limit part-way, and what the caller has
@@ -55,7 +58,16 @@ impl Overflow {
 
 /// Reads or wraps the body of a request to `/v1/{rest}`.
 /// `exact`: count prompt tokens with the model's tokenizer (else roughly).
-pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: bool) -> Result<Inspected, ApiError> {
+/// `form_model`: look for the `model` field of a multipart form (it routes
+/// the request when there are several upstreams).
+pub async fn inspect(
+    parts: &Parts,
+    body: Body,
+    rest: &str,
+    limit: u64,
+    exact: bool,
+    form_model: bool,
+) -> Result<Inspected, ApiError> {
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -72,10 +84,16 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if http_body::Body::size_hint(&body).exact() == Some(0) {
         // No body (a GET): nothing to stream, and it can be sent again on a retry.
-        return Ok(Inspected { body: OutBody::Bytes(Bytes::new()), shape: None, overflow });
+        return Ok(Inspected { body: OutBody::Bytes(Bytes::new()), shape: None, overflow, form_model: None });
     }
     if !is_json_candidate(&parts.method, content_type, rest) {
-        return Ok(Inspected { body: streamed(body, limit, Arc::clone(&overflow)), shape: None, overflow });
+        let mut data = body.into_data_stream();
+        let (mut head, mut model) = (Vec::new(), None);
+        if let Some(boundary) = super::form::boundary(content_type).filter(|_| form_model) {
+            model = peek_form_model(&mut data, boundary, limit, &mut head).await?;
+        }
+        let body = streamed(head, data, limit, Arc::clone(&overflow));
+        return Ok(Inspected { body, shape: None, overflow, form_model: model });
     }
     let bytes = collect(body, limit).await?;
     let shape = if bytes.is_empty() {
@@ -91,7 +109,7 @@ pub async fn inspect(parts: &Parts, body: Body, rest: &str, limit: u64, exact: b
         })?;
         Some(shaped?)
     };
-    Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflow })
+    Ok(Inspected { body: OutBody::Bytes(bytes), shape, overflow, form_model: None })
 }
 
 /// Bodies above this size are parsed and counted on the blocking pool: at
@@ -140,11 +158,50 @@ async fn collect(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
-/// Streams an upload through, stopping it if it grows past the limit (the
-/// rest is left in `overflow` for the handler to drain once the upstream
-/// attempt has failed, not read here while the upstream waits).
-fn streamed(body: Body, limit: u64, overflow: Arc<Overflow>) -> OutBody {
-    let stream = futures_util::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| {
+/// Longest a form's first bytes are waited for to find its model.
+const PEEK_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a form's first chunks into `head` until its `model` field is
+/// found, or known to be absent, or [`super::form::PEEK_BYTES`] are read;
+/// the chunks are sent on first (see [`streamed`]). A body past `limit`
+/// already is refused as [`collect`] refuses it.
+async fn peek_form_model(
+    data: &mut BodyDataStream,
+    boundary: &str,
+    limit: u64,
+    head: &mut Vec<Bytes>,
+) -> Result<Option<String>, ApiError> {
+    use super::form::{model_field, Found, PEEK_BYTES};
+    let mut joined = bytes::BytesMut::new();
+    // A caller that sends its form slowly is not waited for here: past the
+    // deadline the request goes on without a model, its body still streaming.
+    let deadline = tokio::time::Instant::now() + PEEK_TIME;
+    while joined.len() < PEEK_BYTES {
+        let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, data.next()).await else { break };
+        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        if (joined.len() + chunk.len()) as u64 > limit {
+            drain(data).await;
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        joined.extend_from_slice(&chunk);
+        head.push(chunk);
+        match model_field(&joined, boundary) {
+            Found::Model(m) => return Ok(Some(m)),
+            Found::Absent => return Ok(None),
+            Found::NeedMore => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Streams an upload through (`head`, chunks already read, first), stopping
+/// it if it grows past the limit (the rest is left in `overflow` for the
+/// handler to drain once the upstream attempt has failed, not read here
+/// while the upstream waits).
+fn streamed(head: Vec<Bytes>, data: BodyDataStream, limit: u64, overflow: Arc<Overflow>) -> OutBody {
+    let seen: u64 = head.iter().map(|c| c.len() as u64).sum();
+    let head = futures_util::stream::iter(head.into_iter().map(Ok::<Bytes, BodyError>));
+    let rest = futures_util::stream::unfold(Some((data, seen)), move |state| {
         let overflow = Arc::clone(&overflow);
         async move {
             let (mut data, mut seen) = state?;
@@ -160,7 +217,7 @@ fn streamed(body: Body, limit: u64, overflow: Arc<Overflow>) -> OutBody {
             Some((Ok(chunk), Some((data, seen))))
         }
     });
-    OutBody::Stream(Box::pin(stream))
+    OutBody::Stream(Box::pin(head.chain(rest)))
 }
 
 /// Most of a refused body read and thrown away, and for how long. A server

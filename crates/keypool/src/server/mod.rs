@@ -8,6 +8,7 @@ mod charge;
 pub mod client;
 mod context;
 mod error;
+mod form;
 mod inspect;
 mod metered;
 mod models;

@@ -87,7 +87,7 @@ async fn own_list(app: &AppState, client: &Upstream, pool: &Pool) -> Arc<Vec<Val
 
 async fn fetch(app: &AppState, client: &Upstream, pool: &Pool) -> Option<Vec<Value>> {
     let lease = pool.scheduler.try_lease(Demand::default()).ok()?;
-    let url = client.url_for("models", None)?;
+    let url = client.url_to("models", None, None)?;
     let mut lease = lease;
     lease.mark_sent();
     let no_headers = HeaderMap::new();

@@ -127,12 +127,22 @@ async fn handle(
         return Ok(super::models::list(app, &set, &clients).await);
     }
     let exact = set.all().iter().any(|p| p.scheduler.counts_tokens()) || !app.config.prices.is_empty();
-    let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact).await?;
+    // A form's model routes it only where there is a choice to make, or
+    // where it goes into the path (an Azure deployment's).
+    let forms_routed = set.all().len() > 1
+        || set
+            .all()
+            .iter()
+            .any(|p| p.upstream.kind == crate::config::UpstreamKind::Azure && p.upstream.api_version.is_some());
+    let inspected = inspect(&parts, body, &rest, app.config.max_body_bytes, exact, forms_routed).await?;
     if let crate::upstream::OutBody::Bytes(bytes) = &inspected.body {
         ctx!(slot, request_body, bytes);
     }
     let shape = inspected.shape;
-    let model = shape.as_ref().and_then(|s| s.model.clone());
+    // A form's model is routed by, but not rewritten (the form streams
+    // through as it came): an alias named in a form is no model here.
+    let form_model = inspected.form_model.filter(|m| !set.aliases().any(|a| a == m));
+    let model = shape.as_ref().and_then(|s| s.model.clone()).or(form_model);
     ctx!(
         slot,
         set_request,
@@ -233,14 +243,19 @@ async fn handle(
         let served_model = candidate.model.as_deref().or(model.as_deref());
         let price = served_model.and_then(|m| app.prices.model_price_of(&app.config, m));
         let timeouts = &app.config.timeouts_via(Some(&pool.upstream.timeouts), served_model);
-        let url = client.url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
+        if served_model.is_some_and(|m| !client.model_fits_url(m)) {
+            return Err(ApiError::InvalidParameter { param: "model", reason: "cannot name an Azure deployment" });
+        }
+        let url =
+            client.url_to(&rest, query, served_model).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
         attempts += 1;
         let key_id = lease.key_id();
         if !tried.contains(&key_id) {
             tried.push(key_id);
         }
         // This upstream's body: with `stream_options` added when it takes
-        // them, and an alias's model written in.
+        // them, and an alias's model (or an Azure v1 deployment) written in.
+        let body_model = served_model.and_then(|m| client.body_model(m)).or(candidate.model.as_deref());
         let strip_usage = edited.is_some() && pool.stream_usage && !pool.quirks.refuses_stream_options();
         let out = match (&replay, body.take()) {
             (Some(caller), _) => {
@@ -248,7 +263,7 @@ async fn handle(
                     (Some(edited), true) => edited.clone(),
                     _ => caller.clone(),
                 };
-                match candidate.model.as_deref() {
+                match body_model {
                     Some(m) => OutBody::Bytes(with_model(&bytes, m).unwrap_or(bytes)),
                     None => OutBody::Bytes(bytes),
                 }

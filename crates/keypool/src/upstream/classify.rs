@@ -216,9 +216,18 @@ fn larger_than_limit(message: &str) -> Option<u64> {
 /// per min (RPM)").
 fn hit(said: &Said) -> Hit {
     let words = said.message.to_ascii_lowercase();
-    if said.kind == "tokens" || words.contains("(tpm)") || words.contains("tokens per min") {
+    // Azure OpenAI says "exceeded token rate limit" or "exceeded call rate limit".
+    if said.kind == "tokens"
+        || words.contains("(tpm)")
+        || words.contains("tokens per min")
+        || words.contains("token rate limit")
+    {
         Hit::Tokens
-    } else if said.kind == "requests" || words.contains("(rpm)") || words.contains("requests per min") {
+    } else if said.kind == "requests"
+        || words.contains("(rpm)")
+        || words.contains("requests per min")
+        || words.contains("call rate limit")
+    {
         Hit::Requests
     } else {
         Hit::Unknown
@@ -361,6 +370,15 @@ mod tests {
         assert_eq!(reset(429, &none, rpm).hit, Hit::Requests);
         assert_eq!(reset(429, &none, br#"{"error":{"message":"x","type":"tokens"}}"#).hit, Hit::Tokens);
         assert_eq!(reset(429, &none, b"Too Many Requests").hit, Hit::Unknown);
+        // Azure OpenAI's wording (its code is the status, as a string).
+        let azure = |what: &str| {
+            format!(
+                r#"{{"error":{{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded {what} rate limit of your current OpenAI S0 pricing tier. Please retry after 6 seconds."}}}}"#
+            )
+        };
+        assert_eq!(reset(429, &none, azure("token").as_bytes()).hit, Hit::Tokens);
+        assert_eq!(reset(429, &none, azure("call").as_bytes()).hit, Hit::Requests);
+        assert_eq!(reset(429, &none, azure("call").as_bytes()).after, Duration::from_secs(6));
     }
 
     #[test]

@@ -91,7 +91,31 @@ pub struct Upstream {
     forward_account_headers: bool,
     /// The upstream's own extra headers (`headers`), sent with every request.
     extra: HeaderMap,
+    /// Azure OpenAI's way of addressing and authenticating (kind `azure`).
+    azure: Option<std::sync::Arc<Azure>>,
 }
+
+/// How an Azure OpenAI resource is addressed.
+#[derive(Debug)]
+struct Azure {
+    /// With it, deployment paths; without it, the v1 API (deployment as model).
+    api_version: Option<String>,
+    deployments: std::collections::BTreeMap<String, String>,
+}
+
+/// The operations Azure OpenAI serves under a deployment's path
+/// (`/openai/deployments/{deployment}/…`, Azure OpenAI's REST reference);
+/// every other path (files, batches, responses, models) is under `/openai/`.
+const AZURE_DEPLOYMENT_PATHS: &[&str] = &[
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "audio/transcriptions",
+    "audio/translations",
+    "audio/speech",
+    "images/generations",
+    "images/edits",
+];
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +171,7 @@ impl Upstream {
             }
             Transport::Proxied(builder.build().map_err(|e| UpstreamError::Client(e.to_string()))?)
         };
-        Ok(Upstream { transport, base, forward_account_headers: false, extra: HeaderMap::new() })
+        Ok(Upstream { transport, base, forward_account_headers: false, extra: HeaderMap::new(), azure: None })
     }
 
     /// The client for `config`'s default upstream (see [`Upstream::for_upstream`]).
@@ -176,6 +200,12 @@ impl Upstream {
                 HeaderValue::try_from(value.0.as_str()).map_err(|e| UpstreamError::Client(e.to_string()))?;
             value.set_sensitive(true);
             upstream.extra.insert(name, value);
+        }
+        if u.kind == crate::config::UpstreamKind::Azure {
+            upstream.azure = Some(std::sync::Arc::new(Azure {
+                api_version: u.api_version.clone(),
+                deployments: u.deployments.clone(),
+            }));
         }
         Ok(upstream)
     }
@@ -213,6 +243,69 @@ impl Upstream {
             url.push_str(q);
         }
         Uri::try_from(url).ok()
+    }
+
+    /// The upstream URL for a caller's path below `/v1/`, its raw query and
+    /// the model it is served as: for Azure with an `api_version`, the
+    /// deployment's path (or `/openai/…`) with `api-version` added; else as
+    /// [`Upstream::url_for`]. None as there, and for a model that cannot be
+    /// a deployment's name (see [`Upstream::model_fits_url`]).
+    pub fn url_to(&self, rest: &str, query: Option<&str>, model: Option<&str>) -> Option<Uri> {
+        let Some(version) = self.azure.as_ref().and_then(|a| a.api_version.as_deref()) else {
+            return self.url_for(rest, query);
+        };
+        let rest = rest.trim_start_matches('/');
+        let path = match model.filter(|_| AZURE_DEPLOYMENT_PATHS.contains(&rest.trim_end_matches('/'))) {
+            // The caller's model may become the path: only a plain name does.
+            Some(model) => {
+                let deployment = self.deployment(model);
+                if !is_deployment_name(deployment) {
+                    return None;
+                }
+                format!("openai/deployments/{deployment}/{rest}")
+            }
+            None => format!("openai/{rest}"),
+        };
+        let asked = query.filter(|q| !q.is_empty());
+        let names_version = |p: &str| p.get(..12).is_some_and(|n| n.eq_ignore_ascii_case("api-version="));
+        let query = match asked {
+            Some(q) if q.split('&').any(names_version) => q.to_owned(),
+            Some(q) => format!("{q}&api-version={version}"),
+            None => format!("api-version={version}"),
+        };
+        self.url_for(&path, Some(&query))
+    }
+
+    /// Whether `model` can go into this upstream's URLs: always, except for
+    /// Azure deployment paths, which take only plain deployment names.
+    pub fn model_fits_url(&self, model: &str) -> bool {
+        self.azure.as_ref().is_none_or(|a| a.api_version.is_none()) || is_deployment_name(self.deployment(model))
+    }
+
+    /// For Azure's v1 API (no `api_version`): the deployment to write into
+    /// the body as its model, when it differs from `model`.
+    pub fn body_model<'a>(&'a self, model: &'a str) -> Option<&'a str> {
+        let azure = self.azure.as_ref().filter(|a| a.api_version.is_none())?;
+        let deployment = crate::config::deployment_for(&azure.deployments, model);
+        (deployment != model).then_some(deployment)
+    }
+
+    fn deployment<'a>(&'a self, model: &'a str) -> &'a str {
+        match &self.azure {
+            Some(a) => crate::config::deployment_for(&a.deployments, model),
+            None => model,
+        }
+    }
+
+    /// The header carrying `key`: `Authorization: Bearer`, or Azure's
+    /// `api-key`; marked sensitive. None if the key cannot be a header value.
+    fn key_header(&self, key: &SecretString) -> Option<(http::HeaderName, HeaderValue)> {
+        if self.azure.is_some() {
+            let mut value = HeaderValue::try_from(key.expose_secret()).ok()?;
+            value.set_sensitive(true);
+            return Some((http::HeaderName::from_static("api-key"), value));
+        }
+        Some((http::header::AUTHORIZATION, bearer(key)?))
     }
 
     /// Key `id`'s balance as the provider tells it (`api`), within
@@ -263,7 +356,7 @@ impl Upstream {
     /// unauthenticated `GET models` (even 401) means it is reachable, and
     /// costs no key anything.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let Some(url) = self.url_for("models", None) else { return false };
+        let Some(url) = self.url_to("models", None, None) else { return false };
         let asked = self.request(Method::GET, url, HeaderMap::new(), OutBody::Bytes(Bytes::new()));
         matches!(tokio::time::timeout(timeout, asked).await, Ok(Ok(_)))
     }
@@ -289,7 +382,8 @@ impl Upstream {
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(http::header::AUTHORIZATION, bearer(key).ok_or(UpstreamError::UnusableKey(key_id))?);
+        let (name, value) = self.key_header(key).ok_or(UpstreamError::UnusableKey(key_id))?;
+        headers.insert(name, value);
         account.apply(&mut headers);
         if !headers.contains_key(http::header::ACCEPT) {
             headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
@@ -391,6 +485,16 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     e.to_string()
+}
+
+/// Whether `name` can be an Azure deployment's path segment as it is:
+/// letters, digits, `-`, `_`, `.` (Azure's own rule for deployment names),
+/// and not dots alone. Percent-encoding is no way out: URL parsers take
+/// `%2e%2e` for `..`.
+fn is_deployment_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.bytes().all(|b| b == b'.')
 }
 
 /// Bytes that may stand in a URL path or query as they are.

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use secrecy::SecretString;
 use std::time::Duration;
 
-use super::{bearer, classify, OutBody, Upstream};
+use super::{classify, OutBody, Upstream};
 use crate::scheduler::{Probed, Verdict};
 
 /// Most of a probe's answer read to judge it.
@@ -44,16 +44,22 @@ impl Upstream {
             ProbeRequest::Models => (Method::GET, "models", Bytes::new()),
             ProbeRequest::Chat { model } => {
                 let body = serde_json::json!({
-                    "model": model,
+                    "model": self.body_model(model).unwrap_or(model),
                     "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 1,
                 });
                 (Method::POST, "chat/completions", Bytes::from(body.to_string()))
             }
         };
-        let (Some(url), Some(auth)) = (self.url_for(path, None), bearer(key)) else { return Probed::Unreachable };
+        let model = match how {
+            ProbeRequest::Chat { model } => Some(model.as_str()),
+            ProbeRequest::Models => None,
+        };
+        let (Some(url), Some((name, value))) = (self.url_to(path, None, model), self.key_header(key)) else {
+            return Probed::Unreachable;
+        };
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, auth);
+        headers.insert(name, value);
         if method == Method::POST {
             headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }

@@ -149,3 +149,60 @@ fn answer_headers_drop_hop_by_hop_ones_and_those_connection_lists() {
     kept.sort_unstable();
     assert_eq!(kept, vec!["x-hop", "x-request-id"]);
 }
+
+fn azure(fields: serde_json::Value) -> Upstream {
+    let mut fields = fields;
+    fields["name"] = serde_json::json!("azure");
+    fields["kind"] = serde_json::json!("azure");
+    let u: crate::config::UpstreamConfig = serde_json::from_value(fields).unwrap();
+    Upstream::for_upstream(&u, &crate::config::Config::default()).unwrap()
+}
+
+#[test]
+fn azure_calls_go_to_deployment_paths_with_the_api_version() {
+    let up = azure(serde_json::json!({
+        "base_url": "https://res.openai.azure.com",
+        "api_version": "2024-10-21",
+        "deployments": {"gpt-4o*": "prod", "gpt-4o-mini": "mini"},
+    }));
+    let url = |rest, query, model| up.url_to(rest, query, model).unwrap().to_string();
+    assert_eq!(
+        url("chat/completions", None, Some("gpt-4o-mini")),
+        "https://res.openai.azure.com/openai/deployments/mini/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(
+        url("embeddings", Some("x=1"), Some("text-embedding-3-small")),
+        "https://res.openai.azure.com/openai/deployments/text-embedding-3-small/embeddings?x=1&api-version=2024-10-21"
+    );
+    // Not a deployment's operation, or no model: under /openai/; a caller's own version is kept.
+    assert_eq!(url("files", None, None), "https://res.openai.azure.com/openai/files?api-version=2024-10-21");
+    assert_eq!(
+        url("responses", Some("api-version=preview"), Some("gpt-4o")),
+        "https://res.openai.azure.com/openai/responses?api-version=preview"
+    );
+    assert_eq!(up.body_model("gpt-4o"), None, "deployment paths leave the body alone");
+    // A trailing slash still names the operation; a caller's version in any case is kept.
+    assert_eq!(
+        url("chat/completions/", Some("API-Version=x"), Some("gpt-3.5-turbo")),
+        "https://res.openai.azure.com/openai/deployments/gpt-3.5-turbo/chat/completions/?API-Version=x"
+    );
+    // A caller's model never leaves its segment: one that is not a plain name has no URL.
+    for model in ["../../x", "..", "a b", "a/b", "%2e%2e", "a?b", ""] {
+        assert!(up.url_to("chat/completions", None, Some(model)).is_none(), "{model:?}");
+        assert!(!up.model_fits_url(model), "{model:?}");
+    }
+    assert!(up.model_fits_url("gpt-4o"));
+    let (name, value) = up.key_header(&SecretString::from("azure-secret")).unwrap();
+    assert_eq!((name.as_str(), value.to_str().unwrap(), value.is_sensitive()), ("api-key", "azure-secret", true));
+    // The v1 API: paths as for OpenAI, the deployment as the body's model.
+    let v1 = azure(serde_json::json!({
+        "base_url": "https://res.openai.azure.com/openai/v1",
+        "deployments": {"gpt-4o-mini": "mini"},
+    }));
+    assert_eq!(
+        v1.url_to("chat/completions", None, Some("gpt-4o-mini")).unwrap().to_string(),
+        "https://res.openai.azure.com/openai/v1/chat/completions"
+    );
+    assert_eq!(v1.body_model("gpt-4o-mini"), Some("mini"));
+    assert_eq!(v1.body_model("o3"), None);
+}
