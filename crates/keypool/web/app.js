@@ -270,7 +270,8 @@ function tickCountdowns() {
 // ---------- dialogs and toasts ----------
 
 /**
- * A modal form. `fields`: [{name, label, type, value, placeholder, required, rows}];
+ * A modal form. `fields`: [{name, label, type, value, placeholder, required, rows, options}]
+ * (`options`: [[value, text], …] makes a select);
  * `submit(values)` may throw to keep the dialog open with the error shown.
  */
 function dialog({ title, message, fields = [], ok, danger, submit, cancel = true }) {
@@ -281,7 +282,9 @@ function dialog({ title, message, fields = [], ok, danger, submit, cancel = true
   if (message) body.append(message instanceof Node ? message : h('p', { text: message }));
   for (const f of fields) {
     const id = 'field-' + f.name;
-    const input = f.rows
+    const input = f.options
+      ? h('select', { id, name: f.name, 'data-testid': id }, ...f.options.map(([value, text]) => h('option', { value, text })))
+      : f.rows
       ? h('textarea', { id, name: f.name, rows: f.rows, 'data-testid': id, placeholder: f.placeholder, required: f.required, spellcheck: 'false' })
       : h('input', { id, name: f.name, type: f.type || 'text', 'data-testid': id, placeholder: f.placeholder, required: f.required, autocomplete: 'off', spellcheck: 'false', step: f.step });
     if (f.value !== undefined && f.value !== null) input.value = String(f.value);
@@ -325,7 +328,7 @@ function dialog({ title, message, fields = [], ok, danger, submit, cancel = true
     // this one opened: only a close that left the dialog shut counts.
     d.onclose = () => { if (!d.open) done(null); };
     d.showModal();
-    const first = body.querySelector('input, textarea');
+    const first = body.querySelector('input, textarea, select');
     (first || okBtn).focus();
   });
 }
@@ -606,6 +609,19 @@ function keysPage(root) {
     { name: 'rpm', label: t('keys.field.rpm'), type: 'number', value: k?.rpm ?? '', placeholder: t('keys.field.blank') },
     { name: 'tpm', label: t('keys.field.tpm'), type: 'number', value: k?.tpm ?? '', placeholder: t('keys.field.blank') },
   ];
+  /**
+   * The upstream a key belongs to, when there is a choice: the configured
+   * upstreams (and a gone one the key still names). A new key may keep the
+   * default (sent as nothing).
+   */
+  const upstreamField = (k) => {
+    const names = view.upstreams || [];
+    if (names.length < 2 && !(k && k.upstream && !names.includes(k.upstream))) return [];
+    const options = names.map((n) => [n, n]);
+    if (k && k.upstream && !names.includes(k.upstream)) options.push([k.upstream, k.upstream]);
+    if (!k) options.unshift(['', t('keys.field.upstream_default', { name: names[0] ?? '' })]);
+    return [{ name: 'upstream', label: t('keys.field.upstream'), options, value: k ? k.upstream : '' }];
+  };
   const numberOrNull = (v, name) => {
     if (v.trim() === '') return null;
     const n = Number(v);
@@ -621,7 +637,7 @@ function keysPage(root) {
       const was = k ? (name === 'budget_usd' ? (k.budget_micros ?? null) === null ? '' : String(k.budget_micros / 1e6)
         : name === 'expires' ? (k.expires_at ? new Date(k.expires_at * 1000).toISOString().slice(0, 10) : '') : String(k[name] ?? '')) : '';
       if (raw.trim() === was) continue;
-      out[name] = name === 'label' || name === 'expires' ? (raw.trim() || null) : numberOrNull(raw, name);
+      out[name] = name === 'label' || name === 'expires' || name === 'upstream' ? (raw.trim() || null) : numberOrNull(raw, name);
     }
     return out;
   }
@@ -629,7 +645,7 @@ function keysPage(root) {
   async function addKey() {
     const ok = await dialog({
       title: t('keys.add_title'), ok: t('keys.add'),
-      fields: [{ name: 'key', label: t('keys.field.key'), type: 'password', required: true }, ...limitFields()],
+      fields: [{ name: 'key', label: t('keys.field.key'), type: 'password', required: true }, ...upstreamField(), ...limitFields()],
       submit: (v) => api('POST', '/keys', { key: v.key.trim(), ...settings(v) }),
     });
     if (ok) { toast(t('keys.added')); refresh(); }
@@ -638,7 +654,7 @@ function keysPage(root) {
   async function importKeys() {
     const res = await dialog({
       title: t('keys.import_title'), ok: t('keys.import'),
-      fields: [{ name: 'text', label: t('keys.field.text'), rows: 8, required: true }, ...limitFields()],
+      fields: [{ name: 'text', label: t('keys.field.text'), rows: 8, required: true }, ...upstreamField(), ...limitFields()],
       submit: (v) => api('POST', '/keys/import', { text: v.text, ...settings(v) }),
     });
     if (res) {
@@ -651,7 +667,7 @@ function keysPage(root) {
   async function editKey(k) {
     const ok = await dialog({
       title: t('keys.edit_title', { name: keyName(k) }), ok: t('save'),
-      fields: [...limitFields(k),
+      fields: [...upstreamField(k), ...limitFields(k),
         { name: 'rpd', label: t('keys.field.rpd'), type: 'number', value: k.rpd ?? '', placeholder: t('keys.field.blank') },
         { name: 'max_inflight', label: t('keys.field.max_inflight'), type: 'number', value: k.max_inflight ?? '', placeholder: t('keys.field.blank') },
         { name: 'weight', label: t('keys.field.weight'), type: 'number', value: k.weight ?? '', placeholder: t('keys.field.blank') },

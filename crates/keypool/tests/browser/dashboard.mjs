@@ -165,6 +165,25 @@ try {
   assert.equal(await page.locator('[data-testid=key-row]').count(), 5);
   assert.equal(await page.evaluate(() => localStorage.getItem('kp.keys.upstream')), null);
 
+  step("moves a key to another upstream in its edit dialog, and back");
+  const moved = page.locator('[data-testid=key-row][data-upstream=openai]').first();
+  const movedId = await moved.getAttribute('data-key-id');
+  await moved.getByTestId('key-edit').click();
+  const choice = tid('field-upstream');
+  assert.deepEqual(await choice.locator('option').evaluateAll((os) => os.map((o) => o.value)), ['openai', 'deepseek']);
+  assert.equal(await choice.inputValue(), 'openai', 'the key\'s own upstream is chosen');
+  await choice.selectOption('deepseek');
+  await tid('dialog-ok').click();
+  await page.waitForFunction((id) => document.querySelector(`[data-testid=key-row][data-key-id="${id}"]`)?.dataset.upstream === 'deepseek', movedId);
+  await page.locator(`[data-testid=key-row][data-key-id="${movedId}"]`).getByTestId('key-edit').click();
+  await tid('field-upstream').selectOption('openai');
+  await tid('dialog-ok').click();
+  await page.waitForFunction((id) => document.querySelector(`[data-testid=key-row][data-key-id="${id}"]`)?.dataset.upstream === 'openai', movedId);
+  await tid('key-add').click();
+  assert.equal(await tid('field-upstream').inputValue(), '', 'a new key keeps the default unless told');
+  assert.match(await tid('field-upstream').locator('option').first().innerText(), /openai/);
+  await tid('dialog-cancel').click();
+
   step('opens a request and sees its attempts');
   await tid('nav-requests').click();
   await page.waitForFunction(() => document.querySelectorAll('[data-testid=request-row]').length >= 6);
