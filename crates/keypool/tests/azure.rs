@@ -84,6 +84,18 @@ async fn requests_carry_api_key_and_the_deployment_path_streaming_included() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(app.sim.stats().deployments.get("whisper-1"), Some(&1));
+    // A form whose model cannot be found (here: none) is the caller's 400, not a wrong path.
+    let form = b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\nID3\r\n--b0undary--\r\n";
+    let resp = app
+        .post("audio/transcriptions")
+        .header("content-type", "multipart/form-data; boundary=b0undary")
+        .body(form.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["param"], "model", "{err}");
     // A model that cannot be a deployment's name never reaches a URL.
     for model in ["../../openai/files", "a b", ".."] {
         let mut body = chat("hello");

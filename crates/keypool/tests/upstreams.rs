@@ -517,6 +517,20 @@ async fn a_multipart_upload_is_routed_by_its_model_field() {
         assert_eq!(app.b.key_stats("sk-b-bbbbbbbbbbbbbbbb").ok, i as u64 + 1, "form {i} went to the speech upstream");
     }
     assert_eq!(app.a.key_stats("sk-a-aaaaaaaaaaaaaaaa").requests, 0);
+    // Sent a few bytes at a time (chunked, no length): found all the same.
+    let (content_type, body) = form(&[("model", b"whisper-1"), ("file", &audio[..8 * 1024])]);
+    let size = body.len();
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(7).map(|c| Ok(c.to_vec())).collect();
+    let resp = app
+        .post("audio/transcriptions")
+        .header("content-type", content_type)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(text["text"], format!("heard by whisper-1: {size} bytes"));
     // A model no upstream serves is the caller's 404, as for JSON bodies.
     let (content_type, body) = form(&[("model", b"tts-9"), ("file", b"x")]);
     let resp = app.post("audio/transcriptions").header("content-type", content_type).body(body).send().await.unwrap();

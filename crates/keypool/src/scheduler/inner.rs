@@ -165,7 +165,7 @@ impl Inner {
         };
         slot.inflight += 1;
         if let Some(spans) = slot.spans.as_mut() {
-            spans.reserved();
+            spans.reserved(now);
         }
         slot.reserved_tokens = slot.reserved_tokens.saturating_add(demand.tokens);
         slot.reserved_overlap = slot.reserved_overlap.saturating_add(demand.overlap);

@@ -191,10 +191,15 @@ impl Slot {
             .zip(self.tpm.configured)
             .map(|(per, tpm)| (tpm.saturating_mul(u64::from(per)) / 1000).max(1));
         self.rpm.configured = r.rpm.or(d.rpm).map(u64::from).or(derived);
+        let had_spans = self.spans.is_some();
         if d.requests_per.is_empty() {
             self.spans = None;
         } else if !self.spans.as_ref().is_some_and(|s| s.are(d.requests_per)) {
             self.spans = Some(Spans::new(d.requests_per));
+        }
+        if had_spans != self.spans.is_some() {
+            // Learned from headers about a span, or about a minute: not the other.
+            self.rpm.learned = None;
         }
         self.rpd = r.rpd.or(d.rpd).map(u64::from);
         self.max_inflight = r.max_inflight.or(d.max_inflight).map(u64::from);
@@ -360,7 +365,7 @@ impl Slot {
             at = at.max(self.rpm.room_at(&self.window, |_| 1, self.used_requests(now), 1, now)?);
         }
         if let (Some(spans), Some(rpm)) = (&self.spans, self.rpm.limit()) {
-            at = at.max(spans.room_at(rpm, now)?);
+            at = at.max(spans.room_at(rpm, now));
         }
         if let Some(limit) = self.refilling() {
             at = at.max(self.tokens_refilled(now, limit, demand)?);
@@ -425,18 +430,25 @@ impl Slot {
         let (own_r, own_t) = (self.own_requests(), self.own_tokens(now));
         match &self.spans {
             // Headers about the span, not the minute: Azure sends only
-            // `remaining`. A served answer to the only request counted
-            // tells the limit: what is left plus this one (tokens: plus
-            // what it certainly took). Each such answer tells it again.
+            // `remaining`. A served answer tells at least this much of the
+            // limit: what is left plus this one (tokens: plus what it
+            // certainly took), which the limit is never below; an answer
+            // to the only request counted tells it exactly.
             Some(spans) => {
-                let alone = success && spans.alone(now) && self.inflight == 1 && self.window.requests() == 0;
-                let per_span = info.limit_requests.or(info.remaining_requests.filter(|_| alone).map(|r| r + 1));
-                if let Some(rpm) = per_span.and_then(|n| spans.rpm_of(n)).filter(|_| self.rpm.configured.is_none()) {
-                    self.rpm.learned = Some(rpm);
-                }
-                if alone && info.limit_tokens.is_none() {
-                    if let Some(remaining) = info.remaining_tokens {
-                        self.tpm.learned = Some(remaining.saturating_add(certain));
+                if success {
+                    let alone = spans.alone(now);
+                    let known = |learned: Option<u64>, at_least: u64, exact: bool| {
+                        Some(if exact { at_least } else { learned.map_or(at_least, |l| l.max(at_least)) })
+                    };
+                    let per_span = info.limit_requests.or(info.remaining_requests.map(|r| r + 1));
+                    let exact = info.limit_requests.is_some() || alone;
+                    if let Some(rpm) = per_span.and_then(|n| spans.rpm_of(n)).filter(|_| self.rpm.configured.is_none())
+                    {
+                        self.rpm.learned = known(self.rpm.learned, rpm, exact);
+                    }
+                    if let (None, Some(remaining)) = (info.limit_tokens, info.remaining_tokens) {
+                        let alone = alone && self.inflight == 1 && self.window.requests() == 0;
+                        self.tpm.learned = known(self.tpm.learned, remaining.saturating_add(certain), alone);
                     }
                 }
             }

@@ -11,15 +11,21 @@
 //! as being about that span.
 //!
 //! The upstream counts a request when it arrives, which keypool does not
-//! see; it sees the answer's headers, which come after. So a request counts
-//! from when it is sent until its span has passed since its headers came
-//! back (or since it ended, for one that ended without an answer): never
-//! shorter than the upstream counts it, and a long stream counts only as
-//! long as its head does, not for as long as it runs.
+//! see: after it was sent, before its answer's headers came back. So an
+//! answered request counts until a span has passed since its headers came
+//! back (or since it ended, for one that ended without an answer), and one
+//! still waiting for its headers until a span has passed since it was sent
+//! plus [`ARRIVAL`], the longest it is assumed to take to arrive: a slow
+//! answer does not hold its place in a 1 s span for as long as the upstream
+//! thinks, and a long stream counts only as long as its head does.
 
 use std::collections::VecDeque;
 
 use tokio::time::{Duration, Instant};
+
+/// How long after being sent a request is assumed to have reached the
+/// upstream (connection and TLS set-up included).
+pub const ARRIVAL: Duration = Duration::from_secs(5);
 
 /// How long a limit lowered by a refusal holds (as for the minute's).
 const LOWERED_FOR: Duration = super::limits::LOWERED_FOR;
@@ -31,8 +37,10 @@ pub struct Spans {
     periods: Vec<Period>,
     /// When answers' headers came back (or requests ended without any), oldest first.
     heads: VecDeque<Instant>,
-    /// Sent (or reserved) and not answered yet.
-    awaiting: u64,
+    /// When requests not answered yet were sent (reserved), oldest first.
+    /// Which one an answer belongs to is not known: the oldest is taken,
+    /// so those left count from a later instant, never an earlier one.
+    awaiting: VecDeque<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +69,7 @@ impl Spans {
     /// Counts over `spans`, the one the headers speak of first.
     pub fn new(spans: &[Duration]) -> Spans {
         let periods = spans.iter().map(|&span| Period { span, lowered: None, lowered_at: None }).collect();
-        Spans { periods, heads: VecDeque::new(), awaiting: 0 }
+        Spans { periods, heads: VecDeque::new(), awaiting: VecDeque::new() }
     }
 
     /// Whether these are the spans `spans` describes.
@@ -69,15 +77,15 @@ impl Spans {
         self.periods.iter().map(|p| p.span).eq(spans.iter().copied())
     }
 
-    /// A request was reserved: it counts from now.
-    pub fn reserved(&mut self) {
-        self.awaiting += 1;
+    /// A request was reserved at `now`: it counts from then.
+    pub fn reserved(&mut self, now: Instant) {
+        self.awaiting.push_back(now);
     }
 
     /// The answer's headers came back (`sent`), or a request ended without
     /// them: it counts for a span from `now`; one never sent not at all.
     pub fn answered(&mut self, now: Instant, sent: bool) {
-        self.awaiting = self.awaiting.saturating_sub(1);
+        self.awaiting.pop_front();
         if !sent {
             return;
         }
@@ -92,7 +100,19 @@ impl Spans {
     /// Requests counted in the span `i` before `now`.
     fn used(&self, i: usize, now: Instant) -> u64 {
         let span = self.periods[i].span;
-        self.heads.iter().rev().take_while(|t| **t + span > now).count() as u64 + self.awaiting
+        let heads = self.heads.iter().rev().take_while(|t| **t + span > now).count();
+        let awaiting = self.awaiting.iter().filter(|t| **t + span + ARRIVAL > now).count();
+        (heads + awaiting) as u64
+    }
+
+    /// When each request counted in span `i` stops counting, soonest first.
+    fn expiries(&self, i: usize, now: Instant) -> Vec<Instant> {
+        let span = self.periods[i].span;
+        let heads = self.heads.iter().rev().map(|t| *t + span).take_while(|t| *t > now);
+        let awaiting = self.awaiting.iter().map(|t| *t + span + ARRIVAL).filter(|t| *t > now);
+        let mut all: Vec<Instant> = heads.chain(awaiting).collect();
+        all.sort_unstable();
+        all
     }
 
     /// Whether one more request fits every span, for a key of `rpm`.
@@ -100,28 +120,26 @@ impl Spans {
         (0..self.periods.len()).all(|i| self.used(i, now) < self.periods[i].limit(rpm, now))
     }
 
-    /// The earliest instant one more request fits every span; `None` when
-    /// only requests awaiting their answers can make room.
-    pub fn room_at(&self, rpm: u64, now: Instant) -> Option<Instant> {
+    /// The earliest instant one more request fits every span (time alone
+    /// frees every count here, so there always is one).
+    pub fn room_at(&self, rpm: u64, now: Instant) -> Instant {
         let mut at = now;
-        for period in &self.periods {
+        for (i, period) in self.periods.iter().enumerate() {
             let limit = period.limit(rpm, now);
-            let recent = self.heads.iter().rev().take_while(|t| **t + period.span > now).count() as u64;
-            let Some(to_free) = (recent + self.awaiting + 1).checked_sub(limit).filter(|n| *n > 0) else { continue };
-            if to_free > recent {
-                return None;
+            let expiries = self.expiries(i, now);
+            let Some(to_free) = (expiries.len() as u64 + 1).checked_sub(limit).filter(|n| *n > 0) else { continue };
+            // The to_free-th count to end makes room.
+            if let Some(end) = usize::try_from(to_free - 1).ok().and_then(|k| expiries.get(k)) {
+                at = at.max(*end);
             }
-            // The to_free-th oldest of the recent heads must leave the span.
-            let index = usize::try_from(recent - to_free).ok()?;
-            at = at.max(*self.heads.iter().rev().nth(index)? + period.span);
         }
-        Some(at)
+        at
     }
 
     /// The first answer of a key with nothing else counted: only this
     /// request is in the span the headers speak of.
     pub fn alone(&self, now: Instant) -> bool {
-        !self.periods.is_empty() && self.awaiting <= 1 && self.used(0, now) <= 1
+        !self.periods.is_empty() && self.awaiting.len() <= 1 && self.used(0, now) <= 1
     }
 
     /// The RPM that `per_span` requests in the headers' span stand for.
@@ -164,7 +182,7 @@ mod tests {
 
     /// A request sent and answered at `at`.
     fn answered(s: &mut Spans, at: Instant) {
-        s.reserved();
+        s.reserved(at);
         s.answered(at, true);
     }
 
@@ -179,18 +197,22 @@ mod tests {
         for sec in [0u64, 2, 4] {
             answered(&mut s, t0 + Duration::from_secs(sec));
         }
-        s.reserved();
         let now = t0 + Duration::from_millis(5_500);
+        s.reserved(now);
         // 3 heads and 1 awaiting: 4 in the 10 s span, 1 in the last second.
         assert!(!s.has_room(30, now), "the one awaiting fills the second");
-        assert_eq!(s.room_at(30, now), None, "only its answer can make room");
+        assert_eq!(
+            s.room_at(30, now),
+            now + Duration::from_secs(1) + ARRIVAL,
+            "unanswered, it counts until it surely arrived"
+        );
         s.answered(now, true);
         // 4 in 10 s (limit 5) but 1 in the last second: at 6.5 s.
-        assert_eq!(s.room_at(30, now), Some(now + Duration::from_secs(1)));
+        assert_eq!(s.room_at(30, now), now + Duration::from_secs(1));
         // At 24 RPM (4 per 10 s): the oldest must leave too, at 10 s.
-        assert_eq!(s.room_at(24, now), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(s.room_at(24, now), t0 + Duration::from_secs(10));
         // A request never sent does not count.
-        s.reserved();
+        s.reserved(now);
         s.answered(now, false);
         assert_eq!(s.used(0, now), 4);
         assert_eq!(s.used(0, t0 + Duration::from_secs(13)), 2, "those of 4 s and 5.5 s");
@@ -200,7 +222,10 @@ mod tests {
     async fn a_long_stream_counts_from_its_head_not_its_end() {
         let t0 = Instant::now();
         let mut s = Spans::new(AZURE);
-        s.reserved();
+        s.reserved(t0);
+        // A slow answer: unanswered after 7 s, it no longer fills the 1 s span.
+        assert_eq!(s.used(1, t0 + Duration::from_secs(7)), 0);
+        assert_eq!(s.used(0, t0 + Duration::from_secs(7)), 1);
         s.answered(t0, true);
         // Streaming on for a minute: its count ends 10 s after its head.
         assert_eq!(s.used(0, t0 + Duration::from_secs(10)), 0);

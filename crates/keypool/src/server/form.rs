@@ -12,10 +12,16 @@
 
 use memchr::memmem;
 
-/// How much of a form is read, at most, to find its model. The official
-/// Python SDK sends plain fields before files, so the model comes first;
-/// a form that puts a larger file before it is routed without a model.
-pub const PEEK_BYTES: usize = 1024 * 1024;
+/// How much of a form is read, at most, to find its model (held while the
+/// request waits for a key). The official Python SDK sends plain fields
+/// before files, so the model comes first; a form that puts a larger file
+/// before it is routed without a model.
+pub const PEEK_BYTES: usize = 64 * 1024;
+
+/// The form is searched again only once this much more has arrived (or it
+/// ended): a form sent a byte at a time costs a few dozen searches, not one
+/// per byte.
+pub const SCAN_EVERY: usize = 4 * 1024;
 
 /// Longest model name taken from a form.
 const MAX_MODEL: usize = 256;
@@ -56,7 +62,10 @@ pub fn boundary(content_type: &str) -> Option<&str> {
 pub fn model_field(head: &[u8], boundary: &str) -> Found {
     let delimiter = format!("--{boundary}");
     let next_part = format!("\r\n--{boundary}");
-    let Some(first) = memmem::find(head, delimiter.as_bytes()) else {
+    // The first delimiter opens the form or a line (a preamble may come first).
+    let Some(first) =
+        memmem::find_iter(head, delimiter.as_bytes()).find(|&at| at == 0 || head[..at].ends_with(b"\r\n"))
+    else {
         return if head.len() >= PEEK_BYTES { Found::Absent } else { Found::NeedMore };
     };
     let mut at = first + delimiter.len();
@@ -71,7 +80,7 @@ pub fn model_field(head: &[u8], boundary: &str) -> Found {
         let Some(headers_end) = memmem::find(rest, b"\r\n\r\n") else { return Found::NeedMore };
         let headers = &rest[..headers_end];
         let body_start = headers_end + 4;
-        let is_model = field_name(headers).is_some_and(|n| n == "model") && !has_filename(headers);
+        let is_model = field_name(headers).is_some_and(|(name, file)| name == "model" && !file);
         let Some(body_len) = memmem::find(&rest[body_start..], next_part.as_bytes()) else {
             return Found::NeedMore;
         };
@@ -86,25 +95,24 @@ pub fn model_field(head: &[u8], boundary: &str) -> Found {
     }
 }
 
-/// The `name` parameter of a part's `Content-Disposition: form-data`.
-fn field_name(headers: &[u8]) -> Option<String> {
+/// The `name` parameter of a part's `Content-Disposition: form-data`, and
+/// whether it names a file (`filename`).
+fn field_name(headers: &[u8]) -> Option<(String, bool)> {
     let text = std::str::from_utf8(headers).ok()?;
     let line = text
         .split("\r\n")
         .find(|l| l.split_once(':').is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("content-disposition")))?;
     let (_, value) = line.split_once(':')?;
-    value.split(';').skip(1).find_map(|p| {
-        let (name, value) = p.split_once('=')?;
+    let params = || value.split(';').skip(1).filter_map(|p| p.split_once('='));
+    let file = params().any(|(name, _)| name.trim().eq_ignore_ascii_case("filename") || name.trim() == "filename*");
+    let name = params().find_map(|(name, value)| {
         if !name.trim().eq_ignore_ascii_case("name") {
             return None;
         }
         let value = value.trim();
         Some(value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value).to_owned())
-    })
-}
-
-fn has_filename(headers: &[u8]) -> bool {
-    memmem::find(&headers.to_ascii_lowercase(), b"filename").is_some()
+    })?;
+    Some((name, file))
 }
 
 #[cfg(test)]
@@ -150,6 +158,13 @@ mod tests {
         // A file named "model" is not the field.
         let named = form(&[("model", Some("model.bin"), b"weights")]);
         assert_eq!(model_field(&named, "XyZ"), Found::Absent);
+        // "filename" elsewhere in the part's headers does not make it a file.
+        let typed = b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Type: text/plain; x-filename=1\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
+        assert_eq!(model_field(typed, "XyZ"), Found::Model("whisper-1".into()));
+        // A delimiter inside a preamble line is not the form's first.
+        let preamble =
+            b"junk --XyZ\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=model\r\n\r\nm1\r\n--XyZ--\r\n";
+        assert_eq!(model_field(preamble, "XyZ"), Found::Model("m1".into()));
         assert_eq!(model_field(&form(&[("prompt", None, b"hi")]), "XyZ"), Found::Absent);
     }
 

@@ -171,50 +171,95 @@ async fn peek_form_model(
     limit: u64,
     head: &mut Vec<Bytes>,
 ) -> Result<Option<String>, ApiError> {
-    use super::form::{model_field, Found, PEEK_BYTES};
+    use super::form::{model_field, Found, PEEK_BYTES, SCAN_EVERY};
     let mut joined = bytes::BytesMut::new();
+    let mut scanned = 0;
     // A caller that sends its form slowly is not waited for here: past the
     // deadline the request goes on without a model, its body still streaming.
     let deadline = tokio::time::Instant::now() + PEEK_TIME;
-    while joined.len() < PEEK_BYTES {
-        let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, data.next()).await else { break };
-        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
-        if (joined.len() + chunk.len()) as u64 > limit {
-            drain(data).await;
-            return Err(ApiError::BodyTooLarge { limit });
+    let mut ended = false;
+    while joined.len() < PEEK_BYTES && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(chunk)) => {
+                let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+                if (joined.len() + chunk.len()) as u64 > limit {
+                    drain(data).await;
+                    return Err(ApiError::BodyTooLarge { limit });
+                }
+                joined.extend_from_slice(&chunk);
+                head.push(chunk);
+            }
+            Ok(None) => ended = true,
+            Err(_) => break,
         }
-        joined.extend_from_slice(&chunk);
-        head.push(chunk);
-        match model_field(&joined, boundary) {
-            Found::Model(m) => return Ok(Some(m)),
-            Found::Absent => return Ok(None),
-            Found::NeedMore => {}
+        if ended || joined.len() - scanned >= SCAN_EVERY {
+            scanned = joined.len();
+            match model_field(&joined, boundary) {
+                Found::Model(m) => return Ok(Some(m)),
+                Found::Absent => return Ok(None),
+                Found::NeedMore if ended => return Ok(None),
+                Found::NeedMore => {}
+            }
         }
     }
-    Ok(None)
+    Ok(match model_field(&joined, boundary) {
+        Found::Model(m) => Some(m),
+        Found::Absent | Found::NeedMore => None,
+    })
 }
 
 /// Streams an upload through (`head`, chunks already read, first), stopping
 /// it if it grows past the limit (the rest is left in `overflow` for the
 /// handler to drain once the upstream attempt has failed, not read here
 /// while the upstream waits).
+/// A form read from already (the caller was told `100 Continue` and is
+/// sending): dropped before its end, as by a refusal before any key was
+/// chosen, the rest is read on and thrown away in the background, bounded
+/// as [`drain`] is, so the caller gets its answer rather than a reset.
+struct Lingering {
+    data: Option<BodyDataStream>,
+    linger: bool,
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if let (true, Some(data)) = (self.linger, self.data.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(drain(data));
+            }
+        }
+    }
+}
+
 fn streamed(head: Vec<Bytes>, data: BodyDataStream, limit: u64, overflow: Arc<Overflow>) -> OutBody {
     let seen: u64 = head.iter().map(|c| c.len() as u64).sum();
+    let linger = !head.is_empty();
     let head = futures_util::stream::iter(head.into_iter().map(Ok::<Bytes, BodyError>));
-    let rest = futures_util::stream::unfold(Some((data, seen)), move |state| {
+    let state = (Lingering { data: Some(data), linger }, seen);
+    let rest = futures_util::stream::unfold(Some(state), move |state| {
         let overflow = Arc::clone(&overflow);
         async move {
-            let (mut data, mut seen) = state?;
-            let chunk = match data.next().await? {
+            let (mut rest, mut seen) = state?;
+            let next = rest.data.as_mut()?.next().await;
+            let Some(next) = next else {
+                rest.data = None; // read to its end: nothing to linger over
+                return None;
+            };
+            let chunk = match next {
                 Ok(chunk) => chunk,
-                Err(e) => return Some((Err(BodyError::from(e)), None)),
+                Err(e) => {
+                    rest.data = None;
+                    return Some((Err(BodyError::from(e)), None));
+                }
             };
             seen += chunk.len() as u64;
             if seen > limit {
-                overflow.record(data);
+                if let Some(data) = rest.data.take() {
+                    overflow.record(data);
+                }
                 return Some((Err(BodyError::from("request body over the configured limit")), None));
             }
-            Some((Ok(chunk), Some((data, seen))))
+            Some((Ok(chunk), Some((rest, seen))))
         }
     });
     OutBody::Stream(Box::pin(head.chain(rest)))

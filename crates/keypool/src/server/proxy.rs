@@ -243,6 +243,12 @@ async fn handle(
         let served_model = candidate.model.as_deref().or(model.as_deref());
         let price = served_model.and_then(|m| app.prices.model_price_of(&app.config, m));
         let timeouts = &app.config.timeouts_via(Some(&pool.upstream.timeouts), served_model);
+        if served_model.is_none() && client.needs_model(&rest) {
+            return Err(ApiError::InvalidParameter {
+                param: "model",
+                reason: "is required: it chooses the Azure deployment (in a form, before the file)",
+            });
+        }
         if served_model.is_some_and(|m| !client.model_fits_url(m)) {
             return Err(ApiError::InvalidParameter { param: "model", reason: "cannot name an Azure deployment" });
         }

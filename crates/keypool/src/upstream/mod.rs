@@ -282,6 +282,13 @@ impl Upstream {
         self.azure.as_ref().is_none_or(|a| a.api_version.is_none()) || is_deployment_name(self.deployment(model))
     }
 
+    /// Whether a request to `rest` must name a model here: an Azure
+    /// deployment's operation, whose path the model chooses.
+    pub fn needs_model(&self, rest: &str) -> bool {
+        self.azure.as_ref().is_some_and(|a| a.api_version.is_some())
+            && AZURE_DEPLOYMENT_PATHS.contains(&rest.trim_matches('/'))
+    }
+
     /// For Azure's v1 API (no `api_version`): the deployment to write into
     /// the body as its model, when it differs from `model`.
     pub fn body_model<'a>(&'a self, model: &'a str) -> Option<&'a str> {
