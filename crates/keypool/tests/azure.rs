@@ -74,25 +74,13 @@ async fn requests_carry_api_key_and_the_deployment_path_streaming_included() {
     let resp = app.get("models").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     // A multipart upload's model names its deployment too (read from the form).
-    let form = b"--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\nID3\r\n--b0undary--\r\n";
-    let resp = app
-        .post("audio/transcriptions")
-        .header("content-type", "multipart/form-data; boundary=b0undary")
-        .body(form.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let file = "--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\nID3\r\n";
+    let model = "--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n";
+    let resp = transcribe(&app, format!("{model}{file}--b0undary--\r\n")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(app.sim.stats().deployments.get("whisper-1"), Some(&1));
     // A form whose model cannot be found (here: none) is the caller's 400, not a wrong path.
-    let form = b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\nID3\r\n--b0undary--\r\n";
-    let resp = app
-        .post("audio/transcriptions")
-        .header("content-type", "multipart/form-data; boundary=b0undary")
-        .body(form.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let resp = transcribe(&app, format!("{file}--b0undary--\r\n")).await;
     assert_eq!(resp.status(), 400);
     let err: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["param"], "model", "{err}");
@@ -107,6 +95,12 @@ async fn requests_carry_api_key_and_the_deployment_path_streaming_included() {
     }
     // Four calls, the model list and the upload: none of the refused ones.
     assert_eq!(app.sim.key_stats("azure-key-0000000000000001").requests, 6);
+}
+
+/// Posts `form` (boundary `b0undary`) to the transcriptions endpoint.
+async fn transcribe(app: &TestApp, form: String) -> reqwest::Response {
+    let request = app.post("audio/transcriptions").header("content-type", "multipart/form-data; boundary=b0undary");
+    request.body(form).send().await.unwrap()
 }
 
 #[tokio::test]

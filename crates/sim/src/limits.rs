@@ -169,7 +169,6 @@ impl Limiter {
             Kind::Window { entries } => {
                 prune(entries, now);
                 let count = entries.len() as u64;
-                let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
                 if let Some(limit) = rpm.map(u64::from) {
                     if count >= limit {
                         let retry_after = match entries.front() {
@@ -185,18 +184,7 @@ impl Limiter {
                         });
                     }
                 }
-                if let Some(limit) = tpm.map(u64::from) {
-                    if used_tokens + cost > limit {
-                        let retry_after = window_token_wait(entries, now, used_tokens + cost - limit, cost > limit);
-                        return Err(Refusal {
-                            dimension: Dimension::Tokens,
-                            limit,
-                            used: used_tokens,
-                            requested: cost,
-                            retry_after,
-                        });
-                    }
-                }
+                window_tokens(entries, tpm, cost, now)?;
                 entries.push_back((now, cost));
                 Ok(())
             }
@@ -216,19 +204,7 @@ impl Limiter {
                         });
                     }
                 }
-                let used_tokens: u64 = entries.iter().map(|e| e.1).sum();
-                if let Some(limit) = tpm.map(u64::from) {
-                    if used_tokens + cost > limit {
-                        let retry_after = window_token_wait(entries, now, used_tokens + cost - limit, cost > limit);
-                        return Err(Refusal {
-                            dimension: Dimension::Tokens,
-                            limit,
-                            used: used_tokens,
-                            requested: cost,
-                            retry_after,
-                        });
-                    }
-                }
+                window_tokens(entries, tpm, cost, now)?;
                 entries.push_back((now, cost));
                 Ok(())
             }
@@ -296,6 +272,17 @@ fn prune(entries: &mut VecDeque<(Instant, u64)>, now: Instant) {
 
 fn leaves_at(admitted: Instant, now: Instant) -> Duration {
     (admitted + WINDOW).saturating_duration_since(now)
+}
+
+/// Whether `cost` more tokens fit a rolling minute of `entries` under `tpm`.
+fn window_tokens(entries: &VecDeque<(Instant, u64)>, tpm: Option<u32>, cost: u64, now: Instant) -> Result<(), Refusal> {
+    let Some(limit) = tpm.map(u64::from) else { return Ok(()) };
+    let used: u64 = entries.iter().map(|e| e.1).sum();
+    if used + cost <= limit {
+        return Ok(());
+    }
+    let retry_after = window_token_wait(entries, now, used + cost - limit, cost > limit);
+    Err(Refusal { dimension: Dimension::Tokens, limit, used, requested: cost, retry_after })
 }
 
 /// How long until enough old entries leave the window to free `need` tokens.
