@@ -504,9 +504,12 @@ async fn a_multipart_upload_is_routed_by_its_model_field() {
     )
     .await;
     let audio = vec![0x5a_u8; 200 * 1024];
-    // The model before the file (the Python SDK's order) and after it.
-    let forms =
-        [form(&[("model", b"whisper-1"), ("file", &audio)]), form(&[("file", &audio), ("model", b"whisper-1")])];
+    // The model before the file (the Python SDK's order), and after a
+    // file small enough for the model to fall within the first 64 KiB.
+    let forms = [
+        form(&[("model", b"whisper-1"), ("file", &audio)]),
+        form(&[("file", &audio[..40 * 1024]), ("model", b"whisper-1")]),
+    ];
     for (i, (content_type, body)) in forms.into_iter().enumerate() {
         let size = body.len();
         let resp =
@@ -516,7 +519,13 @@ async fn a_multipart_upload_is_routed_by_its_model_field() {
         assert_eq!(text["text"], format!("heard by whisper-1: {size} bytes"), "the form arrived whole");
         assert_eq!(app.b.key_stats("sk-b-bbbbbbbbbbbbbbbb").ok, i as u64 + 1, "form {i} went to the speech upstream");
     }
+    let served_by_b = app.b.key_stats("sk-b-bbbbbbbbbbbbbbbb").ok;
     assert_eq!(app.a.key_stats("sk-a-aaaaaaaaaaaaaaaa").requests, 0);
+    // After a larger file the model is past what is read: the default upstream serves it.
+    let (content_type, body) = form(&[("file", &audio), ("model", b"whisper-1")]);
+    let resp = app.post("audio/transcriptions").header("content-type", content_type).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.a.key_stats("sk-a-aaaaaaaaaaaaaaaa").ok, 1, "routed as if it named no model");
     // Sent a few bytes at a time (chunked, no length): found all the same.
     let (content_type, body) = form(&[("model", b"whisper-1"), ("file", &audio[..8 * 1024])]);
     let size = body.len();
@@ -531,6 +540,7 @@ async fn a_multipart_upload_is_routed_by_its_model_field() {
     assert_eq!(resp.status(), 200);
     let text: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(text["text"], format!("heard by whisper-1: {size} bytes"));
+    assert_eq!(app.b.key_stats("sk-b-bbbbbbbbbbbbbbbb").ok, served_by_b + 1, "to the speech upstream");
     // A model no upstream serves is the caller's 404, as for JSON bodies.
     let (content_type, body) = form(&[("model", b"tts-9"), ("file", b"x")]);
     let resp = app.post("audio/transcriptions").header("content-type", content_type).body(body).send().await.unwrap();
