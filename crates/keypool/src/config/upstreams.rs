@@ -157,12 +157,6 @@ impl UpstreamConfig {
     pub fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|p| glob_match(p, model))
     }
-
-    /// For `azure`: the deployment serving `model` (the most specific
-    /// `deployments` pattern matching it, else the model's own name).
-    pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
-        deployment_for(&self.deployments, model)
-    }
 }
 
 /// The deployment `deployments` (model name or glob → deployment) gives
