@@ -186,6 +186,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
         tokens: Arc::clone(&tokens),
         revision: None,
         saved: HashMap::new(),
+        tz: jiff::tz::TimeZone::get(&config.time_zone).unwrap_or(jiff::tz::TimeZone::UTC),
     };
     sync.reload_if_changed().await?;
     sync.restore_key_states().await?;
@@ -373,6 +374,8 @@ struct Sync {
     saved: HashMap<i64, SavedKeyState>,
     /// Admin changes ask for a reload at once and wait for it.
     resync: Arc<crate::admin::Resync>,
+    /// Where tokens' days and months begin (`time_zone`).
+    tz: jiff::tz::TimeZone,
 }
 
 impl Sync {
@@ -434,7 +437,28 @@ impl Sync {
                  is configured again or the key is moved (`keypool keys edit ID --upstream NAME`)"
             );
         }
-        self.tokens.replace(tokens.iter().filter(|t| t.revoked_at.is_none()).map(|t| (t.hash.as_str(), t.id)));
+        let mut live = Vec::with_capacity(tokens.len());
+        for t in tokens.iter().filter(|t| t.revoked_at.is_none()) {
+            let period = t.settings.budget_period;
+            let spent = match t.settings.budget_micros {
+                Some(_) if self.tokens.needs_spend(t.id, period) => Some(match period {
+                    crate::tenants::BudgetPeriod::Total => t.usage.spent_micros,
+                    _ => {
+                        let (start, _) = crate::tenants::period_bounds(period, &self.tz, crate::store::now_unix());
+                        self.store.token_spent_since(t.id, start).await?
+                    }
+                }),
+                _ => None,
+            };
+            live.push(crate::server::LiveToken {
+                id: t.id,
+                name: &t.name,
+                hash: &t.hash,
+                settings: t.settings.clone(),
+                spent,
+            });
+        }
+        self.tokens.replace(live, &self.tz);
         tracing::info!(
             keys = keys.len(),
             enabled = keys.iter().filter(|k| k.enabled).count(),

@@ -25,5 +25,6 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod tokens;
 pub mod upstream;

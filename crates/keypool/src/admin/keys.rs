@@ -135,9 +135,9 @@ macro_rules! with_settings {
             #[serde(default, deserialize_with = "present")]
             #[schema(value_type = Option<f64>, minimum = 0)]
             pub budget_usd: Option<Option<f64>>,
-            /// When the key stops working: `YYYY-MM-DD` or an RFC 3339 time, in the future.
+            /// When the key stops working: a duration from now (`30d`), `YYYY-MM-DD` or RFC 3339, in the future.
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<String>, example = "2030-01-31", pattern = "^(\\d{4}-\\d{2}-\\d{2}([Tt ].+)?)?$")]
+            #[schema(value_type = Option<String>, example = "2030-01-31", pattern = "^(\\d{4}-\\d{2}-\\d{2}([Tt ].+)?|[1-9]\\d{0,4}(d|h|w))?$")]
             pub expires: Option<Option<String>>,
             /// Sent upstream as `OpenAI-Organization` (printable ASCII, no spaces).
             #[serde(default, deserialize_with = "present")]

@@ -101,7 +101,7 @@ impl AdminState {
     }
 
     /// The configured time zone (validated at load; UTC if it cannot be found).
-    fn time_zone(&self) -> jiff::tz::TimeZone {
+    pub(crate) fn time_zone(&self) -> jiff::tz::TimeZone {
         jiff::tz::TimeZone::get(&self.config.time_zone).unwrap_or(jiff::tz::TimeZone::UTC)
     }
 
@@ -182,7 +182,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/keys/{id}/disable", post(keys::disable))
         .route("/keys/{id}/reset", post(keys::reset))
         .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::patch(tokens::edit))
         .route("/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/tokens/{id}/regenerate", post(tokens::regenerate))
         .route("/requests", get(requests::list))
         .route("/requests/export", get(requests::export))
         .route("/requests/{id}", get(requests::one))

@@ -77,7 +77,7 @@ impl Modify for AdminBearer {
         upstreams::list, upstreams::test,
         keys::list, keys::add, keys::import, keys::one, keys::edit, keys::remove,
         keys::enable, keys::disable, keys::reset,
-        tokens::list, tokens::create, tokens::revoke,
+        tokens::list, tokens::create, tokens::edit, tokens::revoke, tokens::regenerate,
         requests::list, requests::one, requests::export,
         stats::by_subject, stats::series,
         audit::list,

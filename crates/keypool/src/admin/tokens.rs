@@ -11,8 +11,10 @@ use utoipa::ToSchema;
 
 use super::error::{Body, Id};
 use super::{AdminError, AdminState, Caller};
+use crate::cli::keys::{parse_expiry, usd_to_micros};
 use crate::server::hash_token;
 use crate::store::TokenRecord;
+use crate::tenants::{models_from, networks_from, BudgetPeriod, TokenSettings};
 
 /// A gateway token as operators see it: never its value or hash.
 #[derive(Debug, Serialize, ToSchema)]
@@ -21,12 +23,35 @@ pub struct TokenItem {
     pub name: String,
     /// The token's first characters (`kp-1a2b`), to recognise it.
     pub prefix: String,
-    /// active or revoked.
+    /// active, disabled, expired or revoked.
     pub status: String,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds; null while active.
     pub revoked_at: Option<i64>,
+    /// Model globs the token may use; null: every model.
+    pub models: Option<Vec<String>>,
+    /// Networks (CIDRs) the token may be used from; null: anywhere.
+    pub networks: Option<Vec<String>>,
+    /// Requests per minute; null: no limit.
+    pub rpm: Option<u64>,
+    /// Tokens per minute; null: no limit.
+    pub tpm: Option<u64>,
+    /// Requests per day (days begin in `time_zone`); null: no limit.
+    pub rpd: Option<u64>,
+    /// Most requests in flight at once; null: no cap.
+    pub max_inflight: Option<u64>,
+    /// Spend allowed per `budget_period`, micro-USD; null: no budget.
+    pub budget_micros: Option<u64>,
+    pub budget_period: BudgetPeriod,
+    /// Spent in the current budget period, micro-USD (from the statistics,
+    /// which lag by up to a second); null without a budget.
+    pub budget_spent_micros: Option<u64>,
+    /// Unix seconds; null: never.
+    pub expires_at: Option<i64>,
+    /// Place in the wait queue: higher is served first.
+    pub priority: i64,
+    pub enabled: bool,
     pub requests: u64,
     pub successes: u64,
     pub failures: u64,
@@ -38,15 +63,28 @@ pub struct TokenItem {
     pub last_used_at: Option<i64>,
 }
 
-impl From<&TokenRecord> for TokenItem {
-    fn from(t: &TokenRecord) -> TokenItem {
+impl TokenItem {
+    fn of(t: &TokenRecord, budget_spent_micros: Option<u64>) -> TokenItem {
+        let s = &t.settings;
         TokenItem {
             id: t.id,
             name: t.name.clone(),
             prefix: t.prefix.clone(),
-            status: if t.revoked_at.is_some() { "revoked" } else { "active" }.to_owned(),
+            status: crate::cli::tokens::status(t).to_owned(),
             created_at: t.created_at,
             revoked_at: t.revoked_at,
+            models: s.models.clone(),
+            networks: s.networks.as_ref().map(|n| n.iter().map(|c| c.0.to_string()).collect()),
+            rpm: s.rpm,
+            tpm: s.tpm,
+            rpd: s.rpd,
+            max_inflight: s.max_inflight,
+            budget_micros: s.budget_micros,
+            budget_period: s.budget_period,
+            budget_spent_micros,
+            expires_at: s.expires_at,
+            priority: s.priority,
+            enabled: s.enabled,
             requests: t.usage.requests,
             successes: t.usage.successes,
             failures: t.usage.failures,
@@ -58,14 +96,130 @@ impl From<&TokenRecord> for TokenItem {
     }
 }
 
-/// A token to create.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    /// A unique name: who or what uses the token (1 to 200 characters).
-    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
-    pub name: String,
+/// A field that is present (`null` included) is `Some`.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
+
+/// Declares a body with a token's settings (and the fields given first):
+/// absent fields stay as they are, `null` clears one.
+macro_rules! with_token_settings {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Deserialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fdoc])* pub $field: $ty,)*
+            /// Model globs the token may use (`gpt-4o*`); null or empty: every model.
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<Vec<String>>)]
+            pub models: Option<Option<Vec<String>>>,
+            /// Networks the token may be used from: CIDRs or addresses; null or empty: anywhere.
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<Vec<String>>)]
+            pub networks: Option<Option<Vec<String>>>,
+            /// Requests per minute (≥ 1).
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<u64>, minimum = 1)]
+            pub rpm: Option<Option<u64>>,
+            /// Tokens per minute (≥ 1).
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<u64>, minimum = 1)]
+            pub tpm: Option<Option<u64>>,
+            /// Requests per day (≥ 1).
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<u64>, minimum = 1)]
+            pub rpd: Option<Option<u64>>,
+            /// Most requests in flight at once (≥ 1).
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<u64>, minimum = 1)]
+            pub max_inflight: Option<Option<u64>>,
+            /// Budget in USD per `budget_period` (≥ 0).
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<f64>, minimum = 0)]
+            pub budget_usd: Option<Option<f64>>,
+            /// What the budget covers: total, daily or monthly.
+            #[serde(default)]
+            pub budget_period: Option<BudgetPeriod>,
+            /// When the token stops working: a duration from now (`30d`), `YYYY-MM-DD` or RFC 3339, in the future.
+            #[serde(default, deserialize_with = "present")]
+            #[schema(value_type = Option<String>, example = "30d", pattern = "^(\\d{4}-\\d{2}-\\d{2}([Tt ].+)?|[1-9]\\d{0,4}(d|h|w))?$")]
+            pub expires: Option<Option<String>>,
+            /// Place in the wait queue: higher is served first.
+            #[serde(default)]
+            pub priority: Option<i64>,
+            /// A disabled token is refused (401).
+            #[serde(default)]
+            pub enabled: Option<bool>,
+        }
+
+        impl $name {
+            /// `s` with this body's settings applied, each checked as the CLI checks it.
+            pub fn apply(&self, mut s: TokenSettings) -> Result<TokenSettings, AdminError> {
+                if let Some(models) = &self.models {
+                    s.models = models_from(models.clone().unwrap_or_default())
+                        .map_err(|why| AdminError::field("models", why))?;
+                }
+                if let Some(networks) = &self.networks {
+                    s.networks = networks_from(networks.as_deref().unwrap_or_default())
+                        .map_err(|why| AdminError::field("networks", why))?;
+                }
+                let limit = |name: &str, field: &mut Option<u64>, v: Option<Option<u64>>| -> Result<(), AdminError> {
+                    match v {
+                        Some(Some(0)) => Err(AdminError::field(name, "must be at least 1 (null: no limit)")),
+                        Some(v) => {
+                            *field = v;
+                            Ok(())
+                        }
+                        None => Ok(()),
+                    }
+                };
+                limit("rpm", &mut s.rpm, self.rpm)?;
+                limit("tpm", &mut s.tpm, self.tpm)?;
+                limit("rpd", &mut s.rpd, self.rpd)?;
+                limit("max_inflight", &mut s.max_inflight, self.max_inflight)?;
+                match self.budget_usd {
+                    Some(Some(usd)) => {
+                        s.budget_micros = Some(usd_to_micros(usd).map_err(|why| AdminError::field("budget_usd", why))?)
+                    }
+                    Some(None) => s.budget_micros = None,
+                    None => {}
+                }
+                if let Some(p) = self.budget_period {
+                    s.budget_period = p;
+                }
+                match &self.expires {
+                    Some(Some(e)) if !e.is_empty() => {
+                        s.expires_at = Some(parse_expiry(e).map_err(|why| AdminError::field("expires", why))?)
+                    }
+                    Some(_) => s.expires_at = None,
+                    None => {}
+                }
+                if let Some(p) = self.priority {
+                    s.priority = p;
+                }
+                if let Some(e) = self.enabled {
+                    s.enabled = e;
+                }
+                Ok(s)
+            }
+        }
+    };
+}
+
+with_token_settings!(
+    /// A token to create, with its settings.
+    NewToken {
+        /// A unique name: who or what uses the token (1 to 200 characters).
+        #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
+        name: String,
+    }
+);
+
+with_token_settings!(
+    /// Settings to change: only those given; `null` clears one.
+    TokenChange {}
+);
 
 /// A created token: the only answer that ever holds its value.
 #[derive(Debug, Serialize, ToSchema)]
@@ -76,16 +230,37 @@ pub struct CreatedToken {
     pub item: TokenItem,
 }
 
+/// A stored token as the API shows it, with what it spent in its budget's period.
+async fn shown(state: &AdminState, t: &TokenRecord) -> Result<TokenItem, AdminError> {
+    let spent = match t.settings.budget_micros {
+        Some(_) => Some(
+            crate::cli::tokens::spent_in_period(&state.store, t, &state.time_zone())
+                .await
+                .map_err(|_| AdminError::Internal("could not read the token's spend"))?,
+        ),
+        None => None,
+    };
+    Ok(TokenItem::of(t, spent))
+}
+
 async fn item(state: &AdminState, id: i64) -> Result<TokenItem, AdminError> {
-    let tokens = state.store.list_tokens().await?;
-    tokens.iter().find(|t| t.id == id).map(TokenItem::from).ok_or(AdminError::NotFound { what: "token", id })
+    let t = state.store.token(id).await?;
+    shown(state, &t).await
 }
 
 /// List the gateway tokens (never their values).
 #[utoipa::path(get, path = "/admin/api/tokens", tag = "tokens",
     responses((status = 200, description = "Every token, by id", body = [TokenItem]), super::openapi::Unauthorized))]
 pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<Vec<TokenItem>>, AdminError> {
-    state.run(|s| async move { Ok(Json(s.store.list_tokens().await?.iter().map(TokenItem::from).collect())) }).await
+    state
+        .run(|s| async move {
+            let mut items = Vec::new();
+            for t in s.store.list_tokens().await? {
+                items.push(shown(&s, &t).await?);
+            }
+            Ok(Json(items))
+        })
+        .await
 }
 
 /// Create a token: its value is in this answer only.
@@ -104,10 +279,11 @@ pub async fn create(
     if name.contains('\0') {
         return Err(AdminError::field("name", "must not contain a NUL character"));
     }
+    let settings = body.apply(TokenSettings::default())?;
     state
         .run(move |s| async move {
             let (token, prefix) = crate::cli::tokens::new_token();
-            let id = s.store.create_token(&name, &hash_token(&token), &prefix).await?;
+            let id = s.store.create_token_with(&name, &hash_token(&token), &prefix, &settings).await?;
             s.audit(&who, "tokens.create", Some(id), serde_json::json!({ "name": name })).await?;
             s.resync().await?;
             Ok((StatusCode::CREATED, Json(CreatedToken { token, item: item(&s, id).await? })))
@@ -131,6 +307,56 @@ pub async fn revoke(
             s.audit(&who, "tokens.revoke", Some(id), serde_json::json!({})).await?;
             s.resync().await?;
             Ok(Json(item(&s, id).await?))
+        })
+        .await
+}
+
+/// Change a token's settings: only the fields given; `null` clears one.
+#[utoipa::path(patch, path = "/admin/api/tokens/{id}", tag = "tokens", request_body = TokenChange,
+    params(("id" = i64, Path, description = "The token's id")),
+    responses((status = 200, body = TokenItem), super::openapi::BadRequest, super::openapi::Unauthorized,
+        super::openapi::NotFound))]
+pub async fn edit(
+    State(state): State<Arc<AdminState>>,
+    who: Caller,
+    Id(id): Id,
+    Body(body): Body<TokenChange>,
+) -> Result<Json<TokenItem>, AdminError> {
+    state
+        .run(move |s| async move {
+            let t = s.store.token(id).await?;
+            if t.revoked_at.is_some() {
+                return Err(AdminError::NotFound { what: "live token", id });
+            }
+            let settings = body.apply(t.settings.clone())?;
+            if settings != t.settings {
+                s.store.set_token_settings(id, &settings).await?;
+                s.audit(&who, "tokens.edit", Some(id), serde_json::json!({})).await?;
+                s.resync().await?;
+            }
+            Ok(Json(item(&s, id).await?))
+        })
+        .await
+}
+
+/// Give a token a new secret, keeping its name, settings and usage: the
+/// new value is in this answer only, and the old one is refused from then on.
+#[utoipa::path(post, path = "/admin/api/tokens/{id}/regenerate", tag = "tokens",
+    params(("id" = i64, Path, description = "The token's id")),
+    responses((status = 200, body = CreatedToken), super::openapi::BadRequest, super::openapi::Unauthorized,
+        super::openapi::NotFound))]
+pub async fn regenerate(
+    State(state): State<Arc<AdminState>>,
+    who: Caller,
+    Id(id): Id,
+) -> Result<Json<CreatedToken>, AdminError> {
+    state
+        .run(move |s| async move {
+            let (token, prefix) = crate::cli::tokens::new_token();
+            s.store.regenerate_token(id, &hash_token(&token), &prefix).await?;
+            s.audit(&who, "tokens.regenerate", Some(id), serde_json::json!({})).await?;
+            s.resync().await?;
+            Ok(Json(CreatedToken { token, item: item(&s, id).await? }))
         })
         .await
 }

@@ -102,7 +102,8 @@ pub struct KeyOpts {
     /// Balance in USD this key may spend (the `balance_even` strategy spends keys' budgets evenly).
     #[arg(long, value_parser = parse_usd)]
     budget: Option<u64>,
-    /// Date the key stops working (YYYY-MM-DD or RFC 3339); among equals, the soonest to expire is used first.
+    /// When the key stops working: a duration from now (30d, 12h), a date (YYYY-MM-DD) or RFC 3339;
+    /// among equals, the soonest to expire is used first.
     #[arg(long, value_parser = parse_expiry)]
     expires: Option<i64>,
     /// Sent upstream as `OpenAI-Organization` with this key (a key in several organizations).
@@ -143,7 +144,7 @@ pub(crate) fn parse_header_text(s: &str) -> Result<String, String> {
 }
 
 /// USD to micro-USD.
-fn parse_usd(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_usd(s: &str) -> Result<u64, String> {
     let usd: f64 = s.trim_start_matches('$').parse().map_err(|_| format!("{s:?} is not an amount in USD"))?;
     usd_to_micros(usd)
 }
@@ -156,14 +157,27 @@ pub(crate) fn usd_to_micros(usd: f64) -> Result<u64, String> {
     Ok((usd * 1e6).round() as u64)
 }
 
-/// A date or RFC 3339 time to Unix seconds.
+/// An expiry to Unix seconds: a duration from now (`30d`, `12h`, `2w`,
+/// humantime's forms), a date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339
+/// time. The one parser for keys' and tokens' expiries, in the CLI and the
+/// admin API. A time not in the future is refused (nothing would ever be
+/// served).
 pub(crate) fn parse_expiry(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        if d.is_zero() {
+            return Err(format!("{s:?} is no time at all: an expiry must be in the future"));
+        }
+        let secs = i64::try_from(d.as_secs()).map_err(|_| format!("{s:?} is too far away"))?;
+        return now_unix().checked_add(secs.max(1)).ok_or_else(|| format!("{s:?} is too far away"));
+    }
     let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
-    let t = humantime::parse_rfc3339_weak(&full).map_err(|e| format!("{s:?}: {e} (expected YYYY-MM-DD)"))?;
+    let t = humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| format!("{s:?}: {e} (expected a duration such as 30d, a date YYYY-MM-DD, or RFC 3339)"))?;
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| "date before 1970".to_owned())?.as_secs();
     let secs = i64::try_from(secs).map_err(|_| "date too far away".to_owned())?;
     if secs <= now_unix() {
-        return Err(format!("{s:?} is in the past: a key that has expired would never be used"));
+        return Err(format!("{s:?} is in the past: what expired then would never be used"));
     }
     Ok(secs)
 }

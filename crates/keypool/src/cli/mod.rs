@@ -134,7 +134,7 @@ pub async fn run_admin(command: &Command, config: &Config) -> anyhow::Result<()>
     }
     let done = match command {
         Command::Keys(cmd) => keys::run(cmd, &store, config).await,
-        Command::Tokens(cmd) => tokens::run(cmd, &store).await,
+        Command::Tokens(cmd) => tokens::run(cmd, &store, config).await,
         Command::Requests(cmd) => requests::run(cmd, &store).await,
         Command::Stats(args) => stats::run(args, &store).await,
         Command::Admin(cmd) => admin::run(cmd, &store, config).await,

@@ -36,16 +36,44 @@ pub(super) struct Inner {
     pub(super) recheck: bool,
     /// How the upstream charges tokens, learned from its headers.
     pub(super) charge: super::charge::ChargeModel,
+    /// A waiter that has waited this long holds the room that frees up
+    /// (see `holds_room`): half of `max_wait`.
+    pub(super) age: Duration,
+    /// Set by the last dispatch when an aged waiter holds the room that
+    /// frees up (a new request does not take it either): the holder's
+    /// demand, so the queue wakes when room for it comes, not for the
+    /// smaller ones it holds up.
+    pub(super) held: Option<Demand>,
+    /// When each tenant's waiter was last served from the queue (a count
+    /// of grants): the one served longest ago goes first among equals.
+    pub(super) last_served: rustc_hash::FxHashMap<i64, u64>,
+    pub(super) grants: u64,
 }
 
 #[derive(Debug)]
 pub(super) struct Waiter {
     pub(super) id: u64,
     pub(super) demand: Demand,
+    /// Whose request it is, for the fair order.
+    pub(super) who: super::Who,
+    /// When it began waiting here (for ageing).
+    pub(super) since: Instant,
     /// Keys this waiter must not be given (a retry's keys only another key
     /// can help); emptied when no other usable key is left.
     pub(super) exclude: Vec<i64>,
     pub(super) tx: oneshot::Sender<Result<Grant, NoKey>>,
+}
+
+/// Tenants whose last turn is remembered at most (past it the memory
+/// starts over).
+const LAST_SERVED_CAP: usize = 65_536;
+
+/// What offering a waiter a key did.
+enum Served {
+    /// It left the queue: served, told it cannot be, or gone.
+    Left,
+    /// It still waits.
+    Waits,
 }
 
 /// Time until the next 00:00 UTC, when daily limits reset.
@@ -126,6 +154,10 @@ impl Inner {
         avoid: &[i64],
         exclude: &'e [i64],
     ) -> (Option<i64>, &'e [i64]) {
+        if self.held.is_some() {
+            // An aged waiter keeps the room that frees up: a newcomer waits behind it.
+            return (None, exclude);
+        }
         let exclude = if self.usable_outside(now, exclude) { exclude } else { &[][..] };
         let picked = if exclude.is_empty() {
             self.pick_avoiding(now, demand, avoid)
@@ -209,60 +241,134 @@ impl Inner {
     /// later, smaller ones that fit are served (so none waits while a key
     /// has room for it). Hopeless requests are failed.
     pub(super) fn dispatch(&mut self, now: Instant, strategy: Strategy) {
+        let age = self.age;
+        self.held = None;
         if self.queue.is_empty() {
             self.recheck = false;
             return;
         }
         self.refresh(now, strategy);
         let recheck = std::mem::take(&mut self.recheck);
-        let mut i = 0;
-        while i < self.queue.len() {
-            let demand = self.queue[i].demand;
-            if self.queue[i].tx.is_closed() {
-                self.queue.remove(i);
-                continue;
+        match self.fair_order() {
+            // One tenant at one priority: arrival order, walked in place.
+            None => {
+                let mut i = 0;
+                while i < self.queue.len() {
+                    match self.try_serve(i, now, strategy, recheck) {
+                        Served::Left => {}
+                        Served::Waits if self.holds_room(i, now, age) => break,
+                        Served::Waits => i += 1,
+                    }
+                }
             }
-            if recheck && !self.queue[i].exclude.is_empty() && !self.usable_outside(now, &self.queue[i].exclude) {
-                // Only excluded keys are left: they are better than none.
-                self.queue[i].exclude.clear();
-            }
-            if self.index.ready_len() > 0 {
-                let exclude = std::mem::take(&mut self.queue[i].exclude);
-                let picked = self.pick_where(now, demand, |id| !exclude.contains(&id));
-                self.queue[i].exclude = exclude;
-                if let Some(id) = picked {
-                    let Some(waiter) = self.queue.remove(i) else { break };
-                    if let Some(grant) = self.reserve(id, demand, now, strategy) {
-                        if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {
-                            // The caller left between our look and the send.
-                            self.unreserve(&grant, now, strategy);
+            Some(order) => {
+                for id in order {
+                    let Some(i) = self.queue.iter().position(|w| w.id == id) else { continue };
+                    if let Served::Waits = self.try_serve(i, now, strategy, recheck) {
+                        if self.holds_room(i, now, age) {
+                            break;
                         }
                     }
-                    continue;
                 }
             }
-            if recheck {
-                if let Err(reason) = self.feasible(now, demand) {
-                    if let Some(waiter) = self.queue.remove(i) {
-                        let _ = waiter.tx.send(Err(reason));
-                    }
-                    continue;
-                }
-            }
-            i += 1;
         }
+    }
+
+    /// The order waiters are offered room in when several tenants (or
+    /// priorities) wait: higher priority first; within a priority, round
+    /// robin over tenants: each tenant's first waiter, then each one's
+    /// second, …, and among tenants at the same turn the one served from
+    /// the queue longest ago first (arrival order breaking ties). So one
+    /// tenant's flood of requests waits behind its own earlier ones, not in
+    /// front of another tenant's single request. `None` when one tenant at
+    /// one priority waits (arrival order, nothing to sort).
+    fn fair_order(&self) -> Option<Vec<u64>> {
+        let first = self.queue.front()?.who;
+        if self.queue.iter().all(|w| w.who == first) {
+            return None;
+        }
+        let mut rank: rustc_hash::FxHashMap<i64, u32> = rustc_hash::FxHashMap::default();
+        let mut keyed: Vec<(std::cmp::Reverse<i64>, u32, u64, u64)> = self
+            .queue
+            .iter()
+            .map(|w| {
+                let r = rank.entry(w.who.tenant).or_default();
+                let served = self.last_served.get(&w.who.tenant).copied().unwrap_or(0);
+                let key = (std::cmp::Reverse(w.who.priority), *r, served, w.id);
+                *r += 1;
+                key
+            })
+            .collect();
+        keyed.sort_unstable();
+        Some(keyed.into_iter().map(|(.., id)| id).collect())
+    }
+
+    /// Whether waiter `i`, which was not served, has waited `age` or more:
+    /// then no waiter after it in this pass is served, so the room that
+    /// frees up collects for it instead of going to smaller requests behind
+    /// it forever (ageing).
+    fn holds_room(&mut self, i: usize, now: Instant, age: Duration) -> bool {
+        let Some(w) = self.queue.get(i).filter(|w| now.saturating_duration_since(w.since) >= age) else { return false };
+        self.held = Some(w.demand);
+        true
+    }
+
+    /// Offers waiter `i` a key: served (or told it never can be, or gone)
+    /// and removed from the queue, or still waiting.
+    fn try_serve(&mut self, i: usize, now: Instant, strategy: Strategy, recheck: bool) -> Served {
+        let demand = self.queue[i].demand;
+        if self.queue[i].tx.is_closed() {
+            self.queue.remove(i);
+            return Served::Left;
+        }
+        if recheck && !self.queue[i].exclude.is_empty() && !self.usable_outside(now, &self.queue[i].exclude) {
+            // Only excluded keys are left: they are better than none.
+            self.queue[i].exclude.clear();
+        }
+        if self.index.ready_len() > 0 {
+            let exclude = std::mem::take(&mut self.queue[i].exclude);
+            let picked = self.pick_where(now, demand, |id| !exclude.contains(&id));
+            self.queue[i].exclude = exclude;
+            if let Some(id) = picked {
+                let Some(waiter) = self.queue.remove(i) else { return Served::Left };
+                self.grants += 1;
+                if self.last_served.len() >= LAST_SERVED_CAP && !self.last_served.contains_key(&waiter.who.tenant) {
+                    // Only an order among equals: forgetting it costs a turn at most.
+                    self.last_served.clear();
+                }
+                self.last_served.insert(waiter.who.tenant, self.grants);
+                if let Some(grant) = self.reserve(id, demand, now, strategy) {
+                    if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {
+                        // The caller left between our look and the send.
+                        self.unreserve(&grant, now, strategy);
+                    }
+                }
+                return Served::Left;
+            }
+        }
+        if recheck {
+            if let Err(reason) = self.feasible(now, demand) {
+                if let Some(waiter) = self.queue.remove(i) {
+                    let _ = waiter.tx.send(Err(reason));
+                }
+                return Served::Left;
+            }
+        }
+        Served::Waits
     }
 
     /// The next instant time alone can let a waiting request through.
     pub(super) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         // Any waiter may be served out of turn when it fits, so wake for the
-        // smallest need in line: room for it comes no later than for any other.
-        let demand = self.queue.iter().map(|w| w.demand).reduce(|a, b| Demand {
+        // smallest need in line: room for it comes no later than for any
+        // other. While an aged waiter holds the room, for its need alone.
+        let smallest = self.queue.iter().map(|w| w.demand).reduce(|a, b| Demand {
             tokens: a.tokens.min(b.tokens),
             unsure_tokens: 0,
             overlap: 0,
             cost_micros: a.cost_micros.min(b.cost_micros),
         })?;
+        let demand = self.held.unwrap_or(smallest);
         let day_end = self.day_end;
         let Inner { index, keys, .. } = self;
         let ready = index

@@ -113,6 +113,18 @@ impl Demand {
     }
 }
 
+/// Whose request waits in the queue: its tenant (a gateway token's id; 0
+/// for requests without one) and that tenant's priority. The queue offers
+/// room by priority (higher first), then round robin over tenants, so one
+/// tenant's flood does not hold up another's requests; a request that has
+/// waited half of `max_wait` keeps the room that frees up until it fits, so
+/// smaller requests cannot overtake a large one forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Who {
+    pub tenant: i64,
+    pub priority: i64,
+}
+
 /// What a probe proved about a key (see `upstream::probe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probed {
@@ -208,6 +220,10 @@ impl Scheduler {
                 day_end: Instant::now() + until_utc_midnight(),
                 recheck: false,
                 charge: charge::ChargeModel::default(),
+                age: config.max_wait / 2,
+                held: None,
+                last_served: rustc_hash::FxHashMap::default(),
+                grants: 0,
             }),
             config,
             wake: Arc::new(Notify::new()),
@@ -430,7 +446,23 @@ impl Scheduler {
         avoid: &[i64],
         exclude: &[i64],
     ) -> Result<KeyLease, NoKey> {
+        self.acquire_waited(demand, avoid, exclude, Instant::now(), Who::default()).await
+    }
+
+    /// [`Scheduler::acquire_avoiding`] for `who`'s request, which began
+    /// waiting at `since` (for its tenant's own limits): `max_wait` counts
+    /// from then, so the request waits no longer in all. While it waits,
+    /// the queue serves tenants fairly (see [`Who`]).
+    pub async fn acquire_waited(
+        self: &Arc<Self>,
+        demand: Demand,
+        avoid: &[i64],
+        exclude: &[i64],
+        since: Instant,
+        who: Who,
+    ) -> Result<KeyLease, NoKey> {
         let started = Instant::now();
+        let deadline = since + self.config.max_wait;
         let strategy = self.config.strategy;
         let (id, rx) = {
             let mut inner = self.lock();
@@ -444,19 +476,18 @@ impl Scheduler {
                 }
             }
             inner.feasible(started, demand)?;
-            if self.config.max_wait.is_zero() || inner.queue.len() >= self.config.max_queue {
+            if deadline <= started || inner.queue.len() >= self.config.max_queue {
                 let retry_after = retry_after(&inner, started, demand);
-                return Err(NoKey::Busy { waited: Duration::ZERO, retry_after });
+                return Err(NoKey::Busy { waited: started - since, retry_after });
             }
             let (tx, rx) = oneshot::channel();
             inner.next_waiter += 1;
             let id = inner.next_waiter;
-            inner.queue.push_back(Waiter { id, demand, exclude: exclude.to_vec(), tx });
+            inner.queue.push_back(Waiter { id, demand, who, since: started, exclude: exclude.to_vec(), tx });
             (id, rx)
         };
         self.wake.notify_one();
         let mut guard = WaitGuard { scheduler: Arc::clone(self), id, rx };
-        let deadline = started + self.config.max_wait;
         match tokio::time::timeout_at(deadline, &mut guard.rx).await {
             Ok(Ok(Ok(grant))) => Ok(KeyLease::new(Arc::clone(self), grant)),
             Ok(Ok(Err(reason))) => Err(reason),
@@ -469,9 +500,14 @@ impl Scheduler {
                 let now = Instant::now();
                 let inner = self.lock();
                 let retry_after = retry_after(&inner, now, demand);
-                Err(NoKey::Busy { waited: now - started, retry_after })
+                Err(NoKey::Busy { waited: now - since, retry_after })
             }
         }
+    }
+
+    /// Longest a request waits for a key with room.
+    pub fn max_wait(&self) -> Duration {
+        self.config.max_wait
     }
 
     /// Takes in an answer's rate-limit headers for key `id`; `first`: the

@@ -639,3 +639,106 @@ async fn a_refusal_within_the_span_lowers_what_it_allows() {
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(s.try_lease(one()).is_ok(), "at 10 s the first left the span");
 }
+
+/// Issue 17's fairness: one tenant floods (200 requests at once), another
+/// sends one a second, over a key that allows 4 in flight. Every request of
+/// the second is served within `max_wait`, and its median wait is at most
+/// twice one request's service time (in arrival order it would wait behind
+/// the whole flood: 50 s).
+#[tokio::test(start_paused = true)]
+async fn a_flooding_tenant_does_not_starve_another() {
+    const SERVICE: Duration = Duration::from_secs(1);
+    let max_wait = Duration::from_secs(300);
+    let s = sched(Strategy::LeastUsed, max_wait);
+    // An RPM far above the load: a key with known limits is not held to one request at a time.
+    let mut key = record(1, Some(1_000_000), None, 0);
+    key.max_inflight = Some(4);
+    s.sync_keys(&[key]);
+    let serve = |s: Arc<Scheduler>, who: Who| async move {
+        let asked = Instant::now();
+        let lease = sent(s.acquire_waited(one(), &[], &[], asked, who).await?);
+        let waited = asked.elapsed();
+        tokio::time::sleep(SERVICE).await;
+        lease.finish(ok());
+        Ok::<Duration, NoKey>(waited)
+    };
+    let flood: Vec<_> = (0..200).map(|_| tokio::spawn(serve(Arc::clone(&s), Who { tenant: 1, priority: 0 }))).collect();
+    tokio::task::yield_now().await;
+    let mut steady = Vec::new();
+    for _ in 0..20 {
+        steady.push(tokio::spawn(serve(Arc::clone(&s), Who { tenant: 2, priority: 0 })));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut waits = Vec::new();
+    for h in steady {
+        let waited = h.await.unwrap().expect("served within max_wait");
+        assert!(waited <= max_wait);
+        waits.push(waited);
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(median <= 2 * SERVICE, "median wait {median:?}, waits {waits:?}");
+    // The flood is served too, in its own order, as room allows.
+    for h in flood {
+        h.await.unwrap().expect("the flood is served within max_wait");
+    }
+}
+
+/// A higher priority is offered room first; within one, tenants take turns.
+#[tokio::test(start_paused = true)]
+async fn room_goes_by_priority_then_round_robin_over_tenants() {
+    let s = sched(Strategy::LeastUsed, Duration::from_secs(60));
+    let mut key = record(1, None, None, 0);
+    key.max_inflight = Some(1);
+    s.sync_keys(&[key]);
+    let held = s.try_lease(one()).unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiting = Vec::new();
+    for (name, tenant, priority) in
+        [("a1", 1, 0), ("a2", 1, 0), ("a3", 1, 0), ("b1", 2, 0), ("b2", 2, 0), ("vip", 3, 5)]
+    {
+        let (s, order) = (Arc::clone(&s), Arc::clone(&order));
+        waiting.push(tokio::spawn(async move {
+            let lease = s.acquire_waited(one(), &[], &[], Instant::now(), Who { tenant, priority }).await.unwrap();
+            order.lock().unwrap().push(name);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(lease);
+        }));
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    for w in waiting {
+        w.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["vip", "a1", "b1", "a2", "b2", "a3"]);
+}
+
+/// Ageing: a request too large for the room that small ones keep taking
+/// gets it once it has waited half of `max_wait`, instead of timing out.
+#[tokio::test(start_paused = true)]
+async fn a_large_request_is_not_overtaken_forever_by_small_ones() {
+    let max_wait = Duration::from_secs(120);
+    let s = sched(Strategy::LeastUsed, max_wait);
+    s.sync_keys(&[record(1, None, Some(1000), 0)]);
+    let demand = |tokens| Demand { tokens, unsure_tokens: 0, overlap: 0, cost_micros: 0 };
+    // Small requests of 100 tokens every 6 s keep the minute's 1,000 tokens in use.
+    let small = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let got = s.acquire_waited(demand(100), &[], &[], Instant::now(), Who { tenant: 1, priority: 0 }).await;
+                if let Ok(lease) = got {
+                    sent(lease).finish(ok());
+                }
+                tokio::time::sleep(Duration::from_secs(6)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let asked = Instant::now();
+    let large = s.acquire_waited(demand(900), &[], &[], asked, Who { tenant: 2, priority: 0 }).await;
+    let waited = asked.elapsed();
+    assert!(large.is_ok(), "the large request was starved: {large:?} after {waited:?}");
+    assert!(waited >= max_wait / 2 && waited < max_wait, "served once aged: {waited:?}");
+    small.abort();
+}

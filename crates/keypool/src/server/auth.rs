@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use siphasher::sip128::SipHasher24;
 
 use super::error::ApiError;
+use crate::tenants::{BudgetPeriod, Tenant, TokenSettings};
 
 /// Prefix of every gateway token, so they are easy to tell from upstream keys.
 pub const TOKEN_PREFIX: &str = "kp-";
@@ -22,7 +23,7 @@ pub const TOKEN_PREFIX: &str = "kp-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenId(pub i64);
 
-/// The hashes of every live (unrevoked) token, with their ids.
+/// The hashes of every live (unrevoked) token, with their tenants.
 ///
 /// SHA-256 of a token costs about 3,600 instructions, as much as a twentieth
 /// of a whole proxied request (callgrind, docs/benchmarks.md), and every
@@ -49,9 +50,11 @@ impl std::fmt::Debug for TokenSet {
 
 #[derive(Default)]
 struct Live {
-    /// SHA-256 digest → the token's id. Digests are uniformly
+    /// SHA-256 digest → the token's tenant. Digests are uniformly
     /// distributed, so Fx hashing is safe.
-    hashes: FxHashMap<[u8; 32], i64>,
+    hashes: FxHashMap<[u8; 32], Arc<Tenant>>,
+    /// Token id → its tenant (the same ones), so an edit keeps the counters.
+    by_id: FxHashMap<i64, Arc<Tenant>>,
     /// MAC of a token that passed → its digest. Keyed, so Fx hashing is safe.
     seen: FxHashMap<u128, [u8; 32]>,
 }
@@ -77,19 +80,65 @@ pub fn generate_token() -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
 }
 
+/// A live token as the store gives it, for [`TokenSet::replace`].
+#[derive(Debug, Clone)]
+pub struct LiveToken<'a> {
+    pub id: i64,
+    pub name: &'a str,
+    /// SHA-256 of the token, hex (as stored).
+    pub hash: &'a str,
+    pub settings: TokenSettings,
+    /// Micro-USD spent in the current budget period, when the store was
+    /// asked (see [`TokenSet::needs_spend`]); else what memory counted.
+    pub spent: Option<u64>,
+}
+
 impl TokenSet {
-    /// Replaces the live set with these stored hex hashes and their token
-    /// ids (malformed hashes are skipped).
-    pub fn replace<'a>(&self, tokens: impl IntoIterator<Item = (&'a str, i64)>) {
-        let set: FxHashMap<[u8; 32], i64> =
-            tokens.into_iter().filter_map(|(h, id)| Some((hex::decode(h).ok()?.try_into().ok()?, id))).collect();
+    /// Replaces the live set with these tokens (malformed hashes are
+    /// skipped). A token already live keeps its tenant and counters, and
+    /// takes the new settings; days and months begin in `tz`.
+    pub fn replace<'a>(&self, tokens: impl IntoIterator<Item = LiveToken<'a>>, tz: &jiff::tz::TimeZone) {
+        let old = self.live.read().unwrap_or_else(|p| p.into_inner()).by_id.clone();
+        let mut hashes: FxHashMap<[u8; 32], Arc<Tenant>> = FxHashMap::default();
+        let mut by_id: FxHashMap<i64, Arc<Tenant>> = FxHashMap::default();
+        for t in tokens {
+            let Some(digest) = hex::decode(t.hash).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()) else { continue };
+            let tenant = match old.get(&t.id) {
+                Some(tenant) => {
+                    let spent = t.spent.unwrap_or_else(|| tenant.spend().0);
+                    tenant.update(t.name, t.settings, spent);
+                    Arc::clone(tenant)
+                }
+                None => Arc::new(Tenant::new(t.id, t.name, t.settings, tz.clone(), t.spent.unwrap_or(0))),
+            };
+            hashes.insert(digest, Arc::clone(&tenant));
+            by_id.insert(t.id, tenant);
+        }
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        live.seen.retain(|_, digest| set.contains_key(digest));
-        live.hashes = set;
+        live.seen.retain(|_, digest| hashes.contains_key(digest));
+        live.hashes = hashes;
+        live.by_id = by_id;
+    }
+
+    /// Whether the store must say what token `id` spent in its current
+    /// `period` before [`TokenSet::replace`]: a token new to memory, one
+    /// that had no budget (memory counts spend only under a budget), or
+    /// whose period changed. Memory counts the rest.
+    pub fn needs_spend(&self, id: i64, period: BudgetPeriod) -> bool {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        live.by_id.get(&id).is_none_or(|t| {
+            let s = t.settings();
+            s.budget_micros.is_none() || s.budget_period != period
+        })
+    }
+
+    /// The live tenant of token `id`.
+    pub fn tenant(&self, id: i64) -> Option<Arc<Tenant>> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).by_id.get(&id).cloned()
     }
 
     /// Accepts the request when its bearer token is live, and says whose it is.
-    pub fn check(&self, headers: &HeaderMap) -> Result<TokenId, ApiError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -98,8 +147,8 @@ impl TokenSet {
         let mac = u128::from(SipHasher24::new_with_key(&self.key).hash(token.as_bytes()));
         {
             let live = self.live.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(id) = live.seen.get(&mac).and_then(|digest| live.hashes.get(digest)) {
-                return Ok(TokenId(*id));
+            if let Some(tenant) = live.seen.get(&mac).and_then(|digest| live.hashes.get(digest)) {
+                return Ok(Arc::clone(tenant));
             }
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -110,12 +159,12 @@ impl TokenSet {
         }
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         // Still live (not revoked since the read): remember it.
-        let Some(&id) = live.hashes.get(&digest) else { return Err(ApiError::InvalidToken) };
+        let Some(tenant) = live.hashes.get(&digest).cloned() else { return Err(ApiError::InvalidToken) };
         if live.seen.len() >= SEEN_CAP {
             live.seen.clear();
         }
         live.seen.insert(mac, digest);
-        Ok(TokenId(id))
+        Ok(tenant)
     }
 }
 
@@ -227,19 +276,37 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Replaces `set`'s tokens with these (hash, id) pairs, with no limits.
+    fn put(set: &TokenSet, tokens: &[(&str, i64)]) {
+        set.replace(
+            tokens.iter().map(|&(hash, id)| LiveToken {
+                id,
+                name: "t",
+                hash,
+                settings: TokenSettings::default(),
+                spent: None,
+            }),
+            &jiff::tz::TimeZone::UTC,
+        );
+    }
+
+    fn id(r: Result<Arc<Tenant>, ApiError>) -> i64 {
+        r.unwrap().id()
+    }
+
     #[test]
     fn only_live_tokens_pass() {
         let set = TokenSet::default();
         let token = generate_token();
         assert!(token.starts_with("kp-") && token.len() == 51);
         let hash = hash_token(&token);
-        set.replace([(hash.as_str(), 7)]);
+        put(&set, &[(hash.as_str(), 7)]);
         let mut h = HeaderMap::new();
         assert!(matches!(set.check(&h), Err(ApiError::MissingToken)));
         h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-        assert_eq!(set.check(&h).unwrap(), TokenId(7));
-        assert_eq!(set.check(&h).unwrap(), TokenId(7), "remembered, still its own id");
-        set.replace([]);
+        assert_eq!(id(set.check(&h)), 7);
+        assert_eq!(id(set.check(&h)), 7, "remembered, still its own id");
+        put(&set, &[]);
         assert!(matches!(set.check(&h), Err(ApiError::InvalidToken)));
     }
 
@@ -247,7 +314,7 @@ mod tests {
     fn a_token_remembered_after_passing_is_refused_once_revoked() {
         let set = TokenSet::default();
         let (kept, revoked) = (generate_token(), generate_token());
-        set.replace([(hash_token(&kept).as_str(), 1), (hash_token(&revoked).as_str(), 2)]);
+        put(&set, &[(hash_token(&kept).as_str(), 1), (hash_token(&revoked).as_str(), 2)]);
         let with = |t: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
@@ -255,12 +322,13 @@ mod tests {
         };
         // Twice each: the second check is answered from the remembered MAC.
         for _ in 0..2 {
-            assert_eq!(set.check(&with(&kept)).unwrap(), TokenId(1));
-            assert_eq!(set.check(&with(&revoked)).unwrap(), TokenId(2));
+            assert_eq!(id(set.check(&with(&kept))), 1);
+            assert_eq!(id(set.check(&with(&revoked))), 2);
         }
-        set.replace([(hash_token(&kept).as_str(), 1)]);
+        let before = set.check(&with(&kept)).unwrap();
+        put(&set, &[(hash_token(&kept).as_str(), 1)]);
         assert!(matches!(set.check(&with(&revoked)), Err(ApiError::InvalidToken)));
-        assert_eq!(set.check(&with(&kept)).unwrap(), TokenId(1));
+        assert!(Arc::ptr_eq(&before, &set.check(&with(&kept)).unwrap()), "the same tenant: its counters stay");
         // A token differing in one character is not taken for a remembered one.
         let mut near = kept.clone();
         near.pop();
@@ -271,7 +339,7 @@ mod tests {
     #[test]
     fn wrong_tokens_are_not_remembered() {
         let set = TokenSet::default();
-        set.replace([(hash_token(&generate_token()).as_str(), 1)]);
+        put(&set, &[(hash_token(&generate_token()).as_str(), 1)]);
         for _ in 0..100 {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, format!("Bearer {}", generate_token()).parse().unwrap());

@@ -60,6 +60,8 @@ pub struct RequestContext {
     /// Ended when the stop's grace has passed: what is cut then was cut by
     /// the gateway, not left by the caller.
     grace: Option<GraceEnd>,
+    /// The request's hold on its token's limits and budget, settled at its end.
+    ticket: Option<crate::tenants::Ticket>,
     ended: bool,
 }
 
@@ -85,6 +87,7 @@ impl RequestContext {
             attempt: None,
             queued: None,
             grace,
+            ticket: None,
             ended: false,
         }
     }
@@ -128,6 +131,12 @@ impl RequestContext {
 
     pub fn set_token(&mut self, token: TokenId) {
         self.record.token_id = Some(token.0);
+    }
+
+    /// The request was admitted by its token's limits and budget: `ticket`
+    /// is settled with what it used and spent when the request ends.
+    pub fn hold(&mut self, ticket: crate::tenants::Ticket) {
+        self.ticket = Some(ticket);
     }
 
     /// What inspection read from the body: the model, whether it streams,
@@ -302,6 +311,17 @@ impl RequestContext {
         self.unqueue();
         self.close_attempt(0, "cancelled");
         self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
+        if let Some(ticket) = self.ticket.take() {
+            let r = &self.record;
+            // Tokens as the usage said; without it, the estimate once anything was sent, else none.
+            let used = match (r.prompt_tokens, r.completion_tokens) {
+                (Some(p), Some(c)) => Some(p.saturating_add(c)),
+                (Some(p), None) => Some(p),
+                _ if r.attempts.is_empty() => Some(0),
+                _ => None,
+            };
+            ticket.settle(used, r.cost_micros.unwrap_or(0));
+        }
         crate::metrics::request_ended(&self.record);
         log_request(&self.record);
         crate::telemetry::request_span(&self.record);

@@ -28,6 +28,22 @@ pub enum ApiError {
         "Invalid gateway token. Check the api_key you configured, or create one with `keypool tokens create NAME`."
     )]
     InvalidToken,
+    #[error("This gateway token is disabled. Ask the gateway's operator to enable it.")]
+    TokenDisabled,
+    #[error("This gateway token expired at {}. Ask the gateway's operator for a new one.", unix_text(*.at))]
+    TokenExpired { at: i64 },
+    #[error("This gateway token may not be used from {client}: it is limited to other networks.")]
+    ClientNotAllowed { client: String },
+    #[error("This gateway token may not use the model `{model}`; it may use: {allowed}.")]
+    ModelNotAllowed { model: String, allowed: String },
+    #[error("This gateway token is at its limit of {limit}{}. Please try again in {}s.", waited_text(*.waited), retry_after_secs(*.retry_after))]
+    TokenRateLimited { limit: &'static str, waited: Duration, retry_after: Duration },
+    #[error("This gateway token's budget is spent{}.", .retry_after.map_or_else(|| " (it does not renew)".to_owned(), |d| format!("; it renews in {}s", retry_after_secs(d))))]
+    TokenBudgetSpent { retry_after: Option<Duration> },
+    #[error(
+        "This request needs about {needed} tokens, more than this gateway token's limit of {limit} tokens per minute."
+    )]
+    TokenRequestTooLarge { needed: u64, limit: u64 },
     #[error("We could not parse the JSON body of your request: {0}")]
     BadJson(String),
     /// A request parameter no upstream can mean (e.g. `max_tokens` at 2^32):
@@ -71,6 +87,11 @@ pub enum ApiError {
     ShuttingDown,
 }
 
+/// A Unix second as an RFC 3339 UTC time.
+fn unix_text(at: i64) -> String {
+    jiff::Timestamp::from_second(at).map_or_else(|_| at.to_string(), |t| t.to_string())
+}
+
 fn waited_text(waited: Duration) -> String {
     if waited.is_zero() {
         String::new()
@@ -104,6 +125,33 @@ impl From<NoKey> for ApiError {
     }
 }
 
+impl From<crate::tenants::Refusal> for ApiError {
+    fn from(r: crate::tenants::Refusal) -> ApiError {
+        use crate::tenants::Refusal;
+        match r {
+            Refusal::RateLimited { limit, waited, retry_after } => {
+                ApiError::TokenRateLimited { limit, waited, retry_after }
+            }
+            Refusal::Budget { retry_after } => ApiError::TokenBudgetSpent { retry_after },
+            Refusal::TooLarge { needed, limit } => ApiError::TokenRequestTooLarge { needed, limit },
+        }
+    }
+}
+
+impl ApiError {
+    /// The refusal of a live token's scope, naming the caller's address.
+    pub fn from_scope(r: crate::tenants::ScopeRefusal, client: Option<std::net::IpAddr>) -> ApiError {
+        use crate::tenants::ScopeRefusal;
+        match r {
+            ScopeRefusal::Disabled => ApiError::TokenDisabled,
+            ScopeRefusal::Expired { at } => ApiError::TokenExpired { at },
+            ScopeRefusal::Network => ApiError::ClientNotAllowed {
+                client: client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_canonical().to_string()),
+            },
+        }
+    }
+}
+
 impl From<crate::routing::RouteError> for ApiError {
     fn from(e: crate::routing::RouteError) -> ApiError {
         match e {
@@ -117,6 +165,13 @@ impl ApiError {
         match self {
             ApiError::MissingToken
             | ApiError::InvalidToken
+            | ApiError::TokenDisabled
+            | ApiError::TokenExpired { .. }
+            | ApiError::ClientNotAllowed { .. }
+            | ApiError::ModelNotAllowed { .. }
+            | ApiError::TokenRateLimited { .. }
+            | ApiError::TokenBudgetSpent { .. }
+            | ApiError::TokenRequestTooLarge { .. }
             | ApiError::BadJson(_)
             | ApiError::InvalidParameter { .. }
             | ApiError::BodyRead(_)
@@ -143,7 +198,7 @@ impl ApiError {
     pub fn retryable(&self) -> bool {
         match self {
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamDown { .. } => true,
-            ApiError::AllKeysBusy { .. } | ApiError::ShuttingDown => true,
+            ApiError::AllKeysBusy { .. } | ApiError::ShuttingDown | ApiError::TokenRateLimited { .. } => true,
             // Keys that are invalid, exhausted or absent, a budget spent, an
             // upstream refusing every key: nothing changes within a retry.
             ApiError::NoKeys
@@ -158,6 +213,22 @@ impl ApiError {
         match self {
             ApiError::MissingToken | ApiError::InvalidToken => {
                 (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key")
+            }
+            ApiError::TokenDisabled => (StatusCode::UNAUTHORIZED, "invalid_request_error", "token_disabled"),
+            ApiError::TokenExpired { .. } => (StatusCode::UNAUTHORIZED, "invalid_request_error", "token_expired"),
+            ApiError::ClientNotAllowed { .. } => {
+                (StatusCode::FORBIDDEN, "invalid_request_error", "client_address_not_allowed")
+            }
+            ApiError::ModelNotAllowed { .. } => (StatusCode::FORBIDDEN, "invalid_request_error", "model_not_found"),
+            ApiError::TokenRateLimited { limit, .. } => {
+                let kind = if limit.contains("token") { "tokens" } else { "requests" };
+                (StatusCode::TOO_MANY_REQUESTS, kind, "rate_limit_exceeded")
+            }
+            ApiError::TokenBudgetSpent { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota")
+            }
+            ApiError::TokenRequestTooLarge { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", "request_exceeds_token_limits")
             }
             ApiError::BadJson(_) | ApiError::BodyRead(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json")
@@ -210,7 +281,7 @@ impl ApiError {
         let (_, kind, code) = self.status_type_code();
         let param = match self {
             ApiError::InvalidParameter { param, .. } => Some(*param),
-            ApiError::ModelNotServed(_) => Some("model"),
+            ApiError::ModelNotServed(_) | ApiError::ModelNotAllowed { .. } => Some("model"),
             _ => None,
         };
         serde_json::json!({
@@ -241,7 +312,10 @@ impl IntoResponse for ApiError {
         let (status, _, _) = self.status_type_code();
         let mut response = (status, axum::Json(self.json())).into_response();
         let retry_after = match &self {
-            ApiError::AllKeysBusy { retry_after, .. } => Some(*retry_after),
+            ApiError::AllKeysBusy { retry_after, .. } | ApiError::TokenRateLimited { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            ApiError::TokenBudgetSpent { retry_after } => *retry_after,
             ApiError::UpstreamFailed { retry_after, status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }

@@ -28,7 +28,8 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 
 pub use auth::{
-    bearer_token, generate_token, hash_token, limit_refusal_log, log_refusal, TokenId, TokenSet, TOKEN_PREFIX,
+    bearer_token, generate_token, hash_token, limit_refusal_log, log_refusal, LiveToken, TokenId, TokenSet,
+    TOKEN_PREFIX,
 };
 pub use context::{RequestContext, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
 pub use error::{ApiError, Fault};

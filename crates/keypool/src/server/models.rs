@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::{AppState, Clients};
 use crate::routing::{Pool, PoolSet};
 use crate::scheduler::{Demand, Outcome, Verdict};
+use crate::tenants::TokenSettings;
 use crate::upstream::{OutBody, Upstream};
 
 /// How long an upstream's own list is kept before it is fetched again.
@@ -30,13 +31,25 @@ pub fn answered_here(set: &PoolSet) -> bool {
     set.all().len() > 1 || set.aliases().next().is_some()
 }
 
-/// The union list, as OpenAI shapes it: `{"object":"list","data":[…]}`.
-pub async fn list(app: &AppState, set: &PoolSet, clients: &Clients) -> Response {
+/// The union list, as OpenAI shapes it: `{"object":"list","data":[…]}`;
+/// with `scope`, only the models the caller's token may use (an alias
+/// when it or one of its targets is allowed).
+pub async fn list(app: &AppState, set: &PoolSet, clients: &Clients, scope: Option<&TokenSettings>) -> Response {
     let mut own = Vec::with_capacity(set.all().len());
     for (index, pool) in set.all().iter().enumerate() {
         own.push(own_list(app, clients.get(index), pool).await);
     }
-    axum::Json(union(set, &own)).into_response()
+    let mut list = union(set, &own);
+    if let (Some(scope), Some(data)) = (scope, list.get_mut("data").and_then(Value::as_array_mut)) {
+        data.retain(|item| {
+            let Some(id) = item.get("id").and_then(Value::as_str) else { return false };
+            let plan = set.plan(Some(id));
+            let targets: Vec<&str> =
+                plan.iter().flat_map(|p| p.candidates()).filter_map(|c| c.model.as_deref()).collect();
+            scope.allows_model(id, &targets)
+        });
+    }
+    axum::Json(list).into_response()
 }
 
 /// Aliases first, then each upstream's own entries its globs let through

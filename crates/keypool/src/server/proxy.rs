@@ -30,6 +30,7 @@ use crate::config::AuthMode;
 use crate::records::error_type;
 use crate::routing::{Candidate, Plan, Pool, PoolSet};
 use crate::scheduler::{Charged, KeyLease, NoKey, Outcome, Verdict};
+use crate::tenants::{Need, Tenant, TokenSettings};
 use crate::tokens::PromptShape;
 use crate::upstream::{
     classify, copy_response_headers, is_account_header, rate_info, refuses_stream_options, Answer, OutBody,
@@ -65,9 +66,9 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let client = super::client::real_client(peer, req.headers(), &app.config.telemetry.trusted_proxies);
     // A request without a live token is charged to no one and leaves no
     // record: a flood of them must not fill the log (nor its buffer).
-    let token = match app.config.auth {
+    let tenant = match app.config.auth {
         AuthMode::Token => match app.tokens.check(req.headers()) {
-            Ok(token) => Some(token),
+            Ok(tenant) => Some(tenant),
             Err(e) => {
                 crate::metrics::request_refused("token");
                 super::auth::log_refusal(&e, client);
@@ -78,14 +79,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     };
     let (parts, body) = req.into_parts();
     let mut ctx = Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started));
-    if let Some(token) = token {
-        ctx.set_token(token);
+    if let Some(tenant) = &tenant {
+        ctx.set_token(super::TokenId(tenant.id()));
     }
     let mut slot = Some(ctx);
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
     // The upstream the request went to last (none before any).
     let mut pool: Option<Arc<Pool>> = None;
-    let mut response = match handle(&app, parts, body, started, &mut slot, &mut pool).await {
+    let caller = Caller { tenant: tenant.as_ref(), client };
+    let mut response = match handle(&app, parts, body, started, caller, &mut slot, &mut pool).await {
         Ok(response) => response,
         Err(e) => {
             if let Some(c) = slot.as_deref_mut() {
@@ -106,14 +108,32 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     response
 }
 
+/// Who sent a request: its token's tenant (none when `auth = "none"`) and
+/// its address as [`super::client::real_client`] found it.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    tenant: Option<&'a Arc<Tenant>>,
+    client: Option<std::net::IpAddr>,
+}
+
 async fn handle(
     app: &Arc<AppState>,
     parts: http::request::Parts,
     body: Body,
     started: Instant,
+    caller: Caller<'_>,
     slot: &mut Option<Box<RequestContext>>,
     pool_used: &mut Option<Arc<Pool>>,
 ) -> Result<Response, ApiError> {
+    // The token's settings as they are now (an edit applies to later requests).
+    let scope = caller.tenant.map(|t| t.settings());
+    if let Some(refused) =
+        scope.as_deref().and_then(|s| crate::tenants::scope_refusal(s, crate::store::now_unix(), caller.client))
+    {
+        crate::metrics::request_refused("token");
+        return Err(ApiError::from_scope(refused, caller.client));
+    }
+    let models_scope = scope.as_deref().filter(|s| s.models.is_some());
     // The upstreams as configured now: a reload changes them for later requests only.
     let set = app.pools.load();
     let clients = app.clients_for(&set)?;
@@ -122,9 +142,11 @@ async fn handle(
     // Every upstream's base applies the same rule for dot segments; the
     // default's tells before the body is read.
     clients.get(0).url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
-    if parts.method == http::Method::GET && rest.trim_end_matches('/') == "models" && super::models::answered_here(&set)
+    if parts.method == http::Method::GET
+        && rest.trim_end_matches('/') == "models"
+        && (super::models::answered_here(&set) || models_scope.is_some())
     {
-        return Ok(super::models::list(app, &set, &clients).await);
+        return Ok(super::models::list(app, &set, &clients, models_scope).await);
     }
     let exact = set.all().iter().any(|p| p.scheduler.counts_tokens()) || !app.config.prices.is_empty();
     // A form's model routes it only where there is a choice to make, or
@@ -151,6 +173,14 @@ async fn handle(
         shape.as_ref().and_then(|s| s.user.as_deref())
     );
     let plan = set.plan(model.as_deref())?;
+    if let (Some(scope), Some(m)) = (models_scope, model.as_deref()) {
+        let targets: Vec<&str> = plan.candidates().filter_map(|c| c.model.as_deref()).collect();
+        if !scope.allows_model(m, &targets) {
+            crate::metrics::request_refused("token");
+            let allowed = scope.models.as_deref().unwrap_or_default().join(", ");
+            return Err(ApiError::ModelNotAllowed { model: m.to_owned(), allowed });
+        }
+    }
     // An object an earlier request created lives on the key that created it.
     let named = crate::routing::affinity::named_in_path(&rest)
         .map(str::to_owned)
@@ -200,6 +230,33 @@ async fn handle(
     let mut last: Option<Failed> = None;
     // A lease kept for the next attempt (the same key sent the caller's own body).
     let mut held: Option<(Candidate, KeyLease)> = None;
+    // The token's own limits and budget first: its wait and the pool's are one `max_wait`.
+    let mut waiting_since: Option<Instant> = None;
+    // Its place in the fair queue.
+    let who = crate::scheduler::Who {
+        tenant: caller.tenant.map_or(0, |t| t.id()),
+        priority: scope.as_deref().map_or(0, |s| s.priority),
+    };
+    if let Some(tenant) = caller.tenant.filter(|_| scope.as_deref().is_some_and(TokenSettings::counts)) {
+        let demand = match &first {
+            Some(c) => app.demand(&first_pool.scheduler, shape.as_ref(), route.price_of(app, c)),
+            None => crate::scheduler::Demand::default(),
+        };
+        let need = Need { tokens: demand.tokens, cost_micros: demand.cost_micros };
+        let began = Instant::now();
+        let wait_until = (began + first_pool.scheduler.max_wait()).min(deadline);
+        ctx!(slot, queue);
+        let admitted = tenant.admit(need, wait_until).await;
+        ctx!(slot, unqueue);
+        match admitted {
+            Ok(ticket) => ctx!(slot, hold, ticket),
+            Err(refused) => {
+                crate::metrics::request_refused("token");
+                return Err(refused.into());
+            }
+        }
+        waiting_since = Some(began);
+    }
     loop {
         let acquired = match held.take() {
             Some(held) => Ok(held),
@@ -207,7 +264,8 @@ async fn handle(
             // that the upstream charges more than the first estimate assumed.
             None => {
                 ctx!(slot, queue);
-                let acquired = route.choose(app, shape.as_ref(), &avoid, &exclude, &skip, deadline).await;
+                let since = waiting_since.take().unwrap_or_else(Instant::now);
+                let acquired = route.choose(app, shape.as_ref(), &avoid, &exclude, &skip, deadline, since, who).await;
                 ctx!(slot, unqueue);
                 acquired
             }
@@ -582,12 +640,14 @@ impl Route<'_> {
         exclude: &[i64],
         skip: &[usize],
         deadline: Instant,
+        since: Instant,
+        who: crate::scheduler::Who,
     ) -> Result<(Candidate, KeyLease), Unserved> {
         if let Some(c) = &self.single {
             let Some(pool) = self.set.get(c.pool) else { return Err(Unserved::NoKey(NoKey::NoKeys)) };
             wait_for_breaker(app, pool, deadline).await?;
             let demand = app.demand(&pool.scheduler, shape, self.price_of(app, c));
-            return match pool.scheduler.acquire_avoiding(demand, avoid, exclude).await {
+            return match pool.scheduler.acquire_waited(demand, avoid, exclude, since, who).await {
                 Ok(lease) => Ok((c.clone(), lease)),
                 Err(e) => Err(Unserved::NoKey(e)),
             };
@@ -627,7 +687,7 @@ impl Route<'_> {
             let Some(pool) = self.set.get(c.pool) else { continue };
             let scheduler = Arc::clone(&pool.scheduler);
             waits.push(Box::pin(async move {
-                scheduler.acquire_avoiding(demand, avoid, exclude).await.map(|lease| (c, lease))
+                scheduler.acquire_waited(demand, avoid, exclude, since, who).await.map(|lease| (c, lease))
             }));
         }
         if waits.is_empty() {

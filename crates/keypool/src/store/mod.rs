@@ -16,6 +16,7 @@ mod rollups;
 mod row;
 mod sealed;
 mod state;
+mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -517,47 +518,6 @@ impl Store {
                 requests::add_usage_to(requests::Totals::Keys, d.key_id, &usage).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(())
-        })
-    }
-
-    /// Stores a new token's hash; returns its id. A name in use (revoked or
-    /// not) is refused with [`StoreError::TokenNameTaken`].
-    pub async fn create_token(&self, name: &str, hash: &str, prefix: &str) -> Result<i64, StoreError> {
-        on_pool!(self, |pool| {
-            let taken = sqlx::query("SELECT 1 FROM tokens WHERE name = $1").bind(name).fetch_optional(pool).await?;
-            if taken.is_some() {
-                return Err(StoreError::TokenNameTaken(name.to_owned()));
-            }
-            let row =
-                sqlx::query("INSERT INTO tokens (name, hash, prefix, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
-                    .bind(name)
-                    .bind(hash)
-                    .bind(prefix)
-                    .bind(now_unix())
-                    .fetch_one(pool)
-                    .await?;
-            Ok(row.try_get(0)?)
-        })
-    }
-
-    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        on_pool!(self, |pool| {
-            let rows = sqlx::query("SELECT * FROM tokens ORDER BY id").fetch_all(pool).await?;
-            rows.iter().map(TokenRecord::from_row).collect()
-        })
-    }
-
-    pub async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
-        on_pool!(self, |pool| {
-            let done = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-                .bind(now_unix())
-                .bind(id)
-                .execute(pool)
-                .await?;
-            if done.rows_affected() == 0 {
-                return Err(StoreError::NotFound { what: "token", id });
-            }
             Ok(())
         })
     }

@@ -4,6 +4,8 @@ use secrecy::SecretString;
 
 use super::row::{u64_of, Columns};
 use super::StoreError;
+use crate::config::Cidr;
+use crate::tenants::{BudgetPeriod, TokenSettings};
 
 /// A key to insert.
 #[derive(Debug, Clone, Default)]
@@ -156,6 +158,8 @@ pub struct TokenRecord {
     pub prefix: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// What the token may use and spend.
+    pub settings: TokenSettings,
     /// What the request log counted for this token (see [`TokenUsage`]).
     pub usage: TokenUsage,
 }
@@ -184,6 +188,7 @@ impl TokenRecord {
             prefix: row.col("prefix")?,
             created_at: row.col("created_at")?,
             revoked_at: row.col("revoked_at")?,
+            settings: settings_of(row)?,
             usage: TokenUsage {
                 requests: u64_of(row.col("requests")?),
                 successes: u64_of(row.col("successes")?),
@@ -195,6 +200,33 @@ impl TokenRecord {
             },
         })
     }
+}
+
+/// A token's tenant columns. A list that does not parse (never written so
+/// by keypool) reads as an empty one, which allows nothing: a token whose
+/// scope cannot be read is refused rather than let out of it.
+fn settings_of(row: &impl Columns) -> Result<TokenSettings, StoreError> {
+    let list = |col: Option<String>| -> Option<Vec<String>> {
+        col.map(|text| serde_json::from_str::<Vec<String>>(&text).unwrap_or_default())
+    };
+    let networks = list(row.col("networks")?)
+        .map(|nets| nets.into_iter().map(Cidr::try_from).collect::<Result<Vec<Cidr>, String>>().unwrap_or_default());
+    let period: String = row.col("budget_period")?;
+    let count = |v: Option<i64>| v.map(u64_of);
+    Ok(TokenSettings {
+        models: list(row.col("models")?),
+        networks,
+        rpm: count(row.col("rpm")?),
+        tpm: count(row.col("tpm")?),
+        rpd: count(row.col("rpd")?),
+        max_inflight: count(row.col("max_inflight")?),
+        budget_micros: count(row.col("budget_micros")?),
+        // An unknown period (never written by keypool) is the strictest: the whole life.
+        budget_period: BudgetPeriod::parse(&period).unwrap_or(BudgetPeriod::Total),
+        expires_at: row.col("expires_at")?,
+        priority: row.col("priority")?,
+        enabled: row.col("enabled")?,
+    })
 }
 
 /// Usage counted in memory since the last flush, for one key.

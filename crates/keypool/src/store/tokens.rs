@@ -1,0 +1,158 @@
+//! Gateway tokens: their hashes, their tenant settings, and what they spent.
+
+use sqlx::Row;
+
+use super::row::{i64_of, u64_of};
+use super::{now_unix, on_pool, Db, Store, StoreError, TokenRecord};
+use crate::tenants::TokenSettings;
+
+/// A stored list (JSON array of strings), or NULL for none.
+fn list_text<T: ToString>(list: Option<&Vec<T>>) -> Option<String> {
+    list.map(|l| serde_json::Value::from(l.iter().map(ToString::to_string).collect::<Vec<String>>()).to_string())
+}
+
+impl Store {
+    /// Stores a new token's hash with no limits; returns its id. A name in
+    /// use (revoked or not) is refused with [`StoreError::TokenNameTaken`].
+    pub async fn create_token(&self, name: &str, hash: &str, prefix: &str) -> Result<i64, StoreError> {
+        self.create_token_with(name, hash, prefix, &TokenSettings::default()).await
+    }
+
+    /// [`Store::create_token`] with its tenant settings.
+    pub async fn create_token_with(
+        &self,
+        name: &str,
+        hash: &str,
+        prefix: &str,
+        settings: &TokenSettings,
+    ) -> Result<i64, StoreError> {
+        let count = |v: Option<u64>| v.map(i64_of);
+        let networks = settings.networks.as_ref().map(|n| n.iter().map(|c| c.0).collect::<Vec<_>>());
+        on_pool!(self, |pool| {
+            let taken = sqlx::query("SELECT 1 FROM tokens WHERE name = $1").bind(name).fetch_optional(pool).await?;
+            if taken.is_some() {
+                return Err(StoreError::TokenNameTaken(name.to_owned()));
+            }
+            // One statement: a token is never stored without its limits.
+            let row = sqlx::query(
+                "INSERT INTO tokens (name, hash, prefix, created_at, models, networks, rpm, tpm, rpd, max_inflight,
+                    budget_micros, budget_period, expires_at, priority, enabled)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+            )
+            .bind(name)
+            .bind(hash)
+            .bind(prefix)
+            .bind(now_unix())
+            .bind(list_text(settings.models.as_ref()))
+            .bind(list_text(networks.as_ref()))
+            .bind(count(settings.rpm))
+            .bind(count(settings.tpm))
+            .bind(count(settings.rpd))
+            .bind(count(settings.max_inflight))
+            .bind(count(settings.budget_micros))
+            .bind(settings.budget_period.as_str())
+            .bind(settings.expires_at)
+            .bind(settings.priority)
+            .bind(settings.enabled)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT * FROM tokens ORDER BY id").fetch_all(pool).await?;
+            rows.iter().map(TokenRecord::from_row).collect()
+        })
+    }
+
+    /// One token, or [`StoreError::NotFound`].
+    pub async fn token(&self, id: i64) -> Result<TokenRecord, StoreError> {
+        let row = on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT * FROM tokens WHERE id = $1").bind(id).fetch_optional(pool).await?;
+            row.as_ref().map(TokenRecord::from_row).transpose()
+        })?;
+        row.ok_or(StoreError::NotFound { what: "token", id })
+    }
+
+    pub async fn revoke_token(&self, id: i64) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_unix())
+                .bind(id)
+                .execute(pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "token", id });
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes every tenant setting of token `id` (its name and secret stay).
+    pub async fn set_token_settings(&self, id: i64, s: &TokenSettings) -> Result<(), StoreError> {
+        let count = |v: Option<u64>| v.map(i64_of);
+        on_pool!(self, |pool| {
+            let done = sqlx::query(
+                "UPDATE tokens SET models = $1, networks = $2, rpm = $3, tpm = $4, rpd = $5, max_inflight = $6,
+                    budget_micros = $7, budget_period = $8, expires_at = $9, priority = $10, enabled = $11
+                 WHERE id = $12",
+            )
+            .bind(list_text(s.models.as_ref()))
+            .bind(list_text(s.networks.as_ref().map(|n| n.iter().map(|c| c.0).collect::<Vec<_>>()).as_ref()))
+            .bind(count(s.rpm))
+            .bind(count(s.tpm))
+            .bind(count(s.rpd))
+            .bind(count(s.max_inflight))
+            .bind(count(s.budget_micros))
+            .bind(s.budget_period.as_str())
+            .bind(s.expires_at)
+            .bind(s.priority)
+            .bind(s.enabled)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "token", id });
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives a live token a new secret (its hash and prefix), keeping its
+    /// settings and totals; the old secret is refused from then on. A
+    /// revoked token stays revoked: [`StoreError::NotFound`] for it.
+    pub async fn regenerate_token(&self, id: i64, hash: &str, prefix: &str) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query("UPDATE tokens SET hash = $1, prefix = $2 WHERE id = $3 AND revoked_at IS NULL")
+                .bind(hash)
+                .bind(prefix)
+                .bind(id)
+                .execute(pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "live token", id });
+            }
+            Ok(())
+        })
+    }
+
+    /// What token `id` spent (micro-USD) in the days beginning at or after
+    /// `since` (Unix seconds, a day's start in the configured time zone),
+    /// from the daily statistics: they lag the records by up to a second.
+    pub async fn token_spent_since(&self, id: i64, since: i64) -> Result<u64, StoreError> {
+        let subject = id.to_string();
+        on_pool!(self, |pool| {
+            let spent: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(SUM(cost_micros) AS BIGINT) FROM rollups
+                 WHERE dimension = 'token' AND span = 'day' AND subject = $1 AND bucket >= $2",
+            )
+            .bind(&subject)
+            .bind(since)
+            .fetch_one(pool)
+            .await?;
+            Ok(u64_of(spent.unwrap_or(0)))
+        })
+    }
+}

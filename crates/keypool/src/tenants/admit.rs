@@ -1,0 +1,424 @@
+//! A tenant's own limits and budget: admission, waiting, and settling.
+//!
+//! Per-minute limits are counted over a rolling 60 s of admissions (the
+//! same rule keypool applies to keys, never looser than a token bucket of
+//! the same size), requests per day over the calendar day of the
+//! configured time zone, and spend over the budget's period. A request is
+//! counted when admitted, with its estimate; its end replaces the estimate
+//! with what it used and spent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{BudgetPeriod, Tenant, TokenSettings};
+
+/// The span the per-minute limits count over.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// What one request asks of its tenant, estimated at admission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    /// Prompt tokens plus the completion allowance (`max_tokens` × `n`, or
+    /// the configured default).
+    pub tokens: u64,
+    /// The estimate's price, micro-USD (0 when the model has no price).
+    pub cost_micros: u64,
+}
+
+/// Why a tenant's request is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over one of the token's own limits for longer than the request may
+    /// wait. `limit` names it in words ("requests per minute").
+    RateLimited { limit: &'static str, waited: Duration, retry_after: Duration },
+    /// The budget cannot pay for the request; `retry_after` is the end of
+    /// the period (`None` for a total budget, which never renews).
+    Budget { retry_after: Option<Duration> },
+    /// The request alone needs more tokens than the token's TPM allows.
+    TooLarge { needed: u64, limit: u64 },
+}
+
+/// Why admission must wait, or cannot happen.
+enum Blocked {
+    /// Room comes back at `until`, or when a request ends (`None`).
+    Wait {
+        until: Option<Instant>,
+        limit: &'static str,
+    },
+    Refused(Refusal),
+}
+
+/// A tenant's counters (see the module's comment).
+#[derive(Debug)]
+pub(super) struct Counters {
+    /// Admissions of the last minute, oldest first: (when, sequence, tokens).
+    minute: VecDeque<(Instant, u64, u64)>,
+    minute_tokens: u64,
+    next_seq: u64,
+    /// The calendar day under way, [start, end) in Unix seconds, and its requests.
+    day: (i64, i64),
+    day_requests: u64,
+    inflight: u64,
+    /// The budget period under way, [start, end) in Unix seconds.
+    period: (i64, i64),
+    period_kind: BudgetPeriod,
+    spent: u64,
+    reserved: u64,
+}
+
+/// The [start, end) of the `period` holding `now` (Unix seconds) in `tz`;
+/// the whole of time for a total budget. A time the zone cannot place
+/// falls back to UTC days.
+pub fn period_bounds(period: BudgetPeriod, tz: &jiff::tz::TimeZone, now: i64) -> (i64, i64) {
+    let found = || -> Option<(i64, i64)> {
+        let at = jiff::Timestamp::from_second(now).ok()?.to_zoned(tz.clone());
+        let (start, end) = match period {
+            BudgetPeriod::Total => return Some((i64::MIN, i64::MAX)),
+            BudgetPeriod::Daily => {
+                let start = at.start_of_day().ok()?;
+                let end = start.tomorrow().ok()?.start_of_day().ok()?;
+                (start, end)
+            }
+            BudgetPeriod::Monthly => {
+                let start = at.first_of_month().ok()?.start_of_day().ok()?;
+                let end = start.checked_add(jiff::Span::new().months(1)).ok()?.start_of_day().ok()?;
+                (start, end)
+            }
+        };
+        Some((start.timestamp().as_second(), end.timestamp().as_second()))
+    };
+    found().unwrap_or_else(|| {
+        let day = now.div_euclid(86_400) * 86_400;
+        (day, day + 86_400)
+    })
+}
+
+impl Counters {
+    pub(super) fn new(s: &TokenSettings, tz: &jiff::tz::TimeZone, now: i64, spent: u64) -> Counters {
+        Counters {
+            minute: VecDeque::new(),
+            minute_tokens: 0,
+            next_seq: 0,
+            day: period_bounds(BudgetPeriod::Daily, tz, now),
+            day_requests: 0,
+            inflight: 0,
+            period: period_bounds(s.budget_period, tz, now),
+            period_kind: s.budget_period,
+            spent,
+            reserved: 0,
+        }
+    }
+
+    pub(super) fn restart_budget(&mut self, kind: BudgetPeriod, tz: &jiff::tz::TimeZone, now: i64, spent: u64) {
+        self.period_kind = kind;
+        self.period = period_bounds(kind, tz, now);
+        self.spent = spent;
+    }
+
+    pub(super) fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    pub(super) fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Starts a new day or budget period when `now` has passed the current one's end.
+    pub(super) fn roll(&mut self, s: &TokenSettings, tz: &jiff::tz::TimeZone, now: i64) {
+        if now >= self.day.1 || now < self.day.0 {
+            self.day = period_bounds(BudgetPeriod::Daily, tz, now);
+            self.day_requests = 0;
+        }
+        if s.budget_period != self.period_kind {
+            // Edited while the store's figure for the new period was read: counted from here.
+            self.restart_budget(s.budget_period, tz, now, self.spent);
+        } else if now >= self.period.1 {
+            self.period = period_bounds(s.budget_period, tz, now);
+            self.spent = 0;
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some(&(at, _, tokens)) = self.minute.front() {
+            if at + MINUTE > now {
+                break;
+            }
+            self.minute.pop_front();
+            self.minute_tokens = self.minute_tokens.saturating_sub(tokens);
+        }
+    }
+
+    /// Admits `need` now (`now` and `unix` are the same instant), or says
+    /// how long it must wait or why it cannot be admitted.
+    fn try_admit(&mut self, s: &TokenSettings, need: Need, now: Instant, unix: i64) -> Result<u64, Blocked> {
+        self.prune(now);
+        if let Some(budget) = s.budget_micros {
+            if self.spent >= budget || self.spent.saturating_add(need.cost_micros) > budget {
+                let retry_after = (self.period.1 != i64::MAX)
+                    .then(|| Duration::from_secs(u64::try_from(self.period.1.saturating_sub(unix)).unwrap_or(0)));
+                return Err(Blocked::Refused(Refusal::Budget { retry_after }));
+            }
+            if self.spent.saturating_add(self.reserved).saturating_add(need.cost_micros) > budget {
+                // Requests in flight reserved the rest: they may give some back.
+                return Err(Blocked::Wait { until: None, limit: "budget (reserved by requests in flight)" });
+            }
+        }
+        if let Some(tpm) = s.tpm.filter(|tpm| need.tokens > *tpm) {
+            return Err(Blocked::Refused(Refusal::TooLarge { needed: need.tokens, limit: tpm }));
+        }
+        if s.max_inflight.is_some_and(|m| self.inflight >= m) {
+            return Err(Blocked::Wait { until: None, limit: "requests in flight" });
+        }
+        if s.rpd.is_some_and(|l| self.day_requests >= l) {
+            let left = u64::try_from(self.day.1.saturating_sub(unix)).unwrap_or(0);
+            return Err(Blocked::Wait { until: Some(now + Duration::from_secs(left)), limit: "requests per day" });
+        }
+        if let Some(rpm) = s.rpm {
+            let rpm = usize::try_from(rpm).unwrap_or(usize::MAX);
+            if self.minute.len() >= rpm {
+                // Room once enough of the oldest admissions leave the minute.
+                let at = self.minute.get(self.minute.len() - rpm).map_or(now, |e| e.0) + MINUTE;
+                return Err(Blocked::Wait { until: Some(at.max(now)), limit: "requests per minute" });
+            }
+        }
+        if let Some(tpm) = s.tpm {
+            if self.minute_tokens.saturating_add(need.tokens) > tpm {
+                let mut left = self.minute_tokens;
+                let mut at = now;
+                for &(when, _, tokens) in &self.minute {
+                    left = left.saturating_sub(tokens);
+                    at = when + MINUTE;
+                    if left.saturating_add(need.tokens) <= tpm {
+                        break;
+                    }
+                }
+                return Err(Blocked::Wait { until: Some(at.max(now)), limit: "tokens per minute" });
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.minute.push_back((now, seq, need.tokens));
+        self.minute_tokens = self.minute_tokens.saturating_add(need.tokens);
+        self.day_requests += 1;
+        self.inflight += 1;
+        self.reserved = self.reserved.saturating_add(need.cost_micros);
+        Ok(seq)
+    }
+
+    fn settle(&mut self, seq: u64, need: Need, used_tokens: Option<u64>, cost: u64) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.reserved = self.reserved.saturating_sub(need.cost_micros);
+        self.spent = self.spent.saturating_add(cost);
+        if let Some(used) = used_tokens {
+            // Sequences rise with the deque, so the entry (if still within the minute) is found by search.
+            if let Ok(i) = self.minute.binary_search_by_key(&seq, |e| e.1) {
+                if let Some(entry) = self.minute.get_mut(i) {
+                    self.minute_tokens = self.minute_tokens.saturating_sub(entry.2).saturating_add(used);
+                    entry.2 = used;
+                }
+            }
+        }
+    }
+}
+
+/// An admitted request's hold on its tenant: its place in the counters and
+/// its reservation, until [`Ticket::settle`] (or, failing that, its drop,
+/// which charges the estimate).
+#[derive(Debug)]
+pub struct Ticket {
+    tenant: Arc<Tenant>,
+    seq: u64,
+    need: Need,
+    settled: bool,
+}
+
+impl Ticket {
+    /// The estimate reserved at admission.
+    pub fn need(&self) -> Need {
+        self.need
+    }
+
+    /// The request ended having used `used_tokens` (prompt plus completion;
+    /// `None` keeps the estimate) and spent `cost` micro-USD.
+    pub fn settle(mut self, used_tokens: Option<u64>, cost: u64) {
+        self.settle_once(used_tokens, cost);
+    }
+
+    fn settle_once(&mut self, used_tokens: Option<u64>, cost: u64) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        {
+            let mut c = self.tenant.counters.lock().unwrap_or_else(|p| p.into_inner());
+            c.settle(self.seq, self.need, used_tokens, cost);
+        }
+        self.tenant.room.notify_waiters();
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Not settled by the request's end: charged its estimate (never less than reserved).
+        self.settle_once(None, self.need.cost_micros);
+    }
+}
+
+impl Tenant {
+    /// Admits a request needing `need`, waiting (until `deadline`) while the
+    /// token is at one of its own limits; a budget that cannot pay and a
+    /// request larger than the TPM are refused at once, and so is a wait
+    /// that could not end before `deadline`.
+    ///
+    /// # Errors
+    /// [`Refusal`], saying which limit and when to come back.
+    pub async fn admit(self: &Arc<Self>, need: Need, deadline: Instant) -> Result<Ticket, Refusal> {
+        let started = Instant::now();
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let settings = self.settings();
+            let now = Instant::now();
+            let tried = {
+                let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+                c.roll(&settings, &self.tz, crate::store::now_unix());
+                c.try_admit(&settings, need, now, crate::store::now_unix())
+            };
+            match tried {
+                Ok(seq) => return Ok(Ticket { tenant: Arc::clone(self), seq, need, settled: false }),
+                Err(Blocked::Refused(r)) => return Err(r),
+                Err(Blocked::Wait { until, limit }) => {
+                    if now >= deadline || until.is_some_and(|u| u > deadline) {
+                        let retry_after = until.map_or(Duration::from_secs(1), |u| u.saturating_duration_since(now));
+                        return Err(Refusal::RateLimited { limit, waited: now - started, retry_after });
+                    }
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(until.unwrap_or(deadline).min(deadline)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tenant(s: TokenSettings) -> Arc<Tenant> {
+        Arc::new(Tenant::new(1, "t", s, jiff::tz::TimeZone::UTC, 0))
+    }
+
+    fn need(tokens: u64, cost_micros: u64) -> Need {
+        Need { tokens, cost_micros }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_wait_for_the_oldest_to_leave_the_minute() {
+        let t = tenant(TokenSettings { rpm: Some(2), ..Default::default() });
+        let far = Instant::now() + Duration::from_secs(600);
+        let start = Instant::now();
+        for _ in 0..2 {
+            t.admit(need(1, 0), far).await.unwrap().settle(Some(1), 0);
+        }
+        t.admit(need(1, 0), far).await.unwrap().settle(Some(1), 0);
+        assert_eq!(Instant::now() - start, MINUTE, "the third waits a minute");
+        t.admit(need(1, 0), far).await.unwrap().settle(Some(1), 0);
+        assert_eq!(Instant::now() - start, MINUTE, "the first two have left the minute: the fourth goes at once");
+        // A wait that cannot end before the deadline is refused at once, with when to come back.
+        let soon = Instant::now() + Duration::from_secs(5);
+        match t.admit(need(1, 0), soon).await.unwrap_err() {
+            Refusal::RateLimited { limit, waited, retry_after } => {
+                assert_eq!(limit, "requests per minute");
+                assert_eq!(waited, Duration::ZERO);
+                assert!(retry_after > Duration::from_secs(5) && retry_after <= MINUTE, "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_per_minute_count_what_was_used_once_it_ends() {
+        let t = tenant(TokenSettings { tpm: Some(1000), ..Default::default() });
+        let far = Instant::now() + Duration::from_secs(600);
+        let a = t.admit(need(800, 0), far).await.unwrap();
+        let soon = Instant::now() + Duration::from_secs(1);
+        assert!(matches!(
+            t.admit(need(300, 0), soon).await,
+            Err(Refusal::RateLimited { limit: "tokens per minute", .. })
+        ));
+        a.settle(Some(100), 0);
+        let b = t.admit(need(300, 0), soon).await.unwrap();
+        drop(b);
+        assert_eq!(
+            t.admit(need(1001, 0), far).await.unwrap_err(),
+            Refusal::TooLarge { needed: 1001, limit: 1000 },
+            "larger than the whole limit: refused, never waited for"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_is_never_overspent_by_requests_at_once() {
+        let t = tenant(TokenSettings { budget_micros: Some(1000), ..Default::default() });
+        let soon = Instant::now() + Duration::from_secs(2);
+        let held: Vec<Ticket> =
+            vec![t.admit(need(1, 400), soon).await.unwrap(), t.admit(need(1, 400), soon).await.unwrap()];
+        // 800 reserved: a third of 400 waits for them, and is refused when they spend all they reserved.
+        let third = {
+            let t = Arc::clone(&t);
+            tokio::spawn(async move { t.admit(need(1, 400), soon).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for h in held {
+            h.settle(Some(1), 450);
+        }
+        assert_eq!(
+            third.await.unwrap().unwrap_err(),
+            Refusal::Budget { retry_after: None },
+            "900 spent: 400 more would pass 1000"
+        );
+        assert_eq!(t.spend(), (900, 0));
+        // A cheaper request still fits; then nothing does.
+        t.admit(need(1, 100), soon).await.unwrap().settle(None, 100);
+        assert!(
+            matches!(t.admit(need(1, 0), soon).await, Err(Refusal::Budget { .. })),
+            "a spent budget pays for nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_flight_are_capped_and_an_end_lets_the_next_in() {
+        let t = tenant(TokenSettings { max_inflight: Some(1), ..Default::default() });
+        let far = Instant::now() + Duration::from_secs(600);
+        let first = t.admit(need(1, 0), far).await.unwrap();
+        let second = {
+            let t = Arc::clone(&t);
+            tokio::spawn(async move { t.admit(need(1, 0), far).await.map(|_| Instant::now()) })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ended = Instant::now();
+        first.settle(None, 0);
+        assert_eq!(second.await.unwrap().unwrap(), ended, "admitted as soon as the first ended");
+    }
+
+    #[test]
+    fn periods_begin_at_midnight_and_on_the_first_in_the_time_zone() {
+        let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        // 2026-12-01T12:00:00Z is 20:00 in Shanghai.
+        let now = 1_796_126_400;
+        let (start, end) = period_bounds(BudgetPeriod::Daily, &tz, now);
+        assert_eq!((start, end), (now - 20 * 3600, now + 4 * 3600));
+        let (start, end) = period_bounds(BudgetPeriod::Monthly, &tz, now);
+        assert_eq!(start, now - 20 * 3600, "the first of December in Shanghai");
+        assert_eq!(end - start, 31 * 86_400);
+        // The last day of November in Shanghai still belongs to November.
+        let (start, end) = period_bounds(BudgetPeriod::Monthly, &tz, now - 20 * 3600 - 1);
+        assert_eq!((end - start, end), (30 * 86_400, now - 20 * 3600));
+        assert_eq!(period_bounds(BudgetPeriod::Total, &tz, now), (i64::MIN, i64::MAX));
+    }
+}

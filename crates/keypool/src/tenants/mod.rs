@@ -1,0 +1,116 @@
+//! Tenants: what each gateway token may use and spend, enforced in memory.
+//!
+//! A [`Tenant`] is one live token: its [`TokenSettings`] (models, networks,
+//! limits, budget, expiry), swapped in place when an operator edits them,
+//! and its counters, which survive the edit. Admission happens before the
+//! scheduler chooses a key: the token's scope first (enabled, expiry,
+//! network, model), then its own limits and budget ([`Tenant::admit`]),
+//! which reserve the request's estimate; the request's one end settles the
+//! [`Ticket`] with what was really used and spent. Budgets are enforced
+//! from these reservations, not from the records (written later), so a
+//! token never spends past its budget, however many of its requests run at
+//! once. One instance: counters are not shared between gateways.
+
+mod admit;
+pub mod settings;
+
+pub use admit::{period_bounds, Need, Refusal, Ticket};
+pub use settings::{models_from, networks_from, parse_models, BudgetPeriod, TokenSettings};
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+
+/// One live gateway token: its id (the `tokens` table's), name, settings
+/// and counters.
+#[derive(Debug)]
+pub struct Tenant {
+    id: i64,
+    name: RwLock<Arc<str>>,
+    settings: RwLock<Arc<TokenSettings>>,
+    /// Where days and months begin (`time_zone`).
+    tz: jiff::tz::TimeZone,
+    counters: Mutex<admit::Counters>,
+    /// Told when a request of this token ends (room may have come back).
+    room: Notify,
+}
+
+impl Tenant {
+    /// A tenant with nothing counted yet but `spent` micro-USD in its
+    /// current budget period (from the store, at start or when it first
+    /// appears).
+    pub fn new(id: i64, name: &str, settings: TokenSettings, tz: jiff::tz::TimeZone, spent: u64) -> Tenant {
+        let counters = admit::Counters::new(&settings, &tz, crate::store::now_unix(), spent);
+        Tenant {
+            id,
+            name: RwLock::new(Arc::from(name)),
+            settings: RwLock::new(Arc::new(settings)),
+            tz,
+            counters: Mutex::new(counters),
+            room: Notify::new(),
+        }
+    }
+
+    /// The token's id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn name(&self) -> Arc<str> {
+        Arc::clone(&self.name.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<TokenSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes an operator's edit; counters stay. A changed budget period
+    /// starts counting from `spent` (the store's figure for the new period).
+    pub fn update(&self, name: &str, settings: TokenSettings, spent: u64) {
+        let old = self.settings();
+        if old.budget_period != settings.budget_period {
+            let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            c.restart_budget(settings.budget_period, &self.tz, crate::store::now_unix(), spent);
+        }
+        *self.name.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(name);
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        // Limits may have grown: waiting requests look again.
+        self.room.notify_waiters();
+    }
+
+    /// What the token has spent in its current budget period, and what its
+    /// requests in flight have reserved (micro-USD).
+    pub fn spend(&self) -> (u64, u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.settings();
+        c.roll(&s, &self.tz, crate::store::now_unix());
+        (c.spent(), c.reserved())
+    }
+}
+
+/// Whether the tenant whose settings are `s` may be used at `now` (Unix
+/// seconds) from `client`: why not, when it may not.
+pub fn scope_refusal(s: &TokenSettings, now: i64, client: Option<std::net::IpAddr>) -> Option<ScopeRefusal> {
+    if !s.enabled {
+        return Some(ScopeRefusal::Disabled);
+    }
+    if let Some(at) = s.expires_at.filter(|at| *at <= now) {
+        return Some(ScopeRefusal::Expired { at });
+    }
+    if !s.allows_client(client) {
+        return Some(ScopeRefusal::Network);
+    }
+    None
+}
+
+/// Why a live token may not be used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeRefusal {
+    /// An operator disabled it.
+    Disabled,
+    /// It expired at `at` (Unix seconds).
+    Expired { at: i64 },
+    /// The caller's address is outside the token's networks.
+    Network,
+}
