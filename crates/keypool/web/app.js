@@ -916,17 +916,52 @@ function requestsPage(root) {
 function tokensPage(root) {
   const tbody = h('tbody', { 'data-testid': 'tokens-body' });
   const empty = h('p', { class: 'muted', hidden: true, text: t('tk.empty') });
-  const cols = ['name', 'prefix', 'status', 'requests', 'day', 'tokens', 'spend', 'last_used', 'created'];
+  const cols = ['name', 'prefix', 'status', 'models', 'limits', 'budget', 'requests', 'day', 'tokens', 'spend', 'last_used', 'expires'];
   root.append(h('div', { class: 'head' }, h('h1', { text: t('tk.title') }), h('div', { class: 'spacer' }),
     h('button', { type: 'button', class: 'primary', 'data-testid': 'token-create', text: t('tk.create'), onclick: create })),
   h('div', { class: 'table-wrap' }, h('table', { 'data-testid': 'tokens-table' },
     h('thead', {}, h('tr', {}, cols.map((c) => h('th', { text: t('tk.col.' + c) })), h('th', {}))), tbody)), empty);
 
-  async function create() {
-    const made = await dialog({ title: t('tk.create'), ok: t('tk.create'), fields: [{ name: 'name', label: t('tk.name'), required: true }],
-      submit: (v) => api('POST', '/tokens', { name: v.name }) });
-    if (!made) return;
-    refresh();
+  const day = (at) => (at ? new Date(at * 1000).toISOString().slice(0, 10) : '');
+  const blank = t('keys.field.blank');
+  /** A token's settings as form fields (its current values when editing). */
+  const fields = (tk) => [
+    { name: 'models', label: t('tk.field.models'), value: tk?.models ? tk.models.join(', ') : '', placeholder: t('tk.field.any_model') },
+    { name: 'rpm', label: t('keys.field.rpm'), type: 'number', value: tk?.rpm ?? '', placeholder: blank },
+    { name: 'tpm', label: t('keys.field.tpm'), type: 'number', value: tk?.tpm ?? '', placeholder: blank },
+    { name: 'rpd', label: t('keys.field.rpd'), type: 'number', value: tk?.rpd ?? '', placeholder: blank },
+    { name: 'max_inflight', label: t('keys.field.max_inflight'), type: 'number', value: tk?.max_inflight ?? '', placeholder: blank },
+    { name: 'budget_usd', label: t('keys.field.budget_usd'), type: 'number', step: 'any', value: tk?.budget_micros != null ? tk.budget_micros / 1e6 : '', placeholder: blank },
+    { name: 'budget_period', label: t('tk.field.period'), options: ['total', 'daily', 'monthly'].map((p) => [p, t('tk.period.' + p)]), value: tk?.budget_period ?? 'total' },
+    { name: 'expires', label: t('tk.field.expires'), value: day(tk?.expires_at), placeholder: '30d / YYYY-MM-DD' },
+    { name: 'networks', label: t('tk.field.networks'), value: tk?.networks ? tk.networks.join(', ') : '', placeholder: t('tk.field.anywhere') },
+    { name: 'priority', label: t('tk.field.priority'), type: 'number', value: tk?.priority ?? 0 },
+  ];
+  const list = (v) => { const items = v.split(/[\s,]+/).filter(Boolean); return items.length ? items : null; };
+  const num = (v, name) => {
+    if (v.trim() === '') return null;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Error(`${name}: ${v}`);
+    return n;
+  };
+  /** The settings that changed from `tk` (all given ones for a new token), as the API takes them. */
+  function settings(values, tk) {
+    const was = fields(tk);
+    const out = {};
+    for (const f of was) {
+      const raw = values[f.name];
+      if (raw === undefined || (tk && raw.trim() === String(f.value ?? ''))) continue;
+      if (!tk && raw.trim() === '') continue;
+      if (f.name === 'models' || f.name === 'networks') out[f.name] = list(raw);
+      else if (f.name === 'budget_period') out[f.name] = raw;
+      else if (f.name === 'expires') out[f.name] = raw.trim() || null;
+      else if (f.name === 'priority') out[f.name] = num(raw, f.name) ?? 0;
+      else out[f.name] = num(raw, f.name);
+    }
+    return out;
+  }
+
+  async function showSecret(made) {
     const secret = h('code', { class: 'secret', 'data-testid': 'token-secret', text: made.token });
     const copy = h('button', { type: 'button', 'data-testid': 'token-copy', text: t('tk.copy'), onclick: async () => {
       try { await navigator.clipboard.writeText(made.token); copy.textContent = t('tk.copied'); } catch { getSelection().selectAllChildren(secret); }
@@ -934,24 +969,65 @@ function tokensPage(root) {
     await dialog({ title: t('tk.secret_title'), cancel: false, ok: t('close'), message: h('div', {}, h('p', { text: t('tk.secret_help') }), h('div', { class: 'secret-row' }, secret, copy)) });
   }
 
+  async function create() {
+    const made = await dialog({ title: t('tk.create'), ok: t('tk.create'), fields: [{ name: 'name', label: t('tk.name'), required: true }, ...fields()],
+      submit: (v) => api('POST', '/tokens', { name: v.name, ...settings(v) }) });
+    if (!made) return;
+    refresh();
+    await showSecret(made);
+  }
+
+  async function edit(tk) {
+    const ok = await dialog({ title: t('tk.edit_title', { name: tk.name }), ok: t('save'), fields: fields(tk),
+      submit: async (v) => {
+        const change = settings(v, tk);
+        if (Object.keys(change).length) await api('PATCH', `/tokens/${tk.id}`, change);
+      } });
+    if (ok) refresh();
+  }
+
+  async function regenerate(tk) {
+    if (!(await confirmAction(t('tk.confirm_regenerate', { name: tk.name }), t('tk.regenerate')))) return;
+    try {
+      const made = await api('POST', `/tokens/${tk.id}/regenerate`);
+      refresh();
+      await showSecret(made);
+    } catch (e) { toast(e.message, true); }
+  }
+
+  const limits = (tk) => [['RPM', tk.rpm], ['TPM', tk.tpm], [t('tk.rpd'), tk.rpd], [t('tk.inflight'), tk.max_inflight]]
+    .filter(([, v]) => v != null).map(([n, v]) => `${n} ${compact(v)}`).join(' · ') || t('none');
+  const budget = (tk) => (tk.budget_micros == null ? t('none')
+    : t('tk.budget_left', { left: fmtUsd(Math.max(0, tk.budget_micros - (tk.budget_spent_micros || 0))), of: fmtUsd(tk.budget_micros), period: t('tk.period.' + tk.budget_period) }));
+  const badge = { active: 'status-active', disabled: 'status-disabled', expired: 'status-expired', revoked: 'status-disabled' };
+
   return {
     async refresh() {
       const now = Math.floor((Date.now() + app.skew) / 1000);
       const [tokens, stats] = await Promise.all([api('GET', '/tokens'), api('GET', `/stats?by=token&span=hour&from=${now - 86400}`).catch(() => ({ data: [] }))]);
-      const day = new Map((stats.data || []).map((s) => [s.subject, s.figures || s]));
+      const last = new Map((stats.data || []).map((s) => [s.subject, s.figures || s]));
       tbody.replaceChildren(...tokens.map((tk) => {
-        const d = day.get(String(tk.id));
+        const d = last.get(String(tk.id));
+        const live = tk.status !== 'revoked';
         return h('tr', { 'data-testid': 'token-row', 'data-token-id': tk.id },
           h('td', { text: tk.name }), h('td', {}, h('code', { text: tk.prefix + '…' })),
-          h('td', {}, h('span', { class: `badge ${tk.status === 'active' ? 'status-active' : 'status-disabled'}`, text: t(tk.status === 'active' ? 'tk.active' : 'tk.revoked') })),
+          h('td', {}, h('span', { class: `badge ${badge[tk.status] || 'status-disabled'}`, 'data-testid': 'token-status', text: t('tk.' + tk.status) })),
+          h('td', { 'data-testid': 'token-models', text: tk.models ? tk.models.join(', ') : t('tk.any') }),
+          h('td', { class: 'nowrap', 'data-testid': 'token-limits', text: limits(tk) }),
+          h('td', { class: 'nowrap', 'data-testid': 'token-budget', text: budget(tk) }),
           h('td', { text: `${fmtNum(tk.requests)} / ${fmtNum(tk.successes)} / ${fmtNum(tk.failures)}` }),
           h('td', { text: d ? fmtNum(d.requests) : '0' }),
           h('td', { class: 'nowrap', text: `${compact(tk.prompt_tokens)} / ${compact(tk.completion_tokens)}` }),
           h('td', { text: fmtUsd(tk.spent_micros) }), h('td', { class: 'nowrap', text: fmtTime(tk.last_used_at) }),
-          h('td', { class: 'nowrap', text: fmtTime(tk.created_at) }),
-          h('td', {}, tk.status === 'active' ? h('button', { type: 'button', class: 'small danger', 'data-testid': 'token-revoke', text: t('tk.revoke'), onclick: async () => {
-            if (await confirmAction(t('tk.confirm_revoke', { name: tk.name }), t('tk.revoke'))) act(() => api('POST', `/tokens/${tk.id}/revoke`));
-          } }) : null));
+          h('td', { class: 'nowrap', text: tk.expires_at ? fmtTime(tk.expires_at) : t('tk.never') }),
+          h('td', { class: 'nowrap' }, live ? [
+            h('button', { type: 'button', class: 'small', 'data-testid': 'token-edit', text: t('keys.edit'), onclick: () => edit(tk) }),
+            h('button', { type: 'button', class: 'small', 'data-testid': 'token-toggle', text: t(tk.enabled ? 'tk.disable' : 'tk.enable'),
+              onclick: () => act(() => api('PATCH', `/tokens/${tk.id}`, { enabled: !tk.enabled })) }),
+            h('button', { type: 'button', class: 'small', 'data-testid': 'token-regenerate', text: t('tk.regenerate'), onclick: () => regenerate(tk) }),
+            h('button', { type: 'button', class: 'small danger', 'data-testid': 'token-revoke', text: t('tk.revoke'), onclick: async () => {
+              if (await confirmAction(t('tk.confirm_revoke', { name: tk.name }), t('tk.revoke'))) act(() => api('POST', `/tokens/${tk.id}/revoke`));
+            } })] : null));
       }));
       empty.hidden = tokens.length > 0;
     },

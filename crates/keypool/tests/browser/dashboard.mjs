@@ -81,6 +81,10 @@ try {
   await tid('nav-tokens').click();
   await tid('token-create').click();
   await tid('field-name').fill('browser-test');
+  await tid('field-models').fill('gpt-4o*, o3-mini');
+  await tid('field-budget_usd').fill('5');
+  await tid('field-budget_period').selectOption('monthly');
+  await tid('field-expires').fill('30d');
   await tid('dialog-ok').click();
   await tid('token-secret').waitFor();
   const gatewayToken = (await tid('token-secret').innerText()).trim();
@@ -88,6 +92,25 @@ try {
   await tid('dialog-ok').click();
   await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=token-row]')].some((r) => r.innerText.includes('browser-test')));
   assert.ok(!(await page.content()).includes(gatewayToken), 'the secret leaves the page once its dialog closes');
+  const tokenRow = page.locator('[data-testid=token-row]', { hasText: 'browser-test' });
+  assert.equal(await tokenRow.getByTestId('token-models').innerText(), 'gpt-4o*, o3-mini');
+  assert.match(await tokenRow.getByTestId('token-budget').innerText(), /\$5\.0+ .*monthly/);
+
+  step("edits the token's limits, disables it (the gateway refuses it) and enables it again");
+  await tokenRow.getByTestId('token-edit').click();
+  assert.equal(await tid('field-models').inputValue(), 'gpt-4o*, o3-mini', 'the dialog shows the settings in force');
+  await tid('field-rpm').fill('600');
+  await tid('dialog-ok').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=token-row]')]
+    .some((r) => r.innerText.includes('browser-test') && r.querySelector('[data-testid=token-limits]').innerText.includes('RPM 600')));
+  await tokenRow.getByTestId('token-toggle').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=token-row]')]
+    .some((r) => r.innerText.includes('browser-test') && r.querySelector('[data-testid=token-status]').innerText === 'disabled'));
+  const refused = await fetch(`${base}/v1/models`, { headers: { Authorization: `Bearer ${gatewayToken}` } });
+  assert.equal(refused.status, 401, 'a disabled token is refused');
+  await tokenRow.getByTestId('token-toggle').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=token-row]')]
+    .some((r) => r.innerText.includes('browser-test') && r.querySelector('[data-testid=token-status]').innerText === 'active'));
 
   step('traffic through the gateway shows in the counters and the countdown, without a reload');
   await tid('nav-keys').click();
