@@ -229,6 +229,8 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
             prices: crate::config::models::PriceCache::default(),
             recorder: recorder.clone(),
             affinity: Arc::clone(&affinity),
+            store: sync_store.clone(),
+            main: tokio::runtime::Handle::current(),
         }));
         // The admin API under /admin/api/, and /metrics behind its token.
         Ok(gateway.merge(admin.clone()).merge(metrics.clone()))

@@ -380,3 +380,73 @@ async fn a_flooding_token_does_not_hold_up_another_over_http() {
     }
     assert!(last >= Duration::from_secs(5), "the flood really queued ({last:?}), so the test measured something");
 }
+
+/// What chat front-ends (NextChat, LobeChat) read to show a balance, as
+/// one-api answers it: the calling token's budget and what it spent, in
+/// the shapes of OpenAI's billing endpoints (`total_usage` in cents).
+#[tokio::test]
+async fn the_billing_endpoints_answer_for_the_calling_token() {
+    let app = spawn(sim(), vec![key("sk-tenant-hhhhhhhhhhhh", None)], |c| {
+        let price = ModelPrice { input: 1_000_000.0, output: 1_000_000.0, cached_input: None };
+        c.models.insert("gpt-4o-mini".into(), ModelConfig { price: Some(price), ..ModelConfig::default() });
+    })
+    .await;
+    let expires = keypool::store::now_unix() + 86_400;
+    let settings = TokenSettings {
+        budget_micros: Some(100_000_000),
+        budget_period: BudgetPeriod::Monthly,
+        expires_at: Some(expires),
+        ..Default::default()
+    };
+    let budgeted = token(&app, "budgeted", settings).await;
+    let get = |path: &str, t: &str| app.client.get(app.url(path)).bearer_auth(t.to_owned()).send();
+
+    let sub: Value = get("/dashboard/billing/subscription", &budgeted).await.unwrap().json().await.unwrap();
+    assert_eq!(sub["object"], "billing_subscription");
+    assert_eq!(sub["hard_limit_usd"], 100.0);
+    assert_eq!(sub["soft_limit_usd"], 100.0);
+    assert_eq!(sub["access_until"], expires);
+    let usage: Value = get("/dashboard/billing/usage", &budgeted).await.unwrap().json().await.unwrap();
+    assert_eq!((usage["object"].clone(), usage["total_usage"].clone()), (json!("list"), json!(0.0)));
+
+    assert_eq!(chat_as(&app, &budgeted, "gpt-4o-mini").await.status(), StatusCode::OK);
+    // The statistics the usage is read from lag the request by up to a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let cents = loop {
+        let usage: Value = get("/dashboard/billing/usage", &budgeted).await.unwrap().json().await.unwrap();
+        let cents = usage["total_usage"].as_f64().unwrap();
+        if cents > 0.0 || std::time::Instant::now() > deadline {
+            break cents;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // About 21 tokens at $1 each: some 2,100 cents.
+    assert!((1000.0..4000.0).contains(&cents), "{cents} cents");
+    let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date();
+    let tomorrow = today.tomorrow().unwrap();
+    let ranged: Value = get(&format!("/dashboard/billing/usage?start_date={today}&end_date={tomorrow}"), &budgeted)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ranged["total_usage"].as_f64().unwrap(), cents, "today's range holds the one request");
+    let before: Value = get(&format!("/dashboard/billing/usage?start_date=2020-01-01&end_date={today}"), &budgeted)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before["total_usage"].as_f64().unwrap(), 0.0, "nothing before today");
+    let r = get("/dashboard/billing/usage?start_date=yesterday", &budgeted).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "start_date");
+
+    // A token without a budget: no limit to show, its lifetime spend; others' spend is not its own.
+    let sub: Value = app.get("/dashboard/billing/subscription").send().await.unwrap().json().await.unwrap();
+    assert_eq!(sub["hard_limit_usd"], 100_000_000.0);
+    assert_eq!(sub["access_until"], 0);
+    let usage: Value = app.get("/dashboard/billing/usage").send().await.unwrap().json().await.unwrap();
+    assert_eq!(usage["total_usage"], 0.0);
+    assert_eq!(app.sim.stats().total_requests, 1, "billing is answered here, never upstream");
+}

@@ -4,6 +4,7 @@
 mod accept;
 mod attempt;
 mod auth;
+mod billing;
 mod charge;
 pub mod client;
 mod context;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub recorder: crate::records::Recorder,
     /// Which key created each file, batch and stored response.
     pub affinity: Arc<crate::routing::Affinity>,
+    /// The store (the billing endpoints read it), and the main runtime its
+    /// connections live on, where it is read.
+    pub store: crate::store::Store,
+    pub main: tokio::runtime::Handle,
 }
 
 /// A worker's clients for one set of upstreams, in the set's order: each

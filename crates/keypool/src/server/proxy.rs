@@ -142,6 +142,9 @@ async fn handle(
     // Every upstream's base applies the same rule for dot segments; the
     // default's tells before the body is read.
     clients.get(0).url_for(&rest, query).ok_or_else(|| ApiError::BadPath(parts.uri.path().to_owned()))?;
+    if parts.method == http::Method::GET && super::billing::answered_here(&rest) {
+        return super::billing::answer(app, &rest, query, caller.tenant).await;
+    }
     if parts.method == http::Method::GET
         && rest.trim_end_matches('/') == "models"
         && (super::models::answered_here(&set) || models_scope.is_some())

@@ -142,14 +142,20 @@ impl Store {
     /// `since` (Unix seconds, a day's start in the configured time zone),
     /// from the daily statistics: they lag the records by up to a second.
     pub async fn token_spent_since(&self, id: i64, since: i64) -> Result<u64, StoreError> {
+        self.token_spent_between(id, since, i64::MAX).await
+    }
+
+    /// [`Store::token_spent_since`] for the days beginning in [`from`, `until`).
+    pub async fn token_spent_between(&self, id: i64, from: i64, until: i64) -> Result<u64, StoreError> {
         let subject = id.to_string();
         on_pool!(self, |pool| {
             let spent: Option<i64> = sqlx::query_scalar(
                 "SELECT CAST(SUM(cost_micros) AS BIGINT) FROM rollups
-                 WHERE dimension = 'token' AND span = 'day' AND subject = $1 AND bucket >= $2",
+                 WHERE dimension = 'token' AND span = 'day' AND subject = $1 AND bucket >= $2 AND bucket < $3",
             )
             .bind(&subject)
-            .bind(since)
+            .bind(from)
+            .bind(until)
             .fetch_one(pool)
             .await?;
             Ok(u64_of(spent.unwrap_or(0)))
