@@ -3,7 +3,7 @@
 # differences (docs/benchmarks.md). Runs `keypool serve` with one worker under
 # valgrind's callgrind over the in-repo simulator, sends 200 chat requests at
 # concurrency 4 to warm up, then counts only the next N (default 3,000).
-# Usage: [KEYS=10] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# Usage: [KEYS=10] [TOKENS=1] [TOKEN_OPTS="--rpm 60 ..."] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
 # (default binary: this tree's release build). Prints instructions/request and
 # leaves the profile in $OUT (default /tmp/keypool.cg) for callgrind_annotate.
 # RUST_LOG (default warn) and KEYPOOL_* settings pass through, e.g. the
@@ -47,7 +47,10 @@ $SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($
 export KEYPOOL_DATABASE_URL="sqlite://$work/k.db"
 # KEYS keys in the pool (default 10), as one import.
 for i in $(seq "${KEYS:-10}"); do echo "sk-bench-key-$i-0123456789abcdef"; done | "$BIN" keys import - >/dev/null 2>&1
-token=$("$BIN" tokens create bench 2>/dev/null)
+# TOKEN_OPTS: the bench token's settings (e.g. its limits and budget);
+# TOKENS=N: N-1 more tokens with the same settings in the store.
+for i in $(seq 2 "${TOKENS:-1}"); do "$BIN" tokens create "other-$i" ${TOKEN_OPTS:-} >/dev/null 2>&1; done
+token=$("$BIN" tokens create bench ${TOKEN_OPTS:-} 2>/dev/null)
 p=$(port)
 rm -f "$OUT" "$OUT".*
 KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chat, error_code, key, spawn, TestApp};
+use common::{chat, error_code, form, key, spawn, TestApp};
 use keypool::config::{AdminToken, ModelConfig, ModelPrice};
 use keypool::server::{generate_token, hash_token};
 use keypool::tenants::{networks_from, parse_models, BudgetPeriod, TokenSettings};
@@ -101,6 +101,41 @@ smart = { model = "gpt-4.1" }"#,
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A form's model is read for such a token, even with one upstream; one
+    // that names no model it can be held to is refused.
+    let audio = vec![0x5a_u8; 1024];
+    for (fields, code) in [
+        (&[("model", &b"whisper-1"[..]), ("file", &audio[..])][..], "model_not_found"),
+        (&[("file", &audio[..])][..], "model_required"),
+    ] {
+        let (content_type, body) = form(fields);
+        let r = app
+            .client
+            .post(app.url("/audio/transcriptions"))
+            .bearer_auth(&narrow)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(error_code(r).await, code);
+    }
+    for path in ["/batches", "/threads/runs"] {
+        let r = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&narrow)
+            .json(&json!({"input_file_id": "file-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}: its models cannot be checked");
+    }
+    let r = app.client.get(app.url("/models/gpt-4.1")).bearer_auth(&narrow).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "one model's entry is not shown either");
+    assert_eq!(app.sim.stats().total_requests, 2, "none of these reached the upstream");
 
     let listed: Value =
         app.client.get(app.url("/models")).bearer_auth(&narrow).send().await.unwrap().json().await.unwrap();

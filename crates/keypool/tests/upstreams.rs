@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{chat, proxies};
+use common::{chat, form, proxies};
 use keypool::app::Running;
 use keypool::config::{Config, UpstreamConfig};
 use keypool::server::{generate_token, hash_token};
@@ -468,25 +468,6 @@ async fn keys_of_an_upstream_that_is_not_configured_serve_nowhere() {
     let health: serde_json::Value =
         app.client.get(format!("http://{}/healthz", app.gateway.addr())).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["keys"], 1);
-}
-
-/// A multipart form with `fields` in order (a file part is named `file`).
-fn form(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
-    let mut body = Vec::new();
-    for (name, value) in fields {
-        body.extend_from_slice(b"--kp-test-boundary\r\n");
-        let disposition = if *name == "file" {
-            "Content-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
-                .to_owned()
-        } else {
-            format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n")
-        };
-        body.extend_from_slice(disposition.as_bytes());
-        body.extend_from_slice(value);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(b"--kp-test-boundary--\r\n");
-    ("multipart/form-data; boundary=kp-test-boundary".into(), body)
 }
 
 #[tokio::test]

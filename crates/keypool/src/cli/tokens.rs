@@ -116,18 +116,23 @@ fn expiry(s: &str) -> Result<Clearable<i64>, String> {
 impl TokenOpts {
     /// `settings` with these options applied.
     fn apply(&self, mut s: TokenSettings) -> anyhow::Result<TokenSettings> {
+        // An empty value (an unset shell variable) must not open the token to
+        // everything: only `none` clears a list.
         if let Some(models) = &self.models {
             s.models = if models.trim().eq_ignore_ascii_case("none") {
                 None
             } else {
-                parse_models(models).map_err(|e| anyhow::anyhow!("--models: {e}"))?
+                let list = parse_models(models).map_err(|e| anyhow::anyhow!("--models: {e}"))?;
+                Some(list.ok_or_else(|| anyhow::anyhow!("--models is empty; `--models none` allows every model"))?)
             };
         }
         if let Some(networks) = &self.networks {
             s.networks = if networks.trim().eq_ignore_ascii_case("none") {
                 None
             } else {
-                networks_from(std::slice::from_ref(networks)).map_err(|e| anyhow::anyhow!("--networks: {e}"))?
+                let list =
+                    networks_from(std::slice::from_ref(networks)).map_err(|e| anyhow::anyhow!("--networks: {e}"))?;
+                Some(list.ok_or_else(|| anyhow::anyhow!("--networks is empty; `--networks none` allows anywhere"))?)
             };
         }
         let set = |field: &mut Option<u64>, v: Option<Clearable<u64>>| {
@@ -381,5 +386,9 @@ mod tests {
         }
         let e = opts(&["--networks", "10.0.0.0/33"]).apply(TokenSettings::default()).unwrap_err();
         assert!(e.to_string().starts_with("--networks:"), "{e}");
+        for (option, value) in [("--models", ""), ("--models", " , "), ("--networks", "")] {
+            let e = opts(&[option, value]).apply(TokenSettings::default()).unwrap_err();
+            assert!(e.to_string().contains("none"), "{option} {value:?}: {e}");
+        }
     }
 }

@@ -68,14 +68,6 @@ pub(super) struct Waiter {
 /// starts over).
 const LAST_SERVED_CAP: usize = 65_536;
 
-/// What offering a waiter a key did.
-enum Served {
-    /// It left the queue: served, told it cannot be, or gone.
-    Left,
-    /// It still waits.
-    Waits,
-}
-
 /// Time until the next 00:00 UTC, when daily limits reset.
 pub(super) fn until_utc_midnight() -> Duration {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -236,10 +228,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Serves waiting requests in arrival order, each with the best key that
-    /// has room for it; a request no key can fit now keeps its place while
-    /// later, smaller ones that fit are served (so none waits while a key
-    /// has room for it). Hopeless requests are failed.
+    /// Serves waiting requests, each with the best key that has room for
+    /// it, in the fair order ([`Inner::fair_order`]; arrival order when one
+    /// tenant waits); a request no key can fit now keeps its place while
+    /// later, smaller ones that fit are served, until it has waited half of
+    /// `max_wait` (ageing, [`Inner::holds_room`]). Hopeless requests are
+    /// failed. Takes the queue out once, so a pass is O(n log n).
     pub(super) fn dispatch(&mut self, now: Instant, strategy: Strategy) {
         let age = self.age;
         self.held = None;
@@ -249,88 +243,96 @@ impl Inner {
         }
         self.refresh(now, strategy);
         let recheck = std::mem::take(&mut self.recheck);
-        match self.fair_order() {
-            // One tenant at one priority: arrival order, walked in place.
-            None => {
-                let mut i = 0;
-                while i < self.queue.len() {
-                    match self.try_serve(i, now, strategy, recheck) {
-                        Served::Left => {}
-                        Served::Waits if self.holds_room(i, now, age) => break,
-                        Served::Waits => i += 1,
-                    }
-                }
+        let mut queue = std::mem::take(&mut self.queue);
+        let fair = self.fair_order(&mut queue);
+        let mut kept: VecDeque<Waiter> = VecDeque::with_capacity(queue.len());
+        for waiter in queue {
+            if self.held.is_some() {
+                kept.push_back(waiter);
+                continue;
             }
-            Some(order) => {
-                for id in order {
-                    let Some(i) = self.queue.iter().position(|w| w.id == id) else { continue };
-                    if let Served::Waits = self.try_serve(i, now, strategy, recheck) {
-                        if self.holds_room(i, now, age) {
-                            break;
-                        }
-                    }
-                }
+            if let Some(waiter) = self.try_serve(waiter, now, strategy, recheck) {
+                self.holds_room(&waiter, now, age);
+                kept.push_back(waiter);
             }
         }
+        if fair {
+            // Back in arrival order: ranks and turns are recomputed each pass.
+            kept.make_contiguous().sort_unstable_by_key(|w| w.id);
+        }
+        // Waiters that arrived during the pass (none: the lock is held) would follow.
+        kept.append(&mut self.queue);
+        self.queue = kept;
     }
 
-    /// The order waiters are offered room in when several tenants (or
-    /// priorities) wait: higher priority first; within a priority, round
-    /// robin over tenants: each tenant's first waiter, then each one's
-    /// second, …, and among tenants at the same turn the one served from
-    /// the queue longest ago first (arrival order breaking ties). So one
-    /// tenant's flood of requests waits behind its own earlier ones, not in
-    /// front of another tenant's single request. `None` when one tenant at
-    /// one priority waits (arrival order, nothing to sort).
-    fn fair_order(&self) -> Option<Vec<u64>> {
-        let first = self.queue.front()?.who;
-        if self.queue.iter().all(|w| w.who == first) {
-            return None;
+    /// Puts `queue` in the order waiters are offered room in when several
+    /// tenants (or priorities) wait, and says whether it did: higher
+    /// priority first; within a priority, round robin over tenants (each
+    /// tenant's first waiter, then each one's second, …), and among tenants
+    /// at the same turn the one served from the queue longest ago first,
+    /// arrival order breaking ties. So one tenant's flood of requests waits
+    /// behind its own earlier ones, not in front of another tenant's single
+    /// request. With one tenant at one priority the queue stays in arrival
+    /// order (false).
+    fn fair_order(&self, queue: &mut VecDeque<Waiter>) -> bool {
+        let Some(first) = queue.front().map(|w| w.who) else { return false };
+        if queue.iter().all(|w| w.who == first) {
+            return false;
         }
         let mut rank: rustc_hash::FxHashMap<i64, u32> = rustc_hash::FxHashMap::default();
-        let mut keyed: Vec<(std::cmp::Reverse<i64>, u32, u64, u64)> = self
-            .queue
-            .iter()
-            .map(|w| {
-                let r = rank.entry(w.who.tenant).or_default();
-                let served = self.last_served.get(&w.who.tenant).copied().unwrap_or(0);
-                let key = (std::cmp::Reverse(w.who.priority), *r, served, w.id);
-                *r += 1;
-                key
-            })
-            .collect();
-        keyed.sort_unstable();
-        Some(keyed.into_iter().map(|(.., id)| id).collect())
-    }
-
-    /// Whether waiter `i`, which was not served, has waited `age` or more:
-    /// then no waiter after it in this pass is served, so the room that
-    /// frees up collects for it instead of going to smaller requests behind
-    /// it forever (ageing).
-    fn holds_room(&mut self, i: usize, now: Instant, age: Duration) -> bool {
-        let Some(w) = self.queue.get(i).filter(|w| now.saturating_duration_since(w.since) >= age) else { return false };
-        self.held = Some(w.demand);
+        let mut keys: rustc_hash::FxHashMap<u64, (std::cmp::Reverse<i64>, u32, u64)> = rustc_hash::FxHashMap::default();
+        for w in queue.iter() {
+            let r = rank.entry(w.who.tenant).or_default();
+            let served = self.last_served.get(&w.who.tenant).copied().unwrap_or(0);
+            keys.insert(w.id, (std::cmp::Reverse(w.who.priority), *r, served));
+            *r += 1;
+        }
+        queue.make_contiguous().sort_unstable_by_key(|w| (keys.get(&w.id).copied(), w.id));
         true
     }
 
-    /// Offers waiter `i` a key: served (or told it never can be, or gone)
-    /// and removed from the queue, or still waiting.
-    fn try_serve(&mut self, i: usize, now: Instant, strategy: Strategy, recheck: bool) -> Served {
-        let demand = self.queue[i].demand;
-        if self.queue[i].tx.is_closed() {
-            self.queue.remove(i);
-            return Served::Left;
+    /// Whether `waiter`, which was not served, has waited `age` or more and
+    /// can be served before its own deadline (a key could fit it, and time
+    /// alone brings room by then, or a finishing request may): then no
+    /// waiter after it in this pass is served, nor a new request, so the
+    /// room that frees up collects for it instead of going to smaller
+    /// requests behind it forever (ageing). Sets `held` when so.
+    fn holds_room(&mut self, waiter: &Waiter, now: Instant, age: Duration) -> bool {
+        if now.saturating_duration_since(waiter.since) < age || self.feasible(now, waiter.demand).is_err() {
+            return false;
         }
-        if recheck && !self.queue[i].exclude.is_empty() && !self.usable_outside(now, &self.queue[i].exclude) {
+        let deadline = waiter.since + age * 2;
+        let day_end = self.day_end;
+        let Inner { index, keys, .. } = self;
+        // Room by time alone only after its deadline: holding would only hold up the others.
+        let too_late = index
+            .ready()
+            .filter_map(|id| keys.get(&id).and_then(|slot| slot.room_at(now, waiter.demand, day_end)))
+            .min()
+            .is_some_and(|at| at > deadline);
+        if too_late {
+            return false;
+        }
+        self.held = Some(waiter.demand);
+        true
+    }
+
+    /// Offers `waiter` a key: `None` when it left the queue (served, told it
+    /// never can be, or gone), else the waiter, still waiting.
+    fn try_serve(&mut self, mut waiter: Waiter, now: Instant, strategy: Strategy, recheck: bool) -> Option<Waiter> {
+        let demand = waiter.demand;
+        if waiter.tx.is_closed() {
+            return None;
+        }
+        if recheck && !waiter.exclude.is_empty() && !self.usable_outside(now, &waiter.exclude) {
             // Only excluded keys are left: they are better than none.
-            self.queue[i].exclude.clear();
+            waiter.exclude.clear();
         }
         if self.index.ready_len() > 0 {
-            let exclude = std::mem::take(&mut self.queue[i].exclude);
+            let exclude = std::mem::take(&mut waiter.exclude);
             let picked = self.pick_where(now, demand, |id| !exclude.contains(&id));
-            self.queue[i].exclude = exclude;
+            waiter.exclude = exclude;
             if let Some(id) = picked {
-                let Some(waiter) = self.queue.remove(i) else { return Served::Left };
                 self.grants += 1;
                 if self.last_served.len() >= LAST_SERVED_CAP && !self.last_served.contains_key(&waiter.who.tenant) {
                     // Only an order among equals: forgetting it costs a turn at most.
@@ -343,18 +345,16 @@ impl Inner {
                         self.unreserve(&grant, now, strategy);
                     }
                 }
-                return Served::Left;
+                return None;
             }
         }
         if recheck {
             if let Err(reason) = self.feasible(now, demand) {
-                if let Some(waiter) = self.queue.remove(i) {
-                    let _ = waiter.tx.send(Err(reason));
-                }
-                return Served::Left;
+                let _ = waiter.tx.send(Err(reason));
+                return None;
             }
         }
-        Served::Waits
+        Some(waiter)
     }
 
     /// The next instant time alone can let a waiting request through.

@@ -201,6 +201,10 @@ impl Drop for WaitGuard {
             inner.unreserve(&grant, now, strategy);
             inner.dispatch(now, strategy);
             self.scheduler.wake_if_waiting(inner);
+        } else if inner.held.is_some() {
+            // It may have been the one holding the room: the others look again.
+            inner.dispatch(now, strategy);
+            self.scheduler.wake_if_waiting(inner);
         }
     }
 }

@@ -105,8 +105,7 @@ impl TokenSet {
             let Some(digest) = hex::decode(t.hash).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()) else { continue };
             let tenant = match old.get(&t.id) {
                 Some(tenant) => {
-                    let spent = t.spent.unwrap_or_else(|| tenant.spend().0);
-                    tenant.update(t.name, t.settings, spent);
+                    tenant.update(t.name, t.settings, t.spent);
                     Arc::clone(tenant)
                 }
                 None => Arc::new(Tenant::new(t.id, t.name, t.settings, tz.clone(), t.spent.unwrap_or(0))),

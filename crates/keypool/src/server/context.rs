@@ -313,14 +313,13 @@ impl RequestContext {
         self.record.duration_us = micros(Instant::now().saturating_duration_since(self.started));
         if let Some(ticket) = self.ticket.take() {
             let r = &self.record;
-            // Tokens as the usage said; without it, the estimate once anything was sent, else none.
-            let used = match (r.prompt_tokens, r.completion_tokens) {
+            // Tokens as the usage said; without it, the estimate.
+            let used_tokens = match (r.prompt_tokens, r.completion_tokens) {
                 (Some(p), Some(c)) => Some(p.saturating_add(c)),
-                (Some(p), None) => Some(p),
-                _ if r.attempts.is_empty() => Some(0),
-                _ => None,
+                (p, _) => p,
             };
-            ticket.settle(used, r.cost_micros.unwrap_or(0));
+            let sent = !r.attempts.is_empty();
+            ticket.settle(crate::tenants::End { sent, used_tokens, cost_micros: r.cost_micros.unwrap_or(0) });
         }
         crate::metrics::request_ended(&self.record);
         log_request(&self.record);

@@ -36,6 +36,8 @@ pub enum ApiError {
     ClientNotAllowed { client: String },
     #[error("This gateway token may not use the model `{model}`; it may use: {allowed}.")]
     ModelNotAllowed { model: String, allowed: String },
+    #[error("This gateway token may use only some models ({allowed}), and this request names none it can be held to: send `model` (in a form, before the file); batches and assistant runs are not available to it.")]
+    ModelNotNamed { allowed: String },
     #[error("This gateway token is at its limit of {limit}{}. Please try again in {}s.", waited_text(*.waited), retry_after_secs(*.retry_after))]
     TokenRateLimited { limit: &'static str, waited: Duration, retry_after: Duration },
     #[error("This gateway token's budget is spent{}.", .retry_after.map_or_else(|| " (it does not renew)".to_owned(), |d| format!("; it renews in {}s", retry_after_secs(d))))]
@@ -169,6 +171,7 @@ impl ApiError {
             | ApiError::TokenExpired { .. }
             | ApiError::ClientNotAllowed { .. }
             | ApiError::ModelNotAllowed { .. }
+            | ApiError::ModelNotNamed { .. }
             | ApiError::TokenRateLimited { .. }
             | ApiError::TokenBudgetSpent { .. }
             | ApiError::TokenRequestTooLarge { .. }
@@ -220,6 +223,7 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "invalid_request_error", "client_address_not_allowed")
             }
             ApiError::ModelNotAllowed { .. } => (StatusCode::FORBIDDEN, "invalid_request_error", "model_not_found"),
+            ApiError::ModelNotNamed { .. } => (StatusCode::FORBIDDEN, "invalid_request_error", "model_required"),
             ApiError::TokenRateLimited { limit, .. } => {
                 let kind = if limit.contains("token") { "tokens" } else { "requests" };
                 (StatusCode::TOO_MANY_REQUESTS, kind, "rate_limit_exceeded")
@@ -281,7 +285,9 @@ impl ApiError {
         let (_, kind, code) = self.status_type_code();
         let param = match self {
             ApiError::InvalidParameter { param, .. } => Some(*param),
-            ApiError::ModelNotServed(_) | ApiError::ModelNotAllowed { .. } => Some("model"),
+            ApiError::ModelNotServed(_) | ApiError::ModelNotAllowed { .. } | ApiError::ModelNotNamed { .. } => {
+                Some("model")
+            }
             _ => None,
         };
         serde_json::json!({

@@ -77,6 +77,16 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
         },
         AuthMode::None => None,
     };
+    // A token disabled, expired or used from outside its networks is refused
+    // like a wrong one: counted, logged within bounds, never recorded.
+    if let Some(refused) =
+        tenant.as_ref().and_then(|t| crate::tenants::scope_refusal(&t.settings(), crate::store::now_unix(), client))
+    {
+        crate::metrics::request_refused("token");
+        let e = ApiError::from_scope(refused, client);
+        super::auth::log_refusal(&e, client);
+        return e.into_response();
+    }
     let (parts, body) = req.into_parts();
     let mut ctx = Box::new(RequestContext::begin(app.recorder.clone(), &parts, client, started));
     if let Some(tenant) = &tenant {
@@ -86,7 +96,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
     // The upstream the request went to last (none before any).
     let mut pool: Option<Arc<Pool>> = None;
-    let caller = Caller { tenant: tenant.as_ref(), client };
+    let caller = Caller { tenant: tenant.as_ref() };
     let mut response = match handle(&app, parts, body, started, caller, &mut slot, &mut pool).await {
         Ok(response) => response,
         Err(e) => {
@@ -108,12 +118,36 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     response
 }
 
-/// Who sent a request: its token's tenant (none when `auth = "none"`) and
-/// its address as [`super::client::real_client`] found it.
+/// The refusal of `model` for a token limited to `scope`'s models.
+fn not_allowed(scope: &TokenSettings, model: &str) -> ApiError {
+    crate::metrics::request_refused("token");
+    ApiError::ModelNotAllowed {
+        model: model.to_owned(),
+        allowed: scope.models.as_deref().unwrap_or_default().join(", "),
+    }
+}
+
+/// The models an alias (or a name) is served as, by the plan for it.
+fn plan_targets(set: &PoolSet, model: &str) -> Vec<Arc<str>> {
+    set.plan(Some(model)).map(|p| p.candidates().filter_map(|c| c.model.clone()).collect()).unwrap_or_default()
+}
+
+/// POST endpoints (the path after `/v1/`) that use no model, which a
+/// token limited to some models may still call: files and uploads, vector
+/// stores, messages of a thread, and cancelling. A batch (whose models are
+/// inside its file) or a run (its assistant's model) is not among them.
+fn uses_no_model(rest: &str) -> bool {
+    let rest = rest.trim_end_matches('/');
+    let first = rest.split('/').next().unwrap_or_default();
+    matches!(first, "files" | "uploads" | "vector_stores")
+        || rest.ends_with("/cancel")
+        || (first == "threads" && rest.ends_with("/messages"))
+}
+
+/// Who sent a request: its token's tenant (none when `auth = "none"`).
 #[derive(Clone, Copy)]
 struct Caller<'a> {
     tenant: Option<&'a Arc<Tenant>>,
-    client: Option<std::net::IpAddr>,
 }
 
 async fn handle(
@@ -127,12 +161,6 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     // The token's settings as they are now (an edit applies to later requests).
     let scope = caller.tenant.map(|t| t.settings());
-    if let Some(refused) =
-        scope.as_deref().and_then(|s| crate::tenants::scope_refusal(s, crate::store::now_unix(), caller.client))
-    {
-        crate::metrics::request_refused("token");
-        return Err(ApiError::from_scope(refused, caller.client));
-    }
     let models_scope = scope.as_deref().filter(|s| s.models.is_some());
     // The upstreams as configured now: a reload changes them for later requests only.
     let set = app.pools.load();
@@ -145,6 +173,14 @@ async fn handle(
     if parts.method == http::Method::GET && super::billing::answered_here(&rest) {
         return super::billing::answer(app, &rest, query, caller.tenant).await;
     }
+    if let (Some(scope), true) = (models_scope, parts.method == http::Method::GET) {
+        if let Some(id) = rest.strip_prefix("models/").filter(|id| !id.is_empty()) {
+            let targets = plan_targets(&set, id);
+            if !scope.allows_model(id, &targets.iter().map(|t| &**t).collect::<Vec<&str>>()) {
+                return Err(not_allowed(scope, id));
+            }
+        }
+    }
     if parts.method == http::Method::GET
         && rest.trim_end_matches('/') == "models"
         && (super::models::answered_here(&set) || models_scope.is_some())
@@ -154,7 +190,8 @@ async fn handle(
     let exact = set.all().iter().any(|p| p.scheduler.counts_tokens()) || !app.config.prices.is_empty();
     // A form's model routes it only where there is a choice to make, or
     // where it goes into the path (an Azure deployment's).
-    let forms_routed = set.all().len() > 1
+    let forms_routed = models_scope.is_some()
+        || set.all().len() > 1
         || set
             .all()
             .iter()
@@ -176,12 +213,24 @@ async fn handle(
         shape.as_ref().and_then(|s| s.user.as_deref())
     );
     let plan = set.plan(model.as_deref())?;
-    if let (Some(scope), Some(m)) = (models_scope, model.as_deref()) {
-        let targets: Vec<&str> = plan.candidates().filter_map(|c| c.model.as_deref()).collect();
-        if !scope.allows_model(m, &targets) {
-            crate::metrics::request_refused("token");
-            let allowed = scope.models.as_deref().unwrap_or_default().join(", ");
-            return Err(ApiError::ModelNotAllowed { model: m.to_owned(), allowed });
+    if let Some(scope) = models_scope {
+        match model.as_deref() {
+            Some(m) => {
+                let targets: Vec<&str> = plan.candidates().filter_map(|c| c.model.as_deref()).collect();
+                if !scope.allows_model(m, &targets) {
+                    return Err(not_allowed(scope, m));
+                }
+            }
+            // A request that names no model cannot be held to the list: only
+            // those that use no model pass (files, uploads, vector stores,
+            // reading and cancelling).
+            None if parts.method == http::Method::POST && !uses_no_model(&rest) => {
+                crate::metrics::request_refused("token");
+                return Err(ApiError::ModelNotNamed {
+                    allowed: scope.models.as_deref().unwrap_or_default().join(", "),
+                });
+            }
+            None => {}
         }
     }
     // An object an earlier request created lives on the key that created it.
@@ -245,11 +294,16 @@ async fn handle(
             Some(c) => app.demand(&first_pool.scheduler, shape.as_ref(), route.price_of(app, c)),
             None => crate::scheduler::Demand::default(),
         };
-        let need = Need { tokens: demand.tokens, cost_micros: demand.cost_micros };
+        // The token's TPM counts what the docs say (the prompt and the completion
+        // allowance), not the upstream's admission charge the scheduler estimates.
+        let tokens = shape
+            .as_ref()
+            .map_or(0, |s| s.prompt_tokens.saturating_add(s.completion_budget(app.config.limits.default_max_tokens)));
+        let need = Need { tokens, cost_micros: demand.cost_micros };
         let began = Instant::now();
         let wait_until = (began + first_pool.scheduler.max_wait()).min(deadline);
         ctx!(slot, queue);
-        let admitted = tenant.admit(need, wait_until).await;
+        let admitted = tenant.admit(need, wait_until, app.config.pool.max_queue).await;
         ctx!(slot, unqueue);
         match admitted {
             Ok(ticket) => ctx!(slot, hold, ticket),

@@ -49,6 +49,8 @@ enum Blocked {
         limit: &'static str,
     },
     Refused(Refusal),
+    /// Too many of the token's requests wait already.
+    Full,
 }
 
 /// A tenant's counters (see the module's comment).
@@ -62,6 +64,8 @@ pub(super) struct Counters {
     day: (i64, i64),
     day_requests: u64,
     inflight: u64,
+    /// Requests waiting for room under this token's limits.
+    waiting: usize,
     /// The budget period under way, [start, end) in Unix seconds.
     period: (i64, i64),
     period_kind: BudgetPeriod,
@@ -105,6 +109,7 @@ impl Counters {
             day: period_bounds(BudgetPeriod::Daily, tz, now),
             day_requests: 0,
             inflight: 0,
+            waiting: 0,
             period: period_bounds(s.budget_period, tz, now),
             period_kind: s.budget_period,
             spent,
@@ -208,20 +213,41 @@ impl Counters {
         Ok(seq)
     }
 
-    fn settle(&mut self, seq: u64, need: Need, used_tokens: Option<u64>, cost: u64) {
+    fn settle(&mut self, seq: u64, need: Need, end: End) {
         self.inflight = self.inflight.saturating_sub(1);
         self.reserved = self.reserved.saturating_sub(need.cost_micros);
-        self.spent = self.spent.saturating_add(cost);
-        if let Some(used) = used_tokens {
-            // Sequences rise with the deque, so the entry (if still within the minute) is found by search.
-            if let Ok(i) = self.minute.binary_search_by_key(&seq, |e| e.1) {
-                if let Some(entry) = self.minute.get_mut(i) {
-                    self.minute_tokens = self.minute_tokens.saturating_sub(entry.2).saturating_add(used);
-                    entry.2 = used;
+        self.spent = self.spent.saturating_add(end.cost_micros);
+        // Sequences rise with the deque, so the entry (if still within the minute) is found by search.
+        let entry = self.minute.binary_search_by_key(&seq, |e| e.1).ok();
+        if !end.sent {
+            // Never sent upstream (refused, or no key in time): it counts for none of the limits.
+            if let Some(i) = entry {
+                if let Some((_, _, tokens)) = self.minute.remove(i) {
+                    self.minute_tokens = self.minute_tokens.saturating_sub(tokens);
                 }
+            }
+            self.day_requests = self.day_requests.saturating_sub(1);
+            return;
+        }
+        if let (Some(used), Some(i)) = (end.used_tokens, entry) {
+            if let Some(e) = self.minute.get_mut(i) {
+                self.minute_tokens = self.minute_tokens.saturating_sub(e.2).saturating_add(used);
+                e.2 = used;
             }
         }
     }
+}
+
+/// How an admitted request ended, for its tenant's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    /// Whether any attempt was sent upstream; a request never sent counts
+    /// for no limit and spends nothing.
+    pub sent: bool,
+    /// Prompt plus completion tokens used; `None` keeps the estimate.
+    pub used_tokens: Option<u64>,
+    /// What it cost, micro-USD.
+    pub cost_micros: u64,
 }
 
 /// An admitted request's hold on its tenant: its place in the counters and
@@ -241,19 +267,18 @@ impl Ticket {
         self.need
     }
 
-    /// The request ended having used `used_tokens` (prompt plus completion;
-    /// `None` keeps the estimate) and spent `cost` micro-USD.
-    pub fn settle(mut self, used_tokens: Option<u64>, cost: u64) {
-        self.settle_once(used_tokens, cost);
+    /// The request ended as `end` says.
+    pub fn settle(mut self, end: End) {
+        self.settle_once(end);
     }
 
-    fn settle_once(&mut self, used_tokens: Option<u64>, cost: u64) {
+    fn settle_once(&mut self, end: End) {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
         {
             let mut c = self.tenant.counters.lock().unwrap_or_else(|p| p.into_inner());
-            c.settle(self.seq, self.need, used_tokens, cost);
+            c.settle(self.seq, self.need, end);
         }
         self.tenant.room.notify_waiters();
     }
@@ -262,7 +287,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         // Not settled by the request's end: charged its estimate (never less than reserved).
-        self.settle_once(None, self.need.cost_micros);
+        self.settle_once(End { sent: true, used_tokens: None, cost_micros: self.need.cost_micros });
     }
 }
 
@@ -270,12 +295,14 @@ impl Tenant {
     /// Admits a request needing `need`, waiting (until `deadline`) while the
     /// token is at one of its own limits; a budget that cannot pay and a
     /// request larger than the TPM are refused at once, and so is a wait
-    /// that could not end before `deadline`.
+    /// that could not end before `deadline`, or one that would make more
+    /// than `max_waiting` of the token's requests wait (`pool.max_queue`).
     ///
     /// # Errors
     /// [`Refusal`], saying which limit and when to come back.
-    pub async fn admit(self: &Arc<Self>, need: Need, deadline: Instant) -> Result<Ticket, Refusal> {
+    pub async fn admit(self: &Arc<Self>, need: Need, deadline: Instant, max_waiting: usize) -> Result<Ticket, Refusal> {
         let started = Instant::now();
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
@@ -285,11 +312,29 @@ impl Tenant {
             let tried = {
                 let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
                 c.roll(&settings, &self.tz, crate::store::now_unix());
-                c.try_admit(&settings, need, now, crate::store::now_unix())
+                let tried = c.try_admit(&settings, need, now, crate::store::now_unix());
+                if matches!(tried, Err(Blocked::Wait { .. })) && waiting.is_none() {
+                    if c.waiting >= max_waiting {
+                        Err(Blocked::Full)
+                    } else {
+                        c.waiting += 1;
+                        waiting = Some(Waiting(self));
+                        tried
+                    }
+                } else {
+                    tried
+                }
             };
             match tried {
                 Ok(seq) => return Ok(Ticket { tenant: Arc::clone(self), seq, need, settled: false }),
                 Err(Blocked::Refused(r)) => return Err(r),
+                Err(Blocked::Full) => {
+                    return Err(Refusal::RateLimited {
+                        limit: "requests waiting",
+                        waited: Duration::ZERO,
+                        retry_after: Duration::from_secs(1),
+                    })
+                }
                 Err(Blocked::Wait { until, limit }) => {
                     if now >= deadline || until.is_some_and(|u| u > deadline) {
                         let retry_after = until.map_or(Duration::from_secs(1), |u| u.saturating_duration_since(now));
@@ -302,6 +347,17 @@ impl Tenant {
                 }
             }
         }
+    }
+}
+
+/// One request counted in its tenant's `waiting` while it waits (however
+/// the wait ends: admitted, refused, or the caller gone).
+struct Waiting<'a>(&'a Tenant);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut c = self.0.counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.waiting = c.waiting.saturating_sub(1);
     }
 }
 
@@ -318,21 +374,80 @@ mod tests {
         Need { tokens, cost_micros }
     }
 
+    fn used(tokens: u64, cost_micros: u64) -> End {
+        End { sent: true, used_tokens: Some(tokens), cost_micros }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_max_waiting_requests_of_a_token_wait() {
+        let t = tenant(TokenSettings { max_inflight: Some(1), ..Default::default() });
+        let far = Instant::now() + Duration::from_secs(600);
+        let held = t.admit(need(1, 0), far, 2).await.unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let t = Arc::clone(&t);
+                tokio::spawn(async move { t.admit(need(1, 0), far, 2).await.map(drop) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match t.admit(need(1, 0), far, 2).await.unwrap_err() {
+            Refusal::RateLimited { limit, waited, .. } => {
+                assert_eq!((limit, waited), ("requests waiting", Duration::ZERO))
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(t.counters.lock().unwrap().waiting, 0, "every wait is uncounted when it ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_never_sent_counts_for_no_limit() {
+        let t = tenant(TokenSettings { rpm: Some(1), rpd: Some(1), ..Default::default() });
+        let soon = Instant::now() + Duration::from_secs(1);
+        t.admit(need(10, 0), soon, 1024).await.unwrap().settle(End {
+            sent: false,
+            used_tokens: Some(0),
+            cost_micros: 0,
+        });
+        t.admit(need(10, 0), soon, 1024).await.unwrap().settle(used(10, 0));
+        assert!(
+            matches!(t.admit(need(10, 0), soon, 1024).await, Err(Refusal::RateLimited { .. })),
+            "a sent one counts"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_added_later_starts_from_what_the_store_says_was_spent() {
+        let t = tenant(TokenSettings::default());
+        let soon = Instant::now() + Duration::from_secs(1);
+        t.update("t", TokenSettings { budget_micros: Some(40), ..Default::default() }, Some(50));
+        assert_eq!(t.spend(), (50, 0));
+        assert_eq!(t.admit(need(1, 0), soon, 1024).await.unwrap_err(), Refusal::Budget { retry_after: None });
+        // An edit that does not touch the budget keeps counting from memory.
+        t.update("t", TokenSettings { budget_micros: Some(100), rpm: Some(5), ..Default::default() }, None);
+        assert_eq!(t.spend(), (50, 0));
+        t.admit(need(1, 10), soon, 1024).await.unwrap().settle(used(1, 10));
+        assert_eq!(t.spend(), (60, 0));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn requests_per_minute_wait_for_the_oldest_to_leave_the_minute() {
         let t = tenant(TokenSettings { rpm: Some(2), ..Default::default() });
         let far = Instant::now() + Duration::from_secs(600);
         let start = Instant::now();
         for _ in 0..2 {
-            t.admit(need(1, 0), far).await.unwrap().settle(Some(1), 0);
+            t.admit(need(1, 0), far, 1024).await.unwrap().settle(used(1, 0));
         }
-        t.admit(need(1, 0), far).await.unwrap().settle(Some(1), 0);
+        t.admit(need(1, 0), far, 1024).await.unwrap().settle(used(1, 0));
         assert_eq!(Instant::now() - start, MINUTE, "the third waits a minute");
-        t.admit(need(1, 0), far).await.unwrap().settle(Some(1), 0);
+        t.admit(need(1, 0), far, 1024).await.unwrap().settle(used(1, 0));
         assert_eq!(Instant::now() - start, MINUTE, "the first two have left the minute: the fourth goes at once");
         // A wait that cannot end before the deadline is refused at once, with when to come back.
         let soon = Instant::now() + Duration::from_secs(5);
-        match t.admit(need(1, 0), soon).await.unwrap_err() {
+        match t.admit(need(1, 0), soon, 1024).await.unwrap_err() {
             Refusal::RateLimited { limit, waited, retry_after } => {
                 assert_eq!(limit, "requests per minute");
                 assert_eq!(waited, Duration::ZERO);
@@ -346,17 +461,17 @@ mod tests {
     async fn tokens_per_minute_count_what_was_used_once_it_ends() {
         let t = tenant(TokenSettings { tpm: Some(1000), ..Default::default() });
         let far = Instant::now() + Duration::from_secs(600);
-        let a = t.admit(need(800, 0), far).await.unwrap();
+        let a = t.admit(need(800, 0), far, 1024).await.unwrap();
         let soon = Instant::now() + Duration::from_secs(1);
         assert!(matches!(
-            t.admit(need(300, 0), soon).await,
+            t.admit(need(300, 0), soon, 1024).await,
             Err(Refusal::RateLimited { limit: "tokens per minute", .. })
         ));
-        a.settle(Some(100), 0);
-        let b = t.admit(need(300, 0), soon).await.unwrap();
+        a.settle(used(100, 0));
+        let b = t.admit(need(300, 0), soon, 1024).await.unwrap();
         drop(b);
         assert_eq!(
-            t.admit(need(1001, 0), far).await.unwrap_err(),
+            t.admit(need(1001, 0), far, 1024).await.unwrap_err(),
             Refusal::TooLarge { needed: 1001, limit: 1000 },
             "larger than the whole limit: refused, never waited for"
         );
@@ -367,15 +482,15 @@ mod tests {
         let t = tenant(TokenSettings { budget_micros: Some(1000), ..Default::default() });
         let soon = Instant::now() + Duration::from_secs(2);
         let held: Vec<Ticket> =
-            vec![t.admit(need(1, 400), soon).await.unwrap(), t.admit(need(1, 400), soon).await.unwrap()];
+            vec![t.admit(need(1, 400), soon, 1024).await.unwrap(), t.admit(need(1, 400), soon, 1024).await.unwrap()];
         // 800 reserved: a third of 400 waits for them, and is refused when they spend all they reserved.
         let third = {
             let t = Arc::clone(&t);
-            tokio::spawn(async move { t.admit(need(1, 400), soon).await })
+            tokio::spawn(async move { t.admit(need(1, 400), soon, 1024).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         for h in held {
-            h.settle(Some(1), 450);
+            h.settle(used(1, 450));
         }
         assert_eq!(
             third.await.unwrap().unwrap_err(),
@@ -384,9 +499,13 @@ mod tests {
         );
         assert_eq!(t.spend(), (900, 0));
         // A cheaper request still fits; then nothing does.
-        t.admit(need(1, 100), soon).await.unwrap().settle(None, 100);
+        t.admit(need(1, 100), soon, 1024).await.unwrap().settle(End {
+            sent: true,
+            used_tokens: None,
+            cost_micros: 100,
+        });
         assert!(
-            matches!(t.admit(need(1, 0), soon).await, Err(Refusal::Budget { .. })),
+            matches!(t.admit(need(1, 0), soon, 1024).await, Err(Refusal::Budget { .. })),
             "a spent budget pays for nothing"
         );
     }
@@ -395,14 +514,14 @@ mod tests {
     async fn requests_in_flight_are_capped_and_an_end_lets_the_next_in() {
         let t = tenant(TokenSettings { max_inflight: Some(1), ..Default::default() });
         let far = Instant::now() + Duration::from_secs(600);
-        let first = t.admit(need(1, 0), far).await.unwrap();
+        let first = t.admit(need(1, 0), far, 1024).await.unwrap();
         let second = {
             let t = Arc::clone(&t);
-            tokio::spawn(async move { t.admit(need(1, 0), far).await.map(|_| Instant::now()) })
+            tokio::spawn(async move { t.admit(need(1, 0), far, 1024).await.map(|_| Instant::now()) })
         };
         tokio::time::sleep(Duration::from_secs(3)).await;
         let ended = Instant::now();
-        first.settle(None, 0);
+        first.settle(used(1, 0));
         assert_eq!(second.await.unwrap().unwrap(), ended, "admitted as soon as the first ended");
     }
 

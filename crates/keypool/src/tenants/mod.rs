@@ -14,7 +14,7 @@
 mod admit;
 pub mod settings;
 
-pub use admit::{period_bounds, Need, Refusal, Ticket};
+pub use admit::{period_bounds, End, Need, Refusal, Ticket};
 pub use settings::{models_from, networks_from, parse_models, BudgetPeriod, TokenSettings};
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -65,11 +65,11 @@ impl Tenant {
         Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Takes an operator's edit; counters stay. A changed budget period
-    /// starts counting from `spent` (the store's figure for the new period).
-    pub fn update(&self, name: &str, settings: TokenSettings, spent: u64) {
-        let old = self.settings();
-        if old.budget_period != settings.budget_period {
+    /// Takes an operator's edit; counters stay. `spent`: what the store
+    /// says the token spent in its (new) budget period, when it was asked
+    /// (a budget added, or its period changed): counting goes on from it.
+    pub fn update(&self, name: &str, settings: TokenSettings, spent: Option<u64>) {
+        if let Some(spent) = spent {
             let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             c.restart_budget(settings.budget_period, &self.tz, crate::store::now_unix(), spent);
         }

@@ -108,3 +108,22 @@ pub async fn run_sdk(python: &std::ffi::OsStr, args: &[&str], app: &TestApp) -> 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A multipart form with `fields` in order (a file part is named `file`).
+pub fn form(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(b"--kp-test-boundary\r\n");
+        let disposition = if *name == "file" {
+            "Content-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+                .to_owned()
+        } else {
+            format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+        };
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--kp-test-boundary--\r\n");
+    ("multipart/form-data; boundary=kp-test-boundary".into(), body)
+}

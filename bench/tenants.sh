@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The cost of tenants (issue 17): one keypool with ONE gateway token against
+# one with N (default 1,000), every token with RPM, TPM, RPD, an in-flight cap
+# and a monthly budget (all far above what the load reaches, so every request
+# is admitted: what is measured is the counting, not refusals), over the same
+# simulator. Load comes from examples/tenants_load.rs (closed loop, c64),
+# which on the N side sends request i with token i mod N. Alternating rounds;
+# prints each round and the medians of requests/s and p50 latency.
+# Usage: [C=64] bash bench/tenants.sh [N] [ROUNDS] [SECS]  (C: concurrency; C=1
+# for latency, where p50 is one request's time through the gateway)   (NO_BUILD=1: use the
+# release binaries already built in $CARGO_TARGET_DIR or ./target)
+# All traffic is on loopback; everything started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000} ROUNDS=${2:-10} SECS=${3:-10}
+T=${CARGO_TARGET_DIR:-./target}
+[ "${NO_BUILD:-}" = 1 ] || cargo build --release --locked -p keypool -p keypool-sim --bins --example tenants_load >&2
+BIN=$T/release/keypool SIM=$T/release/keypool-sim LOAD=$T/release/examples/tenants_load
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true; rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+ps=$(port)
+$SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($!)
+export RUST_LOG=warn
+LIMITS="--rpm 100000000 --tpm 100000000000 --rpd 100000000000 --max-inflight 10000 --budget 1000000 --period monthly"
+start() { # side tokens -> port (the tokens go to $work/SIDE.tokens)
+  local db="sqlite://$work/$1.db" p
+  for i in $(seq 10); do KEYPOOL_DATABASE_URL=$db "$BIN" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
+  for i in $(seq "$2"); do
+    KEYPOOL_DATABASE_URL=$db "$BIN" tokens create "tenant-$i" $LIMITS 2>/dev/null >> "$work/$1.tokens"
+  done
+  p=$(port)
+  KEYPOOL_DATABASE_URL=$db "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >"$work/$1.log" 2>&1 &
+  echo $! > "$work/$1.pid"
+  wait_up "http://127.0.0.1:$p/healthz"
+  echo "$p"
+}
+pa=$(start one 1)
+pb=$(start many "$N")
+echo "tokens: one side $(wc -l < "$work/one.tokens"), many side $(wc -l < "$work/many.tokens")" >&2
+run() { "$LOAD" "http://127.0.0.1:$1/v1/chat/completions" "$work/$2.tokens" "${C:-64}" "$SECS"; }
+run "$pa" one >/dev/null; run "$pb" many >/dev/null   # warm both
+: > "$work/rounds"
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then a=$(run "$pa" one); b=$(run "$pb" many); else b=$(run "$pb" many); a=$(run "$pa" one); fi
+  echo "round $r: one tenant: $a | $N tenants: $b   (req/s p50_us p99_us failed)"
+  echo "$a $b" >> "$work/rounds"
+done
+python3 - "$work/rounds" "$N" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+n = sys.argv[2]
+a_rps, a_p50 = [r[0] for r in rows], [r[1] for r in rows]
+b_rps, b_p50 = [r[4] for r in rows], [r[5] for r in rows]
+failed = sum(r[3] + r[7] for r in rows)
+ratio = [r[4] / r[0] for r in rows]
+added = [r[5] - r[1] for r in rows]
+print("one tenant: %.0f req/s (%.0f-%.0f), p50 %.0f us; %s tenants: %.0f req/s (%.0f-%.0f), p50 %.0f us" % (
+    statistics.median(a_rps), min(a_rps), max(a_rps), statistics.median(a_p50), n,
+    statistics.median(b_rps), min(b_rps), max(b_rps), statistics.median(b_p50)))
+print("throughput %s/one per round: median %.3f (%.3f-%.3f); added p50 per round: median %+.0f us (%+.0f..%+.0f); failed requests: %d" % (
+    n, statistics.median(ratio), min(ratio), max(ratio), statistics.median(added), min(added), max(added), failed))
+PY
