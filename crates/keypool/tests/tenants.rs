@@ -178,9 +178,16 @@ async fn a_token_over_its_budget_is_refused_while_others_keep_working() {
 
     let r = chat_as(&app, &daily, "gpt-4o-mini").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the estimate alone passes a 1 µUSD budget");
+    assert_eq!(r.headers()["x-should-retry"], "false");
     let renews: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&renews), "a daily budget renews at midnight: {renews}");
-    assert_eq!(error_code(r).await, "insufficient_quota");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("$0.000001 left") && message.contains("max_tokens"),
+        "says what is left and why: {message}"
+    );
 
     // The other tokens keep working.
     assert_eq!(app.post("/chat/completions").json(&chat("hi")).send().await.unwrap().status(), StatusCode::OK);
@@ -331,6 +338,8 @@ async fn the_admin_api_creates_edits_and_regenerates_tokens_and_the_gateway_foll
         (json!({"networks": ["10.0.0.0/33"]}), "networks"),
         (json!({"expires": "2001-01-01"}), "expires"),
         (json!({"budget_usd": -1}), "budget_usd"),
+        (json!({"models": []}), "models"),
+        (json!({"networks": [" "]}), "networks"),
     ] {
         let r = admin(reqwest::Method::PATCH, &format!("/tokens/{id}")).json(&body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");

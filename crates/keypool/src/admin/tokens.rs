@@ -110,13 +110,13 @@ macro_rules! with_token_settings {
         #[serde(deny_unknown_fields)]
         pub struct $name {
             $($(#[$fdoc])* pub $field: $ty,)*
-            /// Model globs the token may use (`gpt-4o*`); null or empty: every model.
+            /// Model globs the token may use (`gpt-4o*`), at least one; null: every model.
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<Vec<String>>)]
+            #[schema(value_type = Option<Vec<String>>, min_items = 1)]
             pub models: Option<Option<Vec<String>>>,
-            /// Networks the token may be used from: CIDRs or addresses; null or empty: anywhere.
+            /// Networks the token may be used from: CIDRs or addresses, at least one; null: anywhere.
             #[serde(default, deserialize_with = "present")]
-            #[schema(value_type = Option<Vec<String>>)]
+            #[schema(value_type = Option<Vec<String>>, min_items = 1)]
             pub networks: Option<Option<Vec<String>>>,
             /// Requests per minute (≥ 1).
             #[serde(default, deserialize_with = "present")]
@@ -156,13 +156,26 @@ macro_rules! with_token_settings {
         impl $name {
             /// `s` with this body's settings applied, each checked as the CLI checks it.
             pub fn apply(&self, mut s: TokenSettings) -> Result<TokenSettings, AdminError> {
-                if let Some(models) = &self.models {
-                    s.models = models_from(models.clone().unwrap_or_default())
-                        .map_err(|why| AdminError::field("models", why))?;
+                // An empty list must not open the token to everything: only null clears one.
+                match &self.models {
+                    Some(Some(models)) => {
+                        let list = models_from(models.clone()).map_err(|why| AdminError::field("models", why))?;
+                        s.models = Some(list.ok_or_else(|| {
+                            AdminError::field("models", "is empty; null allows every model")
+                        })?);
+                    }
+                    Some(None) => s.models = None,
+                    None => {}
                 }
-                if let Some(networks) = &self.networks {
-                    s.networks = networks_from(networks.as_deref().unwrap_or_default())
-                        .map_err(|why| AdminError::field("networks", why))?;
+                match &self.networks {
+                    Some(Some(networks)) => {
+                        let list = networks_from(networks).map_err(|why| AdminError::field("networks", why))?;
+                        s.networks = Some(list.ok_or_else(|| {
+                            AdminError::field("networks", "is empty; null allows anywhere")
+                        })?);
+                    }
+                    Some(None) => s.networks = None,
+                    None => {}
                 }
                 let limit = |name: &str, field: &mut Option<u64>, v: Option<Option<u64>>| -> Result<(), AdminError> {
                     match v {

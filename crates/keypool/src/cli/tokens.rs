@@ -199,8 +199,10 @@ pub(crate) fn status(t: &TokenRecord) -> &'static str {
     }
 }
 
+/// Dollars to the micro-USD the budgets count in, so a budget of $0.00005
+/// does not read as $0.0001.
 fn usd(micros: u64) -> String {
-    format!("${:.4}", micros as f64 / 1e6)
+    format!("${:.6}", micros as f64 / 1e6)
 }
 
 fn limits_text(s: &TokenSettings) -> String {
@@ -214,6 +216,12 @@ fn limits_text(s: &TokenSettings) -> String {
     put("tpm", s.tpm);
     put("rpd", s.rpd);
     put("inflight", s.max_inflight);
+    if let Some(nets) = &s.networks {
+        parts.push(format!("from {}", nets.iter().map(|c| c.0.to_string()).collect::<Vec<_>>().join(",")));
+    }
+    if s.priority != 0 {
+        parts.push(format!("priority {}", s.priority));
+    }
     if parts.is_empty() {
         "-".to_owned()
     } else {
@@ -255,8 +263,18 @@ pub async fn run(cmd: &TokensCommand, store: &Store, config: &Config) -> anyhow:
             let tokens = store.list_tokens().await?;
             if !json {
                 println!(
-                    "{:>4}  {:<20} {:<10} {:<8} {:<16} {:<24} {:>9} {:>12} {:>12} {:>18}",
-                    "ID", "NAME", "PREFIX", "STATUS", "MODELS", "LIMITS", "REQUESTS", "TOKENS", "SPENT", "BUDGET LEFT"
+                    "{:>4}  {:<20} {:<10} {:<8} {:<16} {:<24} {:>9} {:>12} {:>12} {:>28} {:<20}",
+                    "ID",
+                    "NAME",
+                    "PREFIX",
+                    "STATUS",
+                    "MODELS",
+                    "LIMITS",
+                    "REQUESTS",
+                    "TOKENS",
+                    "SPENT",
+                    "BUDGET LEFT",
+                    "EXPIRES"
                 );
             }
             for t in tokens {
@@ -285,8 +303,12 @@ pub async fn run(cmd: &TokensCommand, store: &Store, config: &Config) -> anyhow:
                     (Some(b), Some(l)) => format!("{} of {} {}", usd(l), usd(b), s.budget_period.as_str()),
                     _ => "-".to_owned(),
                 };
+                let expires = s.expires_at.map_or_else(
+                    || "never".to_owned(),
+                    |at| jiff::Timestamp::from_second(at).map_or_else(|_| at.to_string(), |t| t.to_string()),
+                );
                 println!(
-                    "{:>4}  {:<20} {:<10} {:<8} {:<16} {:<24} {:>9} {:>12} {:>12} {:>18}",
+                    "{:>4}  {:<20} {:<10} {:<8} {:<16} {:<24} {:>9} {:>12} {:>12} {:>28} {:<20}",
                     t.id,
                     t.name,
                     format!("{}…", t.prefix),
@@ -296,7 +318,8 @@ pub async fn run(cmd: &TokensCommand, store: &Store, config: &Config) -> anyhow:
                     u.requests,
                     u.prompt_tokens.saturating_add(u.completion_tokens),
                     usd(u.spent_micros),
-                    budget
+                    budget,
+                    expires
                 );
             }
         }

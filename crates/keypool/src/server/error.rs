@@ -40,8 +40,8 @@ pub enum ApiError {
     ModelNotNamed { allowed: String },
     #[error("This gateway token is at its limit of {limit}{}. Please try again in {}s.", waited_text(*.waited), retry_after_secs(*.retry_after))]
     TokenRateLimited { limit: &'static str, waited: Duration, retry_after: Duration },
-    #[error("This gateway token's budget is spent{}.", .retry_after.map_or_else(|| " (it does not renew)".to_owned(), |d| format!("; it renews in {}s", retry_after_secs(d))))]
-    TokenBudgetSpent { retry_after: Option<Duration> },
+    #[error("{}{}.", budget_text(*.left_micros, *.need_micros), .retry_after.map_or_else(|| " (it does not renew)".to_owned(), |d| format!("; it renews in {}s", retry_after_secs(d))))]
+    TokenBudgetSpent { retry_after: Option<Duration>, left_micros: u64, need_micros: u64 },
     #[error(
         "This request needs about {needed} tokens, more than this gateway token's limit of {limit} tokens per minute."
     )]
@@ -89,6 +89,19 @@ pub enum ApiError {
     ShuttingDown,
 }
 
+/// Why a token's budget refused a request, in dollars.
+fn budget_text(left_micros: u64, need_micros: u64) -> String {
+    if left_micros == 0 {
+        return "This gateway token's budget is spent".to_owned();
+    }
+    format!(
+        "This gateway token's budget has ${:.6} left, and this request may cost up to ${:.6} (its prompt and \
+         max_tokens at the model's price: a lower max_tokens costs less)",
+        left_micros as f64 / 1e6,
+        need_micros as f64 / 1e6
+    )
+}
+
 /// A Unix second as an RFC 3339 UTC time.
 fn unix_text(at: i64) -> String {
     jiff::Timestamp::from_second(at).map_or_else(|_| at.to_string(), |t| t.to_string())
@@ -134,7 +147,9 @@ impl From<crate::tenants::Refusal> for ApiError {
             Refusal::RateLimited { limit, waited, retry_after } => {
                 ApiError::TokenRateLimited { limit, waited, retry_after }
             }
-            Refusal::Budget { retry_after } => ApiError::TokenBudgetSpent { retry_after },
+            Refusal::Budget { retry_after, left_micros, need_micros } => {
+                ApiError::TokenBudgetSpent { retry_after, left_micros, need_micros }
+            }
             Refusal::TooLarge { needed, limit } => ApiError::TokenRequestTooLarge { needed, limit },
         }
     }
@@ -321,7 +336,7 @@ impl IntoResponse for ApiError {
             ApiError::AllKeysBusy { retry_after, .. } | ApiError::TokenRateLimited { retry_after, .. } => {
                 Some(*retry_after)
             }
-            ApiError::TokenBudgetSpent { retry_after } => *retry_after,
+            ApiError::TokenBudgetSpent { retry_after, .. } => *retry_after,
             ApiError::UpstreamFailed { retry_after, status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }

@@ -34,9 +34,11 @@ pub enum Refusal {
     /// Over one of the token's own limits for longer than the request may
     /// wait. `limit` names it in words ("requests per minute").
     RateLimited { limit: &'static str, waited: Duration, retry_after: Duration },
-    /// The budget cannot pay for the request; `retry_after` is the end of
-    /// the period (`None` for a total budget, which never renews).
-    Budget { retry_after: Option<Duration> },
+    /// The budget cannot pay for the request: `left_micros` is what is
+    /// left of it, `need_micros` the request's estimate (micro-USD);
+    /// `retry_after` is the end of the period (`None` for a total budget,
+    /// which never renews).
+    Budget { retry_after: Option<Duration>, left_micros: u64, need_micros: u64 },
     /// The request alone needs more tokens than the token's TPM allows.
     TooLarge { needed: u64, limit: u64 },
 }
@@ -164,7 +166,12 @@ impl Counters {
             if self.spent >= budget || self.spent.saturating_add(need.cost_micros) > budget {
                 let retry_after = (self.period.1 != i64::MAX)
                     .then(|| Duration::from_secs(u64::try_from(self.period.1.saturating_sub(unix)).unwrap_or(0)));
-                return Err(Blocked::Refused(Refusal::Budget { retry_after }));
+                let left_micros = budget.saturating_sub(self.spent);
+                return Err(Blocked::Refused(Refusal::Budget {
+                    retry_after,
+                    left_micros,
+                    need_micros: need.cost_micros,
+                }));
             }
             if self.spent.saturating_add(self.reserved).saturating_add(need.cost_micros) > budget {
                 // Requests in flight reserved the rest: they may give some back.
@@ -425,7 +432,10 @@ mod tests {
         let soon = Instant::now() + Duration::from_secs(1);
         t.update("t", TokenSettings { budget_micros: Some(40), ..Default::default() }, Some(50));
         assert_eq!(t.spend(), (50, 0));
-        assert_eq!(t.admit(need(1, 0), soon, 1024).await.unwrap_err(), Refusal::Budget { retry_after: None });
+        assert!(matches!(
+            t.admit(need(1, 0), soon, 1024).await,
+            Err(Refusal::Budget { retry_after: None, left_micros: 0, .. })
+        ));
         // An edit that does not touch the budget keeps counting from memory.
         t.update("t", TokenSettings { budget_micros: Some(100), rpm: Some(5), ..Default::default() }, None);
         assert_eq!(t.spend(), (50, 0));
@@ -494,7 +504,7 @@ mod tests {
         }
         assert_eq!(
             third.await.unwrap().unwrap_err(),
-            Refusal::Budget { retry_after: None },
+            Refusal::Budget { retry_after: None, left_micros: 100, need_micros: 400 },
             "900 spent: 400 more would pass 1000"
         );
         assert_eq!(t.spend(), (900, 0));
