@@ -79,8 +79,10 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     };
     // A token disabled, expired or used from outside its networks is refused
     // like a wrong one: counted, logged within bounds, never recorded.
+    // The token's settings as they are now (an edit applies to later requests).
+    let scope = tenant.as_ref().map(|t| t.settings());
     if let Some(refused) =
-        tenant.as_ref().and_then(|t| crate::tenants::scope_refusal(&t.settings(), crate::store::now_unix(), client))
+        scope.as_deref().and_then(|s| crate::tenants::scope_refusal(s, crate::store::now_unix(), client))
     {
         crate::metrics::request_refused("token");
         let e = ApiError::from_scope(refused, client);
@@ -96,7 +98,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
     // The upstream the request went to last (none before any).
     let mut pool: Option<Arc<Pool>> = None;
-    let caller = Caller { tenant: tenant.as_ref() };
+    let caller = Caller { tenant: tenant.as_ref(), scope: scope.as_deref() };
     let mut response = match handle(&app, parts, body, started, caller, &mut slot, &mut pool).await {
         Ok(response) => response,
         Err(e) => {
@@ -144,10 +146,12 @@ fn uses_no_model(rest: &str) -> bool {
         || (first == "threads" && rest.ends_with("/messages"))
 }
 
-/// Who sent a request: its token's tenant (none when `auth = "none"`).
+/// Who sent a request: its token's tenant (none when `auth = "none"`),
+/// with the settings read once for the whole request.
 #[derive(Clone, Copy)]
 struct Caller<'a> {
     tenant: Option<&'a Arc<Tenant>>,
+    scope: Option<&'a TokenSettings>,
 }
 
 async fn handle(
@@ -159,9 +163,9 @@ async fn handle(
     slot: &mut Option<Box<RequestContext>>,
     pool_used: &mut Option<Arc<Pool>>,
 ) -> Result<Response, ApiError> {
-    // The token's settings as they are now (an edit applies to later requests).
-    let scope = caller.tenant.map(|t| t.settings());
-    let models_scope = scope.as_deref().filter(|s| s.models.is_some());
+    // Read once in `proxy`: an edit applies to later requests.
+    let scope = caller.scope;
+    let models_scope = scope.filter(|s| s.models.is_some());
     // The upstreams as configured now: a reload changes them for later requests only.
     let set = app.pools.load();
     let clients = app.clients_for(&set)?;
@@ -287,9 +291,9 @@ async fn handle(
     // Its place in the fair queue.
     let who = crate::scheduler::Who {
         tenant: caller.tenant.map_or(0, |t| t.id()),
-        priority: scope.as_deref().map_or(0, |s| s.priority),
+        priority: scope.map_or(0, |s| s.priority),
     };
-    if let Some(tenant) = caller.tenant.filter(|_| scope.as_deref().is_some_and(TokenSettings::counts)) {
+    if let Some(tenant) = caller.tenant.filter(|_| scope.is_some_and(TokenSettings::counts)) {
         let demand = match &first {
             Some(c) => app.demand(&first_pool.scheduler, shape.as_ref(), route.price_of(app, c)),
             None => crate::scheduler::Demand::default(),
