@@ -11,6 +11,54 @@ fn list_text<T: ToString>(list: Option<&Vec<T>>) -> Option<String> {
     list.map(|l| serde_json::Value::from(l.iter().map(ToString::to_string).collect::<Vec<String>>()).to_string())
 }
 
+/// A token's settings as the `tokens` columns store them, in the order
+/// `models, networks, rpm, tpm, rpd, max_inflight, budget_micros,
+/// budget_period, expires_at, priority, enabled` (see [`bind_settings`]).
+struct SettingsRow {
+    models: Option<String>,
+    networks: Option<String>,
+    counts: [Option<i64>; 5],
+    budget_period: &'static str,
+    expires_at: Option<i64>,
+    priority: i64,
+    enabled: bool,
+}
+
+impl SettingsRow {
+    fn of(s: &TokenSettings) -> SettingsRow {
+        let count = |v: Option<u64>| v.map(i64_of);
+        SettingsRow {
+            models: list_text(s.models.as_ref()),
+            networks: list_text(s.networks.as_ref().map(|n| n.iter().map(|c| c.0).collect::<Vec<_>>()).as_ref()),
+            counts: [count(s.rpm), count(s.tpm), count(s.rpd), count(s.max_inflight), count(s.budget_micros)],
+            budget_period: s.budget_period.as_str(),
+            expires_at: s.expires_at,
+            priority: s.priority,
+            enabled: s.enabled,
+        }
+    }
+}
+
+/// Binds a [`SettingsRow`]'s 11 values to `$query`, in its column order
+/// (a macro: the query's type differs per backend).
+macro_rules! bind_settings {
+    ($query:expr, $row:expr) => {{
+        let [rpm, tpm, rpd, max_inflight, budget] = $row.counts;
+        $query
+            .bind($row.models.clone())
+            .bind($row.networks.clone())
+            .bind(rpm)
+            .bind(tpm)
+            .bind(rpd)
+            .bind(max_inflight)
+            .bind(budget)
+            .bind($row.budget_period)
+            .bind($row.expires_at)
+            .bind($row.priority)
+            .bind($row.enabled)
+    }};
+}
+
 impl Store {
     /// Stores a new token's hash with no limits; returns its id. A name in
     /// use (revoked or not) is refused with [`StoreError::TokenNameTaken`].
@@ -26,15 +74,14 @@ impl Store {
         prefix: &str,
         settings: &TokenSettings,
     ) -> Result<i64, StoreError> {
-        let count = |v: Option<u64>| v.map(i64_of);
-        let networks = settings.networks.as_ref().map(|n| n.iter().map(|c| c.0).collect::<Vec<_>>());
+        let row = SettingsRow::of(settings);
         on_pool!(self, |pool| {
             let taken = sqlx::query("SELECT 1 FROM tokens WHERE name = $1").bind(name).fetch_optional(pool).await?;
             if taken.is_some() {
                 return Err(StoreError::TokenNameTaken(name.to_owned()));
             }
             // One statement: a token is never stored without its limits.
-            let row = sqlx::query(
+            let query = sqlx::query(
                 "INSERT INTO tokens (name, hash, prefix, created_at, models, networks, rpm, tpm, rpd, max_inflight,
                     budget_micros, budget_period, expires_at, priority, enabled)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
@@ -42,20 +89,8 @@ impl Store {
             .bind(name)
             .bind(hash)
             .bind(prefix)
-            .bind(now_unix())
-            .bind(list_text(settings.models.as_ref()))
-            .bind(list_text(networks.as_ref()))
-            .bind(count(settings.rpm))
-            .bind(count(settings.tpm))
-            .bind(count(settings.rpd))
-            .bind(count(settings.max_inflight))
-            .bind(count(settings.budget_micros))
-            .bind(settings.budget_period.as_str())
-            .bind(settings.expires_at)
-            .bind(settings.priority)
-            .bind(settings.enabled)
-            .fetch_one(pool)
-            .await?;
+            .bind(now_unix());
+            let row = bind_settings!(query, row).fetch_one(pool).await?;
             Ok(row.try_get(0)?)
         })
     }
@@ -92,27 +127,14 @@ impl Store {
 
     /// Writes every tenant setting of token `id` (its name and secret stay).
     pub async fn set_token_settings(&self, id: i64, s: &TokenSettings) -> Result<(), StoreError> {
-        let count = |v: Option<u64>| v.map(i64_of);
+        let row = SettingsRow::of(s);
         on_pool!(self, |pool| {
-            let done = sqlx::query(
+            let query = sqlx::query(
                 "UPDATE tokens SET models = $1, networks = $2, rpm = $3, tpm = $4, rpd = $5, max_inflight = $6,
                     budget_micros = $7, budget_period = $8, expires_at = $9, priority = $10, enabled = $11
                  WHERE id = $12",
-            )
-            .bind(list_text(s.models.as_ref()))
-            .bind(list_text(s.networks.as_ref().map(|n| n.iter().map(|c| c.0).collect::<Vec<_>>()).as_ref()))
-            .bind(count(s.rpm))
-            .bind(count(s.tpm))
-            .bind(count(s.rpd))
-            .bind(count(s.max_inflight))
-            .bind(count(s.budget_micros))
-            .bind(s.budget_period.as_str())
-            .bind(s.expires_at)
-            .bind(s.priority)
-            .bind(s.enabled)
-            .bind(id)
-            .execute(pool)
-            .await?;
+            );
+            let done = bind_settings!(query, row).bind(id).execute(pool).await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound { what: "token", id });
             }
