@@ -45,3 +45,81 @@ impl Store {
         })
     }
 }
+
+/// One further admin token (`admin_tokens` table, migration 0014), as
+/// stored: its SHA-256 digest, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    pub id: i64,
+    pub name: String,
+    /// 64 lowercase hex digits.
+    pub sha256: String,
+    /// A viewer's token: reads everything the admin API shows, changes nothing.
+    pub read_only: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; `None` while the token is accepted.
+    pub revoked_at: Option<i64>,
+}
+
+impl Store {
+    /// Stores a further admin token's digest; returns its id. A name in use
+    /// (revoked or not) is refused with [`StoreError::AdminTokenNameTaken`].
+    pub async fn add_admin_token(&self, name: &str, sha256_hex: &str, read_only: bool) -> Result<i64, StoreError> {
+        on_pool!(self, |pool| {
+            let taken =
+                sqlx::query("SELECT 1 FROM admin_tokens WHERE name = $1").bind(name).fetch_optional(pool).await?;
+            if taken.is_some() {
+                return Err(StoreError::AdminTokenNameTaken(name.to_owned()));
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO admin_tokens (name, sha256, read_only, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(name)
+            .bind(sha256_hex)
+            .bind(read_only)
+            .bind(now_unix_ms())
+            .fetch_one(pool)
+            .await?;
+            Ok(id)
+        })
+    }
+
+    /// Every further admin token, revoked ones included, by id.
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        on_pool!(self, |pool| {
+            let rows: Vec<(i64, String, String, bool, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT id, name, sha256, read_only, created_at, revoked_at FROM admin_tokens ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, name, sha256, read_only, created_at, revoked_at)| AdminTokenRecord {
+                    id,
+                    name,
+                    sha256,
+                    read_only,
+                    created_at,
+                    revoked_at,
+                })
+                .collect())
+        })
+    }
+
+    /// Revokes further admin token `id` (idempotent); [`StoreError::NotFound`]
+    /// when there is none.
+    pub async fn revoke_admin_token(&self, id: i64) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_unix_ms())
+                .bind(id)
+                .execute(pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "admin token", id });
+            }
+            Ok(())
+        })
+    }
+}

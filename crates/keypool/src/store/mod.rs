@@ -25,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
+pub use admin_token::AdminTokenRecord;
 pub use audit::AuditEntry;
 pub use log_query::{LogCursor, LogFilter, LoggedRequest};
 pub use models::{KeyChange, KeyRecord, NewKey, TokenRecord, TokenUsage, UsageDelta};
@@ -56,6 +57,9 @@ pub enum StoreError {
     /// A token name must be unique, so `tokens revoke` and logs are unambiguous.
     #[error("a token named {0:?} already exists (see `keypool tokens list`); choose another name")]
     TokenNameTaken(String),
+    /// Admin tokens' names are unique too, so `admin tokens revoke` is unambiguous.
+    #[error("an admin token named {0:?} already exists (see `keypool admin tokens list`); choose another name")]
+    AdminTokenNameTaken(String),
     /// A key stored encrypted cannot be read or added to without the right
     /// master key (the message names `KEYPOOL_MASTER_KEY`).
     #[error(transparent)]
