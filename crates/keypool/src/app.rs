@@ -169,10 +169,15 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
     // The admin API is always on: with no `admin_token` setting, behind the
     // token stored in the database (generated now if there is none).
     let admin_token = crate::admin::token::at_start(config.admin_token.clone(), &store).await?;
+    let gate = Arc::new(crate::admin::Gate::new(
+        Arc::clone(&admin_token.live),
+        config.admin.sign_in_attempts_per_minute,
+        config.telemetry.trusted_proxies.clone(),
+    ));
     let admin = crate::admin::router(Arc::new(crate::admin::AdminState {
         store: store.clone(),
         pools: Arc::clone(&pools),
-        token: Arc::clone(&admin_token.live),
+        gate: Arc::clone(&gate),
         resync: Arc::clone(&resync),
         main: tokio::runtime::Handle::current(),
         config: Arc::new(config.clone()),
@@ -214,7 +219,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
     announce_admin_token(&admin_token, config, addr);
     // /metrics: on the main listener behind the admin API's token.
     let scrape = crate::metrics::Scrape { pools: Arc::clone(&pools), recorder: recorder.clone() };
-    let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&admin_token.live)));
+    let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&gate)));
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let affinity =

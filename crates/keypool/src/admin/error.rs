@@ -18,6 +18,14 @@ pub enum AdminError {
     MissingToken,
     #[error("Invalid admin token. Send the `admin_token` setting (KEYPOOL_ADMIN_TOKEN), else the one `keypool serve` printed at its first start, as `Authorization: Bearer …` (`keypool admin token` sets a new one).")]
     InvalidToken,
+    /// Too many wrong admin tokens from the caller's address this minute
+    /// (`admin.sign_in_attempts_per_minute`).
+    #[error("Too many wrong admin tokens from your address; try again in {} s.", retry_after.as_secs().max(1))]
+    TooManySignIns { retry_after: std::time::Duration },
+    #[error(
+        "This admin token is read-only: it can read the admin API but not change anything. Use a full admin token."
+    )]
+    ReadOnly,
     /// A value the caller sent is wrong; `param` names the field.
     #[error("Invalid value for '{param}': {reason}")]
     InvalidField { param: String, reason: String },
@@ -54,6 +62,10 @@ impl AdminError {
             AdminError::MissingToken | AdminError::InvalidToken => {
                 (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_admin_token")
             }
+            AdminError::TooManySignIns { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "invalid_request_error", "too_many_sign_in_attempts")
+            }
+            AdminError::ReadOnly => (StatusCode::FORBIDDEN, "invalid_request_error", "read_only_token"),
             AdminError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value"),
             AdminError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
             AdminError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
@@ -100,7 +112,13 @@ impl IntoResponse for AdminError {
         let body = serde_json::json!({
             "error": { "message": self.to_string(), "type": kind, "param": self.param(), "code": code }
         });
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let AdminError::TooManySignIns { retry_after } = self {
+            // Whole seconds, rounded up, as `Retry-After` takes them (RFC 9110 §10.2.3).
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }
 

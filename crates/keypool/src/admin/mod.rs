@@ -25,6 +25,8 @@ mod keys;
 mod openapi;
 mod overview;
 mod requests;
+mod session;
+mod sign_in;
 mod stats;
 pub mod token;
 mod tokens;
@@ -46,8 +48,8 @@ pub use openapi::document;
 use crate::config::Config;
 use crate::routing::Pools;
 use crate::store::{AuditEntry, Store};
-pub use auth::check as check_token;
-pub use token::LiveToken;
+pub use auth::{peer_of, Gate};
+pub use token::{Access, LiveToken, Role};
 
 /// Asks the sync task (app.rs) to reload keys and tokens now, and tells
 /// which store revision it has applied, so an admin change is live when
@@ -84,8 +86,8 @@ pub struct AdminState {
     pub store: Store,
     /// Every upstream's key pool and breaker.
     pub pools: Arc<Pools>,
-    /// The admin token in force (configured, or stored and reread).
-    pub token: Arc<LiveToken>,
+    /// The admin tokens in force and the sign-in limit.
+    pub gate: Arc<Gate>,
     pub resync: Arc<Resync>,
     /// The main runtime, where store work runs (see the module doc).
     pub main: tokio::runtime::Handle,
@@ -138,7 +140,7 @@ impl AdminState {
         let entry = AuditEntry {
             id: 0,
             at: crate::store::now_unix_ms(),
-            actor: self.token.fingerprint(),
+            actor: who.actor.clone(),
             client_addr: who.addr.map(|a| a.ip().to_string()),
             action: action.to_owned(),
             target_id,
@@ -149,11 +151,12 @@ impl AdminState {
     }
 }
 
-/// Who made an admin request: the client's address (the actor is the
-/// admin token, of which there is one).
-#[derive(Debug, Clone, Copy)]
+/// Who made an admin request: the client's address and the admin token's
+/// fingerprint (the audit log's actor).
+#[derive(Debug, Clone)]
 pub struct Caller {
     addr: Option<SocketAddr>,
+    actor: String,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
@@ -161,7 +164,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Caller, Self::Rejection> {
         let addr = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-        Ok(Caller { addr })
+        // Set by the admin token check every admin route is behind.
+        let actor = parts.extensions.get::<Access>().map_or_else(|| "admin".to_owned(), |a| a.actor.clone());
+        Ok(Caller { addr, actor })
     }
 }
 
@@ -172,6 +177,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi::serve))
+        .route("/session", get(session::session))
         .route("/overview", get(overview::overview))
         .route("/upstreams", get(upstreams::list))
         .route("/upstreams/{name}/test", post(upstreams::test))
@@ -193,11 +199,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/audit", get(audit::list))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method);
-    Router::new()
+    let mut api = Router::new()
         .nest("/admin/api", api)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_token))
-        .merge(web::router())
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_token));
+    // Outside the token check: a browser's preflight carries no token.
+    if let Some(cors) = crate::server::cors::layer(&state.config.cors.admin_origins) {
+        api = api.layer(cors);
+    }
+    api.merge(web::router()).with_state(state)
 }
 
 async fn unknown_path(uri: axum::http::Uri) -> AdminError {

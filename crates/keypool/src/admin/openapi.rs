@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{audit, keys, overview, requests, stats, tokens, upstreams};
+use super::{audit, keys, overview, requests, session, stats, tokens, upstreams};
 
 /// OpenAI's error shape, as every admin error is sent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -26,7 +26,7 @@ pub struct ErrorDetail {
     pub kind: String,
     /// The field or parameter the error is about.
     pub param: Option<String>,
-    /// `invalid_value`, `invalid_json`, `invalid_admin_token`, `not_found`, …
+    /// `invalid_value`, `invalid_json`, `invalid_admin_token`, `read_only_token`, `not_found`, …
     pub code: String,
 }
 
@@ -61,7 +61,7 @@ impl Modify for AdminBearer {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The `admin_token` setting (KEYPOOL_ADMIN_TOKEN), else the token `keypool serve` printed at its first start or `keypool admin token` set"))
+                    .description(Some("The `admin_token` setting (KEYPOOL_ADMIN_TOKEN), else the token `keypool serve` printed at its first start or `keypool admin token` set, or one `keypool admin tokens create` made. A read-only one gets 403 `read_only_token` on every method but GET and HEAD; past `admin.sign_in_attempts_per_minute` wrong tokens, an address gets 429 with `Retry-After`."))
                     .build(),
             ),
         );
@@ -72,7 +72,7 @@ impl Modify for AdminBearer {
 #[openapi(
     info(title = "keypool admin API", description = "Keys, gateway tokens, the request log, statistics and the audit log of a keypool gateway."),
     paths(
-        serve,
+        serve, session::session,
         overview::overview,
         upstreams::list, upstreams::test,
         keys::list, keys::add, keys::import, keys::one, keys::edit, keys::remove,

@@ -64,6 +64,11 @@ impl AdminToken {
         self.digest.ct_eq(theirs.as_slice()).into()
     }
 
+    /// Whether this token's SHA-256 is `theirs`, in constant time.
+    pub fn digest_is(&self, theirs: &[u8; 32]) -> bool {
+        self.digest.ct_eq(theirs).into()
+    }
+
     /// A short public name for the token, for the audit log: the first 8 hex
     /// digits of its SHA-256 (it identifies which token acted, and cannot be
     /// used to act).

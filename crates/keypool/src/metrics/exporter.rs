@@ -6,13 +6,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::labels::ModelLabels;
 use super::{BUILD_INFO, QUEUE_WAIT, REQUEST_DURATION, TTFB};
-use crate::admin::LiveToken;
+use crate::admin::Gate;
 use crate::config::Config;
 use crate::records::Recorder;
 
@@ -100,18 +100,19 @@ pub fn render(scrape: &Scrape) -> Option<String> {
     Some(out)
 }
 
-/// The `/metrics` route. With `token` (the main listener: the admin API's
-/// token in force), callers must send it as `Authorization: Bearer …`, as
+/// The `/metrics` route. With `gate` (the main listener: the admin API's
+/// tokens in force and sign-in limit), callers must send it as `Authorization: Bearer …`, as
 /// for the admin API (401 otherwise); without (`metrics_listen`), anyone
 /// who reaches the address may read it.
-pub fn router(scrape: Scrape, token: Option<Arc<LiveToken>>) -> axum::Router {
+pub fn router(scrape: Scrape, gate: Option<Arc<Gate>>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move |headers: HeaderMap| {
-            let (scrape, token) = (scrape.clone(), token.clone());
+        axum::routing::get(move |req: axum::extract::Request| {
+            let (scrape, gate) = (scrape.clone(), gate.clone());
             async move {
-                if let Some(token) = token.as_deref() {
-                    if let Err(e) = crate::admin::check_token(token, &headers) {
+                if let Some(gate) = gate.as_deref() {
+                    // Any admin token, read-only ones too: a scrape changes nothing.
+                    if let Err(e) = gate.admit(req.headers(), crate::admin::peer_of(&req)) {
                         return e.into_response();
                     }
                 }

@@ -8,6 +8,7 @@ mod billing;
 mod charge;
 pub mod client;
 mod context;
+pub mod cors;
 mod error;
 mod form;
 mod inspect;
@@ -111,14 +112,19 @@ impl AppState {
     }
 }
 
-/// The router. Layers, outermost first: none yet beyond axum's own; the body
-/// limit is enforced by inspection (so uploads can stream), which is why
-/// axum's default limit is switched off.
+/// The router. Layers, outermost first: CORS on `/v1/*` when `[cors]
+/// origins` are configured (absent otherwise); the body limit is enforced
+/// by inspection (so uploads can stream), which is why axum's default limit
+/// is switched off.
 pub fn router(state: Arc<AppState>) -> Router {
+    let mut v1 = Router::new().route("/v1/{*rest}", any(proxy::proxy));
+    if let Some(cors) = cors::layer(&state.config.cors.origins) {
+        v1 = v1.layer(cors);
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/{*rest}", any(proxy::proxy))
+        .merge(v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
