@@ -144,6 +144,9 @@ async fn an_operator_runs_the_pool_from_the_dashboard_in_chromium() {
         ],
     )
     .await;
+    // A viewer's token, taken up at the gateway's next sync (100 ms here).
+    let viewer = "kpa_dashboard-viewer-0123456789abcdef";
+    app.store.add_admin_token("wallboard", &AdminToken::new(viewer).sha256_hex(), true).await.unwrap();
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let shots = here.join("../../target/screenshots");
     let out = tokio::process::Command::new("node")
@@ -151,6 +154,7 @@ async fn an_operator_runs_the_pool_from_the_dashboard_in_chromium() {
         .current_dir(here.join("tests/browser"))
         .env("KP_URL", format!("http://{}", app.gateway.addr()))
         .env("KP_ADMIN", ADMIN)
+        .env("KP_VIEWER", viewer)
         .env("KP_KEYS", keys.join(","))
         .env("KP_SEEDED", seeded.join(","))
         .env("KP_CHROMIUM", &chromium)

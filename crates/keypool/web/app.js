@@ -178,6 +178,7 @@ function showSignIn(message) {
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  showRole(null);
   app.token = null;
   if (app.page?.unmount) app.page.unmount();
   app.page = null;
@@ -187,6 +188,7 @@ function signOut(message) {
 
 function signInFailed(e, wrong) {
   if (e instanceof ApiError && e.status === 401) return showSignIn(wrong);
+  if (e instanceof ApiError && e.status === 429) return showSignIn(t('signin.limited'));
   if (e instanceof ApiError && e.status === 404) return showSignIn(t('signin.off'));
   return showSignIn(t('signin.unreachable', { why: e.message }));
 }
@@ -210,11 +212,32 @@ async function signIn(token, stored) {
   }
   app.token = token;
   sessionStorage.setItem(TOKEN_KEY, token);
+  readRole(token);
   $('#signin').hidden = true;
   $('#page').hidden = false;
   $('#nav').hidden = false;
   $('#signout').hidden = false;
   route();
+}
+
+/**
+ * Asks what the token may do: a viewer's (read-only) token gets a badge and
+ * no buttons that would change anything (the server refuses them anyway,
+ * 403 `read_only_token`). A server without /session is taken as full access.
+ */
+async function readRole(token) {
+  try {
+    const session = await call('GET', '/session', undefined, token);
+    if (app.token === token) showRole(session?.role);
+  } catch {
+    showRole(null);
+  }
+}
+
+function showRole(role) {
+  const viewer = role === 'viewer';
+  document.body.classList.toggle('read-only', viewer);
+  $('#role').hidden = !viewer;
 }
 
 const PAGES = { overview: overviewPage, keys: keysPage, requests: requestsPage, tokens: tokensPage, upstreams: upstreamsPage };

@@ -288,6 +288,26 @@ try {
   await page.waitForFunction(() => document.querySelector('[data-testid=nav-keys]').innerText === 'Keys');
   assert.equal(await page.evaluate(() => localStorage.getItem('kp.lang')), 'en');
 
+  step('a read-only admin token sees the pool and no button that would change it');
+  {
+    const ctx = await browser.newContext({ viewport: { width: 1360, height: 900 }, locale: 'en-GB', colorScheme: 'light' });
+    const v = await ctx.newPage();
+    v.on('pageerror', (e) => problems.push(`viewer page error: ${e.message}`));
+    await v.goto(`${base}/admin#/keys`);
+    await v.getByTestId('token-input').fill(process.env.KP_VIEWER);
+    await v.getByTestId('signin-submit').click();
+    await v.getByTestId('keys-table').waitFor();
+    await v.waitForFunction(() => document.body.classList.contains('read-only'));
+    assert.equal(await v.getByTestId('role').innerText(), 'Read-only');
+    assert.ok(await v.locator('[data-testid=key-row], tbody tr').count() > 0, 'the keys are listed');
+    for (const id of ['key-add', 'key-import', 'bulk-delete']) assert.equal(await v.getByTestId(id).isVisible(), false, `${id} hidden`);
+    assert.equal(await v.locator('[data-testid=key-delete]:visible').count(), 0, 'no delete button');
+    await v.goto(`${base}/admin#/tokens`);
+    await v.waitForFunction(() => document.getElementById('page')?.dataset.route === 'tokens');
+    assert.equal(await v.getByTestId('token-create').isVisible(), false, 'token-create hidden');
+    await ctx.close();
+  }
+
   step('the theme toggle switches to dark');
   await tid('theme').click(); // auto -> light
   await tid('theme').click(); // light -> dark
