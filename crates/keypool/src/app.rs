@@ -280,7 +280,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
             asked,
         ));
     }
-    let alert_looks = crate::alerts::spawn(Arc::clone(&pools), &config.alerts, stop.clone());
+    let alert_looks = crate::alerts::spawn(Arc::clone(&pools), Arc::clone(&tokens), &config.alerts, stop.clone());
     Ok(Running {
         addr,
         metrics_addr,

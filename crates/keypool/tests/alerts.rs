@@ -1,6 +1,7 @@
 //! Alert webhooks: a receiver started by the test gets the alert when a key
 //! turns invalid, in the configured shape, once per `min_interval`, and a
-//! "no key usable" alert when the last key goes.
+//! "no key usable" alert when the last key goes; and one alert per share
+//! of a gateway token's budget its spend passes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,10 +12,13 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{chat, key, spawn, TestApp};
-use keypool::config::{AlertEvent, WebhookConfig, WebhookFormat, WebhookUrl};
+use common::{chat, error_code, key, spawn, TestApp};
+use keypool::config::{AlertEvent, ModelConfig, ModelPrice, WebhookConfig, WebhookFormat, WebhookUrl};
 use keypool::scheduler::Probed;
+use keypool::server::{generate_token, hash_token};
+use keypool::tenants::{BudgetPeriod, TokenSettings};
 use keypool_sim::{KeyState, SimConfig, SimKey};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 const KEY_A: &str = "sk-alerts-a-0123456789";
@@ -141,4 +145,108 @@ async fn looked_again(app: &TestApp) {
 
 fn got_now(got: &Got) -> Vec<(String, Value)> {
     got.lock().unwrap().clone()
+}
+
+/// A token with `settings`, stored while the gateway runs; returns its
+/// secret and id once the gateway accepts it (a body that is not JSON gets
+/// 400 then, and spends nothing).
+async fn token(app: &TestApp, name: &str, settings: TokenSettings) -> (String, i64) {
+    let token = generate_token();
+    let id = app.store.create_token_with(name, &hash_token(&token), "kp-tst", &settings).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = app
+            .client
+            .post(app.url("/chat/completions"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::UNAUTHORIZED {
+            return (token, id);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "token {name} never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn chat_as(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client.post(app.url("/chat/completions")).bearer_auth(token).json(&chat("hello")).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_token_passing_shares_of_its_budget_is_told_once_each() {
+    let (base, got) = receiver().await;
+    let sim = SimConfig { keys: vec![SimKey::new(KEY_A)], ..SimConfig::default() };
+    let app = spawn(sim, vec![key(KEY_A, None)], |c| {
+        c.alerts.webhooks = vec![
+            hook(&base, "tokens", WebhookFormat::Generic, Some(vec![AlertEvent::TokenBudget])),
+            hook(
+                &base,
+                "keys",
+                WebhookFormat::Generic,
+                Some(vec![AlertEvent::KeyInvalid, AlertEvent::BudgetThreshold]),
+            ),
+            hook(&base, "slack", WebhookFormat::Slack, None),
+        ];
+        c.alerts.budget_thresholds = vec![0.5, 1.0];
+        c.alerts.check_interval = Duration::from_millis(50);
+        // $1 per completion token, prompts free: the simulator answers 16
+        // tokens to `max_tokens: 16`, so each chat costs exactly $16, as
+        // much as its estimate.
+        let price = ModelPrice { input: 0.0, output: 1_000_000.0, cached_input: None };
+        c.models.insert("gpt-4o-mini".into(), ModelConfig { price: Some(price), ..ModelConfig::default() });
+    })
+    .await;
+    let settings =
+        TokenSettings { budget_micros: Some(32_000_000), budget_period: BudgetPeriod::Monthly, ..Default::default() };
+    let (budgeted, id) = token(&app, "team-a", settings).await;
+    let (free, free_id) = token(&app, "free", TokenSettings::default()).await;
+    // The task knows both tokens at 0 spent.
+    looked_again(&app).await;
+
+    // $16 of $32: 50%.
+    assert_eq!(chat_as(&app, &budgeted).await.status(), StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(chat_as(&app, &free).await.status(), StatusCode::OK);
+    }
+    let first = alerts(&got, 2).await;
+    let generic = &first.iter().find(|(p, _)| p == "tokens").unwrap().1;
+    assert_eq!(generic["event"], "token_budget");
+    assert_eq!((generic["token_id"].as_i64(), generic["token_name"].as_str()), (Some(id), Some("team-a")));
+    assert_eq!(
+        (generic["spent_micros"].as_u64(), generic["budget_micros"].as_u64()),
+        (Some(16_000_000), Some(32_000_000))
+    );
+    assert_eq!((generic["threshold"].as_f64(), generic["period"].as_str()), (Some(0.5), Some("monthly")));
+    assert!(generic["key_id"].is_null(), "{generic}");
+    let slack = first.iter().find(|(p, _)| p == "slack").unwrap().1["text"].as_str().unwrap().to_owned();
+    assert!(slack.contains(&format!("token #{id} (team-a) passed 50% of its monthly budget")), "{slack}");
+
+    // $32 of $32: 100%; then the budget refuses.
+    assert_eq!(chat_as(&app, &budgeted).await.status(), StatusCode::OK);
+    let all = alerts(&got, 4).await;
+    let r = chat_as(&app, &budgeted).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(r).await, "insufficient_quota");
+    let last = &all.iter().filter(|(p, _)| p == "tokens").nth(1).unwrap().1;
+    assert_eq!((last["token_id"].as_i64(), last["threshold"].as_f64()), (Some(id), Some(1.0)));
+    assert_eq!(last["spent_micros"].as_u64(), Some(32_000_000));
+
+    // Nothing more: each share once, none for the token without a budget,
+    // none to the webhook that did not ask for token alerts.
+    looked_again(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = got_now(&got);
+    let paths: Vec<&str> = all.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths.iter().filter(|p| **p == "tokens").count(), 2, "{all:?}");
+    assert_eq!(paths.iter().filter(|p| **p == "slack").count(), 2, "{all:?}");
+    assert!(!paths.contains(&"keys"), "{all:?}");
+    assert!(all.iter().all(|(_, v)| v["token_id"].as_i64() != Some(free_id)), "{all:?}");
+    let everything = serde_json::to_string(&all).unwrap();
+    assert!(!everything.contains(&budgeted) && !everything.contains(&free), "never a token's secret");
+    assert!(!everything.contains(KEY_A), "never the key");
+    app.gateway.shutdown().await.unwrap();
 }

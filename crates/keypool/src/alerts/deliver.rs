@@ -21,6 +21,18 @@ pub fn text(a: &Alert) -> String {
         AlertEvent::BudgetThreshold => {
             format!("{key} passed {:.0}% of its budget", a.threshold.unwrap_or_default() * 100.0)
         }
+        AlertEvent::TokenBudget => {
+            let token = match (a.token_id, &a.token_name) {
+                (Some(id), Some(name)) => format!("token #{id} ({name})"),
+                (Some(id), None) => format!("token #{id}"),
+                _ => "a token".to_owned(),
+            };
+            let period = match a.period {
+                Some(p) if p != "total" => format!("{p} "),
+                _ => String::new(),
+            };
+            format!("{token} passed {:.0}% of its {period}budget", a.threshold.unwrap_or_default() * 100.0)
+        }
         AlertEvent::NoUsableKey => "no key can serve requests".to_owned(),
         AlertEvent::KeysUsable => "keys can serve requests again".to_owned(),
     };
@@ -35,7 +47,9 @@ pub fn text(a: &Alert) -> String {
 }
 
 /// The JSON body for `format`. Generic: `{"event","key_id","label","state",
-/// "reason","threshold","time" (RFC 3339),"time_ms","suppressed","text"}`.
+/// "reason","threshold","token_id","token_name","period","spent_micros",
+/// "budget_micros","time" (RFC 3339),"time_ms","suppressed","text"}`, the
+/// fields an event does not have as `null`.
 pub fn body(format: WebhookFormat, a: &Alert) -> Value {
     let text = text(a);
     match format {
@@ -49,6 +63,11 @@ pub fn body(format: WebhookFormat, a: &Alert) -> Value {
             "state": a.state,
             "reason": a.reason,
             "threshold": a.threshold,
+            "token_id": a.token_id,
+            "token_name": a.token_name,
+            "period": a.period,
+            "spent_micros": a.spent_micros,
+            "budget_micros": a.budget_micros,
             "time": jiff::Timestamp::from_millisecond(a.time_ms).map(|t| t.to_string()).ok(),
             "time_ms": a.time_ms,
             "suppressed": a.suppressed,
@@ -98,6 +117,11 @@ mod tests {
             state: Some("invalid"),
             reason: Some("refused by the upstream".into()),
             threshold: None,
+            token_id: None,
+            token_name: None,
+            period: None,
+            spent_micros: None,
+            budget_micros: None,
             time_ms: 1_700_000_000_000,
             suppressed: 0,
         };
@@ -108,5 +132,42 @@ mod tests {
         let g = body(WebhookFormat::Generic, &a);
         assert_eq!((g["event"].as_str(), g["key_id"].as_i64()), (Some("key_invalid"), Some(7)));
         assert_eq!(g["time"], "2023-11-14T22:13:20Z");
+        assert!(g["token_id"].is_null() && g["spent_micros"].is_null());
+    }
+
+    #[test]
+    fn a_token_budget_alert_names_the_token_and_its_period() {
+        let a = Alert {
+            event: AlertEvent::TokenBudget,
+            key_id: None,
+            label: None,
+            state: None,
+            reason: Some("spent 81% of its daily budget (810 of 1000 micro-USD)".into()),
+            threshold: Some(0.8),
+            token_id: Some(4),
+            token_name: Some("team-a".into()),
+            period: Some("daily"),
+            spent_micros: Some(810),
+            budget_micros: Some(1000),
+            time_ms: 1_700_000_000_000,
+            suppressed: 0,
+        };
+        assert_eq!(
+            text(&a),
+            "[keypool] token #4 (team-a) passed 80% of its daily budget: spent 81% of its daily budget (810 of 1000 micro-USD)"
+        );
+        let g = body(WebhookFormat::Generic, &a);
+        assert_eq!(
+            (g["event"].as_str(), g["token_id"].as_i64(), g["token_name"].as_str()),
+            (Some("token_budget"), Some(4), Some("team-a"))
+        );
+        assert_eq!(
+            (g["spent_micros"].as_u64(), g["budget_micros"].as_u64(), g["period"].as_str()),
+            (Some(810), Some(1000), Some("daily"))
+        );
+        assert_eq!(g["threshold"].as_f64(), Some(0.8));
+        assert!(g["key_id"].is_null());
+        let total = Alert { period: Some("total"), ..a };
+        assert!(text(&total).contains("passed 80% of its budget"), "{}", text(&total));
     }
 }

@@ -14,7 +14,8 @@ use crate::config::AlertEvent;
 pub struct Limiter {
     min_interval: Duration,
     per_minute: u32,
-    /// When each (event, key, threshold in thousandths) was last sent.
+    /// When each (event, key or token, threshold in thousandths) was last
+    /// sent (the event tells a key's id from a token's).
     last: HashMap<(AlertEvent, Option<i64>, u32), Instant>,
     minute_began: Option<Instant>,
     this_minute: u32,
@@ -29,10 +30,10 @@ impl Limiter {
     /// Whether `alert` goes out at `now`; when it does, it carries the count
     /// of alerts the per-minute cap held back since the last one sent. A
     /// repeat within `min_interval` is dropped silently (it was told). The
-    /// two budget thresholds of one key are separate events.
+    /// budget thresholds of one key (or token) are separate events.
     pub fn admit(&mut self, alert: &mut Alert, now: Instant) -> bool {
         let threshold = alert.threshold.map_or(0, |t| (t * 1000.0).round() as u32);
-        let key = (alert.event, alert.key_id, threshold);
+        let key = (alert.event, alert.key_id.or(alert.token_id), threshold);
         if self.last.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < self.min_interval) {
             return false;
         }
@@ -64,6 +65,11 @@ mod tests {
             state: Some("invalid"),
             reason: None,
             threshold: None,
+            token_id: None,
+            token_name: None,
+            period: None,
+            spent_micros: None,
+            budget_micros: None,
             time_ms: 0,
             suppressed: 0,
         }

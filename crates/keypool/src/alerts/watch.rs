@@ -18,6 +18,15 @@ pub struct Alert {
     pub reason: Option<String>,
     /// The budget share passed (`budget_threshold` only).
     pub threshold: Option<f64>,
+    /// The gateway token it is about (`token_budget` only): its id and
+    /// name, never its secret.
+    pub token_id: Option<i64>,
+    pub token_name: Option<String>,
+    /// The token's budget period (`total`, `daily`, `monthly`; `token_budget` only).
+    pub period: Option<&'static str>,
+    /// What was spent and the budget, micro-USD (the budget alerts only).
+    pub spent_micros: Option<u64>,
+    pub budget_micros: Option<u64>,
     /// When it was seen (Unix ms).
     pub time_ms: i64,
     /// Alerts left unsent since the last one sent (the per-minute cap).
@@ -64,6 +73,11 @@ impl Watch {
             state: v.map(|v| v.status),
             reason,
             threshold,
+            token_id: None,
+            token_name: None,
+            period: None,
+            spent_micros: None,
+            budget_micros: None,
             time_ms,
             suppressed: 0,
         };
@@ -89,7 +103,10 @@ impl Watch {
                             v.spent_micros,
                             v.budget_micros.unwrap_or_default()
                         );
-                        out.push(alert(AlertEvent::BudgetThreshold, Some(v), Some(why), Some(*t)));
+                        let mut a = alert(AlertEvent::BudgetThreshold, Some(v), Some(why), Some(*t));
+                        a.spent_micros = Some(v.spent_micros);
+                        a.budget_micros = v.budget_micros;
+                        out.push(a);
                     }
                 }
             }

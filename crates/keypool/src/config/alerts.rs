@@ -1,6 +1,6 @@
 //! The `[alerts]` section: webhooks told when a key turns invalid or
-//! exhausted, a key's spend passes a share of its budget, or no key can
-//! serve (and when keys can again). Sent by [`crate::alerts`], off the
+//! exhausted, a key's or a gateway token's spend passes a share of its
+//! budget, or no key can serve (and when keys can again). Sent by [`crate::alerts`], off the
 //! request path.
 
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub enum AlertEvent {
     KeyExhausted,
     /// A key's spend passed one of `budget_thresholds` of its budget.
     BudgetThreshold,
+    /// A gateway token's spend in its budget period passed one of
+    /// `budget_thresholds` of its budget.
+    TokenBudget,
     /// No key can serve: every one is invalid, exhausted, disabled, expired or over budget.
     NoUsableKey,
     /// Keys can serve again after a `no_usable_key`.
@@ -30,6 +33,7 @@ impl AlertEvent {
             AlertEvent::KeyInvalid => "key_invalid",
             AlertEvent::KeyExhausted => "key_exhausted",
             AlertEvent::BudgetThreshold => "budget_threshold",
+            AlertEvent::TokenBudget => "token_budget",
             AlertEvent::NoUsableKey => "no_usable_key",
             AlertEvent::KeysUsable => "keys_usable",
         }
@@ -123,8 +127,9 @@ impl WebhookConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     pub webhooks: Vec<WebhookConfig>,
-    /// Shares of a key's budget (`budget_micros`) whose passing is told:
-    /// each a fraction > 0 (`1.0`: the budget is spent).
+    /// Shares of a key's budget (`budget_micros`), and of a gateway
+    /// token's budget in its period, whose passing is told: each a
+    /// fraction > 0 (`1.0`: the budget is spent).
     #[serde(deserialize_with = "thresholds")]
     pub budget_thresholds: Vec<f64>,
     /// The same event about the same key is sent at most once per this.

@@ -136,6 +136,15 @@ impl TokenSet {
         self.live.read().unwrap_or_else(|p| p.into_inner()).by_id.get(&id).cloned()
     }
 
+    /// Every live token's budget view, by id (for the alerts task, off
+    /// the request path: the set's lock is held only to copy the list).
+    pub fn budget_views(&self) -> Vec<crate::tenants::BudgetView> {
+        let mut tenants: Vec<Arc<Tenant>> =
+            self.live.read().unwrap_or_else(|p| p.into_inner()).by_id.values().cloned().collect();
+        tenants.sort_by_key(|t| t.id());
+        tenants.iter().map(|t| t.budget_view()).collect()
+    }
+
     /// Accepts the request when its bearer token is live, and says whose it is.
     pub fn check(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
         let token = headers

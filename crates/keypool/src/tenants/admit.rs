@@ -133,6 +133,11 @@ impl Counters {
         self.reserved
     }
 
+    /// The budget period under way, [start, end) in Unix seconds.
+    pub(super) fn period(&self) -> (i64, i64) {
+        self.period
+    }
+
     /// Starts a new day or budget period when `now` has passed the current one's end.
     pub(super) fn roll(&mut self, s: &TokenSettings, tz: &jiff::tz::TimeZone, now: i64) {
         if now >= self.day.1 || now < self.day.0 {

@@ -87,6 +87,44 @@ impl Tenant {
         c.roll(&s, &self.tz, crate::store::now_unix());
         (c.spent(), c.reserved())
     }
+
+    /// The token's budget and what it spent in the period under way, for
+    /// readers off the request path (the alerts task).
+    pub fn budget_view(&self) -> BudgetView {
+        let (s, name) = (self.settings(), self.name());
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.roll(&s, &self.tz, crate::store::now_unix());
+        let (period_start, period_end) = c.period();
+        BudgetView {
+            id: self.id,
+            name,
+            budget_micros: s.budget_micros,
+            period: s.budget_period,
+            period_start,
+            period_end,
+            spent_micros: c.spent(),
+        }
+    }
+}
+
+/// A token's budget as seen at one moment ([`Tenant::budget_view`]): a
+/// copy, so its reader holds no lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetView {
+    /// The token's id (the `tokens` table's).
+    pub id: i64,
+    /// The token's name (never its secret, which memory does not hold).
+    pub name: Arc<str>,
+    /// The budget, micro-USD; `None`: no budget.
+    pub budget_micros: Option<u64>,
+    pub period: BudgetPeriod,
+    /// The period under way, [start, end) in Unix seconds; `i64::MIN` and
+    /// `i64::MAX` for a total budget.
+    pub period_start: i64,
+    pub period_end: i64,
+    /// Micro-USD spent in that period by requests that ended (reservations
+    /// of requests in flight are not counted).
+    pub spent_micros: u64,
 }
 
 /// Whether the tenant whose settings are `s` may be used at `now` (Unix
