@@ -261,6 +261,9 @@ async fn proxied_gateway(trusted: &str) -> TestApp {
     .await
 }
 
+/// Makes a PROXY header naming `client`.
+type Header = fn(&str) -> Vec<u8>;
+
 fn v1(client: &str) -> Vec<u8> {
     format!("PROXY TCP4 {client} 10.9.9.9 4711 443\r\n").into_bytes()
 }
@@ -315,7 +318,7 @@ async fn the_proxy_header_names_the_caller_that_a_tokens_networks_see() {
     let app = proxied_gateway("127.0.0.1").await;
     let addr = app.gateway.addr();
     let token = ten_slash_eight(&app).await;
-    let versions: [(&str, fn(&str) -> Vec<u8>); 2] = [("v1", v1), ("v2", v2)];
+    let versions: [(&str, Header); 2] = [("v1", v1), ("v2", v2)];
     for (version, header) in versions {
         assert_eq!(chat_behind(addr, &header("10.1.2.3"), &token).await, Some(200), "{version} from 10.1.2.3");
         assert_eq!(chat_behind(addr, &header("192.0.2.1"), &token).await, Some(403), "{version} from 192.0.2.1");

@@ -42,7 +42,10 @@ pub struct Front {
     proxy: Option<ProxyProtocol>,
 }
 
-/// A connection through the front, ready for HTTP.
+/// A connection through the front, ready for HTTP. Not boxed: it is moved
+/// at once into the connection's task, which holds the TLS state inline
+/// anyway (a box would be one more allocation per TLS connection).
+#[allow(clippy::large_enum_variant)]
 pub enum Opened {
     Plain(TcpStream),
     Tls(TlsStream<TcpStream>),

@@ -119,10 +119,7 @@ async fn read_header(stream: &mut TcpStream) -> Result<Vec<u8>, HeaderError> {
 /// `None` while too few bytes have come.
 fn header_len(bytes: &[u8]) -> Result<Option<usize>, HeaderError> {
     if bytes.starts_with(V2_SIGNATURE) {
-        return Ok(match bytes.get(14..16) {
-            Some(len) => Some(16 + usize::from(u16::from_be_bytes([len[0], len[1]]))),
-            None => None,
-        });
+        return Ok(bytes.get(14..16).map(|len| 16 + usize::from(u16::from_be_bytes([len[0], len[1]]))));
     }
     if bytes.starts_with(V1_PREFIX) {
         return match memchr::memmem::find(bytes, b"\r\n") {
