@@ -21,6 +21,8 @@ use crate::store::{SavedKeyState, Store, StoreError};
 /// A gateway serving on a bound address until [`Running::shutdown`].
 pub struct Running {
     addr: SocketAddr,
+    /// `https` when the listener speaks TLS (`server.tls_cert`), else `http`.
+    scheme: &'static str,
     /// Where `/metrics` is served without auth (`metrics_listen`), once bound.
     metrics_addr: Option<SocketAddr>,
     pools: Arc<Pools>,
@@ -53,9 +55,10 @@ impl Running {
         self.metrics_addr
     }
 
-    /// Base URL callers use, e.g. `http://127.0.0.1:8080/v1`.
+    /// Base URL callers use, e.g. `http://127.0.0.1:8080/v1` (`https://`
+    /// with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}://{}/v1", self.scheme, self.addr)
     }
 
     /// Every upstream's key pool (the live key state).
@@ -245,7 +248,11 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
         None => None,
     };
     let ending = crate::server::GraceEnd::default();
-    let edge = Edge { config: config.server.clone(), ending: ending.clone() };
+    let edge = Edge {
+        config: config.server.clone(),
+        ending: ending.clone(),
+        trusted_proxies: config.telemetry.trusted_proxies.clone(),
+    };
     let server = crate::server::serve(listener, worker_count(config.workers), make_router, stop.clone(), edge)?;
     let sync_stop = CancellationToken::new();
     let sync = tokio::spawn(sync.run(config.sync_interval, sync_stop.clone()));
@@ -283,6 +290,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
     let alert_looks = crate::alerts::spawn(Arc::clone(&pools), Arc::clone(&tokens), &config.alerts, stop.clone());
     Ok(Running {
         addr,
+        scheme: config.server.scheme(),
         metrics_addr,
         pools,
         stop,
@@ -349,18 +357,21 @@ fn announce_admin_token(token: &crate::admin::token::StartToken, config: &Config
     if shown.ip().is_unspecified() {
         shown.set_ip(if shown.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
+    let scheme = config.server.scheme();
     match &token.generated {
         Some(secret) => eprintln!(
             "\nadmin token (shown only this once; only its hash is stored): {secret}\n\
-             dashboard: http://{shown}/admin (sign in with the admin token)\n\
+             dashboard: {scheme}://{shown}/admin (sign in with the admin token)\n\
              lost it? `keypool admin token` sets a new one; this server takes it within {:?}\n",
             config.sync_interval
         ),
         None if token.live.is_configured() => {
-            tracing::info!("admin API and dashboard at http://{shown}/admin (admin token: the `admin_token` setting)")
+            tracing::info!(
+                "admin API and dashboard at {scheme}://{shown}/admin (admin token: the `admin_token` setting)"
+            )
         }
         None => tracing::info!(
-            "admin API and dashboard at http://{shown}/admin, with the admin token printed at the first start \
+            "admin API and dashboard at {scheme}://{shown}/admin, with the admin token printed at the first start \
              (`keypool admin token` sets a new one)"
         ),
     }

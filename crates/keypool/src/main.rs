@@ -73,7 +73,8 @@ async fn serve(config: &keypool::config::Config, source: keypool::reload::Source
     let traces = keypool::telemetry::Traces::start(telemetry)?;
     let running = keypool::app::start_with(config, Some(source)).await?;
     tracing::info!(
-        "keypool listening on http://{} (upstream {}, auth {:?})",
+        "keypool listening on {}://{} (upstream {}, auth {:?})",
+        config.server.scheme(),
         running.addr(),
         keypool::config::mask_url_password(&config.upstream),
         config.auth

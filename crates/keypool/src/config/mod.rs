@@ -547,6 +547,7 @@ impl Config {
         if let Some(setting) = self.server.zero_duration() {
             return Err(ConfigError::Invalid { setting, reason: "must be > 0".into() });
         }
+        self.server.validate_front(&self.telemetry.trusted_proxies)?;
         if self.sync_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });
         }

@@ -1,10 +1,13 @@
 //! The `[server]` section: how keypool treats the connections of its callers
-//! (slow, silent and stalled ones), how it stops, and which caller headers
-//! it forwards.
+//! (slow, silent and stalled ones), whether it speaks TLS and the PROXY
+//! protocol, how it stops, and which caller headers it forwards.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::{Cidr, ConfigError};
 
 /// Settings of the caller-facing edge. Every duration is a humantime string
 /// in the file (`"30s"`, `"2m"`).
@@ -56,6 +59,16 @@ pub struct ServerConfig {
     /// upstream refuses a key with another account's (401
     /// `mismatched_organization`).
     pub forward_account_headers: bool,
+    /// The listener's certificate chain (PEM, leaf first). With `tls_key`,
+    /// the listener speaks TLS only (HTTP/2 or HTTP/1.1 by ALPN); both are
+    /// read again when they change on disk. Unset (the default): plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM: PKCS#8, RSA or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Every connection must begin with a PROXY protocol header (v1 or v2),
+    /// accepted only from a peer in `telemetry.trusted_proxies`; the address
+    /// it carries is then the connection's caller. Others are closed.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +84,9 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(25),
             forward_account_headers: false,
+            tls_cert: None,
+            tls_key: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -90,6 +106,45 @@ impl ServerConfig {
         .find(|(_, d)| d.is_zero())
         .map(|(name, _)| name)
     }
+
+    /// The scheme callers reach the listener with: `https` with TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Refuses a certificate without its key (or the reverse), and the PROXY
+    /// protocol with no proxy to accept it from. The files themselves are
+    /// read when the listener starts.
+    pub(super) fn validate_front(&self, trusted_proxies: &[Cidr]) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    setting: "server.tls_key",
+                    reason: "must be set with server.tls_cert (the certificate's private key, PEM)".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "server.tls_cert",
+                    reason: "must be set with server.tls_key (the certificate chain, PEM)".into(),
+                })
+            }
+            _ => {}
+        }
+        if self.proxy_protocol && trusted_proxies.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "server.proxy_protocol",
+                reason: "needs telemetry.trusted_proxies: the PROXY header is accepted only from those peers, \
+                         so every connection would be closed"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +161,32 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("server.write_timeout"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused_by_name() {
+        let half = |cert: bool| Config {
+            server: ServerConfig {
+                tls_cert: cert.then(|| "cert.pem".into()),
+                tls_key: (!cert).then(|| "key.pem".into()),
+                ..ServerConfig::default()
+            },
+            ..Config::default()
+        };
+        let err = half(true).validate().unwrap_err().to_string();
+        assert!(err.contains("server.tls_key"), "{err}");
+        let err = half(false).validate().unwrap_err().to_string();
+        assert!(err.contains("server.tls_cert"), "{err}");
+    }
+
+    #[test]
+    fn the_proxy_protocol_needs_trusted_proxies() {
+        let mut config =
+            Config { server: ServerConfig { proxy_protocol: true, ..ServerConfig::default() }, ..Config::default() };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("server.proxy_protocol") && err.contains("trusted_proxies"), "{err}");
+        config.telemetry.trusted_proxies = vec![Cidr::try_from("127.0.0.1".to_owned()).unwrap()];
+        config.validate().unwrap();
     }
 
     #[test]

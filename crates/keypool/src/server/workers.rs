@@ -30,6 +30,10 @@
 //! `write_timeout` fails the connection ([`super::stalled`]; for one unread
 //! HTTP/2 stream, [`super::unread`]), a body must keep `min_body_rate`
 //! ([`super::pace`]), and at most `max_connections` are open at once.
+//!
+//! With TLS or the PROXY protocol configured, a connection first goes
+//! through the [`Front`] on its worker (a handshake costs its worker the
+//! CPU it takes); a plain connection never does, and costs what it did.
 
 use std::future::Future;
 use std::io;
@@ -50,10 +54,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::accept;
+use super::front::{Front, Opened, Socket};
 use super::service::{CallerService, ConnState, Pacing, Quiet};
 use super::signal::{Dormant, GraceEnd};
 use super::stalled::Stalled;
-use crate::config::ServerConfig;
+use crate::config::{Cidr, ServerConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,13 +70,15 @@ const HANDOFF_QUEUE: usize = 1024;
 pub(super) type Conn = (std::net::TcpStream, SocketAddr, Option<OwnedSemaphorePermit>);
 pub(super) type Queue = mpsc::Sender<Conn>;
 
-/// How callers' connections are treated: the `[server]` settings, and the
+/// How callers' connections are treated: the `[server]` settings, the
 /// signal that a stop's grace has passed (answers still streaming then end
-/// with an error event, requests still waiting get 503).
+/// with an error event, requests still waiting get 503), and the peers
+/// whose PROXY header is believed (`telemetry.trusted_proxies`).
 #[derive(Debug, Clone, Default)]
 pub struct Edge {
     pub config: ServerConfig,
     pub ending: GraceEnd,
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// The number of workers for a configured count: 0 means one per core.
@@ -86,7 +93,8 @@ pub fn worker_count(configured: usize) -> usize {
 /// builds for it, until `stop` is cancelled (or the runtime running the
 /// returned task shuts down); then stops accepting, serves the connections
 /// already handed over, and lets open requests finish (until `edge.ending`
-/// ends them). The handle ends when every worker has.
+/// ends them). The handle ends when every worker has. With TLS configured,
+/// its files are read first: an error names the setting at fault.
 pub fn serve<F, E>(
     listener: TcpListener,
     workers: usize,
@@ -98,6 +106,9 @@ where
     F: FnMut() -> Result<Router, E>,
     E: From<io::Error>,
 {
+    let front = Front::start(&edge, &stop)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?
+        .map(Arc::new);
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers.max(1) {
@@ -105,13 +116,14 @@ where
         let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
         let (ended_tx, ended_rx) = oneshot::channel();
         let edge = edge.clone();
+        let front = front.clone();
         // A worker ends once its queue is closed (the acceptor stopped or was
         // dropped) and empty; an error here drops the queues made so far, so
         // the workers already started end too.
         let thread = std::thread::Builder::new()
             .name(format!("keypool-worker-{i}"))
             .spawn(move || {
-                let _ = ended_tx.send(run_worker(rx, router, edge));
+                let _ = ended_tx.send(run_worker(rx, router, edge, front));
             })
             .map_err(|e| io::Error::new(e.kind(), format!("starting worker thread {i}: {e}")))?;
         queues.push(tx);
@@ -127,11 +139,11 @@ where
     }))
 }
 
-fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router, edge: Edge) -> io::Result<()> {
+fn run_worker(handoff: mpsc::Receiver<Conn>, router: Router, edge: Edge, front: Option<Arc<Front>>) -> io::Result<()> {
     let ended = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|runtime| {
         runtime.block_on(async {
             let collecting = tokio::spawn(crate::memory::collect_periodically());
-            serve_handed_over(handoff, router, edge).await;
+            serve_handed_over(handoff, router, edge, front).await;
             collecting.abort();
         })
     });
@@ -158,7 +170,7 @@ async fn join(threads: Vec<(ThreadHandle<()>, oneshot::Receiver<io::Result<()>>)
 /// Serves the connections handed to this worker until its queue is closed
 /// (the acceptor stopped) and empty; then asks every connection to finish
 /// (idle ones close, open requests complete) and waits for them.
-async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, edge: Edge) {
+async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, edge: Edge, front: Option<Arc<Front>>) {
     let protocols = Arc::new(Protocols::new(&edge.config));
     let pacing = Arc::new(Pacing {
         min_body_rate: edge.config.min_body_rate,
@@ -172,18 +184,37 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, ed
     // holds see the grace over (CallerService).
     let closing = edge.ending.token().child_token();
     while let Some((stream, peer, permit)) = handoff.recv().await {
-        match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                let service = CallerService::new(router.clone(), Arc::new(ConnState::new()), Arc::clone(&pacing), peer);
-                let serving =
-                    serve_connection(stream, service, Arc::clone(&protocols), closing.clone(), edge.ending.clone());
-                connections.spawn(async move {
-                    serving.await;
-                    drop(permit);
-                });
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take a connection over");
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "could not take a connection over"),
+        };
+        if let Some(front) = &front {
+            let serving = serve_fronted(
+                Arc::clone(front),
+                stream,
+                peer,
+                router.clone(),
+                Arc::clone(&pacing),
+                Arc::clone(&protocols),
+                closing.clone(),
+                edge.ending.clone(),
+            );
+            connections.spawn(async move {
+                serving.await;
+                drop(permit);
+            });
+            continue;
         }
+        let service = CallerService::new(router.clone(), Arc::new(ConnState::new()), Arc::clone(&pacing), peer);
+        let serving =
+            serve_connection(stream, None, service, Arc::clone(&protocols), closing.clone(), edge.ending.clone());
+        connections.spawn(async move {
+            serving.await;
+            drop(permit);
+        });
     }
     closing.cancel();
     connections.close();
@@ -247,7 +278,7 @@ enum Spoken {
 
 /// How long a connection that has sent nothing yet may still start a request
 /// once the worker is stopping.
-const SILENT_GRACE: Duration = Duration::from_millis(500);
+pub(super) const SILENT_GRACE: Duration = Duration::from_millis(500);
 
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -262,7 +293,8 @@ fn spoken(first: &[u8]) -> Spoken {
     }
 }
 
-/// Serves one caller's connection with the protocol it speaks.
+/// Serves one caller's connection with the protocol it speaks: `known`
+/// (told by TLS's ALPN), or else told by its first bytes.
 ///
 /// Why not hyper-util's automatic builder for every connection (as
 /// `axum::serve` does): it reads the first bytes itself to tell HTTP/1.1 from
@@ -271,38 +303,20 @@ fn spoken(first: &[u8]) -> Spoken {
 /// 16 KB for every connection (heaptrack: 16 KB per open stream, the largest
 /// single allocation of an HTTP/1.1 stream). Peeking leaves the bytes in the
 /// socket, so hyper reads the request head in one go into 8 KB.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: Socket>(
+    stream: S,
+    known: Option<Spoken>,
     service: CallerService,
     protocols: Arc<Protocols>,
     closing: CancellationToken,
     ending: GraceEnd,
 ) {
-    let mut first = [0u8; HTTP2_PREFACE.len()];
-    let peeked = tokio::select! {
-        biased;
-        peeked = stream.peek(&mut first) => peeked,
-        // A connection that says nothing is closed like one whose head is slow.
-        _ = tokio::time::sleep(protocols.header_read_timeout) => {
-            tracing::debug!("a connection sent nothing within server.header_read_timeout; closed");
-            return;
-        }
-        // Stopping: a connection handed over with its request already sent
-        // is still served (its bytes show at the runtime's next look at the
-        // socket); one that says nothing within the grace is closed, so a
-        // silent client cannot hold the shutdown up.
-        _ = closing.cancelled() => match tokio::time::timeout(SILENT_GRACE, stream.peek(&mut first)).await {
-            Ok(peeked) => peeked,
-            Err(_) => return,
+    let spoken = match known {
+        Some(spoken) => spoken,
+        None => match first_bytes(stream.socket(), &protocols, &closing).await {
+            Some(spoken) => spoken,
+            None => return,
         },
-    };
-    let spoken = match peeked {
-        Ok(0) => return,
-        Ok(n) => spoken(&first[..n]),
-        Err(e) => {
-            tracing::debug!(error = %e, "connection failed before its first request");
-            return;
-        }
     };
     let conn_state = service.conn_state();
     let (io, head) = match spoken {
@@ -338,6 +352,72 @@ async fn serve_connection(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// What a plain connection speaks, told by its first bytes (peeked, so they
+/// stay in the socket); `None` when it is to be closed unheard.
+async fn first_bytes(stream: &TcpStream, protocols: &Protocols, closing: &CancellationToken) -> Option<Spoken> {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    let peeked = tokio::select! {
+        biased;
+        peeked = stream.peek(&mut first) => peeked,
+        // A connection that says nothing is closed like one whose head is slow.
+        _ = tokio::time::sleep(protocols.header_read_timeout) => {
+            tracing::debug!("a connection sent nothing within server.header_read_timeout; closed");
+            return None;
+        }
+        // Stopping: a connection handed over with its request already sent
+        // is still served (its bytes show at the runtime's next look at the
+        // socket); one that says nothing within the grace is closed, so a
+        // silent client cannot hold the shutdown up.
+        _ = closing.cancelled() => match tokio::time::timeout(SILENT_GRACE, stream.peek(&mut first)).await {
+            Ok(peeked) => peeked,
+            Err(_) => return None,
+        },
+    };
+    match peeked {
+        Ok(0) => None,
+        Ok(n) => Some(spoken(&first[..n])),
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before its first request");
+            None
+        }
+    }
+}
+
+/// Serves a connection through the `front`: its PROXY header read and its
+/// TLS established (each bounded like a request head), then served as any
+/// other, with the caller the PROXY header named. Under TLS, ALPN tells
+/// the protocol, and an HTTP/1.1 head's clock starts at the handshake's end
+/// (as a plain connection's at its accept).
+#[allow(clippy::too_many_arguments)]
+async fn serve_fronted(
+    front: Arc<Front>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    pacing: Arc<Pacing>,
+    protocols: Arc<Protocols>,
+    closing: CancellationToken,
+    ending: GraceEnd,
+) {
+    let Some((opened, caller)) = front.open(stream, peer, protocols.header_read_timeout, &closing).await else {
+        return;
+    };
+    drop(front);
+    let service = CallerService::new(router, Arc::new(ConnState::new()), pacing, caller);
+    match opened {
+        Opened::Plain(stream) => serve_connection(stream, None, service, protocols, closing, ending).await,
+        Opened::Tls(stream) => {
+            let spoken = if stream.get_ref().1.alpn_protocol() == Some(super::tls::H2) {
+                Spoken::Http2
+            } else {
+                service.conn_state().bytes_read();
+                Spoken::Http1
+            };
+            serve_connection(stream, Some(spoken), service, protocols, closing, ending).await
+        }
     }
 }
 
