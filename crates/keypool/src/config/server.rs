@@ -56,6 +56,14 @@ pub struct ServerConfig {
     /// upstream refuses a key with another account's (401
     /// `mismatched_organization`).
     pub forward_account_headers: bool,
+    /// Longest request target (path and query) accepted, in bytes; a longer
+    /// one is answered 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of header names and values a request may carry; more (or
+    /// more than 100 fields) is answered 431. On HTTP/2 it is also the
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE` announced (which counts 32 bytes
+    /// more per field).
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +79,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(25),
             forward_account_headers: false,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
         }
     }
 }

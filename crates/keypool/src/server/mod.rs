@@ -10,6 +10,7 @@ pub mod client;
 mod context;
 mod error;
 mod form;
+mod framing;
 mod inspect;
 mod metered;
 mod models;
