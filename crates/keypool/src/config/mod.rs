@@ -548,6 +548,14 @@ impl Config {
             return Err(ConfigError::Invalid { setting, reason: "must be > 0".into() });
         }
         self.server.validate_front(&self.telemetry.trusted_proxies)?;
+        for (setting, value) in [
+            ("server.max_uri_bytes", self.server.max_uri_bytes),
+            ("server.max_header_bytes", self.server.max_header_bytes),
+        ] {
+            if value < 256 {
+                return Err(ConfigError::Invalid { setting, reason: "must be at least 256 bytes".into() });
+            }
+        }
         if self.sync_interval.is_zero() {
             return Err(ConfigError::Invalid { setting: "sync_interval", reason: "must be > 0".into() });
         }

@@ -69,6 +69,14 @@ pub struct ServerConfig {
     /// accepted only from a peer in `telemetry.trusted_proxies`; the address
     /// it carries is then the connection's caller. Others are closed.
     pub proxy_protocol: bool,
+    /// Longest request target (path and query) accepted, in bytes; a longer
+    /// one is answered 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of header names and values a request may carry; more (or
+    /// more than 100 fields) is answered 431. On HTTP/2 it is also the
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE` announced (which counts 32 bytes
+    /// more per field).
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +95,8 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             proxy_protocol: false,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
         }
     }
 }

@@ -56,6 +56,16 @@ pub enum ApiError {
     BodyRead(String),
     #[error("Request body exceeds the gateway's limit of {limit} bytes.")]
     BodyTooLarge { limit: u64 },
+    /// An HTTP/1.1 head with both `Transfer-Encoding` and `Content-Length`
+    /// (see `server::framing`): refused, and its connection closed.
+    #[error(
+        "The request has both Transfer-Encoding and Content-Length, so its body's end is ambiguous; send one of them."
+    )]
+    AmbiguousFraming,
+    #[error("The request target (path and query) is longer than the gateway's limit of {limit} bytes.")]
+    UriTooLong { limit: usize },
+    #[error("The request's headers exceed the gateway's limit of {limit} bytes or {count} fields.")]
+    HeadersTooLarge { limit: usize, count: usize },
     #[error("This request needs about {needed} tokens, more than any key's tokens-per-minute limit allows.")]
     TooManyTokens { needed: u64 },
     #[error("No upstream API keys are configured. Add one with `keypool keys add sk-...`.")]
@@ -194,6 +204,9 @@ impl ApiError {
             | ApiError::InvalidParameter { .. }
             | ApiError::BodyRead(_)
             | ApiError::BodyTooLarge { .. }
+            | ApiError::AmbiguousFraming
+            | ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge { .. }
             | ApiError::TooManyTokens { .. }
             | ApiError::UnknownPath(_)
             | ApiError::BadPath(_)
@@ -255,6 +268,11 @@ impl ApiError {
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value"),
             ApiError::BodyTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large")
+            }
+            ApiError::AmbiguousFraming => (StatusCode::BAD_REQUEST, "invalid_request_error", "ambiguous_framing"),
+            ApiError::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "invalid_request_error", "uri_too_long"),
+            ApiError::HeadersTooLarge { .. } => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "invalid_request_error", "headers_too_large")
             }
             ApiError::TooManyTokens { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "request_exceeds_key_limits")

@@ -12,6 +12,7 @@ pub mod cors;
 mod error;
 mod form;
 mod front;
+mod framing;
 mod inspect;
 mod metered;
 mod models;

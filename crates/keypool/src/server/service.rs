@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::error::ApiError;
+use super::framing::HeadScan;
 use super::pace::{CallerPace, MinRate};
 use super::signal::{Dormant, GraceEnd};
 use super::unread::Unread;
@@ -42,6 +43,11 @@ pub struct ConnState {
     head_started: AtomicU64,
     /// Told when a head begins, so its clock starts at once.
     head_begun: tokio::sync::Notify,
+    /// The framing headers of the head being read (HTTP/1.1).
+    head_scan: std::sync::Mutex<HeadScan>,
+    /// The last head scanned had both `Transfer-Encoding` and
+    /// `Content-Length`: its request is refused.
+    ambiguous: AtomicBool,
 }
 
 /// `head_started` when no head has begun since the last request.
@@ -64,6 +70,8 @@ impl ConnState {
             last_active: AtomicU64::new(0),
             head_started: AtomicU64::new(NO_HEAD),
             head_begun: tokio::sync::Notify::new(),
+            head_scan: std::sync::Mutex::new(HeadScan::new()),
+            ambiguous: AtomicBool::new(false),
         }
     }
 
@@ -75,13 +83,33 @@ impl ConnState {
         self.last_active.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Notes that the caller sent bytes: with nothing in flight, the next
-    /// request's head has begun.
-    pub fn bytes_read(&self) {
-        if self.inflight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == NO_HEAD {
+    /// Notes that the caller sent `bytes`: with nothing in flight, they are
+    /// (the start of) the next request's head, which has begun.
+    pub fn bytes_read(&self, bytes: &[u8]) {
+        if self.inflight.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let begins = self.head_started.load(Ordering::Relaxed) == NO_HEAD;
+        if begins {
             self.head_started.store(self.now_ms(), Ordering::Relaxed);
             self.head_begun.notify_one();
         }
+        if let Ok(mut scan) = self.head_scan.lock() {
+            if begins {
+                *scan = HeadScan::new();
+                self.ambiguous.store(false, Ordering::Relaxed);
+            }
+            scan.feed(bytes);
+            if scan.ambiguous() {
+                self.ambiguous.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether the head of the request now starting named both
+    /// `Transfer-Encoding` and `Content-Length` (see [`super::framing`]).
+    fn take_ambiguous(&self) -> bool {
+        self.ambiguous.swap(false, Ordering::Relaxed)
     }
 
     /// Resolves once the connection has had no request in flight for
@@ -145,6 +173,11 @@ pub struct Pacing {
     pub write_timeout: Duration,
     /// Set when a stop's grace has passed.
     pub ending: GraceEnd,
+    /// Longest request target, in bytes (`server.max_uri_bytes`).
+    pub max_uri_bytes: usize,
+    /// Most bytes of header names and values a request may carry
+    /// (`server.max_header_bytes`).
+    pub max_header_bytes: usize,
 }
 
 /// The router as hyper serves it on one connection.
@@ -168,6 +201,36 @@ impl CallerService {
     }
 }
 
+/// Most header fields a request may carry: hyper's own limit for an
+/// HTTP/1.1 head, held for HTTP/2 too.
+pub const MAX_HEADERS: usize = 100;
+
+impl CallerService {
+    /// The answer to a request whose head keypool refuses before routing it:
+    /// a framing that a proxy in front could read otherwise (400, and the
+    /// connection closed), a request target longer than
+    /// `server.max_uri_bytes` (414), more header bytes than
+    /// `server.max_header_bytes` or more than [`MAX_HEADERS`] fields (431).
+    fn refused<B>(&self, req: &Request<B>) -> Option<Response<axum::body::Body>> {
+        if req.version() < http::Version::HTTP_2 && self.conn.take_ambiguous() {
+            let mut response = ApiError::AmbiguousFraming.into_response();
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return Some(response);
+        }
+        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target > self.pacing.max_uri_bytes {
+            return Some(ApiError::UriTooLong { limit: self.pacing.max_uri_bytes }.into_response());
+        }
+        let headers = req.headers();
+        let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+        if bytes > self.pacing.max_header_bytes || headers.len() > MAX_HEADERS {
+            let (limit, count) = (self.pacing.max_header_bytes, MAX_HEADERS);
+            return Some(ApiError::HeadersTooLarge { limit, count }.into_response());
+        }
+        None
+    }
+}
+
 impl<B> hyper::service::Service<Request<B>> for CallerService
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -179,6 +242,10 @@ where
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let busy = Busy::new(&self.conn);
+        if let Some(refused) = self.refused(&req) {
+            let ending = self.pacing.ending.clone();
+            return Box::pin(std::future::ready(Ok(refused.map(|body| Ending::new(body, false, ending, busy)))));
+        }
         let pace = CallerPace::default();
         req.extensions_mut().insert(pace.clone());
         req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
@@ -192,8 +259,14 @@ where
         Box::pin(async move {
             let response = match until_grace_end(answering, &ending, http2).await {
                 // A body cut off as too slow is the caller's error, whatever
-                // the handler made of the failure it saw.
-                Some(Ok(r)) if pace.too_slow() && !r.status().is_success() => {
+                // the handler made of the failure it saw; but a body refused
+                // by its declared length stays refused as too large, however
+                // slowly what followed was drained.
+                Some(Ok(r))
+                    if pace.too_slow()
+                        && !r.status().is_success()
+                        && r.status() != http::StatusCode::PAYLOAD_TOO_LARGE =>
+                {
                     let mut e = ApiError::CallerTooSlow { rate, window }.into_response();
                     super::error::carry_request_headers(r.headers(), e.headers_mut());
                     e

@@ -73,7 +73,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stalled<T> {
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let (Some(conn), Poll::Ready(Ok(()))) = (&self.reads, &read) {
             if buf.filled().len() > before {
-                conn.bytes_read();
+                conn.bytes_read(&buf.filled()[before..]);
             }
         }
         read

@@ -177,6 +177,8 @@ async fn serve_handed_over(mut handoff: mpsc::Receiver<Conn>, router: Router, ed
         window: edge.config.min_body_rate_window,
         write_timeout: edge.config.write_timeout,
         ending: edge.ending.clone(),
+        max_uri_bytes: edge.config.max_uri_bytes,
+        max_header_bytes: edge.config.max_header_bytes,
     });
     let connections = TaskTracker::new();
     // Cancelled when the worker's queue is closed, and at the latest when the
@@ -243,15 +245,19 @@ impl Protocols {
         // it would also close kept-alive connections after it. The head is
         // timed from its first byte instead (ConnState::until_quiet).
         http1.timer(TokioTimer::new()).header_read_timeout(None);
+        // HTTP/2 heads over the limit are answered 431 by h2 itself.
+        let header_list = u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
+            .max_header_list_size(header_list)
             .keep_alive_interval(config.http2_keep_alive_interval)
             .keep_alive_timeout(config.http2_keep_alive_timeout);
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
         auto.http2()
             .timer(TokioTimer::new())
+            .max_header_list_size(header_list)
             .keep_alive_interval(config.http2_keep_alive_interval)
             .keep_alive_timeout(config.http2_keep_alive_timeout);
         Protocols {
@@ -413,7 +419,7 @@ async fn serve_fronted(
             let spoken = if stream.get_ref().1.alpn_protocol() == Some(super::tls::H2) {
                 Spoken::Http2
             } else {
-                service.conn_state().bytes_read();
+                service.conn_state().bytes_read(&[]);
                 Spoken::Http1
             };
             serve_connection(stream, Some(spoken), service, protocols, closing, ending).await
