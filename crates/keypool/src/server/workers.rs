@@ -331,7 +331,12 @@ async fn serve_connection<S: Socket>(
             Some(protocols.header_read_timeout),
         ),
         // HTTP/2 has no heads to time; hyper times an undecided one itself.
-        Spoken::Http2 | Spoken::Unsure => (Stalled::new(stream, protocols.write_timeout), None),
+        Spoken::Http2 => (Stalled::new(stream, protocols.write_timeout), None),
+        // Undecided (the first bytes were a prefix of HTTP/2's preface, e.g.
+        // a lone `P`): still scanned, or a client could split its first
+        // segment to slip an ambiguous framing past `super::framing`.
+        // HTTP/2 requests are never refused by the scan.
+        Spoken::Unsure => (Stalled::new(stream, protocols.write_timeout).noting_reads(Arc::clone(&conn_state)), None),
     };
     let io = TokioIo::new(io);
     let idle = || Dormant::new(conn_state.until_quiet(protocols.keep_alive_timeout, head));

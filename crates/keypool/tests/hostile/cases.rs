@@ -17,6 +17,9 @@ pub struct Case {
 
 pub enum Request {
     Http1(Vec<u8>),
+    /// The first `at` bytes in one segment, the rest 200 ms later: a
+    /// client choosing where its segments break.
+    Http1Split { bytes: Vec<u8>, at: usize },
     Http2 { path: String, headers: Vec<(String, String)>, body: H2Body },
 }
 
@@ -24,6 +27,7 @@ impl Request {
     pub async fn to(self, addr: SocketAddr) -> Seen {
         match self {
             Request::Http1(bytes) => wire::http1(addr, bytes).await,
+            Request::Http1Split { bytes, at } => wire::http1_split(addr, bytes, at).await,
             Request::Http2 { path, headers, body } => wire::http2(addr, &path, &headers, body).await,
         }
     }
@@ -278,6 +282,13 @@ pub fn cases(edge: &Edge) -> Vec<Case> {
             name: "Transfer-Encoding then Content-Length",
             expect: StatusThenClosed(400),
             send: raw(&smuggled("transfer-encoding: chunked", "content-length: 33")),
+        },
+        Case {
+            // A lone `P` could start HTTP/2's preface (`PRI * HTTP/2.0`):
+            // the connection is undecided when the head arrives.
+            name: "Transfer-Encoding and Content-Length after a lone first byte",
+            expect: StatusThenClosed(400),
+            send: Request::Http1Split { bytes: smuggled("transfer-encoding: chunked", "content-length: 33"), at: 1 },
         },
         Case {
             name: "Content-Length then Transfer-Encoding",

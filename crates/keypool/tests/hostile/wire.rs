@@ -49,11 +49,25 @@ pub const HANG: Duration = Duration::from_secs(15);
 /// read: a server may answer before reading it all), reads the answer, and
 /// tells whether the connection closed after it.
 pub async fn http1(addr: SocketAddr, request: Vec<u8>) -> Seen {
+    let len = request.len();
+    http1_split(addr, request, len).await
+}
+
+/// [`http1`], with the bytes from `at` on sent 200 ms after the others.
+pub async fn http1_split(addr: SocketAddr, request: Vec<u8>, at: usize) -> Seen {
     let conn = TcpStream::connect(addr).await.expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
     let (mut read, mut write) = conn.into_split();
     let writer = tokio::spawn(async move {
         // The server may refuse and close before taking everything.
-        let _ = write.write_all(&request).await;
+        let (first, rest) = request.split_at(at.min(request.len()));
+        let _ = write.write_all(first).await;
+        if !rest.is_empty() {
+            if !first.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = write.write_all(rest).await;
+        }
         write
     });
     let mut got = Vec::new();
