@@ -492,6 +492,19 @@ impl Config {
     }
 
     /// Rejects values that cannot work, naming the setting.
+    /// The proxies whose `X-Forwarded-For` is believed: `telemetry.trusted_proxies`,
+    /// or none with `server.proxy_protocol` on. The PROXY header then names
+    /// the client, and a load balancer that passes TCP through adds no such
+    /// header: believing one on top would let any client in the trusted
+    /// range name any address.
+    pub fn forwarded_for_from(&self) -> &[Cidr] {
+        if self.server.proxy_protocol {
+            &[]
+        } else {
+            &self.telemetry.trusted_proxies
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let upstream = reqwest::Url::parse(&self.upstream).map_err(|e| ConfigError::Invalid {
             setting: "upstream",

@@ -63,7 +63,7 @@ macro_rules! ctx {
 pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let client = super::client::real_client(peer, req.headers(), &app.config.telemetry.trusted_proxies);
+    let client = super::client::real_client(peer, req.headers(), app.config.forwarded_for_from());
     // A request without a live token is charged to no one and leaves no
     // record: a flood of them must not fill the log (nor its buffer).
     let tenant = match app.config.auth {
