@@ -172,11 +172,16 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
     // The admin API is always on: with no `admin_token` setting, behind the
     // token stored in the database (generated now if there is none).
     let admin_token = crate::admin::token::at_start(config.admin_token.clone(), &store).await?;
-    let gate = Arc::new(crate::admin::Gate::new(
-        Arc::clone(&admin_token.live),
-        config.admin.sign_in_attempts_per_minute,
-        config.telemetry.trusted_proxies.clone(),
-    ));
+    // The admin API and /metrics each count wrong tokens on their own, so
+    // a flood at one cannot lock the other out.
+    let new_gate = || {
+        Arc::new(crate::admin::Gate::new(
+            Arc::clone(&admin_token.live),
+            config.admin.sign_in_attempts_per_minute,
+            config.forwarded_for_from().to_vec(),
+        ))
+    };
+    let gate = new_gate();
     let admin = crate::admin::router(Arc::new(crate::admin::AdminState {
         store: store.clone(),
         pools: Arc::clone(&pools),
@@ -222,7 +227,7 @@ pub async fn start_with(config: &Config, source: Option<crate::reload::Source>) 
     announce_admin_token(&admin_token, config, addr);
     // /metrics: on the main listener behind the admin API's token.
     let scrape = crate::metrics::Scrape { pools: Arc::clone(&pools), recorder: recorder.clone() };
-    let metrics = crate::metrics::router(scrape.clone(), Some(Arc::clone(&gate)));
+    let metrics = crate::metrics::router(scrape.clone(), Some(new_gate()));
     // Each worker has its own upstream client, so pooled upstream connections
     // stay on the thread that uses them.
     let affinity =

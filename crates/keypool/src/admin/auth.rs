@@ -53,10 +53,39 @@ impl Gate {
             Some(access) => Ok(access),
             None => {
                 if let Some(ip) = client {
-                    self.limit.failed(ip);
+                    if self.limit.failed(ip) {
+                        self.locked_out(ip);
+                    }
                 }
                 Err(AdminError::InvalidToken)
             }
+        }
+    }
+}
+
+impl Gate {
+    /// Says that `ip` is refused for the rest of its minute. A private or
+    /// loopback address with no trusted proxies is most likely a proxy in
+    /// front that was not declared: every client then shares its address,
+    /// and one of them guessing locks all of them out.
+    fn locked_out(&self, ip: std::net::IpAddr) {
+        let shared = self.trusted.is_empty()
+            && match ip {
+                std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+                std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
+            };
+        if shared {
+            tracing::warn!(
+                client = %ip,
+                "too many wrong admin tokens: this address is refused for a minute (admin.sign_in_attempts_per_minute). \
+                 If it is a proxy in front of keypool, list it in telemetry.trusted_proxies, or all its clients share \
+                 this lockout"
+            );
+        } else {
+            tracing::warn!(
+                client = %ip,
+                "too many wrong admin tokens: this address is refused for a minute (admin.sign_in_attempts_per_minute)"
+            );
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 const WINDOW: Duration = Duration::from_secs(60);
 
 /// Most addresses remembered at once; past it, those whose window is over
-/// are forgotten, then the oldest. An attacker spreading guesses over more
+/// are forgotten (swept at most once a second), then any one. An attacker spreading guesses over more
 /// addresses than this is still limited per address while remembered.
 const MAX_ADDRESSES: usize = 10_000;
 
@@ -27,7 +27,15 @@ const MAX_ADDRESSES: usize = 10_000;
 pub struct SignInLimit {
     /// Wrong tokens allowed per address per window; 0: no limit.
     per_window: u32,
-    seen: Mutex<HashMap<IpAddr, Failures>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    by_addr: HashMap<IpAddr, Failures>,
+    /// When the table was last swept of ended windows (at most once a
+    /// second, so a flood from many addresses costs no full scan each).
+    swept: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,10 +47,10 @@ struct Failures {
 impl SignInLimit {
     /// `per_minute` wrong tokens allowed per address; 0 turns the limit off.
     pub fn new(per_minute: u32) -> SignInLimit {
-        SignInLimit { per_window: per_minute, seen: Mutex::new(HashMap::new()) }
+        SignInLimit { per_window: per_minute, seen: Mutex::new(Seen::default()) }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -54,32 +62,40 @@ impl SignInLimit {
         }
         let now = Instant::now();
         let seen = self.seen();
-        let f = seen.get(&subject(addr))?;
+        let f = seen.by_addr.get(&subject(addr))?;
         let ends = f.since + WINDOW;
         (f.count >= self.per_window && ends > now).then(|| ends - now)
     }
 
-    /// Counts a wrong token from `addr`.
-    pub fn failed(&self, addr: IpAddr) {
+    /// Counts a wrong token from `addr`; true when this one used up the
+    /// address's allowance (it is refused from now until its window ends).
+    pub fn failed(&self, addr: IpAddr) -> bool {
         if self.per_window == 0 {
-            return;
+            return false;
         }
         let now = Instant::now();
         let key = subject(addr);
-        let mut seen = self.seen();
-        if !seen.contains_key(&key) && seen.len() >= MAX_ADDRESSES {
-            seen.retain(|_, f| f.since + WINDOW > now);
-            if seen.len() >= MAX_ADDRESSES {
-                if let Some(oldest) = seen.iter().min_by_key(|(_, f)| f.since).map(|(a, _)| *a) {
-                    seen.remove(&oldest);
+        let mut guard = self.seen();
+        let seen = &mut *guard;
+        if !seen.by_addr.contains_key(&key) && seen.by_addr.len() >= MAX_ADDRESSES {
+            if seen.swept.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                seen.swept = Some(now);
+                seen.by_addr.retain(|_, f| f.since + WINDOW > now);
+            }
+            // Still full: one goes, whichever the table yields first (a
+            // search for the oldest would scan all of them every time).
+            if seen.by_addr.len() >= MAX_ADDRESSES {
+                if let Some(any) = seen.by_addr.keys().next().copied() {
+                    seen.by_addr.remove(&any);
                 }
             }
         }
-        let f = seen.entry(key).or_insert(Failures { since: now, count: 0 });
+        let f = seen.by_addr.entry(key).or_insert(Failures { since: now, count: 0 });
         if f.since + WINDOW <= now {
             *f = Failures { since: now, count: 0 };
         }
         f.count = f.count.saturating_add(1);
+        f.count == self.per_window
     }
 }
 
@@ -109,9 +125,9 @@ mod tests {
     async fn an_address_is_refused_after_its_wrong_tokens_until_its_minute_ends() {
         let limit = SignInLimit::new(3);
         let a = ip("203.0.113.7");
-        for _ in 0..3 {
+        for n in 1..=3 {
             assert_eq!(limit.refused(a), None);
-            limit.failed(a);
+            assert_eq!(limit.failed(a), n == 3, "the third one locks");
         }
         assert_eq!(limit.refused(a), Some(WINDOW));
         // Others are not held up by it.
@@ -148,7 +164,7 @@ mod tests {
         for i in 0..(MAX_ADDRESSES as u32 + 50) {
             limit.failed(IpAddr::V4((0x0a00_0000 + i).into()));
         }
-        assert_eq!(limit.seen().len(), MAX_ADDRESSES);
+        assert_eq!(limit.seen().by_addr.len(), MAX_ADDRESSES);
         // The newest is still remembered.
         assert!(limit.refused(IpAddr::V4((0x0a00_0000 + MAX_ADDRESSES as u32 + 49).into())).is_some());
     }

@@ -67,21 +67,19 @@ impl Store {
     /// (revoked or not) is refused with [`StoreError::AdminTokenNameTaken`].
     pub async fn add_admin_token(&self, name: &str, sha256_hex: &str, read_only: bool) -> Result<i64, StoreError> {
         on_pool!(self, |pool| {
-            let taken =
-                sqlx::query("SELECT 1 FROM admin_tokens WHERE name = $1").bind(name).fetch_optional(pool).await?;
-            if taken.is_some() {
-                return Err(StoreError::AdminTokenNameTaken(name.to_owned()));
-            }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO admin_tokens (name, sha256, read_only, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            // One statement, so two creates with one name at once cannot
+            // both pass a check and then fail on the constraint.
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO admin_tokens (name, sha256, read_only, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
             )
             .bind(name)
             .bind(sha256_hex)
             .bind(read_only)
             .bind(now_unix_ms())
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await?;
-            Ok(id)
+            id.ok_or_else(|| StoreError::AdminTokenNameTaken(name.to_owned()))
         })
     }
 
