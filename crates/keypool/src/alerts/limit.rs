@@ -30,11 +30,17 @@ impl Limiter {
     /// Whether `alert` goes out at `now`; when it does, it carries the count
     /// of alerts the per-minute cap held back since the last one sent. A
     /// repeat within `min_interval` is dropped silently (it was told). The
-    /// budget thresholds of one key (or token) are separate events.
+    /// budget thresholds of one key (or token) are separate events. A
+    /// token's budget alert is never a repeat: its watch tells each share
+    /// once per period, so one told again is about a new period or budget
+    /// (a daily share passed at 23:58 and again at 00:02 is told twice).
     pub fn admit(&mut self, alert: &mut Alert, now: Instant) -> bool {
         let threshold = alert.threshold.map_or(0, |t| (t * 1000.0).round() as u32);
         let key = (alert.event, alert.key_id.or(alert.token_id), threshold);
-        if self.last.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < self.min_interval) {
+        let once_per_period = alert.event == crate::config::AlertEvent::TokenBudget;
+        if !once_per_period
+            && self.last.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < self.min_interval)
+        {
             return false;
         }
         if self.minute_began.is_none_or(|b| now.saturating_duration_since(b) >= Duration::from_secs(60)) {
@@ -88,5 +94,20 @@ mod tests {
         assert!(l.admit(&mut next, t0 + Duration::from_secs(60)));
         assert_eq!(next.suppressed, 2);
         assert!(l.admit(&mut alert(1), t0 + Duration::from_secs(300)), "after min_interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_budget_share_told_again_in_a_new_period_is_not_a_repeat() {
+        let mut l = Limiter::new(Duration::from_secs(300), 10);
+        let share = || Alert {
+            event: AlertEvent::TokenBudget,
+            key_id: None,
+            token_id: Some(7),
+            threshold: Some(0.5),
+            ..alert(0)
+        };
+        let t0 = Instant::now();
+        assert!(l.admit(&mut share(), t0), "23:58, yesterday's period");
+        assert!(l.admit(&mut share(), t0 + Duration::from_secs(240)), "00:02, today's");
     }
 }
