@@ -14,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod crypt;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod memory;
 pub mod metrics;

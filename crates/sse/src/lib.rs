@@ -13,6 +13,8 @@
 //! caller's response.
 
 mod framer;
+#[doc(hidden)]
+pub mod fuzzing;
 mod scan;
 mod strip;
 mod tap;

@@ -126,7 +126,9 @@ impl UsageStripper {
                     Some(_) => {}
                 }
             }
-            let dropped = self.end_event(&mut out, seg, end);
+            // A `\n` still to come with the next chunk belongs to this
+            // event: it counts against the cap as it does when whole.
+            let dropped = self.end_event(&mut out, seg, end, usize::from(open_cr));
             if open_cr {
                 self.pending_lf = Some(dropped);
             }
@@ -164,7 +166,7 @@ impl UsageStripper {
 
     /// The event occupying `chunk[seg..end]` (after any held bytes) is
     /// complete: release or remove it. Returns whether it was removed.
-    fn end_event(&mut self, out: &mut Out<'_>, seg: usize, end: usize) -> bool {
+    fn end_event(&mut self, out: &mut Out<'_>, seg: usize, end: usize, pending: usize) -> bool {
         let part = out.chunk.get(seg..end).unwrap_or_default();
         if self.passthrough {
             self.passthrough = false;
@@ -173,7 +175,7 @@ impl UsageStripper {
         }
         // Judge only events within the cap, whole or split, so the result
         // never depends on how the transport chunked the stream.
-        if self.held.len() + part.len() > self.max_buffered {
+        if self.held.len() + part.len() + pending > self.max_buffered {
             out.bytes(&self.held);
             out.range(seg, end);
             self.held.clear();

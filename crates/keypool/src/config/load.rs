@@ -57,6 +57,13 @@ pub(super) fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config,
     }
 }
 
+pub(super) fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+    let config: Config = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    config.validate()?;
+    Ok(config)
+}
+
 /// For an unknown field that came from the environment: the dotted key to
 /// drop and the warning naming the variable.
 fn unknown_env_variable(error: &figment::Error) -> Option<(String, String)> {

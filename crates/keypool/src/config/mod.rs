@@ -491,6 +491,15 @@ impl Config {
         load::load(file, overrides)
     }
 
+    /// The defaults under `text`, a config file's TOML, validated; no file,
+    /// `KEYPOOL_*` variable or flag is read (the master keys neither).
+    ///
+    /// An unknown or invalid key is [`ConfigError::Parse`] (there is no file
+    /// to name); an impossible value is [`ConfigError::Invalid`].
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        load::from_toml(text)
+    }
+
     /// Rejects values that cannot work, naming the setting.
     /// The proxies whose `X-Forwarded-For` is believed: `telemetry.trusted_proxies`,
     /// or none with `server.proxy_protocol` on. The PROXY header then names

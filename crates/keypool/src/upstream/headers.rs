@@ -123,7 +123,7 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// The longest wait any upstream is trusted to ask for, in every form (a
 /// header, a date, a message; a daily limit's reset is the longest real one).
-pub(super) const MAX_WAIT: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// A number of seconds from an upstream header, clamped to `0..=MAX_WAIT`;
 /// None for NaN (a header is input: it must not be able to panic us).

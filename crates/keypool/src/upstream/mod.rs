@@ -4,8 +4,8 @@
 mod account;
 mod breaker;
 mod classify;
-mod comeback;
-mod headers;
+pub(crate) mod comeback;
+pub(crate) mod headers;
 mod probe;
 pub mod providers;
 mod quirks;
