@@ -119,16 +119,23 @@ impl UsageStripper {
             // A blank line: the event ends here, with the `\n` of a `\r\n`.
             let mut end = p + 1;
             let mut open_cr = false;
+            let mut crlf = 0;
             if !lf {
                 match chunk.get(end) {
-                    Some(b'\n') => end += 1,
+                    Some(b'\n') => {
+                        end += 1;
+                        crlf = 1;
+                    }
                     None => open_cr = true,
                     Some(_) => {}
                 }
             }
-            // A `\n` still to come with the next chunk belongs to this
-            // event: it counts against the cap as it does when whole.
-            let dropped = self.end_event(&mut out, seg, end, usize::from(open_cr));
+            // The `\n` of a `\r\n` blank line is never counted against the
+            // cap, whether it comes with the event, with the next chunk, or
+            // not at all (a lone `\r`): whether it follows may be unknown
+            // when a chunk ends with the `\r`, and the judgement must not
+            // depend on where the stream was cut.
+            let dropped = self.end_event(&mut out, seg, end, crlf);
             if open_cr {
                 self.pending_lf = Some(dropped);
             }
@@ -165,8 +172,10 @@ impl UsageStripper {
     }
 
     /// The event occupying `chunk[seg..end]` (after any held bytes) is
-    /// complete: release or remove it. Returns whether it was removed.
-    fn end_event(&mut self, out: &mut Out<'_>, seg: usize, end: usize, pending: usize) -> bool {
+    /// complete: release or remove it. `uncounted` bytes at its end (the
+    /// `\n` of a `\r\n` blank line) do not count against the cap. Returns
+    /// whether it was removed.
+    fn end_event(&mut self, out: &mut Out<'_>, seg: usize, end: usize, uncounted: usize) -> bool {
         let part = out.chunk.get(seg..end).unwrap_or_default();
         if self.passthrough {
             self.passthrough = false;
@@ -175,7 +184,7 @@ impl UsageStripper {
         }
         // Judge only events within the cap, whole or split, so the result
         // never depends on how the transport chunked the stream.
-        if self.held.len() + part.len() + pending > self.max_buffered {
+        if (self.held.len() + part.len()).saturating_sub(uncounted) > self.max_buffered {
             out.bytes(&self.held);
             out.range(seg, end);
             self.held.clear();
