@@ -19,8 +19,15 @@ pub enum Request {
     Http1(Vec<u8>),
     /// The first `at` bytes in one segment, the rest 200 ms later: a
     /// client choosing where its segments break.
-    Http1Split { bytes: Vec<u8>, at: usize },
-    Http2 { path: String, headers: Vec<(String, String)>, body: H2Body },
+    Http1Split {
+        bytes: Vec<u8>,
+        at: usize,
+    },
+    Http2 {
+        path: String,
+        headers: Vec<(String, String)>,
+        body: H2Body,
+    },
 }
 
 impl Request {
