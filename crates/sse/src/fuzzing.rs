@@ -156,3 +156,27 @@ fn assert_all_equal<T: PartialEq + std::fmt::Debug>(results: &[T], what: &str) {
         }
     }
 }
+
+/// Replays every file of `corpus/<target>/` through `check` (for the
+/// `tests/fuzz_corpus.rs` of this crate and of keypool): panics naming the
+/// inputs that failed, and when the folder is missing or empty, so a
+/// corpus lost in a move cannot pass unnoticed.
+pub fn replay_corpus(corpus: &std::path::Path, target: &str, check: fn(&[u8])) {
+    let dir = corpus.join(target);
+    let files: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect(),
+        Err(e) => panic!("the corpus of {target} cannot be read at {}: {e}", dir.display()),
+    };
+    assert!(!files.is_empty(), "the corpus of {target} at {} is empty", dir.display());
+    let mut failed = Vec::new();
+    for file in &files {
+        let data = match std::fs::read(file) {
+            Ok(data) => data,
+            Err(e) => panic!("{}: {e}", file.display()),
+        };
+        if std::panic::catch_unwind(|| check(&data)).is_err() {
+            failed.push(file.display().to_string());
+        }
+    }
+    assert!(failed.is_empty(), "{target}: {} of {} corpus inputs failed: {failed:#?}", failed.len(), files.len());
+}
