@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use common::{chat, error_code, key, spawn, TestApp};
 use keypool::config::{AlertEvent, ModelConfig, ModelPrice, WebhookConfig, WebhookFormat, WebhookUrl};
 use keypool::scheduler::Probed;
-use keypool::server::{generate_token, hash_token};
 use keypool::tenants::{BudgetPeriod, TokenSettings};
 use keypool_sim::{KeyState, SimConfig, SimKey};
 use reqwest::StatusCode;
@@ -147,29 +146,9 @@ fn got_now(got: &Got) -> Vec<(String, Value)> {
     got.lock().unwrap().clone()
 }
 
-/// A token with `settings`, stored while the gateway runs; returns its
-/// secret and id once the gateway accepts it (a body that is not JSON gets
-/// 400 then, and spends nothing).
+/// A token with `settings`, loaded by the running gateway: its secret and id.
 async fn token(app: &TestApp, name: &str, settings: TokenSettings) -> (String, i64) {
-    let token = generate_token();
-    let id = app.store.create_token_with(name, &hash_token(&token), "kp-tst", &settings).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = app
-            .client
-            .post(app.url("/chat/completions"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body("{")
-            .send()
-            .await
-            .unwrap();
-        if r.status() != StatusCode::UNAUTHORIZED {
-            return (token, id);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "token {name} never loaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::token_with(app, name, settings).await
 }
 
 async fn chat_as(app: &TestApp, token: &str) -> reqwest::Response {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{chat, error_code, form, key, spawn, TestApp};
 use keypool::config::{AdminToken, ModelConfig, ModelPrice};
-use keypool::server::{generate_token, hash_token};
 use keypool::tenants::{networks_from, parse_models, BudgetPeriod, TokenSettings};
 use keypool_sim::SimConfig;
 use reqwest::StatusCode;
@@ -20,28 +19,7 @@ const ADMIN: &str = "kp-admin-tenants-test-0123456789abcdef";
 /// A token with `settings`, stored while the gateway runs; waits until the
 /// gateway accepts (or refuses, as the settings say) it.
 async fn token(app: &TestApp, name: &str, settings: TokenSettings) -> String {
-    let token = generate_token();
-    app.store.create_token_with(name, &hash_token(&token), "kp-tst", &settings).await.unwrap();
-    // The sync interval is 100 ms. Once loaded, a body that is not JSON gets
-    // 400 (or the token's own refusal): nothing reaches the upstream, and
-    // nothing counts against the token's limits.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = app
-            .client
-            .post(app.url("/chat/completions"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body("{")
-            .send()
-            .await
-            .unwrap();
-        if r.status() != StatusCode::UNAUTHORIZED || error_code(r).await != "invalid_api_key" {
-            return token;
-        }
-        assert!(std::time::Instant::now() < deadline, "token {name} never loaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::token_with(app, name, settings).await.0
 }
 
 async fn chat_as(app: &TestApp, token: &str, model: &str) -> reqwest::Response {

@@ -127,3 +127,30 @@ pub fn form(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     body.extend_from_slice(b"--kp-test-boundary--\r\n");
     ("multipart/form-data; boundary=kp-test-boundary".into(), body)
 }
+
+/// A token with `settings`, stored while the gateway runs; returns its
+/// secret and id once the gateway has loaded it (accepts it, or refuses it
+/// as the settings say). The sync interval is 100 ms; a body that is not
+/// JSON gets 400 (or the token's own refusal), so nothing reaches the
+/// upstream and nothing counts against the token's limits.
+pub async fn token_with(app: &TestApp, name: &str, settings: keypool::tenants::TokenSettings) -> (String, i64) {
+    let token = generate_token();
+    let id = app.store.create_token_with(name, &hash_token(&token), "kp-tst", &settings).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = app
+            .client
+            .post(app.url("/chat/completions"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        if r.status() != reqwest::StatusCode::UNAUTHORIZED || error_code(r).await != "invalid_api_key" {
+            return (token, id);
+        }
+        assert!(std::time::Instant::now() < deadline, "token {name} never loaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
