@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use keypool::records::rollup::{rollups, Buckets, Dimension, Span};
+use keypool::records::rollup::{Buckets, Dimension, Span, Sums};
 use keypool::records::{Attempt, Counted, RequestRecord};
 use keypool::store::{LogFilter, NewKey, Store};
 use rand::{Rng, SeedableRng};
@@ -87,7 +87,7 @@ async fn build(store: &Store, n: u64) {
     let mut i = 0;
     while i < n {
         let records: Vec<RequestRecord> = (i..(i + batch).min(n)).map(|j| record(j, n, &mut rng)).collect();
-        let sums = rollups(&records, &buckets);
+        let sums = Sums::of(&records, &buckets);
         store.write_batch(&records, true, &sums).await.unwrap();
         i += batch;
         if i % 1_000_000 == 0 {

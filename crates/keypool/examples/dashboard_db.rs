@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use keypool::records::rollup::{rollups, Buckets};
+use keypool::records::rollup::{Buckets, Sums};
 use keypool::records::{Attempt, Counted, RequestRecord};
 use keypool::store::{now_unix_ms, NewKey, Store};
 use rand::{Rng, SeedableRng};
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let mut i = 0;
     while i < n {
         let records: Vec<RequestRecord> = (i..(i + batch).min(n)).map(|j| record(j, n, start_ms, &mut rng)).collect();
-        store.write_batch(&records, true, &rollups(&records, &buckets)).await?;
+        store.write_batch(&records, true, &Sums::of(&records, &buckets)).await?;
         i += batch;
         if i % 100_000 == 0 {
             eprintln!("{i} records in {:.0} s", started.elapsed().as_secs_f64());

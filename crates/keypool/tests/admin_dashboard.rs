@@ -166,7 +166,7 @@ async fn the_overview_counts_requests_errors_capacity_and_spend(db: Scratch) {
     ];
     // Days in the zone, as the gateway's own writer sums them.
     let zone = keypool::records::rollup::Buckets::new(jiff::tz::TimeZone::get(ZONE).unwrap());
-    db.store.write_batch(&records, true, &keypool::records::rollup::rollups(&records, &zone)).await.unwrap();
+    db.store.write_batch(&records, true, &keypool::records::rollup::Sums::of(&records, &zone)).await.unwrap();
     let dash = Dash::start(&db, |_| {}).await;
     for _ in 0..3 {
         assert_eq!(dash.chat().await, Some(StatusCode::OK));
@@ -472,7 +472,7 @@ async fn the_dashboard_routes_stay_fast_with_a_million_logged_requests() {
                 record(&format!("req-{i}"), at, key, status, error, 30)
             })
             .collect();
-        db.store.write_batch(&records, true, &keypool::records::rollup::rollups(&records, &zone)).await.unwrap();
+        db.store.write_batch(&records, true, &keypool::records::rollup::Sums::of(&records, &zone)).await.unwrap();
     }
     eprintln!("{total} records written in {:.1?}", started.elapsed());
     let dash = Dash::start(&db, |_| {}).await;

@@ -26,6 +26,7 @@ both!(
     a_record_the_database_refuses_does_not_hold_up_the_rest,
     the_cli_shows_one_request_and_tails_the_newest,
     token_totals_stop_at_the_largest_count_instead_of_overflowing,
+    a_batch_over_hundreds_of_tokens_adds_to_each_its_own_totals,
     bodies_are_kept_only_when_asked_cut_and_a_stream_as_its_text,
 );
 
@@ -478,6 +479,86 @@ async fn token_totals_stop_at_the_largest_count_instead_of_overflowing(db: Scrat
     assert_eq!((t.requests, t.prompt_tokens, t.spent_micros), (3, i64::MAX as u64, i64::MAX as u64));
 }
 
+/// A batch touching 300 tokens and three keys (one removed before the
+/// write) adds to every token and key exactly its own records: the totals
+/// are written many rows to a statement (256, 16 and 1 on SQLite), and a
+/// removed key's share is skipped without failing the batch.
+async fn a_batch_over_hundreds_of_tokens_adds_to_each_its_own_totals(db: Scratch) {
+    let mut tokens = Vec::new();
+    for i in 0..300 {
+        tokens.push(db.store.create_token(&format!("t{i}"), &hash_token(&generate_token()), "kp-t").await.unwrap());
+    }
+    for i in 0..3 {
+        db.store.add_key(&NewKey { secret: format!("sk-batch-{i}-0123456789"), ..NewKey::default() }).await.unwrap();
+    }
+    let keys: Vec<i64> = db.store.list_keys().await.unwrap().iter().map(|k| k.id).collect();
+    db.store.remove_key(keys[2]).await.unwrap();
+    let attempt = |key_id: i64, status: u16, counted: keypool::records::Counted| keypool::records::Attempt {
+        key_id,
+        status,
+        reason: if status == 200 { "ok".into() } else { "rate_limited".into() },
+        duration_us: 10,
+        counted,
+    };
+    // Token i gets i % 4 + 1 records; every third fails once on a key first.
+    let mut records = Vec::new();
+    for (i, id) in tokens.iter().enumerate() {
+        for j in 0..=(i % 4) {
+            let key = keys[(i + j) % 3];
+            let mut attempts = vec![attempt(key, 200, keypool::records::Counted::Success)];
+            if j == 0 && i % 3 == 0 {
+                attempts.insert(0, attempt(keys[(i + 1) % 3], 429, keypool::records::Counted::Failure));
+            }
+            records.push(RequestRecord {
+                request_id: format!("r-{i}-{j}"),
+                started_at: 1_700_000_000_000 + (i * 1000 + j) as i64,
+                token_id: Some(*id),
+                status: 200,
+                method: "POST".into(),
+                path: "/v1/chat/completions".into(),
+                key_id: Some(key),
+                attempts,
+                prompt_tokens: Some(i as u64),
+                completion_tokens: Some(1),
+                cost_micros: Some(7),
+                ..Default::default()
+            });
+        }
+    }
+    db.store.insert_requests(&records).await.unwrap();
+    let listed = db.store.list_tokens().await.unwrap();
+    for (i, id) in tokens.iter().enumerate() {
+        let n = (i % 4 + 1) as u64;
+        let t = &listed.iter().find(|t| t.id == *id).unwrap().usage;
+        assert_eq!(
+            (t.requests, t.successes, t.failures, t.prompt_tokens, t.completion_tokens, t.spent_micros),
+            (n, n, 0, n * i as u64, n, 7 * n),
+            "token {i}"
+        );
+        assert_eq!(t.last_used_at, Some(1_700_000_000 + i as i64), "token {i}");
+    }
+    // The keys: every attempt sent counts; usage goes to the one that answered.
+    let (mut want_requests, mut want_failures, mut want_prompt) = ([0u64; 3], [0u64; 3], [0u64; 3]);
+    for r in &records {
+        for a in &r.attempts {
+            let k = keys.iter().position(|k| *k == a.key_id).unwrap();
+            want_requests[k] += 1;
+            want_failures[k] += u64::from(a.status != 200);
+        }
+        want_prompt[keys.iter().position(|k| Some(*k) == r.key_id).unwrap()] += r.prompt_tokens.unwrap();
+    }
+    let listed = db.store.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 2, "the removed key stays removed");
+    for k in 0..2 {
+        let got = listed.iter().find(|x| x.id == keys[k]).unwrap();
+        assert_eq!(
+            (got.requests, got.failures, got.prompt_tokens),
+            (want_requests[k], want_failures[k], want_prompt[k])
+        );
+    }
+    assert_eq!(db.store.count_requests().await.unwrap(), records.len() as u64);
+}
+
 enum Lock {
     Sqlite(sqlx::SqliteConnection),
     Postgres(sqlx::PgConnection),
@@ -634,20 +715,20 @@ mod crash {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_a_kill_under_load_keeps_every_record_answered_over_a_second_before() {
-        a_kill_under_load_keeps_every_record_answered_over_a_second_before(Scratch::sqlite().await).await
+    async fn sqlite_a_kill_under_load_keeps_every_record_answered_over_two_seconds_before() {
+        a_kill_under_load_keeps_every_record_answered_over_two_seconds_before(Scratch::sqlite().await).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_a_kill_under_load_keeps_every_record_answered_over_a_second_before() {
-        a_kill_under_load_keeps_every_record_answered_over_a_second_before(Scratch::postgres().await).await
+    async fn postgres_a_kill_under_load_keeps_every_record_answered_over_two_seconds_before() {
+        a_kill_under_load_keeps_every_record_answered_over_two_seconds_before(Scratch::postgres().await).await
     }
 }
 
 /// SIGKILL while 8 callers keep sending: every request answered more than
-/// 1 s before the kill is in the log (records are written within
-/// `records.flush_interval`, 200 ms; a commit survives the process).
-async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: Scratch) {
+/// 2 s before the kill is in the log (records are written within
+/// `records.flush_interval`, 1 s; a commit survives the process).
+async fn a_kill_under_load_keeps_every_record_answered_over_two_seconds_before(db: Scratch) {
     // A little upstream latency keeps the two cores from saturating.
     let sim = SimConfig { accept_any_key: true, latency: Duration::from_millis(20), ..SimConfig::default() };
     let sim = Simulator::start(sim).await.unwrap();
@@ -672,7 +753,7 @@ async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: 
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let killed_at = std::time::Instant::now();
     child.0.kill().unwrap();
     let status = child.0.wait().unwrap();
@@ -685,17 +766,19 @@ async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: 
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, at)| *at + Duration::from_secs(1) < killed_at)
+        .filter(|(_, at)| *at + Duration::from_secs(2) < killed_at)
         .map(|(id, _)| id.clone())
         .collect();
     assert!(before.len() >= 50, "a load ran before the kill: {}", before.len());
     let kept: std::collections::HashSet<String> =
         db.store.recent_requests(1_000_000).await.unwrap().into_iter().map(|r| r.request_id).collect();
     let missing: Vec<&String> = before.iter().filter(|id| !kept.contains(*id)).collect();
-    // The token's totals were written with the records: they agree after
-    // the crash (read again while a commit sent before the kill may still land).
-    // So were the keys' (what a restart reads back), summed from the
-    // records' attempts as the scheduler counted them.
+    // The keys' totals (what a restart reads back) were written with the
+    // records, summed from their attempts as the scheduler counted them:
+    // they agree after the crash (read again while a commit sent before
+    // the kill may still land). The token's go with the statistics, at
+    // most every second: a crash may lose the last of them, but they never
+    // count a request the log does not hold.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let t = db.store.list_tokens().await.unwrap().remove(0).usage;
@@ -712,8 +795,9 @@ async fn a_kill_under_load_keeps_every_record_answered_over_a_second_before(db: 
         let key_requests: u64 = keys.iter().map(|k| k.requests).sum();
         let key_successes: u64 = keys.iter().map(|k| k.successes).sum();
         let key_spent: u64 = keys.iter().map(|k| k.spent_micros).sum();
-        if t.requests == records && key_requests == attempts && key_successes == successes && key_spent == spent {
+        if key_requests == attempts && key_successes == successes && key_spent == spent {
             assert!(successes > 0 && spent > 0, "the load was answered and priced");
+            assert!(t.requests > 0 && t.requests <= records, "token totals {} of {records} records", t.requests);
             break;
         }
         assert!(

@@ -9,7 +9,7 @@ mod common;
 
 use common::scratch::{both, Scratch};
 use keypool::records::retention::{prune, Retention};
-use keypool::records::rollup::{rollups, Buckets, Dimension, Span};
+use keypool::records::rollup::{Buckets, Dimension, Span, Sums};
 use keypool::records::{Attempt, Counted, RequestRecord};
 use keypool::store::{Backend, NewKey};
 use std::time::Duration;
@@ -158,7 +158,7 @@ async fn a_log_turned_off_still_keeps_totals_and_rollups(db: Scratch) {
     let ids = keys(&db, 1).await;
     let token = db.store.create_token("t", "hash-of-t", "kp-t").await.unwrap();
     let r = record(DAY0, token, "m", vec![attempt(ids[0], 200, "ok", Counted::Success)]);
-    let sums = rollups(std::slice::from_ref(&r), &Buckets::utc());
+    let sums = Sums::of(std::slice::from_ref(&r), &Buckets::utc());
     db.store.write_batch(std::slice::from_ref(&r), false, &sums).await.unwrap();
     assert_eq!(db.store.count_requests().await.unwrap(), 0, "no row in the log");
     assert_eq!(db.store.list_keys().await.unwrap()[0].requests, 1);
@@ -318,13 +318,17 @@ async fn db_migrate_copies_a_sqlite_database_into_postgres() {
     Scratch::drop_schema(&schema);
 }
 
-/// The writer sums statistics in memory and adds them at most every
-/// second: they reach the store within that when traffic stops, and at
-/// once at a stop; the totals go with each batch of records.
+/// The writer sums statistics and token totals in memory and adds them at
+/// most every second: they reach the store within that when traffic
+/// stops, and at once at a stop; the key totals go with each batch of
+/// records.
 async fn the_writer_adds_statistics_within_a_second_and_at_its_stop(db: Scratch) {
     let ids = keys(&db, 1).await;
+    let token = db.store.create_token("t", "hash-of-t", "kp-t").await.unwrap();
     let (recorder, writer) = keypool::records::spawn(db.store.clone(), keypool::records::RecordsConfig::default());
-    let one = |s| record(s, 1, "gpt-4o", vec![attempt(ids[0], 200, "ok", Counted::Success)]);
+    let one = |s| record(s, token, "gpt-4o", vec![attempt(ids[0], 200, "ok", Counted::Success)]);
+    let token_requests =
+        |store: keypool::store::Store| async move { store.list_tokens().await.unwrap()[0].usage.requests };
     let day = |store: keypool::store::Store| async move {
         let all = store.stats_by_subject(Dimension::Model, Span::Day, 0, i64::MAX).await.unwrap();
         all.first().map_or(0, |s| s.figures.requests)
@@ -340,14 +344,17 @@ async fn the_writer_adds_statistics_within_a_second_and_at_its_stop(db: Scratch)
     }
     assert_eq!(db.store.list_keys().await.unwrap()[0].requests, 3);
     assert_eq!(day(db.store.clone()).await, 0, "statistics are summed first, not written with each batch");
-    // ...the statistics within a second.
+    assert_eq!(token_requests(db.store.clone()).await, 0, "so are the token totals");
+    // ...the statistics and token totals within a second, together.
     while day(db.store.clone()).await < 3 {
         assert!(started.elapsed() < Duration::from_secs(10), "statistics never written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(token_requests(db.store.clone()).await, 3);
     // Recorded just before the stop: written by it.
     recorder.record(one(DAY0 + 10));
     writer.stop(tokio::time::Instant::now() + Duration::from_secs(5), Default::default()).await;
     assert_eq!(day(db.store.clone()).await, 4);
+    assert_eq!(token_requests(db.store.clone()).await, 4);
     assert_eq!(db.store.count_requests().await.unwrap(), 4);
 }

@@ -31,7 +31,7 @@ pub enum RequestsCommand {
 }
 
 /// How often `tail --follow` looks for new records (the writer adds them
-/// every `records.flush_interval`, 200 ms by default), and how many it
+/// every `records.flush_interval`, 1 s by default), and how many it
 /// reads at a time. It follows row ids: on PostgreSQL, rows of two batch
 /// parts (or two gateways) committed out of id order may be passed over.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{Counted, RequestRecord};
+use crate::store::TokenUsage;
 
 /// Whose statistics a rollup row holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -353,6 +354,71 @@ impl Who<'_> {
     }
 }
 
+/// What the writer adds to the store besides the records themselves and
+/// their keys' totals: the rollup rows, and each gateway token's totals.
+/// Both are summed in memory over up to [`super::writer::ROLLUP_EVERY`]:
+/// with a thousand tenants, every batch touched hundreds of token rows, and
+/// writing them once a second rather than with each batch is what keeps
+/// their cost out of the request path's way (docs/benchmarks.md, issue 17).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sums {
+    pub rollups: BTreeMap<RollupKey, Rollup>,
+    /// By token id, in id order (so writers sharing a PostgreSQL database
+    /// lock the rows in the same order).
+    pub tokens: BTreeMap<i64, TokenUsage>,
+}
+
+impl Sums {
+    /// What `records` add (their rollups in `buckets`' days, their tokens' totals).
+    pub fn of(records: &[RequestRecord], buckets: &Buckets) -> Sums {
+        Sums { rollups: rollups(records, buckets), tokens: token_totals(records) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rollups.is_empty() && self.tokens.is_empty()
+    }
+
+    /// Adds `other` to these sums.
+    pub fn add(&mut self, other: &Sums) {
+        for (k, r) in &other.rollups {
+            self.rollups.entry(k.clone()).or_default().add(r);
+        }
+        for (id, d) in &other.tokens {
+            let t = self.tokens.entry(*id).or_default();
+            t.requests = t.requests.saturating_add(d.requests);
+            t.successes = t.successes.saturating_add(d.successes);
+            t.failures = t.failures.saturating_add(d.failures);
+            t.prompt_tokens = t.prompt_tokens.saturating_add(d.prompt_tokens);
+            t.completion_tokens = t.completion_tokens.saturating_add(d.completion_tokens);
+            t.spent_micros = t.spent_micros.saturating_add(d.spent_micros);
+            t.last_used_at = t.last_used_at.max(d.last_used_at);
+        }
+    }
+}
+
+/// What `records` add to each gateway token's totals, by token id. A
+/// request succeeded when it was answered 2xx in full; a caller leaving
+/// counts as neither a success nor a failure.
+pub fn token_totals(records: &[RequestRecord]) -> BTreeMap<i64, TokenUsage> {
+    let mut totals = BTreeMap::<i64, TokenUsage>::new();
+    for r in records {
+        let Some(id) = r.token_id else { continue };
+        let t = totals.entry(id).or_default();
+        t.requests += 1;
+        if (200..300).contains(&r.status) && r.error_type.is_none() {
+            t.successes += 1;
+        } else if !r.cancelled {
+            t.failures += 1;
+        }
+        t.prompt_tokens = t.prompt_tokens.saturating_add(r.prompt_tokens.unwrap_or(0));
+        t.completion_tokens = t.completion_tokens.saturating_add(r.completion_tokens.unwrap_or(0));
+        t.spent_micros = t.spent_micros.saturating_add(r.cost_micros.unwrap_or(0));
+        let second = r.started_at.div_euclid(1000);
+        t.last_used_at = Some(t.last_used_at.map_or(second, |s| s.max(second)));
+    }
+    totals
+}
+
 /// What `records` add to each rollup row. Per key, each attempt sent
 /// counts for its key (as the key's totals count it); usage, spend and
 /// latency count for the key that answered (the last attempt sent).
@@ -442,6 +508,28 @@ mod tests {
 
     fn attempt(key_id: i64, status: u16, reason: &'static str, counted: Counted) -> Attempt {
         Attempt { key_id, status, reason: reason.into(), duration_us: 1, counted }
+    }
+
+    #[test]
+    fn sums_added_together_equal_the_sums_of_all_the_records() {
+        let b = Buckets::utc();
+        let ok = record(1_700_000_000_123, 200, vec![attempt(1, 200, "ok", Counted::Success)]);
+        let failed = record(1_700_000_090_000, 502, vec![attempt(1, 502, "upstream_error", Counted::Failure)]);
+        let left = RequestRecord {
+            cancelled: true,
+            error_type: Some(crate::records::error_type::CANCELLED.into()),
+            token_id: Some(8),
+            ..ok.clone()
+        };
+        let all = [ok, failed, left];
+        let mut summed = Sums::of(&all[..1], &b);
+        summed.add(&Sums::of(&all[1..], &b));
+        assert_eq!(summed, Sums::of(&all, &b));
+        let seven = summed.tokens[&7];
+        assert_eq!((seven.requests, seven.successes, seven.failures, seven.prompt_tokens), (2, 1, 1, 20));
+        assert_eq!((seven.spent_micros, seven.last_used_at), (60, Some(1_700_000_090)), "the later second");
+        let eight = summed.tokens[&8];
+        assert_eq!((eight.requests, eight.successes, eight.failures), (1, 0, 0), "a caller leaving is neither");
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! channel and reach the store in batches (every `batch` records or
 //! `flush_interval`, whichever comes first), in one transaction each.
 //!
-//! The statistics (rollups) of the records are summed in memory and added
-//! with a batch at most every [`ROLLUP_EVERY`]: a busy key has one row per
-//! minute, so one upsert then stands for many records (and the parallel
-//! parts of a PostgreSQL batch do not queue on the same rows). They lag the
-//! log by at most that, never lead it; a crash loses at most that much of
-//! them, never any totals (written with their records).
+//! The statistics of the records (rollups) and each gateway token's totals
+//! are summed in memory and added with a batch at most every
+//! [`ROLLUP_EVERY`]: a busy key has one row per minute, so one upsert then
+//! stands for many records (and the parallel parts of a PostgreSQL batch
+//! do not queue on the same rows), and a thousand tenants' rows are written
+//! once a second rather than with every batch. They lag the log by at most
+//! that, never lead it; a crash loses at most that much of them (the day
+//! rows that period budgets are read back from already could), never any
+//! key's totals (written with their records).
 //!
 //! A record dropped (the buffer full, the database refusing it, the stop's
 //! deadline passed) takes its request's share of the key and token totals
@@ -29,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::rollup::{rollups, Buckets, Rollup, RollupKey};
+use super::rollup::{Buckets, Sums};
 use super::RequestRecord;
 use crate::store::{Backend, Store, StoreError};
 
@@ -59,7 +62,11 @@ impl Default for RecordsConfig {
             buckets: std::sync::Arc::new(Buckets::utc()),
             buffer: 100_000,
             batch: 10_000,
-            flush_interval: Duration::from_millis(200),
+            // A second: with a thousand tenants, each batch dirtied a page
+            // of the log's per-token index per token in it, and five
+            // batches a second cost the gateway 19 µs of CPU a record more
+            // than one (docs/benchmarks.md, issue 17).
+            flush_interval: Duration::from_secs(1),
         }
     }
 }
@@ -248,22 +255,20 @@ struct Writer {
     stop: Arc<Stop>,
 }
 
-type Rollups = std::collections::BTreeMap<RollupKey, Rollup>;
-
-/// Statistics are added to the store at most this often.
+/// Statistics (rollups and token totals) are added to the store at most this often.
 pub const ROLLUP_EVERY: Duration = Duration::from_secs(1);
 
 /// Statistics summed in memory since they were last written.
 #[derive(Debug, Default)]
 struct Pending {
-    rows: Rollups,
+    rows: Sums,
     /// When they were last written (or first summed).
     since: Option<Instant>,
 }
 
 impl Pending {
     /// Takes the rows when they have waited [`ROLLUP_EVERY`].
-    fn take_if_due(&mut self, now: Instant) -> Option<Rollups> {
+    fn take_if_due(&mut self, now: Instant) -> Option<Sums> {
         let since = *self.since.get_or_insert(now);
         (now >= since + ROLLUP_EVERY).then(|| {
             self.since = Some(now);
@@ -271,25 +276,19 @@ impl Pending {
         })
     }
 
-    fn take_now(&mut self) -> Option<Rollups> {
+    fn take_now(&mut self) -> Option<Sums> {
         self.since = Some(Instant::now());
         (!self.rows.is_empty()).then(|| std::mem::take(&mut self.rows))
     }
 
     /// Rows whose write failed come back, added to what was summed meanwhile.
-    fn put_back(&mut self, rows: Rollups) {
-        merge(&mut self.rows, &rows);
+    fn put_back(&mut self, rows: Sums) {
+        self.rows.add(&rows);
     }
 
     /// When the rows must be written even if no record comes.
     fn due(&self) -> Option<Instant> {
         (!self.rows.is_empty()).then(|| self.since.map_or_else(Instant::now, |s| s + ROLLUP_EVERY))
-    }
-}
-
-fn merge(into: &mut Rollups, rows: &Rollups) {
-    for (k, r) in rows {
-        into.entry(k.clone()).or_default().add(r);
     }
 }
 
@@ -439,16 +438,16 @@ impl Writer {
 
     /// One transaction: `records`, and what they add to the totals and rollups.
     async fn write_part(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
-        let mine = rollups(records, &self.config.buckets);
+        let mine = Sums::of(records, &self.config.buckets);
         // Due: this part carries everything summed so far, and its own.
         let taken = self.lock_rollups().take_if_due(Instant::now());
         let result = match &taken {
             Some(earlier) => {
                 let mut all = earlier.clone();
-                merge(&mut all, &mine);
+                all.add(&mine);
                 self.store.write_batch(records, self.config.log, &all).await
             }
-            None => self.store.write_batch(records, self.config.log, &Rollups::new()).await,
+            None => self.store.write_batch(records, self.config.log, &Sums::default()).await,
         };
         let mut pending = self.lock_rollups();
         match (&result, taken) {
@@ -456,7 +455,7 @@ impl Writer {
             // statistics are summed again then): only what was taken returns.
             (Ok(()), Some(_)) => {}
             (Err(_), Some(earlier)) => pending.put_back(earlier),
-            (Ok(()), None) => merge(&mut pending.rows, &mine),
+            (Ok(()), None) => pending.rows.add(&mine),
             (Err(_), None) => {}
         }
         result

@@ -308,12 +308,23 @@ impl Store {
         // commit survives the process crashing (it is in the WAL), though
         // not the machine losing power, and the request log's batches are
         // not each held up by an fsync.
+        // `temp_store = MEMORY`: a multi-row upsert or update keeps a
+        // statement journal (to undo just that statement), which spills to
+        // a temporary file past 64 KiB; the statistics' 64-row upserts did,
+        // a write and a read of a file each. `wal_autocheckpoint` 10,000
+        // pages (40 MiB of WAL, 1,000 by default): a page written again and
+        // again between checkpoints (the log index's page of each tenant)
+        // is copied back once; with a thousand tenants, checkpoints every
+        // 1,000 pages were a quarter of the writer's cost (docs/benchmarks.md,
+        // issue 17).
         let options = options
             .create_if_missing(create == Create::IfMissing)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
             .pragma("cache_size", "-32768")
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", "10000")
             .busy_timeout(Duration::from_secs(10));
         owner_only::prepare(url, options.get_filename());
         let file = options.get_filename().to_path_buf();

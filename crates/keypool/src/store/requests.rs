@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::row::{i64_of, u64_of, Columns};
 use super::{on_pool, Db, Store, StoreError, TokenUsage};
-use crate::records::rollup::{Rollup, RollupKey};
+use crate::records::rollup::{Buckets, Sums};
 use crate::records::{Attempt, Counted, RequestRecord};
 
 /// Columns bound per record in an insert.
@@ -54,30 +54,6 @@ const UNNEST: &str = "INSERT INTO requests (request_id, started_at, token_id, cl
     $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[],
     $22::bigint[], $23::boolean[], $24::bigint[], $25::boolean[], $26::text[],
     $27::text[], $28::text[])";
-
-/// What a batch adds to each gateway token's totals, by token id (in id
-/// order, so two writers sharing a PostgreSQL database lock rows in the
-/// same order). A request succeeded when it was answered 2xx in full; a
-/// caller leaving counts as neither a success nor a failure.
-fn token_totals(records: &[RequestRecord]) -> std::collections::BTreeMap<i64, TokenUsage> {
-    let mut totals = std::collections::BTreeMap::<i64, TokenUsage>::new();
-    for r in records {
-        let Some(id) = r.token_id else { continue };
-        let t = totals.entry(id).or_default();
-        t.requests += 1;
-        if (200..300).contains(&r.status) && r.error_type.is_none() {
-            t.successes += 1;
-        } else if !r.cancelled {
-            t.failures += 1;
-        }
-        t.prompt_tokens = t.prompt_tokens.saturating_add(r.prompt_tokens.unwrap_or(0));
-        t.completion_tokens = t.completion_tokens.saturating_add(r.completion_tokens.unwrap_or(0));
-        t.spent_micros = t.spent_micros.saturating_add(r.cost_micros.unwrap_or(0));
-        let second = r.started_at.div_euclid(1000);
-        t.last_used_at = Some(t.last_used_at.map_or(second, |s| s.max(second)));
-    }
-    totals
-}
 
 /// What a batch adds to each key's totals, by key id (in id order): every
 /// attempt sent counts as a request of its key, a success or a failure as
@@ -160,6 +136,76 @@ where
         .bind(i64_of(d.spent_micros))
         .bind(d.last_used_at)
         .bind(id)
+}
+
+/// SQLite's totals updates: fixed sizes of a multi-row `VALUES` joined to
+/// the table (`UPDATE … FROM`, SQLite 3.33+), largest first, per table.
+/// One statement per batch rather than one per key or token: with a
+/// thousand tenants a batch touched hundreds of tokens, and each statement
+/// is a round trip to sqlx's SQLite thread (docs/benchmarks.md, issue 17).
+fn sqlite_usage_updates(table: Totals) -> &'static [(usize, String)] {
+    static KEYS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    static TOKENS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let (cell, name) = match table {
+        Totals::Keys => (&KEYS, "keys"),
+        Totals::Tokens => (&TOKENS, "tokens"),
+    };
+    cell.get_or_init(|| {
+        let add = |c: &str| {
+            format!(
+                "{c} = CASE WHEN t.{c} > 9223372036854775807 - d.{c} THEN 9223372036854775807 ELSE t.{c} + d.{c} END"
+            )
+        };
+        let sets: Vec<String> =
+            ["requests", "successes", "failures", "prompt_tokens", "completion_tokens", "spent_micros"].map(add).into();
+        // 256 rows × 8 columns: well under SQLite's 32,766 parameters.
+        [256, 16, 1]
+            .into_iter()
+            .map(|rows| {
+                let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+                let sql = format!(
+                    "WITH d(id, requests, successes, failures, prompt_tokens, completion_tokens, spent_micros,
+                            last_used_at) AS (VALUES {values})
+                     UPDATE {name} AS t SET {}, last_used_at = CASE WHEN t.last_used_at IS NULL
+                         OR t.last_used_at < d.last_used_at THEN d.last_used_at ELSE t.last_used_at END
+                     FROM d WHERE t.id = d.id",
+                    sets.join(", ")
+                );
+                (rows, sql)
+            })
+            .collect()
+    })
+}
+
+/// SQLite: adds `totals` to their rows (a row deleted meanwhile is
+/// skipped), each total stopping at the largest BIGINT as in [`add_usage_to`].
+async fn add_usage_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    table: Totals,
+    totals: &std::collections::BTreeMap<i64, TokenUsage>,
+) -> Result<(), StoreError> {
+    let all: Vec<(&i64, &TokenUsage)> = totals.iter().collect();
+    let mut rest = all.as_slice();
+    for (rows, sql) in sqlite_usage_updates(table) {
+        while rest.len() >= *rows {
+            let (chunk, tail) = rest.split_at(*rows);
+            let mut q = sqlx::query(sql.as_str());
+            for (id, d) in chunk {
+                q = q
+                    .bind(**id)
+                    .bind(i64_of(d.requests))
+                    .bind(i64_of(d.successes))
+                    .bind(i64_of(d.failures))
+                    .bind(i64_of(d.prompt_tokens))
+                    .bind(i64_of(d.completion_tokens))
+                    .bind(i64_of(d.spent_micros))
+                    .bind(d.last_used_at);
+            }
+            q.execute(&mut **tx).await?;
+            rest = tail;
+        }
+    }
+    Ok(())
 }
 
 /// PostgreSQL: adds `totals` to their rows in one statement (one round
@@ -260,26 +306,21 @@ impl Store {
     /// Appends request records in one transaction, with what they add to
     /// the key and token totals and the rollups (UTC days).
     pub async fn insert_requests(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
-        let rollups = crate::records::rollup::rollups(records, &crate::records::rollup::Buckets::utc());
-        self.write_batch(records, true, &rollups).await
+        self.write_batch(records, true, &Sums::of(records, &Buckets::utc())).await
     }
 
     /// The record writer's batch, in one transaction: the records (unless
-    /// `log` is off), what they add to each key's and token's totals, and
-    /// `rollups` (statistics the caller summed, from these records or
-    /// earlier ones). All of it or none is written, so the totals always
-    /// agree with the log, after a crash too.
-    pub async fn write_batch(
-        &self,
-        records: &[RequestRecord],
-        log: bool,
-        rollups: &std::collections::BTreeMap<RollupKey, Rollup>,
-    ) -> Result<(), StoreError> {
-        if records.is_empty() && rollups.is_empty() {
+    /// `log` is off), what they add to each key's totals, and `sums` (the
+    /// rollups and token totals the caller summed, from these records or
+    /// earlier ones: [`Sums`]). All of it or none is written, so the key
+    /// totals always agree with the log, after a crash too; the token
+    /// totals and rollups agree once the caller's sums are written.
+    pub async fn write_batch(&self, records: &[RequestRecord], log: bool, sums: &Sums) -> Result<(), StoreError> {
+        if records.is_empty() && sums.is_empty() {
             return Ok(());
         }
         let keys = key_totals(records);
-        let tokens = token_totals(records);
+        let (tokens, rollups) = (&sums.tokens, &sums.rollups);
         match &self.db {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
@@ -323,12 +364,8 @@ impl Store {
                         rest = tail;
                     }
                 }
-                for (id, d) in &keys {
-                    add_usage_to(Totals::Keys, *id, d).execute(&mut *tx).await?;
-                }
-                for (id, d) in &tokens {
-                    add_usage_to(Totals::Tokens, *id, d).execute(&mut *tx).await?;
-                }
+                add_usage_sqlite(&mut tx, Totals::Keys, &keys).await?;
+                add_usage_sqlite(&mut tx, Totals::Tokens, tokens).await?;
                 super::rollups::add_sqlite(&mut tx, rollups).await?;
                 for (id, key_id, at) in created_objects(records) {
                     sqlx::query(INSERT_OBJECT).bind(id).bind(key_id).bind(at).execute(&mut *tx).await?;
@@ -378,7 +415,7 @@ impl Store {
                         .await?;
                 }
                 add_usage_postgres(&mut tx, Totals::Keys, &keys).await?;
-                add_usage_postgres(&mut tx, Totals::Tokens, &tokens).await?;
+                add_usage_postgres(&mut tx, Totals::Tokens, tokens).await?;
                 super::rollups::add_postgres(&mut tx, rollups).await?;
                 for (id, key_id, at) in created_objects(records) {
                     sqlx::query(INSERT_OBJECT).bind(id).bind(key_id).bind(at).execute(&mut *tx).await?;
