@@ -384,8 +384,8 @@ fn announce_admin_token(token: &crate::admin::token::StartToken, config: &Config
 
 /// Keeps the in-memory state and the store in step: what the scheduler
 /// learned about keys goes out, operator changes (from the CLI) come in.
-/// (Usage totals are the record writer's: they are summed from the request
-/// records, in the same transaction.)
+/// (Usage totals are the record writer's: summed from the request records,
+/// a key's in their transaction, a token's with the statistics.)
 struct Sync {
     store: Store,
     /// Shared with the config reload (see [`crate::reload::KeysLock`]).

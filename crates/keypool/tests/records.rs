@@ -477,6 +477,13 @@ async fn token_totals_stop_at_the_largest_count_instead_of_overflowing(db: Scrat
     assert_eq!((recorder.written(), recorder.dropped()), (3, 0));
     let t = db.store.list_tokens().await.unwrap().remove(0).usage;
     assert_eq!((t.requests, t.prompt_tokens, t.spent_micros), (3, i64::MAX as u64, i64::MAX as u64));
+    // Summed in memory first, the totals reach the store's own cap too:
+    // a garbage count added to a row already counting stops there.
+    let huge = keypool::store::TokenUsage { requests: u64::MAX, spent_micros: 1, ..Default::default() };
+    let sums = keypool::records::rollup::Sums { tokens: [(id, huge)].into(), ..Default::default() };
+    db.store.write_batch(&[], false, &sums).await.unwrap();
+    let t = db.store.list_tokens().await.unwrap().remove(0).usage;
+    assert_eq!((t.requests, t.spent_micros), (i64::MAX as u64, i64::MAX as u64));
 }
 
 /// A batch touching 300 tokens and three keys (one removed before the

@@ -432,7 +432,7 @@ async fn the_billing_endpoints_answer_for_the_calling_token() {
     assert_eq!((usage["object"].clone(), usage["total_usage"].clone()), (json!("list"), json!(0.0)));
 
     assert_eq!(chat_as(&app, &budgeted, "gpt-4o-mini").await.status(), StatusCode::OK);
-    // The statistics the usage is read from lag the request by up to a second.
+    // The statistics the usage is read from lag the request by up to 2 s.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let cents = loop {
         let usage: Value = get("/dashboard/billing/usage", &budgeted).await.unwrap().json().await.unwrap();

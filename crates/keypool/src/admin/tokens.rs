@@ -45,7 +45,7 @@ pub struct TokenItem {
     pub budget_micros: Option<u64>,
     pub budget_period: BudgetPeriod,
     /// Spent in the current budget period, micro-USD (from the statistics,
-    /// which lag by up to a second); null without a budget.
+    /// which lag the requests by up to 2 s); null without a budget.
     pub budget_spent_micros: Option<u64>,
     /// Unix seconds; null: never.
     pub expires_at: Option<i64>,

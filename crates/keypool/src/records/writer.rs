@@ -264,13 +264,16 @@ struct Pending {
     rows: Sums,
     /// When they were last written (or first summed).
     since: Option<Instant>,
+    /// The writer is stopping: every batch takes the rows along, so a stop
+    /// that runs out of time keeps the sums of the records it wrote.
+    stopping: bool,
 }
 
 impl Pending {
-    /// Takes the rows when they have waited [`ROLLUP_EVERY`].
+    /// Takes the rows when they have waited [`ROLLUP_EVERY`] (or at a stop).
     fn take_if_due(&mut self, now: Instant) -> Option<Sums> {
         let since = *self.since.get_or_insert(now);
-        (now >= since + ROLLUP_EVERY).then(|| {
+        (self.stopping || now >= since + ROLLUP_EVERY).then(|| {
             self.since = Some(now);
             std::mem::take(&mut self.rows)
         })
@@ -345,8 +348,10 @@ impl Writer {
             }
             self.write(&mut batch).await;
         }
-        // Stopping: nothing new comes in; what is queued is written.
+        // Stopping: nothing new comes in; what is queued is written, each
+        // batch with the statistics summed so far.
         self.rx.close();
+        self.lock_rollups().stopping = true;
         loop {
             while batch.len() < batch_max {
                 let Ok(record) = self.rx.try_recv() else { break };

@@ -31,7 +31,8 @@ pub fn answered_here(rest: &str) -> bool {
 /// token spent from `start_date` (inclusive) to `end_date` (exclusive), both
 /// `YYYY-MM-DD` days in the configured time zone; without them, in its
 /// current budget period (its whole life without a budget). Read from the
-/// daily statistics, which lag the requests by up to a second.
+/// daily statistics (the whole life: from the token's totals), which lag
+/// the requests by up to `records.flush_interval` plus a second (2 s).
 ///
 /// # Errors
 /// 400 naming `start_date` or `end_date` when one is not a date; 404 without a token.
