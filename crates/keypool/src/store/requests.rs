@@ -127,15 +127,43 @@ where
         Totals::Keys => concat!("UPDATE keys", sets!()),
         Totals::Tokens => concat!("UPDATE tokens", sets!()),
     };
-    sqlx::query(sql)
-        .bind(i64_of(d.requests))
+    bind_usage(sqlx::query(sql), d).bind(id)
+}
+
+/// Binds `d`'s figures in [`USAGE_COLUMNS`]' order, then its last use.
+fn bind_usage<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    d: &TokenUsage,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(i64_of(d.requests))
         .bind(i64_of(d.successes))
         .bind(i64_of(d.failures))
         .bind(i64_of(d.prompt_tokens))
         .bind(i64_of(d.completion_tokens))
         .bind(i64_of(d.spent_micros))
         .bind(d.last_used_at)
-        .bind(id)
+}
+
+/// The totals' counting columns, in the order [`bind_usage`] binds them.
+const USAGE_COLUMNS: [&str; 6] =
+    ["requests", "successes", "failures", "prompt_tokens", "completion_tokens", "spent_micros"];
+
+/// `SET` of every total of row `t` plus delta `d`, each stopping at the
+/// largest BIGINT, and the later last use (for `UPDATE … FROM d`).
+fn usage_sets() -> String {
+    let add = |c: &str| {
+        format!("{c} = CASE WHEN t.{c} > 9223372036854775807 - d.{c} THEN 9223372036854775807 ELSE t.{c} + d.{c} END")
+    };
+    let sets: Vec<String> = USAGE_COLUMNS.map(add).into();
+    format!(
+        "{}, last_used_at = CASE WHEN t.last_used_at IS NULL OR t.last_used_at < d.last_used_at
+            THEN d.last_used_at ELSE t.last_used_at END",
+        sets.join(", ")
+    )
 }
 
 /// SQLite's totals updates: fixed sizes of a multi-row `VALUES` joined to
@@ -151,13 +179,6 @@ fn sqlite_usage_updates(table: Totals) -> &'static [(usize, String)] {
         Totals::Tokens => (&TOKENS, "tokens"),
     };
     cell.get_or_init(|| {
-        let add = |c: &str| {
-            format!(
-                "{c} = CASE WHEN t.{c} > 9223372036854775807 - d.{c} THEN 9223372036854775807 ELSE t.{c} + d.{c} END"
-            )
-        };
-        let sets: Vec<String> =
-            ["requests", "successes", "failures", "prompt_tokens", "completion_tokens", "spent_micros"].map(add).into();
         // 256 rows × 8 columns: well under SQLite's 32,766 parameters.
         [256, 16, 1]
             .into_iter()
@@ -166,10 +187,8 @@ fn sqlite_usage_updates(table: Totals) -> &'static [(usize, String)] {
                 let sql = format!(
                     "WITH d(id, requests, successes, failures, prompt_tokens, completion_tokens, spent_micros,
                             last_used_at) AS (VALUES {values})
-                     UPDATE {name} AS t SET {}, last_used_at = CASE WHEN t.last_used_at IS NULL
-                         OR t.last_used_at < d.last_used_at THEN d.last_used_at ELSE t.last_used_at END
-                     FROM d WHERE t.id = d.id",
-                    sets.join(", ")
+                     UPDATE {name} AS t SET {} FROM d WHERE t.id = d.id",
+                    usage_sets()
                 );
                 (rows, sql)
             })
@@ -191,15 +210,7 @@ async fn add_usage_sqlite(
             let (chunk, tail) = rest.split_at(*rows);
             let mut q = sqlx::query(sql.as_str());
             for (id, d) in chunk {
-                q = q
-                    .bind(**id)
-                    .bind(i64_of(d.requests))
-                    .bind(i64_of(d.successes))
-                    .bind(i64_of(d.failures))
-                    .bind(i64_of(d.prompt_tokens))
-                    .bind(i64_of(d.completion_tokens))
-                    .bind(i64_of(d.spent_micros))
-                    .bind(d.last_used_at);
+                q = bind_usage(q.bind(**id), d);
             }
             q.execute(&mut **tx).await?;
             rest = tail;
@@ -230,19 +241,13 @@ async fn add_usage_postgres(
         .bind(&ids)
         .fetch_all(&mut **tx)
         .await?;
-    let add = |c: &str| {
-        format!("{c} = CASE WHEN t.{c} > 9223372036854775807 - d.{c} THEN 9223372036854775807 ELSE t.{c} + d.{c} END")
-    };
-    let sets: Vec<String> =
-        ["requests", "successes", "failures", "prompt_tokens", "completion_tokens", "spent_micros"].map(add).into();
     let sql = format!(
-        "UPDATE {name} AS t SET {}, last_used_at = CASE WHEN t.last_used_at IS NULL OR t.last_used_at < d.last_used_at
-            THEN d.last_used_at ELSE t.last_used_at END
+        "UPDATE {name} AS t SET {}
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
                      $7::bigint[], $8::bigint[])
               AS d(id, requests, successes, failures, prompt_tokens, completion_tokens, spent_micros, last_used_at)
          WHERE t.id = d.id",
-        sets.join(", ")
+        usage_sets()
     );
     let col = |f: fn(&TokenUsage) -> u64| totals.values().map(|d| i64_of(f(d))).collect::<Vec<i64>>();
     sqlx::query(&sql)
