@@ -101,17 +101,29 @@ fn from_figures(f: [u64; 29]) -> Rollup {
     }
 }
 
-/// `ON CONFLICT … DO UPDATE`: each figure added, stopping at the largest
-/// BIGINT rather than overflowing (an error on PostgreSQL, a REAL on
-/// SQLite), so a garbage usage figure cannot block a batch.
+/// The figures an upstream's answer sets (usage, and the cost priced from
+/// it): a garbage figure there must not overflow a row.
+const FROM_UPSTREAM: [&str; 5] =
+    ["prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micros"];
+
+/// `ON CONFLICT … DO UPDATE`: each figure added. Those an upstream sets stop
+/// at the largest BIGINT rather than overflowing (an error on PostgreSQL, a
+/// REAL on SQLite), so a garbage usage figure cannot block a batch; the
+/// rest are counts of requests and gateway-measured µs, which cannot come
+/// near it, and are added plainly (the check on all 29 was most of an
+/// upsert's work: docs/benchmarks.md, issue 17).
 fn on_conflict() -> String {
     let sets: Vec<String> = figure_columns()
         .iter()
         .map(|c| {
-            format!(
-                "{c} = CASE WHEN rollups.{c} > 9223372036854775807 - excluded.{c} \
-                 THEN 9223372036854775807 ELSE rollups.{c} + excluded.{c} END"
-            )
+            if FROM_UPSTREAM.contains(c) {
+                format!(
+                    "{c} = CASE WHEN rollups.{c} > 9223372036854775807 - excluded.{c} \
+                     THEN 9223372036854775807 ELSE rollups.{c} + excluded.{c} END"
+                )
+            } else {
+                format!("{c} = rollups.{c} + excluded.{c}")
+            }
         })
         .collect();
     format!(" ON CONFLICT (dimension, span, bucket, subject) DO UPDATE SET {}", sets.join(", "))
