@@ -3,7 +3,8 @@
 # differences (docs/benchmarks.md). Runs `keypool serve` with one worker under
 # valgrind's callgrind over the in-repo simulator, sends 200 chat requests at
 # concurrency 4 to warm up, then counts only the next N (default 3,000).
-# Usage: [KEYS=10] [TOKENS=1] [TOKEN_OPTS="--rpm 60 ..."] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# Usage: [KEYS=10] [TOKENS=1] [TOKEN_OPTS="--rpm 60 ..."] [SPREAD=1] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# (SPREAD=1: the requests go to all TOKENS tokens in turn, not only the first)
 # (default binary: this tree's release build). Prints instructions/request and
 # leaves the profile in $OUT (default /tmp/keypool.cg) for callgrind_annotate.
 # RUST_LOG (default warn) and KEYPOOL_* settings pass through, e.g. the
@@ -27,17 +28,18 @@ wait_up() { for _ in $(seq 300); do curl -s -o /dev/null "$1" && return 0; sleep
 load() {
   python3 - "$1" "$2" "$3" <<'PY'
 import http.client, sys, threading
-port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, tokens, n = int(sys.argv[1]), open(sys.argv[2]).read().split(), int(sys.argv[3])
 body = b'{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
-hdr = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 bad = []
-def run(k):
+def run(k, first):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    for _ in range(k):
+    for i in range(k):
+        token = tokens[(first + i * 4) % len(tokens)]
+        hdr = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
         conn.request("POST", "/v1/chat/completions", body, hdr)
         r = conn.getresponse(); r.read()
         if r.status != 200: bad.append(r.status)
-ts = [threading.Thread(target=run, args=(n // 4,)) for _ in range(4)]
+ts = [threading.Thread(target=run, args=(n // 4, t)) for t in range(4)]
 [t.start() for t in ts]; [t.join() for t in ts]
 if bad: sys.exit("non-200 answers: %d" % len(bad))
 PY
@@ -49,16 +51,17 @@ export KEYPOOL_DATABASE_URL="sqlite://$work/k.db"
 for i in $(seq "${KEYS:-10}"); do echo "sk-bench-key-$i-0123456789abcdef"; done | "$BIN" keys import - >/dev/null 2>&1
 # TOKEN_OPTS: the bench token's settings (e.g. its limits and budget);
 # TOKENS=N: N-1 more tokens with the same settings in the store.
-for i in $(seq 2 "${TOKENS:-1}"); do "$BIN" tokens create "other-$i" ${TOKEN_OPTS:-} >/dev/null 2>&1; done
-token=$("$BIN" tokens create bench ${TOKEN_OPTS:-} 2>/dev/null)
+"$BIN" tokens create bench ${TOKEN_OPTS:-} 2>/dev/null > "$work/load.tokens"; : > "$work/all.tokens"
+for i in $(seq 2 "${TOKENS:-1}"); do "$BIN" tokens create "other-$i" ${TOKEN_OPTS:-} 2>/dev/null >> "$work/all.tokens"; done
+[ "${SPREAD:-}" = 1 ] && cat "$work/all.tokens" >> "$work/load.tokens"
 p=$(port)
 rm -f "$OUT" "$OUT".*
 KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
   "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>"$work/vg.log" & vg=$!; pids+=($vg)
 wait_up "http://127.0.0.1:$p/healthz"
-load "$p" "$token" 200
+load "$p" "$work/load.tokens" 200
 callgrind_control -i on $vg >/dev/null 2>&1
-load "$p" "$token" "$N"
+load "$p" "$work/load.tokens" "$N"
 callgrind_control -i off $vg >/dev/null 2>&1
 callgrind_control -d $vg >/dev/null 2>&1
 sleep 1
