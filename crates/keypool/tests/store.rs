@@ -24,6 +24,7 @@ both!(
     every_field_of_a_key_survives_the_round_trip,
     usage_adds_up_across_flushes,
     a_gateway_on_it_serves_and_keeps_its_totals_and_key_state,
+    record_batches_and_operator_changes_at_once_all_land,
 );
 
 fn key(secret: &str) -> NewKey {
@@ -262,4 +263,42 @@ async fn a_postgres_database_without_our_tables_is_missing_to_commands_that_crea
     store.close().await;
     Store::open(&url, Create::Never).await.unwrap().close().await;
     Scratch::drop_schema(&schema);
+}
+
+/// On SQLite the record writer's batches and the key state go through a
+/// connection of their own (its page cache stays warm), beside the pool
+/// every other change uses: written at the same time, both wait their turn
+/// (the busy timeout) and every write is seen by every reader.
+async fn record_batches_and_operator_changes_at_once_all_land(db: Scratch) {
+    let token = db.store.create_token("busy", &hash_token(&generate_token()), "kp-b").await.unwrap();
+    let batches = async {
+        for b in 0..20i64 {
+            let records: Vec<keypool::records::RequestRecord> = (0..50)
+                .map(|i| keypool::records::RequestRecord {
+                    request_id: format!("r-{b}-{i}"),
+                    started_at: 1_700_000_000_000 + b * 1000 + i,
+                    token_id: Some(token),
+                    status: 200,
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    ..Default::default()
+                })
+                .collect();
+            db.store.insert_requests(&records).await.unwrap();
+        }
+    };
+    let changes = async {
+        for k in 0..20 {
+            let added = db.store.add_key(&key(&format!("sk-at-once-{k:02}-0123456789"))).await.unwrap();
+            let AddOutcome::Added(id) = added else { panic!("{added:?}") };
+            let state = SavedKeyState { key_id: id, ..SavedKeyState::default() };
+            db.store.save_key_states(&[state]).await.unwrap();
+        }
+    };
+    tokio::join!(batches, changes);
+    assert_eq!(db.store.count_requests().await.unwrap(), 20 * 50);
+    assert_eq!(db.store.list_keys().await.unwrap().len(), 20);
+    assert_eq!(db.store.load_key_states().await.unwrap().len(), 20);
+    let usage = db.store.list_tokens().await.unwrap().into_iter().find(|t| t.id == token).unwrap().usage;
+    assert_eq!(usage.requests, 20 * 50, "the token's totals, from the other connection");
 }

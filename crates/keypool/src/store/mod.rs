@@ -157,6 +157,14 @@ pub struct Store {
     db: Db,
     /// The master keys that seal and open upstream keys (none: stored in clear).
     keyring: Option<std::sync::Arc<crate::crypt::Keyring>>,
+    /// SQLite: one connection of its own for the steady writes (the record
+    /// writer's batches, the key state), so its page cache stays warm. A
+    /// connection drops its whole cache when it finds the database changed
+    /// by another, and the pool hands connections out in turn: with a
+    /// thousand tenants, each batch read back the per-token index pages it
+    /// was about to change (docs/benchmarks.md, issue 17). `None` for
+    /// PostgreSQL and an in-memory SQLite database (one per connection).
+    writes: Option<SqlitePool>,
 }
 
 /// The pool the URL chose.
@@ -177,6 +185,21 @@ macro_rules! on_pool {
     };
 }
 use on_pool;
+
+/// [`on_pool`] for the steady writes: SQLite's own writing connection
+/// ([`Store::writes`]) when there is one.
+macro_rules! on_write_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.db {
+            Db::Sqlite(all) => {
+                let $pool = $store.writes.as_ref().unwrap_or(all);
+                $body
+            }
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+use on_write_pool;
 
 /// Puts the SQLite file in incremental auto-vacuum mode, so space freed by
 /// retention can be given back a step at a time ([`Store::reclaim_space`]).
@@ -285,7 +308,7 @@ impl Store {
             .await
             .map_err(|e| failed(&e))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| failed(&e))?;
-        Ok(Store { db: Db::Postgres(pool), keyring: None })
+        Ok(Store { db: Db::Postgres(pool), keyring: None, writes: None })
     }
 
     async fn open_sqlite(url: &str, create: Create) -> Result<Store, StoreError> {
@@ -328,12 +351,23 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         owner_only::prepare(url, options.get_filename());
         let file = options.get_filename().to_path_buf();
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| failed(&e))?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await.map_err(|e| failed(&e))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| failed(&e))?;
+        let mut writes = None;
         if !in_memory {
             incremental_vacuum(&pool, &file).await;
+            let one = SqlitePoolOptions::new()
+                .max_connections(1)
+                // Kept open: closing it would throw its cache away.
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await
+                .map_err(|e| failed(&e))?;
+            writes = Some(one);
         }
-        Ok(Store { db: Db::Sqlite(pool), keyring: None })
+        Ok(Store { db: Db::Sqlite(pool), keyring: None, writes })
     }
 
     /// Gives up to `pages` free pages back to the file system (SQLite, in
@@ -538,6 +572,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(writes) = &self.writes {
+            writes.close().await;
+        }
         on_pool!(self, |pool| pool.close().await)
     }
 }

@@ -23,7 +23,7 @@ fn sqlite_inserts() -> &'static [(usize, String)] {
         // 256 rows × 26 columns: well under SQLite's 32,766 parameters.
         [256, 16, 1]
             .into_iter()
-            .map(|rows| (rows, format!("{INSERT}VALUES {}", vec![row.as_str(); rows].join(", "))))
+            .map(|rows| (rows, format!("{SQLITE_INSERT}VALUES {}", vec![row.as_str(); rows].join(", "))))
             .collect()
     })
 }
@@ -39,12 +39,19 @@ fn created_objects(records: &[RequestRecord]) -> impl Iterator<Item = (&str, i64
     records.iter().filter_map(|r| Some((r.created_object.as_deref()?, r.key_id?, r.started_at)))
 }
 
-const INSERT: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
-    method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
+/// SQLite's insert head. `OR FAIL`: a multi-row statement that may abort
+/// halfway keeps a copy of every page it changes (SQLite's statement
+/// journal) to undo itself; a failure here undoes the whole transaction
+/// anyway, so nothing needs undoing by the statement. With a thousand
+/// tenants each 256-row insert changes a page of the per-token index per
+/// row: copying them was a sixth of the writer's CPU (docs/benchmarks.md,
+/// issue 17). The error is returned all the same.
+const SQLITE_INSERT: &str = "INSERT OR FAIL INTO requests (request_id, started_at, token_id, client_addr, user_agent,
+    end_user, method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
     cost_micros, cancelled, upstream_request_id, request_body, response_body) ";
 
-/// The PostgreSQL insert: one array per column, in [`INSERT`]'s order.
+/// The PostgreSQL insert: one array per column, in [`SQLITE_INSERT`]'s order.
 const UNNEST: &str = "INSERT INTO requests (request_id, started_at, token_id, client_addr, user_agent, end_user,
     method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
@@ -170,7 +177,9 @@ fn usage_sets() -> String {
 /// the table (`UPDATE … FROM`, SQLite 3.33+), largest first, per table.
 /// A few statements per batch (1,000 tokens: 3 of 256, 14 of 16, 8 of 1)
 /// rather than one per key or token: each statement is a round trip to
-/// sqlx's SQLite thread (docs/benchmarks.md, issue 17).
+/// sqlx's SQLite thread (docs/benchmarks.md, issue 17). `OR FAIL`, as for
+/// [`SQLITE_INSERT`]: no statement journal for a transaction that is
+/// undone whole on any error.
 fn sqlite_usage_updates(table: Totals) -> &'static [(usize, String)] {
     static KEYS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
     static TOKENS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
@@ -187,7 +196,7 @@ fn sqlite_usage_updates(table: Totals) -> &'static [(usize, String)] {
                 let sql = format!(
                     "WITH d(id, requests, successes, failures, prompt_tokens, completion_tokens, spent_micros,
                             last_used_at) AS (VALUES {values})
-                     UPDATE {name} AS t SET {} FROM d WHERE t.id = d.id",
+                     UPDATE OR FAIL {name} AS t SET {} FROM d WHERE t.id = d.id",
                     usage_sets()
                 );
                 (rows, sql)
@@ -327,8 +336,8 @@ impl Store {
         let keys = key_totals(records);
         let (tokens, rollups) = (&sums.tokens, &sums.rollups);
         match &self.db {
-            Db::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
+            Db::Sqlite(all) => {
+                let mut tx = self.writes.as_ref().unwrap_or(all).begin().await?;
                 let mut rest = if log { records } else { &[] };
                 for (rows, sql) in sqlite_inserts() {
                     while rest.len() >= *rows {

@@ -3,7 +3,7 @@
 //! wall-clock time so it survives a restart and `keys list` can show it.
 
 use super::row::{i64_of, u64_of, Columns};
-use super::{on_pool, Backend, Db, Store, StoreError};
+use super::{on_pool, on_write_pool, Backend, Db, Store, StoreError};
 
 /// Whether a key can serve at all, as the server last knew it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -124,7 +124,7 @@ impl Store {
                 Backend::Sqlite => "",
             }
         );
-        on_pool!(self, |pool| {
+        on_write_pool!(self, |pool| {
             if states.is_empty() {
                 return Ok(());
             }
