@@ -45,7 +45,8 @@ pub struct TokenItem {
     pub budget_micros: Option<u64>,
     pub budget_period: BudgetPeriod,
     /// Spent in the current budget period, micro-USD (from the statistics,
-    /// which lag the requests by up to 2 s); null without a budget.
+    /// which lag the requests by up to 2 s, 6 s while hundreds of tokens
+    /// are busy); null without a budget.
     pub budget_spent_micros: Option<u64>,
     /// Unix seconds; null: never.
     pub expires_at: Option<i64>,

@@ -378,6 +378,11 @@ impl Sums {
         self.rollups.is_empty() && self.tokens.is_empty()
     }
 
+    /// Rows to write: rollup rows and token totals.
+    pub fn rows(&self) -> usize {
+        self.rollups.len() + self.tokens.len()
+    }
+
     /// Adds `other` to these sums.
     pub fn add(&mut self, other: &Sums) {
         for (k, r) in &other.rollups {

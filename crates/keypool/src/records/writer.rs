@@ -4,10 +4,11 @@
 //!
 //! The statistics of the records (rollups) and each gateway token's totals
 //! are summed in memory and added with a batch at most every
-//! [`ROLLUP_EVERY`]: a busy key has one row per minute, so one upsert then
+//! [`ROLLUP_EVERY`] (every [`ROLLUP_EVERY_MANY`] while they are more than
+//! [`MANY_ROWS`] rows): a busy key has one row per minute, so one upsert then
 //! stands for many records (and the parallel parts of a PostgreSQL batch
 //! do not queue on the same rows), and a thousand tenants' rows are written
-//! once a second rather than with every batch. They lag the log by at most
+//! every few seconds rather than with every batch. They lag the log by at most
 //! that, never lead it; a crash loses at most that much of them (the day
 //! rows that period budgets are read back from already could), never any
 //! key's totals (written with their records).
@@ -257,6 +258,17 @@ struct Writer {
 
 /// Statistics (rollups and token totals) are added to the store at most this often.
 pub const ROLLUP_EVERY: Duration = Duration::from_secs(1);
+/// ... or this often while more than [`MANY_ROWS`] rows are summed
+/// (hundreds of tenants active at once): each row is an upsert of 33
+/// columns, and a thousand tenants' rows every second cost the gateway
+/// about 1 µs of CPU a request at 20,000 requests a second; every 5 s, a
+/// fifth of it (docs/benchmarks.md, issue 17). They lag the log by up to
+/// this much then.
+pub const ROLLUP_EVERY_MANY: Duration = Duration::from_secs(5);
+/// Rows summed (rollup rows and token totals) above which statistics wait
+/// [`ROLLUP_EVERY_MANY`]: a handful of keys and models and up to about 250
+/// tokens active in a second stay under it.
+pub const MANY_ROWS: usize = 1_000;
 
 /// Statistics summed in memory since they were last written.
 #[derive(Debug, Default)]
@@ -270,10 +282,20 @@ struct Pending {
 }
 
 impl Pending {
-    /// Takes the rows when they have waited [`ROLLUP_EVERY`] (or at a stop).
+    /// How long the rows wait: [`ROLLUP_EVERY`], or [`ROLLUP_EVERY_MANY`]
+    /// when they are many.
+    fn every(&self) -> Duration {
+        if self.rows.rows() > MANY_ROWS {
+            ROLLUP_EVERY_MANY
+        } else {
+            ROLLUP_EVERY
+        }
+    }
+
+    /// Takes the rows when they have waited [`Pending::every`] (or at a stop).
     fn take_if_due(&mut self, now: Instant) -> Option<Sums> {
         let since = *self.since.get_or_insert(now);
-        (self.stopping || now >= since + ROLLUP_EVERY).then(|| {
+        (self.stopping || now >= since + self.every()).then(|| {
             self.since = Some(now);
             std::mem::take(&mut self.rows)
         })
@@ -291,7 +313,7 @@ impl Pending {
 
     /// When the rows must be written even if no record comes.
     fn due(&self) -> Option<Instant> {
-        (!self.rows.is_empty()).then(|| self.since.map_or_else(Instant::now, |s| s + ROLLUP_EVERY))
+        (!self.rows.is_empty()).then(|| self.since.map_or_else(Instant::now, |s| s + self.every()))
     }
 }
 
@@ -535,5 +557,43 @@ impl Writer {
     fn deadline(&self) -> Instant {
         let at = *self.stop.until.lock().unwrap_or_else(|p| p.into_inner());
         at.unwrap_or_else(Instant::now)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::TokenUsage;
+
+    fn pending_with_tokens(n: i64) -> Pending {
+        let mut p = Pending::default();
+        p.rows.tokens = (1..=n).map(|id| (id, TokenUsage { requests: 1, ..TokenUsage::default() })).collect();
+        p
+    }
+
+    #[test]
+    fn few_rows_are_due_after_a_second_many_after_five() {
+        let t0 = Instant::now();
+        let mut few = pending_with_tokens(3);
+        assert!(few.take_if_due(t0).is_none(), "the first look only starts the clock");
+        assert_eq!(few.due(), Some(t0 + ROLLUP_EVERY));
+        assert!(few.take_if_due(t0 + ROLLUP_EVERY - Duration::from_millis(1)).is_none());
+        assert_eq!(few.take_if_due(t0 + ROLLUP_EVERY).map(|s| s.rows()), Some(3));
+
+        let many_rows = i64::try_from(MANY_ROWS).unwrap() + 1;
+        let mut many = pending_with_tokens(many_rows);
+        assert!(many.take_if_due(t0).is_none());
+        assert_eq!(many.due(), Some(t0 + ROLLUP_EVERY_MANY));
+        assert!(many.take_if_due(t0 + ROLLUP_EVERY).is_none(), "many rows wait longer than a second");
+        assert!(many.take_if_due(t0 + ROLLUP_EVERY_MANY - Duration::from_millis(1)).is_none());
+        let taken = many.take_if_due(t0 + ROLLUP_EVERY_MANY).unwrap();
+        assert_eq!(taken.rows(), MANY_ROWS + 1);
+        assert!(many.rows.is_empty() && many.due().is_none(), "nothing left to write");
+
+        // A stop takes them at once, however many.
+        let mut stopping = pending_with_tokens(many_rows);
+        stopping.stopping = true;
+        assert!(stopping.take_if_due(t0).is_some());
     }
 }

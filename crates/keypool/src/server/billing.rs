@@ -32,7 +32,8 @@ pub fn answered_here(rest: &str) -> bool {
 /// `YYYY-MM-DD` days in the configured time zone; without them, in its
 /// current budget period (its whole life without a budget). Read from the
 /// daily statistics (the whole life: from the token's totals), which lag
-/// the requests by up to `records.flush_interval` plus a second (2 s).
+/// the requests by up to `records.flush_interval` plus a second (2 s), or
+/// plus 5 s while hundreds of tokens are busy (`records::writer::ROLLUP_EVERY_MANY`).
 ///
 /// # Errors
 /// 400 naming `start_date` or `end_date` when one is not a date; 404 without a token.

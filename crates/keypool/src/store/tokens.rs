@@ -162,7 +162,8 @@ impl Store {
 
     /// What token `id` spent (micro-USD) in the days beginning at or after
     /// `since` (Unix seconds, a day's start in the configured time zone),
-    /// from the daily statistics: they lag the log by up to a second.
+    /// from the daily statistics: they lag the log by up to a second (5 s
+    /// while hundreds of tokens are busy, `records::writer::ROLLUP_EVERY_MANY`).
     pub async fn token_spent_since(&self, id: i64, since: i64) -> Result<u64, StoreError> {
         self.token_spent_between(id, since, i64::MAX).await
     }
