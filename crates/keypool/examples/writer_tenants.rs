@@ -15,7 +15,9 @@
 //! first). A batch holds at most 10,000 records (`records.batch`): more a
 //! second are written in more batches, as the writer does.
 //! `LOG=0` leaves the log rows out, `SUMS=0` the statistics and token
-//! totals, to see what each costs. Figures in docs/benchmarks.md.
+//! totals, to see what each costs; `STATS_EVERY=5` writes the statistics
+//! every 5 simulated seconds (as the writer does while more than
+//! `records::writer::MANY_ROWS` rows wait). Figures in docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -89,6 +91,7 @@ async fn main() {
     let buckets = Buckets::utc();
     let log = std::env::var("LOG").as_deref() != Ok("0");
     let no_sums = std::env::var("SUMS").as_deref() == Ok("0");
+    let stats_every: u64 = std::env::var("STATS_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let batch = (rate / per_second).clamp(1, 10_000);
     let per_second = rate.div_ceil(batch);
     let mut i = 0u64;
@@ -109,7 +112,8 @@ async fn main() {
             i += batch;
             pending.add(&Sums::of(&records, &buckets));
             // The statistics and token totals go with the second's last batch.
-            let sums = if b + 1 == per_second && !no_sums { std::mem::take(&mut pending) } else { Sums::default() };
+            let due = b + 1 == per_second && (second + 1) % stats_every == 0;
+            let sums = if due && !no_sums { std::mem::take(&mut pending) } else { Sums::default() };
             store.write_batch(&records, log, &sums).await.unwrap();
             written += batch;
         }

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The gateway's CPU time per request, one gateway token against N (default
+# 1,000), by thread: the request path (`keypool-worker`), the main runtime
+# (the records writer and the rest of the background work) and SQLite's
+# thread. Same setup and load as bench/tenants.sh (every token with every
+# limit and a budget, load spread over all N); alternating rounds. CPU per
+# request is steadier than requests/s on a shared machine (a neighbour's
+# load slows both sides' clocks, not their work), and it says which part
+# of the gateway grows with the number of tenants.
+# Usage: [C=64] bash bench/tenants_cpu.sh [N] [ROUNDS] [SECS]   (NO_BUILD=1: use
+# the release binaries already built in $CARGO_TARGET_DIR or ./target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000} ROUNDS=${2:-10} SECS=${3:-5}
+T=${CARGO_TARGET_DIR:-./target}
+if [ "${NO_BUILD:-}" != 1 ]; then
+  cargo build --release --locked -p keypool -p keypool-sim --bins >&2
+  cargo build --release --locked -p keypool --example tenants_load >&2
+fi
+BIN=$T/release/keypool SIM=$T/release/keypool-sim LOAD=$T/release/examples/tenants_load
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true; rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+ps=$(port)
+$SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($!)
+export RUST_LOG=warn
+# The request counter is read from /metrics, which takes an admin token.
+export KEYPOOL_ADMIN_TOKEN=bench-admin-0123456789abcdef0123456789
+LIMITS="--rpm 100000000 --tpm 100000000000 --rpd 100000000000 --max-inflight 10000 --budget 1000000 --period monthly"
+start() { # side tokens -> port
+  local db="sqlite://$work/$1.db" p
+  for i in $(seq 10); do KEYPOOL_DATABASE_URL=$db "$BIN" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
+  for i in $(seq "$2"); do
+    KEYPOOL_DATABASE_URL=$db "$BIN" tokens create "tenant-$i" $LIMITS 2>/dev/null >> "$work/$1.tokens"
+  done
+  p=$(port)
+  KEYPOOL_DATABASE_URL=$db "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >"$work/$1.log" 2>&1 &
+  echo $! > "$work/$1.pid"
+  wait_up "http://127.0.0.1:$p/healthz"
+  echo "$p"
+}
+pa=$(start one 1)
+pb=$(start many "$N")
+# CPU ticks by thread group: worker main sqlite other
+ticks() {
+  python3 - "$1" <<'PY'
+import os, sys
+pid = sys.argv[1]
+g = {"worker": 0, "main": 0, "sqlite": 0, "other": 0}
+for t in os.listdir(f"/proc/{pid}/task"):
+    try:
+        s = open(f"/proc/{pid}/task/{t}/stat").read()
+    except OSError:
+        continue
+    comm = s[s.index("(") + 1:s.rindex(")")]
+    f = s[s.rindex(")") + 2:].split()
+    n = int(f[11]) + int(f[12])
+    k = "worker" if comm.startswith("keypool-worker") else "main" if comm.startswith("tokio-rt") else "sqlite" if comm.startswith("sqlx-sqlite") else "other"
+    g[k] += n
+print(g["worker"], g["main"], g["sqlite"], g["other"])
+PY
+}
+served() { curl -s -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
+run() { # side port -> "req/s worker_us main_us sqlite_us other_us" (CPU per request)
+  local before after n0 n1 out
+  before=$(ticks "$(cat "$work/$1.pid")"); n0=$(served "$2")
+  out=$("$LOAD" "http://127.0.0.1:$2/v1/chat/completions" "$work/$1.tokens" "${C:-64}" "$SECS")
+  sleep 2  # the writer's last batch and statistics of the round
+  after=$(ticks "$(cat "$work/$1.pid")"); n1=$(served "$2")
+  python3 -c "
+import sys
+b = list(map(int, '$before'.split())); a = list(map(int, '$after'.split())); n = $n1 - $n0
+tick = 1e6 / $(getconf CLK_TCK)
+print('$out'.split()[0], *('%.1f' % ((y - x) * tick / max(n, 1)) for x, y in zip(b, a)))"
+}
+run one "$pa" >/dev/null; run many "$pb" >/dev/null   # warm both
+: > "$work/rounds"
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then a=$(run one "$pa"); b=$(run many "$pb"); else b=$(run many "$pb"); a=$(run one "$pa"); fi
+  echo "round $r: one: $a | $N: $b   (req/s, CPU µs per request: request path, main runtime, SQLite, other)"
+  echo "$a $b" >> "$work/rounds"
+done
+python3 - "$work/rounds" "$N" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+names = ["request path", "main runtime", "SQLite", "other"]
+med = lambda i: statistics.median(r[i] for r in rows)
+tot = lambda r, o: sum(r[o + 1:o + 5])
+print("CPU µs per request, medians over %d rounds: one token | %s tokens | added" % (len(rows), sys.argv[2]))
+for i, name in enumerate(names):
+    print("  %-13s %7.1f | %7.1f | %+6.1f" % (name, med(1 + i), med(6 + i), med(6 + i) - med(1 + i)))
+a = statistics.median(tot(r, 0) for r in rows); b = statistics.median(tot(r, 5) for r in rows)
+ratio = statistics.median(tot(r, 0) / tot(r, 5) for r in rows)
+print("  %-13s %7.1f | %7.1f | %+6.1f   (one's total / N's, per round: median %.3f)" % ("total", a, b, b - a, ratio))
+PY
