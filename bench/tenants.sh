@@ -13,42 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000} ROUNDS=${2:-10} SECS=${3:-10}
-T=${CARGO_TARGET_DIR:-./target}
-# The gateway on its own: built with the example, it would get the
-# features the example's dev-dependencies ask for (tokio's test-util among
-# them), and be slower than the one users run.
-if [ "${NO_BUILD:-}" != 1 ]; then
-  cargo build --release --locked -p keypool -p keypool-sim --bins >&2
-  cargo build --release --locked -p keypool --example tenants_load >&2
-fi
-BIN=$T/release/keypool SIM=$T/release/keypool-sim LOAD=$T/release/examples/tenants_load
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true; rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
-ps=$(port)
-$SIM --listen 127.0.0.1:$ps --accept-any-key --latency 0ms >/dev/null & pids+=($!)
-export RUST_LOG=warn
-LIMITS="--rpm 100000000 --tpm 100000000000 --rpd 100000000000 --max-inflight 10000 --budget 1000000 --period monthly"
-start() { # side tokens -> port (the tokens go to $work/SIDE.tokens)
-  local db="sqlite://$work/$1.db" p
-  for i in $(seq 10); do KEYPOOL_DATABASE_URL=$db "$BIN" keys add "sk-bench-key-$i-0123456789abcdef" >/dev/null 2>&1; done
-  for i in $(seq "$2"); do
-    KEYPOOL_DATABASE_URL=$db "$BIN" tokens create "tenant-$i" $LIMITS 2>/dev/null >> "$work/$1.tokens"
-  done
-  p=$(port)
-  KEYPOOL_DATABASE_URL=$db "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >"$work/$1.log" 2>&1 &
-  echo $! > "$work/$1.pid"
-  wait_up "http://127.0.0.1:$p/healthz"
-  echo "$p"
-}
-pa=$(start one 1)
-pb=$(start many "$N")
+# shellcheck source=bench/tenants_setup.sh
+. bench/tenants_setup.sh
 echo "tokens: one side $(wc -l < "$work/one.tokens"), many side $(wc -l < "$work/many.tokens")" >&2
 run() { "$LOAD" "http://127.0.0.1:$1/v1/chat/completions" "$work/$2.tokens" "${C:-64}" "$SECS"; }
 run "$pa" one >/dev/null; run "$pb" many >/dev/null   # warm both
