@@ -33,16 +33,19 @@ for t in os.listdir(f"/proc/{pid}/task"):
 print(g["worker"], g["main"], g["sqlite"], g["other"])
 PY
 }
-served() { curl -s -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
+served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
 run() { # side port -> "req/s worker_us main_us sqlite_us other_us" (CPU per request)
   local before after n0 n1 out
   before=$(ticks "$(cat "$work/$1.pid")"); n0=$(served "$2")
   out=$("$LOAD" "http://127.0.0.1:$2/v1/chat/completions" "$work/$1.tokens" "${C:-64}" "$SECS")
-  sleep 2  # the writer's last batch and statistics of the round
+  # The round's last batch (1 s) and statistics (every 5 s with many
+  # tokens) are written before the CPU is read again.
+  sleep 7
   after=$(ticks "$(cat "$work/$1.pid")"); n1=$(served "$2")
   python3 -c "
 import sys
 b = list(map(int, '$before'.split())); a = list(map(int, '$after'.split())); n = $n1 - $n0
+if n <= 0: sys.exit('no requests counted in /metrics: is the admin token accepted?')
 tick = 1e6 / $(getconf CLK_TCK)
 print('$out'.split()[0], *('%.1f' % ((y - x) * tick / max(n, 1)) for x, y in zip(b, a)))"
 }
@@ -64,5 +67,5 @@ for i, name in enumerate(names):
     print("  %-13s %7.1f | %7.1f | %+6.1f" % (name, med(1 + i), med(6 + i), med(6 + i) - med(1 + i)))
 a = statistics.median(tot(r, 0) for r in rows); b = statistics.median(tot(r, 5) for r in rows)
 ratio = statistics.median(tot(r, 0) / tot(r, 5) for r in rows)
-print("  %-13s %7.1f | %7.1f | %+6.1f   (one's total / N's, per round: median %.3f)" % ("total", a, b, b - a, ratio))
+print("  %-13s %7.1f | %7.1f | %+6.1f   (one's total / N's: of the medians %.3f; per round, median %.3f)" % ("total", a, b, b - a, a / b, ratio))
 PY

@@ -356,10 +356,12 @@ impl Who<'_> {
 
 /// What the writer adds to the store besides the records themselves and
 /// their keys' totals: the rollup rows, and each gateway token's totals.
-/// Both are summed in memory over up to [`super::writer::ROLLUP_EVERY`]:
-/// with a thousand tenants, every batch touched hundreds of token rows, and
-/// writing them once a second rather than with each batch is what keeps
-/// their cost out of the request path's way (docs/benchmarks.md, issue 17).
+/// Both are summed in memory over up to [`super::writer::ROLLUP_EVERY`]
+/// ([`super::writer::ROLLUP_EVERY_MANY`] while they are many rows): with a
+/// thousand tenants, every batch touched hundreds of token rows, and
+/// writing them every second or few rather than with each batch is what
+/// keeps their cost out of the request path's way (docs/benchmarks.md,
+/// issue 17).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sums {
     pub rollups: BTreeMap<RollupKey, Rollup>,

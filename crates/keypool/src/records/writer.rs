@@ -261,9 +261,9 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(1);
 /// ... or this often while more than [`MANY_ROWS`] rows are summed
 /// (hundreds of tenants active at once): each row is an upsert of 33
 /// columns, and a thousand tenants' rows every second cost the gateway
-/// about 1 µs of CPU a request at 20,000 requests a second; every 5 s, a
-/// fifth of it (docs/benchmarks.md, issue 17). They lag the log by up to
-/// this much then.
+/// about 1 µs of CPU a request more than one tenant's at 20,000 requests a
+/// second; every 5 s, about half as much (docs/benchmarks.md, issue 17).
+/// They lag the log by up to this much then.
 pub const ROLLUP_EVERY_MANY: Duration = Duration::from_secs(5);
 /// Rows summed (rollup rows and token totals) above which statistics wait
 /// [`ROLLUP_EVERY_MANY`]: a handful of keys and models and up to about 250

@@ -163,7 +163,8 @@ pub struct Store {
     /// by another, and the pool hands connections out in turn: with a
     /// thousand tenants, each batch read back the per-token index pages it
     /// was about to change (docs/benchmarks.md, issue 17). `None` for
-    /// PostgreSQL and an in-memory SQLite database (one per connection).
+    /// PostgreSQL and an in-memory SQLite database (no file to read back).
+    /// Opened at its first use, so a CLI command that only reads opens none.
     writes: Option<SqlitePool>,
 }
 
@@ -357,15 +358,11 @@ impl Store {
         let mut writes = None;
         if !in_memory {
             incremental_vacuum(&pool, &file).await;
-            let one = SqlitePoolOptions::new()
-                .max_connections(1)
-                // Kept open: closing it would throw its cache away.
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options)
-                .await
-                .map_err(|e| failed(&e))?;
-            writes = Some(one);
+            // sqlx's idle timeout (10 min) and lifetime (30 min) still
+            // apply: a connection left in a bad state by a failed
+            // transaction is replaced in time, and a cache refilled twice
+            // an hour costs nothing that matters.
+            writes = Some(SqlitePoolOptions::new().max_connections(1).connect_lazy_with(options));
         }
         Ok(Store { db: Db::Sqlite(pool), keyring: None, writes })
     }
