@@ -193,7 +193,7 @@ macro_rules! on_write_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.db {
             Db::Sqlite(all) => {
-                let $pool = $store.writes.as_ref().unwrap_or(all);
+                let $pool = $store.sqlite_writes(all);
                 $body
             }
             Db::Postgres($pool) => $body,
@@ -566,6 +566,11 @@ impl Store {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    /// Where SQLite's steady writes go: [`Store::writes`], else `all`.
+    fn sqlite_writes<'a>(&'a self, all: &'a SqlitePool) -> &'a SqlitePool {
+        self.writes.as_ref().unwrap_or(all)
     }
 
     pub async fn close(&self) {
