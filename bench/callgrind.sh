@@ -4,7 +4,10 @@
 # valgrind's callgrind over the in-repo simulator, sends 200 chat requests at
 # concurrency 4 to warm up, then counts only the next N (default 3,000).
 # Usage: [KEYS=10] [TOKENS=1] [TOKEN_OPTS="--rpm 60 ..."] [SPREAD=1] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
-# (SPREAD=1: the requests go to all TOKENS tokens in turn, not only the first)
+# (SPREAD=1: the requests go to all TOKENS tokens in turn, not only the first;
+# THREADS=1: also instructions per request for each thread, named by the
+# first of its functions the script knows: the request path, the records
+# writer's runtime, SQLite's thread)
 # (default binary: this tree's release build). Prints instructions/request and
 # leaves the profile in $OUT (default /tmp/keypool.cg) for callgrind_annotate.
 # RUST_LOG (default warn) and KEYPOOL_* settings pass through, e.g. the
@@ -55,8 +58,9 @@ for i in $(seq "${KEYS:-10}"); do echo "sk-bench-key-$i-0123456789abcdef"; done 
 for i in $(seq 2 "${TOKENS:-1}"); do "$BIN" tokens create "other-$i" ${TOKEN_OPTS:-} 2>/dev/null >> "$work/all.tokens"; done
 [ "${SPREAD:-}" = 1 ] && cat "$work/all.tokens" >> "$work/load.tokens"
 p=$(port)
-rm -f "$OUT" "$OUT".*
-KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
+rm -f "$OUT" "$OUT".* "$OUT"-*
+threads=(); [ "${THREADS:-}" = 1 ] && threads=(--separate-threads=yes)
+KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no "${threads[@]}" --callgrind-out-file="$OUT" \
   "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>"$work/vg.log" & vg=$!; pids+=($vg)
 wait_up "http://127.0.0.1:$p/healthz"
 load "$p" "$work/load.tokens" 200
@@ -65,7 +69,22 @@ load "$p" "$work/load.tokens" "$N"
 callgrind_control -i off $vg >/dev/null 2>&1
 callgrind_control -d $vg >/dev/null 2>&1
 sleep 1
-f=$(ls -t "$OUT".* | head -1)
 # awk reads to the end (a reader that stops early would fail the pipe).
-total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",","",$1); print $1; seen=1}')
-echo "instructions per request: $((total / (N / 4 * 4))) ($f)"
+instructions() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",","",$1); print $1; seen=1}'; }
+if [ "${THREADS:-}" != 1 ]; then
+  f=$(ls -t "$OUT".* | head -1)
+  echo "instructions per request: $(($(instructions "$f") / (N / 4 * 4))) ($f)"
+  exit 0
+fi
+# One file per thread from the dump ($OUT.1-TID); the whole
+# program is their sum.
+sum=0
+for f in $(ls "$OUT".*-* 2>/dev/null); do
+  n=$(instructions "$f"); [ -n "$n" ] && [ "$n" != . ] || continue
+  role=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
+    | grep -oE 'serve_connection|records::writer::Writer::run|sqlite3_step' | head -1 || true)
+  case $role in serve_connection) role="request path";; records*) role="records writer's runtime";; sqlite3_step) role="SQLite";; *) role="other";; esac
+  echo "  thread ${f##*-} ($role): $((n / (N / 4 * 4))) per request"
+  sum=$((sum + n))
+done
+echo "instructions per request: $((sum / (N / 4 * 4))) (all threads, $OUT.*)"

@@ -6,7 +6,7 @@
 # simulator. Load comes from examples/tenants_load.rs (closed loop, c64),
 # which on the N side sends request i with token i mod N. Alternating rounds;
 # prints each round and the medians of requests/s and p50 latency.
-# Usage: [C=64] bash bench/tenants.sh [N] [ROUNDS] [SECS]  (C: concurrency; C=1
+# Usage: [C=64] [PIN=1] bash bench/tenants.sh [N] [ROUNDS] [SECS]  (C: concurrency; C=1
 # for latency, where p50 is one request's time through the gateway)   (NO_BUILD=1: use the
 # release binaries already built in $CARGO_TARGET_DIR or ./target)
 # All traffic is on loopback; everything started is stopped on exit.
@@ -16,7 +16,7 @@ N=${1:-1000} ROUNDS=${2:-10} SECS=${3:-10}
 # shellcheck source=bench/tenants_setup.sh
 . bench/tenants_setup.sh
 echo "tokens: one side $(wc -l < "$work/one.tokens"), many side $(wc -l < "$work/many.tokens")" >&2
-run() { "$LOAD" "http://127.0.0.1:$1/v1/chat/completions" "$work/$2.tokens" "${C:-64}" "$SECS"; }
+run() { ${ON_LOAD[@]+"${ON_LOAD[@]}"} "$LOAD" "http://127.0.0.1:$1/v1/chat/completions" "$work/$2.tokens" "${C:-64}" "$SECS"; }
 run "$pa" one >/dev/null; run "$pb" many >/dev/null   # warm both
 : > "$work/rounds"
 for r in $(seq "$ROUNDS"); do

@@ -7,7 +7,7 @@
 # request is steadier than requests/s on a shared machine (a neighbour's
 # load slows both sides' clocks, not their work), and it says which part
 # of the gateway grows with the number of tenants.
-# Usage: [C=64] bash bench/tenants_cpu.sh [N] [ROUNDS] [SECS]   (NO_BUILD=1: use
+# Usage: [C=64] [PIN=1] bash bench/tenants_cpu.sh [N] [ROUNDS] [SECS]   (NO_BUILD=1: use
 # the release binaries already built in $CARGO_TARGET_DIR or ./target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127
 run() { # side port -> "req/s worker_us main_us sqlite_us other_us" (CPU per request)
   local before after n0 n1 out
   before=$(ticks "$(cat "$work/$1.pid")"); n0=$(served "$2")
-  out=$("$LOAD" "http://127.0.0.1:$2/v1/chat/completions" "$work/$1.tokens" "${C:-64}" "$SECS")
+  out=$(${ON_LOAD[@]+"${ON_LOAD[@]}"} "$LOAD" "http://127.0.0.1:$2/v1/chat/completions" "$work/$1.tokens" "${C:-64}" "$SECS")
   # The round's last batch (1 s) and statistics (every 5 s with many
   # tokens) are written before the CPU is read again.
   sleep 7
