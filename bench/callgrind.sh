@@ -60,7 +60,7 @@ for i in $(seq 2 "${TOKENS:-1}"); do "$BIN" tokens create "other-$i" ${TOKEN_OPT
 p=$(port)
 rm -f "$OUT" "$OUT".* "$OUT"-*
 threads=(); [ "${THREADS:-}" = 1 ] && threads=(--separate-threads=yes)
-KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no "${threads[@]}" --callgrind-out-file="$OUT" \
+KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no ${threads[@]+"${threads[@]}"} --callgrind-out-file="$OUT" \
   "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>"$work/vg.log" & vg=$!; pids+=($vg)
 wait_up "http://127.0.0.1:$p/healthz"
 load "$p" "$work/load.tokens" 200
@@ -78,9 +78,11 @@ if [ "${THREADS:-}" != 1 ]; then
 fi
 # One file per thread from the dump ($OUT.1-TID); the whole
 # program is their sum.
+files=$(ls "$OUT".*-* 2>/dev/null || true)
+[ -n "$files" ] || { echo "no per-thread profiles $OUT.*-*: see valgrind's log" >&2; exit 1; }
 sum=0
-for f in $(ls "$OUT".*-* 2>/dev/null); do
-  n=$(instructions "$f"); [ -n "$n" ] && [ "$n" != . ] || continue
+for f in $files; do
+  n=$(instructions "$f" || true); [ -n "$n" ] && [ "$n" != . ] || continue
   role=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
     | grep -oE 'serve_connection|records::writer::Writer::run|sqlite3_step' | head -1 || true)
   case $role in serve_connection) role="request path";; records*) role="records writer's runtime";; sqlite3_step) role="SQLite";; *) role="other";; esac

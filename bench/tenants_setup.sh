@@ -8,7 +8,9 @@
 # stopped on exit. The admin token lets /metrics be read.
 # PIN=1: each gateway on CPU 1, the simulator and the load on CPU 0 ($ON_LOAD
 # prefixes the load's command), so the gateway's own CPU is what limits
-# throughput; otherwise all share both cores, as on a small host.
+# throughput; otherwise all share both cores, as on a small host. Pinned, a
+# gateway sees one CPU and so runs one request worker (workers follow the
+# CPUs it may use), against two when shared.
 T=${CARGO_TARGET_DIR:-./target}
 # The gateway on its own: built with the example, it would get the
 # features the example's dev-dependencies ask for (tokio's test-util among

@@ -251,7 +251,8 @@ impl Counters {
 
 /// Where admission `seq` is in `minute`, if still there. Sequences rise
 /// from front to back, so this is a binary search, but one that gallops
-/// from the back first (the last entry, then 2, 4, 8… from the end): a
+/// from the back first (the last entry, then the 3rd, 7th, 15th… from the
+/// end, until one is not above `seq`): a
 /// request usually ends soon after its admission, so its entry is among
 /// the last few. With a thousand tenants each token's deque is cold in the
 /// CPU's caches when its request ends, and a search begun in the middle
@@ -433,8 +434,9 @@ mod tests {
     fn the_search_from_the_back_finds_what_a_binary_search_finds() {
         let now = Instant::now();
         for len in 0..70u64 {
-            // Odd sequences, some missing (as entries leave the minute
-            // when a request is never sent): every gap shape up to 70.
+            // Odd sequences (gaps between all), and one missing at the
+            // front, the middle or the back (as an entry leaves the minute
+            // when its request is never sent).
             for skip in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
                 let minute: VecDeque<(Instant, u64, u64)> =
                     (0..len).filter(|i| Some(*i) != skip).map(|i| (now, 2 * i + 1, i)).collect();
