@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use common::scratch::{both, Scratch};
 use keypool::config::Config;
+use keypool::records::RequestRecord;
 use keypool::server::{generate_token, hash_token};
 use keypool::store::{
-    now_unix_ms, AddOutcome, Backend, Create, KeyChange, NewKey, SavedDim, SavedHealth, SavedKeyState, Store,
-    StoreError, UsageDelta,
+    now_unix_ms, AddOutcome, Backend, Create, KeyChange, LogCursor, LogFilter, LoggedRequest, NewKey, SavedDim,
+    SavedHealth, SavedKeyState, Store, StoreError, UsageDelta,
 };
+use proptest::prelude::*;
 
 both!(
     duplicate_keys_are_reported_not_inserted,
@@ -25,6 +27,9 @@ both!(
     usage_adds_up_across_flushes,
     a_gateway_on_it_serves_and_keeps_its_totals_and_key_state,
     record_batches_and_operator_changes_at_once_all_land,
+    a_tokens_log_reads_every_page_through_many_batches,
+    pruning_the_log_keeps_a_tokens_pages_right,
+    a_tokens_page_reaches_back_exactly_as_far_as_it_must,
 );
 
 fn key(secret: &str) -> NewKey {
@@ -301,4 +306,257 @@ async fn record_batches_and_operator_changes_at_once_all_land(db: Scratch) {
     assert_eq!(db.store.load_key_states().await.unwrap().len(), 20);
     let usage = db.store.list_tokens().await.unwrap().into_iter().find(|t| t.id == token).unwrap().usage;
     assert_eq!(usage.requests, 20 * 50, "the token's totals, from the other connection");
+}
+
+// The request log read a page at a time. On SQLite a token's pages go
+// through `requests_by_token` (migration 0015), a map of the writer's
+// batches; every other filter, and PostgreSQL, through the indexes. Each
+// test checks the pages against the stored rows filtered here.
+
+/// A record of `token`, started at `started_at` (Unix ms).
+fn logged(token: Option<i64>, started_at: i64, status: u16, model: &str) -> RequestRecord {
+    RequestRecord {
+        request_id: format!("req-{started_at}-{token:?}"),
+        started_at,
+        token_id: token,
+        status,
+        model: Some(model.into()),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        ..RequestRecord::default()
+    }
+}
+
+/// Every row the log holds, newest first (no filter: the plain query).
+async fn whole_log(store: &Store) -> Vec<LoggedRequest> {
+    let all = store.request_page(&LogFilter::default(), None, u32::MAX).await.unwrap();
+    assert!(all.windows(2).all(|w| (w[0].started_at, w[0].id) > (w[1].started_at, w[1].id)), "newest first");
+    all
+}
+
+/// The rows of `all` (newest first) that `f` selects.
+fn selected(all: &[LoggedRequest], f: &LogFilter) -> Vec<i64> {
+    all.iter()
+        .filter(|r| {
+            f.token_id.is_none_or(|t| r.token_id == Some(t))
+                && f.key_id.is_none_or(|k| r.key_id == Some(k))
+                && f.status.is_none_or(|s| r.status == s)
+                && f.model.as_ref().is_none_or(|m| r.model.as_ref() == Some(m))
+                && f.error_type.as_ref().is_none_or(|e| r.error_type.as_ref() == Some(e))
+                && f.request_id.as_ref().is_none_or(|id| &r.request_id == id)
+                && f.from_ms.is_none_or(|from| r.started_at >= from)
+                && f.to_ms.is_none_or(|to| r.started_at < to)
+        })
+        .map(|r| r.id)
+        .collect()
+}
+
+/// The ids of every page of `filter`, `limit` rows a page, in order; each
+/// page full but the last.
+async fn paged(store: &Store, filter: &LogFilter, limit: u32) -> Vec<i64> {
+    let (mut ids, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = store.request_page(filter, cursor, limit).await.unwrap();
+        assert!(page.len() <= limit as usize);
+        ids.extend(page.iter().map(|r| r.id));
+        match page.last() {
+            Some(last) if page.len() == limit as usize => {
+                cursor = Some(LogCursor { started_at: last.started_at, id: last.id });
+            }
+            _ => return ids,
+        }
+    }
+}
+
+/// Three hundred batches (more runs of a token than the query reads at
+/// once), each with rows of two tokens and none, their starts out of order
+/// across batches: every page of a token's log, alone and with other
+/// filters, holds what the whole log filtered here holds.
+async fn a_tokens_log_reads_every_page_through_many_batches(db: Scratch) {
+    for b in 0..300i64 {
+        let base = 1_700_000_000_000 + b * 10;
+        // Every 7th batch holds a request that started long before the
+        // batches around it (a slow one ending late).
+        let late = if b % 7 == 6 { base - 2_000 } else { base };
+        let status = if b == 3 { 500 } else { 200 };
+        let batch = [
+            logged(Some(2), base + 1, 200, "b"),
+            logged(Some(1), late, status, "a"),
+            logged(None, base + 2, 200, "a"),
+            logged(Some(1), base + 3, 200, "b"),
+            logged(Some(2), base, 429, "a"),
+        ];
+        db.store.insert_requests(&batch).await.unwrap();
+    }
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.len(), 1500);
+    let t1 = LogFilter { token_id: Some(1), ..LogFilter::default() };
+    let filters = [
+        t1.clone(),
+        LogFilter { token_id: Some(2), ..LogFilter::default() },
+        LogFilter { token_id: Some(3), ..LogFilter::default() },
+        // One row, in the oldest runs: every run is read to find it.
+        LogFilter { status: Some(500), ..t1.clone() },
+        LogFilter { model: Some("b".into()), from_ms: Some(1_700_000_001_000), ..t1.clone() },
+        LogFilter { to_ms: Some(1_700_000_002_000), ..t1.clone() },
+        LogFilter { from_ms: Some(1_700_000_000_500), to_ms: Some(1_700_000_000_900), ..t1.clone() },
+        LogFilter { request_id: Some("req-1700000000003-Some(1)".into()), ..t1 },
+    ];
+    for filter in &filters {
+        let want = selected(&all, filter);
+        for limit in [1, 7, 50, 1000] {
+            assert_eq!(paged(&db.store, filter, limit).await, want, "{filter:?}, {limit} a page");
+        }
+    }
+}
+
+/// The edges of where a token's page stops reading older batches (SQLite
+/// reads the newest two runs first): a row that started at the page's
+/// `from_ms` exactly, and a row one millisecond newer than the page's
+/// oldest, each alone in a batch older than the page's other rows.
+async fn a_tokens_page_reaches_back_exactly_as_far_as_it_must(db: Scratch) {
+    for (token, at) in [(1, 100), (1, 99), (1, 150), (2, 300)] {
+        db.store.insert_requests(&[logged(Some(token), at, 200, "m")]).await.unwrap();
+    }
+    let t1 = LogFilter { token_id: Some(1), ..LogFilter::default() };
+    let starts = |page: Vec<LoggedRequest>| page.iter().map(|r| r.started_at).collect::<Vec<_>>();
+    assert_eq!(starts(db.store.request_page(&t1, None, 2).await.unwrap()), [150, 100]);
+    let from = LogFilter { from_ms: Some(100), ..t1.clone() };
+    assert_eq!(starts(db.store.request_page(&from, None, 5).await.unwrap()), [150, 100]);
+    let to = LogFilter { to_ms: Some(100), ..t1.clone() };
+    assert_eq!(starts(db.store.request_page(&to, None, 5).await.unwrap()), [99]);
+    let after = LogCursor { started_at: 150, id: 0 };
+    assert_eq!(starts(db.store.request_page(&t1, Some(after), 1).await.unwrap()), [100]);
+}
+
+/// Pruning the oldest records drops the token's runs that hold nothing now
+/// (SQLite), and the pages still hold what is left.
+async fn pruning_the_log_keeps_a_tokens_pages_right(db: Scratch) {
+    for b in 0..40i64 {
+        let batch: Vec<RequestRecord> =
+            (0..6).map(|i| logged(Some(1 + i % 3), 1_000_000 + b * 100 + i, 200, "m")).collect();
+        db.store.insert_requests(&batch).await.unwrap();
+    }
+    let filter = LogFilter { token_id: Some(2), ..LogFilter::default() };
+    // Fewer than asked for: the pass's last call.
+    assert_eq!(db.store.prune_requests(1_000_000 + 20 * 100, 1_000).await.unwrap(), 120);
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.len(), 120);
+    assert_eq!(paged(&db.store, &filter, 3).await, selected(&all, &filter));
+    assert_eq!(db.store.prune_requests(i64::MAX, 1_000).await.unwrap(), 120);
+    assert_eq!(paged(&db.store, &filter, 3).await, Vec::<i64>::new());
+    if let Some(pool) = db.store.sqlite_pool() {
+        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests_by_token").fetch_one(pool).await.unwrap();
+        assert_eq!(runs, 0, "no run is left once its rows are gone");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random batches of random tokens (or none), starts, statuses and
+    /// models, written one after another, the starts moving on from batch
+    /// to batch with some left behind (requests that ended late); after
+    /// each, random filters read page by page: a token's pages on SQLite
+    /// hold exactly the rows of the whole log the filter selects, in order.
+    #[test]
+    fn a_tokens_pages_hold_what_the_filter_selects(
+        batches in prop::collection::vec(
+            prop::collection::vec((0..4i64, 0..20i64, 0..3usize, 0..2usize), 0..10),
+            1..9,
+        ),
+        queries in prop::collection::vec(
+            (1..4i64, 1..6u32, prop::option::of(0..60i64), prop::option::of(0..60i64),
+             prop::option::of(0..3usize), prop::option::of(0..2usize)),
+            1..6,
+        ),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = Scratch::sqlite().await;
+            const STATUS: [u16; 3] = [200, 429, 500];
+            const MODEL: [&str; 2] = ["a", "b"];
+            for (b, batch) in (0i64..).zip(&batches) {
+                let records: Vec<RequestRecord> = batch
+                    .iter()
+                    .map(|&(t, at, s, m)| logged((t > 0).then_some(t), b * 5 + at, STATUS[s], MODEL[m]))
+                    .collect();
+                db.store.insert_requests(&records).await.unwrap();
+                let all = whole_log(&db.store).await;
+                for &(token, limit, from, to, status, model) in &queries {
+                    let filter = LogFilter {
+                        token_id: Some(token),
+                        from_ms: from,
+                        to_ms: to,
+                        status: status.map(|s| i64::from(STATUS[s])),
+                        model: model.map(|m| MODEL[m].to_owned()),
+                        ..LogFilter::default()
+                    };
+                    prop_assert_eq!(paged(&db.store, &filter, limit).await, selected(&all, &filter), "{:?}", filter);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// A log written before migration 0015 (one index entry per row) is mapped
+/// by it: each row its own run, and a token's pages as before.
+#[tokio::test]
+async fn the_migration_maps_a_log_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut before = sqlx::migrate::Migrator::new(dir_of_migrations).await.unwrap();
+    let kept: Vec<_> = before.migrations.iter().filter(|m| m.version < 15).cloned().collect();
+    before.migrations = kept.into();
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        before.run(&pool).await.unwrap();
+        // Starts out of order across ids: the bound is the running maximum.
+        for (id, token, at) in [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700)] {
+            sqlx::query(
+                "INSERT INTO requests (id, request_id, started_at, token_id, method, path, stream, status,
+                   attempts, attempt_log, queue_wait_us, duration_us, usage_estimated, cancelled)
+                 VALUES ($1, 'r', $2, $3, 'POST', '/v1/chat/completions', 0, 200, 1, '[]', 0, 1, 0, 0)",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(token)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::connect(&url).await.unwrap();
+    let pool = store.sqlite_pool().unwrap();
+    let runs: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT token_id, last_id, first_id, oldest_ms, bound_ms FROM requests_by_token ORDER BY token_id, last_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        runs,
+        [
+            (1, 1, 1, 500, 500),
+            (1, 3, 3, 300, 500),
+            (1, 4, 4, 900, 900),
+            (1, 6, 6, 700, 900),
+            (2, 2, 2, 100, 100),
+            (2, 5, 5, 50, 100)
+        ]
+    );
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert!(!indexes.iter().any(|n| n == "requests_token"), "{indexes:?}");
+    let t1 = LogFilter { token_id: Some(1), ..LogFilter::default() };
+    assert_eq!(paged(&store, &t1, 1).await, [4, 6, 1, 3]);
+    // New batches go on after the mapped rows.
+    store.insert_requests(&[logged(Some(1), 800, 200, "m"), logged(Some(2), 60, 200, "m")]).await.unwrap();
+    assert_eq!(paged(&store, &t1, 2).await, [4, 7, 6, 1, 3]);
 }

@@ -64,7 +64,8 @@ impl Default for RecordsConfig {
             buffer: 100_000,
             batch: 10_000,
             // A second: with a thousand tenants, each batch dirtied a page
-            // of the log's per-token index per token in it, and five
+            // of the log's per-token index (on SQLite a map of the batches
+            // since migration 0015) per token in it, and five
             // batches a second cost the gateway 19 µs of CPU a record more
             // than one (docs/benchmarks.md, issue 17).
             flush_interval: Duration::from_secs(1),

@@ -6,6 +6,11 @@
 //! `(started_at)`, `(key_id, started_at)`, `(token_id, started_at)`,
 //! `(model, started_at)`: equality on the filter's column, a range on
 //! `started_at`, `ORDER BY started_at DESC, id DESC LIMIT n`.
+//!
+//! SQLite has no per-token index since migration 0015: a token's page is
+//! read through `requests_by_token`, its runs of ids batch by batch, newest
+//! first, until no older run can hold a row the page still needs
+//! ([`Store::token_page_sqlite`]). PostgreSQL keeps the index.
 
 use super::row::Columns;
 use super::{on_pool, Db, Store, StoreError};
@@ -107,43 +112,198 @@ enum Arg {
     Text(String),
 }
 
-/// The page query's text and its arguments, in placeholder order.
-fn page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (String, Vec<Arg>) {
-    let mut sql = String::from("SELECT * FROM requests WHERE 1 = 1");
-    let mut args = Vec::new();
+/// The conditions of `filter` and `cursor` on the columns of `requests`
+/// (as `{table}column`), `AND` each, with `$n` placeholders numbered after
+/// `args`' and their values pushed there; without the token's when
+/// `with_token` is false.
+fn conditions(
+    filter: &LogFilter,
+    cursor: Option<LogCursor>,
+    table: &str,
+    with_token: bool,
+    args: &mut Vec<Arg>,
+) -> String {
+    let mut sql = String::new();
     let mut cond = |sql: &mut String, text: &str, arg: Arg| {
         args.push(arg);
         sql.push_str(&text.replace('?', &format!("${}", args.len())));
     };
-    let int_eqs = [("key_id", filter.key_id), ("token_id", filter.token_id), ("status", filter.status)];
+    let token = filter.token_id.filter(|_| with_token);
+    let int_eqs = [("key_id", filter.key_id), ("token_id", token), ("status", filter.status)];
     for (column, value) in int_eqs {
         if let Some(v) = value {
-            cond(&mut sql, &format!(" AND {column} = ?"), Arg::Int(v));
+            cond(&mut sql, &format!(" AND {table}{column} = ?"), Arg::Int(v));
         }
     }
     let text_eqs = [("model", &filter.model), ("error_type", &filter.error_type), ("request_id", &filter.request_id)];
     for (column, value) in text_eqs {
         if let Some(v) = value {
-            cond(&mut sql, &format!(" AND {column} = ?"), Arg::Text(v.clone()));
+            cond(&mut sql, &format!(" AND {table}{column} = ?"), Arg::Text(v.clone()));
         }
     }
     if let Some(from) = filter.from_ms {
-        cond(&mut sql, " AND started_at >= ?", Arg::Int(from));
+        cond(&mut sql, &format!(" AND {table}started_at >= ?"), Arg::Int(from));
     }
     if let Some(to) = filter.to_ms {
-        cond(&mut sql, " AND started_at < ?", Arg::Int(to));
+        cond(&mut sql, &format!(" AND {table}started_at < ?"), Arg::Int(to));
     }
     if let Some(c) = cursor {
         // The plain bound lets an index on (…, started_at) stop early; the
         // row comparison breaks ties on the same millisecond by id.
-        cond(&mut sql, " AND started_at <= ?", Arg::Int(c.started_at));
+        cond(&mut sql, &format!(" AND {table}started_at <= ?"), Arg::Int(c.started_at));
         let n = args.len();
         args.push(Arg::Int(c.id));
-        sql.push_str(&format!(" AND (started_at, id) < (${n}, ${})", n + 1));
+        sql.push_str(&format!(" AND ({table}started_at, {table}id) < (${n}, ${})", n + 1));
     }
+    sql
+}
+
+/// The page query's text and its arguments, in placeholder order.
+fn page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (String, Vec<Arg>) {
+    let mut args = Vec::new();
+    let mut sql = format!("SELECT * FROM requests WHERE 1 = 1{}", conditions(filter, cursor, "", true, &mut args));
     args.push(Arg::Int(i64::from(limit)));
     sql.push_str(&format!(" ORDER BY started_at DESC, id DESC LIMIT ${}", args.len()));
     (sql, args)
+}
+
+/// The runs of `requests_by_token` read a chunk at a time: two first
+/// (a first page rarely needs more when its token is busy), then twice as
+/// many each time, up to this.
+const RUNS_AT_ONCE: u16 = 128;
+
+/// One row of `requests_by_token` (migration 0015).
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct Run {
+    last_id: i64,
+    bound_ms: i64,
+}
+
+/// The query for a token's rows in the runs `last_id` from `$2` to `$3`
+/// (`$1` the token), with `filter`'s other conditions and `cursor`'s.
+fn runs_page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (String, Vec<Arg>) {
+    // Placeholders $1–$3 are bound by the caller, for each chunk of runs.
+    let mut args = vec![Arg::Int(0), Arg::Int(0), Arg::Int(0)];
+    let mut skip = String::new();
+    // A run whose rows all started at or after the page's upper end holds
+    // nothing for it.
+    if let Some(to) = filter.to_ms {
+        args.push(Arg::Int(to));
+        skip.push_str(&format!(" AND b.oldest_ms < ${}", args.len()));
+    }
+    if let Some(c) = cursor {
+        args.push(Arg::Int(c.started_at));
+        skip.push_str(&format!(" AND b.oldest_ms <= ${}", args.len()));
+    }
+    let rows = conditions(filter, cursor, "r.", false, &mut args);
+    args.push(Arg::Int(i64::from(limit)));
+    // CROSS JOIN: SQLite keeps the runs as the outer loop, each a range of
+    // the table's ids.
+    let sql = format!(
+        "SELECT r.* FROM requests_by_token AS b CROSS JOIN requests AS r
+          WHERE b.token_id = $1 AND b.last_id BETWEEN $2 AND $3{skip}
+            AND r.id BETWEEN b.first_id AND b.last_id AND r.token_id = $1{rows}
+          ORDER BY r.started_at DESC, r.id DESC LIMIT ${}",
+        args.len()
+    );
+    (sql, args)
+}
+
+/// Binds `args` in order.
+fn bind_all<'q, DB: sqlx::Database>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for arg in args {
+        query = match arg {
+            Arg::Int(v) => query.bind(*v),
+            Arg::Text(v) => query.bind(v.as_str()),
+        };
+    }
+    query
+}
+
+/// Whether `a` comes before `b` in the log's order, newest first.
+fn newer(a: &LoggedRequest, b: &LoggedRequest) -> bool {
+    (a.started_at, a.id) > (b.started_at, b.id)
+}
+
+/// SQLite: [`Store::request_page`] for one token, through
+/// `requests_by_token` (migration 0015). Reads the token's runs newest
+/// first, a chunk at a time ([`RUNS_AT_ONCE`]), each chunk's rows in one query, and
+/// keeps the best `limit` rows. A run's `bound_ms` bounds the start of every
+/// row of the token in it and in every older run, so the search ends at the
+/// first run whose bound is below the page's oldest row once the page is
+/// full (or below `from_ms`): nothing further back can enter the page.
+async fn token_page_sqlite(
+    pool: &sqlx::SqlitePool,
+    token: i64,
+    filter: &LogFilter,
+    cursor: Option<LogCursor>,
+    limit: u32,
+) -> Result<Vec<LoggedRequest>, StoreError> {
+    let (sql, mut args) = runs_page_sql(filter, cursor, limit);
+    let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut page: Vec<LoggedRequest> = Vec::new();
+    let mut conn = pool.acquire().await?;
+    // Only runs with a smaller last_id than this are left to read.
+    let mut below = i64::MAX;
+    let mut chunk: u16 = 2;
+    while wanted > 0 {
+        let runs: Vec<Run> = sqlx::query_as(
+            "SELECT last_id, bound_ms FROM requests_by_token
+              WHERE token_id = $1 AND last_id < $2 ORDER BY last_id DESC LIMIT $3",
+        )
+        .bind(token)
+        .bind(below)
+        .bind(i64::from(chunk))
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(oldest) = runs.last() else { break };
+        below = oldest.last_id;
+        // A run can hold a row for the page only if a row of its could
+        // start after the page's last one (when the page is full; an equal
+        // start loses on id, as every older run's ids are smaller) and no
+        // earlier than `from_ms`.
+        let floor = page.last().filter(|_| page.len() >= wanted).map(|r| r.started_at);
+        let useful =
+            |run: &Run| floor.is_none_or(|f| run.bound_ms > f) && filter.from_ms.is_none_or(|f| run.bound_ms >= f);
+        let cut = runs.iter().position(|run| !useful(run));
+        let read = &runs[..cut.unwrap_or(runs.len())];
+        if let (Some(newest), Some(oldest)) = (read.first(), read.last()) {
+            args[0] = Arg::Int(token);
+            args[1] = Arg::Int(oldest.last_id);
+            args[2] = Arg::Int(newest.last_id);
+            let rows = bind_all(sqlx::query(&sql), &args).fetch_all(&mut *conn).await?;
+            let found = rows.iter().map(LoggedRequest::from_row).collect::<Result<Vec<_>, _>>()?;
+            page = merge(page, found, wanted);
+        }
+        if cut.is_some() || runs.len() < usize::from(chunk) {
+            break;
+        }
+        chunk = chunk.saturating_mul(2).min(RUNS_AT_ONCE);
+    }
+    Ok(page)
+}
+
+/// The first `limit` of two lists each newest first, newest first.
+fn merge(a: Vec<LoggedRequest>, b: Vec<LoggedRequest>, limit: usize) -> Vec<LoggedRequest> {
+    let mut out = Vec::with_capacity(limit.min(a.len() + b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while out.len() < limit {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if newer(y, x) => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        };
+        let Some(row) = next else { break };
+        out.push(row);
+    }
+    out
 }
 
 impl Store {
@@ -155,16 +315,12 @@ impl Store {
         cursor: Option<LogCursor>,
         limit: u32,
     ) -> Result<Vec<LoggedRequest>, StoreError> {
+        if let (Db::Sqlite(pool), Some(token)) = (&self.db, filter.token_id) {
+            return token_page_sqlite(pool, token, filter, cursor, limit).await;
+        }
         let (sql, args) = page_sql(filter, cursor, limit);
         on_pool!(self, |pool| {
-            let mut query = sqlx::query(&sql);
-            for arg in args {
-                query = match arg {
-                    Arg::Int(v) => query.bind(v),
-                    Arg::Text(v) => query.bind(v),
-                };
-            }
-            let rows = query.fetch_all(pool).await?;
+            let rows = bind_all(sqlx::query(&sql), &args).fetch_all(pool).await?;
             rows.iter().map(LoggedRequest::from_row).collect()
         })
     }

@@ -254,8 +254,9 @@ impl Store {
         }
     }
 
-    /// The SQLite pool, for `db migrate`'s copy by column (any table).
-    pub(crate) fn sqlite_pool(&self) -> Option<&SqlitePool> {
+    /// The SQLite pool, for `db migrate`'s copy by column (any table) and
+    /// for tests that look beneath the store's queries.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
         match &self.db {
             Db::Sqlite(pool) => Some(pool),
             Db::Postgres(_) => None,

@@ -43,10 +43,10 @@ fn created_objects(records: &[RequestRecord]) -> impl Iterator<Item = (&str, i64
 /// halfway keeps a copy of every page it changes (SQLite's statement
 /// journal) to undo itself; a failure here undoes the whole transaction
 /// anyway, so nothing needs undoing by the statement. With a thousand
-/// tenants each 256-row insert changes a page of the per-token index per
-/// row: without the copies, a replay of the writer ran 6.8% fewer
-/// instructions (docs/benchmarks.md, issue 17). The error is returned all
-/// the same.
+/// tenants each 256-row insert changed a page of the per-token index per
+/// row (since replaced by `requests_by_token`, migration 0015): without the
+/// copies, a replay of the writer ran 6.8% fewer instructions
+/// (docs/benchmarks.md, issue 17). The error is returned all the same.
 const SQLITE_INSERT: &str = "INSERT OR FAIL INTO requests (request_id, started_at, token_id, client_addr, user_agent,
     end_user, method, path, model, stream, status, error_type, key_id, attempts, attempt_log, queue_wait_us, ttfb_us,
     duration_us, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_estimated,
@@ -279,6 +279,144 @@ fn attempt_log(r: &RequestRecord) -> String {
     serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into())
 }
 
+/// SQLite: appends `records` to the log, sorted by token so each token's
+/// rows are one run of ids, and adds each run to `requests_by_token`
+/// (migration 0015) in place of a per-row index entry.
+async fn insert_log_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    records: &[RequestRecord],
+) -> Result<(), StoreError> {
+    // Stable: a token's records keep the order they ended in.
+    let mut sorted: Vec<&RequestRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| r.token_id);
+    // Each a lookup at the edge of its B-tree (SQLite's min/max
+    // optimisation), not a scan.
+    let (max_id, max_started): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT (SELECT MAX(id) FROM requests), (SELECT MAX(started_at) FROM requests)")
+            .fetch_one(&mut **tx)
+            .await?;
+    let mut rest = sorted.as_slice();
+    let mut last_id = None;
+    for (rows, sql) in sqlite_inserts() {
+        while rest.len() >= *rows {
+            let (chunk, tail) = rest.split_at(*rows);
+            let mut insert = sqlx::query(sql.as_str());
+            for r in chunk {
+                insert = insert
+                    .bind(r.request_id.as_str())
+                    .bind(r.started_at)
+                    .bind(r.token_id)
+                    .bind(r.client_addr.as_deref())
+                    .bind(r.user_agent.as_deref())
+                    .bind(r.end_user.as_deref())
+                    .bind(r.method.as_str())
+                    .bind(r.path.as_str())
+                    .bind(r.model.as_deref())
+                    .bind(r.stream)
+                    .bind(i64::from(r.status))
+                    .bind(r.error_type.as_deref())
+                    .bind(r.key_id)
+                    .bind(i64_of(r.attempts.len() as u64))
+                    .bind(attempt_log(r))
+                    .bind(i64_of(r.queue_wait_us))
+                    .bind(r.ttfb_us.map(i64_of))
+                    .bind(i64_of(r.duration_us))
+                    .bind(r.prompt_tokens.map(i64_of))
+                    .bind(r.completion_tokens.map(i64_of))
+                    .bind(r.cached_tokens.map(i64_of))
+                    .bind(r.reasoning_tokens.map(i64_of))
+                    .bind(r.usage_estimated)
+                    .bind(r.cost_micros.map(i64_of))
+                    .bind(r.cancelled)
+                    .bind(r.upstream_request_id.as_deref())
+                    .bind(r.request_body.as_deref())
+                    .bind(r.response_body.as_deref());
+            }
+            last_id = Some(insert.execute(&mut **tx).await?.last_insert_rowid());
+            rest = tail;
+        }
+    }
+    let base = max_id.unwrap_or(0);
+    // SQLite gives a new row the largest id plus one, so the batch's rows
+    // are base + 1, base + 2, … in the order written; read the runs back
+    // only if that ever did not hold (the largest id was taken, say).
+    let runs = if base.checked_add(i64_of(sorted.len() as u64)) == last_id {
+        runs_of(&sorted, base + 1)
+    } else {
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT token_id, MIN(id), MAX(id), MIN(started_at) FROM requests
+              WHERE id > $1 AND token_id IS NOT NULL GROUP BY token_id",
+        )
+        .bind(base)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter()
+            .map(|(token_id, first_id, last_id, oldest_ms)| Run { token_id, first_id, last_id, oldest_ms })
+            .collect()
+    };
+    // The largest start of any row up to this batch's: rows end, and are
+    // written, in another order than they start.
+    let bound = sorted.iter().map(|r| r.started_at).chain(max_started).max().unwrap_or(0);
+    let mut rest = runs.as_slice();
+    for (rows, sql) in sqlite_run_inserts() {
+        while rest.len() >= *rows {
+            let (chunk, tail) = rest.split_at(*rows);
+            let mut insert = sqlx::query(sql.as_str());
+            for run in chunk {
+                insert = insert.bind(run.token_id).bind(run.last_id).bind(run.first_id).bind(run.oldest_ms).bind(bound);
+            }
+            insert.execute(&mut **tx).await?;
+            rest = tail;
+        }
+    }
+    Ok(())
+}
+
+/// One token's rows in one batch of the log: ids `first_id..=last_id`,
+/// the earliest of them started at `oldest_ms` (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    token_id: i64,
+    first_id: i64,
+    last_id: i64,
+    oldest_ms: i64,
+}
+
+/// The runs of `sorted` (records sorted by token, given ids `first_id`,
+/// `first_id + 1`, … in order); records without a token make none.
+fn runs_of(sorted: &[&RequestRecord], first_id: i64) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (id, r) in (first_id..).zip(sorted) {
+        let Some(token_id) = r.token_id else { continue };
+        match runs.last_mut() {
+            Some(run) if run.token_id == token_id => {
+                run.last_id = id;
+                run.oldest_ms = run.oldest_ms.min(r.started_at);
+            }
+            _ => runs.push(Run { token_id, first_id: id, last_id: id, oldest_ms: r.started_at }),
+        }
+    }
+    runs
+}
+
+/// The inserts into `requests_by_token`, sized as [`sqlite_inserts`]'.
+fn sqlite_run_inserts() -> &'static [(usize, String)] {
+    static INSERTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    INSERTS.get_or_init(|| {
+        [256, 16, 1]
+            .into_iter()
+            .map(|rows| {
+                let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
+                let sql = format!(
+                    "INSERT OR FAIL INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms)
+                     VALUES {values}"
+                );
+                (rows, sql)
+            })
+            .collect()
+    })
+}
+
 impl RequestRecord {
     fn from_row(row: &impl Columns) -> Result<RequestRecord, StoreError> {
         let opt = |v: Option<i64>| v.map(u64_of);
@@ -338,46 +476,14 @@ impl Store {
         let (tokens, rollups) = (&sums.tokens, &sums.rollups);
         match &self.db {
             Db::Sqlite(all) => {
-                let mut tx = self.sqlite_writes(all).begin().await?;
-                let mut rest = if log { records } else { &[] };
-                for (rows, sql) in sqlite_inserts() {
-                    while rest.len() >= *rows {
-                        let (chunk, tail) = rest.split_at(*rows);
-                        let mut insert = sqlx::query(sql.as_str());
-                        for r in chunk {
-                            insert = insert
-                                .bind(r.request_id.as_str())
-                                .bind(r.started_at)
-                                .bind(r.token_id)
-                                .bind(r.client_addr.as_deref())
-                                .bind(r.user_agent.as_deref())
-                                .bind(r.end_user.as_deref())
-                                .bind(r.method.as_str())
-                                .bind(r.path.as_str())
-                                .bind(r.model.as_deref())
-                                .bind(r.stream)
-                                .bind(i64::from(r.status))
-                                .bind(r.error_type.as_deref())
-                                .bind(r.key_id)
-                                .bind(i64_of(r.attempts.len() as u64))
-                                .bind(attempt_log(r))
-                                .bind(i64_of(r.queue_wait_us))
-                                .bind(r.ttfb_us.map(i64_of))
-                                .bind(i64_of(r.duration_us))
-                                .bind(r.prompt_tokens.map(i64_of))
-                                .bind(r.completion_tokens.map(i64_of))
-                                .bind(r.cached_tokens.map(i64_of))
-                                .bind(r.reasoning_tokens.map(i64_of))
-                                .bind(r.usage_estimated)
-                                .bind(r.cost_micros.map(i64_of))
-                                .bind(r.cancelled)
-                                .bind(r.upstream_request_id.as_deref())
-                                .bind(r.request_body.as_deref())
-                                .bind(r.response_body.as_deref());
-                        }
-                        insert.execute(&mut *tx).await?;
-                        rest = tail;
-                    }
+                // IMMEDIATE: the write lock from the start, waiting out
+                // another writer (the busy timeout). A transaction that
+                // reads first, as the log's insert does, and writes once
+                // another connection has committed fails at once instead
+                // (SQLITE_BUSY_SNAPSHOT, which no timeout retries).
+                let mut tx = self.sqlite_writes(all).begin_with("BEGIN IMMEDIATE").await?;
+                if log && !records.is_empty() {
+                    insert_log_sqlite(&mut tx, records).await?;
                 }
                 add_usage_sqlite(&mut tx, Totals::Keys, &keys).await?;
                 add_usage_sqlite(&mut tx, Totals::Tokens, tokens).await?;
@@ -499,9 +605,12 @@ impl Store {
 
     /// Deletes up to `limit` of the oldest records that started before
     /// `before` (Unix ms); returns how many. The oldest first, through the
-    /// `started_at` index, so each call is a short transaction.
+    /// `started_at` index, so each call is a short transaction. On SQLite,
+    /// the call that deletes fewer than `limit` (the last of a pass) also
+    /// drops the runs of `requests_by_token` older than every row left:
+    /// one scan of that small table a pass, not one a call.
     pub async fn prune_requests(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
-        on_pool!(self, |pool| {
+        let deleted = on_pool!(self, |pool| {
             let done = sqlx::query(
                 "DELETE FROM requests WHERE id IN
                    (SELECT id FROM requests WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
@@ -510,7 +619,20 @@ impl Store {
             .bind(i64::from(limit))
             .execute(pool)
             .await?;
-            Ok(done.rows_affected())
-        })
+            done.rows_affected()
+        });
+        if let Db::Sqlite(pool) = &self.db {
+            if deleted < u64::from(limit) {
+                // A run that reaches a surviving row stays whole: the page
+                // query skips the ids that are gone.
+                sqlx::query(
+                    "DELETE FROM requests_by_token
+                      WHERE last_id < COALESCE((SELECT MIN(id) FROM requests), 9223372036854775807)",
+                )
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(deleted)
     }
 }
