@@ -421,6 +421,7 @@ async fn a_tokens_page_reaches_back_exactly_as_far_as_it_must(db: Scratch) {
     let t1 = LogFilter { token_id: Some(1), ..LogFilter::default() };
     let starts = |page: Vec<LoggedRequest>| page.iter().map(|r| r.started_at).collect::<Vec<_>>();
     assert_eq!(starts(db.store.request_page(&t1, None, 2).await.unwrap()), [150, 100]);
+    assert_eq!(starts(db.store.request_page(&t1, None, 0).await.unwrap()), Vec::<i64>::new());
     let from = LogFilter { from_ms: Some(100), ..t1.clone() };
     assert_eq!(starts(db.store.request_page(&from, None, 5).await.unwrap()), [150, 100]);
     let to = LogFilter { to_ms: Some(100), ..t1.clone() };

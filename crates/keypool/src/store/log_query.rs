@@ -249,11 +249,14 @@ async fn token_page_sqlite(
     let (sql, mut args) = runs_page_sql(filter, cursor, limit);
     let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut page: Vec<LoggedRequest> = Vec::new();
+    if wanted == 0 {
+        return Ok(page);
+    }
     let mut conn = pool.acquire().await?;
     // Only runs with a smaller last_id than this are left to read.
     let mut below = i64::MAX;
     let mut chunk: u16 = 2;
-    while wanted > 0 {
+    loop {
         let runs: Vec<Run> = sqlx::query_as(
             "SELECT last_id, bound_ms FROM requests_by_token
               WHERE token_id = $1 AND last_id < $2 ORDER BY last_id DESC LIMIT $3",
