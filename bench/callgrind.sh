@@ -3,7 +3,8 @@
 # differences (docs/benchmarks.md). Runs `keypool serve` with one worker under
 # valgrind's callgrind over the in-repo simulator, sends 200 chat requests at
 # concurrency 4 to warm up, then counts only the next N (default 3,000).
-# Usage: [KEYS=10] [TOKENS=1] [TOKEN_OPTS="--rpm 60 ..."] [SPREAD=1] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# Usage: [KEYS=10] [TOKENS=1] [TOKEN_OPTS="--rpm 60 ..."] [SPREAD=1] [THREADS=1] [CACHE=1] bash bench/callgrind.sh [KEYPOOL_BINARY] [N]
+# (CACHE=1: valgrind's cache simulation too, and its misses per request)
 # (SPREAD=1: the requests go to all TOKENS tokens in turn, not only the first;
 # THREADS=1: also instructions per request for each thread, named by the
 # first of its functions the script knows: the request path, the records
@@ -60,6 +61,7 @@ for i in $(seq 2 "${TOKENS:-1}"); do "$BIN" tokens create "other-$i" ${TOKEN_OPT
 p=$(port)
 rm -f "$OUT" "$OUT".* "$OUT"-*
 threads=(); [ "${THREADS:-}" = 1 ] && threads=(--separate-threads=yes)
+[ "${CACHE:-}" = 1 ] && threads+=(--cache-sim=yes)
 KEYPOOL_WORKERS=1 RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no ${threads[@]+"${threads[@]}"} --callgrind-out-file="$OUT" \
   "$BIN" serve --listen 127.0.0.1:$p --upstream http://127.0.0.1:$ps/v1 >/dev/null 2>"$work/vg.log" & vg=$!; pids+=($vg)
 wait_up "http://127.0.0.1:$p/healthz"
@@ -71,9 +73,21 @@ callgrind_control -d $vg >/dev/null 2>&1
 sleep 1
 # awk reads to the end (a reader that stops early would fail the pipe).
 instructions() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",","",$1); print $1; seen=1}'; }
+# CACHE=1: the simulated cache's misses per request, data level 1 (reads
+# and writes) and last level (instructions and data), from the totals'
+# columns as named by its "Events shown:" line (each total is followed by
+# its share, "(100.0%)", so event k is field 2k-1).
+misses() {
+  [ "${CACHE:-}" = 1 ] || return 0
+  callgrind_annotate "$1" 2>/dev/null | awk -v n="$2" '
+    /^Events shown:/ { for (i = 3; i <= NF; i++) col[$i] = 2 * (i - 2) - 1 }
+    /PROGRAM TOTALS/ && !seen { gsub(",", ""); seen = 1
+      d1 = $col["D1mr"] + $col["D1mw"]; ll = $col["ILmr"] + $col["DLmr"] + $col["DLmw"]
+      printf ", cache misses per request: D1 %.0f, LL %.1f", d1 / n, ll / n }'
+}
 if [ "${THREADS:-}" != 1 ]; then
   f=$(ls -t "$OUT".* | head -1)
-  echo "instructions per request: $(($(instructions "$f") / (N / 4 * 4))) ($f)"
+  echo "instructions per request: $(($(instructions "$f") / (N / 4 * 4)))$(misses "$f" $((N / 4 * 4))) ($f)"
   exit 0
 fi
 # One file per thread from the dump ($OUT.1-TID); the whole
@@ -86,7 +100,7 @@ for f in $files; do
   role=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
     | grep -oE 'serve_connection|records::writer::Writer::run|sqlite3_step' | head -1 || true)
   case $role in serve_connection) role="request path";; records*) role="records writer's runtime";; sqlite3_step) role="SQLite";; *) role="other";; esac
-  echo "  thread ${f##*-} ($role): $((n / (N / 4 * 4))) per request"
+  echo "  thread ${f##*-} ($role): $((n / (N / 4 * 4))) per request$(misses "$f" $((N / 4 * 4)))"
   sum=$((sum + n))
 done
 echo "instructions per request: $((sum / (N / 4 * 4))) (all threads, $OUT.*)"

@@ -11,21 +11,21 @@ use crate::records::{Attempt, Counted, RequestRecord};
 /// Columns bound per record in an insert.
 const COLUMNS: usize = 28;
 
-/// SQLite's inserts: a few fixed sizes of multi-row VALUES, largest first,
-/// down to one row, so any batch is written with statements that are
-/// prepared once per connection. (One text per batch size had SQLite parse
-/// a statement of thousands of parameters for nearly every batch: 75k
-/// instructions a record under callgrind, docs/benchmarks.md.)
+/// SQLite's multi-row statements: a few fixed sizes of `VALUES`, largest
+/// first, down to one row, so any batch is written with statements that
+/// are prepared once per connection. (One text per batch size had SQLite
+/// parse a statement of thousands of parameters for nearly every batch:
+/// 75k instructions a record under callgrind, docs/benchmarks.md.) At most
+/// 256 rows × 28 columns: well under SQLite's 32,766 parameters.
+fn sized_statements(columns: usize, text: impl Fn(&str) -> String) -> Vec<(usize, String)> {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    [256, 16, 1].into_iter().map(|rows| (rows, text(&vec![row.as_str(); rows].join(", ")))).collect()
+}
+
+/// The log's inserts ([`sized_statements`]).
 fn sqlite_inserts() -> &'static [(usize, String)] {
     static INSERTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    INSERTS.get_or_init(|| {
-        let row = format!("({})", vec!["?"; COLUMNS].join(", "));
-        // 256 rows × 26 columns: well under SQLite's 32,766 parameters.
-        [256, 16, 1]
-            .into_iter()
-            .map(|rows| (rows, format!("{SQLITE_INSERT}VALUES {}", vec![row.as_str(); rows].join(", "))))
-            .collect()
-    })
+    INSERTS.get_or_init(|| sized_statements(COLUMNS, |values| format!("{SQLITE_INSERT}VALUES {values}")))
 }
 
 /// One created object and its key; nothing when the key was deleted in
@@ -189,20 +189,14 @@ fn sqlite_usage_updates(table: Totals) -> &'static [(usize, String)] {
         Totals::Tokens => (&TOKENS, "tokens"),
     };
     cell.get_or_init(|| {
-        // 256 rows × 8 columns: well under SQLite's 32,766 parameters.
-        [256, 16, 1]
-            .into_iter()
-            .map(|rows| {
-                let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
-                let sql = format!(
-                    "WITH d(id, requests, successes, failures, prompt_tokens, completion_tokens, spent_micros,
-                            last_used_at) AS (VALUES {values})
-                     UPDATE OR FAIL {name} AS t SET {} FROM d WHERE t.id = d.id",
-                    usage_sets()
-                );
-                (rows, sql)
-            })
-            .collect()
+        sized_statements(8, |values| {
+            format!(
+                "WITH d(id, requests, successes, failures, prompt_tokens, completion_tokens, spent_micros,
+                        last_used_at) AS (VALUES {values})
+                 UPDATE OR FAIL {name} AS t SET {} FROM d WHERE t.id = d.id",
+                usage_sets()
+            )
+        })
     })
 }
 
@@ -399,21 +393,16 @@ fn runs_of(sorted: &[&RequestRecord], first_id: i64) -> Vec<Run> {
     runs
 }
 
-/// The inserts into `requests_by_token`, sized as [`sqlite_inserts`]'.
+/// The inserts into `requests_by_token` ([`sized_statements`]).
 fn sqlite_run_inserts() -> &'static [(usize, String)] {
     static INSERTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
     INSERTS.get_or_init(|| {
-        [256, 16, 1]
-            .into_iter()
-            .map(|rows| {
-                let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
-                let sql = format!(
-                    "INSERT OR FAIL INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms)
-                     VALUES {values}"
-                );
-                (rows, sql)
-            })
-            .collect()
+        sized_statements(5, |values| {
+            format!(
+                "INSERT OR FAIL INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms)
+                 VALUES {values}"
+            )
+        })
     })
 }
 
