@@ -30,6 +30,7 @@ both!(
     a_tokens_log_reads_every_page_through_many_batches,
     pruning_the_log_keeps_a_tokens_pages_right,
     a_tokens_page_reaches_back_exactly_as_far_as_it_must,
+    pruning_the_newest_rows_leaves_no_run_naming_an_id_used_again,
 );
 
 fn key(secret: &str) -> NewKey {
@@ -428,6 +429,32 @@ async fn a_tokens_page_reaches_back_exactly_as_far_as_it_must(db: Scratch) {
     assert_eq!(starts(db.store.request_page(&to, None, 5).await.unwrap()), [99]);
     let after = LogCursor { started_at: 150, id: 0 };
     assert_eq!(starts(db.store.request_page(&t1, Some(after), 1).await.unwrap()), [100]);
+}
+
+/// SQLite gives a new row the largest id left plus one: when retention
+/// deletes the rows with the largest ids (requests that started long
+/// before they ended, and nothing written since), the next batch reuses
+/// those ids. The runs that named them are cut back or dropped, so the
+/// batch is written and each page holds exactly its rows.
+async fn pruning_the_newest_rows_leaves_no_run_naming_an_id_used_again(db: Scratch) {
+    db.store.insert_requests(&[logged(Some(1), 1_000, 200, "m")]).await.unwrap();
+    // One run of token 1 across a row that stays and one that goes.
+    let batch = [logged(Some(1), 1_500, 200, "m"), logged(Some(1), 10, 200, "m"), logged(Some(2), 10, 200, "m")];
+    db.store.insert_requests(&batch).await.unwrap();
+    assert_eq!(db.store.prune_requests(500, 1_000).await.unwrap(), 2);
+    db.store.insert_requests(&[logged(Some(1), 2_000, 200, "m"), logged(Some(2), 2_001, 200, "m")]).await.unwrap();
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.iter().map(|r| r.started_at).collect::<Vec<_>>(), [2_001, 2_000, 1_500, 1_000]);
+    for token in [1, 2] {
+        let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
+        for limit in [1, 5] {
+            assert_eq!(
+                paged(&db.store, &filter, limit).await,
+                selected(&all, &filter),
+                "token {token}, {limit} a page"
+            );
+        }
+    }
 }
 
 /// Pruning the oldest records drops the token's runs that hold nothing now

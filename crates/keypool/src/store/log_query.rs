@@ -174,7 +174,7 @@ const RUNS_AT_ONCE: u16 = 128;
 
 /// One row of `requests_by_token` (migration 0015).
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
-struct Run {
+struct MapRun {
     last_id: i64,
     bound_ms: i64,
 }
@@ -257,12 +257,19 @@ async fn token_page_sqlite(
     let mut below = i64::MAX;
     let mut chunk: u16 = 2;
     loop {
-        let runs: Vec<Run> = sqlx::query_as(
+        // Runs whose rows all started at or after the page's upper end
+        // (`to_ms`, the cursor) are passed over inside SQLite: a deep page
+        // costs a step of the map's B-tree for each newer run, not a
+        // statement for each chunk of them.
+        let runs: Vec<MapRun> = sqlx::query_as(
             "SELECT last_id, bound_ms FROM requests_by_token
-              WHERE token_id = $1 AND last_id < $2 ORDER BY last_id DESC LIMIT $3",
+              WHERE token_id = $1 AND last_id < $2 AND oldest_ms < $3 AND oldest_ms <= $4
+              ORDER BY last_id DESC LIMIT $5",
         )
         .bind(token)
         .bind(below)
+        .bind(filter.to_ms.unwrap_or(i64::MAX))
+        .bind(cursor.map_or(i64::MAX, |c| c.started_at))
         .bind(i64::from(chunk))
         .fetch_all(&mut *conn)
         .await?;
@@ -274,7 +281,7 @@ async fn token_page_sqlite(
         // earlier than `from_ms`.
         let floor = page.last().filter(|_| page.len() >= wanted).map(|r| r.started_at);
         let useful =
-            |run: &Run| floor.is_none_or(|f| run.bound_ms > f) && filter.from_ms.is_none_or(|f| run.bound_ms >= f);
+            |run: &MapRun| floor.is_none_or(|f| run.bound_ms > f) && filter.from_ms.is_none_or(|f| run.bound_ms >= f);
         let cut = runs.iter().position(|run| !useful(run));
         let read = &runs[..cut.unwrap_or(runs.len())];
         if let (Some(newest), Some(oldest)) = (read.first(), read.last()) {
@@ -318,7 +325,8 @@ impl Store {
         cursor: Option<LogCursor>,
         limit: u32,
     ) -> Result<Vec<LoggedRequest>, StoreError> {
-        if let (Db::Sqlite(pool), Some(token)) = (&self.db, filter.token_id) {
+        // A request id picks its few rows through its own index, token or not.
+        if let (Db::Sqlite(pool), Some(token), None) = (&self.db, filter.token_id, &filter.request_id) {
             return token_page_sqlite(pool, token, filter, cursor, limit).await;
         }
         let (sql, args) = page_sql(filter, cursor, limit);

@@ -594,34 +594,52 @@ impl Store {
 
     /// Deletes up to `limit` of the oldest records that started before
     /// `before` (Unix ms); returns how many. The oldest first, through the
-    /// `started_at` index, so each call is a short transaction. On SQLite,
-    /// the call that deletes fewer than `limit` (the last of a pass) also
-    /// drops the runs of `requests_by_token` older than every row left:
-    /// one scan of that small table a pass, not one a call.
+    /// `started_at` index, so each call is a short transaction.
+    ///
+    /// On SQLite it also keeps `requests_by_token` (migration 0015) true to
+    /// the log, in the same transaction. The call that deletes fewer than
+    /// `limit` (the last of a pass) drops the runs older than every row
+    /// left: one scan of the map a pass, not one a call. And when the rows
+    /// with the largest ids go (the log idle past its retention), the runs
+    /// that named them are cut back to the largest id left, or dropped:
+    /// SQLite gives the next row the largest id left plus one, and no run
+    /// may name an id that a later batch will use again.
     pub async fn prune_requests(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
-        let deleted = on_pool!(self, |pool| {
-            let done = sqlx::query(
-                "DELETE FROM requests WHERE id IN
-                   (SELECT id FROM requests WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
-            )
-            .bind(before)
-            .bind(i64::from(limit))
-            .execute(pool)
-            .await?;
-            done.rows_affected()
-        });
-        if let Db::Sqlite(pool) = &self.db {
-            if deleted < u64::from(limit) {
-                // A run that reaches a surviving row stays whole: the page
-                // query skips the ids that are gone.
-                sqlx::query(
-                    "DELETE FROM requests_by_token
-                      WHERE last_id < COALESCE((SELECT MIN(id) FROM requests), 9223372036854775807)",
-                )
-                .execute(pool)
-                .await?;
+        const DELETE: &str = "DELETE FROM requests WHERE id IN
+               (SELECT id FROM requests WHERE started_at < $1 ORDER BY started_at LIMIT $2)";
+        let pool = match &self.db {
+            Db::Postgres(pool) => {
+                let done = sqlx::query(DELETE).bind(before).bind(i64::from(limit)).execute(pool).await?;
+                return Ok(done.rows_affected());
             }
+            Db::Sqlite(pool) => pool,
+        };
+        let largest = "SELECT MAX(id) FROM requests";
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let had: Option<i64> = sqlx::query_scalar(largest).fetch_one(&mut *tx).await?;
+        let deleted = sqlx::query(DELETE).bind(before).bind(i64::from(limit)).execute(&mut *tx).await?.rows_affected();
+        let has: Option<i64> = sqlx::query_scalar(largest).fetch_one(&mut *tx).await?;
+        if has < had {
+            // Runs wholly above the largest id left name only rows that
+            // are gone; a run across it keeps its surviving rows.
+            let top = has.unwrap_or(0);
+            sqlx::query("DELETE FROM requests_by_token WHERE first_id > $1").bind(top).execute(&mut *tx).await?;
+            sqlx::query("UPDATE requests_by_token SET last_id = $1 WHERE last_id > $1")
+                .bind(top)
+                .execute(&mut *tx)
+                .await?;
         }
+        if deleted < u64::from(limit) {
+            // A run that reaches a surviving row stays whole: the page
+            // query skips the ids that are gone.
+            sqlx::query(
+                "DELETE FROM requests_by_token
+                  WHERE last_id < COALESCE((SELECT MIN(id) FROM requests), 9223372036854775807)",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(deleted)
     }
 }
