@@ -73,8 +73,8 @@ callgrind_control -d $vg >/dev/null 2>&1
 sleep 1
 # awk reads to the end (a reader that stops early would fail the pipe).
 instructions() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",","",$1); print $1; seen=1}'; }
-# CACHE=1: the simulated cache's misses per request, data level 1 (reads
-# and writes) and last level (instructions and data), from the totals'
+# CACHE=1: the simulated cache's misses per request, instruction level 1,
+# data level 1 (reads and writes) and last level (instructions and data), from the totals'
 # columns as named by its "Events shown:" line (each total is followed by
 # its share, "(100.0%)", so event k is field 2k-1).
 misses() {
@@ -83,7 +83,7 @@ misses() {
     /^Events shown:/ { for (i = 3; i <= NF; i++) col[$i] = 2 * (i - 2) - 1 }
     /PROGRAM TOTALS/ && !seen { gsub(",", ""); seen = 1
       d1 = $col["D1mr"] + $col["D1mw"]; ll = $col["ILmr"] + $col["DLmr"] + $col["DLmw"]
-      printf ", cache misses per request: D1 %.0f, LL %.1f", d1 / n, ll / n }'
+      printf ", cache misses per request: I1 %.0f, D1 %.0f, LL %.1f", $col["I1mr"] / n, d1 / n, ll / n }'
 }
 if [ "${THREADS:-}" != 1 ]; then
   f=$(ls -t "$OUT".* | head -1)
