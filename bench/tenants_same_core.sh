@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The cost of tenants (issue 17), measured with both gateways running at
+# once on the same core: ONE (a single gateway token) and MANY (N tokens,
+# default 1,000), every token with RPM, TPM, RPD, an in-flight cap and a
+# monthly budget, as in bench/tenants.sh. Both gateways are pinned to CPU 1,
+# each in a CPU control group of its own with the same weight, so they split
+# the core evenly while both have work; the simulator and the two loads
+# (examples/tenants_load, started together) run on CPU 0.
+#
+# Why: on a shared VM the speed of a core drifts by 10-30% from one round
+# to the next (other guests), so rounds that alternate the two gateways
+# (bench/tenants.sh) measure the drift as much as the gateways. Here both
+# see the same core at the same moments; what differs is the work each does
+# a request. Per round it reads each gateway's requests served (/metrics)
+# and CPU time (all its threads, /proc/PID/stat) over the whole round, and
+# prints requests/s, CPU µs a request and p50 latency for both. The figure
+# for "throughput" is the ratio of requests served per CPU-second (MANY ÷
+# ONE): what one core delivers with N tenants against one; the ratio of
+# requests/s is printed too (it also moves with how evenly the scheduler
+# split the core). C=1: one request in flight on each side, for the added
+# p50 latency (µs, MANY − ONE).
+#
+# Needs root and a writable cpu cgroup (v1: /sys/fs/cgroup/cpu, cpu.shares;
+# v2: /sys/fs/cgroup with the cpu controller, cpu.weight), and 2 CPUs.
+# Usage: [C=64] [NO_BUILD=1] bash bench/tenants_same_core.sh [N] [ROUNDS] [SECS]
+# All traffic is on loopback; everything started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000} ROUNDS=${2:-20} SECS=${3:-5}
+PIN=1
+# shellcheck source=bench/tenants_setup.sh
+. bench/tenants_setup.sh
+if [ -w /sys/fs/cgroup/cpu ]; then
+  cg=/sys/fs/cgroup/cpu weight=cpu.shares w=1024
+elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
+  cg=/sys/fs/cgroup weight=cpu.weight w=100
+else
+  echo "no writable cpu cgroup (run as root on a machine that has one)" >&2; exit 1
+fi
+groups=()
+for side in one many; do
+  g="$cg/keypool-bench-$side-$$"
+  mkdir "$g"; groups+=("$g")
+  echo "$w" > "$g/$weight"
+  echo "$(cat "$work/$side.pid")" > "$g/cgroup.procs"
+done
+# A group can go once its processes have exited (the gateways are not this
+# shell's children, so cleanup's wait does not wait for them).
+drop_groups() {
+  cleanup
+  for g in "${groups[@]}"; do
+    for _ in $(seq 50); do [ -n "$(cat "$g/cgroup.procs")" ] || break; sleep 0.1; done
+    rmdir "$g" 2>/dev/null || echo "could not remove $g" >&2
+  done
+}
+trap drop_groups EXIT
+served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks, all threads
+ida=$(cat "$work/one.pid") idb=$(cat "$work/many.pid")
+round() { # -> "a_rps a_cpu_us a_p50 b_rps b_cpu_us b_p50" (CPU µs a request)
+  local na nb ca cb t0 oa ob
+  na=$(served "$pa") nb=$(served "$pb") ca=$(cpu "$ida") cb=$(cpu "$idb") t0=$(date +%s.%N)
+  taskset -c 0 "$LOAD" "http://127.0.0.1:$pa/v1/chat/completions" "$work/one.tokens" "${C:-64}" "$SECS" > "$work/a" & local la=$!
+  taskset -c 0 "$LOAD" "http://127.0.0.1:$pb/v1/chat/completions" "$work/many.tokens" "${C:-64}" "$SECS" > "$work/b" & local lb=$!
+  wait "$la" "$lb"
+  # Each round's last batch of records (1 s) is written inside it.
+  sleep 1.5
+  python3 -c "
+import sys
+tick = 1e6 / $(getconf CLK_TCK)
+n = ($(served "$pa") - $na, $(served "$pb") - $nb)
+c = (($(cpu "$ida") - $ca) * tick, ($(cpu "$idb") - $cb) * tick)
+if min(n) <= 0: sys.exit('no requests counted in /metrics')
+a, b = open('$work/a').read().split(), open('$work/b').read().split()
+if int(a[3]) + int(b[3]): sys.exit('failed requests: %s %s' % (a[3], b[3]))
+print(a[0], '%.1f' % (c[0] / n[0]), a[1], b[0], '%.1f' % (c[1] / n[1]), b[1])"
+}
+round >/dev/null   # warm both
+: > "$work/rounds"
+for r in $(seq "$ROUNDS"); do
+  x=$(round)
+  echo "round $r: one tenant: $(echo "$x" | cut -d' ' -f1-3) | $N tenants: $(echo "$x" | cut -d' ' -f4-6)   (req/s, CPU µs a request, p50 µs)"
+  echo "$x" >> "$work/rounds"
+  sleep 1
+done
+python3 - "$work/rounds" "$N" <<'PY'
+import statistics, sys
+from math import comb
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+n = sys.argv[2]
+def median_ci(values):
+    # Distribution-free 95% interval for a median (order statistics k and
+    # n+1-k; k the largest with a binomial(n, 1/2) tail below k of at most 2.5%).
+    v, m = sorted(values), len(values)
+    k, tail = 0, 0.0
+    while k < m and tail + comb(m, k) / 2 ** m <= 0.025:
+        tail += comb(m, k) / 2 ** m
+        k += 1
+    return (v[k - 1], v[m - k]) if k >= 1 else (float("nan"), float("nan"))
+def show(name, values, fmt):
+    lo, hi = median_ci(values)
+    print(("  %-34s median " + fmt + ", 95%% CI " + fmt + " to " + fmt + " (range " + fmt + " to " + fmt + ")") % (
+        name, statistics.median(values), lo, hi, min(values), max(values)))
+med = lambda i: statistics.median(r[i] for r in rows)
+print("one tenant: %.0f req/s, %.1f CPU µs a request, p50 %.0f µs; %s tenants: %.0f req/s, %.1f CPU µs a request, p50 %.0f µs (medians, %d rounds)" % (
+    med(0), med(1), med(2), n, med(3), med(4), med(5), len(rows)))
+print("per round, %s tenants against one:" % n)
+show("requests per CPU-second, ratio", [r[1] / r[4] for r in rows], "%.3f")
+show("requests/s, ratio", [r[3] / r[0] for r in rows], "%.3f")
+show("CPU a request, added (µs)", [r[4] - r[1] for r in rows], "%+.1f")
+show("p50 latency, added (µs)", [r[5] - r[2] for r in rows], "%+.0f")
+PY
