@@ -38,17 +38,8 @@ print("one tenant: %.0f req/s (%.0f-%.0f), p50 %.0f us; %s tenants: %.0f req/s (
     statistics.median(b_rps), min(b_rps), max(b_rps), statistics.median(b_p50)))
 print("throughput %s/one per round: median %.3f (%.3f-%.3f); added p50 per round: median %+.0f us (%+.0f..%+.0f); failed requests: %d" % (
     n, statistics.median(ratio), min(ratio), max(ratio), statistics.median(added), min(added), max(added), failed))
-# A distribution-free 95% confidence interval for a median: the order
-# statistics k and n+1-k, with k the largest for which the binomial(n, 1/2)
-# tail below k is at most 2.5% (no assumption about the rounds' spread).
-def median_ci(values):
-    from math import comb
-    v, m = sorted(values), len(values)
-    k, tail = 0, 0.0
-    while k < m and tail + comb(m, k) / 2 ** m <= 0.025:
-        tail += comb(m, k) / 2 ** m
-        k += 1
-    return (v[k - 1], v[m - k]) if k >= 1 else (float("nan"), float("nan"))
+sys.path.insert(0, "bench")
+from median_ci import median_ci
 lo, hi = median_ci(ratio)
 alo, ahi = median_ci(added)
 print("95%% CI of the median: throughput ratio %.3f-%.3f; added p50 %+.0f..%+.0f us (%d rounds)" % (lo, hi, alo, ahi, len(rows)))

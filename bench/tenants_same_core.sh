@@ -85,18 +85,10 @@ for r in $(seq "$ROUNDS"); do
 done
 python3 - "$work/rounds" "$N" <<'PY'
 import statistics, sys
-from math import comb
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 n = sys.argv[2]
-def median_ci(values):
-    # Distribution-free 95% interval for a median (order statistics k and
-    # n+1-k; k the largest with a binomial(n, 1/2) tail below k of at most 2.5%).
-    v, m = sorted(values), len(values)
-    k, tail = 0, 0.0
-    while k < m and tail + comb(m, k) / 2 ** m <= 0.025:
-        tail += comb(m, k) / 2 ** m
-        k += 1
-    return (v[k - 1], v[m - k]) if k >= 1 else (float("nan"), float("nan"))
+sys.path.insert(0, "bench")
+from median_ci import median_ci
 def show(name, values, fmt):
     lo, hi = median_ci(values)
     print(("  %-34s median " + fmt + ", 95%% CI " + fmt + " to " + fmt + " (range " + fmt + " to " + fmt + ")") % (
