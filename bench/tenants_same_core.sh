@@ -12,7 +12,8 @@
 # (bench/tenants.sh) measure the drift as much as the gateways. Here both
 # see the same core at the same moments; what differs is the work each does
 # a request. Per round it reads each gateway's requests served (/metrics)
-# and CPU time (all its threads, /proc/PID/stat) over the whole round, and
+# and CPU time (all its threads, /proc/PID/stat, in clock ticks) from the
+# end of the round before (so nothing done between rounds goes uncounted), and
 # prints requests/s, CPU µs a request and p50 latency for both. The figure
 # for "throughput" is the ratio of requests served per CPU-second (MANY ÷
 # ONE): what one core delivers with N tenants against one; the ratio of
@@ -34,54 +35,66 @@ if [ -w /sys/fs/cgroup/cpu ]; then
   cg=/sys/fs/cgroup/cpu weight=cpu.shares w=1024
 elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
   cg=/sys/fs/cgroup weight=cpu.weight w=100
+  # v2: a child group has cpu.weight only once the parent hands the cpu
+  # controller down (refused while the root itself holds processes, as in
+  # some containers).
+  grep -qw cpu "$cg/cgroup.subtree_control" || echo +cpu > "$cg/cgroup.subtree_control" || {
+    echo "could not enable the cpu controller in $cg/cgroup.subtree_control" >&2; exit 1; }
 else
   echo "no writable cpu cgroup (run as root on a machine that has one)" >&2; exit 1
 fi
 groups=()
-for side in one many; do
-  g="$cg/keypool-bench-$side-$$"
-  mkdir "$g"; groups+=("$g")
-  echo "$w" > "$g/$weight"
-  echo "$(cat "$work/$side.pid")" > "$g/cgroup.procs"
-done
 # A group can go once its processes have exited (the gateways are not this
 # shell's children, so cleanup's wait does not wait for them).
 drop_groups() {
   cleanup
-  for g in "${groups[@]}"; do
-    for _ in $(seq 50); do [ -n "$(cat "$g/cgroup.procs")" ] || break; sleep 0.1; done
+  for g in ${groups[@]+"${groups[@]}"}; do
+    for _ in $(seq 100); do [ -n "$(cat "$g/cgroup.procs")" ] || break; sleep 0.1; done
     rmdir "$g" 2>/dev/null || echo "could not remove $g" >&2
   done
 }
 trap drop_groups EXIT
+for side in one many; do
+  g="$cg/keypool-bench-$side-$$"
+  mkdir "$g"; groups+=("$g")
+  echo "$w" > "$g/$weight"
+  cat "$work/$side.pid" > "$g/cgroup.procs"
+done
 served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks, all threads
 ida=$(cat "$work/one.pid") idb=$(cat "$work/many.pid")
+# Readings "served_one served_many cpu_one cpu_many", kept in a file: each
+# round starts from where the last one ended, so the work done between
+# rounds (the last batch of records, the statistics written every few
+# seconds) is counted too, in the next round.
+read_now() { echo "$(served "$pa") $(served "$pb") $(cpu "$ida") $(cpu "$idb")"; }
 round() { # -> "a_rps a_cpu_us a_p50 b_rps b_cpu_us b_p50" (CPU µs a request)
-  local na nb ca cb t0 oa ob
-  na=$(served "$pa") nb=$(served "$pb") ca=$(cpu "$ida") cb=$(cpu "$idb") t0=$(date +%s.%N)
+  local before after
+  before=$(cat "$work/readings")
   taskset -c 0 "$LOAD" "http://127.0.0.1:$pa/v1/chat/completions" "$work/one.tokens" "${C:-64}" "$SECS" > "$work/a" & local la=$!
   taskset -c 0 "$LOAD" "http://127.0.0.1:$pb/v1/chat/completions" "$work/many.tokens" "${C:-64}" "$SECS" > "$work/b" & local lb=$!
-  wait "$la" "$lb"
-  # Each round's last batch of records (1 s) is written inside it.
-  sleep 1.5
+  wait "$la"; wait "$lb"
+  sleep 1
+  after=$(read_now)
+  echo "$after" > "$work/readings"
   python3 -c "
 import sys
 tick = 1e6 / $(getconf CLK_TCK)
-n = ($(served "$pa") - $na, $(served "$pb") - $nb)
-c = (($(cpu "$ida") - $ca) * tick, ($(cpu "$idb") - $cb) * tick)
+b0, b1 = list(map(int, '$before'.split())), list(map(int, '$after'.split()))
+n = (b1[0] - b0[0], b1[1] - b0[1])
+c = ((b1[2] - b0[2]) * tick, (b1[3] - b0[3]) * tick)
 if min(n) <= 0: sys.exit('no requests counted in /metrics')
 a, b = open('$work/a').read().split(), open('$work/b').read().split()
 if int(a[3]) + int(b[3]): sys.exit('failed requests: %s %s' % (a[3], b[3]))
 print(a[0], '%.1f' % (c[0] / n[0]), a[1], b[0], '%.1f' % (c[1] / n[1]), b[1])"
 }
+read_now > "$work/readings"
 round >/dev/null   # warm both
 : > "$work/rounds"
 for r in $(seq "$ROUNDS"); do
   x=$(round)
   echo "round $r: one tenant: $(echo "$x" | cut -d' ' -f1-3) | $N tenants: $(echo "$x" | cut -d' ' -f4-6)   (req/s, CPU µs a request, p50 µs)"
   echo "$x" >> "$work/rounds"
-  sleep 1
 done
 python3 - "$work/rounds" "$N" <<'PY'
 import statistics, sys

@@ -1,4 +1,5 @@
-# Sourced by bench/tenants.sh and bench/tenants_cpu.sh (not run on its own):
+# Sourced by bench/tenants.sh, bench/tenants_cpu.sh and
+# bench/tenants_same_core.sh (not run on its own):
 # builds (unless NO_BUILD=1), starts the simulator and two gateways on
 # SQLite, ONE with a single gateway token and MANY with $N, every token with
 # RPM, TPM, RPD, an in-flight cap and a monthly budget (all far above what
