@@ -33,7 +33,6 @@ for t in os.listdir(f"/proc/{pid}/task"):
 print(g["worker"], g["main"], g["sqlite"], g["other"])
 PY
 }
-served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
 run() { # side port -> "req/s worker_us main_us sqlite_us other_us" (CPU per request)
   local before after n0 n1 out
   before=$(ticks "$(cat "$work/$1.pid")"); n0=$(served "$2")

@@ -60,7 +60,6 @@ for side in one many; do
   echo "$w" > "$g/$weight"
   cat "$work/$side.pid" > "$g/cgroup.procs"
 done
-served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks, all threads
 ida=$(cat "$work/one.pid") idb=$(cat "$work/many.pid")
 # Readings "served_one served_many cpu_one cpu_many", kept in a file: each

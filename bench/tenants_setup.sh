@@ -49,5 +49,7 @@ start() { # side tokens -> port (the tokens go to $work/SIDE.tokens)
   wait_up "http://127.0.0.1:$p/healthz"
   echo "$p"
 }
+# Requests a gateway has counted (/metrics, read with the admin token).
+served() { curl -fsS -H "authorization: Bearer $KEYPOOL_ADMIN_TOKEN" "http://127.0.0.1:$1/metrics" | awk '/^keypool_requests_total/ {s += $2} END {printf "%d\n", s}'; }
 pa=$(start one 1)
 pb=$(start many "$N")
