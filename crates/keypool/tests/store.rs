@@ -582,9 +582,82 @@ async fn the_migration_maps_a_log_written_before_it() {
             .await
             .unwrap();
     assert!(!indexes.iter().any(|n| n == "requests_token"), "{indexes:?}");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT ids FROM requests_by_token ORDER BY token_id, last_id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(ids.iter().all(|l| l == "[0]"), "each row its own run, listed by migration 0016: {ids:?}");
     let t1 = LogFilter { token_id: Some(1), ..LogFilter::default() };
     assert_eq!(paged(&store, &t1, 1).await, [4, 6, 1, 3]);
     // New batches go on after the mapped rows.
     store.insert_requests(&[logged(Some(1), 800, 200, "m"), logged(Some(2), 60, 200, "m")]).await.unwrap();
     assert_eq!(paged(&store, &t1, 2).await, [4, 7, 6, 1, 3]);
+}
+
+/// A log mapped in runs of ids before migration 0016 (a batch sorted by
+/// token, a run's range holding other tokens' rows too after pruning and
+/// reuse) is listed by it: each run's ids of its own token only.
+#[tokio::test]
+async fn migration_0016_lists_the_ids_of_runs_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut before = sqlx::migrate::Migrator::new(dir_of_migrations).await.unwrap();
+    let kept: Vec<_> = before.migrations.iter().filter(|m| m.version < 16).cloned().collect();
+    before.migrations = kept.into();
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        before.run(&pool).await.unwrap();
+        for (id, token, at) in [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700), (7, 3, 60)]
+        {
+            sqlx::query(
+                "INSERT INTO requests (id, request_id, started_at, token_id, method, path, stream, status,
+                   attempts, attempt_log, queue_wait_us, duration_us, usage_estimated, cancelled)
+                 VALUES ($1, 'r', $2, $3, 'POST', '/v1/chat/completions', 0, 200, 1, '[]', 0, 1, 0, 0)",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(token)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        // Runs as migration 0015's writer left them: ranges of ids.
+        for (token, last, first, oldest, bound) in [(1, 6, 1, 300, 900), (2, 5, 2, 50, 900), (3, 7, 7, 60, 900)] {
+            sqlx::query(
+                "INSERT INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(token)
+            .bind(last)
+            .bind(first)
+            .bind(oldest)
+            .bind(bound)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::connect(&url).await.unwrap();
+    let pool = store.sqlite_pool().unwrap();
+    let runs: Vec<(i64, String)> =
+        sqlx::query_as("SELECT token_id, ids FROM requests_by_token ORDER BY token_id").fetch_all(pool).await.unwrap();
+    assert_eq!(runs, [(1, "[0,2,3,5]".to_owned()), (2, "[0,3]".to_owned()), (3, "[0]".to_owned())]);
+    for (token, rows) in [(1, vec![4, 6, 1, 3]), (2, vec![2, 5]), (3, vec![7])] {
+        let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
+        assert_eq!(paged(&store, &filter, 2).await, rows, "token {token}");
+    }
+    // A new batch, its tokens interleaved, is listed the same way.
+    let batch = [logged(Some(2), 950, 200, "m"), logged(Some(1), 960, 200, "m"), logged(Some(2), 970, 200, "m")];
+    store.insert_requests(&batch).await.unwrap();
+    let newest: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "SELECT token_id, first_id, last_id, ids FROM requests_by_token WHERE last_id > 7 ORDER BY token_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(newest, [(1, 9, 9, "[0]".to_owned()), (2, 8, 10, "[0,2]".to_owned())]);
+    let t2 = LogFilter { token_id: Some(2), ..LogFilter::default() };
+    assert_eq!(paged(&store, &t2, 2).await, [10, 8, 2, 5]);
 }

@@ -8,7 +8,7 @@
 //! `started_at`, `ORDER BY started_at DESC, id DESC LIMIT n`.
 //!
 //! SQLite has no per-token index since migration 0015: a token's page is
-//! read through `requests_by_token`, its runs of ids batch by batch, newest
+//! read through `requests_by_token`, its lists of ids batch by batch, newest
 //! first, until no older run can hold a row the page still needs
 //! ([`Store::token_page_sqlite`]). PostgreSQL keeps the index.
 
@@ -197,12 +197,12 @@ fn runs_page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (
     }
     let rows = conditions(filter, cursor, "r.", false, &mut args);
     args.push(Arg::Int(i64::from(limit)));
-    // CROSS JOIN: SQLite keeps the runs as the outer loop, each a range of
-    // the table's ids.
+    // CROSS JOIN: SQLite keeps the runs as the outer loop, then each
+    // run's listed ids (migration 0016), each found by its rowid.
     let sql = format!(
-        "SELECT r.* FROM requests_by_token AS b CROSS JOIN requests AS r
+        "SELECT r.* FROM requests_by_token AS b CROSS JOIN json_each(b.ids) AS j CROSS JOIN requests AS r
           WHERE b.token_id = $1 AND b.last_id BETWEEN $2 AND $3{skip}
-            AND r.id BETWEEN b.first_id AND b.last_id AND r.token_id = $1{rows}
+            AND r.id = b.first_id + j.value AND r.token_id = $1{rows}
           ORDER BY r.started_at DESC, r.id DESC LIMIT ${}",
         args.len()
     );

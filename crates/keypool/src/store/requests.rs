@@ -273,23 +273,25 @@ fn attempt_log(r: &RequestRecord) -> String {
     serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into())
 }
 
-/// SQLite: appends `records` to the log, sorted by token so each token's
-/// rows are one run of ids, and adds each run to `requests_by_token`
-/// (migration 0015) in place of a per-row index entry.
+/// SQLite: appends `records` to the log in the order they came, and adds
+/// one row per token of the batch to `requests_by_token` (migrations 0015
+/// and 0016), listing the token's new ids, in place of a per-row index
+/// entry. Rows in arrival order append to the log's other indexes (on
+/// `started_at`, `request_id`, `(key_id, started_at)`, `(model,
+/// started_at)`); sorted by token, as before 0016, they filled them out of
+/// order, which with a thousand tenants cost SQLite's thread about 2 µs a
+/// record more (docs/benchmarks.md, issue 17).
 async fn insert_log_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     records: &[RequestRecord],
 ) -> Result<(), StoreError> {
-    // Stable: a token's records keep the order they ended in.
-    let mut sorted: Vec<&RequestRecord> = records.iter().collect();
-    sorted.sort_by_key(|r| r.token_id);
     // Each a lookup at the edge of its B-tree (SQLite's min/max
     // optimisation), not a scan.
     let (max_id, max_started): (Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT (SELECT MAX(id) FROM requests), (SELECT MAX(started_at) FROM requests)")
             .fetch_one(&mut **tx)
             .await?;
-    let mut rest = sorted.as_slice();
+    let mut rest = records;
     let mut last_id = None;
     for (rows, sql) in sqlite_inserts() {
         while rest.len() >= *rows {
@@ -332,32 +334,35 @@ async fn insert_log_sqlite(
     }
     let base = max_id.unwrap_or(0);
     // SQLite gives a new row the largest id plus one, so the batch's rows
-    // are base + 1, base + 2, … in the order written; read the runs back
+    // are base + 1, base + 2, … in the order written; read the rows back
     // only if that ever did not hold (the largest id was taken, say).
-    let runs = if base.checked_add(i64_of(sorted.len() as u64)) == last_id {
-        runs_of(&sorted, base + 1)
+    let runs = if base.checked_add(i64_of(records.len() as u64)) == last_id {
+        runs_of((base + 1..).zip(records).filter_map(|(id, r)| Some((r.token_id?, id, r.started_at))))
     } else {
-        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT token_id, MIN(id), MAX(id), MIN(started_at) FROM requests
-              WHERE id > $1 AND token_id IS NOT NULL GROUP BY token_id",
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT token_id, id, started_at FROM requests WHERE id > $1 AND token_id IS NOT NULL ORDER BY id",
         )
         .bind(base)
         .fetch_all(&mut **tx)
         .await?;
-        rows.into_iter()
-            .map(|(token_id, first_id, last_id, oldest_ms)| Run { token_id, first_id, last_id, oldest_ms })
-            .collect()
+        runs_of(rows.into_iter())
     };
     // The largest start of any row up to this batch's: rows end, and are
     // written, in another order than they start.
-    let bound = sorted.iter().map(|r| r.started_at).chain(max_started).max().unwrap_or(0);
+    let bound = records.iter().map(|r| r.started_at).chain(max_started).max().unwrap_or(0);
     let mut rest = runs.as_slice();
     for (rows, sql) in sqlite_run_inserts() {
         while rest.len() >= *rows {
             let (chunk, tail) = rest.split_at(*rows);
             let mut insert = sqlx::query(sql.as_str());
             for run in chunk {
-                insert = insert.bind(run.token_id).bind(run.last_id).bind(run.first_id).bind(run.oldest_ms).bind(bound);
+                insert = insert
+                    .bind(run.token_id)
+                    .bind(run.last_id)
+                    .bind(run.first_id)
+                    .bind(run.oldest_ms)
+                    .bind(bound)
+                    .bind(run.ids.as_str());
             }
             insert.execute(&mut **tx).await?;
             rest = tail;
@@ -366,30 +371,44 @@ async fn insert_log_sqlite(
     Ok(())
 }
 
-/// One token's rows in one batch of the log: ids `first_id..=last_id`,
-/// the earliest of them started at `oldest_ms` (Unix ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One token's rows in one batch of the log: ids `first_id` to `last_id`,
+/// those listed in `ids` (a JSON array of offsets from `first_id`,
+/// ascending; migration 0016), the earliest of them started at
+/// `oldest_ms` (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Run {
     token_id: i64,
     first_id: i64,
     last_id: i64,
     oldest_ms: i64,
+    ids: String,
 }
 
-/// The runs of `sorted` (records sorted by token, given ids `first_id`,
-/// `first_id + 1`, … in order); records without a token make none.
-fn runs_of(sorted: &[&RequestRecord], first_id: i64) -> Vec<Run> {
+/// The runs of a batch's rows, given as (token, id, start) in id order:
+/// one per token, in token order (the map's key order).
+fn runs_of(rows: impl Iterator<Item = (i64, i64, i64)>) -> Vec<Run> {
+    use std::fmt::Write;
+    let mut at = rustc_hash::FxHashMap::<i64, usize>::default();
     let mut runs: Vec<Run> = Vec::new();
-    for (id, r) in (first_id..).zip(sorted) {
-        let Some(token_id) = r.token_id else { continue };
-        match runs.last_mut() {
-            Some(run) if run.token_id == token_id => {
+    for (token_id, id, started_at) in rows {
+        match at.entry(token_id) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let run = &mut runs[*e.get()];
+                // Writing to a String cannot fail.
+                let _ = write!(run.ids, ",{}", id - run.first_id);
                 run.last_id = id;
-                run.oldest_ms = run.oldest_ms.min(r.started_at);
+                run.oldest_ms = run.oldest_ms.min(started_at);
             }
-            _ => runs.push(Run { token_id, first_id: id, last_id: id, oldest_ms: r.started_at }),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(runs.len());
+                runs.push(Run { token_id, first_id: id, last_id: id, oldest_ms: started_at, ids: "[0".to_owned() });
+            }
         }
     }
+    for run in &mut runs {
+        run.ids.push(']');
+    }
+    runs.sort_unstable_by_key(|r| r.token_id);
     runs
 }
 
@@ -397,9 +416,9 @@ fn runs_of(sorted: &[&RequestRecord], first_id: i64) -> Vec<Run> {
 fn sqlite_run_inserts() -> &'static [(usize, String)] {
     static INSERTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
     INSERTS.get_or_init(|| {
-        sized_statements(5, |values| {
+        sized_statements(6, |values| {
             format!(
-                "INSERT OR FAIL INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms)
+                "INSERT OR FAIL INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms, ids)
                  VALUES {values}"
             )
         })
@@ -596,7 +615,7 @@ impl Store {
     /// `before` (Unix ms); returns how many. The oldest first, through the
     /// `started_at` index, so each call is a short transaction.
     ///
-    /// On SQLite it also keeps `requests_by_token` (migration 0015) true to
+    /// On SQLite it also keeps `requests_by_token` (migrations 0015, 0016) true to
     /// the log, in the same transaction. The call that deletes fewer than
     /// `limit` (the last of a pass) drops the runs older than every row
     /// left: one scan of the map a pass, not one a call. And when the rows
@@ -624,10 +643,16 @@ impl Store {
             // are gone; a run across it keeps its surviving rows.
             let top = has.unwrap_or(0);
             sqlx::query("DELETE FROM requests_by_token WHERE first_id > $1").bind(top).execute(&mut *tx).await?;
-            sqlx::query("UPDATE requests_by_token SET last_id = $1 WHERE last_id > $1")
-                .bind(top)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE requests_by_token
+                    SET ids = (SELECT json_group_array(value ORDER BY value) FROM json_each(ids)
+                                WHERE first_id + value <= $1),
+                        last_id = $1
+                  WHERE last_id > $1",
+            )
+            .bind(top)
+            .execute(&mut *tx)
+            .await?;
         }
         if deleted < u64::from(limit) {
             // A run that reaches a surviving row stays whole: the page
