@@ -29,9 +29,10 @@ pub struct TokenId(pub i64);
 /// of a whole proxied request (callgrind, docs/benchmarks.md), and every
 /// request presents its token. So a token that passed once is remembered by
 /// a SipHash-2-4 128-bit MAC under a key drawn at start (a few hundred
-/// instructions): a request whose MAC is known is accepted if the SHA-256
-/// digest remembered with it is still live, so revoking a token takes effect
-/// at once. The key never leaves memory and the MAC is never shown, so a
+/// instructions): a request whose MAC is known is accepted, and its tenant
+/// found, by that one lookup. [`TokenSet::replace`] drops the MACs whose
+/// SHA-256 digests are no longer live in the same write, so revoking a
+/// token takes effect at once. The key never leaves memory and the MAC is never shown, so a
 /// forged token passes with probability 2^-128 per try; memory holds no
 /// token in clear (no more than the store does). Only tokens that passed
 /// are remembered, so a flood of wrong tokens cannot grow the map.
@@ -55,8 +56,16 @@ struct Live {
     hashes: FxHashMap<[u8; 32], Arc<Tenant>>,
     /// Token id → its tenant (the same ones), so an edit keeps the counters.
     by_id: FxHashMap<i64, Arc<Tenant>>,
-    /// MAC of a token that passed → its digest. Keyed, so Fx hashing is safe.
-    seen: FxHashMap<u128, [u8; 32]>,
+    /// MAC of a token that passed → its digest and tenant (one lookup a
+    /// request: with many tenants each is a cold cache line or two). Kept
+    /// true to `hashes` by [`TokenSet::replace`]. Keyed, so Fx hashing is safe.
+    seen: FxHashMap<u128, Seen>,
+}
+
+/// A token that passed: its digest, to drop it once revoked, and its tenant.
+struct Seen {
+    digest: [u8; 32],
+    tenant: Arc<Tenant>,
 }
 
 /// Tokens remembered by MAC at most; past it the map starts over (it only
@@ -114,7 +123,13 @@ impl TokenSet {
             by_id.insert(t.id, tenant);
         }
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        live.seen.retain(|_, digest| hashes.contains_key(digest));
+        live.seen.retain(|_, seen| match hashes.get(&seen.digest) {
+            Some(tenant) => {
+                seen.tenant = Arc::clone(tenant);
+                true
+            }
+            None => false,
+        });
         live.hashes = hashes;
         live.by_id = by_id;
     }
@@ -155,8 +170,8 @@ impl TokenSet {
         let mac = u128::from(SipHasher24::new_with_key(&self.key).hash(token.as_bytes()));
         {
             let live = self.live.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(tenant) = live.seen.get(&mac).and_then(|digest| live.hashes.get(digest)) {
-                return Ok(Arc::clone(tenant));
+            if let Some(seen) = live.seen.get(&mac) {
+                return Ok(Arc::clone(&seen.tenant));
             }
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -171,7 +186,7 @@ impl TokenSet {
         if live.seen.len() >= SEEN_CAP {
             live.seen.clear();
         }
-        live.seen.insert(mac, digest);
+        live.seen.insert(mac, Seen { digest, tenant: Arc::clone(&tenant) });
         Ok(tenant)
     }
 }
@@ -342,6 +357,22 @@ mod tests {
         near.pop();
         near.push(if kept.ends_with('0') { '1' } else { '0' });
         assert!(matches!(set.check(&with(&near)), Err(ApiError::InvalidToken)));
+    }
+
+    #[test]
+    fn a_remembered_token_follows_its_digest_to_the_tenant_live_now() {
+        let set = TokenSet::default();
+        let token = generate_token();
+        let hash = hash_token(&token);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        put(&set, &[(hash.as_str(), 1)]);
+        assert_eq!(id(set.check(&h)), 1);
+        // The same secret now stands for another row (as a store restored
+        // from elsewhere might say): the remembered MAC leads to it.
+        put(&set, &[(hash.as_str(), 2)]);
+        assert_eq!(id(set.check(&h)), 2);
+        assert_eq!(set.live.read().unwrap().seen.len(), 1, "still remembered, not learned again");
     }
 
     #[test]
