@@ -18,6 +18,10 @@ use super::{BudgetPeriod, Tenant, TokenSettings};
 /// The span the per-minute limits count over.
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// How late, at most, admissions that left the minute are dropped while no
+/// per-minute limit is reached (see [`Counters::try_admit`]).
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 /// What one request asks of its tenant, estimated at admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Need {
@@ -61,6 +65,8 @@ pub(super) struct Counters {
     /// Admissions of the last minute, oldest first: (when, sequence, tokens).
     minute: VecDeque<(Instant, u64, u64)>,
     minute_tokens: u64,
+    /// When admissions that left the minute were last dropped.
+    pruned_at: Option<Instant>,
     next_seq: u64,
     /// The calendar day under way, [start, end) in Unix seconds, and its requests.
     day: (i64, i64),
@@ -107,6 +113,7 @@ impl Counters {
         Counters {
             minute: VecDeque::new(),
             minute_tokens: 0,
+            pruned_at: None,
             next_seq: 0,
             day: period_bounds(BudgetPeriod::Daily, tz, now),
             day_requests: 0,
@@ -166,7 +173,19 @@ impl Counters {
     /// Admits `need` now (`now` and `unix` are the same instant), or says
     /// how long it must wait or why it cannot be admitted.
     fn try_admit(&mut self, s: &TokenSettings, need: Need, now: Instant, unix: i64) -> Result<u64, Blocked> {
-        self.prune(now);
+        // Dropping the admissions that left the minute only lowers the
+        // counts, so a request within the per-minute limits counted with
+        // them is within them without. They are dropped when a limit would
+        // refuse, and otherwise at most PRUNE_EVERY late (memory stays
+        // bounded): nearly every admission is spared reading the oldest
+        // entry, with many tenants a cold cache line (docs/benchmarks.md,
+        // issue 17).
+        let reached = s.rpm.is_some_and(|rpm| u64::try_from(self.minute.len()).unwrap_or(u64::MAX) >= rpm)
+            || s.tpm.is_some_and(|tpm| self.minute_tokens.saturating_add(need.tokens) > tpm);
+        if reached || self.pruned_at.is_none_or(|at| now >= at + PRUNE_EVERY) {
+            self.prune(now);
+            self.pruned_at = Some(now);
+        }
         if let Some(budget) = s.budget_micros {
             if self.spent >= budget || self.spent.saturating_add(need.cost_micros) > budget {
                 let retry_after = (self.period.1 != i64::MAX)
@@ -450,6 +469,37 @@ mod tests {
 
     fn used(tokens: u64, cost_micros: u64) -> End {
         End { sent: true, used_tokens: Some(tokens), cost_micros }
+    }
+
+    /// Admissions that left the minute are dropped as soon as a
+    /// per-minute limit would refuse, however recently they were last
+    /// dropped, and otherwise within PRUNE_EVERY (so memory stays bounded).
+    #[test]
+    fn admissions_leave_the_minute_when_a_limit_needs_it_and_soon_otherwise() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let unix = 1_700_000_000;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for limited in [
+            TokenSettings { rpm: Some(2), ..TokenSettings::default() },
+            TokenSettings { tpm: Some(20), ..TokenSettings::default() },
+        ] {
+            let mut c = Counters::new(&limited, &tz, unix, 0);
+            assert!(c.try_admit(&limited, need(10, 0), at(0), unix).is_ok());
+            assert!(c.try_admit(&limited, need(10, 0), at(59_500), unix).is_ok());
+            // 60.2 s: the first left the minute 0.2 s ago; the last drop
+            // was 0.7 s ago, but the limit is reached, so it goes now.
+            assert!(c.try_admit(&limited, need(10, 0), at(60_200), unix).is_ok(), "{limited:?}");
+            assert!(matches!(c.try_admit(&limited, need(10, 0), at(60_300), unix), Err(Blocked::Wait { .. })));
+        }
+        let roomy = TokenSettings { rpm: Some(1_000), ..TokenSettings::default() };
+        let mut c = Counters::new(&roomy, &tz, unix, 0);
+        for i in 0..5 {
+            assert!(c.try_admit(&roomy, need(1, 0), at(i * 100), unix).is_ok());
+        }
+        assert_eq!(c.minute.len(), 5);
+        assert!(c.try_admit(&roomy, need(1, 0), at(61_000), unix).is_ok());
+        assert_eq!((c.minute.len(), c.minute_tokens), (1, 1), "the five left the minute and were dropped");
     }
 
     #[test]
