@@ -5,19 +5,26 @@
 -- started_at)`) out of order: with a thousand tenants every insert
 -- descended from the root and split pages in the middle, where rows in
 -- arrival order append (docs/benchmarks.md, issue 17). A token's rows in a
--- batch are now spread over the batch's ids, so each row of the map lists
--- them:
---   ids: a JSON array of the token's row ids in the batch, each as its
---        offset from `first_id` (so `first_id + value`), ascending
--- `first_id` and `last_id` stay the smallest and largest of them.
+-- batch may now be spread over the batch's ids, so a row of the map may
+-- list them:
+--   ids: NULL when the token's rows are every id from `first_id` to
+--        `last_id` (a batch of one token's requests, as with a single
+--        busy token: the row stays small); else a JSON array of the
+--        token's row ids, each as its offset from `first_id` (the row is
+--        `first_id + value`), ascending
+-- `first_id` and `last_id` bound the token's ids in the batch.
 
-ALTER TABLE requests_by_token ADD COLUMN ids TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE requests_by_token ADD COLUMN ids TEXT;
 
--- The runs already written: the rows of their token between their first
--- and last ids.
+-- The runs already written: listed where their range holds rows of other
+-- tokens, or ids that are gone.
 UPDATE requests_by_token SET ids = (
     SELECT json_group_array(r.id - requests_by_token.first_id ORDER BY r.id)
       FROM requests AS r
      WHERE r.id BETWEEN requests_by_token.first_id AND requests_by_token.last_id
        AND r.token_id = requests_by_token.token_id
-);
+)
+ WHERE (SELECT COUNT(*) FROM requests AS r
+         WHERE r.id BETWEEN requests_by_token.first_id AND requests_by_token.last_id
+           AND r.token_id = requests_by_token.token_id)
+       < requests_by_token.last_id - requests_by_token.first_id + 1;

@@ -172,7 +172,7 @@ fn page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (Strin
 /// many each time, up to this.
 const RUNS_AT_ONCE: u16 = 128;
 
-/// One row of `requests_by_token` (migration 0015).
+/// One row of `requests_by_token` (migrations 0015, 0016).
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
 struct MapRun {
     last_id: i64,
@@ -197,13 +197,18 @@ fn runs_page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (
     }
     let rows = conditions(filter, cursor, "r.", false, &mut args);
     args.push(Arg::Int(i64::from(limit)));
-    // CROSS JOIN: SQLite keeps the runs as the outer loop, then each
-    // run's listed ids (migration 0016), each found by its rowid.
+    // CROSS JOIN: SQLite keeps the runs as the outer loop, then a run's
+    // range of the table's ids (its rows of other tokens skipped), or the
+    // ids it lists (migration 0016), each found by its rowid.
     let sql = format!(
-        "SELECT r.* FROM requests_by_token AS b CROSS JOIN json_each(b.ids) AS j CROSS JOIN requests AS r
-          WHERE b.token_id = $1 AND b.last_id BETWEEN $2 AND $3{skip}
+        "SELECT r.* FROM requests_by_token AS b CROSS JOIN requests AS r
+          WHERE b.token_id = $1 AND b.last_id BETWEEN $2 AND $3{skip} AND b.ids IS NULL
+            AND r.id BETWEEN b.first_id AND b.last_id AND r.token_id = $1{rows}
+         UNION ALL
+         SELECT r.* FROM requests_by_token AS b CROSS JOIN json_each(b.ids) AS j CROSS JOIN requests AS r
+          WHERE b.token_id = $1 AND b.last_id BETWEEN $2 AND $3{skip} AND b.ids IS NOT NULL
             AND r.id = b.first_id + j.value AND r.token_id = $1{rows}
-          ORDER BY r.started_at DESC, r.id DESC LIMIT ${}",
+          ORDER BY started_at DESC, id DESC LIMIT ${}",
         args.len()
     );
     (sql, args)

@@ -362,7 +362,7 @@ async fn insert_log_sqlite(
                     .bind(run.first_id)
                     .bind(run.oldest_ms)
                     .bind(bound)
-                    .bind(run.ids.as_str());
+                    .bind(run.ids.as_deref());
             }
             insert.execute(&mut **tx).await?;
             rest = tail;
@@ -371,43 +371,65 @@ async fn insert_log_sqlite(
     Ok(())
 }
 
-/// One token's rows in one batch of the log: ids `first_id` to `last_id`,
-/// those listed in `ids` (a JSON array of offsets from `first_id`,
-/// ascending; migration 0016), the earliest of them started at
-/// `oldest_ms` (Unix ms).
+/// One token's rows in one batch of the log, between ids `first_id` and
+/// `last_id`: every id between them, or (when others' rows lie between)
+/// those listed in `ids`, a JSON array of offsets from `first_id`,
+/// ascending (migration 0016). The earliest started at `oldest_ms` (Unix
+/// ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Run {
     token_id: i64,
     first_id: i64,
     last_id: i64,
     oldest_ms: i64,
-    ids: String,
+    ids: Option<String>,
 }
 
 /// The runs of a batch's rows, given as (token, id, start) in id order:
-/// one per token, in token order (the map's key order).
+/// one per token, in token order (the map's key order). A run whose ids
+/// follow on without a gap lists none: with one busy token a batch's
+/// thousands of ids would make its row of the map tens of kilobytes.
 fn runs_of(rows: impl Iterator<Item = (i64, i64, i64)>) -> Vec<Run> {
     use std::fmt::Write;
     let mut at = rustc_hash::FxHashMap::<i64, usize>::default();
-    let mut runs: Vec<Run> = Vec::new();
+    // Each run's ids as offsets, for runs that had a gap.
+    let mut runs: Vec<(Run, String)> = Vec::new();
     for (token_id, id, started_at) in rows {
         match at.entry(token_id) {
             std::collections::hash_map::Entry::Occupied(e) => {
-                let run = &mut runs[*e.get()];
-                // Writing to a String cannot fail.
-                let _ = write!(run.ids, ",{}", id - run.first_id);
+                let (run, list) = &mut runs[*e.get()];
+                if list.is_empty() && id != run.last_id + 1 {
+                    // The first gap: list what came before it.
+                    list.push('[');
+                    for offset in 0..=run.last_id - run.first_id {
+                        let _ = write!(list, "{}{offset}", if offset == 0 { "" } else { "," });
+                    }
+                }
+                if !list.is_empty() {
+                    // Writing to a String cannot fail.
+                    let _ = write!(list, ",{}", id - run.first_id);
+                }
                 run.last_id = id;
                 run.oldest_ms = run.oldest_ms.min(started_at);
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(runs.len());
-                runs.push(Run { token_id, first_id: id, last_id: id, oldest_ms: started_at, ids: "[0".to_owned() });
+                let run = Run { token_id, first_id: id, last_id: id, oldest_ms: started_at, ids: None };
+                runs.push((run, String::new()));
             }
         }
     }
-    for run in &mut runs {
-        run.ids.push(']');
-    }
+    let mut runs: Vec<Run> = runs
+        .into_iter()
+        .map(|(run, mut list)| {
+            if list.is_empty() {
+                run
+            } else {
+                list.push(']');
+                Run { ids: Some(list), ..run }
+            }
+        })
+        .collect();
     runs.sort_unstable_by_key(|r| r.token_id);
     runs
 }
@@ -645,8 +667,9 @@ impl Store {
             sqlx::query("DELETE FROM requests_by_token WHERE first_id > $1").bind(top).execute(&mut *tx).await?;
             sqlx::query(
                 "UPDATE requests_by_token
-                    SET ids = (SELECT json_group_array(value ORDER BY value) FROM json_each(ids)
-                                WHERE first_id + value <= $1),
+                    SET ids = CASE WHEN ids IS NULL THEN NULL
+                                   ELSE (SELECT json_group_array(value ORDER BY value) FROM json_each(ids)
+                                          WHERE first_id + value <= $1) END,
                         last_id = $1
                   WHERE last_id > $1",
             )
@@ -666,5 +689,28 @@ impl Store {
         }
         tx.commit().await?;
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_list_their_ids_only_when_others_lie_between() {
+        let rows = [(7, 11, 500), (7, 12, 400), (3, 13, 450), (7, 14, 600), (3, 15, 300), (3, 16, 900), (9, 17, 1)];
+        let run = |token_id, first_id, last_id, oldest_ms, ids: Option<&str>| Run {
+            token_id,
+            first_id,
+            last_id,
+            oldest_ms,
+            ids: ids.map(str::to_owned),
+        };
+        assert_eq!(
+            runs_of(rows.into_iter()),
+            [run(3, 13, 16, 300, Some("[0,2,3]")), run(7, 11, 14, 400, Some("[0,1,3]")), run(9, 17, 17, 1, None)]
+        );
+        // One token's batch: a range, no list.
+        assert_eq!(runs_of((1..=5).map(|id| (4, id, id * 10))), [run(4, 1, 5, 10, None)]);
     }
 }
