@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """What a deep page of one token's request log costs on SQLite since
-migration 0015 (issue 17): the page query walks the token's map of batches
+migrations 0015 and 0016 (issue 17): the page query walks the token's map of batches
 (`requests_by_token`) from the newest run down to the cursor, skipping runs
 newer than it inside SQLite. Builds the map alone for one token with a run
 every second for DAYS days (the record writer's default 1 s batches, the
-token busy every second), then times the query that finds the first runs
+token busy every second, its ten rows a batch among other tokens' rows, so
+each run lists its ids as migration 0016 does), then times the query that finds the first runs
 at or below a cursor HALF and ALL the way down. Needs only Python's sqlite3.
 Usage: python3 bench/deep_page.py [DAYS]   (default 30; a temporary file)"""
 import os
@@ -17,16 +18,18 @@ days = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 runs = days * 86_400
 with tempfile.TemporaryDirectory() as d:
     db = sqlite3.connect(os.path.join(d, "map.db"))
-    # The table as crates/keypool/migrations/sqlite/0015_requests_by_token.sql makes it.
+    # The table as crates/keypool/migrations/sqlite/0015_requests_by_token.sql
+    # and 0016_requests_by_token_ids.sql make it.
     db.execute(
         "CREATE TABLE requests_by_token (token_id INTEGER NOT NULL, last_id INTEGER NOT NULL,"
         " first_id INTEGER NOT NULL, oldest_ms INTEGER NOT NULL, bound_ms INTEGER NOT NULL,"
-        " PRIMARY KEY (token_id, last_id)) WITHOUT ROWID"
+        " ids TEXT, PRIMARY KEY (token_id, last_id)) WITHOUT ROWID"
     )
-    # 10,000 log rows a batch; this token's run is ten of them.
+    # 10,000 log rows a batch; this token's run is ten of them, spread over it.
+    ids = "[" + ",".join(str(k * 1_000) for k in range(10)) + "]"
     db.executemany(
-        "INSERT INTO requests_by_token VALUES (7, ?, ?, ?, ?)",
-        ((i * 10_000 + 10, i * 10_000 + 1, i * 1_000, i * 1_000 + 999) for i in range(runs)),
+        "INSERT INTO requests_by_token VALUES (7, ?, ?, ?, ?, ?)",
+        ((i * 10_000 + 9_001, i * 10_000 + 1, i * 1_000, i * 1_000 + 999, ids) for i in range(runs)),
     )
     db.commit()
     print(f"one token, {runs:,} runs ({days} days of 1 s batches), SQLite {sqlite3.sqlite_version}")
