@@ -23,7 +23,12 @@
 #
 # Needs root and a writable cpu cgroup (v1: /sys/fs/cgroup/cpu, cpu.shares;
 # v2: /sys/fs/cgroup with the cpu controller, cpu.weight), and 2 CPUs.
-# Usage: [C=64] [NO_BUILD=1] bash bench/tenants_same_core.sh [N] [ROUNDS] [SECS]
+# PERF=S: also `perf record -F 1999 -g -C 1` for S seconds, starting 2 s
+# into the second counted round, into $PERF_OUT (default
+# /tmp/keypool-same-core.perf), with the two gateways' pids and requests
+# served before and after in $PERF_OUT.pids; bench/perf_split.py reads
+# both (CPU µs a request by thread and by function, one against many).
+# Usage: [C=64] [NO_BUILD=1] [PERF=8] bash bench/tenants_same_core.sh [N] [ROUNDS] [SECS]
 # All traffic is on loopback; everything started is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +94,14 @@ print(a[0], '%.1f' % (c[0] / n[0]), a[1], b[0], '%.1f' % (c[1] / n[1]), b[1])"
 }
 read_now > "$work/readings"
 round >/dev/null   # warm both
+if [ -n "${PERF:-}" ]; then
+  out=${PERF_OUT:-/tmp/keypool-same-core.perf}
+  # The second counted round starts one round (and the ~1 s after it) from now.
+  ( sleep $(( SECS + 3 ))
+    echo "one=$ida many=$idb one0=$(served "$pa") many0=$(served "$pb")" > "$out.pids"
+    perf record -q -F 1999 -g -C 1 -o "$out" -- sleep "$PERF" >/dev/null 2>&1
+    echo "one_end=$(served "$pa") many_end=$(served "$pb")" >> "$out.pids" ) &
+fi
 : > "$work/rounds"
 for r in $(seq "$ROUNDS"); do
   x=$(round)
