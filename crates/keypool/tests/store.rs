@@ -528,35 +528,41 @@ proptest! {
     }
 }
 
+/// A SQLite database at `url` migrated up to (not including) `version`,
+/// its log holding these (id, token, started_at) rows; the pool stays open
+/// for more.
+async fn log_before(url: &str, version: i64, rows: &[(i64, i64, i64)]) -> sqlx::SqlitePool {
+    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut before = sqlx::migrate::Migrator::new(dir_of_migrations).await.unwrap();
+    let kept: Vec<_> = before.migrations.iter().filter(|m| m.version < version).cloned().collect();
+    before.migrations = kept.into();
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    before.run(&pool).await.unwrap();
+    for &(id, token, at) in rows {
+        sqlx::query(
+            "INSERT INTO requests (id, request_id, started_at, token_id, method, path, stream, status,
+               attempts, attempt_log, queue_wait_us, duration_us, usage_estimated, cancelled)
+             VALUES ($1, 'r', $2, $3, 'POST', '/v1/chat/completions', 0, 200, 1, '[]', 0, 1, 0, 0)",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(token)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool
+}
+
 /// A log written before migration 0015 (one index entry per row) is mapped
 /// by it: each row its own run, and a token's pages as before.
 #[tokio::test]
 async fn the_migration_maps_a_log_written_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
-    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    let mut before = sqlx::migrate::Migrator::new(dir_of_migrations).await.unwrap();
-    let kept: Vec<_> = before.migrations.iter().filter(|m| m.version < 15).cloned().collect();
-    before.migrations = kept.into();
-    {
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        before.run(&pool).await.unwrap();
-        // Starts out of order across ids: the bound is the running maximum.
-        for (id, token, at) in [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700)] {
-            sqlx::query(
-                "INSERT INTO requests (id, request_id, started_at, token_id, method, path, stream, status,
-                   attempts, attempt_log, queue_wait_us, duration_us, usage_estimated, cancelled)
-                 VALUES ($1, 'r', $2, $3, 'POST', '/v1/chat/completions', 0, 200, 1, '[]', 0, 1, 0, 0)",
-            )
-            .bind(id)
-            .bind(at)
-            .bind(token)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        pool.close().await;
-    }
+    // Starts out of order across ids: the bound is the running maximum.
+    let rows = [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700)];
+    log_before(&url, 15, &rows).await.close().await;
     let store = Store::connect(&url).await.unwrap();
     let pool = store.sqlite_pool().unwrap();
     let runs: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
@@ -602,27 +608,9 @@ async fn the_migration_maps_a_log_written_before_it() {
 async fn migration_0016_lists_the_ids_of_runs_written_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
-    let dir_of_migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    let mut before = sqlx::migrate::Migrator::new(dir_of_migrations).await.unwrap();
-    let kept: Vec<_> = before.migrations.iter().filter(|m| m.version < 16).cloned().collect();
-    before.migrations = kept.into();
     {
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        before.run(&pool).await.unwrap();
-        for (id, token, at) in [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700), (7, 3, 60)]
-        {
-            sqlx::query(
-                "INSERT INTO requests (id, request_id, started_at, token_id, method, path, stream, status,
-                   attempts, attempt_log, queue_wait_us, duration_us, usage_estimated, cancelled)
-                 VALUES ($1, 'r', $2, $3, 'POST', '/v1/chat/completions', 0, 200, 1, '[]', 0, 1, 0, 0)",
-            )
-            .bind(id)
-            .bind(at)
-            .bind(token)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
+        let rows = [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700), (7, 3, 60)];
+        let pool = log_before(&url, 16, &rows).await;
         // Runs as migration 0015's writer left them: ranges of ids.
         for (token, last, first, oldest, bound) in [(1, 6, 1, 300, 900), (2, 5, 2, 50, 900), (3, 7, 7, 60, 900)] {
             sqlx::query(
