@@ -17,8 +17,12 @@ top = int(sys.argv[2]) if len(sys.argv) > 2 else 30
 only = sys.argv[3] if len(sys.argv) > 3 else ""
 HZ = 1999.0
 kv = dict(x.split("=") for x in open(data + ".pids").read().split())
+if "one_end" not in kv or "many_end" not in kv:
+    sys.exit("%s.pids has no end counts: the recording did not finish" % data)
 side_of = {kv["one"]: "one", kv["many"]: "many"}
 served = {s: int(kv[s + "_end"]) - int(kv[s + "0"]) for s in ("one", "many")}
+if min(served.values()) <= 0:
+    sys.exit("no requests counted while recording (%s): was the recording inside a round?" % served)
 out = subprocess.run(
     ["perf", "script", "-i", data, "-F", "pid,tid,comm,ip,sym,dso", "--hide-call-graph"],
     capture_output=True, text=True, check=True,

@@ -34,6 +34,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000} ROUNDS=${2:-20} SECS=${3:-5}
 PIN=1
+if [ -n "${PERF:-}" ]; then
+  # Recorded inside the second counted round, from its 2nd second.
+  command -v perf >/dev/null || { echo "PERF needs perf (Debian: linux-perf)" >&2; exit 1; }
+  [ "$ROUNDS" -ge 2 ] && [ "$PERF" -le $(( SECS - 2 )) ] || {
+    echo "PERF=$PERF needs at least 2 rounds of at least $(( PERF + 2 )) s" >&2; exit 1; }
+fi
 # shellcheck source=bench/tenants_setup.sh
 . bench/tenants_setup.sh
 if [ -w /sys/fs/cgroup/cpu ]; then
@@ -99,7 +105,7 @@ if [ -n "${PERF:-}" ]; then
   # The second counted round starts one round (and the ~1 s after it) from now.
   ( sleep $(( SECS + 3 ))
     echo "one=$ida many=$idb one0=$(served "$pa") many0=$(served "$pb")" > "$out.pids"
-    perf record -q -F 1999 -g -C 1 -o "$out" -- sleep "$PERF" >/dev/null 2>&1
+    perf record -q -F 1999 -g -C 1 -o "$out" -- sleep "$PERF" >/dev/null
     echo "one_end=$(served "$pa") many_end=$(served "$pb")" >> "$out.pids" ) &
 fi
 : > "$work/rounds"

@@ -31,6 +31,7 @@ both!(
     pruning_the_log_keeps_a_tokens_pages_right,
     a_tokens_page_reaches_back_exactly_as_far_as_it_must,
     pruning_the_newest_rows_leaves_no_run_naming_an_id_used_again,
+    pruning_the_newest_rows_cuts_a_runs_list_back,
 );
 
 fn key(secret: &str) -> NewKey {
@@ -436,6 +437,49 @@ async fn a_tokens_page_reaches_back_exactly_as_far_as_it_must(db: Scratch) {
 /// before they ended, and nothing written since), the next batch reuses
 /// those ids. The runs that named them are cut back or dropped, so the
 /// batch is written and each page holds exactly its rows.
+/// The same for a run that lists its ids (others' rows between them,
+/// migration 0016): its ids past the largest left are cut from the list,
+/// so the row that later takes one of them is not found twice.
+async fn pruning_the_newest_rows_cuts_a_runs_list_back(db: Scratch) {
+    let (t1, t2) = (Some(1), Some(2));
+    let batch = [
+        logged(t1, 1_500, 200, "m"),
+        logged(t2, 1_501, 200, "m"),
+        logged(t2, 1_502, 200, "m"),
+        logged(t2, 1_503, 200, "m"),
+        logged(t1, 10, 200, "m"),
+    ];
+    db.store.insert_requests(&batch).await.unwrap();
+    if let Some(pool) = db.store.sqlite_pool() {
+        let ids: Option<String> =
+            sqlx::query_scalar("SELECT ids FROM requests_by_token WHERE token_id = 1").fetch_one(pool).await.unwrap();
+        assert_eq!(ids.as_deref(), Some("[0,4]"), "two of five ids: listed");
+    }
+    assert_eq!(db.store.prune_requests(500, 1_000).await.unwrap(), 1);
+    if let Some(pool) = db.store.sqlite_pool() {
+        let run: (i64, Option<String>) =
+            sqlx::query_as("SELECT last_id, ids FROM requests_by_token WHERE token_id = 1")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(run.1.as_deref(), Some("[0]"), "cut back to the id left");
+    }
+    // The next row takes the pruned row's id.
+    db.store.insert_requests(&[logged(t1, 2_000, 200, "m")]).await.unwrap();
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.iter().map(|r| r.started_at).collect::<Vec<_>>(), [2_000, 1_503, 1_502, 1_501, 1_500]);
+    for token in [1, 2] {
+        let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
+        for limit in [1, 5] {
+            assert_eq!(
+                paged(&db.store, &filter, limit).await,
+                selected(&all, &filter),
+                "token {token}, {limit} a page"
+            );
+        }
+    }
+}
+
 async fn pruning_the_newest_rows_leaves_no_run_naming_an_id_used_again(db: Scratch) {
     db.store.insert_requests(&[logged(Some(1), 1_000, 200, "m")]).await.unwrap();
     // One run of token 1 across a row that stays and one that goes.
@@ -602,17 +646,27 @@ async fn the_migration_maps_a_log_written_before_it() {
 
 /// A log mapped in runs of ids before migration 0016 (a batch sorted by
 /// token, a run's range holding other tokens' rows too after pruning and
-/// reuse) is listed by it where others' rows lie in a run's range: each
-/// run's ids of its own token only; a run of its token alone stays a range.
+/// reuse) is listed by it where others' rows are most of a run's range:
+/// each run's ids of its own token only; a denser run stays a range.
 #[tokio::test]
 async fn migration_0016_lists_the_ids_of_runs_written_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
     {
-        let rows = [(1, 1, 500), (2, 2, 100), (3, 1, 300), (4, 1, 900), (5, 2, 50), (6, 1, 700), (7, 3, 60)];
+        let rows = [
+            (1, 1, 500),
+            (2, 2, 100),
+            (3, 1, 300),
+            (4, 1, 900),
+            (5, 2, 50),
+            (6, 1, 700),
+            (7, 3, 60),
+            (8, 1, 800),
+            (9, 2, 70),
+        ];
         let pool = log_before(&url, 16, &rows).await;
         // Runs as migration 0015's writer left them: ranges of ids.
-        for (token, last, first, oldest, bound) in [(1, 6, 1, 300, 900), (2, 5, 2, 50, 900), (3, 7, 7, 60, 900)] {
+        for (token, last, first, oldest, bound) in [(1, 8, 1, 300, 900), (2, 9, 2, 50, 900), (3, 7, 7, 60, 900)] {
             sqlx::query(
                 "INSERT INTO requests_by_token (token_id, last_id, first_id, oldest_ms, bound_ms)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -633,21 +687,22 @@ async fn migration_0016_lists_the_ids_of_runs_written_before_it() {
     let runs: Vec<(i64, Option<String>)> =
         sqlx::query_as("SELECT token_id, ids FROM requests_by_token ORDER BY token_id").fetch_all(pool).await.unwrap();
     let list = |l: &str| Some(l.to_owned());
-    assert_eq!(runs, [(1, list("[0,2,3,5]")), (2, list("[0,3]")), (3, None)]);
-    for (token, rows) in [(1, vec![4, 6, 1, 3]), (2, vec![2, 5]), (3, vec![7])] {
+    // Token 1 holds five of its eight ids, token 2 three of eight.
+    assert_eq!(runs, [(1, None), (2, list("[0,3,7]")), (3, None)]);
+    for (token, rows) in [(1, vec![4, 8, 6, 1, 3]), (2, vec![2, 9, 5]), (3, vec![7])] {
         let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
         assert_eq!(paged(&store, &filter, 2).await, rows, "token {token}");
     }
-    // A new batch, its tokens interleaved, is listed the same way.
+    // A new batch, its tokens interleaved (each at least half its range).
     let batch = [logged(Some(2), 950, 200, "m"), logged(Some(1), 960, 200, "m"), logged(Some(2), 970, 200, "m")];
     store.insert_requests(&batch).await.unwrap();
     let newest: Vec<(i64, i64, i64, Option<String>)> = sqlx::query_as(
-        "SELECT token_id, first_id, last_id, ids FROM requests_by_token WHERE last_id > 7 ORDER BY token_id",
+        "SELECT token_id, first_id, last_id, ids FROM requests_by_token WHERE last_id > 9 ORDER BY token_id",
     )
     .fetch_all(pool)
     .await
     .unwrap();
-    assert_eq!(newest, [(1, 9, 9, None), (2, 8, 10, list("[0,2]"))]);
+    assert_eq!(newest, [(1, 11, 11, None), (2, 10, 12, None)]);
     let t2 = LogFilter { token_id: Some(2), ..LogFilter::default() };
-    assert_eq!(paged(&store, &t2, 2).await, [10, 8, 2, 5]);
+    assert_eq!(paged(&store, &t2, 2).await, [12, 10, 2, 9, 5]);
 }

@@ -8,8 +8,8 @@
 //! `started_at`, `ORDER BY started_at DESC, id DESC LIMIT n`.
 //!
 //! SQLite has no per-token index since migration 0015: a token's page is
-//! read through `requests_by_token`, its lists of ids batch by batch, newest
-//! first, until no older run can hold a row the page still needs
+//! read through `requests_by_token`, its ranges (or lists) of ids batch by
+//! batch, newest first, until no older run can hold a row the page still needs
 //! ([`Store::token_page_sqlite`]). PostgreSQL keeps the index.
 
 use super::row::Columns;
@@ -198,8 +198,8 @@ fn runs_page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (
     let rows = conditions(filter, cursor, "r.", false, &mut args);
     args.push(Arg::Int(i64::from(limit)));
     // CROSS JOIN: SQLite keeps the runs as the outer loop, then a run's
-    // range of the table's ids (its rows of other tokens skipped), or the
-    // ids it lists (migration 0016), each found by its rowid.
+    // range of the table's ids (others' rows skipped), or, for a sparse
+    // run, the ids it lists (migration 0016), each found by its rowid.
     let sql = format!(
         "SELECT r.* FROM requests_by_token AS b CROSS JOIN requests AS r
           WHERE b.token_id = $1 AND b.last_id BETWEEN $2 AND $3{skip} AND b.ids IS NULL

@@ -275,8 +275,9 @@ fn attempt_log(r: &RequestRecord) -> String {
 
 /// SQLite: appends `records` to the log in the order they came, and adds
 /// one row per token of the batch to `requests_by_token` (migrations 0015
-/// and 0016), listing the token's new ids, in place of a per-row index
-/// entry. Rows in arrival order append to the log's other indexes (on
+/// and 0016): the range of the token's new ids, and a list of them when
+/// other tokens' rows are most of that range ([`runs_of`]), in place of a
+/// per-row index entry. Rows in arrival order append to the log's other indexes (on
 /// `started_at`, `request_id`, `(key_id, started_at)`, `(model,
 /// started_at)`); sorted by token, as before 0016, they filled them out of
 /// order, which with a thousand tenants cost SQLite's thread about 2 µs a
@@ -372,10 +373,10 @@ async fn insert_log_sqlite(
 }
 
 /// One token's rows in one batch of the log, between ids `first_id` and
-/// `last_id`: every id between them, or (when others' rows lie between)
-/// those listed in `ids`, a JSON array of offsets from `first_id`,
-/// ascending (migration 0016). The earliest started at `oldest_ms` (Unix
-/// ms).
+/// `last_id`. `ids` lists them (a JSON array of offsets from `first_id`,
+/// ascending; migration 0016) when they are fewer than half the ids
+/// between; else it is `None` and the range is read, others' rows skipped.
+/// The earliest started at `oldest_ms` (Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Run {
     token_id: i64,
@@ -386,47 +387,38 @@ struct Run {
 }
 
 /// The runs of a batch's rows, given as (token, id, start) in id order:
-/// one per token, in token order (the map's key order). A run whose ids
-/// follow on without a gap lists none: with one busy token a batch's
-/// thousands of ids would make its row of the map tens of kilobytes.
+/// one per token, in token order (the map's key order). Only a sparse run
+/// lists its ids: with one busy token a batch's thousands of ids would make
+/// its row of the map tens of kilobytes, and reading a range at least half
+/// the token's skips at most as many rows as it keeps.
 fn runs_of(rows: impl Iterator<Item = (i64, i64, i64)>) -> Vec<Run> {
-    use std::fmt::Write;
     let mut at = rustc_hash::FxHashMap::<i64, usize>::default();
-    // Each run's ids as offsets, for runs that had a gap.
-    let mut runs: Vec<(Run, String)> = Vec::new();
+    // Each run with its ids as offsets.
+    let mut runs: Vec<(Run, Vec<i64>)> = Vec::new();
     for (token_id, id, started_at) in rows {
         match at.entry(token_id) {
             std::collections::hash_map::Entry::Occupied(e) => {
-                let (run, list) = &mut runs[*e.get()];
-                if list.is_empty() && id != run.last_id + 1 {
-                    // The first gap: list what came before it.
-                    list.push('[');
-                    for offset in 0..=run.last_id - run.first_id {
-                        let _ = write!(list, "{}{offset}", if offset == 0 { "" } else { "," });
-                    }
-                }
-                if !list.is_empty() {
-                    // Writing to a String cannot fail.
-                    let _ = write!(list, ",{}", id - run.first_id);
-                }
+                let (run, offsets) = &mut runs[*e.get()];
+                offsets.push(id - run.first_id);
                 run.last_id = id;
                 run.oldest_ms = run.oldest_ms.min(started_at);
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(runs.len());
                 let run = Run { token_id, first_id: id, last_id: id, oldest_ms: started_at, ids: None };
-                runs.push((run, String::new()));
+                runs.push((run, vec![0]));
             }
         }
     }
     let mut runs: Vec<Run> = runs
         .into_iter()
-        .map(|(run, mut list)| {
-            if list.is_empty() {
+        .map(|(run, offsets)| {
+            let span = run.last_id - run.first_id + 1;
+            if i64::try_from(offsets.len()).unwrap_or(i64::MAX).saturating_mul(2) >= span {
                 run
             } else {
-                list.push(']');
-                Run { ids: Some(list), ..run }
+                let list: Vec<String> = offsets.iter().map(i64::to_string).collect();
+                Run { ids: Some(format!("[{}]", list.join(","))), ..run }
             }
         })
         .collect();
@@ -706,11 +698,17 @@ mod tests {
             oldest_ms,
             ids: ids.map(str::to_owned),
         };
+        // Three of four ids, and one of one: ranges.
         assert_eq!(
             runs_of(rows.into_iter()),
-            [run(3, 13, 16, 300, Some("[0,2,3]")), run(7, 11, 14, 400, Some("[0,1,3]")), run(9, 17, 17, 1, None)]
+            [run(3, 13, 16, 300, None), run(7, 11, 14, 400, None), run(9, 17, 17, 1, None)]
         );
         // One token's batch: a range, no list.
         assert_eq!(runs_of((1..=5).map(|id| (4, id, id * 10))), [run(4, 1, 5, 10, None)]);
+        // Fewer than half: listed, every id including those before the first gap.
+        let sparse =
+            [(5, 1, 9), (5, 2, 8), (5, 3, 7), (6, 4, 1), (6, 5, 1), (6, 6, 1), (6, 7, 1), (6, 8, 1), (5, 9, 6)];
+        let (five, six) = (run(5, 1, 9, 6, Some("[0,1,2,8]")), run(6, 4, 8, 1, None));
+        assert_eq!(runs_of(sparse.into_iter()), [five, six]);
     }
 }
