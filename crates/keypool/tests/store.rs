@@ -437,6 +437,17 @@ async fn a_tokens_page_reaches_back_exactly_as_far_as_it_must(db: Scratch) {
 /// before they ended, and nothing written since), the next batch reuses
 /// those ids. The runs that named them are cut back or dropped, so the
 /// batch is written and each page holds exactly its rows.
+/// Each of `tokens`' pages, 1 and 5 rows at a time, holds what filtering
+/// `all` (the whole log) for it selects.
+async fn tokens_page_as_selected(store: &Store, all: &[LoggedRequest], tokens: &[i64]) {
+    for &token in tokens {
+        let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
+        for limit in [1, 5] {
+            assert_eq!(paged(store, &filter, limit).await, selected(all, &filter), "token {token}, {limit} a page");
+        }
+    }
+}
+
 /// The same for a run that lists its ids (others' rows between them,
 /// migration 0016): its ids past the largest left are cut from the list,
 /// so the row that later takes one of them is not found twice.
@@ -468,16 +479,7 @@ async fn pruning_the_newest_rows_cuts_a_runs_list_back(db: Scratch) {
     db.store.insert_requests(&[logged(t1, 2_000, 200, "m")]).await.unwrap();
     let all = whole_log(&db.store).await;
     assert_eq!(all.iter().map(|r| r.started_at).collect::<Vec<_>>(), [2_000, 1_503, 1_502, 1_501, 1_500]);
-    for token in [1, 2] {
-        let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
-        for limit in [1, 5] {
-            assert_eq!(
-                paged(&db.store, &filter, limit).await,
-                selected(&all, &filter),
-                "token {token}, {limit} a page"
-            );
-        }
-    }
+    tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
 }
 
 async fn pruning_the_newest_rows_leaves_no_run_naming_an_id_used_again(db: Scratch) {
@@ -489,16 +491,7 @@ async fn pruning_the_newest_rows_leaves_no_run_naming_an_id_used_again(db: Scrat
     db.store.insert_requests(&[logged(Some(1), 2_000, 200, "m"), logged(Some(2), 2_001, 200, "m")]).await.unwrap();
     let all = whole_log(&db.store).await;
     assert_eq!(all.iter().map(|r| r.started_at).collect::<Vec<_>>(), [2_001, 2_000, 1_500, 1_000]);
-    for token in [1, 2] {
-        let filter = LogFilter { token_id: Some(token), ..LogFilter::default() };
-        for limit in [1, 5] {
-            assert_eq!(
-                paged(&db.store, &filter, limit).await,
-                selected(&all, &filter),
-                "token {token}, {limit} a page"
-            );
-        }
-    }
+    tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
 }
 
 /// Pruning the oldest records drops the token's runs that hold nothing now
