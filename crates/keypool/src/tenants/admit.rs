@@ -371,6 +371,18 @@ impl Drop for Ticket {
 }
 
 impl Tenant {
+    /// One try at admitting `need` at `now`, the counters locked as `c`:
+    /// the day or budget period rolled over first if it ended.
+    fn try_now(&self, c: &mut Counters, settings: &TokenSettings, need: Need, now: Instant) -> Result<u64, Blocked> {
+        c.roll(settings, &self.tz, crate::store::now_unix());
+        c.try_admit(settings, need, now, crate::store::now_unix())
+    }
+
+    /// The hold of admission `seq`, reserving `need`.
+    fn ticket(self: &Arc<Self>, seq: u64, need: Need) -> Ticket {
+        Ticket { tenant: Arc::clone(self), seq, need, settled: false }
+    }
+
     /// Admits a request needing `need`, waiting (until `deadline`) while the
     /// token is at one of its own limits; a budget that cannot pay and a
     /// request larger than the TPM are refused at once, and so is a wait
@@ -388,9 +400,8 @@ impl Tenant {
         {
             let settings = self.settings();
             let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            c.roll(&settings, &self.tz, crate::store::now_unix());
-            match c.try_admit(&settings, need, Instant::now(), crate::store::now_unix()) {
-                Ok(seq) => return Ok(Ticket { tenant: Arc::clone(self), seq, need, settled: false }),
+            match self.try_now(&mut c, &settings, need, Instant::now()) {
+                Ok(seq) => return Ok(self.ticket(seq, need)),
                 Err(Blocked::Refused(r)) => return Err(r),
                 Err(Blocked::Wait { .. } | Blocked::Full) => {}
             }
@@ -404,8 +415,7 @@ impl Tenant {
             let now = Instant::now();
             let tried = {
                 let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-                c.roll(&settings, &self.tz, crate::store::now_unix());
-                let tried = c.try_admit(&settings, need, now, crate::store::now_unix());
+                let tried = self.try_now(&mut c, &settings, need, now);
                 if matches!(tried, Err(Blocked::Wait { .. })) && waiting.is_none() {
                     if c.waiting >= max_waiting {
                         Err(Blocked::Full)
@@ -419,7 +429,7 @@ impl Tenant {
                 }
             };
             match tried {
-                Ok(seq) => return Ok(Ticket { tenant: Arc::clone(self), seq, need, settled: false }),
+                Ok(seq) => return Ok(self.ticket(seq, need)),
                 Err(Blocked::Refused(r)) => return Err(r),
                 Err(Blocked::Full) => {
                     return Err(Refusal::RateLimited {
