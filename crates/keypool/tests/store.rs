@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::scratch::{both, Scratch};
 use keypool::config::Config;
+use keypool::records::rollup::Sums;
 use keypool::records::RequestRecord;
 use keypool::server::{generate_token, hash_token};
 use keypool::store::{
@@ -527,7 +528,7 @@ proptest! {
     #[test]
     fn a_tokens_pages_hold_what_the_filter_selects(
         batches in prop::collection::vec(
-            prop::collection::vec((0..4i64, 0..20i64, 0..3usize, 0..2usize), 0..10),
+            (prop::collection::vec((0..4i64, 0..20i64, 0..3usize, 0..2usize), 0..10), 0..4usize),
             1..9,
         ),
         queries in prop::collection::vec(
@@ -539,14 +540,22 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let db = Scratch::sqlite().await;
+            // Another process on the same file (or this one restarted).
+            let other = Store::connect(&db.url).await.unwrap();
             const STATUS: [u16; 3] = [200, 429, 500];
             const MODEL: [&str; 2] = ["a", "b"];
-            for (b, batch) in (0i64..).zip(&batches) {
+            for (b, (batch, how)) in (0i64..).zip(&batches) {
                 let records: Vec<RequestRecord> = batch
                     .iter()
                     .map(|&(t, at, s, m)| logged((t > 0).then_some(t), b * 5 + at, STATUS[s], MODEL[m]))
                     .collect();
-                db.store.insert_requests(&records).await.unwrap();
+                // Mapped with the batch (statistics written with it), or left
+                // in the log's tail, by either store.
+                let store = if how % 2 == 0 { &db.store } else { &other };
+                match how / 2 {
+                    0 => store.insert_requests(&records).await.unwrap(),
+                    _ => store.write_batch(&records, true, &Sums::default()).await.unwrap(),
+                }
                 let all = whole_log(&db.store).await;
                 for &(token, limit, from, to, status, model) in &queries {
                     let filter = LogFilter {
@@ -563,6 +572,100 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// The map's mark and its runs as (token, first id, last id, ids).
+async fn map_of(pool: &sqlx::SqlitePool) -> (i64, Vec<(i64, i64, i64, Option<String>)>) {
+    let mark = sqlx::query_scalar("SELECT last_id FROM requests_by_token_mark").fetch_one(pool).await.unwrap();
+    let runs =
+        sqlx::query_as("SELECT token_id, first_id, last_id, ids FROM requests_by_token ORDER BY last_id, token_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    (mark, runs)
+}
+
+/// SQLite maps the log by token with the statistics (migration 0017), not
+/// with every batch: rows written without them stay in the log's tail,
+/// past the mark, where a token's pages find them; the next write with
+/// statistics maps them all at once, one run per token. Another store on
+/// the file (another process, or this one restarted) knows none of the
+/// first's unmapped rows and reads them back from the log.
+#[tokio::test]
+async fn rows_not_mapped_yet_are_paged_from_the_tail_and_mapped_with_the_statistics() {
+    let db = Scratch::sqlite().await;
+    let pool = db.store.sqlite_pool().unwrap();
+    let later = Sums::default();
+    db.store.insert_requests(&[logged(Some(1), 100, 200, "m")]).await.unwrap();
+    assert_eq!(map_of(pool).await, (1, vec![(1, 1, 1, None)]));
+    // Two batches without statistics: the map and its mark stay.
+    db.store
+        .write_batch(&[logged(Some(1), 200, 200, "m"), logged(Some(2), 210, 200, "m")], true, &later)
+        .await
+        .unwrap();
+    let batch = [logged(None, 300, 200, "m"), logged(Some(1), 305, 200, "m"), logged(None, 306, 200, "m")];
+    db.store.write_batch(&[&batch[..], &[logged(Some(2), 310, 200, "m")]].concat(), true, &later).await.unwrap();
+    assert_eq!(map_of(pool).await, (1, vec![(1, 1, 1, None)]));
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.len(), 7);
+    tokens_page_as_selected(&db.store, &all, &[1, 2, 3]).await;
+    // Statistics alone (no record): the rows of both batches, one run a token.
+    let mut sums = Sums::of(&[logged(Some(1), 400, 200, "m")], &keypool::records::rollup::Buckets::utc());
+    db.store.write_batch(&[], false, &sums).await.unwrap();
+    // Token 2's two rows of five ids are listed; token 1's two of four are a range.
+    assert_eq!(map_of(pool).await, (7, vec![(1, 1, 1, None), (1, 2, 5, None), (2, 3, 7, Some("[0,4]".into()))]));
+    tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
+
+    // Another store writes a row and leaves it unmapped, then the first
+    // store a row: the first store's next mapping reads them back, with its
+    // own batch (its memory lacks the other's row).
+    let other = Store::connect(&db.url).await.unwrap();
+    other.write_batch(&[logged(Some(3), 500, 200, "m")], true, &later).await.unwrap();
+    db.store.write_batch(&[logged(Some(3), 510, 200, "m")], true, &later).await.unwrap();
+    let all = whole_log(&db.store).await;
+    tokens_page_as_selected(&db.store, &all, &[1, 2, 3]).await;
+    sums.add(&Sums::of(&[logged(Some(3), 530, 200, "m")], &keypool::records::rollup::Buckets::utc()));
+    db.store.write_batch(&[logged(Some(3), 530, 200, "m")], true, &sums).await.unwrap();
+    let (mark, runs) = map_of(pool).await;
+    assert_eq!((mark, &runs[3..]), (10, &[(3, 8, 10, None)][..]));
+    // And the other store, whose row the first mapped, maps only what came after.
+    other.write_batch(&[logged(Some(1), 520, 200, "m")], true, &later).await.unwrap();
+    other.insert_requests(&[logged(Some(2), 600, 200, "m")]).await.unwrap();
+    assert_eq!(map_of(pool).await, (12, [&runs[..], &[(1, 11, 11, None), (2, 12, 12, None)]].concat()));
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.len(), 12);
+    tokens_page_as_selected(&db.store, &all, &[1, 2, 3]).await;
+}
+
+/// Retention deleting the newest rows while some are not mapped yet: the
+/// mark goes back with them, and the rows that take their ids again are
+/// mapped once, as theirs.
+#[tokio::test]
+async fn pruning_rows_not_mapped_yet_takes_the_mark_back() {
+    let db = Scratch::sqlite().await;
+    let pool = db.store.sqlite_pool().unwrap();
+    let later = Sums::default();
+    db.store.insert_requests(&[logged(Some(1), 1_000, 200, "m")]).await.unwrap();
+    db.store
+        .write_batch(&[logged(Some(1), 1_500, 200, "m"), logged(Some(2), 10, 200, "m")], true, &later)
+        .await
+        .unwrap();
+    db.store.write_batch(&[logged(Some(2), 20, 200, "m")], true, &later).await.unwrap();
+    assert_eq!(db.store.prune_requests(500, 1_000).await.unwrap(), 2);
+    assert_eq!(map_of(pool).await.0, 1, "no row past the mark is mapped yet, and 3 and 4 are gone");
+    db.store
+        .write_batch(&[logged(Some(1), 2_000, 200, "m"), logged(Some(2), 2_001, 200, "m")], true, &later)
+        .await
+        .unwrap();
+    let all = whole_log(&db.store).await;
+    assert_eq!(all.iter().map(|r| r.started_at).collect::<Vec<_>>(), [2_001, 2_000, 1_500, 1_000]);
+    tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
+    db.store.insert_requests(&[logged(Some(2), 2_002, 200, "m")]).await.unwrap();
+    let (mark, runs) = map_of(pool).await;
+    assert_eq!(mark, 5);
+    assert_eq!(runs, [(1, 1, 1, None), (1, 2, 3, None), (2, 4, 5, None)]);
+    let all = whole_log(&db.store).await;
+    tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
 }
 
 /// A SQLite database at `url` migrated up to (not including) `version`,

@@ -35,9 +35,9 @@ const PARAMETERS: usize = 60_000;
 /// Tables other tables refer to by foreign key: copied before the rest.
 const PARENTS: [&str; 2] = ["keys", "tokens"];
 /// Tables never copied: the migrations' own bookkeeping is the target's,
-/// and SQLite's map of the log by token (migration 0015) is SQLite's own:
+/// and SQLite's map of the log by token (migrations 0015, 0017) is SQLite's own:
 /// PostgreSQL indexes the log by token instead.
-const SKIPPED: [&str; 2] = ["_sqlx_migrations", "requests_by_token"];
+const SKIPPED: [&str; 3] = ["_sqlx_migrations", "requests_by_token", "requests_by_token_mark"];
 
 pub async fn run(cmd: &DbCommand, source_url: &str) -> anyhow::Result<()> {
     let DbCommand::Migrate { to } = cmd;

@@ -8,9 +8,10 @@
 //! `started_at`, `ORDER BY started_at DESC, id DESC LIMIT n`.
 //!
 //! SQLite has no per-token index since migration 0015: a token's page is
-//! read through `requests_by_token`, its ranges (or lists) of ids batch by
-//! batch, newest first, until no older run can hold a row the page still needs
-//! ([`Store::token_page_sqlite`]). PostgreSQL keeps the index.
+//! read from the log's tail not mapped yet (migration 0017), then through
+//! `requests_by_token`, its ranges (or lists) of ids mapping by mapping,
+//! newest first, until no older run can hold a row the page still needs
+//! ([`token_page_sqlite`]). PostgreSQL keeps the index.
 
 use super::row::Columns;
 use super::{on_pool, Db, Store, StoreError};
@@ -214,6 +215,22 @@ fn runs_page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (
     (sql, args)
 }
 
+/// The query for a token's rows (`$1`) after the map's mark (`$2`), with
+/// `filter`'s other conditions and `cursor`'s. `NOT INDEXED`: the rows are
+/// found by their ids' range (at most a few seconds of the log), never by
+/// walking an index on `started_at` back through the whole log.
+fn tail_page_sql(filter: &LogFilter, cursor: Option<LogCursor>, limit: u32) -> (String, Vec<Arg>) {
+    let mut args = vec![Arg::Int(0), Arg::Int(0)];
+    let rows = conditions(filter, cursor, "r.", false, &mut args);
+    args.push(Arg::Int(i64::from(limit)));
+    let sql = format!(
+        "SELECT r.* FROM requests AS r NOT INDEXED WHERE r.id > $2 AND r.token_id = $1{rows}
+          ORDER BY started_at DESC, id DESC LIMIT ${}",
+        args.len()
+    );
+    (sql, args)
+}
+
 /// Binds `args` in order.
 fn bind_all<'q, DB: sqlx::Database>(
     mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
@@ -238,9 +255,11 @@ fn newer(a: &LoggedRequest, b: &LoggedRequest) -> bool {
 }
 
 /// SQLite: [`Store::request_page`] for one token, through
-/// `requests_by_token` (migration 0015). Reads the token's runs newest
+/// `requests_by_token` (migration 0015). Reads the token's rows after the
+/// map's mark (migration 0017) from the log's tail, then its runs newest
 /// first, a chunk at a time ([`RUNS_AT_ONCE`]), each chunk's rows in one query, and
-/// keeps the best `limit` rows. A run's `bound_ms` bounds the start of every
+/// keeps the best `limit` rows, all in one read transaction (the mark and
+/// the map as of one moment). A run's `bound_ms` bounds the start of every
 /// row of the token in it and in every older run, so the search ends at the
 /// first run whose bound is below the page's oldest row once the page is
 /// full (or below `from_ms`): nothing further back can enter the page.
@@ -257,9 +276,17 @@ async fn token_page_sqlite(
     if wanted == 0 {
         return Ok(page);
     }
-    let mut conn = pool.acquire().await?;
-    // Only runs with a smaller last_id than this are left to read.
-    let mut below = i64::MAX;
+    let mut conn = pool.begin().await?;
+    let mark: Option<i64> =
+        sqlx::query_scalar("SELECT last_id FROM requests_by_token_mark").fetch_optional(&mut *conn).await?;
+    let mark = mark.unwrap_or(0);
+    let (tail_sql, mut tail_args) = tail_page_sql(filter, cursor, limit);
+    (tail_args[0], tail_args[1]) = (Arg::Int(token), Arg::Int(mark));
+    let rows = bind_all(sqlx::query(&tail_sql), &tail_args).fetch_all(&mut *conn).await?;
+    page = rows.iter().map(LoggedRequest::from_row).collect::<Result<Vec<_>, _>>()?;
+    // Only runs with a smaller last_id than this are left to read: the map
+    // holds no row past the mark.
+    let mut below = mark.saturating_add(1);
     let mut chunk: u16 = 2;
     loop {
         // Runs whose rows all started at or after the page's upper end
@@ -302,6 +329,7 @@ async fn token_page_sqlite(
         }
         chunk = chunk.saturating_mul(2).min(RUNS_AT_ONCE);
     }
+    conn.commit().await?;
     Ok(page)
 }
 

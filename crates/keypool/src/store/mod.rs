@@ -166,6 +166,10 @@ pub struct Store {
     /// PostgreSQL and an in-memory SQLite database (no file to read back).
     /// Opened at its first use, so a CLI command that only reads opens none.
     writes: Option<SqlitePool>,
+    /// SQLite: the log's rows written since its map by token was last
+    /// brought up to date ([`requests::Unmapped`]); held for the whole of
+    /// each write and prune, which SQLite runs one at a time anyway.
+    unmapped: std::sync::Arc<tokio::sync::Mutex<requests::Unmapped>>,
 }
 
 /// The pool the URL chose.
@@ -310,7 +314,7 @@ impl Store {
             .await
             .map_err(|e| failed(&e))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| failed(&e))?;
-        Ok(Store { db: Db::Postgres(pool), keyring: None, writes: None })
+        Ok(Store { db: Db::Postgres(pool), keyring: None, writes: None, unmapped: Default::default() })
     }
 
     async fn open_sqlite(url: &str, create: Create) -> Result<Store, StoreError> {
@@ -365,7 +369,7 @@ impl Store {
             // an hour costs nothing that matters.
             writes = Some(SqlitePoolOptions::new().max_connections(1).connect_lazy_with(options));
         }
-        Ok(Store { db: Db::Sqlite(pool), keyring: None, writes })
+        Ok(Store { db: Db::Sqlite(pool), keyring: None, writes, unmapped: Default::default() })
     }
 
     /// Gives up to `pages` free pages back to the file system (SQLite, in

@@ -273,25 +273,66 @@ fn attempt_log(r: &RequestRecord) -> String {
     serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into())
 }
 
-/// SQLite: appends `records` to the log in the order they came, and adds
-/// one row per token of the batch to `requests_by_token` (migrations 0015
-/// and 0016): the range of the token's new ids, and a list of them when
-/// other tokens' rows are most of that range ([`runs_of`]), in place of a
-/// per-row index entry. Rows in arrival order append to the log's other indexes (on
-/// `started_at`, `request_id`, `(key_id, started_at)`, `(model,
-/// started_at)`); sorted by token, as before 0016, they filled them out of
-/// order, which with a thousand tenants cost SQLite's thread about 2 µs a
-/// record more (docs/benchmarks.md, issue 17).
+/// What a batch added to the log (SQLite): its rows with a token, as
+/// (token, id, start), in id order.
+#[derive(Debug)]
+struct Written {
+    /// The log's largest id before the batch (0 when empty).
+    base: i64,
+    /// The batch's largest id.
+    last: i64,
+    /// Whether the batch's ids were `base + 1 ..= last` (SQLite gives a new
+    /// row the largest id plus one, until that would pass the largest
+    /// integer).
+    follows: bool,
+    rows: Vec<(i64, i64, i64)>,
+}
+
+/// SQLite: the rows of the log after the map's mark (migration 0017) that
+/// this process wrote, kept so the map is brought up to date without
+/// reading them back. `rows` are the rows with a token and an id in
+/// `(from, to]`, as (token, id, start) in id order. They are used only
+/// while `from` is still the mark and `to` the log's largest id (no other
+/// process wrote, mapped or pruned meanwhile); otherwise the rows after the
+/// mark are read back from the log ([`map_sqlite`]). `from` is `None`
+/// until the first mapping of this process.
+#[derive(Debug, Default)]
+pub(super) struct Unmapped {
+    from: Option<i64>,
+    to: i64,
+    rows: Vec<(i64, i64, i64)>,
+}
+
+impl Unmapped {
+    /// After a transaction committed: mapped up to `mark`, or `written`
+    /// left unmapped.
+    fn committed(&mut self, mark: Option<i64>, written: Option<Written>) {
+        if let Some(mark) = mark {
+            *self = Unmapped { from: Some(mark), to: mark, rows: Vec::new() };
+        } else if let Some(w) = written {
+            if self.from.is_some() && w.follows && w.base == self.to {
+                self.rows.extend(w.rows);
+            } else {
+                *self = Unmapped::default();
+            }
+            self.to = w.last;
+        }
+    }
+}
+
+/// SQLite: appends `records` to the log in the order they came; returns
+/// what [`map_sqlite`] needs to map them. Rows in arrival order append to
+/// the log's indexes (on `started_at`, `request_id`, `(key_id,
+/// started_at)`, `(model, started_at)`); sorted by token, as before
+/// migration 0016, they filled them out of order, which with a thousand
+/// tenants cost SQLite's thread about 2 µs a record more
+/// (docs/benchmarks.md, issue 17).
 async fn insert_log_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     records: &[RequestRecord],
-) -> Result<(), StoreError> {
-    // Each a lookup at the edge of its B-tree (SQLite's min/max
-    // optimisation), not a scan.
-    let (max_id, max_started): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT (SELECT MAX(id) FROM requests), (SELECT MAX(started_at) FROM requests)")
-            .fetch_one(&mut **tx)
-            .await?;
+) -> Result<Written, StoreError> {
+    // A lookup at the edge of the B-tree (SQLite's min/max optimisation), not a scan.
+    let max_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM requests").fetch_one(&mut **tx).await?;
     let mut rest = records;
     let mut last_id = None;
     for (rows, sql) in sqlite_inserts() {
@@ -334,23 +375,63 @@ async fn insert_log_sqlite(
         }
     }
     let base = max_id.unwrap_or(0);
-    // SQLite gives a new row the largest id plus one, so the batch's rows
-    // are base + 1, base + 2, … in the order written; read the rows back
-    // only if that ever did not hold (the largest id was taken, say).
-    let runs = if base.checked_add(i64_of(records.len() as u64)) == last_id {
-        runs_of((base + 1..).zip(records).filter_map(|(id, r)| Some((r.token_id?, id, r.started_at))))
+    // The batch's rows are base + 1, base + 2, … in the order written; read
+    // them back only if that ever did not hold.
+    if let Some(last) = last_id.filter(|&last| base.checked_add(i64_of(records.len() as u64)) == Some(last)) {
+        let rows = (base + 1..).zip(records).filter_map(|(id, r)| Some((r.token_id?, id, r.started_at))).collect();
+        return Ok(Written { base, last, follows: true, rows });
+    }
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT token_id, id, started_at FROM requests WHERE id > $1 AND token_id IS NOT NULL ORDER BY id",
+    )
+    .bind(base)
+    .fetch_all(&mut **tx)
+    .await?;
+    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM requests").fetch_one(&mut **tx).await?;
+    Ok(Written { base, last: last.unwrap_or(base), follows: false, rows })
+}
+
+/// SQLite: brings `requests_by_token` (migrations 0015 to 0017) up to the
+/// log's largest id, in the caller's transaction, and returns that id (the
+/// new mark). One row per token for all the rows after the mark: the range
+/// of the token's ids, and a list of them when other tokens' rows are most
+/// of that range ([`runs_of`]). The rows come from `unmapped` and `written`
+/// (this batch, if any) when they are all the rows after the mark, else
+/// they are read back from the log (after a restart, another process's
+/// write, or a prune of the newest rows).
+async fn map_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    unmapped: &Unmapped,
+    written: Option<&Written>,
+) -> Result<i64, StoreError> {
+    // Each a lookup at the edge of its B-tree, not a scan.
+    let (mark, top, max_started): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT last_id FROM requests_by_token_mark), (SELECT MAX(id) FROM requests),
+                (SELECT MAX(started_at) FROM requests)",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let (mark, top) = (mark.unwrap_or(0), top.unwrap_or(0));
+    let known = unmapped.from == Some(mark)
+        && match written {
+            Some(w) => w.follows && w.base == unmapped.to,
+            None => unmapped.to == top,
+        };
+    let runs = if known {
+        let batch = written.map_or(&[][..], |w| w.rows.as_slice());
+        runs_of(unmapped.rows.iter().chain(batch).copied())
     } else {
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT token_id, id, started_at FROM requests WHERE id > $1 AND token_id IS NOT NULL ORDER BY id",
         )
-        .bind(base)
+        .bind(mark)
         .fetch_all(&mut **tx)
         .await?;
         runs_of(rows.into_iter())
     };
-    // The largest start of any row up to this batch's: rows end, and are
+    // The largest start of any row up to the runs' ids: rows end, and are
     // written, in another order than they start.
-    let bound = records.iter().map(|r| r.started_at).chain(max_started).max().unwrap_or(0);
+    let bound = max_started.unwrap_or(0);
     let mut rest = runs.as_slice();
     for (rows, sql) in sqlite_run_inserts() {
         while rest.len() >= *rows {
@@ -369,10 +450,14 @@ async fn insert_log_sqlite(
             rest = tail;
         }
     }
-    Ok(())
+    sqlx::query("INSERT OR REPLACE INTO requests_by_token_mark (only, last_id) VALUES (1, $1)")
+        .bind(top)
+        .execute(&mut **tx)
+        .await?;
+    Ok(top)
 }
 
-/// One token's rows in one batch of the log, between ids `first_id` and
+/// One token's rows in one mapping of the log, between ids `first_id` and
 /// `last_id`. `ids` lists them (a JSON array of offsets from `first_id`,
 /// ascending; migration 0016) when they are fewer than half the ids
 /// between; else it is `None` and the range is read, others' rows skipped.
@@ -386,7 +471,7 @@ struct Run {
     ids: Option<String>,
 }
 
-/// The runs of a batch's rows, given as (token, id, start) in id order:
+/// The runs of the rows mapped at once, given as (token, id, start) in id order:
 /// one per token, in token order (the map's key order). Only a sparse run
 /// lists its ids: with one busy token a batch's thousands of ids would make
 /// its row of the map tens of kilobytes, and reading a range at least half
@@ -490,6 +575,11 @@ impl Store {
     /// earlier ones: [`Sums`]). All of it or none is written, so the key
     /// totals always agree with the log, after a crash too; the token
     /// totals and rollups agree once the caller's sums are written.
+    ///
+    /// On SQLite, the map of the log by token is brought up to date with
+    /// the statistics, when `sums` holds some ([`map_sqlite`]): the writer
+    /// sums them for a second, or 5 s with many tokens, and a token's page
+    /// reads the rows not yet mapped from the log's tail.
     pub async fn write_batch(&self, records: &[RequestRecord], log: bool, sums: &Sums) -> Result<(), StoreError> {
         if records.is_empty() && sums.is_empty() {
             return Ok(());
@@ -503,10 +593,16 @@ impl Store {
                 // reads first, as the log's insert does, and writes once
                 // another connection has committed fails at once instead
                 // (SQLITE_BUSY_SNAPSHOT, which no timeout retries).
+                let mut unmapped = self.unmapped.lock().await;
                 let mut tx = self.sqlite_writes(all).begin_with("BEGIN IMMEDIATE").await?;
-                if log && !records.is_empty() {
-                    insert_log_sqlite(&mut tx, records).await?;
-                }
+                let written = match log && !records.is_empty() {
+                    true => Some(insert_log_sqlite(&mut tx, records).await?),
+                    false => None,
+                };
+                let mark = match sums.is_empty() {
+                    true => None,
+                    false => Some(map_sqlite(&mut tx, &unmapped, written.as_ref()).await?),
+                };
                 add_usage_sqlite(&mut tx, Totals::Keys, &keys).await?;
                 add_usage_sqlite(&mut tx, Totals::Tokens, tokens).await?;
                 super::rollups::add_sqlite(&mut tx, rollups).await?;
@@ -514,6 +610,7 @@ impl Store {
                     sqlx::query(INSERT_OBJECT).bind(id).bind(key_id).bind(at).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
+                unmapped.committed(mark, written);
             }
             // One statement for any batch: each column bound as one array
             // and unnested, so PostgreSQL parses and plans it once per
@@ -629,12 +726,13 @@ impl Store {
     /// `before` (Unix ms); returns how many. The oldest first, through the
     /// `started_at` index, so each call is a short transaction.
     ///
-    /// On SQLite it also keeps `requests_by_token` (migrations 0015, 0016) true to
+    /// On SQLite it also keeps `requests_by_token` (migrations 0015 to 0017) true to
     /// the log, in the same transaction. The call that deletes fewer than
     /// `limit` (the last of a pass) drops the runs older than every row
     /// left: one scan of the map a pass, not one a call. And when the rows
     /// with the largest ids go (the log idle past its retention), the runs
-    /// that named them are cut back to the largest id left, or dropped:
+    /// that named them are cut back to the largest id left, or dropped, and
+    /// so is the map's mark:
     /// SQLite gives the next row the largest id left plus one, and no run
     /// may name an id that a later batch will use again.
     pub async fn prune_requests(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
@@ -648,6 +746,7 @@ impl Store {
             Db::Sqlite(pool) => pool,
         };
         let largest = "SELECT MAX(id) FROM requests";
+        let mut unmapped = self.unmapped.lock().await;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let had: Option<i64> = sqlx::query_scalar(largest).fetch_one(&mut *tx).await?;
         let deleted = sqlx::query(DELETE).bind(before).bind(i64::from(limit)).execute(&mut *tx).await?.rows_affected();
@@ -668,6 +767,11 @@ impl Store {
             .bind(top)
             .execute(&mut *tx)
             .await?;
+            // The rows not mapped yet past it are gone too.
+            sqlx::query("UPDATE requests_by_token_mark SET last_id = MIN(last_id, $1)")
+                .bind(top)
+                .execute(&mut *tx)
+                .await?;
         }
         if deleted < u64::from(limit) {
             // A run that reaches a surviving row stays whole: the page
@@ -680,6 +784,10 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        if has < had {
+            // The ids past the largest left will be given again.
+            *unmapped = Unmapped::default();
+        }
         Ok(deleted)
     }
 }
