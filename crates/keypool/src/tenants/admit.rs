@@ -59,26 +59,31 @@ enum Blocked {
     Full,
 }
 
-/// A tenant's counters (see the module's comment).
+/// A tenant's counters (see the module's comment). `repr(C)`: the fields
+/// every admission and settle writes first, then those they read (see
+/// [`Tenant`]'s layout).
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Counters {
     /// Admissions of the last minute, oldest first: (when, sequence, tokens).
     minute: VecDeque<(Instant, u64, u64)>,
     minute_tokens: u64,
+    next_seq: u64,
+    inflight: u64,
+    reserved: u64,
+    spent: u64,
+    day_requests: u64,
     /// When admissions that left the minute were last dropped.
     pruned_at: Option<Instant>,
-    next_seq: u64,
-    /// The calendar day under way, [start, end) in Unix seconds, and its requests.
+    /// The calendar day under way, [start, end) in Unix seconds.
     day: (i64, i64),
-    day_requests: u64,
-    inflight: u64,
-    /// Requests waiting for room under this token's limits.
-    waiting: usize,
     /// The budget period under way, [start, end) in Unix seconds.
     period: (i64, i64),
+    /// Requests waiting for room under this token's limits (32 bits: with
+    /// `period_kind`, one word, so the counters end in the tenant's third
+    /// cache line).
+    waiting: u32,
     period_kind: BudgetPeriod,
-    spent: u64,
-    reserved: u64,
 }
 
 /// The [start, end) of the `period` holding `now` (Unix seconds) in `tz`;
@@ -417,7 +422,7 @@ impl Tenant {
                 let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
                 let tried = self.try_now(&mut c, &settings, need, now);
                 if matches!(tried, Err(Blocked::Wait { .. })) && waiting.is_none() {
-                    if c.waiting >= max_waiting {
+                    if usize::try_from(c.waiting).unwrap_or(usize::MAX) >= max_waiting || c.waiting == u32::MAX {
                         Err(Blocked::Full)
                     } else {
                         c.waiting += 1;
@@ -471,6 +476,20 @@ mod tests {
 
     fn tenant(s: TokenSettings) -> Arc<Tenant> {
         Arc::new(Tenant::new(1, "t", s, jiff::tz::TimeZone::UTC, 0))
+    }
+
+    /// What a request reads and writes of its tenant (the `Arc`'s counts,
+    /// the id, the settings' lock, the counters) lies in its first three
+    /// cache lines, before the fields read off the request path.
+    #[test]
+    fn a_tenants_hot_fields_come_first_in_three_cache_lines() {
+        const ARC_COUNTS: usize = 16;
+        let hot_end =
+            ARC_COUNTS + std::mem::offset_of!(Tenant, counters) + std::mem::size_of::<std::sync::Mutex<Counters>>();
+        assert_eq!(std::mem::offset_of!(Tenant, id), 0);
+        assert!(std::mem::offset_of!(Tenant, settings) < std::mem::offset_of!(Tenant, counters));
+        assert!(std::mem::offset_of!(Tenant, counters) < std::mem::offset_of!(Tenant, name));
+        assert!(hot_end <= 3 * 64, "the hot fields end at byte {hot_end}");
     }
 
     fn need(tokens: u64, cost_micros: u64) -> Need {

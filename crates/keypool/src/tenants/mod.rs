@@ -23,14 +23,22 @@ use tokio::sync::Notify;
 
 /// One live gateway token: its id (the `tokens` table's), name, settings
 /// and counters.
+///
+/// `repr(C)`, in this order: what every request reads or writes (the id,
+/// the settings' lock, the counters) comes first, right after the `Arc`'s
+/// counts, so a request touches the fewest cache lines of a tenant not
+/// used for a while; with a thousand tenants each line is a miss
+/// (docs/benchmarks.md, issue 17). The rest is read off the request path,
+/// or when a request waits.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Tenant {
     id: i64,
-    name: RwLock<Arc<str>>,
     settings: RwLock<Arc<TokenSettings>>,
+    counters: Mutex<admit::Counters>,
+    name: RwLock<Arc<str>>,
     /// Where days and months begin (`time_zone`).
     tz: jiff::tz::TimeZone,
-    counters: Mutex<admit::Counters>,
     /// Told when a request of this token ends (room may have come back).
     room: Notify,
 }
