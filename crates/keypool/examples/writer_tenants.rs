@@ -22,7 +22,7 @@
 
 use std::time::Instant;
 
-use keypool::records::rollup::{Buckets, Sums};
+use keypool::records::rollup::{Buckets, MinuteSums, Sums};
 use keypool::records::{Attempt, Counted, RequestRecord};
 use keypool::store::{NewKey, Store};
 
@@ -103,24 +103,25 @@ async fn main() {
         i += batch;
     }
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let mut pending = Sums::default();
+    // Summed per minute as the writer does, spread when written.
+    let mut pending = MinuteSums::default();
     let mut written = 0u64;
     for second in 0..seconds {
         for b in 0..per_second {
             let at = START_MS + (second * 1000 + b * 1000 / per_second) as i64;
             let records: Vec<RequestRecord> = (i..i + batch).map(|j| record(j, at, tokens)).collect();
             i += batch;
-            pending.add(&Sums::of(&records, &buckets));
+            pending.add(MinuteSums::of(&records));
             // The statistics and token totals go with the second's last batch.
             let due = b + 1 == per_second && (second + 1) % stats_every == 0;
-            let sums = if due && !no_sums { std::mem::take(&mut pending) } else { Sums::default() };
+            let sums = if due && !no_sums { std::mem::take(&mut pending).spread(&buckets) } else { Sums::default() };
             store.write_batch(&records, log, &sums).await.unwrap();
             written += batch;
         }
     }
     // What is still summed (SECONDS not a multiple of STATS_EVERY) counts too.
     if !no_sums && !pending.is_empty() {
-        store.write_batch(&[], false, &pending).await.unwrap();
+        store.write_batch(&[], false, &pending.spread(&buckets)).await.unwrap();
     }
     let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64());
     println!(

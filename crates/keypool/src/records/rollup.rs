@@ -344,12 +344,29 @@ enum Who<'a> {
     Nobody,
 }
 
-impl Who<'_> {
-    fn subject(self) -> String {
+/// [`Who`], owned: kept from one batch to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Subject {
+    Id(i64),
+    Name(Box<str>),
+    Nobody,
+}
+
+impl Subject {
+    fn of(who: Who<'_>) -> Subject {
+        match who {
+            Who::Id(id) => Subject::Id(id),
+            Who::Name(name) => Subject::Name(name.into()),
+            Who::Nobody => Subject::Nobody,
+        }
+    }
+
+    /// As stored in `rollups.subject`.
+    fn text(&self) -> String {
         match self {
-            Who::Id(id) => id.to_string(),
-            Who::Name(name) => name.to_owned(),
-            Who::Nobody => String::new(),
+            Subject::Id(id) => id.to_string(),
+            Subject::Name(name) => name.to_string(),
+            Subject::Nobody => String::new(),
         }
     }
 }
@@ -373,7 +390,7 @@ pub struct Sums {
 impl Sums {
     /// What `records` add (their rollups in `buckets`' days, their tokens' totals).
     pub fn of(records: &[RequestRecord], buckets: &Buckets) -> Sums {
-        Sums { rollups: rollups(records, buckets), tokens: token_totals(records) }
+        MinuteSums::of(records).spread(buckets)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -391,15 +408,82 @@ impl Sums {
             self.rollups.entry(k.clone()).or_default().add(r);
         }
         for (id, d) in &other.tokens {
-            let t = self.tokens.entry(*id).or_default();
-            t.requests = t.requests.saturating_add(d.requests);
-            t.successes = t.successes.saturating_add(d.successes);
-            t.failures = t.failures.saturating_add(d.failures);
-            t.prompt_tokens = t.prompt_tokens.saturating_add(d.prompt_tokens);
-            t.completion_tokens = t.completion_tokens.saturating_add(d.completion_tokens);
-            t.spent_micros = t.spent_micros.saturating_add(d.spent_micros);
-            t.last_used_at = t.last_used_at.max(d.last_used_at);
+            add_usage(self.tokens.entry(*id).or_default(), d);
         }
+    }
+}
+
+/// Adds `d` to the token totals `t` (saturating).
+fn add_usage(t: &mut TokenUsage, d: &TokenUsage) {
+    t.requests = t.requests.saturating_add(d.requests);
+    t.successes = t.successes.saturating_add(d.successes);
+    t.failures = t.failures.saturating_add(d.failures);
+    t.prompt_tokens = t.prompt_tokens.saturating_add(d.prompt_tokens);
+    t.completion_tokens = t.completion_tokens.saturating_add(d.completion_tokens);
+    t.spent_micros = t.spent_micros.saturating_add(d.spent_micros);
+    t.last_used_at = t.last_used_at.max(d.last_used_at);
+}
+
+/// [`Sums`] as the record writer keeps them between writes: the rollups
+/// per minute, not yet spread to their hours and days, keyed by ids rather
+/// than text. The writer adds each batch's and spreads them only when it
+/// writes them ([`MinuteSums::spread`]): with a thousand tenants, spreading
+/// every batch made and compared three thousand rows of text keys a batch,
+/// a second of the writer's CPU every 5 s at 7,000 requests a second
+/// (docs/benchmarks.md, issue 17).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MinuteSums {
+    minutes: rustc_hash::FxHashMap<(Dimension, Subject, i64), Rollup>,
+    /// By token id.
+    pub tokens: BTreeMap<i64, TokenUsage>,
+}
+
+impl MinuteSums {
+    /// What `records` add (their rollups per minute, their tokens' totals).
+    pub fn of(records: &[RequestRecord]) -> MinuteSums {
+        let minutes = minutes_of(records).into_iter().map(|((d, who, m), r)| ((d, Subject::of(who), m), r)).collect();
+        MinuteSums { minutes, tokens: token_totals(records) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.minutes.is_empty() && self.tokens.is_empty()
+    }
+
+    /// Rows the store writes for them, at most: each minute's row in its
+    /// minute, hour and day (fewer when minutes share an hour), and the
+    /// token totals.
+    pub fn rows(&self) -> usize {
+        self.minutes.len() * Span::ALL.len() + self.tokens.len()
+    }
+
+    /// Adds `other` to these sums.
+    pub fn add(&mut self, other: MinuteSums) {
+        for (k, r) in other.minutes {
+            self.minutes.entry(k).or_default().add(&r);
+        }
+        for (id, d) in &other.tokens {
+            add_usage(self.tokens.entry(*id).or_default(), d);
+        }
+    }
+
+    /// The rows to write: each minute's figures added to its minute, its
+    /// hour and its day in `buckets`' time zone (a zone's offset is whole
+    /// minutes, so a minute lies in one hour and one day).
+    pub fn spread(&self, buckets: &Buckets) -> Sums {
+        let mut rollups = BTreeMap::<RollupKey, Rollup>::new();
+        for ((dimension, who, minute), figures) in &self.minutes {
+            let subject = who.text();
+            for span in Span::ALL {
+                let key = RollupKey {
+                    dimension: *dimension,
+                    span,
+                    bucket: buckets.start(span, *minute),
+                    subject: subject.clone(),
+                };
+                rollups.entry(key).or_default().add(figures);
+            }
+        }
+        Sums { rollups, tokens: self.tokens.clone() }
     }
 }
 
@@ -430,11 +514,15 @@ pub fn token_totals(records: &[RequestRecord]) -> BTreeMap<i64, TokenUsage> {
 /// counts for its key (as the key's totals count it); usage, spend and
 /// latency count for the key that answered (the last attempt sent).
 ///
-/// Summed per minute first, with names borrowed from the records, then
-/// spread to the minute's hour and day (a zone's offset is whole minutes,
-/// so a minute lies in one hour): the writer runs this for every batch,
-/// and a row per record per span cost it 8,000 instructions a record.
+/// Summed per minute first ([`MinuteSums`]), then spread to the minute's
+/// hour and day: a row per record per span cost the writer 8,000
+/// instructions a record.
 pub fn rollups(records: &[RequestRecord], buckets: &Buckets) -> BTreeMap<RollupKey, Rollup> {
+    MinuteSums::of(records).spread(buckets).rollups
+}
+
+/// [`rollups`] per minute, names borrowed from the records.
+fn minutes_of(records: &[RequestRecord]) -> rustc_hash::FxHashMap<(Dimension, Who<'_>, i64), Rollup> {
     let mut minutes = rustc_hash::FxHashMap::<(Dimension, Who<'_>, i64), Rollup>::default();
     for r in records {
         let minute = r.started_at.div_euclid(60_000) * 60;
@@ -480,15 +568,7 @@ pub fn rollups(records: &[RequestRecord], buckets: &Buckets) -> BTreeMap<RollupK
             minutes.entry((Dimension::Key, Who::Id(a.key_id), minute)).or_default().add(&one);
         }
     }
-    let mut out = BTreeMap::<RollupKey, Rollup>::new();
-    for ((dimension, who, minute), figures) in minutes {
-        let subject = who.subject();
-        for span in Span::ALL {
-            let key = RollupKey { dimension, span, bucket: buckets.start(span, minute), subject: subject.clone() };
-            out.entry(key).or_default().add(&figures);
-        }
-    }
-    out
+    minutes
 }
 
 #[cfg(test)]
@@ -537,6 +617,40 @@ mod tests {
         assert_eq!((seven.spent_micros, seven.last_used_at), (60, Some(1_700_000_090)), "the later second");
         let eight = summed.tokens[&8];
         assert_eq!((eight.requests, eight.successes, eight.failures), (1, 0, 0), "a caller leaving is neither");
+    }
+
+    /// The writer's per-minute sums, added batch by batch and spread when
+    /// written, are the rows each batch's own spread sums add up to: across
+    /// minutes, an hour and a day of a zone at a :30 offset.
+    #[test]
+    fn minute_sums_spread_when_written_equal_each_batchs_sums_added() {
+        let b = Buckets::new(jiff::tz::TimeZone::get("Asia/Kolkata").unwrap());
+        // 2023-11-14 21:59 and 22:29 UTC (03:29 and 03:59 on the 15th in
+        // Kolkata, one local hour), the second twice in one minute; then
+        // 2023-11-15 18:30 UTC, the first second of the 16th in Kolkata.
+        let starts = [1_699_999_140_000, 1_700_000_940_500, 1_700_000_959_999, 1_700_073_000_000];
+        let batches: Vec<Vec<RequestRecord>> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| {
+                let mut ok = record(at, 200, vec![attempt(1, 200, "ok", Counted::Success)]);
+                ok.token_id = Some(i as i64 % 2);
+                let failed = record(at + 1, 502, vec![attempt(2, 502, "upstream_error", Counted::Failure)]);
+                let other = RequestRecord { model: Some("o3".into()), token_id: None, ..ok.clone() };
+                vec![ok, failed, other]
+            })
+            .collect();
+        let (mut minutes, mut sums) = (MinuteSums::default(), Sums::default());
+        for batch in &batches {
+            minutes.add(MinuteSums::of(batch));
+            sums.add(&Sums::of(batch, &b));
+        }
+        let spread = minutes.spread(&b);
+        assert_eq!(spread, sums);
+        assert!(minutes.rows() >= spread.rows(), "{} rows at most, {} written", minutes.rows(), spread.rows());
+        let days: std::collections::BTreeSet<i64> =
+            spread.rollups.keys().filter(|k| k.span == Span::Day).map(|k| k.bucket).collect();
+        assert_eq!(days.len(), 2, "two Kolkata days: {days:?}");
     }
 
     #[test]

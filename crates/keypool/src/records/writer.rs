@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::rollup::{Buckets, Sums};
+use super::rollup::{Buckets, MinuteSums, Sums};
 use super::RequestRecord;
 use crate::store::{Backend, Store, StoreError};
 
@@ -271,10 +271,11 @@ pub const ROLLUP_EVERY_MANY: Duration = Duration::from_secs(5);
 /// tokens active in a second stay under it.
 pub const MANY_ROWS: usize = 1_000;
 
-/// Statistics summed in memory since they were last written.
+/// Statistics summed in memory since they were last written, per minute
+/// ([`MinuteSums`]: spread to hours and days when written).
 #[derive(Debug, Default)]
 struct Pending {
-    rows: Sums,
+    rows: MinuteSums,
     /// When they were last written (or first summed).
     since: Option<Instant>,
     /// The writer is stopping: every batch takes the rows along, so a stop
@@ -294,7 +295,7 @@ impl Pending {
     }
 
     /// Takes the rows when they have waited [`Pending::every`] (or at a stop).
-    fn take_if_due(&mut self, now: Instant) -> Option<Sums> {
+    fn take_if_due(&mut self, now: Instant) -> Option<MinuteSums> {
         let since = *self.since.get_or_insert(now);
         (self.stopping || now >= since + self.every()).then(|| {
             self.since = Some(now);
@@ -302,14 +303,14 @@ impl Pending {
         })
     }
 
-    fn take_now(&mut self) -> Option<Sums> {
+    fn take_now(&mut self) -> Option<MinuteSums> {
         self.since = Some(Instant::now());
         (!self.rows.is_empty()).then(|| std::mem::take(&mut self.rows))
     }
 
     /// Rows whose write failed come back, added to what was summed meanwhile.
-    fn put_back(&mut self, rows: Sums) {
-        self.rows.add(&rows);
+    fn put_back(&mut self, rows: MinuteSums) {
+        self.rows.add(rows);
     }
 
     /// When the rows must be written even if no record comes.
@@ -466,25 +467,24 @@ impl Writer {
 
     /// One transaction: `records`, and what they add to the totals and rollups.
     async fn write_part(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
-        let mine = Sums::of(records, &self.config.buckets);
+        let mine = MinuteSums::of(records);
         // Due: this part carries everything summed so far, and its own.
         let taken = self.lock_rollups().take_if_due(Instant::now());
-        let result = match &taken {
+        let (result, unwritten) = match &taken {
             Some(earlier) => {
                 let mut all = earlier.clone();
-                all.add(&mine);
-                self.store.write_batch(records, self.config.log, &all).await
+                all.add(mine);
+                (self.store.write_batch(records, self.config.log, &all.spread(&self.config.buckets)).await, None)
             }
-            None => self.store.write_batch(records, self.config.log, &Sums::default()).await,
+            None => (self.store.write_batch(records, self.config.log, &Sums::default()).await, Some(mine)),
         };
         let mut pending = self.lock_rollups();
-        match (&result, taken) {
+        match (result.is_ok(), taken, unwritten) {
+            (false, Some(earlier), _) => pending.put_back(earlier),
+            (true, None, Some(mine)) => pending.rows.add(mine),
             // Written, or to be written again with these records (whose
             // statistics are summed again then): only what was taken returns.
-            (Ok(()), Some(_)) => {}
-            (Err(_), Some(earlier)) => pending.put_back(earlier),
-            (Ok(()), None) => pending.rows.add(&mine),
-            (Err(_), None) => {}
+            _ => {}
         }
         result
     }
@@ -493,7 +493,7 @@ impl Writer {
     /// record came for [`ROLLUP_EVERY`]); kept for another try on failure.
     async fn write_rollups(&self) -> Result<(), StoreError> {
         let Some(rows) = self.lock_rollups().take_now() else { return Ok(()) };
-        let result = self.store.write_batch(&[], false, &rows).await;
+        let result = self.store.write_batch(&[], false, &rows.spread(&self.config.buckets)).await;
         if result.is_err() {
             self.lock_rollups().put_back(rows);
         }
