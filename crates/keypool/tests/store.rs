@@ -637,7 +637,7 @@ async fn rows_not_mapped_yet_are_paged_from_the_tail_and_mapped_with_the_statist
     tokens_page_as_selected(&db.store, &all, &[1, 2, 3]).await;
 }
 
-/// Retention deleting the newest rows while some are not mapped yet: the
+/// Retention deleting the newest rows, mapped and not yet mapped: the
 /// mark goes back with them, and the rows that take their ids again are
 /// mapped once, as theirs.
 #[tokio::test]
@@ -645,14 +645,15 @@ async fn pruning_rows_not_mapped_yet_takes_the_mark_back() {
     let db = Scratch::sqlite().await;
     let pool = db.store.sqlite_pool().unwrap();
     let later = Sums::default();
-    db.store.insert_requests(&[logged(Some(1), 1_000, 200, "m")]).await.unwrap();
+    let batch = [logged(Some(1), 1_000, 200, "m"), logged(Some(1), 1_500, 200, "m")];
     db.store
-        .write_batch(&[logged(Some(1), 1_500, 200, "m"), logged(Some(2), 10, 200, "m")], true, &later)
+        .insert_requests(&[&batch[..], &[logged(Some(2), 10, 200, "m"), logged(Some(1), 20, 200, "m")]].concat())
         .await
         .unwrap();
-    db.store.write_batch(&[logged(Some(2), 20, 200, "m")], true, &later).await.unwrap();
-    assert_eq!(db.store.prune_requests(500, 1_000).await.unwrap(), 2);
-    assert_eq!(map_of(pool).await.0, 1, "no row past the mark is mapped yet, and 3 and 4 are gone");
+    db.store.write_batch(&[logged(Some(2), 30, 200, "m")], true, &later).await.unwrap();
+    assert_eq!(map_of(pool).await, (4, vec![(2, 3, 3, None), (1, 1, 4, None)]));
+    assert_eq!(db.store.prune_requests(500, 1_000).await.unwrap(), 3);
+    assert_eq!(map_of(pool).await, (2, vec![(1, 1, 2, None)]), "cut back to the largest id left");
     db.store
         .write_batch(&[logged(Some(1), 2_000, 200, "m"), logged(Some(2), 2_001, 200, "m")], true, &later)
         .await
@@ -661,9 +662,29 @@ async fn pruning_rows_not_mapped_yet_takes_the_mark_back() {
     assert_eq!(all.iter().map(|r| r.started_at).collect::<Vec<_>>(), [2_001, 2_000, 1_500, 1_000]);
     tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
     db.store.insert_requests(&[logged(Some(2), 2_002, 200, "m")]).await.unwrap();
-    let (mark, runs) = map_of(pool).await;
-    assert_eq!(mark, 5);
-    assert_eq!(runs, [(1, 1, 1, None), (1, 2, 3, None), (2, 4, 5, None)]);
+    assert_eq!(map_of(pool).await, (5, vec![(1, 1, 2, None), (1, 3, 3, None), (2, 4, 5, None)]));
+    let all = whole_log(&db.store).await;
+    tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
+}
+
+/// Another process prunes the newest rows, one this store wrote and
+/// kept unmapped, and writes a row that takes the pruned id: the log's
+/// largest id and the mark are what this store last saw, but the mark's
+/// generation is not, so its mapping reads the log back and maps the new
+/// row as the other token's.
+#[tokio::test]
+async fn a_prune_by_another_process_invalidates_the_rows_kept_unmapped() {
+    let db = Scratch::sqlite().await;
+    let pool = db.store.sqlite_pool().unwrap();
+    let later = Sums::default();
+    db.store.insert_requests(&[logged(Some(1), 1_000, 200, "m")]).await.unwrap();
+    db.store.write_batch(&[logged(Some(1), 10, 200, "m")], true, &later).await.unwrap();
+    let other = Store::connect(&db.url).await.unwrap();
+    assert_eq!(other.prune_requests(500, 1_000).await.unwrap(), 1);
+    other.write_batch(&[logged(Some(2), 2_000, 200, "m")], true, &later).await.unwrap();
+    let sums = Sums::of(&[logged(Some(2), 2_000, 200, "m")], &keypool::records::rollup::Buckets::utc());
+    db.store.write_batch(&[], false, &sums).await.unwrap();
+    assert_eq!(map_of(pool).await, (2, vec![(1, 1, 1, None), (2, 2, 2, None)]));
     let all = whole_log(&db.store).await;
     tokens_page_as_selected(&db.store, &all, &[1, 2]).await;
 }

@@ -647,6 +647,16 @@ mod tests {
         }
         let spread = minutes.spread(&b);
         assert_eq!(spread, sums);
+        // Token 0's two requests, by hand: the Kolkata hour from 03:00
+        // (21:30 UTC) and the Kolkata day of the 15th (from 18:30 UTC on
+        // the 14th).
+        let row = |span, bucket| {
+            let key = RollupKey { dimension: Dimension::Token, span, bucket, subject: "0".into() };
+            spread.rollups.get(&key).map(|r| r.requests)
+        };
+        assert_eq!(row(Span::Hour, 1_699_997_400), Some(2));
+        assert_eq!(row(Span::Day, 1_699_986_600), Some(2));
+        assert_eq!(row(Span::Minute, 1_700_000_940), Some(1));
         assert!(minutes.rows() >= spread.rows(), "{} rows at most, {} written", minutes.rows(), spread.rows());
         let days: std::collections::BTreeSet<i64> =
             spread.rollups.keys().filter(|k| k.span == Span::Day).map(|k| k.bucket).collect();

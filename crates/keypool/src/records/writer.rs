@@ -64,10 +64,11 @@ impl Default for RecordsConfig {
             buffer: 100_000,
             batch: 10_000,
             // A second: with a thousand tenants, each batch dirtied a page
-            // of the log's per-token index (on SQLite a map of the batches
-            // since migration 0015) per token in it, and five
-            // batches a second cost the gateway 19 µs of CPU a record more
-            // than one (docs/benchmarks.md, issue 17).
+            // of the log's per-token index per token in it (on SQLite, a
+            // map of the log written with each batch from migration 0015,
+            // with the statistics from 0017), and five batches a second
+            // cost the gateway 19 µs of CPU a record more than one
+            // (docs/benchmarks.md, issue 17).
             flush_interval: Duration::from_secs(1),
         }
     }
@@ -268,7 +269,9 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(1);
 pub const ROLLUP_EVERY_MANY: Duration = Duration::from_secs(5);
 /// Rows summed (rollup rows and token totals) above which statistics wait
 /// [`ROLLUP_EVERY_MANY`]: a handful of keys and models and up to about 250
-/// tokens active in a second stay under it.
+/// tokens active in a second stay under it. Counted as
+/// [`MinuteSums::rows`] counts them: each minute's row three times (its
+/// minute, hour and day), an upper bound when minutes share an hour.
 pub const MANY_ROWS: usize = 1_000;
 
 /// Statistics summed in memory since they were last written, per minute

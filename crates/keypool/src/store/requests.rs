@@ -292,13 +292,15 @@ struct Written {
 /// this process wrote, kept so the map is brought up to date without
 /// reading them back. `rows` are the rows with a token and an id in
 /// `(from, to]`, as (token, id, start) in id order. They are used only
-/// while `from` is still the mark and `to` the log's largest id (no other
-/// process wrote, mapped or pruned meanwhile); otherwise the rows after the
+/// while the mark is still `from` in the same generation (no mapping or
+/// prune of the newest rows since, by any process) and `to` is the log's
+/// largest id (no other process wrote since); otherwise the rows after the
 /// mark are read back from the log ([`map_sqlite`]). `from` is `None`
 /// until the first mapping of this process.
 #[derive(Debug, Default)]
 pub(super) struct Unmapped {
-    from: Option<i64>,
+    /// The mark and its generation.
+    from: Option<(i64, i64)>,
     to: i64,
     rows: Vec<(i64, i64, i64)>,
 }
@@ -306,14 +308,17 @@ pub(super) struct Unmapped {
 impl Unmapped {
     /// After a transaction committed: mapped up to `mark`, or `written`
     /// left unmapped.
-    fn committed(&mut self, mark: Option<i64>, written: Option<Written>) {
+    fn committed(&mut self, mark: Option<(i64, i64)>, written: Option<Written>) {
         if let Some(mark) = mark {
-            *self = Unmapped { from: Some(mark), to: mark, rows: Vec::new() };
+            // The rows' room is kept for the next seconds' rows.
+            self.rows.clear();
+            (self.from, self.to) = (Some(mark), mark.0);
         } else if let Some(w) = written {
             if self.from.is_some() && w.follows && w.base == self.to {
                 self.rows.extend(w.rows);
             } else {
-                *self = Unmapped::default();
+                self.rows.clear();
+                self.from = None;
             }
             self.to = w.last;
         }
@@ -393,7 +398,7 @@ async fn insert_log_sqlite(
 
 /// SQLite: brings `requests_by_token` (migrations 0015 to 0017) up to the
 /// log's largest id, in the caller's transaction, and returns that id (the
-/// new mark). One row per token for all the rows after the mark: the range
+/// new mark) and the mark's new generation. One row per token for all the rows after the mark: the range
 /// of the token's ids, and a list of them when other tokens' rows are most
 /// of that range ([`runs_of`]). The rows come from `unmapped` and `written`
 /// (this batch, if any) when they are all the rows after the mark, else
@@ -403,16 +408,16 @@ async fn map_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     unmapped: &Unmapped,
     written: Option<&Written>,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, i64), StoreError> {
     // Each a lookup at the edge of its B-tree, not a scan.
-    let (mark, top, max_started): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT (SELECT last_id FROM requests_by_token_mark), (SELECT MAX(id) FROM requests),
-                (SELECT MAX(started_at) FROM requests)",
+    let (mark, generation, top, max_started): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT last_id FROM requests_by_token_mark), (SELECT generation FROM requests_by_token_mark),
+                    (SELECT MAX(id) FROM requests), (SELECT MAX(started_at) FROM requests)",
     )
     .fetch_one(&mut **tx)
     .await?;
-    let (mark, top) = (mark.unwrap_or(0), top.unwrap_or(0));
-    let known = unmapped.from == Some(mark)
+    let (mark, generation, top) = (mark.unwrap_or(0), generation.unwrap_or(0), top.unwrap_or(0));
+    let known = unmapped.from == Some((mark, generation))
         && match written {
             Some(w) => w.follows && w.base == unmapped.to,
             None => unmapped.to == top,
@@ -450,11 +455,13 @@ async fn map_sqlite(
             rest = tail;
         }
     }
-    sqlx::query("INSERT OR REPLACE INTO requests_by_token_mark (only, last_id) VALUES (1, $1)")
+    let generation = generation.wrapping_add(1);
+    sqlx::query("INSERT OR REPLACE INTO requests_by_token_mark (only, last_id, generation) VALUES (1, $1, $2)")
         .bind(top)
+        .bind(generation)
         .execute(&mut **tx)
         .await?;
-    Ok(top)
+    Ok((top, generation))
 }
 
 /// One token's rows in one mapping of the log, between ids `first_id` and
@@ -767,8 +774,10 @@ impl Store {
             .bind(top)
             .execute(&mut *tx)
             .await?;
-            // The rows not mapped yet past it are gone too.
-            sqlx::query("UPDATE requests_by_token_mark SET last_id = MIN(last_id, $1)")
+            // The rows not mapped yet past it are gone too; a new
+            // generation tells every process that its unmapped rows are
+            // not the log's any more, even once new rows take their ids.
+            sqlx::query("UPDATE requests_by_token_mark SET last_id = MIN(last_id, $1), generation = generation + 1")
                 .bind(top)
                 .execute(&mut *tx)
                 .await?;

@@ -26,9 +26,10 @@ use tokio::sync::Notify;
 ///
 /// `repr(C)`, in this order: what every request reads or writes (the id,
 /// the settings' lock, the counters) comes first, right after the `Arc`'s
-/// counts, so a request touches the fewest cache lines of a tenant not
-/// used for a while; with a thousand tenants each line is a miss
-/// (docs/benchmarks.md, issue 17). The rest is read off the request path,
+/// counts, in the allocation's first 192 bytes on 64-bit Linux, so a
+/// request touches the fewest cache lines of a tenant not used for a
+/// while; with a thousand tenants each line is a miss (docs/benchmarks.md,
+/// issue 17). The rest is read off the request path,
 /// or when a request waits.
 #[derive(Debug)]
 #[repr(C)]
