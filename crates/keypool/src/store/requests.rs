@@ -386,14 +386,16 @@ async fn insert_log_sqlite(
         let rows = (base + 1..).zip(records).filter_map(|(id, r)| Some((r.token_id?, id, r.started_at))).collect();
         return Ok(Written { base, last, follows: true, rows });
     }
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT token_id, id, started_at FROM requests WHERE id > $1 AND token_id IS NOT NULL ORDER BY id",
-    )
-    .bind(base)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = rows_after(tx, base).await?;
     let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM requests").fetch_one(&mut **tx).await?;
     Ok(Written { base, last: last.unwrap_or(base), follows: false, rows })
+}
+
+/// SQLite: the log's rows with a token and an id above `id`, as (token,
+/// id, start) in id order: read back when the rows to map are not known.
+async fn rows_after(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+    let sql = "SELECT token_id, id, started_at FROM requests WHERE id > $1 AND token_id IS NOT NULL ORDER BY id";
+    Ok(sqlx::query_as(sql).bind(id).fetch_all(&mut **tx).await?)
 }
 
 /// SQLite: brings `requests_by_token` (migrations 0015 to 0017) up to the
@@ -426,13 +428,7 @@ async fn map_sqlite(
         let batch = written.map_or(&[][..], |w| w.rows.as_slice());
         runs_of(unmapped.rows.iter().chain(batch).copied())
     } else {
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT token_id, id, started_at FROM requests WHERE id > $1 AND token_id IS NOT NULL ORDER BY id",
-        )
-        .bind(mark)
-        .fetch_all(&mut **tx)
-        .await?;
-        runs_of(rows.into_iter())
+        runs_of(rows_after(tx, mark).await?.into_iter())
     };
     // The largest start of any row up to the runs' ids: rows end, and are
     // written, in another order than they start.
