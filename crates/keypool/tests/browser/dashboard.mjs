@@ -212,6 +212,7 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('[data-testid=request-row]').length >= 6);
   await page.locator('[data-testid=request-row]').first().click();
   await tid('request-detail').waitFor();
+  await page.locator('[data-testid=attempt-row]').first().waitFor().catch(() => {});
   assert.ok(await page.locator('[data-testid=attempt-row]').count() >= 1, 'the detail lists the attempts');
   assert.match(await page.locator('[data-testid=attempt-row]').first().innerText(), /ok/);
   await noFullKey('requests page');
@@ -299,6 +300,9 @@ try {
     await v.getByTestId('keys-table').waitFor();
     await v.waitForFunction(() => document.body.classList.contains('read-only'));
     assert.equal(await v.getByTestId('role').innerText(), 'Read-only');
+    // The table can show before its rows arrive: count once one is there
+    // (or the wait times out and the assertion below says why).
+    await v.locator('[data-testid=key-row], tbody tr').first().waitFor().catch(() => {});
     assert.ok(await v.locator('[data-testid=key-row], tbody tr').count() > 0, 'the keys are listed');
     for (const id of ['key-add', 'key-import', 'bulk-delete']) assert.equal(await v.getByTestId(id).isVisible(), false, `${id} hidden`);
     assert.equal(await v.locator('[data-testid=key-delete]:visible').count(), 0, 'no delete button');
