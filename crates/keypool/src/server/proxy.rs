@@ -30,7 +30,7 @@ use crate::config::AuthMode;
 use crate::records::error_type;
 use crate::routing::{Candidate, Plan, Pool, PoolSet};
 use crate::scheduler::{Charged, KeyLease, NoKey, Outcome, Verdict};
-use crate::tenants::{Need, Tenant, TokenSettings};
+use crate::tenants::{Limits, Need, Tenant, TokenSettings};
 use crate::tokens::PromptShape;
 use crate::upstream::{
     classify, copy_response_headers, is_account_header, rate_info, refuses_stream_options, Answer, OutBody,
@@ -79,10 +79,15 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     };
     // A token disabled, expired or used from outside its networks is refused
     // like a wrong one: counted, logged within bounds, never recorded.
-    // The token's settings as they are now (an edit applies to later requests).
-    let scope = tenant.as_ref().map(|t| t.settings());
-    if let Some(refused) =
-        scope.as_deref().and_then(|s| crate::tenants::scope_refusal(s, crate::store::now_unix(), client))
+    // The token's limits as they are now (an edit applies to later
+    // requests), and its settings when it has lists of models or networks
+    // to check (otherwise they are not read: with many tenants, each line
+    // read is a cache miss).
+    let limits = tenant.as_ref().map(|t| t.limits());
+    let lists = tenant.as_ref().filter(|_| limits.is_some_and(|l| l.listed)).map(|t| t.settings());
+    if let Some(refused) = limits
+        .as_ref()
+        .and_then(|l| crate::tenants::scope_refusal(l, lists.as_deref(), crate::store::now_unix(), client))
     {
         crate::metrics::request_refused("token");
         let e = ApiError::from_scope(refused, client);
@@ -98,7 +103,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let id = slot.as_deref().and_then(RequestContext::request_id_header);
     // The upstream the request went to last (none before any).
     let mut pool: Option<Arc<Pool>> = None;
-    let caller = Caller { tenant: tenant.as_ref(), scope: scope.as_deref() };
+    let caller = Caller { tenant: tenant.as_ref(), limits, lists: lists.as_deref() };
     let mut response = match handle(&app, parts, body, started, caller, &mut slot, &mut pool).await {
         Ok(response) => response,
         Err(e) => {
@@ -147,11 +152,13 @@ fn uses_no_model(rest: &str) -> bool {
 }
 
 /// Who sent a request: its token's tenant (none when `auth = "none"`),
-/// with the settings read once for the whole request.
+/// with its limits (and lists) read once for the whole request.
 #[derive(Clone, Copy)]
 struct Caller<'a> {
     tenant: Option<&'a Arc<Tenant>>,
-    scope: Option<&'a TokenSettings>,
+    limits: Option<Limits>,
+    /// The token's settings, when it has lists of models or networks.
+    lists: Option<&'a TokenSettings>,
 }
 
 async fn handle(
@@ -164,8 +171,7 @@ async fn handle(
     pool_used: &mut Option<Arc<Pool>>,
 ) -> Result<Response, ApiError> {
     // Read once in `proxy`: an edit applies to later requests.
-    let scope = caller.scope;
-    let models_scope = scope.filter(|s| s.models.is_some());
+    let models_scope = caller.lists.filter(|s| s.models.is_some());
     // The upstreams as configured now: a reload changes them for later requests only.
     let set = app.pools.load();
     let clients = app.clients_for(&set)?;
@@ -291,9 +297,9 @@ async fn handle(
     // Its place in the fair queue.
     let who = crate::scheduler::Who {
         tenant: caller.tenant.map_or(0, |t| t.id()),
-        priority: scope.map_or(0, |s| s.priority),
+        priority: caller.limits.map_or(0, |l| l.priority),
     };
-    if let Some(tenant) = caller.tenant.filter(|_| scope.is_some_and(TokenSettings::counts)) {
+    if let Some(tenant) = caller.tenant.filter(|_| caller.limits.is_some_and(|l| l.counts)) {
         let demand = match &first {
             Some(c) => app.demand(&first_pool.scheduler, shape.as_ref(), route.price_of(app, c)),
             None => crate::scheduler::Demand::default(),

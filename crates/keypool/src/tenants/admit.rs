@@ -1,26 +1,19 @@
 //! A tenant's own limits and budget: admission, waiting, and settling.
 //!
-//! Per-minute limits are counted over a rolling 60 s of admissions (the
-//! same rule keypool applies to keys, never looser than a token bucket of
-//! the same size), requests per day over the calendar day of the
-//! configured time zone, and spend over the budget's period. A request is
-//! counted when admitted, with its estimate; its end replaces the estimate
-//! with what it used and spent.
+//! Per-minute limits are counted over the last minute of admissions, per
+//! whole second ([`super::window`]: never looser than a rolling 60 s, the
+//! rule keypool applies to keys, and at most 1 s stricter), requests per
+//! day over the calendar day of the configured time zone, and spend over
+//! the budget's period. A request is counted when admitted, with its
+//! estimate; its end replaces the estimate with what it used and spent.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BudgetPeriod, Tenant, TokenSettings};
-
-/// The span the per-minute limits count over.
-const MINUTE: Duration = Duration::from_secs(60);
-
-/// How late, at most, admissions that left the minute are dropped while no
-/// per-minute limit is reached (see [`Counters::try_admit`]).
-const PRUNE_EVERY: Duration = Duration::from_secs(1);
+use super::window::{Mark, Window};
+use super::{BudgetPeriod, Limits, Tenant, TokenSettings};
 
 /// What one request asks of its tenant, estimated at admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,31 +52,28 @@ enum Blocked {
     Full,
 }
 
-/// A tenant's counters (see the module's comment). `repr(C)`: the fields
-/// every admission and settle writes first, then those they read (see
-/// [`Tenant`]'s layout).
+/// A tenant's counters (see the module's comment), and the limits they
+/// are held to. `repr(C)`: the fields every admission and settle writes
+/// first, then those they read (see [`Tenant`]'s layout).
 #[derive(Debug)]
 #[repr(C)]
 pub(super) struct Counters {
-    /// Admissions of the last minute, oldest first: (when, sequence, tokens).
-    minute: VecDeque<(Instant, u64, u64)>,
-    minute_tokens: u64,
-    next_seq: u64,
+    /// Admissions of the last minute.
+    window: Window,
     inflight: u64,
     reserved: u64,
     spent: u64,
     day_requests: u64,
-    /// When admissions that left the minute were last dropped.
-    pruned_at: Option<Instant>,
     /// The calendar day under way, [start, end) in Unix seconds.
     day: (i64, i64),
     /// The budget period under way, [start, end) in Unix seconds.
     period: (i64, i64),
     /// Requests waiting for room under this token's limits (32 bits: with
-    /// `period_kind`, one word, so the counters end in the tenant's third
-    /// cache line).
+    /// `period_kind`, one word).
     waiting: u32,
     period_kind: BudgetPeriod,
+    /// The token's limits, swapped with its settings ([`Tenant::update`]).
+    limits: Limits,
 }
 
 /// The [start, end) of the `period` holding `now` (Unix seconds) in `tz`;
@@ -116,10 +106,8 @@ pub fn period_bounds(period: BudgetPeriod, tz: &jiff::tz::TimeZone, now: i64) ->
 impl Counters {
     pub(super) fn new(s: &TokenSettings, tz: &jiff::tz::TimeZone, now: i64, spent: u64) -> Counters {
         Counters {
-            minute: VecDeque::new(),
-            minute_tokens: 0,
-            pruned_at: None,
-            next_seq: 0,
+            window: Window::default(),
+            limits: s.limits(),
             day: period_bounds(BudgetPeriod::Daily, tz, now),
             day_requests: 0,
             inflight: 0,
@@ -137,6 +125,14 @@ impl Counters {
         self.spent = spent;
     }
 
+    pub(super) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub(super) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     pub(super) fn spent(&self) -> u64 {
         self.spent
     }
@@ -151,47 +147,34 @@ impl Counters {
     }
 
     /// Starts a new day or budget period when `now` has passed the current one's end.
-    pub(super) fn roll(&mut self, s: &TokenSettings, tz: &jiff::tz::TimeZone, now: i64) {
+    pub(super) fn roll(&mut self, tz: &jiff::tz::TimeZone, now: i64) {
         if now >= self.day.1 || now < self.day.0 {
             self.day = period_bounds(BudgetPeriod::Daily, tz, now);
             self.day_requests = 0;
         }
-        if s.budget_period != self.period_kind {
+        let kind = self.limits.budget_period;
+        if kind != self.period_kind {
             // Edited while the store's figure for the new period was read: counted from here.
-            self.restart_budget(s.budget_period, tz, now, self.spent);
+            self.restart_budget(kind, tz, now, self.spent);
         } else if now >= self.period.1 {
-            self.period = period_bounds(s.budget_period, tz, now);
+            self.period = period_bounds(kind, tz, now);
             self.spent = 0;
-        }
-    }
-
-    fn prune(&mut self, now: Instant) {
-        while let Some(&(at, _, tokens)) = self.minute.front() {
-            if at + MINUTE > now {
-                break;
-            }
-            self.minute.pop_front();
-            self.minute_tokens = self.minute_tokens.saturating_sub(tokens);
         }
     }
 
     /// Admits `need` now (`now` and `unix` are the same instant), or says
     /// how long it must wait or why it cannot be admitted.
-    fn try_admit(&mut self, s: &TokenSettings, need: Need, now: Instant, unix: i64) -> Result<u64, Blocked> {
-        // Dropping the admissions that left the minute only lowers the
-        // counts, so a request within the per-minute limits counted with
-        // them is within them without. They are dropped when a limit would
-        // refuse, and otherwise at most PRUNE_EVERY late (memory stays
-        // bounded): nearly every admission is spared reading the oldest
-        // entry, with many tenants a cold cache line (docs/benchmarks.md,
-        // issue 17).
-        let reached = s.rpm.is_some_and(|rpm| u64::try_from(self.minute.len()).unwrap_or(u64::MAX) >= rpm)
-            || s.tpm.is_some_and(|tpm| self.minute_tokens.saturating_add(need.tokens) > tpm);
-        if reached || self.pruned_at.is_none_or(|at| now >= at + PRUNE_EVERY) {
-            self.prune(now);
-            self.pruned_at = Some(now);
+    fn try_admit(&mut self, need: Need, now: Instant, unix: i64) -> Result<Mark, Blocked> {
+        let s = self.limits;
+        // Seconds that left the minute only lower the counts, so a request
+        // within the per-minute limits counted with them is within them
+        // without: they are dropped when a limit would refuse, and
+        // otherwise as the second turns.
+        let (requests, tokens) = self.window.counted();
+        if requests >= s.rpm || tokens.saturating_add(need.tokens) > s.tpm {
+            self.window.drop_left(now);
         }
-        if let Some(budget) = s.budget_micros {
+        if let Some(budget) = s.budget() {
             if self.spent >= budget || self.spent.saturating_add(need.cost_micros) > budget {
                 let retry_after = (self.period.1 != i64::MAX)
                     .then(|| Duration::from_secs(u64::try_from(self.period.1.saturating_sub(unix)).unwrap_or(0)));
@@ -207,111 +190,43 @@ impl Counters {
                 return Err(Blocked::Wait { until: None, limit: "budget (reserved by requests in flight)" });
             }
         }
-        if let Some(tpm) = s.tpm.filter(|tpm| need.tokens > *tpm) {
-            return Err(Blocked::Refused(Refusal::TooLarge { needed: need.tokens, limit: tpm }));
+        if need.tokens > s.tpm {
+            return Err(Blocked::Refused(Refusal::TooLarge { needed: need.tokens, limit: s.tpm }));
         }
-        if s.max_inflight.is_some_and(|m| self.inflight >= m) {
+        if self.inflight >= s.max_inflight {
             return Err(Blocked::Wait { until: None, limit: "requests in flight" });
         }
-        if s.rpd.is_some_and(|l| self.day_requests >= l) {
+        if self.day_requests >= s.rpd {
             let left = u64::try_from(self.day.1.saturating_sub(unix)).unwrap_or(0);
             return Err(Blocked::Wait { until: Some(now + Duration::from_secs(left)), limit: "requests per day" });
         }
-        if let Some(rpm) = s.rpm {
-            let rpm = usize::try_from(rpm).unwrap_or(usize::MAX);
-            if self.minute.len() >= rpm {
-                // Room once enough of the oldest admissions leave the minute.
-                let at = self.minute.get(self.minute.len() - rpm).map_or(now, |e| e.0) + MINUTE;
-                return Err(Blocked::Wait { until: Some(at.max(now)), limit: "requests per minute" });
-            }
+        let (requests, tokens) = self.window.counted();
+        if requests >= s.rpm {
+            // Room once enough of the oldest seconds leave the minute.
+            let at = self.window.room_at(now, s.rpm, u64::MAX);
+            return Err(Blocked::Wait { until: Some(at), limit: "requests per minute" });
         }
-        if let Some(tpm) = s.tpm {
-            if self.minute_tokens.saturating_add(need.tokens) > tpm {
-                let mut left = self.minute_tokens;
-                let mut at = now;
-                for &(when, _, tokens) in &self.minute {
-                    left = left.saturating_sub(tokens);
-                    at = when + MINUTE;
-                    if left.saturating_add(need.tokens) <= tpm {
-                        break;
-                    }
-                }
-                return Err(Blocked::Wait { until: Some(at.max(now)), limit: "tokens per minute" });
-            }
+        if tokens.saturating_add(need.tokens) > s.tpm {
+            let at = self.window.room_at(now, u64::MAX, s.tpm - need.tokens);
+            return Err(Blocked::Wait { until: Some(at), limit: "tokens per minute" });
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.minute.push_back((now, seq, need.tokens));
-        self.minute_tokens = self.minute_tokens.saturating_add(need.tokens);
+        let mark = self.window.add(now, need.tokens);
         self.day_requests += 1;
         self.inflight += 1;
         self.reserved = self.reserved.saturating_add(need.cost_micros);
-        Ok(seq)
+        Ok(mark)
     }
 
-    fn settle(&mut self, seq: u64, need: Need, end: End) {
+    fn settle(&mut self, mark: Mark, need: Need, end: End) {
         self.inflight = self.inflight.saturating_sub(1);
         self.reserved = self.reserved.saturating_sub(need.cost_micros);
         self.spent = self.spent.saturating_add(end.cost_micros);
-        let entry = position_from_back(&self.minute, seq);
+        // Never sent upstream (refused, or no key in time): it counts for none of the limits.
+        self.window.correct(mark, need.tokens, end.used_tokens, end.sent);
         if !end.sent {
-            // Never sent upstream (refused, or no key in time): it counts for none of the limits.
-            if let Some(i) = entry {
-                if let Some((_, _, tokens)) = self.minute.remove(i) {
-                    self.minute_tokens = self.minute_tokens.saturating_sub(tokens);
-                }
-            }
             self.day_requests = self.day_requests.saturating_sub(1);
-            return;
-        }
-        if let (Some(used), Some(i)) = (end.used_tokens, entry) {
-            if let Some(e) = self.minute.get_mut(i) {
-                self.minute_tokens = self.minute_tokens.saturating_sub(e.2).saturating_add(used);
-                e.2 = used;
-            }
         }
     }
-}
-
-/// Where admission `seq` is in `minute`, if still there. Sequences rise
-/// from front to back, so this is a binary search, but one that gallops
-/// from the back first (the last entry, then the 3rd, 7th, 15th… from the
-/// end, until one is not above `seq`): a
-/// request usually ends soon after its admission, so its entry is among
-/// the last few. With a thousand tenants each token's deque is cold in the
-/// CPU's caches when its request ends, and a search begun in the middle
-/// missed them at nearly every step. `perf`, 1,000 tokens at c64:
-/// `Ticket::settle_once` took 1.45–1.84 µs of a request with the plain
-/// binary search, 0.62–0.71 µs with this (docs/benchmarks.md, issue 17).
-/// O(log k) steps for the entry k from the end.
-fn position_from_back(minute: &VecDeque<(Instant, u64, u64)>, seq: u64) -> Option<usize> {
-    // The entry, if there, is at an index in lo..hi.
-    let (mut lo, mut hi) = (0, minute.len());
-    let mut step = 1;
-    while step <= hi {
-        let i = hi - step;
-        let at = minute.get(i)?.1;
-        match at.cmp(&seq) {
-            std::cmp::Ordering::Equal => return Some(i),
-            std::cmp::Ordering::Less => {
-                lo = i + 1;
-                break;
-            }
-            std::cmp::Ordering::Greater => {
-                hi = i;
-                step = step.saturating_mul(2);
-            }
-        }
-    }
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match minute.get(mid)?.1.cmp(&seq) {
-            std::cmp::Ordering::Equal => return Some(mid),
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-        }
-    }
-    None
 }
 
 /// How an admitted request ended, for its tenant's counters.
@@ -332,7 +247,7 @@ pub struct End {
 #[derive(Debug)]
 pub struct Ticket {
     tenant: Arc<Tenant>,
-    seq: u64,
+    mark: Mark,
     need: Need,
     settled: bool,
 }
@@ -354,7 +269,7 @@ impl Ticket {
         }
         let waiting = {
             let mut c = self.tenant.counters.lock().unwrap_or_else(|p| p.into_inner());
-            c.settle(self.seq, self.need, end);
+            c.settle(self.mark, self.need, end);
             c.waiting
         };
         // A request counts itself in `waiting`, under the same lock, only
@@ -378,14 +293,15 @@ impl Drop for Ticket {
 impl Tenant {
     /// One try at admitting `need` at `now`, the counters locked as `c`:
     /// the day or budget period rolled over first if it ended.
-    fn try_now(&self, c: &mut Counters, settings: &TokenSettings, need: Need, now: Instant) -> Result<u64, Blocked> {
-        c.roll(settings, &self.tz, crate::store::now_unix());
-        c.try_admit(settings, need, now, crate::store::now_unix())
+    fn try_now(&self, c: &mut Counters, need: Need, now: Instant) -> Result<Mark, Blocked> {
+        let unix = crate::store::now_unix();
+        c.roll(&self.tz, unix);
+        c.try_admit(need, now, unix)
     }
 
-    /// The hold of admission `seq`, reserving `need`.
-    fn ticket(self: &Arc<Self>, seq: u64, need: Need) -> Ticket {
-        Ticket { tenant: Arc::clone(self), seq, need, settled: false }
+    /// The hold of admission `mark`, reserving `need`.
+    fn ticket(self: &Arc<Self>, mark: Mark, need: Need) -> Ticket {
+        Ticket { tenant: Arc::clone(self), mark, need, settled: false }
     }
 
     /// Admits a request needing `need`, waiting (until `deadline`) while the
@@ -403,10 +319,9 @@ impl Tenant {
         // notice's lock twice (a cold cache line with many tenants). Only a
         // request that must wait registers, then tries again before waiting.
         {
-            let settings = self.settings();
             let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            match self.try_now(&mut c, &settings, need, Instant::now()) {
-                Ok(seq) => return Ok(self.ticket(seq, need)),
+            match self.try_now(&mut c, need, Instant::now()) {
+                Ok(mark) => return Ok(self.ticket(mark, need)),
                 Err(Blocked::Refused(r)) => return Err(r),
                 Err(Blocked::Wait { .. } | Blocked::Full) => {}
             }
@@ -416,11 +331,10 @@ impl Tenant {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let settings = self.settings();
             let now = Instant::now();
             let tried = {
                 let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-                let tried = self.try_now(&mut c, &settings, need, now);
+                let tried = self.try_now(&mut c, need, now);
                 if matches!(tried, Err(Blocked::Wait { .. })) && waiting.is_none() {
                     if usize::try_from(c.waiting).unwrap_or(usize::MAX) >= max_waiting || c.waiting == u32::MAX {
                         Err(Blocked::Full)
@@ -434,7 +348,7 @@ impl Tenant {
                 }
             };
             match tried {
-                Ok(seq) => return Ok(self.ticket(seq, need)),
+                Ok(mark) => return Ok(self.ticket(mark, need)),
                 Err(Blocked::Refused(r)) => return Err(r),
                 Err(Blocked::Full) => {
                     return Err(Refusal::RateLimited {
@@ -473,26 +387,28 @@ impl Drop for Waiting<'_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::tenants::window::MINUTE;
 
     fn tenant(s: TokenSettings) -> Arc<Tenant> {
         Arc::new(Tenant::new(1, "t", s, jiff::tz::TimeZone::UTC, 0))
     }
 
     /// What a request reads and writes of its tenant (the `Arc`'s counts,
-    /// the id, the settings' lock, the counters) lies in the allocation's
-    /// first 192 bytes (three cache lines when it is 64-byte aligned, as
-    /// mimalloc's 320-byte blocks are), before the fields read off the
-    /// request path. Sizes as on 64-bit Linux (std's locks a futex word).
+    /// the id, the counters and the limits kept with them) lies in the
+    /// allocation's first 256 bytes (four cache lines when it is 64-byte
+    /// aligned, as mimalloc's blocks of 320 bytes and more are), before the
+    /// fields read off the request path. Sizes as on 64-bit Linux (std's
+    /// locks a futex word).
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     #[test]
-    fn a_tenants_hot_fields_come_first_in_three_cache_lines() {
+    fn a_tenants_hot_fields_come_first_in_four_cache_lines() {
         const ARC_COUNTS: usize = 16;
         let hot_end =
             ARC_COUNTS + std::mem::offset_of!(Tenant, counters) + std::mem::size_of::<std::sync::Mutex<Counters>>();
         assert_eq!(std::mem::offset_of!(Tenant, id), 0);
-        assert!(std::mem::offset_of!(Tenant, settings) < std::mem::offset_of!(Tenant, counters));
+        assert!(std::mem::offset_of!(Tenant, counters) < std::mem::offset_of!(Tenant, settings));
         assert!(std::mem::offset_of!(Tenant, counters) < std::mem::offset_of!(Tenant, name));
-        assert!(hot_end <= 3 * 64, "the hot fields end at byte {hot_end}");
+        assert!(hot_end <= 4 * 64, "the hot fields end at byte {hot_end}");
     }
 
     fn need(tokens: u64, cost_micros: u64) -> Need {
@@ -503,9 +419,9 @@ mod tests {
         End { sent: true, used_tokens: Some(tokens), cost_micros }
     }
 
-    /// Admissions that left the minute are dropped as soon as a
-    /// per-minute limit would refuse, however recently they were last
-    /// dropped, and otherwise within PRUNE_EVERY (so memory stays bounded).
+    /// Seconds that left the minute are dropped as soon as a per-minute
+    /// limit would refuse, and otherwise as the second turns (so memory
+    /// stays bounded).
     #[test]
     fn admissions_leave_the_minute_when_a_limit_needs_it_and_soon_otherwise() {
         let tz = jiff::tz::TimeZone::UTC;
@@ -517,55 +433,48 @@ mod tests {
             TokenSettings { tpm: Some(20), ..TokenSettings::default() },
         ] {
             let mut c = Counters::new(&limited, &tz, unix, 0);
-            assert!(c.try_admit(&limited, need(10, 0), at(0), unix).is_ok());
-            assert!(c.try_admit(&limited, need(10, 0), at(59_500), unix).is_ok());
-            // 60.2 s: the first left the minute 0.2 s ago; the last drop
-            // was 0.7 s ago, but the limit is reached, so it goes now.
-            assert!(c.try_admit(&limited, need(10, 0), at(60_200), unix).is_ok(), "{limited:?}");
-            assert!(matches!(c.try_admit(&limited, need(10, 0), at(60_300), unix), Err(Blocked::Wait { .. })));
+            assert!(c.try_admit(need(10, 0), at(0), unix).is_ok());
+            assert!(c.try_admit(need(10, 0), at(59_500), unix).is_ok());
+            // 60.2 s: the first left the minute 0.2 s ago, and the limit is
+            // reached: it is dropped now, before its second turns.
+            assert!(c.try_admit(need(10, 0), at(60_200), unix).is_ok(), "{limited:?}");
+            assert!(matches!(c.try_admit(need(10, 0), at(60_300), unix), Err(Blocked::Wait { .. })));
         }
         let roomy = TokenSettings { rpm: Some(1_000), ..TokenSettings::default() };
         let mut c = Counters::new(&roomy, &tz, unix, 0);
         for i in 0..5 {
-            assert!(c.try_admit(&roomy, need(1, 0), at(i * 100), unix).is_ok());
+            assert!(c.try_admit(need(1, 0), at(i * 100), unix).is_ok());
         }
-        // 59.9 s drops what left the minute (nothing yet); at 60.2 s two
-        // have left it but stay counted, as no limit is near.
-        assert!(c.try_admit(&roomy, need(1, 0), at(59_900), unix).is_ok());
-        assert!(c.try_admit(&roomy, need(1, 0), at(60_200), unix).is_ok());
-        assert_eq!(c.minute.len(), 7, "dropped lazily");
-        assert!(c.try_admit(&roomy, need(1, 0), at(61_000), unix).is_ok());
-        assert_eq!((c.minute.len(), c.minute_tokens), (3, 3), "the first five left the minute and were dropped");
+        // 59.9 s: nothing has left; at 60.2 s the second turns, and the
+        // first has not left (at 60.4 s); at 60.7 s it has, but stays
+        // counted: no limit is near, and the second has not turned since.
+        for ms in [59_900, 60_200, 60_700] {
+            assert!(c.try_admit(need(1, 0), at(ms), unix).is_ok());
+        }
+        assert_eq!(c.window.counted(), (8, 8), "dropped lazily");
+        assert!(c.try_admit(need(1, 0), at(61_000), unix).is_ok());
+        assert_eq!(c.window.counted(), (4, 4), "the first five left the minute and were dropped");
     }
 
+    /// Admissions of one second are held until a minute after its last:
+    /// at most 1 s longer than each one's own minute.
     #[test]
-    fn the_search_from_the_back_finds_what_a_binary_search_finds() {
-        let now = Instant::now();
-        for len in 0..70u64 {
-            // Odd sequences (gaps between all), and one missing at the
-            // front, the middle or the back (as an entry leaves the minute
-            // when its request is never sent).
-            for skip in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
-                let minute: VecDeque<(Instant, u64, u64)> =
-                    (0..len).filter(|i| Some(*i) != skip).map(|i| (now, 2 * i + 1, i)).collect();
-                for seq in 0..=2 * len + 2 {
-                    let expected = minute.binary_search_by_key(&seq, |e| e.1).ok();
-                    assert_eq!(position_from_back(&minute, seq), expected, "len {len}, skip {skip:?}, seq {seq}");
-                }
+    fn a_second_of_admissions_leaves_a_minute_after_its_last() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let unix = 1_700_000_000;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let s = TokenSettings { rpm: Some(2), ..TokenSettings::default() };
+        let mut c = Counters::new(&s, &tz, unix, 0);
+        assert!(c.try_admit(need(1, 0), at(0), unix).is_ok());
+        assert!(c.try_admit(need(1, 0), at(500), unix).is_ok());
+        match c.try_admit(need(1, 0), at(60_100), unix) {
+            Err(Blocked::Wait { until, limit }) => {
+                assert_eq!((until, limit), (Some(at(60_500)), "requests per minute"), "0.4 s stricter");
             }
+            _ => panic!("not a wait for the requests per minute"),
         }
-        // A deque that wrapped around its buffer (front popped, back pushed).
-        let mut minute: VecDeque<(Instant, u64, u64)> = VecDeque::with_capacity(8);
-        for seq in 0..8 {
-            minute.push_back((now, seq, 0));
-        }
-        for seq in 8..13 {
-            minute.pop_front();
-            minute.push_back((now, seq, 0));
-        }
-        for seq in 0..15 {
-            assert_eq!(position_from_back(&minute, seq), minute.binary_search_by_key(&seq, |e| e.1).ok());
-        }
+        assert!(c.try_admit(need(1, 0), at(60_500), unix).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,9 +13,10 @@
 
 mod admit;
 pub mod settings;
+mod window;
 
 pub use admit::{period_bounds, End, Need, Refusal, Ticket};
-pub use settings::{models_from, networks_from, parse_models, BudgetPeriod, TokenSettings};
+pub use settings::{models_from, networks_from, parse_models, BudgetPeriod, Limits, TokenSettings};
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -25,18 +26,18 @@ use tokio::sync::Notify;
 /// and counters.
 ///
 /// `repr(C)`, in this order: what every request reads or writes (the id,
-/// the settings' lock, the counters) comes first, right after the `Arc`'s
-/// counts, in the allocation's first 192 bytes on 64-bit Linux, so a
-/// request touches the fewest cache lines of a tenant not used for a
+/// the counters and the [`Limits`] kept with them) comes first, right after
+/// the `Arc`'s counts, in the allocation's first 256 bytes on 64-bit Linux,
+/// so a request touches the fewest cache lines of a tenant not used for a
 /// while; with a thousand tenants each line is a miss (docs/benchmarks.md,
-/// issue 17). The rest is read off the request path,
-/// or when a request waits.
+/// issue 17). The rest is read off the request path, when a request waits,
+/// or when the token has lists of models or networks to check.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Tenant {
     id: i64,
-    settings: RwLock<Arc<TokenSettings>>,
     counters: Mutex<admit::Counters>,
+    settings: RwLock<Arc<TokenSettings>>,
     name: RwLock<Arc<str>>,
     /// Where days and months begin (`time_zone`).
     tz: jiff::tz::TimeZone,
@@ -74,16 +75,28 @@ impl Tenant {
         Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The limits in force now: what a request reads of the settings
+    /// (the model and network lists excepted).
+    pub fn limits(&self) -> Limits {
+        self.counters.lock().unwrap_or_else(|p| p.into_inner()).limits()
+    }
+
     /// Takes an operator's edit; counters stay. `spent`: what the store
     /// says the token spent in its (new) budget period, when it was asked
     /// (a budget added, or its period changed): counting goes on from it.
     pub fn update(&self, name: &str, settings: TokenSettings, spent: Option<u64>) {
-        if let Some(spent) = spent {
+        {
             let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            c.restart_budget(settings.budget_period, &self.tz, crate::store::now_unix(), spent);
+            if let Some(spent) = spent {
+                c.restart_budget(settings.budget_period, &self.tz, crate::store::now_unix(), spent);
+            }
+            // Settings, then limits: a request that reads the limits and
+            // then (the token having lists) the settings never sees lists
+            // older than its limits.
+            *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings.clone());
+            c.set_limits(settings.limits());
         }
         *self.name.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(name);
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
         // Limits may have grown: waiting requests look again.
         self.room.notify_waiters();
     }
@@ -92,8 +105,7 @@ impl Tenant {
     /// requests in flight have reserved (micro-USD).
     pub fn spend(&self) -> (u64, u64) {
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let s = self.settings();
-        c.roll(&s, &self.tz, crate::store::now_unix());
+        c.roll(&self.tz, crate::store::now_unix());
         (c.spent(), c.reserved())
     }
 
@@ -102,7 +114,7 @@ impl Tenant {
     pub fn budget_view(&self) -> BudgetView {
         let (s, name) = (self.settings(), self.name());
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        c.roll(&s, &self.tz, crate::store::now_unix());
+        c.roll(&self.tz, crate::store::now_unix());
         let (period_start, period_end) = c.period();
         BudgetView {
             id: self.id,
@@ -136,16 +148,22 @@ pub struct BudgetView {
     pub spent_micros: u64,
 }
 
-/// Whether the tenant whose settings are `s` may be used at `now` (Unix
-/// seconds) from `client`: why not, when it may not.
-pub fn scope_refusal(s: &TokenSettings, now: i64, client: Option<std::net::IpAddr>) -> Option<ScopeRefusal> {
-    if !s.enabled {
+/// Whether the tenant whose limits are `l` may be used at `now` (Unix
+/// seconds) from `client`: why not, when it may not. `s`: its settings,
+/// needed when it has lists (`l.listed`).
+pub fn scope_refusal(
+    l: &Limits,
+    s: Option<&TokenSettings>,
+    now: i64,
+    client: Option<std::net::IpAddr>,
+) -> Option<ScopeRefusal> {
+    if !l.enabled {
         return Some(ScopeRefusal::Disabled);
     }
-    if let Some(at) = s.expires_at.filter(|at| *at <= now) {
-        return Some(ScopeRefusal::Expired { at });
+    if l.expires_at <= now {
+        return Some(ScopeRefusal::Expired { at: l.expires_at });
     }
-    if !s.allows_client(client) {
+    if l.listed && !s.is_some_and(|s| s.allows_client(client)) {
         return Some(ScopeRefusal::Network);
     }
     None

@@ -118,6 +118,61 @@ impl TokenSettings {
             || self.max_inflight.is_some()
             || self.budget_micros.is_some()
     }
+
+    /// What a request reads of these settings, in 64 bytes.
+    pub fn limits(&self) -> Limits {
+        let none = u64::MAX;
+        Limits {
+            rpm: self.rpm.unwrap_or(none),
+            tpm: self.tpm.unwrap_or(none),
+            rpd: self.rpd.unwrap_or(none),
+            max_inflight: self.max_inflight.unwrap_or(none),
+            budget_micros: self.budget_micros.unwrap_or(none),
+            expires_at: self.expires_at.unwrap_or(i64::MAX),
+            priority: self.priority,
+            budget_period: self.budget_period,
+            enabled: self.enabled,
+            counts: self.counts(),
+            listed: self.models.is_some() || self.networks.is_some(),
+        }
+    }
+}
+
+/// What every request of a token reads of its settings, kept with the
+/// tenant's counters (see [`crate::tenants::Tenant`]): with a thousand
+/// tenants, reading the whole [`TokenSettings`] cost each request two or
+/// three cache misses of its own. A missing limit is `u64::MAX`, which no
+/// count reaches (the same as no limit); a missing expiry `i64::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: u64,
+    /// Tokens per minute.
+    pub tpm: u64,
+    /// Requests per day.
+    pub rpd: u64,
+    /// Requests in flight at once.
+    pub max_inflight: u64,
+    /// Micro-USD per `budget_period`.
+    pub budget_micros: u64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Place in the wait queue: higher is served first.
+    pub priority: i64,
+    pub budget_period: BudgetPeriod,
+    pub enabled: bool,
+    /// [`TokenSettings::counts`].
+    pub counts: bool,
+    /// Whether the token has a list of models or of networks (then the
+    /// request reads the settings themselves to check them).
+    pub listed: bool,
+}
+
+impl Limits {
+    /// The budget, when there is one.
+    pub fn budget(&self) -> Option<u64> {
+        (self.budget_micros != u64::MAX).then_some(self.budget_micros)
+    }
 }
 
 /// A list of model globs from the forms users write: a JSON array, or
