@@ -83,8 +83,7 @@ pub async fn proxy(State(app): State<Arc<AppState>>, req: Request) -> Response {
     // requests), and its settings when it has lists of models or networks
     // to check (otherwise they are not read: with many tenants, each line
     // read is a cache miss).
-    let limits = tenant.as_ref().map(|t| t.limits());
-    let lists = tenant.as_ref().filter(|_| limits.is_some_and(|l| l.listed)).map(|t| t.settings());
+    let (limits, lists) = tenant.as_ref().map(|t| t.scope()).map_or((None, None), |(l, s)| (Some(l), s));
     if let Some(refused) = limits
         .as_ref()
         .and_then(|l| crate::tenants::scope_refusal(l, lists.as_deref(), crate::store::now_unix(), client))

@@ -75,26 +75,33 @@ impl Tenant {
         Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The limits in force now: what a request reads of the settings
-    /// (the model and network lists excepted).
-    pub fn limits(&self) -> Limits {
-        self.counters.lock().unwrap_or_else(|p| p.into_inner()).limits()
+    /// The limits in force now (what a request reads of the settings),
+    /// and the settings of the same edit when the token has lists of
+    /// models or networks to check (`Limits::listed`); otherwise the
+    /// settings are not read (with many tenants, each line read is a cache
+    /// miss).
+    pub fn scope(&self) -> (Limits, Option<Arc<TokenSettings>>) {
+        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let limits = c.limits();
+        // Under the counters' lock, as [`Tenant::update`] swaps both.
+        (limits, limits.listed.then(|| self.settings()))
     }
 
     /// Takes an operator's edit; counters stay. `spent`: what the store
     /// says the token spent in its (new) budget period, when it was asked
     /// (a budget added, or its period changed): counting goes on from it.
     pub fn update(&self, name: &str, settings: TokenSettings, spent: Option<u64>) {
+        let (limits, period) = (settings.limits(), settings.budget_period);
+        let settings = Arc::new(settings);
         {
+            // Both under the counters' lock, so [`Tenant::scope`] reads
+            // limits and lists of one edit.
             let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(spent) = spent {
-                c.restart_budget(settings.budget_period, &self.tz, crate::store::now_unix(), spent);
+                c.restart_budget(period, &self.tz, crate::store::now_unix(), spent);
             }
-            // Settings, then limits: a request that reads the limits and
-            // then (the token having lists) the settings never sees lists
-            // older than its limits.
-            *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings.clone());
-            c.set_limits(settings.limits());
+            *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+            c.set_limits(limits);
         }
         *self.name.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(name);
         // Limits may have grown: waiting requests look again.
@@ -178,4 +185,52 @@ pub enum ScopeRefusal {
     Expired { at: i64 },
     /// The caller's address is outside the token's networks.
     Network,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tenant(s: TokenSettings) -> Tenant {
+        Tenant::new(1, "t", s, jiff::tz::TimeZone::UTC, 0)
+    }
+
+    /// The request path reads a token's settings only when it has lists to
+    /// check, and then those of the same edit as its limits.
+    #[test]
+    fn the_scope_reads_lists_only_when_there_are_some_and_checks_them() {
+        let now = 1_800_000_000;
+        let (inside, outside) = (Some("10.1.2.3".parse().unwrap()), Some("192.168.1.5".parse().unwrap()));
+        let plain = tenant(TokenSettings { rpm: Some(5), ..Default::default() });
+        let (l, s) = plain.scope();
+        assert!(!l.listed && s.is_none(), "no lists: the settings are not read");
+        assert_eq!(scope_refusal(&l, None, now, outside), None);
+
+        let netted =
+            tenant(TokenSettings { networks: networks_from(&["10.0.0.0/8".into()]).unwrap(), ..Default::default() });
+        let (l, s) = netted.scope();
+        assert!(l.listed && s.is_some());
+        assert_eq!(scope_refusal(&l, s.as_deref(), now, inside), None);
+        assert_eq!(scope_refusal(&l, s.as_deref(), now, outside), Some(ScopeRefusal::Network));
+        assert_eq!(scope_refusal(&l, None, now, inside), Some(ScopeRefusal::Network), "lists unread: refused");
+
+        let modeled = tenant(TokenSettings { models: parse_models("gpt-4o*").unwrap(), ..Default::default() });
+        let (l, s) = modeled.scope();
+        assert!(l.listed && s.as_ref().is_some_and(|s| s.models.is_some()));
+        assert_eq!(scope_refusal(&l, s.as_deref(), now, outside), None, "a list of models only: any address");
+
+        // One edit disables the token and moves its network: both are seen together.
+        let moved = networks_from(&["192.168.0.0/16".into()]).unwrap();
+        netted.update("t", TokenSettings { enabled: false, networks: moved.clone(), ..Default::default() }, None);
+        let (l, s) = netted.scope();
+        assert_eq!(s.as_ref().map(|s| s.networks.clone()), Some(moved));
+        assert_eq!(scope_refusal(&l, s.as_deref(), now, outside), Some(ScopeRefusal::Disabled));
+        // And one that drops the lists stops reading them.
+        netted.update("t", TokenSettings { expires_at: Some(now), ..Default::default() }, None);
+        let (l, s) = netted.scope();
+        assert!(!l.listed && s.is_none());
+        assert_eq!(scope_refusal(&l, None, now, outside), Some(ScopeRefusal::Expired { at: now }));
+        assert_eq!(scope_refusal(&l, None, now - 1, outside), None, "valid until its second");
+    }
 }

@@ -1,8 +1,8 @@
 //! A tenant's last minute of admissions, counted per whole second.
 //!
 //! The rule: an admission counts for a token's RPM and TPM from the moment
-//! it is admitted until 60 s after the *last* admission of the same second
-//! (seconds counted from the tenant's first admission). An admission alone
+//! it is admitted until 60 s after the *latest* admission of the same
+//! second (seconds counted from the first time the window was used). An admission alone
 //! in its second leaves exactly 60 s later, as with a list of every
 //! admission; one followed by others in its second stays up to 1 s longer.
 //! The window is never looser than a rolling 60 s (the rule keypool applies
@@ -32,8 +32,9 @@ const KEPT: usize = 64;
 struct Second {
     /// Admissions counted (an admission never sent is taken back).
     requests: u32,
-    /// Milliseconds into the second of its last admission.
-    last_ms: u32,
+    /// Nanoseconds into the second of its latest admission (to the
+    /// nanosecond, so its leaving is never early).
+    latest_ns: u32,
     /// Tokens counted: estimates, replaced by what was used as requests end.
     tokens: u64,
 }
@@ -43,7 +44,7 @@ struct Second {
 /// the token has been used in two different seconds.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Window {
-    /// Second 0 begins here (the first admission).
+    /// Second 0 begins here (the window's first use).
     origin: Option<Instant>,
     /// The second under way (since `origin`), and its admissions.
     now_sec: u64,
@@ -72,11 +73,11 @@ impl Window {
         (self.requests, self.tokens)
     }
 
-    /// The second `at` falls in, and the milliseconds into it.
+    /// The second `at` falls in, and the nanoseconds into it.
     fn second_of(&mut self, at: Instant) -> (u64, u32) {
         let origin = *self.origin.get_or_insert(at);
         let since = at.saturating_duration_since(origin);
-        (since.as_secs(), since.subsec_millis())
+        (since.as_secs(), since.subsec_nanos())
     }
 
     /// Moves to `at`'s second when it is later than the one under way: the
@@ -134,12 +135,13 @@ impl Window {
     /// [`Window::drop_left`] at a time no earlier).
     pub(super) fn add(&mut self, at: Instant, tokens: u64) -> Mark {
         self.turn(at);
-        let (sec, ms) = self.second_of(at);
+        let (sec, ns) = self.second_of(at);
         // An `at` earlier than the second under way (clocks read out of
-        // order by a few µs) counts in it.
-        let ms = if sec < self.now_sec { 0 } else { ms };
+        // order by a few µs) counts in it, from its start: it leaves later
+        // than its own minute, never earlier.
+        let ns = if sec < self.now_sec { 0 } else { ns };
         self.now.requests = self.now.requests.saturating_add(1);
-        self.now.last_ms = self.now.last_ms.max(ms);
+        self.now.latest_ns = self.now.latest_ns.max(ns);
         self.now.tokens = self.now.tokens.saturating_add(tokens);
         self.requests = self.requests.saturating_add(1);
         self.tokens = self.tokens.saturating_add(tokens);
@@ -207,9 +209,9 @@ fn slot(sec: u64) -> usize {
     (sec % KEPT as u64) as usize
 }
 
-/// When second `sec`'s admissions leave the minute: 60 s after its last.
+/// When second `sec`'s admissions leave the minute: 60 s after its latest.
 fn leaves(origin: Instant, sec: u64, s: Second) -> Instant {
-    origin + Duration::from_secs(sec) + Duration::from_millis(u64::from(s.last_ms)) + MINUTE
+    origin + Duration::from_secs(sec) + Duration::from_nanos(u64::from(s.latest_ns)) + MINUTE
 }
 
 #[cfg(test)]
@@ -266,6 +268,22 @@ mod tests {
         assert_eq!(w.counted(), (1, 100), "a second that left is not corrected");
     }
 
+    /// To the nanosecond: an admission a fraction of a millisecond into
+    /// its second is not dropped that fraction early.
+    #[test]
+    fn a_second_leaves_to_the_nanosecond() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        w.add(t0, 1);
+        w.add(t0 + Duration::from_micros(500_700), 1);
+        let leaves = t0 + Duration::from_micros(60_500_700);
+        assert_eq!(w.room_at(t0, 1, 100), leaves);
+        w.drop_left(leaves - Duration::from_nanos(1));
+        assert_eq!(w.counted(), (2, 2));
+        w.drop_left(leaves);
+        assert_eq!(w.counted(), (0, 0));
+    }
+
     #[test]
     fn a_long_silence_leaves_nothing_counted() {
         let t0 = Instant::now();
@@ -283,26 +301,39 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the admissions' times and ends, the window counts at
-        /// least what a rolling 60 s holds and at most what a rolling 61 s
-        /// holds; and `room_at` names the first moment the window has room.
+        /// Whatever the admissions' times (to the microsecond, now and then
+        /// a little before the last) and ends, the window counts at least
+        /// what a rolling 60 s holds and at most what a rolling 61 s holds,
+        /// whether seconds that left are dropped at once or only as the
+        /// second turns; and `room_at` names the first moment the window
+        /// has room.
         #[test]
         fn never_looser_than_a_rolling_minute_and_at_most_a_second_stricter(
             steps in proptest::collection::vec(
-                (0u64..4_000, 1u64..50, proptest::option::of(0usize..8), any::<bool>()),
+                (
+                    0u64..4_000,
+                    0u64..100,
+                    1u64..50,
+                    proptest::option::of(0usize..8),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<proptest::sample::Index>(),
+                ),
                 1..120,
             ),
         ) {
             let t0 = Instant::now();
             let mut w = Window::default();
-            let mut at_ms = 0;
-            // Each admission: when (ms), tokens counted, whether it counts, its mark, ended.
+            let mut at_us = 0;
+            // Each admission: when (µs), tokens counted, whether it counts, its mark, ended.
             let mut admitted: Vec<(u64, u64, bool, Mark, bool)> = Vec::new();
-            for (gap, tokens, end, sent) in steps {
-                at_ms += gap * 30;
-                let at = t0 + Duration::from_millis(at_ms);
-                let mark = w.add(at, tokens);
-                admitted.push((at_ms, tokens, true, mark, false));
+            for (gap, back, tokens, end, sent, drop_now, probe) in steps {
+                at_us += gap * 30_011;
+                // A clock read a little earlier than the last one (up to 99 µs).
+                let when_us = at_us.saturating_sub(if gap % 7 == 0 { back } else { 0 });
+                let at = t0 + Duration::from_micros(at_us);
+                let mark = w.add(t0 + Duration::from_micros(when_us), tokens);
+                admitted.push((when_us, tokens, true, mark, false));
                 // The admission `end` places from the last ends, if not yet
                 // ended: never sent, or having used half its estimate.
                 if let Some(i) = end.and_then(|k| admitted.len().checked_sub(k + 1)) {
@@ -312,17 +343,34 @@ mod tests {
                         *a = (a.0, if sent { a.1 / 2 } else { 0 }, sent, a.3, true);
                     }
                 }
-                w.drop_left(at);
-                let held = |at_ms: u64, span: u64| {
+                let held = |at_us: u64, span: u64| {
                     admitted
                         .iter()
-                        .filter(|a| a.2 && a.0 <= at_ms && at_ms < a.0 + span)
+                        .filter(|a| a.2 && a.0 <= at_us && at_us < a.0 + span)
                         .fold((0, 0), |(r, k), a| (r + 1, k + a.1))
                 };
-                let (low, high) = (held(at_ms, 60_000), held(at_ms, 61_000));
                 let (r, k) = w.counted();
-                prop_assert!(low.0 <= r && r <= high.0, "requests {r} outside {low:?}..{high:?} at {at_ms}");
-                prop_assert!(low.1 <= k && k <= high.1, "tokens {k} outside {low:?}..{high:?} at {at_ms}");
+                let low = held(at_us, 60_000_000);
+                prop_assert!(low.0 <= r && low.1 <= k, "({r}, {k}) under {low:?} at {at_us} µs, lazily");
+                // 1 µs before one admission leaves a rolling minute, it is
+                // still counted.
+                let last_us = admitted[probe.index(admitted.len())].0 + 60_000_000 - 1;
+                if last_us >= at_us {
+                    let mut then = w.clone();
+                    then.drop_left(t0 + Duration::from_micros(last_us));
+                    let (low, (r, k)) = (held(last_us, 60_000_000), then.counted());
+                    prop_assert!(low.0 <= r && low.1 <= k, "({r}, {k}) under {low:?} at {last_us} µs");
+                }
+                if !drop_now {
+                    continue;
+                }
+                w.drop_left(at);
+                // A time read out of order counts from its second's start:
+                // held up to that disorder (here < 100 µs) past 61 s.
+                let (low, high) = (held(at_us, 60_000_000), held(at_us, 61_000_100));
+                let (r, k) = w.counted();
+                prop_assert!(low.0 <= r && r <= high.0, "requests {r} outside {low:?}..{high:?} at {at_us} µs");
+                prop_assert!(low.1 <= k && k <= high.1, "tokens {k} outside {low:?}..{high:?} at {at_us} µs");
                 // Room for one more request under a limit of what is
                 // counted now, and for half the tokens.
                 let (limit_r, limit_k) = (r.max(1), k / 2);
@@ -334,9 +382,9 @@ mod tests {
                     let (r, k) = later.counted();
                     r < limit_r && k <= limit_k
                 };
-                prop_assert!(fits_at(room), "no room at {:?} after {at_ms} ms", room - t0);
+                prop_assert!(fits_at(room), "no room at {:?} after {at_us} µs", room - t0);
                 if room > at {
-                    prop_assert!(!fits_at(room - Duration::from_millis(1)), "room 1 ms before {:?}", room - t0);
+                    prop_assert!(!fits_at(room - Duration::from_nanos(1)), "room 1 ns before {:?}", room - t0);
                 }
             }
         }
