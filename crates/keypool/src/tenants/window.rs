@@ -82,11 +82,12 @@ impl Window {
 
     /// Moves to `at`'s second when it is later than the one under way: the
     /// current second is kept with the ones before, and the seconds that
-    /// left the minute are dropped.
-    fn turn(&mut self, at: Instant) {
-        let (sec, _) = self.second_of(at);
+    /// left the minute are dropped. Returns `at`'s second and the
+    /// nanoseconds into it.
+    fn turn(&mut self, at: Instant) -> (u64, u32) {
+        let (sec, ns) = self.second_of(at);
         if sec <= self.now_sec {
-            return;
+            return (sec, ns);
         }
         let was = self.now_sec;
         if self.now != Second::default() {
@@ -99,6 +100,7 @@ impl Window {
         self.now = Second::default();
         self.now_sec = sec;
         self.drop_left_until(at, was);
+        (sec, ns)
     }
 
     /// Drops the seconds whose last admission left the minute by `at`.
@@ -131,11 +133,9 @@ impl Window {
         }
     }
 
-    /// Counts an admission of `tokens` at `at` (after [`Window::turn`] or
-    /// [`Window::drop_left`] at a time no earlier).
+    /// Counts an admission of `tokens` at `at`.
     pub(super) fn add(&mut self, at: Instant, tokens: u64) -> Mark {
-        self.turn(at);
-        let (sec, ns) = self.second_of(at);
+        let (sec, ns) = self.turn(at);
         // An `at` earlier than the second under way (clocks read out of
         // order by a few µs) counts in it, from its start: it leaves later
         // than its own minute, never earlier.
